@@ -1,0 +1,353 @@
+//! The binary frame format of the WebSocket bridge (`/v1/bridge`), also spoken between
+//! the agent and its in-page runtime.
+//!
+//! Every WebSocket binary message is one frame. All integers are little-endian.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "WAF1"
+//! 4       1     kind: 1 = inference request, 2 = inference response, 3 = error
+//! 5       3     reserved, zero
+//! 8       8     request id, chosen by the sender of the request and echoed in its reply
+//! 16      4     header length H
+//! 20      H     header: UTF-8 JSON, described below
+//! ...           zero padding up to the next multiple of 8
+//! ...           tensor data: the tensors listed in the header, in order, each one's
+//!               bytes starting at a multiple of 8 from the start of the frame (zero
+//!               padding between them), so a receiver can view them as typed arrays
+//!               without copying
+//! ```
+//!
+//! Headers:
+//! - request: `{"model": "m", "inputs": [{"name", "datatype", "shape"}], "outputs": ["y"]}`
+//!   (`outputs` optional: all outputs when empty)
+//! - response: `{"model": "m", "backend": "wasm", "compute_ms": 0.4, "outputs": [{"name",
+//!   "datatype", "shape"}]}`; `compute_ms` is the time the runtime in the page spent
+//! - error: `{"category": "bad_request", "message": "...", "retryable": false}`
+//!
+//! Tensor data is raw little-endian elements (`FP16` as IEEE half bits, `BOOL` one byte).
+//! Ids are per connection; replies may arrive in any order. A frame that cannot be
+//! parsed is answered with an error frame carrying its id when the id could be read
+//! (else 0), and the connection stays open.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorCategory;
+use crate::tensor::{DataType, Tensor, TensorError};
+
+pub const MAGIC: &[u8; 4] = b"WAF1";
+/// Size of the fixed part before the JSON header.
+pub const PREFIX_LEN: usize = 20;
+/// Alignment of every tensor's data from the start of the frame.
+pub const ALIGN: usize = 8;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Request = 1,
+    Response = 2,
+    Error = 3,
+}
+
+/// Name, type and shape of a tensor, as listed in a frame header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorHeader {
+    pub name: String,
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    pub model: String,
+    pub inputs: Vec<Tensor>,
+    /// Outputs wanted; empty means all.
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferResponse {
+    pub model: String,
+    /// The execution provider that actually ran the request.
+    pub backend: String,
+    /// Milliseconds the runtime in the page spent on the request.
+    pub compute_ms: f64,
+    pub outputs: Vec<Tensor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub category: ErrorCategory,
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl ErrorFrame {
+    pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
+        Self {
+            category,
+            message: message.into(),
+            retryable: category.is_retryable(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Request(InferRequest),
+    Response(InferResponse),
+    Error(ErrorFrame),
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestHeader {
+    model: String,
+    inputs: Vec<TensorHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    outputs: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResponseHeader {
+    model: String,
+    backend: String,
+    compute_ms: f64,
+    outputs: Vec<TensorHeader>,
+}
+
+/// Why a frame could not be decoded. `id` is set when the prefix was readable, so the
+/// error reply can be matched to the request.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("malformed frame: {reason}")]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub reason: String,
+}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+fn header_of(t: &Tensor) -> TensorHeader {
+    TensorHeader {
+        name: t.name.clone(),
+        datatype: t.datatype,
+        shape: t.shape.clone(),
+    }
+}
+
+/// Encodes one message as a frame.
+pub fn encode(id: u64, msg: &Message) -> Vec<u8> {
+    let (kind, header, tensors): (Kind, Vec<u8>, &[Tensor]) = match msg {
+        Message::Request(r) => (
+            Kind::Request,
+            to_json(&RequestHeader {
+                model: r.model.clone(),
+                inputs: r.inputs.iter().map(header_of).collect(),
+                outputs: r.outputs.clone(),
+            }),
+            &r.inputs,
+        ),
+        Message::Response(r) => (
+            Kind::Response,
+            to_json(&ResponseHeader {
+                model: r.model.clone(),
+                backend: r.backend.clone(),
+                compute_ms: r.compute_ms,
+                outputs: r.outputs.iter().map(header_of).collect(),
+            }),
+            &r.outputs,
+        ),
+        Message::Error(e) => (Kind::Error, to_json(e), &[]),
+    };
+    let data_len: usize = tensors.iter().map(|t| align_up(t.data.len())).sum();
+    let mut buf = Vec::with_capacity(align_up(PREFIX_LEN + header.len()) + data_len);
+    buf.extend_from_slice(MAGIC);
+    buf.push(kind as u8);
+    buf.extend_from_slice(&[0, 0, 0]);
+    buf.extend_from_slice(&id.to_le_bytes());
+    let header_len = u32::try_from(header.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&header_len.to_le_bytes());
+    buf.extend_from_slice(&header);
+    for t in tensors {
+        buf.resize(align_up(buf.len()), 0);
+        buf.extend_from_slice(&t.data);
+    }
+    buf
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail: no maps with non-string keys.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Decodes a frame. Tensor data borrows from `frame` without copying.
+pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
+    if frame.len() < PREFIX_LEN {
+        return Err(DecodeError {
+            id: None,
+            reason: format!("{} bytes is shorter than the {PREFIX_LEN}-byte prefix", frame.len()),
+        });
+    }
+    if &frame[0..4] != MAGIC {
+        return Err(DecodeError {
+            id: None,
+            reason: "bad magic (expected \"WAF1\")".into(),
+        });
+    }
+    let id = u64::from_le_bytes(frame[8..16].try_into().unwrap_or_default());
+    let fail = |reason: String| DecodeError { id: Some(id), reason };
+    let header_len = u32::from_le_bytes(frame[16..20].try_into().unwrap_or_default()) as usize;
+    let header_end = PREFIX_LEN
+        .checked_add(header_len)
+        .filter(|&end| end <= frame.len())
+        .ok_or_else(|| fail(format!("header length {header_len} runs past the end of the frame")))?;
+    let header = &frame[PREFIX_LEN..header_end];
+    let mut cursor = header_end;
+    let mut take = |h: TensorHeader| -> Result<Tensor, DecodeError> {
+        let len = Tensor::byte_len_for(&h.name, h.datatype, &h.shape).map_err(|e| fail(e.to_string()))?;
+        let start = align_up(cursor);
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= frame.len())
+            .ok_or_else(|| {
+                fail(
+                    TensorError::ByteLength {
+                        name: h.name.clone(),
+                        shape: h.shape.clone(),
+                        datatype: h.datatype,
+                        expected: len,
+                        actual: frame.len().saturating_sub(start),
+                    }
+                    .to_string(),
+                )
+            })?;
+        cursor = end;
+        Tensor::from_bytes(h.name, h.datatype, h.shape, frame.slice(start..end)).map_err(|e| fail(e.to_string()))
+    };
+    let msg = match frame[4] {
+        1 => {
+            let h: RequestHeader = parse_header(header).map_err(fail)?;
+            let inputs = h.inputs.into_iter().map(&mut take).collect::<Result<_, _>>()?;
+            Message::Request(InferRequest {
+                model: h.model,
+                inputs,
+                outputs: h.outputs,
+            })
+        }
+        2 => {
+            let h: ResponseHeader = parse_header(header).map_err(fail)?;
+            let outputs = h.outputs.into_iter().map(&mut take).collect::<Result<_, _>>()?;
+            Message::Response(InferResponse {
+                model: h.model,
+                backend: h.backend,
+                compute_ms: h.compute_ms,
+                outputs,
+            })
+        }
+        3 => Message::Error(parse_header(header).map_err(fail)?),
+        k => return Err(fail(format!("unknown frame kind {k}"))),
+    };
+    if align_up(cursor) < frame.len() {
+        return Err(fail(format!(
+            "{} trailing bytes after the last tensor",
+            frame.len() - cursor
+        )));
+    }
+    Ok((id, msg))
+}
+
+fn parse_header<T: for<'de> Deserialize<'de>>(header: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(header).map_err(|e| format!("bad header JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp32(name: &str, vals: &[f32]) -> Tensor {
+        let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::from_bytes(name, DataType::Fp32, vec![vals.len() as i64], Bytes::from(data)).unwrap()
+    }
+
+    #[test]
+    fn request_roundtrips_and_tensors_are_aligned() {
+        let req = Message::Request(InferRequest {
+            model: "mlp".into(),
+            inputs: vec![
+                Tensor::from_bytes("flag", DataType::Bool, vec![3], Bytes::from_static(&[1, 0, 1])).unwrap(),
+                fp32("x", &[1.0, 2.0, 3.0]),
+            ],
+            outputs: vec!["y".into()],
+        });
+        let buf = encode(42, &req);
+        let (id, back) = decode(Bytes::from(buf.clone())).unwrap();
+        assert_eq!(id, 42);
+        assert_eq!(back, req);
+        // The FP32 tensor is the last 12 bytes and starts 8-aligned.
+        assert_eq!((buf.len() - 12) % ALIGN, 0);
+    }
+
+    #[test]
+    fn response_and_error_roundtrip() {
+        let resp = Message::Response(InferResponse {
+            model: "m".into(),
+            backend: "wasm".into(),
+            compute_ms: 0.25,
+            outputs: vec![fp32("y", &[0.5])],
+        });
+        assert_eq!(decode(Bytes::from(encode(7, &resp))).unwrap(), (7, resp));
+        let err = Message::Error(ErrorFrame::new(ErrorCategory::BrowserCrashed, "gone"));
+        let (id, back) = decode(Bytes::from(encode(9, &err))).unwrap();
+        assert_eq!(id, 9);
+        assert!(matches!(back, Message::Error(ErrorFrame { retryable: true, .. })));
+    }
+
+    #[test]
+    fn garbage_is_refused_without_id() {
+        let err = decode(Bytes::from_static(b"hello")).unwrap_err();
+        assert_eq!(err.id, None);
+        let err = decode(Bytes::from_static(b"XXXX0000000000000000000000")).unwrap_err();
+        assert!(err.reason.contains("magic"), "{err}");
+    }
+
+    #[test]
+    fn truncated_data_is_refused_with_the_id() {
+        let mut buf = encode(
+            5,
+            &Message::Request(InferRequest {
+                model: "m".into(),
+                inputs: vec![fp32("x", &[1.0, 2.0])],
+                outputs: vec![],
+            }),
+        );
+        buf.truncate(buf.len() - 1);
+        let err = decode(Bytes::from(buf)).unwrap_err();
+        assert_eq!(err.id, Some(5));
+        assert!(err.reason.contains("needs 8 bytes"), "{}", err.reason);
+    }
+
+    #[test]
+    fn bad_header_and_unknown_kind_are_refused_with_the_id() {
+        let mut buf = encode(3, &Message::Error(ErrorFrame::new(ErrorCategory::Internal, "x")));
+        buf[4] = 9;
+        assert_eq!(decode(Bytes::from(buf)).unwrap_err().reason, "unknown frame kind 9");
+        let mut buf = Vec::from(&MAGIC[..]);
+        buf.extend_from_slice(&[1, 0, 0, 0]);
+        buf.extend_from_slice(&11u64.to_le_bytes());
+        buf.extend_from_slice(&2u32.to_le_bytes());
+        buf.extend_from_slice(b"{]");
+        let err = decode(Bytes::from(buf)).unwrap_err();
+        assert_eq!(err.id, Some(11));
+        assert!(err.reason.starts_with("bad header JSON"), "{}", err.reason);
+    }
+
+    #[test]
+    fn header_length_past_end_is_refused() {
+        let mut buf = encode(1, &Message::Error(ErrorFrame::new(ErrorCategory::Internal, "x")));
+        buf[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode(Bytes::from(buf)).unwrap_err().reason.contains("past the end"));
+    }
+}
