@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a request failed. Serialised in `snake_case` on HTTP error bodies and in wire
 /// error frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCategory {
     /// The request is malformed or does not match the model (names, shapes, datatypes).

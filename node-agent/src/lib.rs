@@ -1,0 +1,125 @@
+//! webaccel-agent: runs ONNX models inside one headless Chromium through onnxruntime-web
+//! and serves them over a WebSocket bridge and the KServe v2 HTTP API.
+//!
+//! The parts: [`supervisor`] keeps the browser alive and [`page`] talks to the runtime
+//! in it; [`models`] and [`cache`] hold what is loaded; [`agent`] is the shared context
+//! and the inference path; [`http`] is every endpoint.
+
+pub mod admission;
+pub mod agent;
+pub mod browser;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod models;
+pub mod page;
+pub mod stats;
+pub mod supervisor;
+pub mod validate;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::agent::Agent;
+use crate::browser::{LaunchConfig, check_web_root, resolve_executable};
+use crate::cache::ModelCache;
+pub use crate::config::AgentArgs;
+use crate::models::ModelRegistry;
+use crate::stats::Stats;
+use crate::supervisor::BrowserSupervisor;
+
+fn read_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
+    let Some(path) = &args.token_file else {
+        tracing::warn!("no --token-file: every endpoint is open to anyone who can reach it");
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?
+        .trim()
+        .to_owned();
+    anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+    Ok(Some(token))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn termination() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Runs the agent until SIGTERM (or Ctrl-C), then drains and exits.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let web_root = args.web_root();
+    check_web_root(&web_root).map_err(anyhow::Error::msg)?;
+    let token = read_token(&args)?;
+    let executable = resolve_executable(&args.chromium).map_err(anyhow::Error::msg)?;
+    let cache = ModelCache::new(args.cache_dir())
+        .with_context(|| format!("creating the model cache {}", args.cache_dir().display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // The page reaches the agent over loopback when the agent listens on all addresses.
+    let page_ip = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
+    let base_url = format!("http://{}", std::net::SocketAddr::new(page_ip, addr.port()));
+
+    let launch = LaunchConfig {
+        executable,
+        extra_args: args.chromium_args.clone(),
+        sandbox: args.chromium_sandbox,
+        disk_cache_dir: args.cache_dir().join("chromium-http-cache"),
+    };
+    let agent = Arc::new(Agent {
+        browser: BrowserSupervisor::new(launch, args.heartbeat_interval, args.hang_timeout, args.wasm_threads),
+        models: ModelRegistry::default(),
+        cache,
+        admission: Admission::new(args.max_in_flight),
+        stats: Stats::default(),
+        token,
+        args,
+    });
+    for spec in &agent.args.models {
+        agent.models.insert(spec.clone());
+    }
+
+    let shutdown = CancellationToken::new();
+    let supervisor = tokio::spawn(supervisor::supervise(agent.clone(), base_url, shutdown.clone()));
+    tracing::info!(%addr, "webaccel-agent listening");
+
+    let drain_agent = agent.clone();
+    let drain_token = shutdown.clone();
+    let graceful = async move {
+        termination().await;
+        tracing::info!("termination requested: draining");
+        let left = drain_agent.admission.drain(drain_agent.args.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(left, "drain timeout passed with requests still in flight");
+        } else {
+            tracing::info!("drained");
+        }
+        drain_token.cancel();
+    };
+    axum::serve(listener, http::router(agent.clone(), shutdown.clone()))
+        .with_graceful_shutdown(graceful)
+        .await?;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), supervisor).await;
+    tracing::info!("webaccel-agent stopped");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The agent's shared context (what every handler and the supervisor hold) and the
+//! inference path all interfaces share: admit, validate, queue per model, run in the
+//! page, record.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use webaccel_api::ErrorCategory;
+use webaccel_api::wire::{InferRequest, InferResponse};
+
+use crate::admission::Admission;
+use crate::cache::ModelCache;
+use crate::config::{AgentArgs, ModelSpec};
+use crate::error::AgentError;
+use crate::models::{self, LoadedModel, ModelRegistry};
+use crate::stats::Stats;
+use crate::supervisor::BrowserSupervisor;
+use crate::validate::check_request;
+
+#[derive(Debug)]
+pub struct Agent {
+    pub args: AgentArgs,
+    pub browser: BrowserSupervisor,
+    pub models: ModelRegistry,
+    pub cache: ModelCache,
+    pub admission: Admission,
+    pub stats: Stats,
+    /// Bearer token; `None` disables authentication.
+    pub token: Option<String>,
+}
+
+/// Decrements a gauge when dropped, so every exit path (errors, timeouts) counts.
+struct GaugeGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Agent {
+    /// Runs one inference request end to end.
+    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
+        let started = Instant::now();
+        let model = req.model.clone();
+        let result = self.infer_inner(req).await;
+        match &result {
+            Ok(resp) => self.stats.record(&model, started.elapsed(), Ok(resp.compute_ms)),
+            // Unknown models get no per-model series (a client could create unbounded
+            // label values), only the category counter.
+            Err(AgentError::ModelNotFound(_)) => self.stats.error(ErrorCategory::ModelNotFound),
+            Err(e) => self.stats.record(&model, started.elapsed(), Err(e.category())),
+        }
+        result
+    }
+
+    async fn infer_inner(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
+        let _admitted = self.admission.admit()?;
+        let entry = self
+            .models
+            .get(&req.model)
+            .ok_or_else(|| AgentError::ModelNotFound(req.model.clone()))?;
+        let loaded = entry.loaded()?;
+        check_request(&req.model, &loaded, &req, self.args.max_tensor_bytes)?;
+        let run = async {
+            let _permit = {
+                let _queued = GaugeGuard::new(&self.stats.queued);
+                entry
+                    .slot
+                    .acquire()
+                    .await
+                    .map_err(|_| AgentError::Internal("model slot closed".into()))?
+            };
+            let _running = GaugeGuard::new(&self.stats.in_flight);
+            let link = self.browser.link().ok_or_else(|| {
+                AgentError::browser(ErrorCategory::BrowserUnavailable, "the browser is restarting")
+            })?;
+            link.infer(req).await
+        };
+        let resp = tokio::time::timeout(self.args.request_timeout, run)
+            .await
+            .map_err(|_| AgentError::Deadline(self.args.request_timeout))??;
+        check_backend(&loaded, &resp)?;
+        Ok(resp)
+    }
+
+    /// Adds a model at run time and loads it into the current browser (or leaves it
+    /// pending if the browser is restarting; the supervisor will load it).
+    pub async fn load_model(&self, spec: ModelSpec) -> Result<Option<LoadedModel>, AgentError> {
+        spec.validate().map_err(AgentError::BadRequest)?;
+        let entry = self.models.insert(spec);
+        match self.browser.link() {
+            Some(link) => models::load_into(self, &link, &entry).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes a model; requests already running on it finish.
+    pub async fn unload_model(&self, name: &str) -> Result<(), AgentError> {
+        self.models
+            .remove(name)
+            .ok_or_else(|| AgentError::ModelNotFound(name.to_owned()))?;
+        if let Some(link) = self.browser.link() {
+            link.control(serde_json::json!({"op": "unload", "name": name}))
+                .await?
+                .map_err(AgentError::Internal)?;
+        }
+        Ok(())
+    }
+
+    /// Ready means: a browser is up, no model is still loading, and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.admission.is_draining() && self.browser.link().is_some() && !self.models.any_loading()
+    }
+}
+
+/// A request must have run on the backend the model reports; anything else is a bug
+/// that would make every figure webaccel records a lie.
+fn check_backend(loaded: &LoadedModel, resp: &InferResponse) -> Result<(), AgentError> {
+    if resp.backend == loaded.backend {
+        Ok(())
+    } else {
+        Err(AgentError::Internal(format!(
+            "model reports backend {} but the page ran it on {}",
+            loaded.backend, resp.backend
+        )))
+    }
+}
+
+pub type SharedAgent = Arc<Agent>;

@@ -1,0 +1,156 @@
+//! Model files: fetched from `file://` or `http(s)://`, checked against an optional
+//! sha256 while streaming, and kept on local disk under their digest so a reload (after
+//! a browser restart, or on another model naming the same file) reads no network.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Debug, Clone)]
+pub struct ModelCache {
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+/// A model file in the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedModel {
+    pub sha256: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Whether the file was already cached (nothing was fetched).
+    pub hit: bool,
+}
+
+impl ModelCache {
+    pub fn new(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn path_for(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.onnx"))
+    }
+
+    /// Returns the cached file for `uri`, fetching it if needed. With `expected` set, a
+    /// cached copy is used without fetching, and a fetched file must match it.
+    pub async fn get(&self, uri: &str, expected: Option<&str>) -> Result<CachedModel, String> {
+        if let Some(sha) = expected {
+            let path = self.path_for(sha);
+            // Re-hash the cached copy: cheap next to compiling the model, and it catches
+            // a corrupted disk.
+            if let Ok((actual, bytes)) = hash_file(&path).await {
+                if actual == sha {
+                    return Ok(CachedModel {
+                        sha256: actual,
+                        path,
+                        bytes,
+                        hit: true,
+                    });
+                }
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+        }
+        let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| format!("cache: {e}"))?;
+        let (sha256, bytes) = if let Some(path) = uri.strip_prefix("file://") {
+            copy_hashing(Path::new(path), tmp.path()).await?
+        } else {
+            self.download_hashing(uri, tmp.path()).await?
+        };
+        if let Some(want) = expected
+            && want != sha256
+        {
+            return Err(format!(
+                "sha256 mismatch for {uri}: expected {want}, the file has {sha256}"
+            ));
+        }
+        let path = self.path_for(&sha256);
+        tmp.persist(&path).map_err(|e| format!("cache: {e}"))?;
+        Ok(CachedModel {
+            sha256,
+            path,
+            bytes,
+            hit: false,
+        })
+    }
+
+    async fn download_hashing(&self, uri: &str, to: &Path) -> Result<(String, u64), String> {
+        let resp = self
+            .http
+            .get(uri)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {uri} failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("fetching {uri} failed: HTTP {}", resp.status()));
+        }
+        let mut file = tokio::fs::File::create(to).await.map_err(|e| format!("cache: {e}"))?;
+        let mut hasher = Sha256::new();
+        let mut bytes = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("fetching {uri} failed mid-way: {e}"))?;
+            hasher.update(&chunk);
+            bytes += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(|e| format!("cache: {e}"))?;
+        }
+        file.flush().await.map_err(|e| format!("cache: {e}"))?;
+        Ok((hex::encode(hasher.finalize()), bytes))
+    }
+}
+
+async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let data = tokio::fs::read(path).await?;
+    Ok((hex::encode(Sha256::digest(&data)), data.len() as u64))
+}
+
+async fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), String> {
+    let data = tokio::fs::read(from)
+        .await
+        .map_err(|e| format!("reading {} failed: {e}", from.display()))?;
+    tokio::fs::write(to, &data).await.map_err(|e| format!("cache: {e}"))?;
+    Ok((hex::encode(Sha256::digest(&data)), data.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_uri_is_cached_by_digest_and_checked() {
+        let src = tempfile::tempdir().unwrap();
+        let model = src.path().join("m.onnx");
+        std::fs::write(&model, b"abc").unwrap();
+        let cache = ModelCache::new(src.path().join("cache")).unwrap();
+        let uri = format!("file://{}", model.display());
+        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+        let first = cache.get(&uri, None).await.unwrap();
+        assert_eq!((first.sha256.as_str(), first.bytes, first.hit), (sha, 3, false));
+        assert_eq!(std::fs::read(cache.path_for(sha)).unwrap(), b"abc");
+
+        // With the digest given, the cached copy is used even if the source is gone.
+        std::fs::remove_file(&model).unwrap();
+        assert!(cache.get(&uri, Some(sha)).await.unwrap().hit);
+    }
+
+    #[tokio::test]
+    async fn digest_mismatch_and_missing_file_are_refused() {
+        let src = tempfile::tempdir().unwrap();
+        let model = src.path().join("m.onnx");
+        std::fs::write(&model, b"abc").unwrap();
+        let cache = ModelCache::new(src.path().join("cache")).unwrap();
+        let err = cache
+            .get(&format!("file://{}", model.display()), Some(&"0".repeat(64)))
+            .await
+            .unwrap_err();
+        assert!(err.contains("sha256 mismatch"), "{err}");
+        let err = cache.get("file:///does/not/exist.onnx", None).await.unwrap_err();
+        assert!(err.contains("reading /does/not/exist.onnx failed"), "{err}");
+    }
+}

@@ -1,0 +1,158 @@
+//! Health probes, capabilities, stats, metrics and the model load/unload API the
+//! operator drives.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::agent::Agent;
+use crate::config::ModelSpec;
+use crate::error::AgentError;
+
+/// Launch failures in a row after which the agent calls itself unhealthy, so the
+/// kubelet restarts the pod instead of leaving it to retry forever.
+const UNHEALTHY_AFTER_FAILED_LAUNCHES: u32 = 5;
+
+/// Routes that need no token: Kubernetes probes cannot carry one.
+pub fn probe_routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v2/health/live", get(healthz))
+        .route("/v2/health/ready", get(v2_ready))
+}
+
+pub fn routes() -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/v1/capabilities", get(capabilities))
+        .route("/v1/stats", get(stats))
+        .route("/v1/models", get(list_models).post(load_model))
+        .route("/v1/models/{name}", get(get_model).delete(unload_model))
+        .route("/v1/debug/hang", post(debug_hang))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
+    let info = agent.browser.info();
+    if info.failed_launches >= UNHEALTHY_AFTER_FAILED_LAUNCHES {
+        let body = json!({"live": false, "reason": format!(
+            "{} browser launches failed in a row; last error: {}",
+            info.failed_launches,
+            info.last_launch_error.unwrap_or_default()
+        )});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(json!({"live": true})).into_response()
+}
+
+fn readiness(agent: &Agent) -> (bool, Value) {
+    let models: serde_json::Map<String, Value> = agent
+        .models
+        .all()
+        .iter()
+        .map(|e| (e.spec.name.clone(), json!(e.state().name())))
+        .collect();
+    let info = agent.browser.info();
+    let ready = agent.is_ready();
+    let detail = json!({
+        "ready": ready,
+        "draining": agent.admission.is_draining(),
+        "browser": info.state,
+        "last_launch_error": info.last_launch_error,
+        "models": models,
+    });
+    (ready, detail)
+}
+
+async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
+    let (ready, detail) = readiness(&agent);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(detail)).into_response()
+}
+
+async fn v2_ready(State(agent): State<Arc<Agent>>) -> Response {
+    let (ready, detail) = readiness(&agent);
+    // The Open Inference Protocol: 200 when ready, 4xx when not.
+    let status = if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    (status, Json(detail)).into_response()
+}
+
+async fn capabilities(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    let info = agent.browser.info();
+    let mut caps = info.capabilities.clone();
+    if let Some(obj) = caps.as_object_mut() {
+        obj.insert("browser".into(), json!({"version": info.version, "pid": info.pid, "state": info.state}));
+    }
+    Json(caps)
+}
+
+async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    let info = agent.browser.info();
+    let (ready, _) = readiness(&agent);
+    Json(json!({
+        "healthy": info.failed_launches < UNHEALTHY_AFTER_FAILED_LAUNCHES,
+        "ready": ready,
+        "draining": agent.admission.is_draining(),
+        "outstanding": agent.admission.outstanding(),
+        "in_flight": agent.stats.in_flight.get(),
+        "queued": agent.stats.queued.get(),
+        "max_in_flight": agent.args.max_in_flight,
+        "models": agent.stats.per_model(),
+        "errors_by_category": agent.stats.errors_by_category(),
+        "browser": info,
+    }))
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        agent.stats.encode(),
+    )
+        .into_response()
+}
+
+async fn list_models(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    Json(json!({"models": agent.models.all().iter().map(|e| e.describe()).collect::<Vec<_>>()}))
+}
+
+async fn get_model(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<Json<Value>, AgentError> {
+    let entry = agent.models.get(&name).ok_or(AgentError::ModelNotFound(name))?;
+    Ok(Json(entry.describe()))
+}
+
+/// `POST /v1/models` with a model spec as JSON: `{"name", "uri", "sha256"?, "backend"?,
+/// "webnn_device"?, "warmup"?}`. Answers once the model is loaded (201), or refused
+/// (4xx with the reason); 202 if the browser is restarting and will load it.
+async fn load_model(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response, AgentError> {
+    let spec: ModelSpec =
+        serde_json::from_slice(&body).map_err(|e| AgentError::BadRequest(format!("invalid model spec: {e}")))?;
+    let name = spec.name.clone();
+    match agent.load_model(spec).await? {
+        Some(_) => {
+            let entry = agent.models.get(&name).ok_or(AgentError::ModelNotFound(name))?;
+            Ok((StatusCode::CREATED, Json(entry.describe())).into_response())
+        }
+        None => Ok((StatusCode::ACCEPTED, Json(json!({"name": name, "status": {"state": "pending"}}))).into_response()),
+    }
+}
+
+async fn unload_model(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<StatusCode, AgentError> {
+    agent.unload_model(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fault injection for tests; absent (404) unless `--enable-debug-endpoints`.
+async fn debug_hang(State(agent): State<Arc<Agent>>) -> StatusCode {
+    if !agent.args.enable_debug_endpoints {
+        return StatusCode::NOT_FOUND;
+    }
+    agent.browser.request_hang();
+    StatusCode::ACCEPTED
+}

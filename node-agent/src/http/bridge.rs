@@ -1,0 +1,109 @@
+//! The client-facing WebSocket bridge (`/v1/bridge`): binary wire frames (see
+//! `webaccel_api::wire`), requests multiplexed by id and answered as they complete.
+//!
+//! Backpressure: a connection may have `--bridge-window` requests outstanding; past
+//! that the agent stops reading its socket, so a fast client is slowed by TCP rather
+//! than buffered without bound.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use webaccel_api::ErrorCategory;
+use webaccel_api::wire::{self, ErrorFrame, Message};
+
+use crate::agent::Agent;
+
+pub fn routes(shutdown: CancellationToken) -> Router<Arc<Agent>> {
+    Router::new()
+        .route("/v1/bridge", get(upgrade))
+        .layer(Extension(shutdown))
+}
+
+async fn upgrade(
+    State(agent): State<Arc<Agent>>,
+    Extension(shutdown): Extension<CancellationToken>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(agent.args.max_body_bytes)
+        .on_upgrade(move |socket| serve(agent, socket, shutdown))
+}
+
+fn error_frame(id: u64, category: ErrorCategory, message: impl Into<String>) -> WsMessage {
+    WsMessage::Binary(wire::encode(id, &Message::Error(ErrorFrame::new(category, message))).into())
+}
+
+async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken) {
+    let (mut sink, mut stream) = socket.split();
+    let window = agent.args.bridge_window.max(1);
+    let (tx, mut rx) = mpsc::channel::<WsMessage>(window + 4);
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if sink.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(WsMessage::Close(None)).await;
+    });
+    let slots = Arc::new(Semaphore::new(window));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            () = shutdown.cancelled() => break,
+        };
+        let buf = match msg {
+            None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
+            Some(Ok(WsMessage::Binary(buf))) => buf,
+            Some(Ok(WsMessage::Text(_))) => {
+                agent.stats.error(ErrorCategory::BadRequest);
+                let _ = tx
+                    .send(error_frame(0, ErrorCategory::BadRequest, "text messages are not part of the bridge protocol; send binary frames"))
+                    .await;
+                continue;
+            }
+            // Pings are answered by the WebSocket layer.
+            Some(Ok(_)) => continue,
+        };
+        match wire::decode(buf) {
+            Ok((id, Message::Request(req))) => {
+                let agent = agent.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reply = match agent.infer(req).await {
+                        Ok(resp) => Message::Response(resp),
+                        Err(e) => Message::Error(e.to_frame()),
+                    };
+                    let _ = tx.send(WsMessage::Binary(wire::encode(id, &reply).into())).await;
+                    drop(permit);
+                });
+            }
+            Ok((id, _)) => {
+                agent.stats.error(ErrorCategory::BadRequest);
+                let _ = tx
+                    .send(error_frame(id, ErrorCategory::BadRequest, "clients may only send request frames (kind 1)"))
+                    .await;
+            }
+            Err(e) => {
+                agent.stats.error(ErrorCategory::BadRequest);
+                let _ = tx
+                    .send(error_frame(e.id.unwrap_or(0), ErrorCategory::BadRequest, e.to_string()))
+                    .await;
+            }
+        }
+    }
+    // Let outstanding requests answer before closing.
+    let _ = slots.acquire_many(u32::try_from(window).unwrap_or(u32::MAX)).await;
+    drop(tx);
+    let _ = writer.await;
+}

@@ -1,0 +1,251 @@
+//! The models this agent serves: their specs, their load state, and loading them into
+//! the page (again after every browser restart).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use webaccel_api::{Backend, DataType};
+
+use crate::agent::Agent;
+use crate::config::ModelSpec;
+use crate::error::AgentError;
+use crate::page::PageLink;
+
+/// An input or output as the runtime reports it. `-1` marks a dynamic dimension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IoMeta {
+    pub name: String,
+    /// `None` for types webaccel cannot carry (strings, sequences).
+    pub datatype: Option<DataType>,
+    pub ort_type: String,
+    pub shape: Vec<i64>,
+}
+
+/// A model that is loaded in the page.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedModel {
+    pub sha256: String,
+    pub bytes: u64,
+    /// The execution provider running it: `wasm`, `webgpu` or `webnn:<device>`.
+    pub backend: String,
+    pub inputs: Vec<IoMeta>,
+    pub outputs: Vec<IoMeta>,
+    /// Milliseconds: agent fetch (0 on a cache hit), page fetch, session creation,
+    /// first run (warm-up), steady run (median after warm-up).
+    pub fetch_ms: f64,
+    pub page_fetch_ms: f64,
+    pub create_ms: f64,
+    pub warmup_ms: Option<f64>,
+    pub steady_ms: Option<f64>,
+    /// With `backend=auto`: every candidate measured, and why the others lost or failed.
+    pub candidates: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelState {
+    /// Waiting for a browser to load into.
+    Pending,
+    Loading,
+    Loaded(LoadedModel),
+    Failed { reason: String },
+}
+
+impl ModelState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Loading => "loading",
+            Self::Loaded(_) => "loaded",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub spec: ModelSpec,
+    state: RwLock<ModelState>,
+    /// The backend `auto` picked, reused after a restart instead of measuring again.
+    pinned: RwLock<Option<(Backend, Option<String>, Option<Value>)>>,
+    /// One request at a time runs in the page per model; the rest queue here.
+    pub slot: Semaphore,
+}
+
+impl ModelEntry {
+    fn new(spec: ModelSpec) -> Self {
+        Self {
+            spec,
+            state: RwLock::new(ModelState::Pending),
+            pinned: RwLock::new(None),
+            slot: Semaphore::new(1),
+        }
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_state(&self, s: ModelState) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    pub fn loaded(&self) -> Result<LoadedModel, AgentError> {
+        match self.state() {
+            ModelState::Loaded(m) => Ok(m),
+            other => Err(AgentError::ModelNotReady {
+                name: self.spec.name.clone(),
+                state: other.name().into(),
+            }),
+        }
+    }
+
+    pub fn describe(&self) -> Value {
+        json!({"name": self.spec.name, "spec": self.spec, "status": self.state()})
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    entries: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+}
+
+impl ModelRegistry {
+    pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ModelEntry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Adds (or replaces) a model in the pending state; the supervisor or the caller
+    /// loads it.
+    pub fn insert(&self, spec: ModelSpec) -> Arc<ModelEntry> {
+        let entry = Arc::new(ModelEntry::new(spec));
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.spec.name.clone(), entry.clone());
+        entry
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(name)
+    }
+
+    /// After a browser is lost its sessions are gone: loaded (and loading) models go
+    /// back to pending, to be loaded into the next browser.
+    pub fn mark_for_reload(&self) {
+        for e in self.all() {
+            if matches!(e.state(), ModelState::Loaded(_) | ModelState::Loading) {
+                e.set_state(ModelState::Pending);
+            }
+        }
+    }
+
+    /// Loads every pending model into a freshly started page, one after another.
+    pub async fn reload_all(&self, agent: &Agent, link: &PageLink) {
+        for e in self.all() {
+            if matches!(e.state(), ModelState::Pending) {
+                if let Err(err) = load_into(agent, link, &e).await {
+                    tracing::error!(model = %e.spec.name, error = %err, "model failed to load");
+                }
+            }
+        }
+    }
+
+    /// Whether any model is still on its way in.
+    pub fn any_loading(&self) -> bool {
+        self.all()
+            .iter()
+            .any(|e| matches!(e.state(), ModelState::Pending | ModelState::Loading))
+    }
+}
+
+/// Fetches a model and loads it into the page behind `link`; the entry's state follows.
+pub async fn load_into(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Result<LoadedModel, AgentError> {
+    entry.set_state(ModelState::Loading);
+    let result = tokio::time::timeout(agent.args.load_timeout, load_steps(agent, link, entry))
+        .await
+        .unwrap_or_else(|_| {
+            Err(AgentError::ModelLoad(format!(
+                "loading model '{}' took longer than {:?}",
+                entry.spec.name, agent.args.load_timeout
+            )))
+        });
+    match &result {
+        Ok(m) => {
+            tracing::info!(model = %entry.spec.name, backend = %m.backend, create_ms = m.create_ms, warmup_ms = ?m.warmup_ms, "model loaded");
+            agent.stats.model_loaded(&entry.spec.name, m);
+            entry.set_state(ModelState::Loaded(m.clone()));
+        }
+        // The browser went away mid-load: try again in the next one.
+        Err(AgentError::Browser { .. }) => entry.set_state(ModelState::Pending),
+        Err(e) => entry.set_state(ModelState::Failed { reason: e.to_string() }),
+    }
+    result
+}
+
+async fn load_steps(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Result<LoadedModel, AgentError> {
+    let spec = &entry.spec;
+    let started = Instant::now();
+    let cached = agent
+        .cache
+        .get(&spec.uri, spec.sha256.as_deref())
+        .await
+        .map_err(|e| AgentError::ModelLoad(format!("model '{}': {e}", spec.name)))?;
+    let fetch_ms = if cached.hit { 0.0 } else { started.elapsed().as_secs_f64() * 1e3 };
+    let pinned = entry.pinned.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let (backend, webnn_device) = match &pinned {
+        Some((b, dev, _)) => (*b, dev.clone()),
+        None => (spec.backend, None),
+    };
+    let op = json!({
+        "op": "load",
+        "name": spec.name,
+        "url": format!("/page/models/{}?s={}", cached.sha256, agent.browser.secret()),
+        "backend": backend,
+        "webnn_device": webnn_device.unwrap_or_else(|| json!(spec.webnn_device).as_str().unwrap_or("cpu").to_owned()),
+        "warmup": spec.warmup,
+    });
+    let value = link
+        .control(op)
+        .await?
+        .map_err(|reason| AgentError::ModelLoad(format!("model '{}' was refused by the runtime: {reason}", spec.name)))?;
+    let parse_io = |key: &str| serde_json::from_value::<Vec<IoMeta>>(value[key].clone());
+    let (inputs, outputs) = match (parse_io("inputs"), parse_io("outputs")) {
+        (Ok(i), Ok(o)) => (i, o),
+        _ => return Err(AgentError::Internal(format!("page sent bad model metadata: {value}"))),
+    };
+    let backend_label = value["backend"].as_str().unwrap_or_default().to_owned();
+    let model = LoadedModel {
+        sha256: cached.sha256,
+        bytes: cached.bytes,
+        backend: backend_label.clone(),
+        inputs,
+        outputs,
+        fetch_ms,
+        page_fetch_ms: value["fetch_ms"].as_f64().unwrap_or(0.0),
+        create_ms: value["create_ms"].as_f64().unwrap_or(0.0),
+        warmup_ms: value["warmup_ms"].as_f64(),
+        steady_ms: value["steady_ms"].as_f64(),
+        candidates: pinned
+            .and_then(|(_, _, c)| c)
+            .or_else(|| Some(value["candidates"].clone()).filter(|c| !c.is_null())),
+    };
+    if spec.backend == Backend::Auto {
+        let (b, dev) = match backend_label.split_once(':') {
+            Some((b, dev)) => (b.to_owned(), Some(dev.to_owned())),
+            None => (backend_label.clone(), None),
+        };
+        if let Ok(b) = b.parse::<Backend>() {
+            *entry.pinned.write().unwrap_or_else(|p| p.into_inner()) = Some((b, dev, model.candidates.clone()));
+        }
+    }
+    Ok(model)
+}

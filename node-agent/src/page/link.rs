@@ -1,0 +1,227 @@
+//! The agent's end of the loopback WebSocket the page opens back to the agent: tensors
+//! travel as binary wire frames, control messages (load, unload, ping) as JSON text.
+//!
+//! A link belongs to one browser generation. When it dies every request waiting on it is
+//! failed at once with a retryable category, so nothing hangs on a dead browser.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use webaccel_api::ErrorCategory;
+use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
+
+use crate::error::AgentError;
+
+/// What a waiting caller gets back from the page.
+#[derive(Debug)]
+enum Reply {
+    Frame(Message),
+    Control(Result<Value, String>),
+    Failed(AgentError),
+}
+
+#[derive(Debug)]
+pub struct PageLink {
+    out: mpsc::UnboundedSender<WsMessage>,
+    /// `None` once the link is dead: nothing may wait on it any more.
+    pending: Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>,
+    next_id: AtomicU64,
+    last_pong: Mutex<Instant>,
+    closed: watch::Sender<bool>,
+}
+
+impl PageLink {
+    /// Takes over an upgraded page socket. Returns the link and the page's hello message
+    /// (its capabilities), or an error if the page says nothing within `hello_timeout`.
+    pub async fn accept(
+        socket: WebSocket,
+        hello_timeout: Duration,
+    ) -> Result<(std::sync::Arc<Self>, Value), String> {
+        let (mut sink, mut stream) = socket.split();
+        let hello = match tokio::time::timeout(hello_timeout, stream.next()).await {
+            Ok(Some(Ok(WsMessage::Text(t)))) => serde_json::from_str::<Value>(&t)
+                .map_err(|e| format!("page hello is not JSON: {e}"))?,
+            Ok(other) => return Err(format!("page closed or sent no hello: {other:?}")),
+            Err(_) => return Err("page sent no hello in time".into()),
+        };
+        if hello["op"] != "hello" {
+            return Err(format!("first page message was not a hello: {hello}"));
+        }
+        let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
+        let link = std::sync::Arc::new(Self {
+            out,
+            pending: Mutex::new(Some(HashMap::new())),
+            next_id: AtomicU64::new(1),
+            last_pong: Mutex::new(Instant::now()),
+            closed: watch::channel(false).0,
+        });
+        tokio::spawn(async move {
+            while let Some(msg) = out_rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let reader = link.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                reader.on_message(msg);
+            }
+            reader.fail_all(AgentError::browser(
+                ErrorCategory::BrowserCrashed,
+                "the browser's page connection closed while the request was in flight",
+            ));
+        });
+        Ok((link, hello["capabilities"].clone()))
+    }
+
+    fn on_message(&self, msg: WsMessage) {
+        match msg {
+            WsMessage::Binary(buf) => match wire::decode(buf) {
+                Ok((id, frame)) => self.resolve(id, Reply::Frame(frame)),
+                Err(e) => {
+                    // The page is ours: a malformed frame is a bug, fail that request.
+                    if let Some(id) = e.id {
+                        self.resolve(id, Reply::Failed(AgentError::Internal(e.to_string())));
+                    }
+                    tracing::error!(error = %e, "page sent a malformed frame");
+                }
+            },
+            WsMessage::Text(text) => self.on_control(&text),
+            _ => {}
+        }
+    }
+
+    fn on_control(&self, text: &str) {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            tracing::error!(%text, "page sent a control message that is not JSON");
+            return;
+        };
+        match v["op"].as_str() {
+            Some("pong") => *self.last_pong.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
+            Some("result") => {
+                let id = v["req"].as_u64().unwrap_or(0);
+                let result = if v["ok"] == true {
+                    Ok(v["value"].clone())
+                } else {
+                    Err(v["error"].as_str().unwrap_or("unknown error").to_owned())
+                };
+                self.resolve(id, Reply::Control(result));
+            }
+            Some("log") => tracing::info!(target: "page", "{}", v["message"].as_str().unwrap_or_default()),
+            _ => tracing::warn!(%text, "unknown control message from page"),
+        }
+    }
+
+    fn resolve(&self, id: u64, reply: Reply) {
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|m| m.remove(&id));
+        if let Some(tx) = waiter {
+            let _ = tx.send(reply);
+        }
+    }
+
+    /// Marks the link dead and fails everyone waiting on it with `err`.
+    pub fn fail_all(&self, err: AgentError) {
+        let waiters = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for (_, tx) in waiters.into_iter().flatten() {
+            let _ = tx.send(Reply::Failed(err.clone()));
+        }
+        self.closed.send_replace(true);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Resolves when the link has died.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    fn register(&self) -> Result<(u64, oneshot::Receiver<Reply>), AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.as_mut() {
+            Some(map) => {
+                map.insert(id, tx);
+                Ok((id, rx))
+            }
+            None => Err(AgentError::browser(
+                ErrorCategory::BrowserUnavailable,
+                "the browser is restarting",
+            )),
+        }
+    }
+
+    async fn wait(&self, id: u64, rx: oneshot::Receiver<Reply>, send: WsMessage) -> Result<Reply, AgentError> {
+        if self.out.send(send).is_err() {
+            self.resolve(id, Reply::Failed(AgentError::Internal(String::new())));
+            return Err(AgentError::browser(
+                ErrorCategory::BrowserCrashed,
+                "the browser's page connection is gone",
+            ));
+        }
+        match rx.await {
+            Ok(Reply::Failed(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(_) => Err(AgentError::browser(
+                ErrorCategory::BrowserCrashed,
+                "the browser's page connection closed",
+            )),
+        }
+    }
+
+    /// Runs one inference in the page.
+    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
+        let (id, rx) = self.register()?;
+        let frame = wire::encode(id, &Message::Request(req));
+        match self.wait(id, rx, WsMessage::Binary(frame.into())).await? {
+            Reply::Frame(Message::Response(resp)) => Ok(resp),
+            Reply::Frame(Message::Error(e)) => Err(AgentError::from_frame(e)),
+            other => Err(AgentError::Internal(format!("unexpected reply from page: {other:?}"))),
+        }
+    }
+
+    /// Sends a control operation (`{"op": ...}`) and waits for its result.
+    pub async fn control(&self, mut op: Value) -> Result<Result<Value, String>, AgentError> {
+        let (id, rx) = self.register()?;
+        op["req"] = id.into();
+        let text = Utf8Bytes::from(op.to_string());
+        match self.wait(id, rx, WsMessage::Text(text)).await? {
+            Reply::Control(result) => Ok(result),
+            other => Err(AgentError::Internal(format!("unexpected reply from page: {other:?}"))),
+        }
+    }
+
+    /// Sends a heartbeat ping; the page answers with a pong that updates `since_pong`.
+    pub fn ping(&self) {
+        let _ = self.out.send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
+    }
+
+    /// Time since the page last answered a ping.
+    pub fn since_pong(&self) -> Duration {
+        self.last_pong.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    /// Requests waiting on the page right now.
+    pub fn pending_count(&self) -> usize {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, HashMap::len)
+    }
+}

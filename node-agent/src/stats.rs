@@ -1,0 +1,256 @@
+//! What the agent measures about itself: Prometheus metrics for scraping, and the
+//! `/v1/stats` summary the operator reads to scale pools (in flight, queued, per-model
+//! latency, errors by category).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use webaccel_api::ErrorCategory;
+
+use crate::models::LoadedModel;
+
+/// Latencies kept per model for percentiles in `/v1/stats`.
+const WINDOW: usize = 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabel {
+    category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Debug, Default)]
+struct ModelWindow {
+    requests: u64,
+    errors: u64,
+    latency_ms: VecDeque<f64>,
+    compute_ms: VecDeque<f64>,
+}
+
+/// Per-model figures in `/v1/stats`.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ModelStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub compute_p50_ms: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    errors: Family<CategoryLabel, Counter>,
+    restarts: Family<ReasonLabel, Counter>,
+    model_init: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    pub in_flight: Gauge,
+    pub queued: Gauge,
+    windows: Mutex<BTreeMap<String, ModelWindow>>,
+    errors_by_category: Mutex<BTreeMap<ErrorCategory, u64>>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms to ~1.6 min.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("webaccel_agent");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<ModelLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let errors = Family::<CategoryLabel, Counter>::default();
+        let restarts = Family::<ReasonLabel, Counter>::default();
+        let model_init = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
+        let in_flight = Gauge::default();
+        let queued = Gauge::default();
+        registry.register("requests", "Inference requests by model and outcome", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "End-to-end inference latency inside the agent",
+            latency.clone(),
+        );
+        registry.register("errors", "Failed requests by error category", errors.clone());
+        registry.register("browser_restarts", "Browser restarts by reason", restarts.clone());
+        registry.register(
+            "model_init_seconds",
+            "Session creation time of the loaded model",
+            model_init.clone(),
+        );
+        registry.register("in_flight", "Requests running in the page", in_flight.clone());
+        registry.register("queued", "Requests accepted and waiting for their model", queued.clone());
+        Self {
+            registry,
+            requests,
+            latency,
+            errors,
+            restarts,
+            model_init,
+            in_flight,
+            queued,
+            windows: Mutex::default(),
+            errors_by_category: Mutex::default(),
+        }
+    }
+}
+
+fn push(q: &mut VecDeque<f64>, v: f64) {
+    if q.len() == WINDOW {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+/// Nearest-rank percentile.
+fn percentile(q: &VecDeque<f64>, p: f64) -> Option<f64> {
+    if q.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = q.iter().copied().collect();
+    v.sort_by(f64::total_cmp);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+impl Stats {
+    /// Records a finished request; `compute_ms` is the page's own time when it succeeded.
+    pub fn record(&self, model: &str, elapsed: Duration, result: Result<f64, ErrorCategory>) {
+        let outcome = match result {
+            Ok(_) => "ok".to_owned(),
+            Err(c) => c.as_str().to_owned(),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&ModelLabel { model: model.to_owned() })
+            .observe(elapsed.as_secs_f64());
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = windows.entry(model.to_owned()).or_default();
+        w.requests += 1;
+        match result {
+            Ok(compute_ms) => {
+                push(&mut w.latency_ms, elapsed.as_secs_f64() * 1e3);
+                push(&mut w.compute_ms, compute_ms);
+            }
+            Err(c) => {
+                w.errors += 1;
+                drop(windows);
+                self.error(c);
+            }
+        }
+    }
+
+    /// Counts an error that did not reach a model (bad frames, auth, overload).
+    pub fn error(&self, category: ErrorCategory) {
+        self.errors
+            .get_or_create(&CategoryLabel {
+                category: category.as_str().to_owned(),
+            })
+            .inc();
+        *self
+            .errors_by_category
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(category)
+            .or_default() += 1;
+    }
+
+    pub fn browser_restarted(&self, reason: &str) {
+        self.restarts
+            .get_or_create(&ReasonLabel { reason: reason.to_owned() })
+            .inc();
+    }
+
+    pub fn model_loaded(&self, model: &str, m: &LoadedModel) {
+        self.model_init
+            .get_or_create(&ModelLabel { model: model.to_owned() })
+            .set(m.create_ms / 1e3);
+    }
+
+    pub fn per_model(&self) -> BTreeMap<String, ModelStats> {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows
+            .iter()
+            .map(|(name, w)| {
+                (
+                    name.clone(),
+                    ModelStats {
+                        requests: w.requests,
+                        errors: w.errors,
+                        latency_p50_ms: percentile(&w.latency_ms, 0.5),
+                        latency_p99_ms: percentile(&w.latency_ms, 0.99),
+                        compute_p50_ms: percentile(&w.compute_ms, 0.5),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub fn errors_by_category(&self) -> BTreeMap<ErrorCategory, u64> {
+        self.errors_by_category.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let q: VecDeque<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&q, 0.5), Some(50.0));
+        assert_eq!(percentile(&q, 0.99), Some(99.0));
+        assert_eq!(percentile(&VecDeque::new(), 0.5), None);
+    }
+
+    #[test]
+    fn records_requests_errors_and_exposes_them() {
+        let s = Stats::default();
+        s.record("mlp", Duration::from_millis(2), Ok(1.0));
+        s.record("mlp", Duration::from_millis(4), Err(ErrorCategory::BrowserCrashed));
+        let m = &s.per_model()["mlp"];
+        assert_eq!((m.requests, m.errors, m.latency_p50_ms), (2, 1, Some(2.0)));
+        assert_eq!(s.errors_by_category()[&ErrorCategory::BrowserCrashed], 1);
+        let text = s.encode();
+        assert!(text.contains(r#"webaccel_agent_requests_total{model="mlp",outcome="browser_crashed"} 1"#), "{text}");
+        assert!(text.contains(r#"webaccel_agent_errors_total{category="browser_crashed"} 1"#), "{text}");
+    }
+}

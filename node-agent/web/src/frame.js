@@ -1,0 +1,76 @@
+// The binary frame format of webaccel's wire protocol; the Rust side is
+// crds/src/wire.rs, which documents the layout. Kept byte-for-byte in step with it.
+
+const MAGIC = [0x57, 0x41, 0x46, 0x31]; // "WAF1"
+const PREFIX_LEN = 20;
+const ALIGN = 8;
+export const KIND_REQUEST = 1;
+export const KIND_RESPONSE = 2;
+export const KIND_ERROR = 3;
+
+const SIZES = {
+  BOOL: 1, UINT8: 1, INT8: 1, UINT16: 2, INT16: 2, FP16: 2,
+  UINT32: 4, INT32: 4, FP32: 4, UINT64: 8, INT64: 8, FP64: 8,
+};
+// onnxruntime-web type names, and the typed array each one is viewed as.
+const ORT_TYPES = {
+  BOOL: ['bool', Uint8Array], UINT8: ['uint8', Uint8Array], INT8: ['int8', Int8Array],
+  UINT16: ['uint16', Uint16Array], INT16: ['int16', Int16Array], FP16: ['float16', Uint16Array],
+  UINT32: ['uint32', Uint32Array], INT32: ['int32', Int32Array], FP32: ['float32', Float32Array],
+  UINT64: ['uint64', BigUint64Array], INT64: ['int64', BigInt64Array], FP64: ['float64', Float64Array],
+};
+const FROM_ORT = Object.fromEntries(Object.entries(ORT_TYPES).map(([k, [o]]) => [o, k]));
+
+export const ortType = (datatype) => ORT_TYPES[datatype]?.[0];
+export const datatypeOf = (ortName) => FROM_ORT[ortName];
+
+const alignUp = (n) => Math.ceil(n / ALIGN) * ALIGN;
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+// Decodes a frame into {kind, id, header, tensors: [{name, datatype, shape, data}]} where
+// data is a typed array viewing the frame's buffer (no copy: tensors are 8-aligned).
+export function decodeFrame(buf) {
+  const view = new DataView(buf);
+  if (buf.byteLength < PREFIX_LEN) throw new Error('frame shorter than its prefix');
+  for (let i = 0; i < 4; i++) if (view.getUint8(i) !== MAGIC[i]) throw new Error('bad magic');
+  const kind = view.getUint8(4);
+  const id = view.getBigUint64(8, true);
+  const headerLen = view.getUint32(16, true);
+  const header = JSON.parse(decoder.decode(new Uint8Array(buf, PREFIX_LEN, headerLen)));
+  let cursor = PREFIX_LEN + headerLen;
+  const list = kind === KIND_REQUEST ? header.inputs : kind === KIND_RESPONSE ? header.outputs : [];
+  const tensors = list.map((t) => {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    const start = alignUp(cursor);
+    const bytes = count * SIZES[t.datatype];
+    if (start + bytes > buf.byteLength) throw new Error(`tensor '${t.name}' runs past the frame`);
+    cursor = start + bytes;
+    const Arr = ORT_TYPES[t.datatype][1];
+    return { ...t, data: new Arr(buf, start, count) };
+  });
+  return { kind, id, header, tensors };
+}
+
+// Encodes a frame; tensors are [{name, datatype, shape, data: TypedArray}].
+export function encodeFrame(kind, id, header, tensors = []) {
+  const headerBytes = encoder.encode(JSON.stringify(header));
+  let size = PREFIX_LEN + headerBytes.length;
+  const offsets = tensors.map((t) => {
+    const start = alignUp(size);
+    size = start + t.data.byteLength;
+    return start;
+  });
+  const buf = new ArrayBuffer(size);
+  const bytes = new Uint8Array(buf);
+  const view = new DataView(buf);
+  bytes.set(MAGIC, 0);
+  view.setUint8(4, kind);
+  view.setBigUint64(8, BigInt(id), true);
+  view.setUint32(16, headerBytes.length, true);
+  bytes.set(headerBytes, PREFIX_LEN);
+  tensors.forEach((t, i) => {
+    bytes.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), offsets[i]);
+  });
+  return buf;
+}

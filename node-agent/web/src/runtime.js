@@ -1,0 +1,250 @@
+// webaccel's in-page runtime: holds onnxruntime-web sessions and serves the agent over a
+// loopback WebSocket. Tensors arrive and leave as binary frames (frame.js); control
+// messages (load, unload, ping) are JSON text. The agent supervises this page through
+// the pings: a page that stops answering is declared hung and restarted.
+
+import * as ort from './ort/ort.all.min.mjs';
+import { detectAll } from './capabilities.js';
+import {
+  KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, datatypeOf, decodeFrame, encodeFrame, ortType,
+} from './frame.js';
+
+const params = new URLSearchParams(location.search);
+ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
+const threads = Number(params.get('threads') || 0);
+if (threads > 0) ort.env.wasm.numThreads = threads;
+ort.env.logLevel = 'warning';
+
+// name -> {session, backend, queue}; queue serialises runs, since a session runs one
+// request at a time.
+const sessions = new Map();
+let capabilities = null;
+const ws = new WebSocket(`ws://${location.host}/page/ws?s=${encodeURIComponent(params.get('s'))}`);
+ws.binaryType = 'arraybuffer';
+
+const send = (obj) => ws.send(JSON.stringify(obj));
+
+ws.onopen = async () => {
+  capabilities = await detectAll();
+  capabilities.ort_version = ort.env.versions?.web || null;
+  send({ op: 'hello', capabilities });
+};
+ws.onclose = () => { document.title = 'webaccel: disconnected'; };
+
+ws.onmessage = (ev) => {
+  if (typeof ev.data === 'string') {
+    handleControl(JSON.parse(ev.data));
+  } else {
+    handleFrame(ev.data);
+  }
+};
+
+async function handleControl(msg) {
+  if (msg.op === 'ping') {
+    send({ op: 'pong' });
+    return;
+  }
+  try {
+    let value;
+    if (msg.op === 'load') value = await load(msg);
+    else if (msg.op === 'unload') value = await unload(msg.name);
+    else throw new Error(`unknown op '${msg.op}'`);
+    send({ op: 'result', req: msg.req, ok: true, value });
+  } catch (e) {
+    send({ op: 'result', req: msg.req, ok: false, error: String(e?.message ?? e) });
+  }
+}
+
+// ---- loading -------------------------------------------------------------------------
+
+function refusal(backend, webnnDevice) {
+  if (backend === 'webgpu' && !capabilities.webgpu.available) {
+    return `backend webgpu is unavailable: ${capabilities.webgpu.reason}`;
+  }
+  if (backend === 'webnn') {
+    const d = capabilities.webnn[webnnDevice];
+    if (!d?.available) return `backend webnn (${webnnDevice}) is unavailable: ${d?.reason ?? 'unknown device type'}`;
+  }
+  return null;
+}
+
+function sessionOptions(backend, webnnDevice) {
+  const ep = backend === 'webnn' ? { name: 'webnn', deviceType: webnnDevice } : backend;
+  return {
+    executionProviders: [ep],
+    graphOptimizationLevel: 'all',
+    // Without this onnxruntime silently places nodes the chosen provider cannot run on
+    // its CPU provider; webaccel reports one backend per model, so a model that does not
+    // fit the provider whole is refused instead.
+    extra: backend === 'wasm' ? {} : { session: { disable_cpu_ep_fallback: '1' } },
+  };
+}
+
+function metadata(list) {
+  return list.map((m) => ({
+    name: m.name,
+    datatype: m.isTensor ? datatypeOf(m.type) ?? null : null,
+    ort_type: m.isTensor ? m.type : 'non-tensor',
+    shape: m.isTensor ? m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) : [],
+  }));
+}
+
+// Zero-filled inputs shaped like the model's (symbolic dims as 1), for warm-up and the
+// auto measurement.
+function syntheticFeeds(session) {
+  const feeds = {};
+  for (const m of session.inputMetadata) {
+    if (!m.isTensor) throw new Error(`input '${m.name}' is not a tensor; cannot warm up`);
+    const dims = m.shape.map((d) => (typeof d === 'number' && d > 0 ? d : 1));
+    const count = dims.reduce((a, b) => a * b, 1);
+    const dt = datatypeOf(m.type);
+    if (!dt) throw new Error(`input '${m.name}' has type ${m.type}, which webaccel cannot synthesise`);
+    const data = new (typedArrayFor(m.type))(count);
+    feeds[m.name] = new ort.Tensor(m.type, data, dims);
+  }
+  return feeds;
+}
+
+function typedArrayFor(ortName) {
+  return {
+    bool: Uint8Array, uint8: Uint8Array, int8: Int8Array, uint16: Uint16Array, int16: Int16Array,
+    float16: Uint16Array, uint32: Uint32Array, int32: Int32Array, float32: Float32Array,
+    float64: Float64Array, int64: BigInt64Array, uint64: BigUint64Array,
+  }[ortName];
+}
+
+async function timed(fn) {
+  const t0 = performance.now();
+  const value = await fn();
+  return [value, performance.now() - t0];
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+// Creates a session on one backend and measures it: creation, first run, steady runs.
+async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
+  const why = refusal(backend, webnnDevice);
+  if (why) throw new Error(why);
+  const [session, createMs] = await timed(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice)));
+  const result = { session, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
+  if (!warmup) return result;
+  try {
+    const feeds = syntheticFeeds(session);
+    result.warmup_ms = (await timed(() => session.run(feeds)))[1];
+    const times = [];
+    for (let i = 0; i < runs; i++) times.push((await timed(() => session.run(feeds)))[1]);
+    result.steady_ms = median(times);
+  } catch (e) {
+    await session.release();
+    throw e;
+  }
+  return result;
+}
+
+async function load(msg) {
+  const { name, url, backend, webnn_device: webnnDevice = 'cpu', warmup = true } = msg;
+  const [bytes, fetchMs] = await timed(async () => {
+    const resp = await fetch(url);
+    if (!resp.ok) throw new Error(`fetching the model from the agent failed: HTTP ${resp.status}`);
+    return new Uint8Array(await resp.arrayBuffer());
+  });
+  let chosen;
+  let candidates = null;
+  if (backend === 'auto') {
+    candidates = [];
+    const order = [['webgpu', 'cpu'], ...['gpu', 'npu', 'cpu'].map((d) => ['webnn', d]), ['wasm', 'cpu']];
+    for (const [b, d] of order) {
+      const label = b === 'webnn' ? `webnn:${d}` : b;
+      const why = refusal(b, d);
+      if (why) {
+        candidates.push({ backend: label, ok: false, error: why });
+        continue;
+      }
+      try {
+        const r = await tryBackend(bytes, b, d, true, 5);
+        candidates.push({ backend: label, ok: true, create_ms: r.create_ms, warmup_ms: r.warmup_ms, steady_ms: r.steady_ms });
+        if (!chosen || r.steady_ms < chosen.steady_ms) {
+          if (chosen) await chosen.session.release();
+          chosen = { ...r, label };
+        } else {
+          await r.session.release();
+        }
+      } catch (e) {
+        candidates.push({ backend: label, ok: false, error: String(e?.message ?? e) });
+      }
+    }
+    if (!chosen) throw new Error(`no backend could run the model: ${JSON.stringify(candidates)}`);
+  } else {
+    const r = await tryBackend(bytes, backend, webnnDevice, warmup, 3);
+    chosen = { ...r, label: backend === 'webnn' ? `webnn:${webnnDevice}` : backend };
+  }
+  const old = sessions.get(name);
+  sessions.set(name, { session: chosen.session, backend: chosen.label, queue: Promise.resolve() });
+  if (old) old.queue.then(() => old.session.release());
+  return {
+    backend: chosen.label,
+    fetch_ms: fetchMs,
+    create_ms: chosen.create_ms,
+    warmup_ms: chosen.warmup_ms,
+    steady_ms: chosen.steady_ms,
+    candidates,
+    inputs: metadata(chosen.session.inputMetadata),
+    outputs: metadata(chosen.session.outputMetadata),
+  };
+}
+
+async function unload(name) {
+  const entry = sessions.get(name);
+  if (!entry) return { unloaded: false };
+  sessions.delete(name);
+  await entry.queue;
+  await entry.session.release();
+  return { unloaded: true };
+}
+
+// ---- inference -----------------------------------------------------------------------
+
+function errorFrame(id, category, message) {
+  return encodeFrame(KIND_ERROR, id, { category, message, retryable: category === 'model_not_ready' });
+}
+
+function handleFrame(buf) {
+  let frame;
+  try {
+    frame = decodeFrame(buf);
+  } catch (e) {
+    send({ op: 'log', message: `dropped a malformed frame from the agent: ${e}` });
+    return;
+  }
+  if (frame.kind !== KIND_REQUEST) return;
+  const { id, header, tensors } = frame;
+  const entry = sessions.get(header.model);
+  if (!entry) {
+    ws.send(errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`));
+    return;
+  }
+  entry.queue = entry.queue.then(() => run(entry, id, header, tensors));
+}
+
+async function run(entry, id, header, tensors) {
+  try {
+    const feeds = {};
+    for (const t of tensors) feeds[t.name] = new ort.Tensor(ortType(t.datatype), t.data, t.shape);
+    const t0 = performance.now();
+    const results = header.outputs?.length
+      ? await entry.session.run(feeds, header.outputs)
+      : await entry.session.run(feeds);
+    const computeMs = performance.now() - t0;
+    const names = header.outputs?.length ? header.outputs : entry.session.outputNames;
+    const outputs = names.map((name) => {
+      const r = results[name];
+      return { name, datatype: datatypeOf(r.type), shape: r.dims.map(Number), data: r.data };
+    });
+    const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
+    ws.send(encodeFrame(KIND_RESPONSE, id, {
+      model: header.model, backend: entry.backend, compute_ms: computeMs, outputs: meta,
+    }, outputs));
+  } catch (e) {
+    ws.send(errorFrame(id, 'inference_failed', String(e?.message ?? e)));
+  }
+}
