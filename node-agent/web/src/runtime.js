@@ -15,9 +15,18 @@ const threads = Number(params.get('threads') || 0);
 if (threads > 0) ort.env.wasm.numThreads = threads;
 ort.env.logLevel = 'warning';
 
-// name -> {session, backend, queue}; queue serialises runs, since a session runs one
-// request at a time.
+// name -> {session, backend}
 const sessions = new Map();
+
+// onnxruntime-web allows one asynchronous operation (create, run, release) at a time in
+// the whole page, across all sessions: a second one throws "Session already started".
+// Every ORT call goes through this queue.
+let ortQueue = Promise.resolve();
+function exclusive(fn) {
+  const p = ortQueue.then(fn);
+  ortQueue = p.catch(() => {});
+  return p;
+}
 let capabilities = null;
 const ws = new WebSocket(`ws://${location.host}/page/ws?s=${encodeURIComponent(params.get('s'))}`);
 ws.binaryType = 'arraybuffer';
@@ -125,17 +134,17 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
   const why = refusal(backend, webnnDevice);
   if (why) throw new Error(why);
-  const [session, createMs] = await timed(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice)));
+  const [session, createMs] = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
   const result = { session, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
   if (!warmup) return result;
   try {
     const feeds = syntheticFeeds(session);
-    result.warmup_ms = (await timed(() => session.run(feeds)))[1];
+    result.warmup_ms = await exclusive(async () => (await timed(() => session.run(feeds)))[1]);
     const times = [];
-    for (let i = 0; i < runs; i++) times.push((await timed(() => session.run(feeds)))[1]);
+    for (let i = 0; i < runs; i++) times.push(await exclusive(async () => (await timed(() => session.run(feeds)))[1]));
     result.steady_ms = median(times);
   } catch (e) {
-    await session.release();
+    await exclusive(() => session.release());
     throw e;
   }
   return result;
@@ -164,10 +173,10 @@ async function load(msg) {
         const r = await tryBackend(bytes, b, d, true, 5);
         candidates.push({ backend: label, ok: true, create_ms: r.create_ms, warmup_ms: r.warmup_ms, steady_ms: r.steady_ms });
         if (!chosen || r.steady_ms < chosen.steady_ms) {
-          if (chosen) await chosen.session.release();
+          if (chosen) await exclusive(() => chosen.session.release());
           chosen = { ...r, label };
         } else {
-          await r.session.release();
+          await exclusive(() => r.session.release());
         }
       } catch (e) {
         candidates.push({ backend: label, ok: false, error: String(e?.message ?? e) });
@@ -179,8 +188,8 @@ async function load(msg) {
     chosen = { ...r, label: backend === 'webnn' ? `webnn:${webnnDevice}` : backend };
   }
   const old = sessions.get(name);
-  sessions.set(name, { session: chosen.session, backend: chosen.label, queue: Promise.resolve() });
-  if (old) old.queue.then(() => old.session.release());
+  sessions.set(name, { session: chosen.session, backend: chosen.label });
+  if (old) exclusive(() => old.session.release());
   return {
     backend: chosen.label,
     fetch_ms: fetchMs,
@@ -197,8 +206,7 @@ async function unload(name) {
   const entry = sessions.get(name);
   if (!entry) return { unloaded: false };
   sessions.delete(name);
-  await entry.queue;
-  await entry.session.release();
+  await exclusive(() => entry.session.release());
   return { unloaded: true };
 }
 
@@ -223,7 +231,7 @@ function handleFrame(buf) {
     ws.send(errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`));
     return;
   }
-  entry.queue = entry.queue.then(() => run(entry, id, header, tensors));
+  exclusive(() => run(entry, id, header, tensors));
 }
 
 async function run(entry, id, header, tensors) {
