@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything webaccel's demo and tests need on a fresh Debian machine, then
+# regenerates the test models and their onnxruntime reference outputs. Idempotent:
+# each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if ((${#need_apt[@]})); then
+  echo "setup: installing ${need_apt[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# The in-page runtime's npm packages, exactly as the committed lockfile says.
+web=node-agent/web
+stamp=$web/node_modules/.webaccel-lock.sha256
+lock_sha=$(sha256sum $web/package-lock.json | cut -d' ' -f1)
+if [[ "$(cat $stamp 2>/dev/null)" != "$lock_sha" ]]; then
+  echo "setup: npm ci in $web"
+  (cd $web && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sha" >$stamp
+fi
+
+# The reference runtime (onnxruntime) and the model builder.
+req=node-agent/tests/fixtures/requirements.txt
+if ! python3 -c 'import onnx, onnxruntime, numpy' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
+  echo "setup: pip install -r $req"
+  python3 -m pip install --quiet --disable-pip-version-check -r $req 2>&1 | grep -v "Running pip as the 'root' user" || true
+fi
+
+# Test models and reference outputs, computed by onnxruntime (never by webaccel).
+python3 node-agent/tests/fixtures/make_models.py >/dev/null
+echo "setup: done"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every check and test webaccel has: formatting, clippy, unit tests and the
+# end-to-end tests that start real Chromium processes. Installs what they need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
