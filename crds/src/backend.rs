@@ -63,7 +63,9 @@ impl std::str::FromStr for WebNnDevice {
             "cpu" => Ok(Self::Cpu),
             "gpu" => Ok(Self::Gpu),
             "npu" => Ok(Self::Npu),
-            other => Err(format!("unknown WebNN device '{other}' (expected cpu, gpu or npu)")),
+            other => Err(format!(
+                "unknown WebNN device '{other}' (expected cpu, gpu or npu)"
+            )),
         }
     }
 }
@@ -74,9 +76,19 @@ mod tests {
 
     #[test]
     fn parses_and_prints_every_backend() {
-        for b in [Backend::Auto, Backend::Webgpu, Backend::Webnn, Backend::Wasm] {
+        for b in [
+            Backend::Auto,
+            Backend::Webgpu,
+            Backend::Webnn,
+            Backend::Wasm,
+        ] {
             assert_eq!(b.as_str().parse::<Backend>(), Ok(b));
         }
-        assert!("cuda".parse::<Backend>().unwrap_err().contains("expected auto"));
+        assert!(
+            "cuda"
+                .parse::<Backend>()
+                .unwrap_err()
+                .contains("expected auto")
+        );
     }
 }

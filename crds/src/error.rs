@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn serde_name_matches_as_str() {
-        for c in [ErrorCategory::BrowserCrashed, ErrorCategory::PayloadTooLarge] {
+        for c in [
+            ErrorCategory::BrowserCrashed,
+            ErrorCategory::PayloadTooLarge,
+        ] {
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }

@@ -131,7 +131,9 @@ pub enum TensorError {
         expected: usize,
         actual: usize,
     },
-    #[error("tensor '{name}': shape {shape:?} of {datatype} needs {expected} bytes but got {actual}")]
+    #[error(
+        "tensor '{name}': shape {shape:?} of {datatype} needs {expected} bytes but got {actual}"
+    )]
     ByteLength {
         name: String,
         shape: Vec<i64>,
@@ -204,7 +206,11 @@ impl Tensor {
     }
 
     /// Bytes a tensor of this type and shape occupies.
-    pub fn byte_len_for(name: &str, datatype: DataType, shape: &[i64]) -> Result<usize, TensorError> {
+    pub fn byte_len_for(
+        name: &str,
+        datatype: DataType,
+        shape: &[i64],
+    ) -> Result<usize, TensorError> {
         element_count(name, shape)?
             .checked_mul(datatype.size())
             .ok_or_else(|| TensorError::ShapeOverflow {
@@ -407,26 +413,61 @@ mod tests {
     use serde_json::json;
 
     fn roundtrip(dt: DataType, shape: Vec<i64>, data: Value) -> Value {
-        Tensor::from_json("x", dt, shape, &data).unwrap().to_json_data()
+        Tensor::from_json("x", dt, shape, &data)
+            .unwrap()
+            .to_json_data()
     }
 
     #[test]
     fn every_datatype_roundtrips_through_json() {
-        assert_eq!(roundtrip(DataType::Fp32, vec![2], json!([1.5, -2.0])), json!([1.5, -2.0]));
-        assert_eq!(roundtrip(DataType::Fp16, vec![2], json!([0.5, 2])), json!([0.5, 2.0]));
-        assert_eq!(roundtrip(DataType::Fp64, vec![1], json!([0.1])), json!([0.1]));
+        assert_eq!(
+            roundtrip(DataType::Fp32, vec![2], json!([1.5, -2.0])),
+            json!([1.5, -2.0])
+        );
+        assert_eq!(
+            roundtrip(DataType::Fp16, vec![2], json!([0.5, 2])),
+            json!([0.5, 2.0])
+        );
+        assert_eq!(
+            roundtrip(DataType::Fp64, vec![1], json!([0.1])),
+            json!([0.1])
+        );
         assert_eq!(
             roundtrip(DataType::Int64, vec![2], json!([i64::MIN, i64::MAX])),
             json!([i64::MIN, i64::MAX])
         );
-        assert_eq!(roundtrip(DataType::Uint64, vec![1], json!([u64::MAX])), json!([u64::MAX]));
-        assert_eq!(roundtrip(DataType::Int32, vec![2], json!([-7, 7])), json!([-7, 7]));
-        assert_eq!(roundtrip(DataType::Uint8, vec![2], json!([0, 255])), json!([0, 255]));
-        assert_eq!(roundtrip(DataType::Int8, vec![1], json!([-128])), json!([-128]));
-        assert_eq!(roundtrip(DataType::Int16, vec![1], json!([-300])), json!([-300]));
-        assert_eq!(roundtrip(DataType::Uint16, vec![1], json!([65535])), json!([65535]));
-        assert_eq!(roundtrip(DataType::Uint32, vec![1], json!([4_000_000_000u64])), json!([4_000_000_000u64]));
-        assert_eq!(roundtrip(DataType::Bool, vec![2], json!([true, false])), json!([true, false]));
+        assert_eq!(
+            roundtrip(DataType::Uint64, vec![1], json!([u64::MAX])),
+            json!([u64::MAX])
+        );
+        assert_eq!(
+            roundtrip(DataType::Int32, vec![2], json!([-7, 7])),
+            json!([-7, 7])
+        );
+        assert_eq!(
+            roundtrip(DataType::Uint8, vec![2], json!([0, 255])),
+            json!([0, 255])
+        );
+        assert_eq!(
+            roundtrip(DataType::Int8, vec![1], json!([-128])),
+            json!([-128])
+        );
+        assert_eq!(
+            roundtrip(DataType::Int16, vec![1], json!([-300])),
+            json!([-300])
+        );
+        assert_eq!(
+            roundtrip(DataType::Uint16, vec![1], json!([65535])),
+            json!([65535])
+        );
+        assert_eq!(
+            roundtrip(DataType::Uint32, vec![1], json!([4_000_000_000u64])),
+            json!([4_000_000_000u64])
+        );
+        assert_eq!(
+            roundtrip(DataType::Bool, vec![2], json!([true, false])),
+            json!([true, false])
+        );
     }
 
     #[test]
@@ -445,7 +486,8 @@ mod tests {
 
     #[test]
     fn wrong_element_count_names_the_tensor_and_counts() {
-        let err = Tensor::from_json("input", DataType::Fp32, vec![2, 3], &json!([1, 2])).unwrap_err();
+        let err =
+            Tensor::from_json("input", DataType::Fp32, vec![2, 3], &json!([1, 2])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "tensor 'input': shape [2, 3] needs 6 elements of FP32 but data has 2"
@@ -455,7 +497,10 @@ mod tests {
     #[test]
     fn out_of_range_and_wrong_kind_elements_are_refused() {
         let err = Tensor::from_json("b", DataType::Uint8, vec![1], &json!([256])).unwrap_err();
-        assert!(matches!(err, TensorError::BadElement { index: 0, .. }), "{err}");
+        assert!(
+            matches!(err, TensorError::BadElement { index: 0, .. }),
+            "{err}"
+        );
         let err = Tensor::from_json("b", DataType::Bool, vec![1], &json!([1])).unwrap_err();
         assert!(matches!(err, TensorError::BadElement { .. }), "{err}");
         let err = Tensor::from_json("b", DataType::Int64, vec![1], &json!([1.5])).unwrap_err();
@@ -478,8 +523,16 @@ mod tests {
 
     #[test]
     fn from_bytes_checks_length() {
-        let err = Tensor::from_bytes("r", DataType::Int64, vec![2], Bytes::from(vec![0u8; 15])).unwrap_err();
-        assert!(matches!(err, TensorError::ByteLength { expected: 16, actual: 15, .. }));
+        let err = Tensor::from_bytes("r", DataType::Int64, vec![2], Bytes::from(vec![0u8; 15]))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            TensorError::ByteLength {
+                expected: 16,
+                actual: 15,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -188,7 +188,10 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
     if frame.len() < PREFIX_LEN {
         return Err(DecodeError {
             id: None,
-            reason: format!("{} bytes is shorter than the {PREFIX_LEN}-byte prefix", frame.len()),
+            reason: format!(
+                "{} bytes is shorter than the {PREFIX_LEN}-byte prefix",
+                frame.len()
+            ),
         });
     }
     if &frame[0..4] != MAGIC {
@@ -198,16 +201,24 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
         });
     }
     let id = u64::from_le_bytes(frame[8..16].try_into().unwrap_or_default());
-    let fail = |reason: String| DecodeError { id: Some(id), reason };
+    let fail = |reason: String| DecodeError {
+        id: Some(id),
+        reason,
+    };
     let header_len = u32::from_le_bytes(frame[16..20].try_into().unwrap_or_default()) as usize;
     let header_end = PREFIX_LEN
         .checked_add(header_len)
         .filter(|&end| end <= frame.len())
-        .ok_or_else(|| fail(format!("header length {header_len} runs past the end of the frame")))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "header length {header_len} runs past the end of the frame"
+            ))
+        })?;
     let header = &frame[PREFIX_LEN..header_end];
     let mut cursor = header_end;
     let mut take = |h: TensorHeader| -> Result<Tensor, DecodeError> {
-        let len = Tensor::byte_len_for(&h.name, h.datatype, &h.shape).map_err(|e| fail(e.to_string()))?;
+        let len =
+            Tensor::byte_len_for(&h.name, h.datatype, &h.shape).map_err(|e| fail(e.to_string()))?;
         let start = align_up(cursor);
         let end = start
             .checked_add(len)
@@ -225,12 +236,17 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
                 )
             })?;
         cursor = end;
-        Tensor::from_bytes(h.name, h.datatype, h.shape, frame.slice(start..end)).map_err(|e| fail(e.to_string()))
+        Tensor::from_bytes(h.name, h.datatype, h.shape, frame.slice(start..end))
+            .map_err(|e| fail(e.to_string()))
     };
     let msg = match frame[4] {
         1 => {
             let h: RequestHeader = parse_header(header).map_err(fail)?;
-            let inputs = h.inputs.into_iter().map(&mut take).collect::<Result<_, _>>()?;
+            let inputs = h
+                .inputs
+                .into_iter()
+                .map(&mut take)
+                .collect::<Result<_, _>>()?;
             Message::Request(InferRequest {
                 model: h.model,
                 inputs,
@@ -239,7 +255,11 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
         }
         2 => {
             let h: ResponseHeader = parse_header(header).map_err(fail)?;
-            let outputs = h.outputs.into_iter().map(&mut take).collect::<Result<_, _>>()?;
+            let outputs = h
+                .outputs
+                .into_iter()
+                .map(&mut take)
+                .collect::<Result<_, _>>()?;
             Message::Response(InferResponse {
                 model: h.model,
                 backend: h.backend,
@@ -269,7 +289,13 @@ mod tests {
 
     fn fp32(name: &str, vals: &[f32]) -> Tensor {
         let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::from_bytes(name, DataType::Fp32, vec![vals.len() as i64], Bytes::from(data)).unwrap()
+        Tensor::from_bytes(
+            name,
+            DataType::Fp32,
+            vec![vals.len() as i64],
+            Bytes::from(data),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -277,7 +303,13 @@ mod tests {
         let req = Message::Request(InferRequest {
             model: "mlp".into(),
             inputs: vec![
-                Tensor::from_bytes("flag", DataType::Bool, vec![3], Bytes::from_static(&[1, 0, 1])).unwrap(),
+                Tensor::from_bytes(
+                    "flag",
+                    DataType::Bool,
+                    vec![3],
+                    Bytes::from_static(&[1, 0, 1]),
+                )
+                .unwrap(),
                 fp32("x", &[1.0, 2.0, 3.0]),
             ],
             outputs: vec!["y".into()],
@@ -302,7 +334,13 @@ mod tests {
         let err = Message::Error(ErrorFrame::new(ErrorCategory::BrowserCrashed, "gone"));
         let (id, back) = decode(Bytes::from(encode(9, &err))).unwrap();
         assert_eq!(id, 9);
-        assert!(matches!(back, Message::Error(ErrorFrame { retryable: true, .. })));
+        assert!(matches!(
+            back,
+            Message::Error(ErrorFrame {
+                retryable: true,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -331,9 +369,15 @@ mod tests {
 
     #[test]
     fn bad_header_and_unknown_kind_are_refused_with_the_id() {
-        let mut buf = encode(3, &Message::Error(ErrorFrame::new(ErrorCategory::Internal, "x")));
+        let mut buf = encode(
+            3,
+            &Message::Error(ErrorFrame::new(ErrorCategory::Internal, "x")),
+        );
         buf[4] = 9;
-        assert_eq!(decode(Bytes::from(buf)).unwrap_err().reason, "unknown frame kind 9");
+        assert_eq!(
+            decode(Bytes::from(buf)).unwrap_err().reason,
+            "unknown frame kind 9"
+        );
         let mut buf = Vec::from(&MAGIC[..]);
         buf.extend_from_slice(&[1, 0, 0, 0]);
         buf.extend_from_slice(&11u64.to_le_bytes());
@@ -346,8 +390,16 @@ mod tests {
 
     #[test]
     fn header_length_past_end_is_refused() {
-        let mut buf = encode(1, &Message::Error(ErrorFrame::new(ErrorCategory::Internal, "x")));
+        let mut buf = encode(
+            1,
+            &Message::Error(ErrorFrame::new(ErrorCategory::Internal, "x")),
+        );
         buf[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(Bytes::from(buf)).unwrap_err().reason.contains("past the end"));
+        assert!(
+            decode(Bytes::from(buf))
+                .unwrap_err()
+                .reason
+                .contains("past the end")
+        );
     }
 }

@@ -86,7 +86,10 @@ mod tests {
         let a = Admission::new(2);
         let g1 = a.admit().unwrap();
         let _g2 = a.admit().unwrap();
-        assert!(matches!(a.admit(), Err(AgentError::Overloaded { limit: 2 })));
+        assert!(matches!(
+            a.admit(),
+            Err(AgentError::Overloaded { limit: 2 })
+        ));
         assert_eq!(a.outstanding(), 2, "a refused request leaves no trace");
         drop(g1);
         assert!(a.admit().is_ok());

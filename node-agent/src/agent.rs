@@ -52,11 +52,15 @@ impl Agent {
         let model = req.model.clone();
         let result = self.infer_inner(req).await;
         match &result {
-            Ok(resp) => self.stats.record(&model, started.elapsed(), Ok(resp.compute_ms)),
+            Ok(resp) => self
+                .stats
+                .record(&model, started.elapsed(), Ok(resp.compute_ms)),
             // Unknown models get no per-model series (a client could create unbounded
             // label values), only the category counter.
             Err(AgentError::ModelNotFound(_)) => self.stats.error(ErrorCategory::ModelNotFound),
-            Err(e) => self.stats.record(&model, started.elapsed(), Err(e.category())),
+            Err(e) => self
+                .stats
+                .record(&model, started.elapsed(), Err(e.category())),
         }
         result
     }
@@ -80,7 +84,10 @@ impl Agent {
             };
             let _running = GaugeGuard::new(&self.stats.in_flight);
             let link = self.browser.link().ok_or_else(|| {
-                AgentError::browser(ErrorCategory::BrowserUnavailable, "the browser is restarting")
+                AgentError::browser(
+                    ErrorCategory::BrowserUnavailable,
+                    "the browser is restarting",
+                )
             })?;
             link.infer(req).await
         };

@@ -53,7 +53,9 @@ pub fn resolve_executable(name: &str) -> Result<PathBuf, String> {
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("Chromium binary '{name}' is not on PATH (set --chromium or WEBACCEL_CHROMIUM)"))
+        .ok_or_else(|| {
+            format!("Chromium binary '{name}' is not on PATH (set --chromium or WEBACCEL_CHROMIUM)")
+        })
 }
 
 /// A running Chromium with the runtime page open.

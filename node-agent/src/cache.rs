@@ -89,7 +89,9 @@ impl ModelCache {
         if !resp.status().is_success() {
             return Err(format!("fetching {uri} failed: HTTP {}", resp.status()));
         }
-        let mut file = tokio::fs::File::create(to).await.map_err(|e| format!("cache: {e}"))?;
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| format!("cache: {e}"))?;
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         let mut body = resp.bytes_stream();
@@ -97,7 +99,9 @@ impl ModelCache {
             let chunk = chunk.map_err(|e| format!("fetching {uri} failed mid-way: {e}"))?;
             hasher.update(&chunk);
             bytes += chunk.len() as u64;
-            file.write_all(&chunk).await.map_err(|e| format!("cache: {e}"))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("cache: {e}"))?;
         }
         file.flush().await.map_err(|e| format!("cache: {e}"))?;
         Ok((hex::encode(hasher.finalize()), bytes))
@@ -113,7 +117,9 @@ async fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), String> {
     let data = tokio::fs::read(from)
         .await
         .map_err(|e| format!("reading {} failed: {e}", from.display()))?;
-    tokio::fs::write(to, &data).await.map_err(|e| format!("cache: {e}"))?;
+    tokio::fs::write(to, &data)
+        .await
+        .map_err(|e| format!("cache: {e}"))?;
     Ok((hex::encode(Sha256::digest(&data)), data.len() as u64))
 }
 
@@ -131,7 +137,10 @@ mod tests {
         let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
         let first = cache.get(&uri, None).await.unwrap();
-        assert_eq!((first.sha256.as_str(), first.bytes, first.hit), (sha, 3, false));
+        assert_eq!(
+            (first.sha256.as_str(), first.bytes, first.hit),
+            (sha, 3, false)
+        );
         assert_eq!(std::fs::read(cache.path_for(sha)).unwrap(), b"abc");
 
         // With the digest given, the cached copy is used even if the source is gone.
@@ -146,11 +155,17 @@ mod tests {
         std::fs::write(&model, b"abc").unwrap();
         let cache = ModelCache::new(src.path().join("cache")).unwrap();
         let err = cache
-            .get(&format!("file://{}", model.display()), Some(&"0".repeat(64)))
+            .get(
+                &format!("file://{}", model.display()),
+                Some(&"0".repeat(64)),
+            )
             .await
             .unwrap_err();
         assert!(err.contains("sha256 mismatch"), "{err}");
-        let err = cache.get("file:///does/not/exist.onnx", None).await.unwrap_err();
+        let err = cache
+            .get("file:///does/not/exist.onnx", None)
+            .await
+            .unwrap_err();
         assert!(err.contains("reading /does/not/exist.onnx failed"), "{err}");
     }
 }

@@ -34,7 +34,11 @@ pub struct AgentArgs {
 
     /// Extra Chromium switch, without the leading `--` (e.g. `enable-features=Foo`).
     /// Repeatable.
-    #[arg(long = "chromium-arg", value_name = "SWITCH", allow_hyphen_values = true)]
+    #[arg(
+        long = "chromium-arg",
+        value_name = "SWITCH",
+        allow_hyphen_values = true
+    )]
     pub chromium_args: Vec<String>,
 
     /// Keep Chromium's sandbox on. Off by default because containers and root usually
@@ -219,9 +223,12 @@ mod tests {
 
     #[test]
     fn parses_a_full_spec() {
-        let spec: ModelSpec = format!("mlp=file:///m/mlp.onnx,backend=wasm,sha256={},warmup=false", "AB".repeat(32))
-            .parse()
-            .unwrap();
+        let spec: ModelSpec = format!(
+            "mlp=file:///m/mlp.onnx,backend=wasm,sha256={},warmup=false",
+            "AB".repeat(32)
+        )
+        .parse()
+        .unwrap();
         assert_eq!(spec.name, "mlp");
         assert_eq!(spec.uri, "file:///m/mlp.onnx");
         assert_eq!(spec.backend, Backend::Wasm);
@@ -270,6 +277,9 @@ mod tests {
         .unwrap();
         assert_eq!(args.models.len(), 2);
         assert_eq!(args.hang_timeout, Duration::from_millis(1500));
-        assert_eq!(args.chromium_args, ["enable-features=WebMachineLearningNeuralNetwork"]);
+        assert_eq!(
+            args.chromium_args,
+            ["enable-features=WebMachineLearningNeuralNetwork"]
+        );
     }
 }

@@ -90,8 +90,8 @@ impl AgentError {
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
         let category = self.category();
-        let status =
-            StatusCode::from_u16(category.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(category.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // `error` is the Open Inference Protocol's field; the others let clients decide
         // without parsing the message.
         let body = serde_json::json!({

@@ -43,7 +43,11 @@ fn read_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
         .with_context(|| format!("reading the token file {}", path.display()))?
         .trim()
         .to_owned();
-    anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
     Ok(Some(token))
 }
 
@@ -76,7 +80,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     // The page reaches the agent over loopback when the agent listens on all addresses.
-    let page_ip = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
+    let page_ip = if addr.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        addr.ip()
+    };
     let base_url = format!("http://{}", std::net::SocketAddr::new(page_ip, addr.port()));
 
     let launch = LaunchConfig {
@@ -86,7 +94,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         disk_cache_dir: args.cache_dir().join("chromium-http-cache"),
     };
     let agent = Arc::new(Agent {
-        browser: BrowserSupervisor::new(launch, args.heartbeat_interval, args.hang_timeout, args.wasm_threads),
+        browser: BrowserSupervisor::new(
+            launch,
+            args.heartbeat_interval,
+            args.hang_timeout,
+            args.wasm_threads,
+        ),
         models: ModelRegistry::default(),
         cache,
         admission: Admission::new(args.max_in_flight),
@@ -99,7 +112,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
-    let supervisor = tokio::spawn(supervisor::supervise(agent.clone(), base_url, shutdown.clone()));
+    let supervisor = tokio::spawn(supervisor::supervise(
+        agent.clone(),
+        base_url,
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, "webaccel-agent listening");
 
     let drain_agent = agent.clone();
@@ -107,7 +124,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let graceful = async move {
         termination().await;
         tracing::info!("termination requested: draining");
-        let left = drain_agent.admission.drain(drain_agent.args.drain_timeout).await;
+        let left = drain_agent
+            .admission
+            .drain(drain_agent.args.drain_timeout)
+            .await;
         if left > 0 {
             tracing::warn!(left, "drain timeout passed with requests still in flight");
         } else {

@@ -52,7 +52,9 @@ pub enum ModelState {
     Pending,
     Loading,
     Loaded(LoadedModel),
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 impl ModelState {
@@ -66,12 +68,21 @@ impl ModelState {
     }
 }
 
+/// What `auto` chose for a model: the backend, the WebNN device if any, and the
+/// measurements behind the choice.
+#[derive(Debug, Clone)]
+struct PinnedBackend {
+    backend: Backend,
+    webnn_device: Option<String>,
+    candidates: Option<Value>,
+}
+
 #[derive(Debug)]
 pub struct ModelEntry {
     pub spec: ModelSpec,
     state: RwLock<ModelState>,
     /// The backend `auto` picked, reused after a restart instead of measuring again.
-    pinned: RwLock<Option<(Backend, Option<String>, Option<Value>)>>,
+    pinned: RwLock<Option<PinnedBackend>>,
     /// One request at a time runs in the page per model; the rest queue here.
     pub slot: Semaphore,
 }
@@ -116,11 +127,20 @@ pub struct ModelRegistry {
 
 impl ModelRegistry {
     pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<ModelEntry>> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Adds (or replaces) a model in the pending state; the supervisor or the caller
@@ -135,7 +155,10 @@ impl ModelRegistry {
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<ModelEntry>> {
-        self.entries.write().unwrap_or_else(|p| p.into_inner()).remove(name)
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
     }
 
     /// After a browser is lost its sessions are gone: loaded (and loading) models go
@@ -168,7 +191,11 @@ impl ModelRegistry {
 }
 
 /// Fetches a model and loads it into the page behind `link`; the entry's state follows.
-pub async fn load_into(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Result<LoadedModel, AgentError> {
+pub async fn load_into(
+    agent: &Agent,
+    link: &PageLink,
+    entry: &ModelEntry,
+) -> Result<LoadedModel, AgentError> {
     entry.set_state(ModelState::Loading);
     let result = tokio::time::timeout(agent.args.load_timeout, load_steps(agent, link, entry))
         .await
@@ -186,12 +213,18 @@ pub async fn load_into(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Re
         }
         // The browser went away mid-load: try again in the next one.
         Err(AgentError::Browser { .. }) => entry.set_state(ModelState::Pending),
-        Err(e) => entry.set_state(ModelState::Failed { reason: e.to_string() }),
+        Err(e) => entry.set_state(ModelState::Failed {
+            reason: e.to_string(),
+        }),
     }
     result
 }
 
-async fn load_steps(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Result<LoadedModel, AgentError> {
+async fn load_steps(
+    agent: &Agent,
+    link: &PageLink,
+    entry: &ModelEntry,
+) -> Result<LoadedModel, AgentError> {
     let spec = &entry.spec;
     let started = Instant::now();
     let cached = agent
@@ -199,10 +232,18 @@ async fn load_steps(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Resul
         .get(&spec.uri, spec.sha256.as_deref())
         .await
         .map_err(|e| AgentError::ModelLoad(format!("model '{}': {e}", spec.name)))?;
-    let fetch_ms = if cached.hit { 0.0 } else { started.elapsed().as_secs_f64() * 1e3 };
-    let pinned = entry.pinned.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let fetch_ms = if cached.hit {
+        0.0
+    } else {
+        started.elapsed().as_secs_f64() * 1e3
+    };
+    let pinned = entry
+        .pinned
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let (backend, webnn_device) = match &pinned {
-        Some((b, dev, _)) => (*b, dev.clone()),
+        Some(p) => (p.backend, p.webnn_device.clone()),
         None => (spec.backend, None),
     };
     let op = json!({
@@ -213,14 +254,20 @@ async fn load_steps(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Resul
         "webnn_device": webnn_device.unwrap_or_else(|| json!(spec.webnn_device).as_str().unwrap_or("cpu").to_owned()),
         "warmup": spec.warmup,
     });
-    let value = link
-        .control(op)
-        .await?
-        .map_err(|reason| AgentError::ModelLoad(format!("model '{}' was refused by the runtime: {reason}", spec.name)))?;
+    let value = link.control(op).await?.map_err(|reason| {
+        AgentError::ModelLoad(format!(
+            "model '{}' was refused by the runtime: {reason}",
+            spec.name
+        ))
+    })?;
     let parse_io = |key: &str| serde_json::from_value::<Vec<IoMeta>>(value[key].clone());
     let (inputs, outputs) = match (parse_io("inputs"), parse_io("outputs")) {
         (Ok(i), Ok(o)) => (i, o),
-        _ => return Err(AgentError::Internal(format!("page sent bad model metadata: {value}"))),
+        _ => {
+            return Err(AgentError::Internal(format!(
+                "page sent bad model metadata: {value}"
+            )));
+        }
     };
     let backend_label = value["backend"].as_str().unwrap_or_default().to_owned();
     let model = LoadedModel {
@@ -235,7 +282,7 @@ async fn load_steps(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Resul
         warmup_ms: value["warmup_ms"].as_f64(),
         steady_ms: value["steady_ms"].as_f64(),
         candidates: pinned
-            .and_then(|(_, _, c)| c)
+            .and_then(|p| p.candidates)
             .or_else(|| Some(value["candidates"].clone()).filter(|c| !c.is_null())),
     };
     if spec.backend == Backend::Auto {
@@ -244,7 +291,11 @@ async fn load_steps(agent: &Agent, link: &PageLink, entry: &ModelEntry) -> Resul
             None => (backend_label.clone(), None),
         };
         if let Ok(b) = b.parse::<Backend>() {
-            *entry.pinned.write().unwrap_or_else(|p| p.into_inner()) = Some((b, dev, model.candidates.clone()));
+            *entry.pinned.write().unwrap_or_else(|p| p.into_inner()) = Some(PinnedBackend {
+                backend: b,
+                webnn_device: dev,
+                candidates: model.candidates.clone(),
+            });
         }
     }
     Ok(model)

@@ -83,27 +83,49 @@ impl Default for Stats {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("webaccel_agent");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<ModelLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency = Family::<ModelLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let errors = Family::<CategoryLabel, Counter>::default();
         let restarts = Family::<ReasonLabel, Counter>::default();
         let model_init = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
         let in_flight = Gauge::default();
         let queued = Gauge::default();
-        registry.register("requests", "Inference requests by model and outcome", requests.clone());
+        registry.register(
+            "requests",
+            "Inference requests by model and outcome",
+            requests.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "End-to-end inference latency inside the agent",
             latency.clone(),
         );
-        registry.register("errors", "Failed requests by error category", errors.clone());
-        registry.register("browser_restarts", "Browser restarts by reason", restarts.clone());
+        registry.register(
+            "errors",
+            "Failed requests by error category",
+            errors.clone(),
+        );
+        registry.register(
+            "browser_restarts",
+            "Browser restarts by reason",
+            restarts.clone(),
+        );
         registry.register(
             "model_init_seconds",
             "Session creation time of the loaded model",
             model_init.clone(),
         );
-        registry.register("in_flight", "Requests running in the page", in_flight.clone());
-        registry.register("queued", "Requests accepted and waiting for their model", queued.clone());
+        registry.register(
+            "in_flight",
+            "Requests running in the page",
+            in_flight.clone(),
+        );
+        registry.register(
+            "queued",
+            "Requests accepted and waiting for their model",
+            queued.clone(),
+        );
         Self {
             registry,
             requests,
@@ -152,7 +174,9 @@ impl Stats {
             })
             .inc();
         self.latency
-            .get_or_create(&ModelLabel { model: model.to_owned() })
+            .get_or_create(&ModelLabel {
+                model: model.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = windows.entry(model.to_owned()).or_default();
@@ -187,13 +211,17 @@ impl Stats {
 
     pub fn browser_restarted(&self, reason: &str) {
         self.restarts
-            .get_or_create(&ReasonLabel { reason: reason.to_owned() })
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
             .inc();
     }
 
     pub fn model_loaded(&self, model: &str, m: &LoadedModel) {
         self.model_init
-            .get_or_create(&ModelLabel { model: model.to_owned() })
+            .get_or_create(&ModelLabel {
+                model: model.to_owned(),
+            })
             .set(m.create_ms / 1e3);
     }
 
@@ -217,7 +245,10 @@ impl Stats {
     }
 
     pub fn errors_by_category(&self) -> BTreeMap<ErrorCategory, u64> {
-        self.errors_by_category.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.errors_by_category
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Prometheus text exposition.
@@ -245,12 +276,24 @@ mod tests {
     fn records_requests_errors_and_exposes_them() {
         let s = Stats::default();
         s.record("mlp", Duration::from_millis(2), Ok(1.0));
-        s.record("mlp", Duration::from_millis(4), Err(ErrorCategory::BrowserCrashed));
+        s.record(
+            "mlp",
+            Duration::from_millis(4),
+            Err(ErrorCategory::BrowserCrashed),
+        );
         let m = &s.per_model()["mlp"];
         assert_eq!((m.requests, m.errors, m.latency_p50_ms), (2, 1, Some(2.0)));
         assert_eq!(s.errors_by_category()[&ErrorCategory::BrowserCrashed], 1);
         let text = s.encode();
-        assert!(text.contains(r#"webaccel_agent_requests_total{model="mlp",outcome="browser_crashed"} 1"#), "{text}");
-        assert!(text.contains(r#"webaccel_agent_errors_total{category="browser_crashed"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"webaccel_agent_requests_total{model="mlp",outcome="browser_crashed"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"webaccel_agent_errors_total{category="browser_crashed"} 1"#),
+            "{text}"
+        );
     }
 }

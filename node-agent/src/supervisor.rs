@@ -70,7 +70,12 @@ pub struct BrowserSupervisor {
 }
 
 impl BrowserSupervisor {
-    pub fn new(launch: LaunchConfig, heartbeat_interval: Duration, hang_timeout: Duration, wasm_threads: u32) -> Self {
+    pub fn new(
+        launch: LaunchConfig,
+        heartbeat_interval: Duration,
+        hang_timeout: Duration,
+        wasm_threads: u32,
+    ) -> Self {
         Self {
             launch,
             heartbeat_interval,
@@ -129,7 +134,10 @@ impl BrowserSupervisor {
 
     /// The current secret, for URLs the page fetches.
     pub fn secret(&self) -> String {
-        self.secret.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.secret
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Called by the page socket route once a page with the right secret connects.
@@ -137,7 +145,12 @@ impl BrowserSupervisor {
         if !self.secret_matches(&secret) {
             return;
         }
-        if let Some(tx) = self.expected.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(tx) = self
+            .expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = tx.send(socket);
         }
     }
@@ -148,12 +161,18 @@ impl BrowserSupervisor {
     }
 
     /// Launches a browser and waits for its page to say hello.
-    async fn start(&self, base_url: &str) -> Result<(BrowserProcess, Arc<PageLink>, Value), String> {
+    async fn start(
+        &self,
+        base_url: &str,
+    ) -> Result<(BrowserProcess, Arc<PageLink>, Value), String> {
         let secret = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
         *self.secret.lock().unwrap_or_else(|p| p.into_inner()) = secret.clone();
         *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        let url = format!("{base_url}/page/index.html?s={secret}&threads={}", self.wasm_threads);
+        let url = format!(
+            "{base_url}/page/index.html?s={secret}&threads={}",
+            self.wasm_threads
+        );
         let process = BrowserProcess::launch(&self.launch, &url).await?;
         let socket = match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(socket)) => socket,
@@ -172,7 +191,12 @@ impl BrowserSupervisor {
     }
 
     /// Pings the page until it dies, hangs, or the agent shuts down.
-    async fn watch(&self, process: &mut BrowserProcess, link: &PageLink, shutdown: &CancellationToken) -> Exit {
+    async fn watch(
+        &self,
+        process: &mut BrowserProcess,
+        link: &PageLink,
+        shutdown: &CancellationToken,
+    ) -> Exit {
         let mut tick = tokio::time::interval(self.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Split the borrows: the handler task tells of exit, the page takes injections.
@@ -209,14 +233,19 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         let generation = {
             let mut info = sup.lock_info();
             info.generation += 1;
-            info.state = if info.generation == 1 { BrowserState::Starting } else { BrowserState::Restarting };
+            info.state = if info.generation == 1 {
+                BrowserState::Starting
+            } else {
+                BrowserState::Restarting
+            };
             info.generation
         };
         let (mut process, link, caps) = match sup.start(&base_url).await {
             Ok(started) => started,
             Err(e) => {
                 failed_in_a_row += 1;
-                let backoff = Duration::from_millis(250 * 2u64.pow(failed_in_a_row.min(7))).min(Duration::from_secs(30));
+                let backoff = Duration::from_millis(250 * 2u64.pow(failed_in_a_row.min(7)))
+                    .min(Duration::from_secs(30));
                 tracing::error!(error = %e, ?backoff, "browser launch failed");
                 {
                     let mut info = sup.lock_info();
@@ -237,7 +266,8 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             info.version = process.version.clone();
             info.capabilities = caps;
             info.failed_launches = 0;
-            info.cold_start_ms.get_or_insert(first_launch.elapsed().as_secs_f64() * 1e3);
+            info.cold_start_ms
+                .get_or_insert(first_launch.elapsed().as_secs_f64() * 1e3);
         }
         tracing::info!(generation, pid = ?process.pid, version = %process.version, "browser up");
         sup.link.send_replace(Some(link.clone()));
@@ -262,10 +292,16 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         };
         sup.link.send_replace(None);
         let err = match exit {
-            Exit::Crashed => AgentError::browser(ErrorCategory::BrowserCrashed, "the browser crashed while the request was in flight"),
+            Exit::Crashed => AgentError::browser(
+                ErrorCategory::BrowserCrashed,
+                "the browser crashed while the request was in flight",
+            ),
             Exit::Hung => AgentError::browser(
                 ErrorCategory::BrowserHung,
-                format!("the page stopped answering heartbeats for {:?}; the browser is being restarted", sup.hang_timeout),
+                format!(
+                    "the page stopped answering heartbeats for {:?}; the browser is being restarted",
+                    sup.hang_timeout
+                ),
             ),
             Exit::Shutdown => AgentError::ShuttingDown,
         };
@@ -276,7 +312,11 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             break;
         }
         down_since = Some(Instant::now());
-        let reason = if exit == Exit::Hung { "hung" } else { "crashed" };
+        let reason = if exit == Exit::Hung {
+            "hung"
+        } else {
+            "crashed"
+        };
         tracing::warn!(generation, reason, "browser lost; restarting");
         agent.stats.browser_restarted(reason);
         let mut info = sup.lock_info();

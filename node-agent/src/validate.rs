@@ -9,7 +9,12 @@ use crate::error::AgentError;
 use crate::models::LoadedModel;
 
 /// Validates names, datatypes, shapes and sizes of `req` against `model`.
-pub fn check_request(model_name: &str, model: &LoadedModel, req: &InferRequest, max_tensor_bytes: usize) -> Result<(), AgentError> {
+pub fn check_request(
+    model_name: &str,
+    model: &LoadedModel,
+    req: &InferRequest,
+    max_tensor_bytes: usize,
+) -> Result<(), AgentError> {
     let bad = |msg: String| Err(AgentError::BadRequest(msg));
     let mut seen = HashSet::new();
     for t in &req.inputs {
@@ -27,19 +32,28 @@ pub fn check_request(model_name: &str, model: &LoadedModel, req: &InferRequest, 
             return bad(format!(
                 "model '{model_name}' has no input '{}'; its inputs are {:?}",
                 t.name,
-                model.inputs.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()
+                model
+                    .inputs
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
             ));
         };
         if meta.datatype != Some(t.datatype) {
             return bad(format!(
                 "input '{}' must be {}, got {}",
                 t.name,
-                meta.datatype.map_or_else(|| meta.ort_type.clone(), |d| d.to_string()),
+                meta.datatype
+                    .map_or_else(|| meta.ort_type.clone(), |d| d.to_string()),
                 t.datatype
             ));
         }
         let shape_ok = meta.shape.len() == t.shape.len()
-            && meta.shape.iter().zip(&t.shape).all(|(&want, &got)| want < 0 || want == got);
+            && meta
+                .shape
+                .iter()
+                .zip(&t.shape)
+                .all(|(&want, &got)| want < 0 || want == got);
         if !shape_ok {
             return bad(format!(
                 "input '{}' must have shape {:?} (-1: any size), got {:?}",
@@ -47,8 +61,15 @@ pub fn check_request(model_name: &str, model: &LoadedModel, req: &InferRequest, 
             ));
         }
     }
-    if let Some(missing) = model.inputs.iter().find(|m| !seen.contains(m.name.as_str())) {
-        return bad(format!("input '{}' of model '{model_name}' is missing", missing.name));
+    if let Some(missing) = model
+        .inputs
+        .iter()
+        .find(|m| !seen.contains(m.name.as_str()))
+    {
+        return bad(format!(
+            "input '{}' of model '{model_name}' is missing",
+            missing.name
+        ));
     }
     if let Some(unknown) = req
         .outputs
@@ -57,7 +78,11 @@ pub fn check_request(model_name: &str, model: &LoadedModel, req: &InferRequest, 
     {
         return bad(format!(
             "model '{model_name}' has no output '{unknown}'; its outputs are {:?}",
-            model.outputs.iter().map(|m| m.name.as_str()).collect::<Vec<_>>()
+            model
+                .outputs
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
         ));
     }
     Ok(())
@@ -103,19 +128,37 @@ mod tests {
     }
 
     fn err(r: &InferRequest, limit: usize) -> String {
-        check_request("m", &model(), r, limit).unwrap_err().to_string()
+        check_request("m", &model(), r, limit)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn accepts_a_matching_request_with_any_batch() {
-        assert!(check_request("m", &model(), &req("x", DataType::Fp32, vec![3, 4]), 1 << 20).is_ok());
+        assert!(
+            check_request(
+                "m",
+                &model(),
+                &req("x", DataType::Fp32, vec![3, 4]),
+                1 << 20
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn names_what_is_wrong() {
-        assert!(err(&req("z", DataType::Fp32, vec![1, 4]), 1 << 20).contains("has no input 'z'; its inputs are [\"x\"]"));
-        assert_eq!(err(&req("x", DataType::Int64, vec![1, 4]), 1 << 20), "input 'x' must be FP32, got INT64");
-        assert!(err(&req("x", DataType::Fp32, vec![1, 5]), 1 << 20).contains("must have shape [-1, 4]"));
+        assert!(
+            err(&req("z", DataType::Fp32, vec![1, 4]), 1 << 20)
+                .contains("has no input 'z'; its inputs are [\"x\"]")
+        );
+        assert_eq!(
+            err(&req("x", DataType::Int64, vec![1, 4]), 1 << 20),
+            "input 'x' must be FP32, got INT64"
+        );
+        assert!(
+            err(&req("x", DataType::Fp32, vec![1, 5]), 1 << 20).contains("must have shape [-1, 4]")
+        );
         assert!(err(&req("x", DataType::Fp32, vec![4]), 1 << 20).contains("got [4]"));
         let mut r = req("x", DataType::Fp32, vec![1, 4]);
         r.outputs = vec!["nope".into()];
@@ -127,7 +170,8 @@ mod tests {
 
     #[test]
     fn oversized_tensor_is_payload_too_large() {
-        let e = check_request("m", &model(), &req("x", DataType::Fp32, vec![100, 4]), 1000).unwrap_err();
+        let e = check_request("m", &model(), &req("x", DataType::Fp32, vec![100, 4]), 1000)
+            .unwrap_err();
         assert!(matches!(e, AgentError::PayloadTooLarge(_)), "{e}");
     }
 }

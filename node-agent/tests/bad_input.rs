@@ -2,6 +2,8 @@
 //! serving: unknown models, wrong names/shapes/datatypes, length mismatches, oversized
 //! tensors, overload, authentication, malformed bridge frames, bad model files.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::time::Duration;
@@ -34,21 +36,97 @@ async fn http_requests_are_validated_and_the_agent_keeps_serving() {
     let infer = "/v2/models/mlp/infer";
     let zeros = |n: usize| json!(vec![0.0; n]);
 
-    expect(&agent, "/v2/models/nope/infer", mlp_input(json!([1, 16]), "FP32", zeros(16)), 404, "model_not_found", "unknown model 'nope'").await;
+    expect(
+        &agent,
+        "/v2/models/nope/infer",
+        mlp_input(json!([1, 16]), "FP32", zeros(16)),
+        404,
+        "model_not_found",
+        "unknown model 'nope'",
+    )
+    .await;
     let wrong_name = json!({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": zeros(16)}]});
-    expect(&agent, infer, wrong_name, 400, "bad_request", "has no input 'input'").await;
-    expect(&agent, infer, mlp_input(json!([1, 15]), "FP32", zeros(15)), 400, "bad_request", "must have shape [-1, 16]").await;
-    expect(&agent, infer, mlp_input(json!([1, 16]), "INT32", json!(vec![0; 16])), 400, "bad_request", "must be FP32, got INT32").await;
-    expect(&agent, infer, mlp_input(json!([1, 16]), "FP32", zeros(15)), 400, "bad_request", "needs 16 elements of FP32 but data has 15").await;
-    expect(&agent, infer, mlp_input(json!([1, 16]), "FLOAT", zeros(16)), 400, "bad_request", "unknown datatype 'FLOAT'").await;
-    expect(&agent, infer, json!({"inputs": "x"}), 400, "bad_request", "invalid inference request JSON").await;
+    expect(
+        &agent,
+        infer,
+        wrong_name,
+        400,
+        "bad_request",
+        "has no input 'input'",
+    )
+    .await;
+    expect(
+        &agent,
+        infer,
+        mlp_input(json!([1, 15]), "FP32", zeros(15)),
+        400,
+        "bad_request",
+        "must have shape [-1, 16]",
+    )
+    .await;
+    expect(
+        &agent,
+        infer,
+        mlp_input(json!([1, 16]), "INT32", json!(vec![0; 16])),
+        400,
+        "bad_request",
+        "must be FP32, got INT32",
+    )
+    .await;
+    expect(
+        &agent,
+        infer,
+        mlp_input(json!([1, 16]), "FP32", zeros(15)),
+        400,
+        "bad_request",
+        "needs 16 elements of FP32 but data has 15",
+    )
+    .await;
+    expect(
+        &agent,
+        infer,
+        mlp_input(json!([1, 16]), "FLOAT", zeros(16)),
+        400,
+        "bad_request",
+        "unknown datatype 'FLOAT'",
+    )
+    .await;
+    expect(
+        &agent,
+        infer,
+        json!({"inputs": "x"}),
+        400,
+        "bad_request",
+        "invalid inference request JSON",
+    )
+    .await;
     // 17 rows of 16 floats are 1088 bytes, over the 1024-byte limit.
-    expect(&agent, infer, mlp_input(json!([17, 16]), "FP32", zeros(272)), 413, "payload_too_large", "limit is 1024").await;
-    expect(&agent, "/v2/models/mlp/versions/7/infer", mlp_input(json!([1, 16]), "FP32", zeros(16)), 404, "model_not_found", "version 7").await;
+    expect(
+        &agent,
+        infer,
+        mlp_input(json!([17, 16]), "FP32", zeros(272)),
+        413,
+        "payload_too_large",
+        "limit is 1024",
+    )
+    .await;
+    expect(
+        &agent,
+        "/v2/models/mlp/versions/7/infer",
+        mlp_input(json!([1, 16]), "FP32", zeros(16)),
+        404,
+        "model_not_found",
+        "version 7",
+    )
+    .await;
 
     // Authentication: no token or a wrong one is 401; probes need none.
     let anon = reqwest::Client::new();
-    let r = anon.get(format!("{}/v1/stats", agent.base)).send().await.unwrap();
+    let r = anon
+        .get(format!("{}/v1/stats", agent.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let r = anon
@@ -60,28 +138,57 @@ async fn http_requests_are_validated_and_the_agent_keeps_serving() {
         .unwrap();
     assert_eq!(r.status(), 401);
     for probe in ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"] {
-        assert_eq!(anon.get(format!("{}{probe}", agent.base)).send().await.unwrap().status(), 200, "{probe}");
+        assert_eq!(
+            anon.get(format!("{}{probe}", agent.base))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{probe}"
+        );
     }
-    let r = anon.get(format!("{}/metrics", agent.base)).bearer_auth(TOKEN).send().await.unwrap();
+    let r = anon
+        .get(format!("{}/metrics", agent.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     let text = r.text().await.unwrap();
-    assert!(text.contains("webaccel_agent_errors_total{category=\"bad_request\"}"), "{text}");
+    assert!(
+        text.contains("webaccel_agent_errors_total{category=\"bad_request\"}"),
+        "{text}"
+    );
 
     // After all that, a good request still works.
     let (code, body) = agent.infer_reference("mlp", "mlp").await;
     assert_eq!(code, 200, "{body}");
     let (_, stats) = agent.get("/v1/stats").await;
-    assert!(stats["errors_by_category"]["bad_request"].as_u64().unwrap() >= 6, "{stats}");
+    assert!(
+        stats["errors_by_category"]["bad_request"].as_u64().unwrap() >= 6,
+        "{stats}"
+    );
 }
 
 #[tokio::test]
 async fn bad_model_files_are_refused_with_the_reason() {
     let agent = Agent::start(&[], &[]).await;
     let (code, body) = agent
-        .post("/v1/models", &json!({"name": "bad", "uri": model_uri("invalid.onnx"), "backend": "wasm"}))
+        .post(
+            "/v1/models",
+            &json!({"name": "bad", "uri": model_uri("invalid.onnx"), "backend": "wasm"}),
+        )
         .await;
     assert_eq!(code, 422, "{body}");
     assert_eq!(body["category"], "model_load_failed");
-    assert!(body["error"].as_str().unwrap().to_lowercase().contains("protobuf"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("protobuf"),
+        "{body}"
+    );
 
     let (code, body) = agent
         .post(
@@ -90,35 +197,61 @@ async fn bad_model_files_are_refused_with_the_reason() {
         )
         .await;
     assert_eq!(code, 422, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("sha256 mismatch"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("sha256 mismatch"),
+        "{body}"
+    );
 
-    let (code, body) = agent.post("/v1/models", &json!({"name": "x", "uri": "ftp://host/m.onnx"})).await;
+    let (code, body) = agent
+        .post(
+            "/v1/models",
+            &json!({"name": "x", "uri": "ftp://host/m.onnx"}),
+        )
+        .await;
     assert_eq!(code, 400, "{body}");
 
     // A good model with its real digest loads at run time, serves, and unloads.
     let sums = std::fs::read_to_string(common::fixture("SHA256SUMS")).unwrap();
-    let sha = sums.lines().find(|l| l.ends_with("mlp.onnx")).unwrap().split_whitespace().next().unwrap();
+    let sha = sums
+        .lines()
+        .find(|l| l.ends_with("mlp.onnx"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
     let (code, body) = agent
         .post("/v1/models", &json!({"name": "good", "uri": model_uri("mlp.onnx"), "sha256": sha, "backend": "wasm"}))
         .await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["status"]["sha256"], sha);
     assert_eq!(agent.infer_reference("good", "mlp").await.0, 200);
-    let r = agent.http.delete(format!("{}/v1/models/good", agent.base)).send().await.unwrap();
+    let r = agent
+        .http
+        .delete(format!("{}/v1/models/good", agent.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(agent.infer_reference("good", "mlp").await.0, 404);
 }
 
 #[tokio::test]
 async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
-    let agent = Agent::start(&[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))], &[]).await;
+    let agent = Agent::start(
+        &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
+        &[],
+    )
+    .await;
     let mut a = agent.bridge().await;
     let mut b = agent.bridge().await;
 
-    a.send_raw(WsMessage::Binary(b"garbage".to_vec().into())).await;
+    a.send_raw(WsMessage::Binary(b"garbage".to_vec().into()))
+        .await;
     let (id, msg) = a.recv().await;
     assert_eq!(id, 0);
-    let Message::Error(e) = msg else { panic!("{msg:?}") };
+    let Message::Error(e) = msg else {
+        panic!("{msg:?}")
+    };
     assert_eq!(e.category, ErrorCategory::BadRequest);
     assert!(e.message.contains("malformed frame"), "{}", e.message);
 
@@ -135,7 +268,10 @@ async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
     a.send_raw(WsMessage::Binary(frame.into())).await;
     let (id, msg) = a.recv().await;
     assert_eq!(id, 77);
-    assert!(matches!(msg, Message::Error(ref e) if e.category == ErrorCategory::BadRequest), "{msg:?}");
+    assert!(
+        matches!(msg, Message::Error(ref e) if e.category == ErrorCategory::BadRequest),
+        "{msg:?}"
+    );
 
     a.send_raw(WsMessage::Text("hello".into())).await;
     assert!(matches!(a.recv().await.1, Message::Error(_)));
@@ -143,11 +279,16 @@ async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
     a.send_request(5, "nope", reference_tensors("mlp")).await;
     let (id, msg) = a.recv().await;
     assert_eq!(id, 5);
-    assert!(matches!(msg, Message::Error(ref e) if e.category == ErrorCategory::ModelNotFound), "{msg:?}");
+    assert!(
+        matches!(msg, Message::Error(ref e) if e.category == ErrorCategory::ModelNotFound),
+        "{msg:?}"
+    );
 
     // Both connections still serve.
     for (bridge, id) in [(&mut a, 8u64), (&mut b, 9)] {
-        bridge.send_request(id, "mlp", reference_tensors("mlp")).await;
+        bridge
+            .send_request(id, "mlp", reference_tensors("mlp"))
+            .await;
         let (got, msg) = bridge.recv().await;
         assert_eq!(got, id);
         assert!(matches!(msg, Message::Response(_)), "{msg:?}");
@@ -172,7 +313,11 @@ async fn too_many_in_flight_is_429_and_a_hung_page_fails_them_retryably() {
         let body = json!({"inputs": reference("mlp")["inputs"]});
         tokio::spawn(async move {
             let r = agent_http.post(url).json(&body).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap(), started.elapsed())
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap(),
+                started.elapsed(),
+            )
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -183,9 +328,15 @@ async fn too_many_in_flight_is_429_and_a_hung_page_fails_them_retryably() {
 
     let (code, body, took) = first.await.unwrap();
     assert_eq!(code, 503, "{body}");
-    assert!(["browser_hung", "browser_crashed"].contains(&body["category"].as_str().unwrap()), "{body}");
+    assert!(
+        ["browser_hung", "browser_crashed"].contains(&body["category"].as_str().unwrap()),
+        "{body}"
+    );
     assert_eq!(body["retryable"], true);
-    assert!(took < Duration::from_secs(3), "the hang must be detected within 3 s, took {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the hang must be detected within 3 s, took {took:?}"
+    );
 
     // The browser is restarted and the model reloaded.
     agent.wait_ready(Duration::from_secs(30)).await;

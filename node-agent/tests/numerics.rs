@@ -2,6 +2,8 @@
 //! `webgpu` (SwiftShader here) against onnxruntime's outputs, over HTTP and the bridge;
 //! `auto` measures the backends; WebNN is detected and refused with its reason.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use common::{Agent, assert_outputs_match, model_uri, reference_tensors, tensors_json};
@@ -19,10 +21,16 @@ const GPU_REL: f64 = 1e-3;
 async fn every_model_matches_onnxruntime_on_wasm_and_webgpu() {
     let mut models = Vec::new();
     for m in ["mlp", "cnn", "transformer", "types"] {
-        models.push(format!("{m}_wasm={},backend=wasm", model_uri(&format!("{m}.onnx"))));
+        models.push(format!(
+            "{m}_wasm={},backend=wasm",
+            model_uri(&format!("{m}.onnx"))
+        ));
     }
     for m in ["mlp", "cnn", "transformer"] {
-        models.push(format!("{m}_webgpu={},backend=webgpu", model_uri(&format!("{m}.onnx"))));
+        models.push(format!(
+            "{m}_webgpu={},backend=webgpu",
+            model_uri(&format!("{m}.onnx"))
+        ));
     }
     let agent = Agent::start(&models, &[]).await;
 
@@ -43,10 +51,14 @@ async fn every_model_matches_onnxruntime_on_wasm_and_webgpu() {
     // The same through the binary bridge.
     let mut bridge = agent.bridge().await;
     for (id, m) in [(1u64, "transformer"), (2, "types")] {
-        bridge.send_request(id, &format!("{m}_wasm"), reference_tensors(m)).await;
+        bridge
+            .send_request(id, &format!("{m}_wasm"), reference_tensors(m))
+            .await;
         let (got_id, msg) = bridge.recv().await;
         assert_eq!(got_id, id);
-        let Message::Response(resp) = msg else { panic!("{m}: {msg:?}") };
+        let Message::Response(resp) = msg else {
+            panic!("{m}: {msg:?}")
+        };
         assert_eq!(resp.backend, "wasm");
         assert!(resp.compute_ms > 0.0);
         assert_outputs_match(m, &tensors_json(&resp.outputs), WASM_ABS, WASM_REL);
@@ -55,10 +67,16 @@ async fn every_model_matches_onnxruntime_on_wasm_and_webgpu() {
     // Model metadata follows the protocol, with the symbolic batch dimension as -1.
     let (status, meta) = agent.get("/v2/models/mlp_wasm").await;
     assert_eq!(status, 200);
-    assert_eq!(meta["inputs"], json!([{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]));
+    assert_eq!(
+        meta["inputs"],
+        json!([{"name": "x", "datatype": "FP32", "shape": [-1, 16]}])
+    );
     assert_eq!(meta["versions"], json!(["1"]));
     assert_eq!(agent.get("/v2/models/mlp_wasm/ready").await.0, 200);
-    assert_eq!(agent.get("/v2/models/mlp_wasm/versions/1/ready").await.0, 200);
+    assert_eq!(
+        agent.get("/v2/models/mlp_wasm/versions/1/ready").await.0,
+        200
+    );
 }
 
 #[tokio::test]
@@ -67,7 +85,13 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
 
     // Capabilities are what the browser really has: SwiftShader is software.
     let (_, caps) = agent.get("/v1/capabilities").await;
-    assert!(caps["browser"]["version"].as_str().unwrap().contains("Chrome/"), "{caps}");
+    assert!(
+        caps["browser"]["version"]
+            .as_str()
+            .unwrap()
+            .contains("Chrome/"),
+        "{caps}"
+    );
     let gpu = &caps["webgpu"];
     if gpu["available"] == true {
         let adapter = &gpu["adapter"];
@@ -79,7 +103,10 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
         assert!(gpu["reason"].as_str().unwrap().len() > 10, "{gpu}");
     }
     assert_eq!(caps["wasm"]["simd"], true);
-    assert_eq!(caps["wasm"]["cross_origin_isolated"], true, "page must be cross-origin isolated");
+    assert_eq!(
+        caps["wasm"]["cross_origin_isolated"], true,
+        "page must be cross-origin isolated"
+    );
     assert_eq!(caps["wasm"]["threads"], true);
     let webnn_cpu = &caps["webnn"]["cpu"];
 
@@ -89,12 +116,23 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
     let status = &model["status"];
     assert_eq!(status["state"], "loaded", "{model}");
     let candidates = status["candidates"].as_array().unwrap();
-    let labels: Vec<_> = candidates.iter().map(|c| c["backend"].as_str().unwrap()).collect();
-    assert_eq!(labels, ["webgpu", "webnn:gpu", "webnn:npu", "webnn:cpu", "wasm"]);
+    let labels: Vec<_> = candidates
+        .iter()
+        .map(|c| c["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["webgpu", "webnn:gpu", "webnn:npu", "webnn:cpu", "wasm"]
+    );
     let fastest = candidates
         .iter()
         .filter(|c| c["ok"] == true)
-        .min_by(|a, b| a["steady_ms"].as_f64().unwrap().total_cmp(&b["steady_ms"].as_f64().unwrap()))
+        .min_by(|a, b| {
+            a["steady_ms"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["steady_ms"].as_f64().unwrap())
+        })
         .unwrap();
     assert_eq!(status["backend"], fastest["backend"], "{candidates:?}");
     for c in candidates.iter().filter(|c| c["ok"] == false) {
@@ -106,7 +144,10 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
 
     // Asking for WebNN where the browser has none is refused with the detected reason.
     let (code, body) = agent
-        .post("/v1/models", &json!({"name": "nn", "uri": model_uri("mlp.onnx"), "backend": "webnn"}))
+        .post(
+            "/v1/models",
+            &json!({"name": "nn", "uri": model_uri("mlp.onnx"), "backend": "webnn"}),
+        )
         .await;
     if webnn_cpu["available"] == true {
         assert_eq!(code, 201, "{body}");

@@ -2,6 +2,8 @@
 //! flight with retryable errors and comes back with its models; SIGTERM drains; many
 //! concurrent requests on several models all get the right answers.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -11,7 +13,12 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use webaccel_api::wire::Message;
 
-const RETRYABLE: [&str; 4] = ["browser_crashed", "browser_unavailable", "model_not_ready", "browser_hung"];
+const RETRYABLE: [&str; 4] = [
+    "browser_crashed",
+    "browser_unavailable",
+    "model_not_ready",
+    "browser_hung",
+];
 
 #[tokio::test]
 async fn killed_browser_fails_in_flight_retryably_and_recovers() {
@@ -30,7 +37,11 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
     let mut clients = Vec::new();
     for k in 0..4 {
         let http = agent.http.clone();
-        let (model, fixture) = if k % 2 == 0 { ("mlp", "mlp") } else { ("cnn", "cnn") };
+        let (model, fixture) = if k % 2 == 0 {
+            ("mlp", "mlp")
+        } else {
+            ("cnn", "cnn")
+        };
         let url = format!("{}/v2/models/{model}/infer", agent.base);
         let body = json!({"inputs": common::reference(fixture)["inputs"]});
         clients.push(tokio::spawn(async move {
@@ -40,7 +51,15 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
                 let r = http.post(&url).json(&body).send().await.unwrap();
                 let status = r.status().as_u16();
                 let body: Value = r.json().await.unwrap();
-                outcomes.push((status, format!("{} {}", body["category"].as_str().unwrap_or(""), body["error"]), t.elapsed()));
+                outcomes.push((
+                    status,
+                    format!(
+                        "{} {}",
+                        body["category"].as_str().unwrap_or(""),
+                        body["error"]
+                    ),
+                    t.elapsed(),
+                ));
                 if status != 200 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -60,12 +79,18 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
                 successes += 1;
             } else {
                 assert_eq!(status, 503, "{category}");
-                assert!(RETRYABLE.iter().any(|r| category.starts_with(r)), "{category}");
+                assert!(
+                    RETRYABLE.iter().any(|r| category.starts_with(r)),
+                    "{category}"
+                );
                 failures += 1;
             }
         }
     }
-    assert!(failures > 0, "requests during the restart must fail retryably");
+    assert!(
+        failures > 0,
+        "requests during the restart must fail retryably"
+    );
     assert!(successes > 0);
 
     agent.wait_ready(Duration::from_secs(30)).await;
@@ -91,12 +116,14 @@ async fn sigterm_finishes_in_flight_work_then_exits() {
     .await;
     let mut bridge = agent.bridge().await;
     for id in 1..=24u64 {
-        bridge.send_request(id, "cnn", reference_tensors("cnn")).await;
+        bridge
+            .send_request(id, "cnn", reference_tensors("cnn"))
+            .await;
     }
     // Let the agent read and admit them, then ask it to stop.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let outstanding = agent.stats().await["outstanding"].as_u64().unwrap();
-    common::signal(agent.child.id() as i32, Signal::SIGTERM);
+    signal(agent.child.id() as i32, Signal::SIGTERM);
 
     let mut answered = 0;
     let mut ok = 0;
@@ -112,9 +139,14 @@ async fn sigterm_finishes_in_flight_work_then_exits() {
             Message::Request(_) => panic!("the agent sent a request"),
         }
     }
-    assert!(ok as u64 >= outstanding, "every request admitted before SIGTERM ({outstanding}) must succeed, {ok} did");
+    assert!(
+        ok as u64 >= outstanding,
+        "every request admitted before SIGTERM ({outstanding}) must succeed, {ok} did"
+    );
     assert!(ok > 0);
-    let status = agent.terminate(Duration::from_secs(20)).expect("agent exits after draining");
+    let status = agent
+        .terminate(Duration::from_secs(20))
+        .expect("agent exits after draining");
     assert!(status.success(), "{status:?}");
 }
 
@@ -144,7 +176,13 @@ async fn concurrent_requests_on_several_models_all_get_their_answers() {
     }
     let mut bridge = agent.bridge().await;
     for id in 0..16u64 {
-        bridge.send_request(id, models[id as usize % 4], reference_tensors(models[id as usize % 4])).await;
+        bridge
+            .send_request(
+                id,
+                models[id as usize % 4],
+                reference_tensors(models[id as usize % 4]),
+            )
+            .await;
     }
     for t in tasks {
         let (m, k, status, body) = t.await.unwrap();
@@ -155,7 +193,9 @@ async fn concurrent_requests_on_several_models_all_get_their_answers() {
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..16 {
         let (id, msg) = bridge.recv().await;
-        let Message::Response(resp) = msg else { panic!("{msg:?}") };
+        let Message::Response(resp) = msg else {
+            panic!("{msg:?}")
+        };
         assert_eq!(resp.model, models[id as usize % 4]);
         assert_outputs_match(&resp.model, &tensors_json(&resp.outputs), 1e-5, 1e-4);
         seen.insert(id);

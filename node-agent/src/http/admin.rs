@@ -73,14 +73,22 @@ fn readiness(agent: &Agent) -> (bool, Value) {
 
 async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
     let (ready, detail) = readiness(&agent);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(detail)).into_response()
 }
 
 async fn v2_ready(State(agent): State<Arc<Agent>>) -> Response {
     let (ready, detail) = readiness(&agent);
     // The Open Inference Protocol: 200 when ready, 4xx when not.
-    let status = if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
     (status, Json(detail)).into_response()
 }
 
@@ -88,7 +96,10 @@ async fn capabilities(State(agent): State<Arc<Agent>>) -> Json<Value> {
     let info = agent.browser.info();
     let mut caps = info.capabilities.clone();
     if let Some(obj) = caps.as_object_mut() {
-        obj.insert("browser".into(), json!({"version": info.version, "pid": info.pid, "state": info.state}));
+        obj.insert(
+            "browser".into(),
+            json!({"version": info.version, "pid": info.pid, "state": info.state}),
+        );
     }
     Json(caps)
 }
@@ -112,7 +123,10 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         agent.stats.encode(),
     )
         .into_response()
@@ -122,8 +136,14 @@ async fn list_models(State(agent): State<Arc<Agent>>) -> Json<Value> {
     Json(json!({"models": agent.models.all().iter().map(|e| e.describe()).collect::<Vec<_>>()}))
 }
 
-async fn get_model(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<Json<Value>, AgentError> {
-    let entry = agent.models.get(&name).ok_or(AgentError::ModelNotFound(name))?;
+async fn get_model(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AgentError> {
+    let entry = agent
+        .models
+        .get(&name)
+        .ok_or(AgentError::ModelNotFound(name))?;
     Ok(Json(entry.describe()))
 }
 
@@ -131,19 +151,29 @@ async fn get_model(State(agent): State<Arc<Agent>>, Path(name): Path<String>) ->
 /// "webnn_device"?, "warmup"?}`. Answers once the model is loaded (201), or refused
 /// (4xx with the reason); 202 if the browser is restarting and will load it.
 async fn load_model(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response, AgentError> {
-    let spec: ModelSpec =
-        serde_json::from_slice(&body).map_err(|e| AgentError::BadRequest(format!("invalid model spec: {e}")))?;
+    let spec: ModelSpec = serde_json::from_slice(&body)
+        .map_err(|e| AgentError::BadRequest(format!("invalid model spec: {e}")))?;
     let name = spec.name.clone();
     match agent.load_model(spec).await? {
         Some(_) => {
-            let entry = agent.models.get(&name).ok_or(AgentError::ModelNotFound(name))?;
+            let entry = agent
+                .models
+                .get(&name)
+                .ok_or(AgentError::ModelNotFound(name))?;
             Ok((StatusCode::CREATED, Json(entry.describe())).into_response())
         }
-        None => Ok((StatusCode::ACCEPTED, Json(json!({"name": name, "status": {"state": "pending"}}))).into_response()),
+        None => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"name": name, "status": {"state": "pending"}})),
+        )
+            .into_response()),
     }
 }
 
-async fn unload_model(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<StatusCode, AgentError> {
+async fn unload_model(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AgentError> {
     agent.unload_model(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -68,7 +68,11 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
             Some(Ok(WsMessage::Text(_))) => {
                 agent.stats.error(ErrorCategory::BadRequest);
                 let _ = tx
-                    .send(error_frame(0, ErrorCategory::BadRequest, "text messages are not part of the bridge protocol; send binary frames"))
+                    .send(error_frame(
+                        0,
+                        ErrorCategory::BadRequest,
+                        "text messages are not part of the bridge protocol; send binary frames",
+                    ))
                     .await;
                 continue;
             }
@@ -84,26 +88,38 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                         Ok(resp) => Message::Response(resp),
                         Err(e) => Message::Error(e.to_frame()),
                     };
-                    let _ = tx.send(WsMessage::Binary(wire::encode(id, &reply).into())).await;
+                    let _ = tx
+                        .send(WsMessage::Binary(wire::encode(id, &reply).into()))
+                        .await;
                     drop(permit);
                 });
             }
             Ok((id, _)) => {
                 agent.stats.error(ErrorCategory::BadRequest);
                 let _ = tx
-                    .send(error_frame(id, ErrorCategory::BadRequest, "clients may only send request frames (kind 1)"))
+                    .send(error_frame(
+                        id,
+                        ErrorCategory::BadRequest,
+                        "clients may only send request frames (kind 1)",
+                    ))
                     .await;
             }
             Err(e) => {
                 agent.stats.error(ErrorCategory::BadRequest);
                 let _ = tx
-                    .send(error_frame(e.id.unwrap_or(0), ErrorCategory::BadRequest, e.to_string()))
+                    .send(error_frame(
+                        e.id.unwrap_or(0),
+                        ErrorCategory::BadRequest,
+                        e.to_string(),
+                    ))
                     .await;
             }
         }
     }
     // Let outstanding requests answer before closing.
-    let _ = slots.acquire_many(u32::try_from(window).unwrap_or(u32::MAX)).await;
+    let _ = slots
+        .acquire_many(u32::try_from(window).unwrap_or(u32::MAX))
+        .await;
     drop(tx);
     let _ = writer.await;
 }

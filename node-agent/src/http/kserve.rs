@@ -26,9 +26,15 @@ pub fn routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_v))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(model_metadata_v),
+        )
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_v))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready_v),
+        )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
 }
@@ -61,8 +67,14 @@ fn check_version(version: &str) -> Result<(), AgentError> {
     }
 }
 
-async fn model_metadata(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Result<Json<Value>, AgentError> {
-    let entry = agent.models.get(&name).ok_or(AgentError::ModelNotFound(name.clone()))?;
+async fn model_metadata(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AgentError> {
+    let entry = agent
+        .models
+        .get(&name)
+        .ok_or(AgentError::ModelNotFound(name.clone()))?;
     let loaded = entry.loaded()?;
     Ok(Json(json!({
         "name": name,
@@ -89,11 +101,22 @@ async fn model_ready(State(agent): State<Arc<Agent>>, Path(name): Path<String>) 
     let state = entry.state();
     let ready = entry.loaded().is_ok() && agent.browser.link().is_some();
     // The protocol: 200 when ready, 4xx when not.
-    let status = if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST };
-    (status, Json(json!({"name": name, "ready": ready, "state": state.name()}))).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (
+        status,
+        Json(json!({"name": name, "ready": ready, "state": state.name()})),
+    )
+        .into_response()
 }
 
-async fn model_ready_v(state: State<Arc<Agent>>, Path((name, version)): Path<(String, String)>) -> Response {
+async fn model_ready_v(
+    state: State<Arc<Agent>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
     match check_version(&version) {
         Ok(()) => model_ready(state, Path(name)).await,
         Err(e) => e.into_response(),
@@ -126,22 +149,33 @@ struct OutputBody {
     parameters: Option<serde_json::Map<String, Value>>,
 }
 
-fn parse_request(name: &str, body: &[u8], max_tensor_bytes: usize) -> Result<(Option<String>, InferRequest), AgentError> {
-    let body: InferBody =
-        serde_json::from_slice(body).map_err(|e| AgentError::BadRequest(format!("invalid inference request JSON: {e}")))?;
+fn parse_request(
+    name: &str,
+    body: &[u8],
+    max_tensor_bytes: usize,
+) -> Result<(Option<String>, InferRequest), AgentError> {
+    let body: InferBody = serde_json::from_slice(body)
+        .map_err(|e| AgentError::BadRequest(format!("invalid inference request JSON: {e}")))?;
     let mut inputs = Vec::with_capacity(body.inputs.len());
     for i in body.inputs {
-        if i.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data_size")) {
+        if i.parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("binary_data_size"))
+        {
             return Err(AgentError::BadRequest(format!(
                 "input '{}': the binary tensor extension is not supported over HTTP; use JSON data or the /v1/bridge WebSocket",
                 i.name
             )));
         }
         let datatype = DataType::parse(&i.datatype).ok_or_else(|| {
-            AgentError::BadRequest(format!("input '{}': unknown datatype '{}'", i.name, i.datatype))
+            AgentError::BadRequest(format!(
+                "input '{}': unknown datatype '{}'",
+                i.name, i.datatype
+            ))
         })?;
         // Refuse oversized tensors before materialising them.
-        let bytes = Tensor::byte_len_for(&i.name, datatype, &i.shape).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let bytes = Tensor::byte_len_for(&i.name, datatype, &i.shape)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         if bytes > max_tensor_bytes {
             return Err(AgentError::PayloadTooLarge(format!(
                 "input '{}' is {bytes} bytes; the limit is {max_tensor_bytes}",
@@ -149,10 +183,15 @@ fn parse_request(name: &str, body: &[u8], max_tensor_bytes: usize) -> Result<(Op
             )));
         }
         inputs.push(
-            Tensor::from_json(i.name, datatype, i.shape, &i.data).map_err(|e| AgentError::BadRequest(e.to_string()))?,
+            Tensor::from_json(i.name, datatype, i.shape, &i.data)
+                .map_err(|e| AgentError::BadRequest(e.to_string()))?,
         );
     }
-    if let Some(o) = body.outputs.iter().find(|o| o.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data"))) {
+    if let Some(o) = body.outputs.iter().find(|o| {
+        o.parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("binary_data"))
+    }) {
         if o.parameters.as_ref().and_then(|p| p.get("binary_data")) == Some(&Value::Bool(true)) {
             return Err(AgentError::BadRequest(format!(
                 "output '{}': the binary tensor extension is not supported over HTTP",
@@ -170,7 +209,11 @@ fn parse_request(name: &str, body: &[u8], max_tensor_bytes: usize) -> Result<(Op
     ))
 }
 
-async fn infer(State(agent): State<Arc<Agent>>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, AgentError> {
+async fn infer(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, AgentError> {
     let (id, req) = match parse_request(&name, &body, agent.args.max_tensor_bytes) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -239,7 +282,11 @@ mod tests {
 
     #[test]
     fn oversized_shape_is_413_before_parsing_data() {
-        let body = br#"{"inputs": [{"name": "x", "shape": [1000000], "datatype": "FP32", "data": []}]}"#;
-        assert!(matches!(parse_request("m", body, 1000), Err(AgentError::PayloadTooLarge(_))));
+        let body =
+            br#"{"inputs": [{"name": "x", "shape": [1000000], "datatype": "FP32", "data": []}]}"#;
+        assert!(matches!(
+            parse_request("m", body, 1000),
+            Err(AgentError::PayloadTooLarge(_))
+        ));
     }
 }

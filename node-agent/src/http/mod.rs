@@ -28,7 +28,10 @@ pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
         .merge(protected)
         .with_state(agent.clone())
         .layer(DefaultBodyLimit::max(agent.args.max_body_bytes))
-        .merge(crate::page::server::routes(agent.clone(), agent.args.web_root()))
+        .merge(crate::page::server::routes(
+            agent.clone(),
+            agent.args.web_root(),
+        ))
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timing.

@@ -104,7 +104,9 @@ impl PageLink {
             return;
         };
         match v["op"].as_str() {
-            Some("pong") => *self.last_pong.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now(),
+            Some("pong") => {
+                *self.last_pong.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
+            }
             Some("result") => {
                 let id = v["req"].as_u64().unwrap_or(0);
                 let result = if v["ok"] == true {
@@ -114,7 +116,9 @@ impl PageLink {
                 };
                 self.resolve(id, Reply::Control(result));
             }
-            Some("log") => tracing::info!(target: "page", "{}", v["message"].as_str().unwrap_or_default()),
+            Some("log") => {
+                tracing::info!(target: "page", "{}", v["message"].as_str().unwrap_or_default())
+            }
             _ => tracing::warn!(%text, "unknown control message from page"),
         }
     }
@@ -133,7 +137,11 @@ impl PageLink {
 
     /// Marks the link dead and fails everyone waiting on it with `err`.
     pub fn fail_all(&self, err: AgentError) {
-        let waiters = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let waiters = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         for (_, tx) in waiters.into_iter().flatten() {
             let _ = tx.send(Reply::Failed(err.clone()));
         }
@@ -166,7 +174,12 @@ impl PageLink {
         }
     }
 
-    async fn wait(&self, id: u64, rx: oneshot::Receiver<Reply>, send: WsMessage) -> Result<Reply, AgentError> {
+    async fn wait(
+        &self,
+        id: u64,
+        rx: oneshot::Receiver<Reply>,
+        send: WsMessage,
+    ) -> Result<Reply, AgentError> {
         if self.out.send(send).is_err() {
             self.resolve(id, Reply::Failed(AgentError::Internal(String::new())));
             return Err(AgentError::browser(
@@ -191,7 +204,9 @@ impl PageLink {
         match self.wait(id, rx, WsMessage::Binary(frame.into())).await? {
             Reply::Frame(Message::Response(resp)) => Ok(resp),
             Reply::Frame(Message::Error(e)) => Err(AgentError::from_frame(e)),
-            other => Err(AgentError::Internal(format!("unexpected reply from page: {other:?}"))),
+            other => Err(AgentError::Internal(format!(
+                "unexpected reply from page: {other:?}"
+            ))),
         }
     }
 
@@ -202,18 +217,25 @@ impl PageLink {
         let text = Utf8Bytes::from(op.to_string());
         match self.wait(id, rx, WsMessage::Text(text)).await? {
             Reply::Control(result) => Ok(result),
-            other => Err(AgentError::Internal(format!("unexpected reply from page: {other:?}"))),
+            other => Err(AgentError::Internal(format!(
+                "unexpected reply from page: {other:?}"
+            ))),
         }
     }
 
     /// Sends a heartbeat ping; the page answers with a pong that updates `since_pong`.
     pub fn ping(&self) {
-        let _ = self.out.send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
+        let _ = self
+            .out
+            .send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
     }
 
     /// Time since the page last answered a ping.
     pub fn since_pong(&self) -> Duration {
-        self.last_pong.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+        self.last_pong
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
     }
 
     /// Requests waiting on the page right now.

@@ -24,7 +24,10 @@ struct Secret {
 /// Routes for the page; `web_root` holds `src/` and `node_modules/`.
 pub fn routes(agent: Arc<Agent>, web_root: PathBuf) -> Router {
     let isolation = |name: &'static str, value: &'static str| {
-        SetResponseHeaderLayer::overriding(HeaderName::from_static(name), HeaderValue::from_static(value))
+        SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )
     };
     let ort_dir = web_root.join("node_modules/onnxruntime-web/dist");
     // onnxruntime-web's files are versioned by the lockfile and never change under a
@@ -52,7 +55,11 @@ pub fn routes(agent: Arc<Agent>, web_root: PathBuf) -> Router {
         .with_state(agent)
 }
 
-async fn page_socket(State(agent): State<Arc<Agent>>, Query(q): Query<Secret>, ws: WebSocketUpgrade) -> Response {
+async fn page_socket(
+    State(agent): State<Arc<Agent>>,
+    Query(q): Query<Secret>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if !agent.browser.secret_matches(&q.s) {
         return (StatusCode::FORBIDDEN, "wrong page secret").into_response();
     }

@@ -18,7 +18,9 @@ use webaccel_api::{DataType, Tensor};
 pub const TOKEN: &str = "test-token-123";
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
 }
 
 pub fn model_uri(file: &str) -> String {
@@ -27,7 +29,8 @@ pub fn model_uri(file: &str) -> String {
 
 /// The stored inputs and onnxruntime outputs of a fixture model.
 pub fn reference(model: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{model}.json"))).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(&format!("{model}.json"))).unwrap())
+        .unwrap()
 }
 
 /// Reference inputs as tensors (for the bridge).
@@ -37,7 +40,12 @@ pub fn reference_tensors(model: &str) -> Vec<Tensor> {
         .unwrap()
         .iter()
         .map(|i| {
-            let shape = i["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+            let shape = i["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_i64().unwrap())
+                .collect();
             Tensor::from_json(
                 i["name"].as_str().unwrap(),
                 DataType::parse(i["datatype"].as_str().unwrap()).unwrap(),
@@ -60,9 +68,15 @@ pub fn assert_outputs_match(model: &str, outputs: &[Value], abs: f64, rel: f64) 
             .iter()
             .find(|o| o["name"] == name)
             .unwrap_or_else(|| panic!("{model}: output {name} missing"));
-        assert_eq!(got["datatype"], want["datatype"], "{model}/{name}: datatype");
+        assert_eq!(
+            got["datatype"], want["datatype"],
+            "{model}/{name}: datatype"
+        );
         assert_eq!(got["shape"], want["shape"], "{model}/{name}: shape");
-        let (g, w) = (got["data"].as_array().unwrap(), want["data"].as_array().unwrap());
+        let (g, w) = (
+            got["data"].as_array().unwrap(),
+            want["data"].as_array().unwrap(),
+        );
         assert_eq!(g.len(), w.len(), "{model}/{name}: element count");
         let mut worst = 0.0f64;
         for (k, (a, b)) in g.iter().zip(w).enumerate() {
@@ -72,10 +86,16 @@ pub fn assert_outputs_match(model: &str, outputs: &[Value], abs: f64, rel: f64) 
             }
             let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
             let err = (a - b).abs();
-            assert!(err <= abs + rel * b.abs(), "{model}/{name}[{k}]: got {a}, expected {b} (error {err})");
+            assert!(
+                err <= abs + rel * b.abs(),
+                "{model}/{name}[{k}]: got {a}, expected {b} (error {err})"
+            );
             worst = worst.max(err);
         }
-        println!("{model}/{name}: {} values, max abs error {worst:e}", g.len());
+        println!(
+            "{model}/{name}: {} values, max abs error {worst:e}",
+            g.len()
+        );
     }
 }
 
@@ -88,7 +108,11 @@ pub struct Agent {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Agent {
@@ -147,13 +171,24 @@ impl Agent {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -161,7 +196,11 @@ impl Agent {
     /// KServe v2 inference with the reference inputs of `fixture_model`.
     pub async fn infer_reference(&self, name: &str, fixture_model: &str) -> (u16, Value) {
         let inputs = reference(fixture_model)["inputs"].clone();
-        self.post(&format!("/v2/models/{name}/infer"), &json!({"inputs": inputs})).await
+        self.post(
+            &format!("/v2/models/{name}/infer"),
+            &json!({"inputs": inputs}),
+        )
+        .await
     }
 
     pub async fn stats(&self) -> Value {
@@ -169,13 +208,18 @@ impl Agent {
     }
 
     pub async fn browser_pid(&self) -> i32 {
-        self.stats().await["browser"]["pid"].as_i64().expect("browser pid") as i32
+        self.stats().await["browser"]["pid"]
+            .as_i64()
+            .expect("browser pid") as i32
     }
 
     pub async fn bridge(&self) -> Bridge {
         let url = format!("{}/v1/bridge", self.base.replace("http://", "ws://"));
-        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
-        req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
         let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
         Bridge { ws }
     }
@@ -196,7 +240,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() && self.terminate(Duration::from_secs(15)).is_none() {
+        if self.child.try_wait().ok().flatten().is_none()
+            && self.terminate(Duration::from_secs(15)).is_none()
+        {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -208,7 +254,9 @@ pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
 }
 
 pub struct Bridge {
-    pub ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 impl Bridge {
