@@ -89,6 +89,10 @@ pub struct AgentArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub hang_timeout: Duration,
 
+    /// The same while the page is compiling a model, which may block it for seconds.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub load_hang_timeout: Duration,
+
     /// How long SIGTERM waits for requests in flight before exiting anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

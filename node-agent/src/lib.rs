@@ -32,7 +32,7 @@ use crate::cache::ModelCache;
 pub use crate::config::AgentArgs;
 use crate::models::ModelRegistry;
 use crate::stats::Stats;
-use crate::supervisor::BrowserSupervisor;
+use crate::supervisor::{BrowserSupervisor, SupervisorTiming};
 
 fn read_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
     let Some(path) = &args.token_file else {
@@ -96,9 +96,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let agent = Arc::new(Agent {
         browser: BrowserSupervisor::new(
             launch,
-            args.heartbeat_interval,
-            args.hang_timeout,
-            args.wasm_threads,
+            SupervisorTiming {
+                heartbeat_interval: args.heartbeat_interval,
+                hang_timeout: args.hang_timeout,
+                load_hang_timeout: args.load_hang_timeout,
+                wasm_threads: args.wasm_threads,
+            },
         ),
         models: ModelRegistry::default(),
         cache,

@@ -56,12 +56,21 @@ enum Exit {
     Shutdown,
 }
 
+/// How the supervisor paces its checks.
+#[derive(Debug, Clone)]
+pub struct SupervisorTiming {
+    pub heartbeat_interval: Duration,
+    /// Silence after which a serving page counts as hung.
+    pub hang_timeout: Duration,
+    /// Silence tolerated while the page compiles a model.
+    pub load_hang_timeout: Duration,
+    pub wasm_threads: u32,
+}
+
 #[derive(Debug)]
 pub struct BrowserSupervisor {
     launch: LaunchConfig,
-    heartbeat_interval: Duration,
-    hang_timeout: Duration,
-    wasm_threads: u32,
+    timing: SupervisorTiming,
     link: watch::Sender<Option<Arc<PageLink>>>,
     secret: Mutex<String>,
     expected: Mutex<Option<oneshot::Sender<WebSocket>>>,
@@ -70,17 +79,10 @@ pub struct BrowserSupervisor {
 }
 
 impl BrowserSupervisor {
-    pub fn new(
-        launch: LaunchConfig,
-        heartbeat_interval: Duration,
-        hang_timeout: Duration,
-        wasm_threads: u32,
-    ) -> Self {
+    pub fn new(launch: LaunchConfig, timing: SupervisorTiming) -> Self {
         Self {
             launch,
-            heartbeat_interval,
-            hang_timeout,
-            wasm_threads,
+            timing,
             link: watch::channel(None).0,
             secret: Mutex::new(String::new()),
             expected: Mutex::new(None),
@@ -171,7 +173,7 @@ impl BrowserSupervisor {
         *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let url = format!(
             "{base_url}/page/index.html?s={secret}&threads={}",
-            self.wasm_threads
+            self.timing.wasm_threads
         );
         let process = BrowserProcess::launch(&self.launch, &url).await?;
         let socket = match tokio::time::timeout(Duration::from_secs(30), rx).await {
@@ -197,7 +199,7 @@ impl BrowserSupervisor {
         link: &PageLink,
         shutdown: &CancellationToken,
     ) -> Exit {
-        let mut tick = tokio::time::interval(self.heartbeat_interval);
+        let mut tick = tokio::time::interval(self.timing.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Split the borrows: the handler task tells of exit, the page takes injections.
         let (page, mut exited) = (&process.page, &mut process.handler);
@@ -213,7 +215,12 @@ impl BrowserSupervisor {
                     }
                 }
                 _ = tick.tick() => {
-                    if link.since_pong() > self.hang_timeout {
+                    let limit = if link.control_in_progress() {
+                        self.timing.load_hang_timeout
+                    } else {
+                        self.timing.hang_timeout
+                    };
+                    if link.since_pong() > limit {
                         return Exit::Hung;
                     }
                     link.ping();
@@ -223,10 +230,24 @@ impl BrowserSupervisor {
     }
 }
 
+/// A browser that dies sooner than this after starting counts as a quick failure.
+const QUICK_FAILURE: Duration = Duration::from_secs(10);
+
+/// Pause before restarting after `quick_failures` quick failures in a row: none for a
+/// one-off crash (recovery speed matters), then doubling from 0.5 s up to 30 s so a
+/// crash loop does not spin.
+fn restart_backoff(quick_failures: u32) -> Duration {
+    match quick_failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(250u64 << (n - 1).min(7)).min(Duration::from_secs(30)),
+    }
+}
+
 /// The supervisor's loop; runs until `shutdown` is cancelled.
 pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: CancellationToken) {
     let sup = &agent.browser;
     let mut failed_in_a_row: u32 = 0;
+    let mut quick_failures: u32 = 0;
     let mut down_since: Option<Instant> = None;
     let first_launch = Instant::now();
     while !shutdown.is_cancelled() {
@@ -271,6 +292,7 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         }
         tracing::info!(generation, pid = ?process.pid, version = %process.version, "browser up");
         sup.link.send_replace(Some(link.clone()));
+        let up_since = Instant::now();
 
         let exit = {
             let mut reload = std::pin::pin!(agent.models.reload_all(&agent, &link));
@@ -291,6 +313,7 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             }
         };
         sup.link.send_replace(None);
+        let detected = Instant::now();
         let err = match exit {
             Exit::Crashed => AgentError::browser(
                 ErrorCategory::BrowserCrashed,
@@ -300,7 +323,7 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
                 ErrorCategory::BrowserHung,
                 format!(
                     "the page stopped answering heartbeats for {:?}; the browser is being restarted",
-                    sup.hang_timeout
+                    sup.timing.hang_timeout
                 ),
             ),
             Exit::Shutdown => AgentError::ShuttingDown,
@@ -311,18 +334,46 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         if exit == Exit::Shutdown {
             break;
         }
-        down_since = Some(Instant::now());
+        down_since = Some(detected);
+        quick_failures = if up_since.elapsed() < QUICK_FAILURE {
+            quick_failures + 1
+        } else {
+            0
+        };
+        let backoff = restart_backoff(quick_failures);
         let reason = if exit == Exit::Hung {
             "hung"
         } else {
             "crashed"
         };
-        tracing::warn!(generation, reason, "browser lost; restarting");
+        tracing::warn!(generation, reason, ?backoff, "browser lost; restarting");
         agent.stats.browser_restarted(reason);
-        let mut info = sup.lock_info();
-        info.restarts += 1;
-        info.last_restart_reason = Some(reason.to_owned());
-        info.pid = None;
+        {
+            let mut info = sup.lock_info();
+            info.restarts += 1;
+            info.last_restart_reason = Some(reason.to_owned());
+            info.pid = None;
+        }
+        if !backoff.is_zero() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {},
+            }
+        }
     }
     sup.lock_info().state = BrowserState::Stopped;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_crash_restarts_at_once_and_a_crash_loop_backs_off() {
+        assert_eq!(restart_backoff(0), Duration::ZERO);
+        assert_eq!(restart_backoff(1), Duration::ZERO);
+        assert_eq!(restart_backoff(2), Duration::from_millis(500));
+        assert_eq!(restart_backoff(3), Duration::from_millis(1000));
+        assert_eq!(restart_backoff(50), Duration::from_secs(30));
+    }
 }

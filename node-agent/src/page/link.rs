@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
@@ -34,6 +34,9 @@ pub struct PageLink {
     next_id: AtomicU64,
     last_pong: Mutex<Instant>,
     closed: watch::Sender<bool>,
+    /// Control operations (model loads) the page is working on. Compiling a model can
+    /// block the page's thread for seconds, so the supervisor is more patient then.
+    controls_in_progress: AtomicUsize,
 }
 
 impl PageLink {
@@ -60,6 +63,7 @@ impl PageLink {
             next_id: AtomicU64::new(1),
             last_pong: Mutex::new(Instant::now()),
             closed: watch::channel(false).0,
+            controls_in_progress: AtomicUsize::new(0),
         });
         tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -215,7 +219,10 @@ impl PageLink {
         let (id, rx) = self.register()?;
         op["req"] = id.into();
         let text = Utf8Bytes::from(op.to_string());
-        match self.wait(id, rx, WsMessage::Text(text)).await? {
+        self.controls_in_progress.fetch_add(1, Ordering::AcqRel);
+        let reply = self.wait(id, rx, WsMessage::Text(text)).await;
+        self.controls_in_progress.fetch_sub(1, Ordering::AcqRel);
+        match reply? {
             Reply::Control(result) => Ok(result),
             other => Err(AgentError::Internal(format!(
                 "unexpected reply from page: {other:?}"
@@ -228,6 +235,11 @@ impl PageLink {
         let _ = self
             .out
             .send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
+    }
+
+    /// Whether the page is busy with a control operation (a model load).
+    pub fn control_in_progress(&self) -> bool {
+        self.controls_in_progress.load(Ordering::Acquire) > 0
     }
 
     /// Time since the page last answered a ping.
