@@ -97,6 +97,12 @@ pub struct AgentArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Keep a second browser started (runtime loaded, no models) to switch to when the
+    /// serving one crashes or hangs: recovery then takes a model load instead of a
+    /// browser cold start, at the cost of one idle browser's memory.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub standby_browser: bool,
+
     /// WebAssembly threads per session (0: onnxruntime-web's default, half the cores).
     #[arg(long, default_value_t = 0)]
     pub wasm_threads: u32,

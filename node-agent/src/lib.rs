@@ -101,6 +101,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 hang_timeout: args.hang_timeout,
                 load_hang_timeout: args.load_hang_timeout,
                 wasm_threads: args.wasm_threads,
+                standby: args.standby_browser,
             },
         ),
         models: ModelRegistry::default(),

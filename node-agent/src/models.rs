@@ -85,6 +85,8 @@ pub struct ModelEntry {
     pinned: RwLock<Option<PinnedBackend>>,
     /// One request at a time runs in the page per model; the rest queue here.
     pub slot: Semaphore,
+    /// The file's digest once fetched, so reloads read the cache, not the source.
+    resolved_sha: RwLock<Option<String>>,
 }
 
 impl ModelEntry {
@@ -94,6 +96,7 @@ impl ModelEntry {
             state: RwLock::new(ModelState::Pending),
             pinned: RwLock::new(None),
             slot: Semaphore::new(1),
+            resolved_sha: RwLock::new(None),
         }
     }
 
@@ -171,12 +174,30 @@ impl ModelRegistry {
         }
     }
 
-    /// Loads every pending model into a freshly started page, one after another.
+    /// Loads every pending model into a page that is taking over, one after another.
+    /// Models a standby page preloaded come back at once; sessions it holds for models
+    /// removed since are released.
     pub async fn reload_all(&self, agent: &Agent, link: &PageLink) {
         for e in self.all() {
             if matches!(e.state(), ModelState::Pending) {
                 if let Err(err) = load_into(agent, link, &e).await {
                     tracing::error!(model = %e.spec.name, error = %err, "model failed to load");
+                }
+            }
+        }
+        let names: Vec<String> = self.all().iter().map(|e| e.spec.name.clone()).collect();
+        if let Ok(Err(e)) = link.control(json!({"op": "retain", "names": names})).await {
+            tracing::warn!(error = %e, "releasing stale sessions failed");
+        }
+    }
+
+    /// Loads the models that are serving into a standby page, without touching their
+    /// state, so that switching to it later finds them compiled and warm.
+    pub async fn preload(&self, agent: &Agent, link: &PageLink) {
+        for e in self.all() {
+            if matches!(e.state(), ModelState::Loaded(_)) {
+                if let Err(err) = load_steps(agent, link, &e).await {
+                    tracing::warn!(model = %e.spec.name, error = %err, "preloading into the standby browser failed");
                 }
             }
         }
@@ -227,11 +248,22 @@ async fn load_steps(
 ) -> Result<LoadedModel, AgentError> {
     let spec = &entry.spec;
     let started = Instant::now();
+    let known_sha = spec.sha256.clone().or_else(|| {
+        entry
+            .resolved_sha
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    });
     let cached = agent
         .cache
-        .get(&spec.uri, spec.sha256.as_deref())
+        .get(&spec.uri, known_sha.as_deref())
         .await
         .map_err(|e| AgentError::ModelLoad(format!("model '{}': {e}", spec.name)))?;
+    *entry
+        .resolved_sha
+        .write()
+        .unwrap_or_else(|p| p.into_inner()) = Some(cached.sha256.clone());
     let fetch_ms = if cached.hit {
         0.0
     } else {
@@ -249,7 +281,7 @@ async fn load_steps(
     let op = json!({
         "op": "load",
         "name": spec.name,
-        "url": format!("/page/models/{}?s={}", cached.sha256, agent.browser.secret()),
+        "url": format!("/page/models/{}?s={}", cached.sha256, link.secret()),
         "backend": backend,
         "webnn_device": webnn_device.unwrap_or_else(|| json!(spec.webnn_device).as_str().unwrap_or("cpu").to_owned()),
         "warmup": spec.warmup,

@@ -37,6 +37,8 @@ pub struct PageLink {
     /// Control operations (model loads) the page is working on. Compiling a model can
     /// block the page's thread for seconds, so the supervisor is more patient then.
     controls_in_progress: AtomicUsize,
+    /// The page's secret, which the URLs it fetches (model bytes) must carry.
+    secret: String,
 }
 
 impl PageLink {
@@ -44,6 +46,7 @@ impl PageLink {
     /// (its capabilities), or an error if the page says nothing within `hello_timeout`.
     pub async fn accept(
         socket: WebSocket,
+        secret: String,
         hello_timeout: Duration,
     ) -> Result<(std::sync::Arc<Self>, Value), String> {
         let (mut sink, mut stream) = socket.split();
@@ -64,6 +67,7 @@ impl PageLink {
             last_pong: Mutex::new(Instant::now()),
             closed: watch::channel(false).0,
             controls_in_progress: AtomicUsize::new(0),
+            secret,
         });
         tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -235,6 +239,23 @@ impl PageLink {
         let _ = self
             .out
             .send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Pings and waits up to `limit` for the answer.
+    pub async fn responsive(&self, limit: Duration) -> bool {
+        let asked = Instant::now();
+        self.ping();
+        while asked.elapsed() < limit {
+            if self.since_pong() < asked.elapsed() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
     }
 
     /// Whether the page is busy with a control operation (a model load).

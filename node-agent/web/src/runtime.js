@@ -81,6 +81,7 @@ async function handleControl(msg) {
     let value;
     if (msg.op === 'load') value = await load(msg);
     else if (msg.op === 'unload') value = await unload(msg.name);
+    else if (msg.op === 'retain') value = await retain(msg.names);
     else throw new Error(`unknown op '${msg.op}'`);
     send({ op: 'result', req: msg.req, ok: true, value });
   } catch (e) {
@@ -176,6 +177,11 @@ async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
 
 async function load(msg) {
   const { name, url, backend, webnn_device: webnnDevice = 'cpu', warmup = true } = msg;
+  // A standby page preloads the serving models; when it takes over, the same load
+  // finds the session ready.
+  const key = JSON.stringify([url.split('?')[0], backend, webnnDevice, warmup]);
+  const existing = sessions.get(name);
+  if (existing?.key === key) return existing.result;
   const [bytes, fetchMs] = await timed(async () => {
     const resp = await fetch(url);
     if (!resp.ok) throw new Error(`fetching the model from the agent failed: HTTP ${resp.status}`);
@@ -211,10 +217,7 @@ async function load(msg) {
     const r = await tryBackend(bytes, backend, webnnDevice, warmup, 3);
     chosen = { ...r, label: backend === 'webnn' ? `webnn:${webnnDevice}` : backend };
   }
-  const old = sessions.get(name);
-  sessions.set(name, { session: chosen.session, backend: chosen.label });
-  if (old) exclusive(() => old.session.release());
-  return {
+  const result = {
     backend: chosen.label,
     fetch_ms: fetchMs,
     create_ms: chosen.create_ms,
@@ -224,6 +227,23 @@ async function load(msg) {
     inputs: metadata(chosen.session.inputMetadata),
     outputs: metadata(chosen.session.outputMetadata),
   };
+  const old = sessions.get(name);
+  sessions.set(name, { session: chosen.session, backend: chosen.label, key, result });
+  if (old) exclusive(() => old.session.release());
+  return result;
+}
+
+// Releases every session whose model is not in `names`.
+async function retain(names) {
+  const keep = new Set(names);
+  const released = [];
+  for (const name of [...sessions.keys()]) {
+    if (!keep.has(name)) {
+      await unload(name);
+      released.push(name);
+    }
+  }
+  return { released };
 }
 
 async function unload(name) {
