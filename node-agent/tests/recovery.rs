@@ -30,6 +30,28 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
         &[],
     )
     .await;
+    // A model added at run time and one removed must survive the switch correctly.
+    let (code, body) = agent
+        .post(
+            "/v1/models",
+            &json!({"name": "extra", "uri": model_uri("transformer.onnx"), "backend": "wasm"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, _) = agent
+        .post(
+            "/v1/models",
+            &json!({"name": "gone", "uri": model_uri("types.onnx"), "backend": "wasm"}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let r = agent
+        .http
+        .delete(format!("{}/v1/models/gone", agent.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     let pid = agent.browser_pid().await;
 
     // Four clients send requests back to back for the whole scenario.
@@ -99,9 +121,25 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
     assert_eq!(stats["browser"]["last_restart_reason"], "crashed");
     assert_ne!(stats["browser"]["pid"].as_i64().unwrap() as i32, pid);
     let (_, models) = agent.get("/v1/models").await;
+    let names: Vec<_> = models["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cnn", "extra", "mlp"]);
     for m in models["models"].as_array().unwrap() {
         assert_eq!(m["status"]["state"], "loaded", "{m}");
     }
+    let (code, body) = agent.infer_reference("extra", "transformer").await;
+    assert_eq!(code, 200, "{body}");
+    assert_outputs_match(
+        "transformer",
+        body["outputs"].as_array().unwrap(),
+        1e-5,
+        1e-4,
+    );
+    assert_eq!(agent.infer_reference("gone", "types").await.0, 404);
     let (code, body) = agent.infer_reference("cnn", "cnn").await;
     assert_eq!(code, 200, "{body}");
     assert_outputs_match("cnn", body["outputs"].as_array().unwrap(), 1e-4, 1e-3);
