@@ -67,10 +67,7 @@ impl Agent {
 
     async fn infer_inner(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
         let _admitted = self.admission.admit()?;
-        let entry = self
-            .models
-            .get(&req.model)
-            .ok_or_else(|| AgentError::ModelNotFound(req.model.clone()))?;
+        let entry = self.models.require(&req.model)?;
         let loaded = entry.loaded()?;
         check_request(&req.model, &loaded, &req, self.args.max_tensor_bytes)?;
         let run = async {

@@ -137,6 +137,12 @@ impl ModelRegistry {
             .cloned()
     }
 
+    /// The model called `name`, or the 404 error naming it.
+    pub fn require(&self, name: &str) -> Result<Arc<ModelEntry>, AgentError> {
+        self.get(name)
+            .ok_or_else(|| AgentError::ModelNotFound(name.to_owned()))
+    }
+
     pub fn all(&self) -> Vec<Arc<ModelEntry>> {
         self.entries
             .read()

@@ -140,10 +140,7 @@ async fn get_model(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AgentError> {
-    let entry = agent
-        .models
-        .get(&name)
-        .ok_or(AgentError::ModelNotFound(name))?;
+    let entry = agent.models.require(&name)?;
     Ok(Json(entry.describe()))
 }
 
@@ -156,10 +153,7 @@ async fn load_model(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Resp
     let name = spec.name.clone();
     match agent.load_model(spec).await? {
         Some(_) => {
-            let entry = agent
-                .models
-                .get(&name)
-                .ok_or(AgentError::ModelNotFound(name))?;
+            let entry = agent.models.require(&name)?;
             Ok((StatusCode::CREATED, Json(entry.describe())).into_response())
         }
         None => Ok((

@@ -71,10 +71,7 @@ async fn model_metadata(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AgentError> {
-    let entry = agent
-        .models
-        .get(&name)
-        .ok_or(AgentError::ModelNotFound(name.clone()))?;
+    let entry = agent.models.require(&name)?;
     let loaded = entry.loaded()?;
     Ok(Json(json!({
         "name": name,

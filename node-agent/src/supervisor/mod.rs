@@ -42,6 +42,8 @@ pub struct BrowserInfo {
     pub generation: u64,
     pub pid: Option<u32>,
     pub version: String,
+    /// Served by `/v1/capabilities`; left out of `/v1/stats`, which is polled often.
+    #[serde(skip)]
     pub capabilities: Value,
     pub restarts: u64,
     pub last_restart_reason: Option<String>,
