@@ -21,8 +21,10 @@
 //! Headers:
 //! - request: `{"model": "m", "inputs": [{"name", "datatype", "shape"}], "outputs": ["y"]}`
 //!   (`outputs` optional: all outputs when empty)
-//! - response: `{"model": "m", "backend": "wasm", "compute_ms": 0.4, "outputs": [{"name",
-//!   "datatype", "shape"}]}`; `compute_ms` is the time the runtime in the page spent
+//! - response: `{"model": "m", "backend": "wasm", "compute_ms": 0.4, "page_ms": 0.5,
+//!   "outputs": [{"name", "datatype", "shape"}]}`; `compute_ms` is the time the runtime
+//!   spent running the model, `page_ms` (optional) the page's whole handling of the
+//!   request from receiving its frame to encoding the reply, queueing included
 //! - error: `{"category": "bad_request", "message": "...", "retryable": false}`
 //!
 //! Tensor data is raw little-endian elements (`FP16` as IEEE half bits, `BOOL` one byte).
@@ -72,8 +74,11 @@ pub struct InferResponse {
     pub model: String,
     /// The execution provider that actually ran the request.
     pub backend: String,
-    /// Milliseconds the runtime in the page spent on the request.
+    /// Milliseconds the runtime in the page spent running the model.
     pub compute_ms: f64,
+    /// Milliseconds from the page receiving the request to sending the reply, when the
+    /// sender measured it (the in-page runtime does; the agent passes it on).
+    pub page_ms: Option<f64>,
     pub outputs: Vec<Tensor>,
 }
 
@@ -114,6 +119,8 @@ struct ResponseHeader {
     model: String,
     backend: String,
     compute_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_ms: Option<f64>,
     outputs: Vec<TensorHeader>,
 }
 
@@ -156,6 +163,7 @@ pub fn encode(id: u64, msg: &Message) -> Vec<u8> {
                 model: r.model.clone(),
                 backend: r.backend.clone(),
                 compute_ms: r.compute_ms,
+                page_ms: r.page_ms,
                 outputs: r.outputs.iter().map(header_of).collect(),
             }),
             &r.outputs,
@@ -264,6 +272,7 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
                 model: h.model,
                 backend: h.backend,
                 compute_ms: h.compute_ms,
+                page_ms: h.page_ms,
                 outputs,
             })
         }
@@ -328,6 +337,7 @@ mod tests {
             model: "m".into(),
             backend: "wasm".into(),
             compute_ms: 0.25,
+            page_ms: Some(0.5),
             outputs: vec![fp32("y", &[0.5])],
         });
         assert_eq!(decode(Bytes::from(encode(7, &resp))).unwrap(), (7, resp));

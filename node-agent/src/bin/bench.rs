@@ -63,7 +63,11 @@ impl Drop for AgentProcess {
 }
 
 impl AgentProcess {
-    async fn start(bin: &PathBuf, models: &[String]) -> anyhow::Result<(Self, Duration)> {
+    async fn start(
+        bin: &PathBuf,
+        models: &[String],
+        extra: &[&str],
+    ) -> anyhow::Result<(Self, Duration)> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -79,6 +83,7 @@ impl AgentProcess {
         for m in models {
             cmd.arg("--model").arg(m);
         }
+        cmd.args(extra);
         let started = Instant::now();
         let child = cmd
             .spawn()
@@ -106,6 +111,19 @@ impl AgentProcess {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         bail!("agent not ready within {limit:?}")
+    }
+
+    /// Waits until the standby browser is up (with models), so it neither competes for
+    /// the CPU during a measurement nor is missing when a crash is measured.
+    async fn wait_standby(&self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if !self.get("/v1/stats").await?["browser"]["standby_pid"].is_null() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("no standby browser within 60 s")
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -152,14 +170,19 @@ struct Samples {
     e2e_ms: Vec<f64>,
     compute_ms: Vec<f64>,
     overhead_ms: Vec<f64>,
+    /// End to end minus the page's whole handling: agent and transport only.
+    outside_page_ms: Vec<f64>,
     errors: usize,
 }
 
 impl Samples {
-    fn push(&mut self, e2e: f64, compute: f64) {
+    fn push(&mut self, e2e: f64, compute: f64, page: Option<f64>) {
         self.e2e_ms.push(e2e);
         self.compute_ms.push(compute);
         self.overhead_ms.push(e2e - compute);
+        if let Some(p) = page {
+            self.outside_page_ms.push(e2e - p);
+        }
     }
 
     fn summary(mut self, transport: &str, concurrency: usize, wall: Duration) -> Value {
@@ -167,6 +190,7 @@ impl Samples {
             &mut self.e2e_ms,
             &mut self.compute_ms,
             &mut self.overhead_ms,
+            &mut self.outside_page_ms,
         ] {
             v.sort_by(f64::total_cmp);
         }
@@ -183,6 +207,8 @@ impl Samples {
             "compute_p99_ms": pct(&self.compute_ms, 0.99),
             "overhead_p50_ms": pct(&self.overhead_ms, 0.5),
             "overhead_p99_ms": pct(&self.overhead_ms, 0.99),
+            "outside_page_p50_ms": pct(&self.outside_page_ms, 0.5),
+            "outside_page_p99_ms": pct(&self.outside_page_ms, 0.99),
             "throughput_rps": throughput,
         })
     }
@@ -242,8 +268,9 @@ async fn bench_http(agent: &AgentProcess, inputs: &Value, concurrency: usize, n:
                         };
                         let e2e = t.elapsed().as_secs_f64() * 1e3;
                         let mut s = samples.lock().await;
-                        match value.and_then(|v| v["parameters"]["compute_ms"].as_f64()) {
-                            Some(c) if record => s.push(e2e, c),
+                        let params = value.map(|v| v["parameters"].clone()).unwrap_or_default();
+                        match params["compute_ms"].as_f64() {
+                            Some(c) if record => s.push(e2e, c, params["page_ms"].as_f64()),
                             Some(_) => {}
                             None => s.errors += 1,
                         }
@@ -306,7 +333,7 @@ async fn bench_bridge(
             let e2e = sent_at[usize::try_from(id)?].elapsed().as_secs_f64() * 1e3;
             done += 1;
             match reply {
-                Message::Response(r) if record => samples.push(e2e, r.compute_ms),
+                Message::Response(r) if record => samples.push(e2e, r.compute_ms, r.page_ms),
                 Message::Response(_) => {}
                 _ => samples.errors += 1,
             }
@@ -351,12 +378,15 @@ async fn crash_recovery(agent: &AgentProcess, inputs: &Value) -> anyhow::Result<
         }
     }
     let external = killed.elapsed().as_secs_f64() * 1e3;
+    agent.wait_ready(Duration::from_secs(60)).await?;
     let internal = agent.get("/v1/stats").await?["browser"]["last_recovery_ms"]
         .as_f64()
         .unwrap_or(f64::NAN);
     Ok((external, internal))
 }
 
+/// Loads the model afresh, with and without warm-up, three times each, and reports
+/// medians: session creation, the warm-up run, and the first request after loading.
 async fn init_times(
     agent: &AgentProcess,
     models: &std::path::Path,
@@ -364,34 +394,63 @@ async fn init_times(
 ) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
     for warmup in [false, true] {
-        let name = format!("mlp_warmup_{warmup}");
-        let spec = json!({"name": name, "uri": format!("file://{}", models.join("mlp.onnx").display()), "backend": "wasm", "warmup": warmup});
-        let t = Instant::now();
-        let r = agent
-            .http
-            .post(format!("{}/v1/models", agent.base))
-            .json(&spec)
-            .send()
-            .await?;
-        let load_ms = t.elapsed().as_secs_f64() * 1e3;
-        let loaded: Value = r.json().await?;
-        let t = Instant::now();
-        let first: Value = agent
-            .http
-            .post(format!("{}/v2/models/{name}/infer", agent.base))
-            .json(&json!({"inputs": inputs}))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let mut figures: [Vec<f64>; 5] = Default::default();
+        for rep in 0..3 {
+            let name = format!("mlp_warmup_{warmup}_{rep}");
+            let spec = json!({"name": name, "uri": format!("file://{}", models.join("mlp.onnx").display()), "backend": "wasm", "warmup": warmup});
+            let t = Instant::now();
+            let r = agent
+                .http
+                .post(format!("{}/v1/models", agent.base))
+                .json(&spec)
+                .send()
+                .await?;
+            let load_ms = t.elapsed().as_secs_f64() * 1e3;
+            let loaded: Value = r.json().await?;
+            let t = Instant::now();
+            let first: Value = agent
+                .http
+                .post(format!("{}/v2/models/{name}/infer", agent.base))
+                .json(&json!({"inputs": inputs}))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let first_ms = t.elapsed().as_secs_f64() * 1e3;
+            let status = &loaded["status"];
+            for (k, v) in [
+                load_ms,
+                status["create_ms"].as_f64().unwrap_or(f64::NAN),
+                status["warmup_ms"].as_f64().unwrap_or(f64::NAN),
+                first_ms,
+                first["parameters"]["compute_ms"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                figures[k].push(v);
+            }
+            agent
+                .http
+                .delete(format!("{}/v1/models/{name}", agent.base))
+                .send()
+                .await?;
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            pct(v, 0.5)
+        };
+        let [load, create, warm, first, compute] = &mut figures;
         out.insert(
             format!("warmup_{warmup}"),
             json!({
-                "load_api_ms": load_ms,
-                "session_create_ms": loaded["status"]["create_ms"],
-                "warmup_run_ms": loaded["status"]["warmup_ms"],
-                "first_request_e2e_ms": t.elapsed().as_secs_f64() * 1e3,
-                "first_request_compute_ms": first["parameters"]["compute_ms"],
+                "load_api_ms": median(load),
+                "session_create_ms": median(create),
+                "warmup_run_ms": if warmup { json!(median(warm)) } else { Value::Null },
+                "first_request_e2e_ms": median(first),
+                "first_request_compute_ms": median(compute),
             }),
         );
     }
@@ -415,7 +474,9 @@ async fn main() -> anyhow::Result<()> {
         "mlp=file://{},backend=wasm",
         args.models.join("mlp.onnx").display()
     );
-    let (agent, start_to_ready) = AgentProcess::start(&bin, &[model]).await?;
+    let (agent, start_to_ready) =
+        AgentProcess::start(&bin, std::slice::from_ref(&model), &[]).await?;
+    agent.wait_standby().await?;
     let stats = agent.get("/v1/stats").await?;
     let cold_start_ms = stats["browser"]["cold_start_ms"].clone();
 
@@ -428,17 +489,26 @@ async fn main() -> anyhow::Result<()> {
     let init = init_times(&agent, &args.models, &inputs).await?;
     let mut recoveries = Vec::new();
     for _ in 0..args.crashes {
+        agent.wait_standby().await?;
         recoveries.push(crash_recovery(&agent, &inputs).await?);
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let version = agent.get("/v1/capabilities").await?["browser"]["version"].clone();
+    drop(agent);
+    // The same without a standby browser: a cold restart.
+    let (cold_agent, _) =
+        AgentProcess::start(&bin, &[model], &["--standby-browser", "false"]).await?;
+    let mut cold_recoveries = Vec::new();
+    for _ in 0..args.crashes.min(3) {
+        cold_recoveries.push(crash_recovery(&cold_agent, &inputs).await?);
+    }
+    drop(cold_agent);
 
     println!(
         "webaccel-agent benchmark: model mlp (wasm), {} requests per row, {version}",
         args.requests
     );
     println!(
-        "{:<8} {:>4} {:>10} {:>10} {:>12} {:>13} {:>13} {:>10} {:>6}",
+        "{:<8} {:>4} {:>10} {:>10} {:>12} {:>13} {:>13} {:>13} {:>13} {:>10} {:>6}",
         "via",
         "conc",
         "e2e p50",
@@ -446,12 +516,14 @@ async fn main() -> anyhow::Result<()> {
         "compute p50",
         "overhead p50",
         "overhead p99",
+        "outside p50",
+        "outside p99",
         "req/s",
         "errors"
     );
     for r in &rows {
         println!(
-            "{:<8} {:>4} {:>10} {:>10} {:>12} {:>13} {:>13} {:>10.0} {:>6}",
+            "{:<8} {:>4} {:>10} {:>10} {:>12} {:>13} {:>13} {:>13} {:>13} {:>10.0} {:>6}",
             r["transport"].as_str().unwrap_or_default(),
             r["concurrency"],
             f(&r["e2e_p50_ms"]),
@@ -459,11 +531,15 @@ async fn main() -> anyhow::Result<()> {
             f(&r["compute_p50_ms"]),
             f(&r["overhead_p50_ms"]),
             f(&r["overhead_p99_ms"]),
+            f(&r["outside_page_p50_ms"]),
+            f(&r["outside_page_p99_ms"]),
             r["throughput_rps"].as_f64().unwrap_or(0.0),
             r["errors"],
         );
     }
-    println!("(milliseconds; overhead = end-to-end minus the page's own compute time)");
+    println!(
+        "(milliseconds; overhead = end to end minus the model's compute time in the page; outside = end to end minus the page's whole handling, i.e. agent + transport)"
+    );
     println!();
     println!(
         "agent start to ready (browser launch + page + model): {:.0} ms",
@@ -482,19 +558,21 @@ async fn main() -> anyhow::Result<()> {
             f(&v["first_request_compute_ms"])
         );
     }
-    let mut ext: Vec<f64> = recoveries.iter().map(|r| r.0).collect();
-    ext.sort_by(f64::total_cmp);
-    println!(
-        "crash to serving again (SIGKILL to first 200), {} runs: median {:.0} ms, max {:.0} ms; agent-side detection to ready: {}",
-        ext.len(),
-        pct(&ext, 0.5),
-        ext.last().copied().unwrap_or(f64::NAN),
-        recoveries
-            .iter()
-            .map(|r| format!("{:.0}", r.1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    for (label, runs) in [
+        ("with standby", &recoveries),
+        ("cold restart", &cold_recoveries),
+    ] {
+        let mut ext: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        ext.sort_by(f64::total_cmp);
+        let internal: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.1)).collect();
+        println!(
+            "crash to serving again, {label}: {} runs, median {:.0} ms, max {:.0} ms (SIGKILL to first 200); agent-side detection to ready: {} ms",
+            ext.len(),
+            pct(&ext, 0.5),
+            ext.last().copied().unwrap_or(f64::NAN),
+            internal.join(", ")
+        );
+    }
     println!(
         "agent RSS: {:.1} MiB now, {:.1} MiB peak (browser processes not counted)",
         rss_kib as f64 / 1024.0,
@@ -508,6 +586,7 @@ async fn main() -> anyhow::Result<()> {
         "browser_cold_start_ms": cold_start_ms,
         "model_init": init,
         "crash_recovery_ms": recoveries.iter().map(|r| json!({"kill_to_first_success": r.0, "agent_detect_to_ready": r.1})).collect::<Vec<_>>(),
+        "crash_recovery_cold_ms": cold_recoveries.iter().map(|r| json!({"kill_to_first_success": r.0, "agent_detect_to_ready": r.1})).collect::<Vec<_>>(),
         "agent_rss_kib": rss_kib, "agent_peak_rss_kib": hwm_kib,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;

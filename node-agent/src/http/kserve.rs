@@ -228,7 +228,7 @@ async fn infer(
         "model_name": name,
         "model_version": VERSION,
         "outputs": outputs,
-        "parameters": {"backend": resp.backend, "compute_ms": resp.compute_ms},
+        "parameters": {"backend": resp.backend, "compute_ms": resp.compute_ms, "page_ms": resp.page_ms},
     });
     if let Some(id) = id {
         body["id"] = id.into();

@@ -18,7 +18,7 @@ const QUICK_FAILURE: Duration = Duration::from_secs(10);
 /// How long a standby page may take to answer a ping before it is trusted with traffic.
 const STANDBY_CHECK: Duration = Duration::from_millis(500);
 
-/// Pause before restarting after `quick_failures` quick failures in a row: none for a
+/// Pause before a cold start after `quick_failures` quick failures in a row: none for a
 /// one-off crash (recovery speed matters), then doubling from 0.5 s up to 30 s so a
 /// crash loop does not spin.
 fn restart_backoff(quick_failures: u32) -> Duration {
@@ -96,6 +96,7 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
     let mut failed_in_a_row: u32 = 0;
     let mut quick_failures: u32 = 0;
     let mut down_since: Option<Instant> = None;
+    let mut restart_delay = Duration::ZERO;
     let mut standby: Option<StandbyTask> = None;
     while !shutdown.is_cancelled() {
         let generation = {
@@ -108,23 +109,27 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             };
             info.generation
         };
-        let mut browser = match take_standby(&agent, &mut standby).await {
+        // Switching to a ready standby costs nothing, so it happens at once; only a cold
+        // start waits out the crash-loop backoff.
+        let standby_browser = take_standby(&agent, &mut standby).await;
+        if standby_browser.is_none() && !restart_delay.is_zero() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(restart_delay) => {},
+            }
+        }
+        let mut browser = match standby_browser {
             Some(b) => b,
             None => match sup.start(&base_url).await {
                 Ok(b) => b,
                 Err(e) => {
                     failed_in_a_row += 1;
-                    let backoff = launch_backoff(failed_in_a_row);
-                    tracing::error!(error = %e, ?backoff, "browser launch failed");
-                    {
-                        let mut info = sup.lock_info();
-                        info.failed_launches = failed_in_a_row;
-                        info.last_launch_error = Some(e);
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => continue,
-                    }
+                    restart_delay = launch_backoff(failed_in_a_row);
+                    tracing::error!(error = %e, backoff = ?restart_delay, "browser launch failed");
+                    let mut info = sup.lock_info();
+                    info.failed_launches = failed_in_a_row;
+                    info.last_launch_error = Some(e);
+                    continue;
                 }
             },
         };
@@ -173,26 +178,18 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         } else {
             0
         };
-        let backoff = restart_backoff(quick_failures);
+        restart_delay = restart_backoff(quick_failures);
         let reason = if exit == Exit::Hung {
             "hung"
         } else {
             "crashed"
         };
-        tracing::warn!(generation, reason, ?backoff, "browser lost; replacing it");
+        tracing::warn!(generation, reason, "browser lost; replacing it");
         agent.stats.browser_restarted(reason);
-        {
-            let mut info = sup.lock_info();
-            info.restarts += 1;
-            info.last_restart_reason = Some(reason.to_owned());
-            info.pid = None;
-        }
-        if !backoff.is_zero() {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(backoff) => {},
-            }
-        }
+        let mut info = sup.lock_info();
+        info.restarts += 1;
+        info.last_restart_reason = Some(reason.to_owned());
+        info.pid = None;
     }
     if let Some(task) = standby
         && let Ok(Ok(b)) = task.await

@@ -261,6 +261,7 @@ function errorFrame(id, category, message) {
 }
 
 function handleFrame(buf) {
+  const received = performance.now();
   let frame;
   try {
     frame = decodeFrame(buf);
@@ -275,10 +276,10 @@ function handleFrame(buf) {
     ws.send(errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`));
     return;
   }
-  exclusive(() => run(entry, id, header, tensors));
+  exclusive(() => run(entry, id, header, tensors, received));
 }
 
-async function run(entry, id, header, tensors) {
+async function run(entry, id, header, tensors, received) {
   try {
     const feeds = {};
     for (const t of tensors) feeds[t.name] = new ort.Tensor(ortType(t.datatype), t.data, t.shape);
@@ -293,8 +294,9 @@ async function run(entry, id, header, tensors) {
       return { name, datatype: datatypeOf(r.type), shape: r.dims.map(Number), data: r.data };
     });
     const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
+    const pageMs = performance.now() - received;
     ws.send(encodeFrame(KIND_RESPONSE, id, {
-      model: header.model, backend: entry.backend, compute_ms: computeMs, outputs: meta,
+      model: header.model, backend: entry.backend, compute_ms: computeMs, page_ms: pageMs, outputs: meta,
     }, outputs));
   } catch (e) {
     ws.send(errorFrame(id, 'inference_failed', String(e?.message ?? e)));
