@@ -486,6 +486,16 @@ async fn main() -> anyhow::Result<()> {
         rows.push(bench_http(&agent, &inputs, c, args.requests).await);
     }
     let (rss_kib, hwm_kib) = agent.rss_kib();
+    // The heartbeat's round trip through the idle page: Chromium's share of the overhead.
+    let mut rtts = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(r) = agent.get("/v1/stats").await?["heartbeat_rtt_ms"].as_f64() {
+            rtts.push(r);
+        }
+    }
+    rtts.sort_by(f64::total_cmp);
+    let heartbeat_rtt_ms = pct(&rtts, 0.5);
     let init = init_times(&agent, &args.models, &inputs).await?;
     let mut recoveries = Vec::new();
     for _ in 0..args.crashes {
@@ -542,6 +552,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
+        "page heartbeat round trip (agent -> page -> agent, idle): median {heartbeat_rtt_ms:.3} ms"
+    );
+    println!(
         "agent start to ready (browser launch + page + model): {:.0} ms",
         start_to_ready.as_secs_f64() * 1e3
     );
@@ -587,6 +600,7 @@ async fn main() -> anyhow::Result<()> {
         "model_init": init,
         "crash_recovery_ms": recoveries.iter().map(|r| json!({"kill_to_first_success": r.0, "agent_detect_to_ready": r.1})).collect::<Vec<_>>(),
         "crash_recovery_cold_ms": cold_recoveries.iter().map(|r| json!({"kill_to_first_success": r.0, "agent_detect_to_ready": r.1})).collect::<Vec<_>>(),
+        "heartbeat_rtt_ms": heartbeat_rtt_ms,
         "agent_rss_kib": rss_kib, "agent_peak_rss_kib": hwm_kib,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;

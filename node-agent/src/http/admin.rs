@@ -115,6 +115,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
         "in_flight": agent.stats.in_flight.get(),
         "queued": agent.stats.queued.get(),
         "max_in_flight": agent.args.max_in_flight,
+        "heartbeat_rtt_ms": agent.browser.link().and_then(|l| l.heartbeat_rtt_ms()),
         "models": agent.stats.per_model(),
         "errors_by_category": agent.stats.errors_by_category(),
         "browser": info,

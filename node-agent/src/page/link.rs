@@ -33,6 +33,10 @@ pub struct PageLink {
     pending: Mutex<Option<HashMap<u64, oneshot::Sender<Reply>>>>,
     next_id: AtomicU64,
     last_pong: Mutex<Instant>,
+    /// When the last unanswered ping was sent, and the last round trip in microseconds:
+    /// the cost of one message each way through Chromium's WebSocket plumbing.
+    ping_sent: Mutex<Option<Instant>>,
+    last_rtt_us: AtomicU64,
     closed: watch::Sender<bool>,
     /// Control operations (model loads) the page is working on. Compiling a model can
     /// block the page's thread for seconds, so the supervisor is more patient then.
@@ -65,6 +69,8 @@ impl PageLink {
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(1),
             last_pong: Mutex::new(Instant::now()),
+            ping_sent: Mutex::new(None),
+            last_rtt_us: AtomicU64::new(0),
             closed: watch::channel(false).0,
             controls_in_progress: AtomicUsize::new(0),
             secret,
@@ -113,7 +119,17 @@ impl PageLink {
         };
         match v["op"].as_str() {
             Some("pong") => {
-                *self.last_pong.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
+                let now = Instant::now();
+                *self.last_pong.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                if let Some(sent) = self
+                    .ping_sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    let rtt = u64::try_from((now - sent).as_micros()).unwrap_or(u64::MAX);
+                    self.last_rtt_us.store(rtt, Ordering::Relaxed);
+                }
             }
             Some("result") => {
                 let id = v["req"].as_u64().unwrap_or(0);
@@ -236,6 +252,10 @@ impl PageLink {
 
     /// Sends a heartbeat ping; the page answers with a pong that updates `since_pong`.
     pub fn ping(&self) {
+        self.ping_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
         let _ = self
             .out
             .send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
@@ -256,6 +276,13 @@ impl PageLink {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         false
+    }
+
+    /// The last heartbeat's round trip through the page, in milliseconds.
+    pub fn heartbeat_rtt_ms(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        let us = self.last_rtt_us.load(Ordering::Relaxed) as f64;
+        (us > 0.0).then_some(us / 1e3)
     }
 
     /// Whether the page is busy with a control operation (a model load).
