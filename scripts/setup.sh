@@ -31,7 +31,8 @@ fi
 req=node-agent/tests/fixtures/requirements.txt
 if ! python3 -c 'import onnx, onnxruntime, numpy' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
   echo "setup: pip install -r $req"
-  python3 -m pip install --quiet --disable-pip-version-check -r $req 2>&1 | grep -v "Running pip as the 'root' user" || true
+  # Debian's own python3 refuses system-wide installs (PEP 668) unless told.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check -r $req 2>&1 | grep -v "Running pip as the 'root' user" || true
 fi
 
 # Test models and reference outputs, computed by onnxruntime (never by webaccel).

@@ -1,6 +1,10 @@
 //! Model files: fetched from `file://` or `http(s)://`, checked against an optional
 //! sha256 while streaming, and kept on local disk under their digest so a reload (after
-//! a browser restart, or on another model naming the same file) reads no network.
+//! a browser restart) reads no network.
+//!
+//! A cached file is reused without fetching only for a URI it was fetched from: a
+//! digest pasted by mistake next to another model's URI must fail its check, not
+//! silently serve whichever cached model has that digest.
 
 use std::path::{Path, PathBuf};
 
@@ -37,10 +41,38 @@ impl ModelCache {
         self.dir.join(format!("{sha256}.onnx"))
     }
 
+    /// The URIs a cached file was fetched from, one per line.
+    fn sources_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.sources"))
+    }
+
+    async fn fetched_from(&self, sha256: &str, uri: &str) -> bool {
+        tokio::fs::read_to_string(self.sources_path(sha256))
+            .await
+            .is_ok_and(|s| s.lines().any(|l| l == uri))
+    }
+
+    async fn remember_source(&self, sha256: &str, uri: &str) -> Result<(), String> {
+        if self.fetched_from(sha256, uri).await {
+            return Ok(());
+        }
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.sources_path(sha256))
+            .await
+            .map_err(|e| format!("cache: {e}"))?;
+        f.write_all(format!("{uri}\n").as_bytes())
+            .await
+            .map_err(|e| format!("cache: {e}"))
+    }
+
     /// Returns the cached file for `uri`, fetching it if needed. With `expected` set, a
     /// cached copy is used without fetching, and a fetched file must match it.
     pub async fn get(&self, uri: &str, expected: Option<&str>) -> Result<CachedModel, String> {
-        if let Some(sha) = expected {
+        if let Some(sha) = expected
+            && self.fetched_from(sha, uri).await
+        {
             let path = self.path_for(sha);
             // Re-hash the cached copy: cheap next to compiling the model, and it catches
             // a corrupted disk.
@@ -71,6 +103,7 @@ impl ModelCache {
         }
         let path = self.path_for(&sha256);
         tmp.persist(&path).map_err(|e| format!("cache: {e}"))?;
+        self.remember_source(&sha256, uri).await?;
         Ok(CachedModel {
             sha256,
             path,
@@ -146,6 +179,15 @@ mod tests {
         // With the digest given, the cached copy is used even if the source is gone.
         std::fs::remove_file(&model).unwrap();
         assert!(cache.get(&uri, Some(sha)).await.unwrap().hit);
+
+        // ...but not for another URI claiming that digest: that one is fetched and fails.
+        let other = src.path().join("other.onnx");
+        std::fs::write(&other, b"xyz").unwrap();
+        let err = cache
+            .get(&format!("file://{}", other.display()), Some(sha))
+            .await
+            .unwrap_err();
+        assert!(err.contains("sha256 mismatch"), "{err}");
     }
 
     #[tokio::test]

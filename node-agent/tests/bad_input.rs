@@ -235,6 +235,74 @@ async fn bad_model_files_are_refused_with_the_reason() {
     assert_eq!(agent.infer_reference("good", "mlp").await.0, 404);
 }
 
+/// Serves the fixture folder over HTTP on a free port; returns its base URL.
+async fn serve_fixtures() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/models/{file}",
+        axum::routing::get(
+            |axum::extract::Path(file): axum::extract::Path<String>| async move {
+                match std::fs::read(common::fixture(&file)) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(_) => Err(axum::http::StatusCode::NOT_FOUND),
+                }
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/models")
+}
+
+#[tokio::test]
+async fn models_load_over_http_with_digest_checks() {
+    let base = serve_fixtures().await;
+    let agent = Agent::start(&[format!("boot={base}/mlp.onnx,backend=wasm")], &[]).await;
+    assert_eq!(agent.infer_reference("boot", "mlp").await.0, 200);
+
+    let sums = std::fs::read_to_string(common::fixture("SHA256SUMS")).unwrap();
+    let sha = sums
+        .lines()
+        .find(|l| l.ends_with("cnn.onnx"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let (code, body) = agent
+        .post("/v1/models", &json!({"name": "cnn", "uri": format!("{base}/cnn.onnx"), "sha256": sha, "backend": "wasm"}))
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = agent.infer_reference("cnn", "cnn").await;
+    assert_eq!(code, 200, "{body}");
+    common::assert_outputs_match("cnn", body["outputs"].as_array().unwrap(), 1e-5, 1e-4);
+
+    let (code, body) = agent
+        .post(
+            "/v1/models",
+            &json!({"name": "missing", "uri": format!("{base}/nope.onnx")}),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("HTTP 404"),
+        "{body}"
+    );
+    let (code, body) = agent
+        .post(
+            "/v1/models",
+            &json!({"name": "wrong", "uri": format!("{base}/types.onnx"), "sha256": sha}),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("sha256 mismatch"),
+        "{body}"
+    );
+    // The server metadata names the agent.
+    let (code, meta) = agent.get("/v2").await;
+    assert_eq!((code, meta["name"].as_str()), (200, Some("webaccel-agent")));
+}
+
 #[tokio::test]
 async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
     let agent = Agent::start(
