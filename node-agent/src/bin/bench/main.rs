@@ -1,0 +1,199 @@
+//! `webaccel-agent-bench`: measures a real agent (and its Chromium) from the outside and
+//! prints a table plus a JSON file. Not a test: the figures are for reading and
+//! comparing, never asserted.
+//!
+//! Measured: latency p50/p99 end to end, the page's own compute time and their
+//! difference (the agent's overhead) over the bridge and HTTP at several concurrencies;
+//! throughput; browser cold start; model init with and without warm-up; crash-to-ready
+//! recovery; the agent's RSS (the browser's processes not counted).
+
+mod agent_process;
+mod measure;
+mod samples;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::{Value, json};
+
+use agent_process::AgentProcess;
+use measure::{bench_bridge, bench_http, crash_recovery, init_times, mlp_inputs};
+use samples::pct;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "webaccel-agent-bench",
+    about = "Benchmarks webaccel-agent with a real Chromium"
+)]
+struct Args {
+    /// The agent binary (default: `webaccel-agent` beside this one).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Folder with the test models (`mlp.onnx`, `mlp.json`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models"))]
+    models: PathBuf,
+    /// Requests per configuration (after warm-up).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    concurrency: Vec<usize>,
+    /// Crash-recovery repetitions.
+    #[arg(long, default_value_t = 5)]
+    crashes: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "webaccel-agent-bench.json")]
+    json: PathBuf,
+}
+
+fn f(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".into(), |x| format!("{x:.3}"))
+}
+
+#[tokio::main]
+#[allow(clippy::print_stdout)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = match &args.agent {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("webaccel-agent"),
+    };
+    let (inputs, tensors) = mlp_inputs(&args.models)?;
+    let model = format!(
+        "mlp=file://{},backend=wasm",
+        args.models.join("mlp.onnx").display()
+    );
+    let (agent, start_to_ready) =
+        AgentProcess::start(&bin, std::slice::from_ref(&model), &[]).await?;
+    agent.wait_standby().await?;
+    let stats = agent.get("/v1/stats").await?;
+    let cold_start_ms = stats["browser"]["cold_start_ms"].clone();
+
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        rows.push(bench_bridge(&agent, &tensors, c, args.requests).await?);
+        rows.push(bench_http(&agent, &inputs, c, args.requests).await);
+    }
+    let (rss_kib, hwm_kib) = agent.rss_kib();
+    // The heartbeat's round trip through the idle page: Chromium's share of the overhead.
+    let mut rtts = Vec::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(r) = agent.get("/v1/stats").await?["heartbeat_rtt_ms"].as_f64() {
+            rtts.push(r);
+        }
+    }
+    rtts.sort_by(f64::total_cmp);
+    let heartbeat_rtt_ms = pct(&rtts, 0.5);
+    let init = init_times(&agent, &args.models, &inputs).await?;
+    let mut recoveries = Vec::new();
+    for _ in 0..args.crashes {
+        agent.wait_standby().await?;
+        recoveries.push(crash_recovery(&agent, &inputs).await?);
+    }
+    let version = agent.get("/v1/capabilities").await?["browser"]["version"].clone();
+    drop(agent);
+    // The same without a standby browser: a cold restart.
+    let (cold_agent, _) =
+        AgentProcess::start(&bin, &[model], &["--standby-browser", "false"]).await?;
+    let mut cold_recoveries = Vec::new();
+    for _ in 0..args.crashes.min(3) {
+        cold_recoveries.push(crash_recovery(&cold_agent, &inputs).await?);
+    }
+    drop(cold_agent);
+
+    println!(
+        "webaccel-agent benchmark: model mlp (wasm), {} requests per row, {version}",
+        args.requests
+    );
+    println!(
+        "{:<8} {:>4} {:>10} {:>10} {:>12} {:>13} {:>13} {:>13} {:>13} {:>10} {:>6}",
+        "via",
+        "conc",
+        "e2e p50",
+        "e2e p99",
+        "compute p50",
+        "overhead p50",
+        "overhead p99",
+        "outside p50",
+        "outside p99",
+        "req/s",
+        "errors"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:>4} {:>10} {:>10} {:>12} {:>13} {:>13} {:>13} {:>13} {:>10.0} {:>6}",
+            r["transport"].as_str().unwrap_or_default(),
+            r["concurrency"],
+            f(&r["e2e_p50_ms"]),
+            f(&r["e2e_p99_ms"]),
+            f(&r["compute_p50_ms"]),
+            f(&r["overhead_p50_ms"]),
+            f(&r["overhead_p99_ms"]),
+            f(&r["outside_page_p50_ms"]),
+            f(&r["outside_page_p99_ms"]),
+            r["throughput_rps"].as_f64().unwrap_or(0.0),
+            r["errors"],
+        );
+    }
+    println!(
+        "(milliseconds; overhead = end to end minus the model's compute time in the page; outside = end to end minus the page's whole handling, i.e. agent + transport)"
+    );
+    println!();
+    println!(
+        "page heartbeat round trip (agent -> page -> agent, idle): median {heartbeat_rtt_ms:.3} ms"
+    );
+    println!(
+        "agent start to ready (browser launch + page + model): {:.0} ms",
+        start_to_ready.as_secs_f64() * 1e3
+    );
+    println!(
+        "browser cold start (launch to page connected):       {} ms",
+        f(&cold_start_ms)
+    );
+    for (k, v) in init.as_object().into_iter().flatten() {
+        println!(
+            "model init, {k}: session {} ms, warm-up run {} ms, first request {} ms (compute {} ms)",
+            f(&v["session_create_ms"]),
+            f(&v["warmup_run_ms"]),
+            f(&v["first_request_e2e_ms"]),
+            f(&v["first_request_compute_ms"])
+        );
+    }
+    for (label, runs) in [
+        ("with standby", &recoveries),
+        ("cold restart", &cold_recoveries),
+    ] {
+        let mut ext: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        ext.sort_by(f64::total_cmp);
+        let internal: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.1)).collect();
+        println!(
+            "crash to serving again, {label}: {} runs, median {:.0} ms, max {:.0} ms (SIGKILL to first 200); agent-side detection to ready: {} ms",
+            ext.len(),
+            pct(&ext, 0.5),
+            ext.last().copied().unwrap_or(f64::NAN),
+            internal.join(", ")
+        );
+    }
+    println!(
+        "agent RSS: {:.1} MiB now, {:.1} MiB peak (browser processes not counted)",
+        rss_kib as f64 / 1024.0,
+        hwm_kib as f64 / 1024.0
+    );
+
+    let report = json!({
+        "model": "mlp", "backend": "wasm", "browser": version, "requests_per_row": args.requests,
+        "latency": rows,
+        "agent_start_to_ready_ms": start_to_ready.as_secs_f64() * 1e3,
+        "browser_cold_start_ms": cold_start_ms,
+        "model_init": init,
+        "crash_recovery_ms": recoveries.iter().map(|r| json!({"kill_to_first_success": r.0, "agent_detect_to_ready": r.1})).collect::<Vec<_>>(),
+        "crash_recovery_cold_ms": cold_recoveries.iter().map(|r| json!({"kill_to_first_success": r.0, "agent_detect_to_ready": r.1})).collect::<Vec<_>>(),
+        "heartbeat_rtt_ms": heartbeat_rtt_ms,
+        "agent_rss_kib": rss_kib, "agent_peak_rss_kib": hwm_kib,
+    });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nJSON written to {}", args.json.display());
+    Ok(())
+}
