@@ -1,0 +1,14 @@
+//! webaccel-analytics: everything ClickHouse. The schema and its versioned migrations
+//! (adapted to what the server supports), the row types, and a batching writer that
+//! never blocks its caller and loses nothing across ClickHouse outages (disk spool,
+//! replayed in order, deduplicated by row id).
+
+pub mod rows;
+pub mod schema;
+pub mod server;
+pub mod settings;
+pub mod spool;
+pub mod writer;
+
+pub use settings::{ClickHouseSettings, SettingsError};
+pub use writer::{Writer, WriterConfig, WriterHandle, WriterStats};

@@ -1,0 +1,124 @@
+//! The rows webaccel records. Times are milliseconds since the epoch (see
+//! [`crate::server::Features::time_type`]); every row carries a random `row_id` so a
+//! batch replayed after an ambiguous failure collapses instead of counting twice.
+
+use serde::{Deserialize, Serialize};
+
+/// A row of one of webaccel's tables.
+pub trait TableRow:
+    clickhouse::RowOwned
+    + clickhouse::RowWrite
+    + Serialize
+    + for<'de> Deserialize<'de>
+    + Send
+    + Sync
+    + 'static
+{
+    const TABLE: &'static str;
+}
+
+/// A fresh random row id.
+pub fn new_row_id() -> u64 {
+    rand::random()
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// One inference request (`inference_performance`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct InferenceRow {
+    pub event_time: i64,
+    pub row_id: u64,
+    pub pool: String,
+    pub pod: String,
+    pub browser: String,
+    pub browser_version: String,
+    pub model: String,
+    pub task: String,
+    pub backend: String,
+    pub adapter: String,
+    /// `hardware`, `software` (e.g. SwiftShader) or `none` (wasm).
+    pub adapter_kind: String,
+    pub init_ms: f64,
+    pub inference_ms: f64,
+    pub latency_ms: f64,
+    pub batch_size: u32,
+    pub precision: String,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// `ok` or `error`.
+    pub outcome: String,
+    pub error_category: String,
+}
+
+impl TableRow for InferenceRow {
+    const TABLE: &'static str = "inference_performance";
+}
+
+/// A browser starting, failing or stopping (`browser_connections`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct BrowserConnectionRow {
+    pub event_time: i64,
+    pub row_id: u64,
+    pub pool: String,
+    pub pod: String,
+    pub browser: String,
+    pub browser_version: String,
+    /// `started`, `crashed`, `hung` or `stopped`.
+    pub event: String,
+    pub reason: String,
+    pub adapter: String,
+    pub adapter_kind: String,
+    pub webnn: String,
+    pub start_ms: f64,
+}
+
+impl TableRow for BrowserConnectionRow {
+    const TABLE: &'static str = "browser_connections";
+}
+
+/// A pool scaling, healing or recycling (`pool_events`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct PoolEventRow {
+    pub event_time: i64,
+    pub row_id: u64,
+    pub namespace: String,
+    pub pool: String,
+    /// `scale`, `heal` or `recycle`.
+    pub event: String,
+    pub pod: String,
+    pub from_replicas: u32,
+    pub to_replicas: u32,
+    pub reason: String,
+}
+
+impl TableRow for PoolEventRow {
+    const TABLE: &'static str = "pool_events";
+}
+
+/// A detected performance regression (`regressions`).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct RegressionRow {
+    pub event_time: i64,
+    pub row_id: u64,
+    pub model: String,
+    pub browser: String,
+    pub backend: String,
+    pub metric: String,
+    pub baseline_p50: f64,
+    pub recent_p50: f64,
+    pub change_pct: f64,
+    pub p_value: f64,
+    pub severity: String,
+    pub baseline_samples: u64,
+    pub recent_samples: u64,
+}
+
+impl TableRow for RegressionRow {
+    const TABLE: &'static str = "regressions";
+}

@@ -1,0 +1,283 @@
+//! The tables and their versioned, idempotent migrations. DDL is built for the
+//! server's [`Features`]: the same tables on ClickHouse 18.16 and on current releases,
+//! with LowCardinality, DateTime64, TTL and insert deduplication where they exist.
+
+use crate::server::{self, Features};
+use crate::settings::ClickHouseSettings;
+
+/// Days of history kept where the server supports TTL.
+pub const RETENTION_DAYS: u32 = 90;
+
+/// Column kinds; the DDL type depends on the server.
+#[derive(Debug, Clone, Copy)]
+enum Col {
+    Time,
+    Id,
+    Label,
+    Text,
+    F64,
+    U32,
+    U64,
+}
+
+struct TableDef {
+    name: &'static str,
+    columns: &'static [(&'static str, Col)],
+    /// Sorting key after `event_time`-independent leading columns.
+    order_by: &'static [&'static str],
+}
+
+const TABLES: &[TableDef] = &[
+    TableDef {
+        name: "inference_performance",
+        columns: &[
+            ("event_time", Col::Time),
+            ("row_id", Col::Id),
+            ("pool", Col::Label),
+            ("pod", Col::Label),
+            ("browser", Col::Label),
+            ("browser_version", Col::Label),
+            ("model", Col::Label),
+            ("task", Col::Label),
+            ("backend", Col::Label),
+            ("adapter", Col::Label),
+            ("adapter_kind", Col::Label),
+            ("init_ms", Col::F64),
+            ("inference_ms", Col::F64),
+            ("latency_ms", Col::F64),
+            ("batch_size", Col::U32),
+            ("precision", Col::Label),
+            ("bytes_in", Col::U64),
+            ("bytes_out", Col::U64),
+            ("outcome", Col::Label),
+            ("error_category", Col::Label),
+        ],
+        order_by: &["model", "browser", "backend", "event_time", "row_id"],
+    },
+    TableDef {
+        name: "browser_connections",
+        columns: &[
+            ("event_time", Col::Time),
+            ("row_id", Col::Id),
+            ("pool", Col::Label),
+            ("pod", Col::Label),
+            ("browser", Col::Label),
+            ("browser_version", Col::Label),
+            ("event", Col::Label),
+            ("reason", Col::Text),
+            ("adapter", Col::Label),
+            ("adapter_kind", Col::Label),
+            ("webnn", Col::Text),
+            ("start_ms", Col::F64),
+        ],
+        order_by: &["pool", "pod", "event_time", "row_id"],
+    },
+    TableDef {
+        name: "pool_events",
+        columns: &[
+            ("event_time", Col::Time),
+            ("row_id", Col::Id),
+            ("namespace", Col::Label),
+            ("pool", Col::Label),
+            ("event", Col::Label),
+            ("pod", Col::Label),
+            ("from_replicas", Col::U32),
+            ("to_replicas", Col::U32),
+            ("reason", Col::Text),
+        ],
+        order_by: &["namespace", "pool", "event_time", "row_id"],
+    },
+    TableDef {
+        name: "regressions",
+        columns: &[
+            ("event_time", Col::Time),
+            ("row_id", Col::Id),
+            ("model", Col::Label),
+            ("browser", Col::Label),
+            ("backend", Col::Label),
+            ("metric", Col::Label),
+            ("baseline_p50", Col::F64),
+            ("recent_p50", Col::F64),
+            ("change_pct", Col::F64),
+            ("p_value", Col::F64),
+            ("severity", Col::Label),
+            ("baseline_samples", Col::U64),
+            ("recent_samples", Col::U64),
+        ],
+        order_by: &["model", "browser", "backend", "event_time", "row_id"],
+    },
+];
+
+/// One schema change, applied once and recorded in `schema_migrations`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migration {
+    pub version: u32,
+    pub name: String,
+    pub sql: String,
+}
+
+fn column_type(f: Features, c: Col) -> &'static str {
+    match c {
+        Col::Time => f.time_type(),
+        Col::Id | Col::U64 => "UInt64",
+        Col::Label => f.label(),
+        Col::Text => "String",
+        Col::F64 => "Float64",
+        Col::U32 => "UInt32",
+    }
+}
+
+fn create_table(f: Features, t: &TableDef) -> String {
+    let cols: Vec<String> = t
+        .columns
+        .iter()
+        .map(|(n, c)| format!("    {n} {}", column_type(f, *c)))
+        .collect();
+    let seconds = f.time_seconds("event_time");
+    // ReplacingMergeTree collapses rows with the same sorting key, which ends in
+    // row_id: a batch replayed after an ambiguous failure does not count twice.
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n{}\n) ENGINE = ReplacingMergeTree()\nPARTITION BY toYYYYMM({seconds})\nORDER BY ({})",
+        t.name,
+        cols.join(",\n"),
+        t.order_by.join(", ")
+    );
+    if f.ttl {
+        sql.push_str(&format!("\nTTL {seconds} + INTERVAL {RETENTION_DAYS} DAY"));
+    }
+    if f.dedup_token {
+        // Exact deduplication of retried batches at insert time, not only at merge.
+        sql.push_str("\nSETTINGS non_replicated_deduplication_window = 1000");
+    }
+    sql
+}
+
+/// Every migration, in order, as DDL for servers with `f`.
+pub fn migrations(f: Features) -> Vec<Migration> {
+    TABLES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Migration {
+            version: u32::try_from(i + 1).unwrap_or(u32::MAX),
+            name: format!("create {}", t.name),
+            sql: create_table(f, t),
+        })
+        .collect()
+}
+
+/// What a migration run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationReport {
+    pub features: Features,
+    pub applied: Vec<u32>,
+    pub already: Vec<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("ClickHouse at {url}: {source}")]
+    ClickHouse {
+        url: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+}
+
+/// Creates the database and applies the migrations it has not recorded yet. Safe to run
+/// any number of times, from several processes.
+pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, MigrationError> {
+    let wrap = |source| MigrationError::ClickHouse {
+        url: settings.url.clone(),
+        source,
+    };
+    let root = settings.client(false);
+    let features = server::detect(&root).await.map_err(wrap)?;
+    root.query(&format!(
+        "CREATE DATABASE IF NOT EXISTS {}",
+        settings.database
+    ))
+    .execute()
+    .await
+    .map_err(wrap)?;
+    let db = settings.client(true);
+    db.query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at DateTime) \
+         ENGINE = ReplacingMergeTree() ORDER BY version",
+    )
+    .execute()
+    .await
+    .map_err(wrap)?;
+    let done: Vec<u32> = db
+        .query("SELECT DISTINCT version FROM schema_migrations ORDER BY version")
+        .fetch_all()
+        .await
+        .map_err(wrap)?;
+    let mut report = MigrationReport {
+        features,
+        applied: Vec::new(),
+        already: Vec::new(),
+    };
+    for m in migrations(features) {
+        if done.contains(&m.version) {
+            report.already.push(m.version);
+            continue;
+        }
+        db.query(&m.sql).execute().await.map_err(wrap)?;
+        db.query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
+            .bind(m.version)
+            .bind(&m.name)
+            .execute()
+            .await
+            .map_err(wrap)?;
+        tracing::info!(version = m.version, name = %m.name, "ClickHouse migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_server_ddl_uses_plain_types_and_no_ttl() {
+        let sql = &migrations(Features::from_version("18.16.1"))[0].sql;
+        assert!(sql.contains("event_time Int64"), "{sql}");
+        assert!(sql.contains("model String"), "{sql}");
+        assert!(
+            sql.contains("PARTITION BY toYYYYMM(toDateTime(intDiv(event_time, 1000)))"),
+            "{sql}"
+        );
+        assert!(
+            !sql.contains("TTL") && !sql.contains("LowCardinality") && !sql.contains("SETTINGS"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn modern_server_ddl_uses_everything() {
+        let sql = &migrations(Features::from_version("25.8.1"))[0].sql;
+        assert!(sql.contains("event_time DateTime64(3)"), "{sql}");
+        assert!(sql.contains("model LowCardinality(String)"), "{sql}");
+        assert!(
+            sql.contains("TTL toDateTime(event_time) + INTERVAL 90 DAY"),
+            "{sql}"
+        );
+        assert!(sql.contains("non_replicated_deduplication_window"), "{sql}");
+    }
+
+    #[test]
+    fn every_table_has_a_numbered_migration() {
+        let m = migrations(Features::from_version("18.16.1"));
+        let names: Vec<_> = m.iter().map(|m| (m.version, m.name.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                (1, "create inference_performance"),
+                (2, "create browser_connections"),
+                (3, "create pool_events"),
+                (4, "create regressions"),
+            ]
+        );
+    }
+}
