@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The ClickHouse the analytics tests start themselves (Debian ships 18.16).
+[[ -x /usr/bin/clickhouse-server || -x /usr/sbin/clickhouse-server ]] || need_apt+=(clickhouse-server)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)

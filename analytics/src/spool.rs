@@ -147,7 +147,7 @@ mod tests {
         assert!(spool.append(&[1, 2]).unwrap());
         assert!(spool.append(&[3]).unwrap());
         // A leftover partial write is cleaned up on open.
-        std::fs::write(dir.path().join("s/00000000000000000099.tmp"), "junk").unwrap();
+        fs::write(dir.path().join("s/00000000000000000099.tmp"), "junk").unwrap();
         drop(spool);
 
         let spool = Spool::<u32>::open(dir.path().join("s"), 10).unwrap();

@@ -145,6 +145,7 @@ impl<T: TableRow> WriterHandle<T> {
 pub struct Writer<T: TableRow> {
     pub handle: WriterHandle<T>,
     task: JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl<T: TableRow> Writer<T> {
@@ -162,20 +163,25 @@ impl<T: TableRow> Writer<T> {
             spool: spool.clone(),
             stats: stats.clone(),
             pending: Vec::new(),
+            held: Vec::new(),
             inserter: None,
             down_since: None,
         };
-        let task = tokio::spawn(task.run(rx));
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(task.run(rx, stopped));
         Ok(Self {
             handle: WriterHandle { tx, spool, stats },
             task,
+            stop,
         })
     }
 
-    /// Stops taking rows, writes (or spools) what is left, and waits for the task.
+    /// Writes (or spools) every row handed over so far and stops. Handles still held
+    /// elsewhere send later rows to the spool, for the next writer to replay.
     pub async fn shutdown(self) {
-        let Self { handle, task } = self;
+        let Self { handle, task, stop } = self;
         drop(handle);
+        let _ = stop.send(());
         let _ = task.await;
     }
 }
@@ -204,6 +210,8 @@ struct Task<T: TableRow> {
     stats: Arc<WriterStats>,
     /// Rows in the open INSERT, kept until it is committed so a failure loses none.
     pending: Vec<T>,
+    /// Rows that arrived while ClickHouse was down, not sent anywhere yet.
+    held: Vec<T>,
     inserter: Option<clickhouse::inserter::Inserter<T>>,
     /// Set while ClickHouse is failing: rows go straight to the spool until
     /// `retry_interval` has passed.
@@ -211,7 +219,11 @@ struct Task<T: TableRow> {
 }
 
 impl<T: TableRow> Task<T> {
-    async fn run(mut self, mut rx: mpsc::Receiver<T>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<T>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
         let mut tick =
             tokio::time::interval(self.config.period.min(self.config.retry_interval) / 2);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,6 +233,14 @@ impl<T: TableRow> Task<T> {
                     Some(row) => self.accept(row).await,
                     None => break,
                 },
+                _ = &mut stop => {
+                    // Take what was handed over before the stop, then no more.
+                    rx.close();
+                    while let Some(row) = rx.recv().await {
+                        self.accept(row).await;
+                    }
+                    break;
+                }
                 _ = tick.tick() => {
                     self.commit(false).await;
                     self.replay().await;
@@ -229,10 +249,8 @@ impl<T: TableRow> Task<T> {
         }
         self.commit(true).await;
         self.replay().await;
-        if !self.pending.is_empty() {
-            let rows = std::mem::take(&mut self.pending);
-            spool_or_drop(&self.spool, &self.stats, &rows);
-        }
+        self.spool_pending();
+        self.spool_held();
     }
 
     fn is_down(&self) -> bool {
@@ -279,10 +297,14 @@ impl<T: TableRow> Task<T> {
 
     async fn accept(&mut self, row: T) {
         if self.is_down() {
-            self.pending.push(row);
-            if self.pending.len() as u64 >= self.config.max_rows {
-                self.spool_pending();
+            self.held.push(row);
+            if self.held.len() as u64 >= self.config.max_rows {
+                self.spool_held();
             }
+            return;
+        }
+        if !self.flush_held().await {
+            self.held.push(row);
             return;
         }
         let mut inserter = match self.inserter.take() {
@@ -303,28 +325,46 @@ impl<T: TableRow> Task<T> {
         }
     }
 
+    fn spool_held(&mut self) {
+        let rows = std::mem::take(&mut self.held);
+        spool_or_drop(&self.spool, &self.stats, &rows);
+    }
+
+    /// Writes the rows held while ClickHouse was down, in one INSERT. Returns whether
+    /// ClickHouse is (still) up.
+    async fn flush_held(&mut self) -> bool {
+        if self.held.is_empty() {
+            return true;
+        }
+        let rows = std::mem::take(&mut self.held);
+        match insert_batch(&self.client, self.config.insert_timeout, &rows).await {
+            Ok(()) => {
+                self.stats
+                    .written
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                self.succeeded();
+                true
+            }
+            Err(e) => {
+                self.failed("insert", &e);
+                spool_or_drop(&self.spool, &self.stats, &rows);
+                false
+            }
+        }
+    }
+
     /// Ends the open INSERT if its limits are reached (or `force`).
     async fn commit(&mut self, force: bool) {
         if self.is_down() {
-            if force || self.pending.len() as u64 >= self.config.max_rows {
-                self.spool_pending();
+            if force || self.held.len() as u64 >= self.config.max_rows {
+                self.spool_held();
             }
             return;
         }
+        if !self.flush_held().await {
+            return;
+        }
         let Some(inserter) = self.inserter.as_mut() else {
-            if !self.pending.is_empty() {
-                // Rows that arrived while ClickHouse was down: write them now.
-                let rows = std::mem::take(&mut self.pending);
-                if let Err(e) = insert_batch(&self.client, self.config.insert_timeout, &rows).await
-                {
-                    self.failed("insert", &e);
-                    spool_or_drop(&self.spool, &self.stats, &rows);
-                } else {
-                    self.stats
-                        .written
-                        .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                }
-            }
             return;
         };
         let result = if force {
