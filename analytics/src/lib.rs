@@ -3,6 +3,7 @@
 //! never blocks its caller and loses nothing across ClickHouse outages (disk spool,
 //! replayed in order, deduplicated by row id).
 
+pub mod local;
 pub mod rows;
 pub mod schema;
 pub mod server;

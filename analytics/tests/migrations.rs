@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::ClickHouse;
 use webaccel_analytics::schema::migrate;
 
 #[tokio::test]
 async fn migrations_apply_once_and_adapt_to_the_server() {
-    let ch = ClickHouse::start().await;
+    let ch = common::start().await;
     let settings = ch.settings("webaccel_test");
 
     let first = migrate(&settings).await.unwrap();
@@ -20,9 +19,11 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     assert!(second.applied.is_empty());
     assert_eq!(second.already, [1, 2, 3, 4]);
 
-    let tables = ch
-        .query("SELECT name FROM system.tables WHERE database = 'webaccel_test' ORDER BY name")
-        .await;
+    let tables = common::query(
+        &ch,
+        "SELECT name FROM system.tables WHERE database = 'webaccel_test' ORDER BY name",
+    )
+    .await;
     assert_eq!(
         tables.lines().collect::<Vec<_>>(),
         [
@@ -34,17 +35,14 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
         ]
     );
     assert_eq!(
-        ch.query("SELECT count() FROM webaccel_test.schema_migrations")
-            .await,
+        common::query(&ch, "SELECT count() FROM webaccel_test.schema_migrations").await,
         "4"
     );
 
-    let version = ch.query("SELECT version()").await;
-    let event_time = ch
-        .query("SELECT type FROM system.columns WHERE database = 'webaccel_test' AND table = 'inference_performance' AND name = 'event_time'")
+    let version = common::query(&ch, "SELECT version()").await;
+    let event_time = common::query(&ch, "SELECT type FROM system.columns WHERE database = 'webaccel_test' AND table = 'inference_performance' AND name = 'event_time'")
         .await;
-    let model = ch
-        .query("SELECT type FROM system.columns WHERE database = 'webaccel_test' AND table = 'inference_performance' AND name = 'model'")
+    let model = common::query(&ch, "SELECT type FROM system.columns WHERE database = 'webaccel_test' AND table = 'inference_performance' AND name = 'model'")
         .await;
     if first.features.datetime64 {
         assert_eq!(event_time, "DateTime64(3)", "server {version}");

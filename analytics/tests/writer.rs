@@ -8,7 +8,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::ClickHouse;
 use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
 use webaccel_analytics::schema::migrate;
 use webaccel_analytics::{Writer, WriterConfig, WriterHandle};
@@ -51,12 +50,12 @@ fn config(spool: &std::path::Path) -> WriterConfig {
 }
 
 /// Rows in the table, duplicates collapsed (FINAL), and distinct row ids.
-async fn counts(ch: &ClickHouse) -> (u64, u64) {
-    let text = ch
-        .query(&format!(
-            "SELECT count(), uniqExact(row_id) FROM {DB}.inference_performance FINAL"
-        ))
-        .await;
+async fn counts(ch: &common::ClickHouse) -> (u64, u64) {
+    let text = common::query(
+        ch,
+        &format!("SELECT count(), uniqExact(row_id) FROM {DB}.inference_performance FINAL"),
+    )
+    .await;
     let mut it = text.split_whitespace().map(|v| v.parse().unwrap());
     (it.next().unwrap(), it.next().unwrap())
 }
@@ -75,7 +74,7 @@ async fn wait_drained(handle: &WriterHandle<InferenceRow>) {
 
 #[tokio::test]
 async fn concurrent_writers_lose_nothing() {
-    let ch = ClickHouse::start().await;
+    let ch = common::start().await;
     let settings = ch.settings(DB);
     migrate(&settings).await.unwrap();
     let spool = tempfile::tempdir().unwrap();
@@ -105,7 +104,7 @@ async fn concurrent_writers_lose_nothing() {
 
 #[tokio::test]
 async fn an_outage_mid_stream_loses_nothing_and_duplicates_nothing() {
-    let mut ch = ClickHouse::start().await;
+    let mut ch = common::start().await;
     let settings = ch.settings(DB);
     migrate(&settings).await.unwrap();
     let spool = tempfile::tempdir().unwrap();
@@ -133,7 +132,7 @@ async fn an_outage_mid_stream_loses_nothing_and_duplicates_nothing() {
         "the writer must notice the outage: {during:?}"
     );
     assert!(during.spooled > 0, "{during:?}");
-    ch.restart().await;
+    ch.restart().await.unwrap();
     producer.await.unwrap();
     wait_drained(&writer.handle).await;
     let handle = writer.handle.clone();
@@ -146,7 +145,7 @@ async fn an_outage_mid_stream_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn a_spool_left_by_a_stopped_writer_is_replayed_by_the_next() {
-    let mut ch = ClickHouse::start().await;
+    let mut ch = common::start().await;
     let settings = ch.settings(DB);
     migrate(&settings).await.unwrap();
     let spool = tempfile::tempdir().unwrap();
@@ -168,7 +167,7 @@ async fn a_spool_left_by_a_stopped_writer_is_replayed_by_the_next() {
     assert!(!snap.healthy);
     assert!(snap.last_error.is_some());
 
-    ch.restart().await;
+    ch.restart().await.unwrap();
     let writer = Writer::<InferenceRow>::start(&settings, config(spool.path())).unwrap();
     wait_drained(&writer.handle).await;
     let handle = writer.handle.clone();

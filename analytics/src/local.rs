@@ -1,0 +1,152 @@
+//! A ClickHouse server of webaccel's own: Debian's `clickhouse-server` started on
+//! loopback ports with its data in a temporary directory. Local mode uses it when no
+//! server is configured, and the tests use it (they also stop and restart it on the
+//! same ports and data to stage outages).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ClickHouseSettings;
+
+#[derive(Debug)]
+pub struct LocalClickHouse {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub http_port: u16,
+    tcp_port: u16,
+    interserver_port: u16,
+}
+
+/// Why a local server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("clickhouse-server is not installed (scripts/setup.sh installs Debian's package)")]
+    NotInstalled,
+    #[error("starting clickhouse-server: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("clickhouse-server did not answer within 60 s; its log is {0}")]
+    NoAnswer(String),
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The installed server binary, if any.
+pub fn server_binary() -> Option<&'static str> {
+    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
+
+impl LocalClickHouse {
+    /// Starts a server on free ports.
+    pub async fn start() -> Result<Self, LocalError> {
+        Self::start_on(free_port()?).await
+    }
+
+    /// Starts a server whose HTTP interface listens on `http_port`.
+    pub async fn start_on(http_port: u16) -> Result<Self, LocalError> {
+        let mut ch = Self {
+            child: None,
+            dir: tempfile::tempdir()?,
+            http_port,
+            tcp_port: free_port()?,
+            interserver_port: free_port()?,
+        };
+        ch.spawn().await?;
+        Ok(ch)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn settings(&self, database: &str) -> ClickHouseSettings {
+        ClickHouseSettings {
+            url: self.url(),
+            database: database.to_owned(),
+            user: None,
+            password: None,
+        }
+    }
+
+    async fn spawn(&mut self) -> Result<(), LocalError> {
+        let binary = server_binary().ok_or(LocalError::NotInstalled)?;
+        let d = self.dir.path().display().to_string();
+        let child = Command::new(binary)
+            .arg("--config-file=/etc/clickhouse-server/config.xml")
+            .arg("--")
+            .arg(format!("--path={d}/data/"))
+            .arg(format!("--tmp_path={d}/tmp/"))
+            .arg(format!("--user_files_path={d}/user_files/"))
+            .arg(format!("--format_schema_path={d}/format_schemas/"))
+            .arg(format!("--http_port={}", self.http_port))
+            .arg(format!("--tcp_port={}", self.tcp_port))
+            .arg(format!("--interserver_http_port={}", self.interserver_port))
+            .arg("--listen_host=127.0.0.1")
+            .arg(format!("--logger.log={d}/server.log"))
+            .arg(format!("--logger.errorlog={d}/server.err.log"))
+            .arg("--logger.console=0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = http
+                .get(format!("{}/?query=SELECT%201", self.url()))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                self.kill();
+                return Err(LocalError::NoAnswer(format!("{d}/server.err.log")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the server (SIGKILL: an outage, not a clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) -> Result<(), LocalError> {
+        self.kill();
+        self.spawn().await
+    }
+
+    /// Runs a query over HTTP and returns its text output, or the server's error.
+    pub async fn query(&self, sql: &str) -> Result<String, String> {
+        let r = reqwest::Client::new()
+            .post(self.url())
+            .body(sql.to_owned())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = r.status();
+        let text = r.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(text.trim().to_owned())
+        } else {
+            Err(format!("{sql}: {text}"))
+        }
+    }
+}
+
+impl Drop for LocalClickHouse {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
