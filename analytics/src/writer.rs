@@ -156,6 +156,8 @@ impl<T: TableRow> Writer<T> {
             config.spool_max_bytes,
         )?);
         let stats = Arc::new(WriterStats::default());
+        // Healthy until an attempt fails.
+        stats.healthy.store(true, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(config.channel_capacity);
         let task = Task {
             client: settings.client(true),

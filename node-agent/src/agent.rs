@@ -13,6 +13,7 @@ use crate::cache::ModelCache;
 use crate::config::{AgentArgs, ModelSpec};
 use crate::error::AgentError;
 use crate::models::{self, LoadedModel, ModelRegistry};
+use crate::recorder::{InferenceRecord, Recorder};
 use crate::stats::Stats;
 use crate::supervisor::BrowserSupervisor;
 use crate::validate::check_request;
@@ -25,6 +26,8 @@ pub struct Agent {
     pub cache: ModelCache,
     pub admission: Admission,
     pub stats: Stats,
+    /// Rows for ClickHouse (disabled without `--clickhouse-url`).
+    pub recorder: Recorder,
     /// Bearer token; `None` disables authentication.
     pub token: Option<String>,
 }
@@ -50,7 +53,15 @@ impl Agent {
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
         let started = Instant::now();
         let model = req.model.clone();
+        let bytes_in: usize = req.inputs.iter().map(|t| t.data.len()).sum();
+        let batch_size = req
+            .inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .and_then(|&d| u32::try_from(d).ok())
+            .unwrap_or(1);
         let result = self.infer_inner(req).await;
+        self.record(&model, started, &result, bytes_in, batch_size);
         match &result {
             Ok(resp) => self
                 .stats
@@ -93,6 +104,42 @@ impl Agent {
             .map_err(|_| AgentError::Deadline(self.args.request_timeout))??;
         check_backend(&loaded, &resp)?;
         Ok(resp)
+    }
+
+    /// Hands the request's figures to the metrics recorder (never waits).
+    fn record(
+        &self,
+        model: &str,
+        started: Instant,
+        result: &Result<InferResponse, AgentError>,
+        bytes_in: usize,
+        batch_size: u32,
+    ) {
+        let Some(entry) = self.models.get(model) else {
+            return;
+        };
+        let loaded = entry.loaded().ok();
+        let category = result.as_ref().err().map(|e| e.category().as_str());
+        let backend = match (result, &loaded) {
+            (Ok(resp), _) => resp.backend.clone(),
+            (Err(_), Some(m)) => m.backend.clone(),
+            (Err(_), None) => String::new(),
+        };
+        self.recorder.inference(&InferenceRecord {
+            model,
+            task: &entry.spec.task,
+            precision: &entry.spec.precision,
+            backend: &backend,
+            init_ms: loaded.as_ref().map_or(0.0, |m| m.create_ms),
+            compute_ms: result.as_ref().map_or(0.0, |r| r.compute_ms),
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            batch_size,
+            bytes_in: bytes_in as u64,
+            bytes_out: result
+                .as_ref()
+                .map_or(0, |r| r.outputs.iter().map(|t| t.data.len() as u64).sum()),
+            error: category,
+        });
     }
 
     /// Adds a model at run time and loads it into the current browser (or leaves it

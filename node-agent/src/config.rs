@@ -18,7 +18,8 @@ pub struct AgentArgs {
     pub listen: SocketAddr,
 
     /// A model to load at start: NAME=URI[,backend=auto|webgpu|webnn|wasm][,sha256=HEX]
-    /// [,warmup=true|false][,webnn_device=cpu|gpu|npu]. URI is file://, http:// or https://.
+    /// [,warmup=true|false][,webnn_device=cpu|gpu|npu][,task=T][,precision=P]. URI is
+    /// file://, http:// or https://.
     /// Repeat for several models.
     #[arg(long = "model", value_name = "SPEC")]
     pub models: Vec<ModelSpec>,
@@ -107,6 +108,23 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 0)]
     pub wasm_threads: u32,
 
+    /// ClickHouse HTTP interface for the agent's metrics (`http://host:8123`, with
+    /// `user:password@` if needed). Without it nothing is recorded.
+    #[arg(long, env = "WEBACCEL_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+
+    /// ClickHouse database for the metrics (created if missing).
+    #[arg(long, env = "WEBACCEL_CLICKHOUSE_DATABASE", default_value = "webaccel")]
+    pub clickhouse_database: String,
+
+    /// The pool this agent belongs to, recorded with every row.
+    #[arg(long, env = "WEBACCEL_POOL", default_value = "local")]
+    pub pool: String,
+
+    /// This agent's pod name, recorded with every row (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+
     /// Enable fault-injection endpoints (`POST /v1/debug/hang`, for tests). Never in
     /// production.
     #[arg(long)]
@@ -141,6 +159,12 @@ pub struct ModelSpec {
     pub webnn_device: WebNnDevice,
     #[serde(default = "default_true")]
     pub warmup: bool,
+    /// What the model does (text-embedding, vision, ...), recorded with its metrics.
+    #[serde(default)]
+    pub task: String,
+    /// Numeric precision (fp32, fp16, int8, ...), recorded with its metrics.
+    #[serde(default)]
+    pub precision: String,
 }
 
 fn default_true() -> bool {
@@ -200,6 +224,8 @@ impl FromStr for ModelSpec {
             backend: Backend::Auto,
             webnn_device: WebNnDevice::Cpu,
             warmup: true,
+            task: String::new(),
+            precision: String::new(),
         };
         for kv in parts {
             let (k, v) = kv
@@ -209,6 +235,8 @@ impl FromStr for ModelSpec {
                 "backend" => spec.backend = v.trim().parse()?,
                 "sha256" => spec.sha256 = Some(v.trim().to_ascii_lowercase()),
                 "webnn_device" => spec.webnn_device = v.trim().parse()?,
+                "task" => spec.task = v.trim().to_owned(),
+                "precision" => spec.precision = v.trim().to_owned(),
                 "warmup" => {
                     spec.warmup = v
                         .trim()
@@ -217,7 +245,7 @@ impl FromStr for ModelSpec {
                 }
                 other => {
                     return Err(format!(
-                        "unknown model option '{other}' (expected backend, sha256, warmup or webnn_device)"
+                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task or precision)"
                     ));
                 }
             }

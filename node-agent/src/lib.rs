@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod models;
 pub mod page;
+pub mod recorder;
 pub mod stats;
 pub mod supervisor;
 pub mod validate;
@@ -31,8 +32,10 @@ use crate::browser::{LaunchConfig, check_web_root, resolve_executable};
 use crate::cache::ModelCache;
 pub use crate::config::AgentArgs;
 use crate::models::ModelRegistry;
+use crate::recorder::{Origin, Recorder};
 use crate::stats::Stats;
 use crate::supervisor::{BrowserSupervisor, SupervisorTiming};
+use webaccel_analytics::ClickHouseSettings;
 
 fn read_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
     let Some(path) = &args.token_file else {
@@ -49,6 +52,29 @@ fn read_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
         path.display()
     );
     Ok(Some(token))
+}
+
+/// The metrics recorder: a malformed URL stops the agent with the setting's name; an
+/// unreachable server does not (rows spool until it answers).
+fn start_recorder(args: &AgentArgs) -> anyhow::Result<Recorder> {
+    let origin = Origin {
+        pool: args.pool.clone(),
+        pod: args.pod_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map_or_else(|_| "unknown".into(), |h| h.trim().to_owned())
+        }),
+    };
+    let Some(url) = &args.clickhouse_url else {
+        return Ok(Recorder::disabled(origin));
+    };
+    let settings = ClickHouseSettings::new(
+        url,
+        &args.clickhouse_database,
+        "--clickhouse-url / WEBACCEL_CLICKHOUSE_URL",
+    )?;
+    let spool = args.cache_dir().join("metrics-spool");
+    Recorder::start(settings, spool.clone(), origin)
+        .with_context(|| format!("opening the metrics spool {}", spool.display()))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -87,6 +113,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let base_url = format!("http://{}", std::net::SocketAddr::new(page_ip, addr.port()));
 
+    let recorder = start_recorder(&args)?;
     let launch = LaunchConfig {
         executable,
         extra_args: args.chromium_args.clone(),
@@ -108,6 +135,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         cache,
         admission: Admission::new(args.max_in_flight),
         stats: Stats::default(),
+        recorder,
         token,
         args,
     });
@@ -116,6 +144,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
+    let migrations = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.recorder.migrate_until_done().await })
+    };
     let supervisor = tokio::spawn(supervisor::supervise(
         agent.clone(),
         base_url,
@@ -144,6 +176,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .await?;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), supervisor).await;
+    migrations.abort();
+    agent.recorder.shutdown().await;
     tracing::info!("webaccel-agent stopped");
     Ok(())
 }

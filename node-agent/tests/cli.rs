@@ -68,6 +68,22 @@ fn bad_model_spec_and_missing_browser_are_refused_with_a_reason() {
         "{err}"
     );
 
+    let out = agent()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--clickhouse-url",
+            "localhost:8123",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("(setting --clickhouse-url / WEBACCEL_CLICKHOUSE_URL)"),
+        "{err}"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "\n").unwrap();

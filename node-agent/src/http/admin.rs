@@ -61,12 +61,15 @@ fn readiness(agent: &Agent) -> (bool, Value) {
         .collect();
     let info = agent.browser.info();
     let ready = agent.is_ready();
+    // Metrics reaching ClickHouse or not does not decide readiness (rows spool), but
+    // it is said here so an operator sees it.
     let detail = json!({
         "ready": ready,
         "draining": agent.admission.is_draining(),
         "browser": info.state,
         "last_launch_error": info.last_launch_error,
         "models": models,
+        "metrics": agent.recorder.status(),
     });
     (ready, detail)
 }
@@ -119,6 +122,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
         "models": agent.stats.per_model(),
         "errors_by_category": agent.stats.errors_by_category(),
         "browser": info,
+        "metrics": agent.recorder.status(),
     }))
 }
 

@@ -144,6 +144,13 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             info.cold_start_ms.get_or_insert(browser.start_ms);
         }
         tracing::info!(generation, pid = ?browser.process.pid, version = %browser.process.version, "browser serving");
+        agent
+            .recorder
+            .set_browser(&browser.process.version, &browser.capabilities);
+        agent
+            .recorder
+            .browser_event("started", "", browser.start_ms, &browser.capabilities);
+        let capabilities = browser.capabilities.clone();
         sup.link.send_replace(Some(browser.link.clone()));
         if sup.timing.standby && standby.is_none() {
             standby = Some(spawn_standby(&agent, &base_url));
@@ -168,6 +175,12 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             Exit::Shutdown => AgentError::ShuttingDown,
         });
         sup.stop(browser).await;
+        let event = match exit {
+            Exit::Crashed => "crashed",
+            Exit::Hung => "hung",
+            Exit::Shutdown => "stopped",
+        };
+        agent.recorder.browser_event(event, "", 0.0, &capabilities);
         agent.models.mark_for_reload();
         if exit == Exit::Shutdown {
             break;

@@ -1,0 +1,224 @@
+//! Where the agent's figures go: one row per inference request and one per browser
+//! start or failure, handed to webaccel-analytics' writer without waiting. ClickHouse
+//! being down, or not yet migrated, never stops the agent: rows spool to disk and are
+//! replayed once it answers.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use webaccel_analytics::rows::{BrowserConnectionRow, InferenceRow, new_row_id, now_ms};
+use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
+
+/// How often migrations are retried while ClickHouse cannot be reached.
+const MIGRATION_RETRY: Duration = Duration::from_secs(5);
+
+/// Labels every row of this agent carries.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub pool: String,
+    pub pod: String,
+}
+
+#[derive(Debug)]
+struct Sinks {
+    settings: ClickHouseSettings,
+    inference: WriterHandle<InferenceRow>,
+    browser: WriterHandle<BrowserConnectionRow>,
+    writers: Mutex<Option<(Writer<InferenceRow>, Writer<BrowserConnectionRow>)>>,
+    migration: Mutex<Result<(), String>>,
+}
+
+/// One finished inference request, as the agent saw it.
+#[derive(Debug)]
+pub struct InferenceRecord<'a> {
+    pub model: &'a str,
+    pub task: &'a str,
+    pub precision: &'a str,
+    pub backend: &'a str,
+    pub init_ms: f64,
+    pub compute_ms: f64,
+    pub latency_ms: f64,
+    pub batch_size: u32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// `None` on success, the error category otherwise.
+    pub error: Option<&'a str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Recorder {
+    origin: Origin,
+    sinks: Option<Sinks>,
+    /// The browser the rows describe: version, WebGPU adapter and its kind.
+    browser: Mutex<(String, String, String)>,
+}
+
+impl Recorder {
+    /// A recorder that records nothing (no ClickHouse configured).
+    pub fn disabled(origin: Origin) -> Self {
+        Self {
+            origin,
+            ..Self::default()
+        }
+    }
+
+    /// Starts the writers (spooling under `spool_dir`) and migrates the schema in the
+    /// background, retrying until ClickHouse answers.
+    pub fn start(
+        settings: ClickHouseSettings,
+        spool_dir: std::path::PathBuf,
+        origin: Origin,
+    ) -> std::io::Result<Self> {
+        let inference = Writer::start(&settings, WriterConfig::new(spool_dir.clone()))?;
+        let browser = Writer::start(&settings, WriterConfig::new(spool_dir))?;
+        Ok(Self {
+            origin,
+            sinks: Some(Sinks {
+                settings,
+                inference: inference.handle.clone(),
+                browser: browser.handle.clone(),
+                writers: Mutex::new(Some((inference, browser))),
+                migration: Mutex::new(Err("not attempted yet".into())),
+            }),
+            browser: Mutex::default(),
+        })
+    }
+
+    /// Applies the schema, retrying until it works; run it on its own task.
+    pub async fn migrate_until_done(&self) {
+        let Some(s) = &self.sinks else { return };
+        loop {
+            match webaccel_analytics::schema::migrate(&s.settings).await {
+                Ok(report) => {
+                    tracing::info!(applied = ?report.applied, server = ?report.features.version, "ClickHouse schema ready");
+                    *s.migration.lock().unwrap_or_else(|p| p.into_inner()) = Ok(());
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?MIGRATION_RETRY, "ClickHouse is not usable yet; metrics are spooled to disk meanwhile");
+                    *s.migration.lock().unwrap_or_else(|p| p.into_inner()) = Err(e.to_string());
+                }
+            }
+            tokio::time::sleep(MIGRATION_RETRY).await;
+        }
+    }
+
+    /// Notes the browser now serving, for the rows that follow.
+    pub fn set_browser(&self, version: &str, capabilities: &Value) {
+        let adapter = &capabilities["webgpu"]["adapter"];
+        let name = format!(
+            "{} {}",
+            adapter["vendor"].as_str().unwrap_or_default(),
+            adapter["architecture"].as_str().unwrap_or_default()
+        );
+        *self.browser.lock().unwrap_or_else(|p| p.into_inner()) = (
+            version.to_owned(),
+            name.trim().to_owned(),
+            adapter["kind"].as_str().unwrap_or("none").to_owned(),
+        );
+    }
+
+    fn browser(&self) -> (String, String, String) {
+        self.browser
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn inference(&self, r: &InferenceRecord<'_>) {
+        let Some(s) = &self.sinks else { return };
+        let (version, adapter, kind) = self.browser();
+        let (adapter, adapter_kind) = match r.backend {
+            "webgpu" => (adapter, kind),
+            b if b.starts_with("webnn") => (b.to_owned(), "unknown".to_owned()),
+            _ => (String::new(), "none".to_owned()),
+        };
+        s.inference.write(InferenceRow {
+            event_time: now_ms(),
+            row_id: new_row_id(),
+            pool: self.origin.pool.clone(),
+            pod: self.origin.pod.clone(),
+            browser: "chromium".into(),
+            browser_version: version,
+            model: r.model.to_owned(),
+            task: r.task.to_owned(),
+            backend: r.backend.to_owned(),
+            adapter,
+            adapter_kind,
+            init_ms: r.init_ms,
+            inference_ms: r.compute_ms,
+            latency_ms: r.latency_ms,
+            batch_size: r.batch_size,
+            precision: r.precision.to_owned(),
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            outcome: if r.error.is_some() { "error" } else { "ok" }.into(),
+            error_category: r.error.unwrap_or_default().to_owned(),
+        });
+    }
+
+    /// A browser started (`start_ms` set), crashed, hung or stopped.
+    pub fn browser_event(&self, event: &str, reason: &str, start_ms: f64, capabilities: &Value) {
+        let Some(s) = &self.sinks else { return };
+        let (version, adapter, kind) = self.browser();
+        let webnn = capabilities["webnn"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(d, v)| {
+                        format!("{d}={}", if v["available"] == true { "yes" } else { "no" })
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        s.browser.write(BrowserConnectionRow {
+            event_time: now_ms(),
+            row_id: new_row_id(),
+            pool: self.origin.pool.clone(),
+            pod: self.origin.pod.clone(),
+            browser: "chromium".into(),
+            browser_version: version,
+            event: event.to_owned(),
+            reason: reason.to_owned(),
+            adapter,
+            adapter_kind: kind,
+            webnn,
+            start_ms,
+        });
+    }
+
+    /// For `/readyz` and `/v1/stats`: whether metrics reach ClickHouse, and what waits.
+    pub fn status(&self) -> Value {
+        let Some(s) = &self.sinks else {
+            return json!({"enabled": false});
+        };
+        let migration = s
+            .migration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let inference = s.inference.snapshot();
+        let browser = s.browser.snapshot();
+        json!({
+            "enabled": true,
+            "url": s.settings.url,
+            "database": s.settings.database,
+            "schema": match &migration { Ok(()) => "ready".to_owned(), Err(e) => e.clone() },
+            "healthy": migration.is_ok() && inference.healthy && browser.healthy,
+            "inference_performance": inference,
+            "browser_connections": browser,
+        })
+    }
+
+    /// Writes (or spools) what is pending; call before exit.
+    pub async fn shutdown(&self) {
+        let Some(s) = &self.sinks else { return };
+        let writers = s.writers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((a, b)) = writers {
+            a.shutdown().await;
+            b.shutdown().await;
+        }
+    }
+}
