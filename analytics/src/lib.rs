@@ -4,6 +4,7 @@
 //! replayed in order, deduplicated by row id).
 
 pub mod local;
+pub mod queries;
 pub mod rows;
 pub mod schema;
 pub mod server;

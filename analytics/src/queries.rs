@@ -1,0 +1,438 @@
+//! The questions webaccel asks of its history, as typed functions: which browser and
+//! backend to use (recommendations), what got slower (regressions), and how latency
+//! moves over time (trends). The SQL runs on ClickHouse 18.16 and current releases;
+//! the statistics that SQL cannot do portably are done here on its aggregates.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rows::{RegressionRow, new_row_id, now_ms};
+use crate::server::Features;
+
+/// Per-(key, browser, backend) aggregate of successful requests.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+struct Aggregate {
+    key: String,
+    browser: String,
+    backend: String,
+    p50: f64,
+    stddev: f64,
+    samples: u64,
+    rows_per_s: f64,
+}
+
+/// What a recommendation is for: one model, or every model of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Model,
+    Task,
+}
+
+/// The best browser and backend for one model or task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recommendation {
+    pub key: String,
+    pub browser: String,
+    pub backend: String,
+    pub p50_ms: f64,
+    pub throughput_rps: f64,
+    pub samples: u64,
+    /// The next best choice, if any, and its p50.
+    pub runner_up: Option<(String, String, f64)>,
+    /// Probability (0-1) that the pick really is faster than the runner-up, from the
+    /// difference of medians and their standard errors. 1 when there is no rival.
+    pub confidence: f64,
+}
+
+/// Standard normal CDF (Abramowitz-Stegun 7.1.26 erf approximation, error < 1.5e-7).
+fn normal_cdf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-x * x).exp();
+    if z >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
+/// Standard error of a sample median, for roughly normal data: 1.2533 σ / √n.
+#[allow(clippy::cast_precision_loss)]
+fn median_se(stddev: f64, n: u64) -> f64 {
+    1.253_3 * stddev / (n.max(1) as f64).sqrt()
+}
+
+/// z score of `b` being larger than `a`.
+fn z_of(a: (f64, f64, u64), b: (f64, f64, u64)) -> f64 {
+    let se = (median_se(a.1, a.2).powi(2) + median_se(b.1, b.2).powi(2)).sqrt();
+    if se == 0.0 {
+        if b.0 > a.0 { f64::INFINITY } else { 0.0 }
+    } else {
+        (b.0 - a.0) / se
+    }
+}
+
+fn aggregate_sql(f: Features, key: &str, filter: &str, from_s: u64, to_s: u64) -> String {
+    let t = f.time_seconds("event_time");
+    format!(
+        "SELECT {key} AS key, browser, backend, quantileExact(0.5)(latency_ms) AS p50, \
+         stddevPop(latency_ms) AS stddev, count() AS samples, \
+         count() / greatest(1, toUInt32(max({t})) - toUInt32(min({t})) + 1) AS rows_per_s \
+         FROM inference_performance \
+         WHERE outcome = 'ok' AND {filter} AND toUInt32({t}) >= {from_s} AND toUInt32({t}) < {to_s} \
+         GROUP BY key, browser, backend ORDER BY key, p50"
+    )
+}
+
+fn now_s() -> u64 {
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
+}
+
+/// The best browser and backend per model (or task) by p50 latency over the last
+/// `window`, among those with at least `min_samples` successful requests.
+pub async fn recommend(
+    client: &clickhouse::Client,
+    f: Features,
+    scope: Scope,
+    window: Duration,
+    min_samples: u64,
+) -> Result<Vec<Recommendation>, clickhouse::error::Error> {
+    let key = match scope {
+        Scope::Model => "model",
+        Scope::Task => "task",
+    };
+    let now = now_s();
+    let sql = aggregate_sql(f, key, "1", now.saturating_sub(window.as_secs()), now + 1);
+    let rows: Vec<Aggregate> = client.query(&sql).fetch_all().await?;
+    Ok(pick_best(rows, min_samples))
+}
+
+fn pick_best(rows: Vec<Aggregate>, min_samples: u64) -> Vec<Recommendation> {
+    let mut out: Vec<Recommendation> = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let key = rows[i].key.clone();
+        let mut group: Vec<&Aggregate> = rows[i..].iter().take_while(|r| r.key == key).collect();
+        i += group.len();
+        group.retain(|r| r.samples >= min_samples);
+        group.sort_by(|a, b| a.p50.total_cmp(&b.p50));
+        let Some(best) = group.first() else { continue };
+        let runner = group.get(1);
+        let confidence = runner.map_or(1.0, |r| {
+            normal_cdf(z_of(
+                (best.p50, best.stddev, best.samples),
+                (r.p50, r.stddev, r.samples),
+            ))
+        });
+        out.push(Recommendation {
+            key,
+            browser: best.browser.clone(),
+            backend: best.backend.clone(),
+            p50_ms: best.p50,
+            throughput_rps: best.rows_per_s,
+            samples: best.samples,
+            runner_up: runner.map(|r| (r.browser.clone(), r.backend.clone(), r.p50)),
+            confidence,
+        });
+    }
+    out
+}
+
+/// How bad a regression is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Minor,
+    Major,
+    Critical,
+}
+
+impl Severity {
+    /// From the relative slowdown, for a change that is significant at all.
+    pub fn from_change(change_pct: f64) -> Option<Self> {
+        match change_pct {
+            c if c >= 50.0 => Some(Self::Critical),
+            c if c >= 20.0 => Some(Self::Major),
+            c if c >= 5.0 => Some(Self::Minor),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Minor => "minor",
+            Self::Major => "major",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// A slowdown of one (model, browser, backend) between a baseline and a recent window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Regression {
+    pub model: String,
+    pub browser: String,
+    pub backend: String,
+    pub baseline_p50: f64,
+    pub recent_p50: f64,
+    pub change_pct: f64,
+    /// One-sided p-value of "recent is slower".
+    pub p_value: f64,
+    pub severity: Severity,
+    pub baseline_samples: u64,
+    pub recent_samples: u64,
+}
+
+impl Regression {
+    pub fn to_row(&self) -> RegressionRow {
+        RegressionRow {
+            event_time: now_ms(),
+            row_id: new_row_id(),
+            model: self.model.clone(),
+            browser: self.browser.clone(),
+            backend: self.backend.clone(),
+            metric: "latency_p50_ms".into(),
+            baseline_p50: self.baseline_p50,
+            recent_p50: self.recent_p50,
+            change_pct: self.change_pct,
+            p_value: self.p_value,
+            severity: self.severity.as_str().into(),
+            baseline_samples: self.baseline_samples,
+            recent_samples: self.recent_samples,
+        }
+    }
+}
+
+/// Windows and thresholds of regression detection.
+#[derive(Debug, Clone, Copy)]
+pub struct RegressionParams {
+    /// The recent window ends now.
+    pub recent: Duration,
+    /// The baseline window ends where the recent one starts.
+    pub baseline: Duration,
+    pub min_samples: u64,
+    /// Largest p-value still called significant.
+    pub alpha: f64,
+}
+
+impl Default for RegressionParams {
+    fn default() -> Self {
+        Self {
+            recent: Duration::from_secs(3600),
+            baseline: Duration::from_secs(7 * 24 * 3600),
+            min_samples: 30,
+            alpha: 0.01,
+        }
+    }
+}
+
+/// Compares the recent window with the baseline per model, browser and backend.
+pub async fn detect_regressions(
+    client: &clickhouse::Client,
+    f: Features,
+    p: RegressionParams,
+) -> Result<Vec<Regression>, clickhouse::error::Error> {
+    let now = now_s();
+    let split = now.saturating_sub(p.recent.as_secs());
+    let start = split.saturating_sub(p.baseline.as_secs());
+    let base: Vec<Aggregate> = client
+        .query(&aggregate_sql(f, "model", "1", start, split))
+        .fetch_all()
+        .await?;
+    let recent: Vec<Aggregate> = client
+        .query(&aggregate_sql(f, "model", "1", split, now + 1))
+        .fetch_all()
+        .await?;
+    Ok(compare(&base, &recent, p))
+}
+
+fn compare(base: &[Aggregate], recent: &[Aggregate], p: RegressionParams) -> Vec<Regression> {
+    let mut out = Vec::new();
+    for r in recent {
+        let Some(b) = base
+            .iter()
+            .find(|b| b.key == r.key && b.browser == r.browser && b.backend == r.backend)
+        else {
+            continue;
+        };
+        if b.samples < p.min_samples || r.samples < p.min_samples || b.p50 <= 0.0 {
+            continue;
+        }
+        let change_pct = (r.p50 - b.p50) / b.p50 * 100.0;
+        let p_value = 1.0
+            - normal_cdf(z_of(
+                (b.p50, b.stddev, b.samples),
+                (r.p50, r.stddev, r.samples),
+            ));
+        let severity = Severity::from_change(change_pct).filter(|_| p_value <= p.alpha);
+        if let Some(severity) = severity {
+            out.push(Regression {
+                model: r.key.clone(),
+                browser: r.browser.clone(),
+                backend: r.backend.clone(),
+                baseline_p50: b.p50,
+                recent_p50: r.p50,
+                change_pct,
+                p_value,
+                severity,
+                baseline_samples: b.samples,
+                recent_samples: r.samples,
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.change_pct.total_cmp(&a.change_pct))
+    });
+    out
+}
+
+/// Writes detected regressions into the `regressions` table.
+pub async fn record_regressions(
+    client: &clickhouse::Client,
+    found: &[Regression],
+) -> Result<(), clickhouse::error::Error> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client
+        .insert::<RegressionRow>(<RegressionRow as crate::rows::TableRow>::TABLE)
+        .await?;
+    for r in found {
+        insert.write(&r.to_row()).await?;
+    }
+    insert.end().await
+}
+
+/// Latency percentiles of one series in one time bucket.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct TrendPoint {
+    /// Bucket start, seconds since the epoch.
+    pub bucket: u32,
+    pub model: String,
+    pub browser: String,
+    pub backend: String,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub requests: u64,
+}
+
+/// Latency p50/p95/p99 and request counts in `bucket`-sized steps over `window`.
+pub async fn trends(
+    client: &clickhouse::Client,
+    f: Features,
+    window: Duration,
+    bucket: Duration,
+) -> Result<Vec<TrendPoint>, clickhouse::error::Error> {
+    let t = f.time_seconds("event_time");
+    let b = bucket.as_secs().max(1);
+    let from = now_s().saturating_sub(window.as_secs());
+    let sql = format!(
+        "SELECT toUInt32(intDiv(toUInt32({t}), {b}) * {b}) AS bucket, model, browser, backend, \
+         quantileExact(0.5)(latency_ms) AS p50, quantileExact(0.95)(latency_ms) AS p95, \
+         quantileExact(0.99)(latency_ms) AS p99, count() AS requests \
+         FROM inference_performance WHERE outcome = 'ok' AND toUInt32({t}) >= {from} \
+         GROUP BY bucket, model, browser, backend ORDER BY bucket, model, browser, backend"
+    );
+    client.query(&sql).fetch_all().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(browser: &str, backend: &str, p50: f64, stddev: f64, samples: u64) -> Aggregate {
+        Aggregate {
+            key: "m".into(),
+            browser: browser.into(),
+            backend: backend.into(),
+            p50,
+            stddev,
+            samples,
+            rows_per_s: 1.0,
+        }
+    }
+
+    #[test]
+    fn normal_cdf_matches_tables() {
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_cdf(1.96) - 0.975).abs() < 1e-4);
+        assert!((normal_cdf(-2.326) - 0.01).abs() < 1e-4);
+    }
+
+    #[test]
+    fn clear_winner_is_confident_and_close_race_is_not() {
+        let picks = pick_best(
+            vec![
+                agg("chromium", "wasm", 5.0, 0.5, 500),
+                agg("chromium", "webgpu", 3.0, 0.3, 500),
+            ],
+            10,
+        );
+        assert_eq!(
+            (picks[0].backend.as_str(), picks[0].p50_ms),
+            ("webgpu", 3.0)
+        );
+        assert!(picks[0].confidence > 0.999, "{picks:?}");
+        let picks = pick_best(
+            vec![
+                agg("a", "wasm", 5.0, 2.0, 20),
+                agg("b", "wasm", 5.1, 2.0, 20),
+            ],
+            10,
+        );
+        assert!(picks[0].confidence < 0.7, "{picks:?}");
+        let picks = pick_best(
+            vec![
+                agg("a", "wasm", 1.0, 0.1, 5),
+                agg("b", "wasm", 2.0, 0.1, 500),
+            ],
+            10,
+        );
+        assert_eq!(picks[0].browser, "b", "too few samples cannot win");
+    }
+
+    #[test]
+    fn severity_follows_change_and_significance() {
+        let p = RegressionParams {
+            min_samples: 10,
+            ..RegressionParams::default()
+        };
+        let found = compare(
+            &[agg("c", "wasm", 10.0, 1.0, 1000)],
+            &[agg("c", "wasm", 16.0, 1.0, 200)],
+            p,
+        );
+        assert_eq!(found[0].severity, Severity::Critical);
+        let found = compare(
+            &[agg("c", "wasm", 10.0, 1.0, 1000)],
+            &[agg("c", "wasm", 12.5, 1.0, 200)],
+            p,
+        );
+        assert_eq!(found[0].severity, Severity::Major);
+        assert!(
+            compare(
+                &[agg("c", "wasm", 10.0, 1.0, 1000)],
+                &[agg("c", "wasm", 10.05, 1.0, 200)],
+                p
+            )
+            .is_empty()
+        );
+        // A big change on very noisy, small samples is not significant.
+        assert!(
+            compare(
+                &[agg("c", "wasm", 10.0, 30.0, 12)],
+                &[agg("c", "wasm", 16.0, 30.0, 12)],
+                p
+            )
+            .is_empty()
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The analysis queries on a real ClickHouse server, on synthetic data with known
+//! answers: the known-best browser and backend is recommended, an injected slowdown is
+//! found with the right severity, noise alone raises nothing, trends bucket correctly.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::time::Duration;
+
+use webaccel_analytics::queries::{self, RegressionParams, Scope, Severity};
+use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
+use webaccel_analytics::schema::migrate;
+use webaccel_analytics::server;
+
+const DB: &str = "webaccel_queries_test";
+
+/// Deterministic noise in [-1, 1).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// `n` rows of one series around `center` ms, `ago_s` seconds ago.
+#[allow(clippy::too_many_arguments)] // a table of test data reads best as one call per series
+fn rows(
+    model: &str,
+    browser: &str,
+    backend: &str,
+    ago_s: i64,
+    n: usize,
+    center: f64,
+    spread: f64,
+    rng: &mut Lcg,
+) -> Vec<InferenceRow> {
+    (0..n)
+        .map(|k| InferenceRow {
+            // Spread over one minute ending `ago_s` seconds ago.
+            event_time: now_ms() - ago_s * 1000 - (k as i64 % 60) * 1000,
+            row_id: new_row_id(),
+            pool: "p".into(),
+            pod: "pod".into(),
+            browser: browser.into(),
+            browser_version: "156".into(),
+            model: model.into(),
+            task: "vision".into(),
+            backend: backend.into(),
+            adapter: String::new(),
+            adapter_kind: "none".into(),
+            init_ms: 1.0,
+            inference_ms: center / 2.0,
+            latency_ms: center + spread * rng.next(),
+            batch_size: 1,
+            precision: "fp32".into(),
+            bytes_in: 1,
+            bytes_out: 1,
+            outcome: "ok".into(),
+            error_category: String::new(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn recommendations_regressions_and_trends_have_the_known_answers() {
+    let ch = common::start().await;
+    let settings = ch.settings(DB);
+    let report = migrate(&settings).await.unwrap();
+    let client = settings.client(true);
+    let features = server::detect(&client).await.unwrap();
+    assert_eq!(features, report.features);
+
+    let mut rng = Lcg(42);
+    let mut all = Vec::new();
+    // m1: webgpu in Chromium is clearly the fastest.
+    all.extend(rows(
+        "m1", "chromium", "webgpu", 300, 300, 3.0, 0.3, &mut rng,
+    ));
+    all.extend(rows("m1", "chromium", "wasm", 300, 300, 5.0, 0.5, &mut rng));
+    all.extend(rows("m1", "edge", "wasm", 300, 300, 8.0, 0.5, &mut rng));
+    // m2 got 30 % slower in the last half hour; m3 only jitters.
+    all.extend(rows(
+        "m2", "chromium", "wasm", 7200, 500, 10.0, 1.0, &mut rng,
+    ));
+    all.extend(rows(
+        "m2", "chromium", "wasm", 600, 200, 13.0, 1.0, &mut rng,
+    ));
+    all.extend(rows(
+        "m3", "chromium", "wasm", 7200, 500, 10.0, 1.0, &mut rng,
+    ));
+    all.extend(rows(
+        "m3", "chromium", "wasm", 600, 200, 10.0, 1.0, &mut rng,
+    ));
+    let mut insert = client
+        .insert::<InferenceRow>("inference_performance")
+        .await
+        .unwrap();
+    for r in &all {
+        insert.write(r).await.unwrap();
+    }
+    insert.end().await.unwrap();
+
+    let recs = queries::recommend(
+        &client,
+        features,
+        Scope::Model,
+        Duration::from_secs(3600),
+        30,
+    )
+    .await
+    .unwrap();
+    let m1 = recs.iter().find(|r| r.key == "m1").unwrap();
+    assert_eq!(
+        (m1.browser.as_str(), m1.backend.as_str(), m1.samples),
+        ("chromium", "webgpu", 300),
+        "{recs:?}"
+    );
+    assert!((m1.p50_ms - 3.0).abs() < 0.1, "{m1:?}");
+    assert!(m1.confidence > 0.999, "{m1:?}");
+    assert_eq!(m1.runner_up.as_ref().map(|r| r.1.as_str()), Some("wasm"));
+    let by_task = queries::recommend(
+        &client,
+        features,
+        Scope::Task,
+        Duration::from_secs(3600),
+        30,
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_task.len(), 1);
+    assert_eq!(by_task[0].key, "vision");
+
+    let params = RegressionParams {
+        recent: Duration::from_secs(1800),
+        baseline: Duration::from_secs(3 * 3600),
+        min_samples: 30,
+        alpha: 0.01,
+    };
+    let found = queries::detect_regressions(&client, features, params)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let r = &found[0];
+    assert_eq!(
+        (r.model.as_str(), r.severity),
+        ("m2", Severity::Major),
+        "{r:?}"
+    );
+    assert!((r.change_pct - 30.0).abs() < 5.0, "{r:?}");
+    assert!(r.p_value < 1e-6, "{r:?}");
+    queries::record_regressions(&client, &found).await.unwrap();
+    let stored = common::query(
+        &ch,
+        &format!("SELECT model, severity FROM {DB}.regressions"),
+    )
+    .await;
+    assert_eq!(stored, "m2\tmajor");
+
+    let points = queries::trends(
+        &client,
+        features,
+        Duration::from_secs(3 * 3600),
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let m2: Vec<_> = points.iter().filter(|p| p.model == "m2").collect();
+    assert!(m2.len() >= 2, "{m2:?}");
+    assert_eq!(m2.iter().map(|p| p.requests).sum::<u64>(), 700);
+    let last = m2.last().unwrap();
+    assert!(
+        (last.p50 - 13.0).abs() < 0.3 && last.p95 >= last.p50 && last.p99 >= last.p95,
+        "{last:?}"
+    );
+    assert!(m2.windows(2).all(|w| w[0].bucket < w[1].bucket));
+}
