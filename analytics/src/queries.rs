@@ -77,7 +77,9 @@ fn z_of(a: (f64, f64, u64), b: (f64, f64, u64)) -> f64 {
     }
 }
 
-fn aggregate_sql(f: Features, key: &str, filter: &str, from_s: u64, to_s: u64) -> String {
+/// Per-(key, browser, backend) p50, spread and volume of successful requests between
+/// two times (seconds since the epoch). Public so other engines can check the SQL.
+pub fn aggregate_sql(f: Features, key: &str, filter: &str, from_s: u64, to_s: u64) -> String {
     let t = f.time_seconds("event_time");
     format!(
         "SELECT {key} AS key, browser, backend, quantileExact(0.5)(latency_ms) AS p50, \
@@ -331,17 +333,22 @@ pub async fn trends(
     window: Duration,
     bucket: Duration,
 ) -> Result<Vec<TrendPoint>, clickhouse::error::Error> {
+    let from = now_s().saturating_sub(window.as_secs());
+    client.query(&trends_sql(f, from, bucket)).fetch_all().await
+}
+
+/// Latency percentiles per `bucket` since `from_s` (seconds since the epoch).
+pub fn trends_sql(f: Features, from_s: u64, bucket: Duration) -> String {
     let t = f.time_seconds("event_time");
     let b = bucket.as_secs().max(1);
-    let from = now_s().saturating_sub(window.as_secs());
-    let sql = format!(
+    let from = from_s;
+    format!(
         "SELECT toUInt32(intDiv(toUInt32({t}), {b}) * {b}) AS bucket, model, browser, backend, \
          quantileExact(0.5)(latency_ms) AS p50, quantileExact(0.95)(latency_ms) AS p95, \
          quantileExact(0.99)(latency_ms) AS p99, count() AS requests \
          FROM inference_performance WHERE outcome = 'ok' AND toUInt32({t}) >= {from} \
          GROUP BY bucket, model, browser, backend ORDER BY bucket, model, browser, backend"
-    );
-    client.query(&sql).fetch_all().await
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Runs webaccel's modern-server DDL and analysis queries in chdb (current ClickHouse,
+in process), to prove the SQL generated for modern servers is valid there too.
+
+Reads {"ddl": [...], "queries": [...]} as JSON on stdin; prints {"rows": [n, ...]}
+(rows each query returned) and exits non-zero on the first failing statement."""
+
+import json
+import sys
+
+from chdb import session
+
+
+def main() -> int:
+    spec = json.load(sys.stdin)
+    s = session.Session()
+    s.query("CREATE DATABASE IF NOT EXISTS webaccel")
+    s.query("USE webaccel")
+    for sql in spec["ddl"]:
+        try:
+            s.query(sql)
+        except Exception as e:  # noqa: BLE001 - report any engine error with its SQL
+            print(f"DDL failed: {e}\n{sql}", file=sys.stderr)
+            return 1
+    values = ",".join(
+        f"(now64(3) - INTERVAL {k} SECOND, {k + 1}, 'm{(k // 2) % 2}', 'vision', 'chromium', '{b}', {1.0 + k / 10}, 1, 'ok')"
+        for k, b in enumerate(["wasm", "webgpu"] * 20)
+    )
+    s.query(
+        "INSERT INTO inference_performance "
+        "(event_time, row_id, model, task, browser, backend, latency_ms, batch_size, outcome) VALUES " + values
+    )
+    counts = []
+    for sql in spec["queries"]:
+        try:
+            out = s.query(sql, "JSONCompact")
+        except Exception as e:  # noqa: BLE001
+            print(f"query failed: {e}\n{sql}", file=sys.stderr)
+            return 1
+        counts.append(len(json.loads(out.bytes() or b'{"data": []}')["data"]))
+    print(json.dumps({"rows": counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
