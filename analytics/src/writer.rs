@@ -80,6 +80,27 @@ pub struct WriterHandle<T: TableRow> {
     tx: mpsc::Sender<T>,
     spool: Arc<Spool<T>>,
     stats: Arc<WriterStats>,
+    overflow: Arc<Overflow<T>>,
+}
+
+/// Rows that found the channel full, gathered so they reach the spool as batches (a
+/// file and an fsync per row would make the overflow path the slow one).
+#[derive(Debug)]
+struct Overflow<T>(std::sync::Mutex<Vec<T>>);
+
+/// Overflowed rows written to the spool at once.
+const OVERFLOW_BATCH: usize = 1_000;
+
+impl<T: TableRow> Overflow<T> {
+    fn push(&self, row: T) -> Option<Vec<T>> {
+        let mut rows = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        rows.push(row);
+        (rows.len() >= OVERFLOW_BATCH).then(|| std::mem::take(&mut *rows))
+    }
+
+    fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl<T: TableRow> Clone for WriterHandle<T> {
@@ -88,6 +109,7 @@ impl<T: TableRow> Clone for WriterHandle<T> {
             tx: self.tx.clone(),
             spool: self.spool.clone(),
             stats: self.stats.clone(),
+            overflow: self.overflow.clone(),
         }
     }
 }
@@ -117,7 +139,9 @@ impl<T: TableRow> WriterHandle<T> {
             let row = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
-            spool_or_drop(&self.spool, &self.stats, &[row]);
+            if let Some(batch) = self.overflow.push(row) {
+                spool_or_drop(&self.spool, &self.stats, &batch);
+            }
         }
     }
 
@@ -159,11 +183,13 @@ impl<T: TableRow> Writer<T> {
         // Healthy until an attempt fails.
         stats.healthy.store(true, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(config.channel_capacity);
+        let overflow = Arc::new(Overflow(std::sync::Mutex::new(Vec::new())));
         let task = Task {
             client: settings.client(true),
             config,
             spool: spool.clone(),
             stats: stats.clone(),
+            overflow: overflow.clone(),
             pending: Vec::new(),
             held: Vec::new(),
             inserter: None,
@@ -172,7 +198,12 @@ impl<T: TableRow> Writer<T> {
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(task.run(rx, stopped));
         Ok(Self {
-            handle: WriterHandle { tx, spool, stats },
+            handle: WriterHandle {
+                tx,
+                spool,
+                stats,
+                overflow,
+            },
             task,
             stop,
         })
@@ -210,6 +241,7 @@ struct Task<T: TableRow> {
     config: WriterConfig,
     spool: Arc<Spool<T>>,
     stats: Arc<WriterStats>,
+    overflow: Arc<Overflow<T>>,
     /// Rows in the open INSERT, kept until it is committed so a failure loses none.
     pending: Vec<T>,
     /// Rows that arrived while ClickHouse was down, not sent anywhere yet.
@@ -245,6 +277,7 @@ impl<T: TableRow> Task<T> {
                 }
                 _ = tick.tick() => {
                     self.commit(false).await;
+                    self.spool_overflow();
                     self.replay().await;
                 }
             }
@@ -253,6 +286,7 @@ impl<T: TableRow> Task<T> {
         self.replay().await;
         self.spool_pending();
         self.spool_held();
+        self.spool_overflow();
     }
 
     fn is_down(&self) -> bool {
@@ -325,6 +359,11 @@ impl<T: TableRow> Task<T> {
                 self.spool_pending();
             }
         }
+    }
+
+    fn spool_overflow(&self) {
+        let rows = self.overflow.take();
+        spool_or_drop(&self.spool, &self.stats, &rows);
     }
 
     fn spool_held(&mut self) {

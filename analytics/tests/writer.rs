@@ -175,3 +175,34 @@ async fn a_spool_left_by_a_stopped_writer_is_replayed_by_the_next() {
     assert_eq!(handle.snapshot().replayed, 1_500);
     assert_eq!(counts(&ch).await, (1_500, 1_500));
 }
+
+#[tokio::test]
+async fn a_full_channel_sends_rows_to_the_spool_not_the_floor() {
+    let ch = common::start().await;
+    let settings = ch.settings(DB);
+    migrate(&settings).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let writer = Writer::<InferenceRow>::start(
+        &settings,
+        WriterConfig {
+            channel_capacity: 10,
+            ..config(spool.path())
+        },
+    )
+    .unwrap();
+    // No yielding: the writer task cannot drain the channel meanwhile.
+    for k in 0..5_000 {
+        writer.handle.write(row(k));
+    }
+    assert!(
+        writer.handle.snapshot().spooled >= 4_000,
+        "{:?}",
+        writer.handle.snapshot()
+    );
+    wait_drained(&writer.handle).await;
+    let handle = writer.handle.clone();
+    writer.shutdown().await;
+    let snap = handle.snapshot();
+    assert_eq!(snap.dropped, 0, "{snap:?}");
+    assert_eq!(counts(&ch).await, (5_000, 5_000), "{snap:?}");
+}
