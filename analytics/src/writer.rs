@@ -140,9 +140,21 @@ impl<T: TableRow> WriterHandle<T> {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
             if let Some(batch) = self.overflow.push(row) {
-                spool_or_drop(&self.spool, &self.stats, &batch);
+                // Disk writes (and their fsync) stay off the caller's thread.
+                let (spool, stats) = (self.spool.clone(), self.stats.clone());
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn_blocking(move || spool_or_drop(&spool, &stats, &batch));
+                    }
+                    Err(_) => spool_or_drop(&spool, &stats, &batch),
+                }
             }
         }
+    }
+
+    /// Free slots in the channel: a producer that can wait uses it to pace itself.
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
     }
 
     pub fn snapshot(&self) -> WriterSnapshot {

@@ -131,9 +131,12 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         writer.handle.write(r);
         handoff_us.push(t.elapsed().as_secs_f64() * 1e6);
-        // Producers are request handlers, which yield between requests.
+        // Paced by the channel: this measures what the writer sustains, not how fast
+        // the overflow path spools.
         if k % 1_000 == 0 {
-            tokio::task::yield_now().await;
+            while writer.handle.room() < 2_000 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
         }
     }
     wait_delivered(&writer.handle, args.rows, Duration::from_secs(300)).await?;
@@ -204,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("webaccel-analytics writer benchmark against ClickHouse {version} (local, loopback)");
     println!(
-        "throughput: {} rows in {:.2} s = {throughput:.0} rows/s batched ({} stored; {} spooled on the way)",
+        "sustained throughput: {} rows in {:.2} s = {throughput:.0} rows/s batched ({} stored; {} spooled on the way)",
         args.rows,
         elapsed.as_secs_f64(),
         stored,
