@@ -60,6 +60,42 @@ impl TableRow for InferenceRow {
     const TABLE: &'static str = "inference_performance";
 }
 
+impl InferenceRow {
+    /// A successful request of `model` on `browser`/`backend` with the given latency and
+    /// neutral values elsewhere: the starting point of synthetic data in tests,
+    /// benchmarks and demos (change fields with struct update syntax).
+    pub fn synthetic(
+        model: &str,
+        browser: &str,
+        backend: &str,
+        event_time: i64,
+        latency_ms: f64,
+    ) -> Self {
+        Self {
+            event_time,
+            row_id: new_row_id(),
+            pool: "synthetic".into(),
+            pod: "synthetic-0".into(),
+            browser: browser.into(),
+            browser_version: String::new(),
+            model: model.into(),
+            task: "vision".into(),
+            backend: backend.into(),
+            adapter: String::new(),
+            adapter_kind: "none".into(),
+            init_ms: 1.0,
+            inference_ms: latency_ms / 2.0,
+            latency_ms,
+            batch_size: 1,
+            precision: "fp32".into(),
+            bytes_in: 64,
+            bytes_out: 16,
+            outcome: "ok".into(),
+            error_category: String::new(),
+        }
+    }
+}
+
 /// A browser starting, failing or stopping (`browser_connections`).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct BrowserConnectionRow {

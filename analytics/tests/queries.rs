@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use webaccel_analytics::queries::{self, RegressionParams, Scope, Severity};
-use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
+use webaccel_analytics::rows::{InferenceRow, now_ms};
 use webaccel_analytics::schema::migrate;
 use webaccel_analytics::server;
 
@@ -40,28 +40,10 @@ fn rows(
     rng: &mut Lcg,
 ) -> Vec<InferenceRow> {
     (0..n)
-        .map(|k| InferenceRow {
+        .map(|k| {
             // Spread over one minute ending `ago_s` seconds ago.
-            event_time: now_ms() - ago_s * 1000 - (k as i64 % 60) * 1000,
-            row_id: new_row_id(),
-            pool: "p".into(),
-            pod: "pod".into(),
-            browser: browser.into(),
-            browser_version: "156".into(),
-            model: model.into(),
-            task: "vision".into(),
-            backend: backend.into(),
-            adapter: String::new(),
-            adapter_kind: "none".into(),
-            init_ms: 1.0,
-            inference_ms: center / 2.0,
-            latency_ms: center + spread * rng.next(),
-            batch_size: 1,
-            precision: "fp32".into(),
-            bytes_in: 1,
-            bytes_out: 1,
-            outcome: "ok".into(),
-            error_category: String::new(),
+            let at = now_ms() - ago_s * 1000 - (k as i64 % 60) * 1000;
+            InferenceRow::synthetic(model, browser, backend, at, center + spread * rng.next())
         })
         .collect()
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
+use webaccel_analytics::rows::{InferenceRow, now_ms};
 use webaccel_analytics::schema::migrate;
 use webaccel_analytics::{Writer, WriterConfig, WriterHandle};
 
@@ -16,26 +16,14 @@ const DB: &str = "webaccel_writer_test";
 
 fn row(k: u64) -> InferenceRow {
     InferenceRow {
-        event_time: now_ms(),
-        row_id: new_row_id(),
-        pool: "pool-a".into(),
         pod: format!("pod-{}", k % 3),
-        browser: "chromium".into(),
-        browser_version: "156".into(),
-        model: format!("model-{}", k % 4),
-        task: "vision".into(),
-        backend: "wasm".into(),
-        adapter: String::new(),
-        adapter_kind: "none".into(),
-        init_ms: 3.0,
-        inference_ms: 0.1 * (k % 10) as f64,
-        latency_ms: 0.5,
-        batch_size: 1,
-        precision: "fp32".into(),
-        bytes_in: 64,
-        bytes_out: 16,
-        outcome: "ok".into(),
-        error_category: String::new(),
+        ..InferenceRow::synthetic(
+            &format!("model-{}", k % 4),
+            "chromium",
+            "wasm",
+            now_ms(),
+            0.5,
+        )
     }
 }
 

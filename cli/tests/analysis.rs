@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use webaccel_analytics::local::LocalClickHouse;
-use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
+use webaccel_analytics::rows::{InferenceRow, now_ms};
 use webaccel_analytics::schema::migrate;
 
 fn series<'a>(
@@ -16,28 +16,16 @@ fn series<'a>(
     n: i64,
     center: f64,
 ) -> impl Iterator<Item = InferenceRow> + 'a {
-    (0..n).map(move |k| InferenceRow {
-        event_time: now_ms() - ago_s * 1000 - (k % 60) * 1000,
-        row_id: new_row_id(),
-        pool: "p".into(),
-        pod: "pod".into(),
-        browser: "chromium".into(),
-        browser_version: "156".into(),
-        model: model.into(),
-        task: "vision".into(),
-        backend: backend.into(),
-        adapter: String::new(),
-        adapter_kind: "none".into(),
-        init_ms: 1.0,
-        inference_ms: 1.0,
+    (0..n).map(move |k| {
         // A deterministic spread of +-5 %.
-        latency_ms: center * (0.95 + 0.1 * ((k * 37 % 100) as f64 / 100.0)),
-        batch_size: 1,
-        precision: "fp32".into(),
-        bytes_in: 1,
-        bytes_out: 1,
-        outcome: "ok".into(),
-        error_category: String::new(),
+        let latency = center * (0.95 + 0.1 * ((k * 37 % 100) as f64 / 100.0));
+        InferenceRow::synthetic(
+            model,
+            "chromium",
+            backend,
+            now_ms() - ago_s * 1000 - (k % 60) * 1000,
+            latency,
+        )
     })
 }
 

@@ -38,26 +38,14 @@ struct Args {
 
 fn row(k: u64) -> InferenceRow {
     InferenceRow {
-        event_time: now_ms(),
-        row_id: new_row_id(),
-        pool: "bench".into(),
         pod: format!("pod-{}", k % 8),
-        browser: "chromium".into(),
-        browser_version: "156".into(),
-        model: format!("model-{}", k % 16),
-        task: "vision".into(),
-        backend: ["wasm", "webgpu"][(k % 2) as usize].into(),
-        adapter: String::new(),
-        adapter_kind: "none".into(),
-        init_ms: 3.0,
-        inference_ms: (k % 100) as f64 / 10.0,
-        latency_ms: (k % 100) as f64 / 8.0,
-        batch_size: 1,
-        precision: "fp32".into(),
-        bytes_in: 64,
-        bytes_out: 16,
-        outcome: "ok".into(),
-        error_category: String::new(),
+        ..InferenceRow::synthetic(
+            &format!("model-{}", k % 16),
+            "chromium",
+            ["wasm", "webgpu"][(k % 2) as usize],
+            now_ms(),
+            (k % 100) as f64 / 8.0,
+        )
     }
 }
 
