@@ -212,6 +212,25 @@ impl Recorder {
         })
     }
 
+    /// Writer totals per table: (table, [(state, rows)]).
+    pub fn totals(&self) -> Vec<(&'static str, [(&'static str, u64); 4])> {
+        let Some(s) = &self.sinks else {
+            return Vec::new();
+        };
+        let row = |w: webaccel_analytics::writer::WriterSnapshot| {
+            [
+                ("written", w.written),
+                ("spooled", w.spooled),
+                ("replayed", w.replayed),
+                ("dropped", w.dropped),
+            ]
+        };
+        vec![
+            ("inference_performance", row(s.inference.snapshot())),
+            ("browser_connections", row(s.browser.snapshot())),
+        ]
+    }
+
     /// Writes (or spools) what is pending; call before exit.
     pub async fn shutdown(&self) {
         let Some(s) = &self.sinks else { return };

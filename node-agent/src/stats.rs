@@ -38,6 +38,12 @@ struct CategoryLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RowLabels {
+    table: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
 }
@@ -70,6 +76,9 @@ pub struct Stats {
     model_init: Family<ModelLabel, Gauge<f64, AtomicU64>>,
     pub in_flight: Gauge,
     pub queued: Gauge,
+    metric_rows: Family<RowLabels, Counter>,
+    /// Last writer totals seen, to turn them into counter increments at scrape time.
+    metric_rows_seen: Mutex<BTreeMap<(String, String), u64>>,
     windows: Mutex<BTreeMap<String, ModelWindow>>,
     errors_by_category: Mutex<BTreeMap<ErrorCategory, u64>>,
 }
@@ -121,6 +130,12 @@ impl Default for Stats {
             "Requests running in the page",
             in_flight.clone(),
         );
+        let metric_rows = Family::<RowLabels, Counter>::default();
+        registry.register(
+            "metric_rows",
+            "Metric rows for ClickHouse by table and fate: written, spooled, replayed, dropped",
+            metric_rows.clone(),
+        );
         registry.register(
             "queued",
             "Requests accepted and waiting for their model",
@@ -135,6 +150,8 @@ impl Default for Stats {
             model_init,
             in_flight,
             queued,
+            metric_rows,
+            metric_rows_seen: Mutex::default(),
             windows: Mutex::default(),
             errors_by_category: Mutex::default(),
         }
@@ -215,6 +232,26 @@ impl Stats {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Brings the metric-row counters up to the writer's totals (called at scrape).
+    pub fn observe_metric_rows(&self, table: &str, totals: &[(&str, u64)]) {
+        let mut seen = self
+            .metric_rows_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for &(state, total) in totals {
+            let last = seen
+                .entry((table.to_owned(), state.to_owned()))
+                .or_default();
+            self.metric_rows
+                .get_or_create(&RowLabels {
+                    table: table.to_owned(),
+                    state: state.to_owned(),
+                })
+                .inc_by(total.saturating_sub(*last));
+            *last = (*last).max(total);
+        }
     }
 
     pub fn model_loaded(&self, model: &str, m: &LoadedModel) {

@@ -52,6 +52,29 @@ async fn every_request_and_browser_event_becomes_a_row() {
     }
     let (_, ready) = agent.get("/readyz").await;
     assert_eq!(ready["metrics"]["enabled"], true, "{ready}");
+    // The writer's totals are Prometheus counters too.
+    let want =
+        r#"webaccel_agent_metric_rows_total{table="inference_performance",state="written"} 12"#;
+    let start = Instant::now();
+    loop {
+        let text = agent
+            .http
+            .get(format!("{}/metrics", agent.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(want) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{want} not in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(agent.terminate(Duration::from_secs(30)).unwrap().success());
 
     let by_outcome = rows(

@@ -127,6 +127,9 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    for (table, totals) in agent.recorder.totals() {
+        agent.stats.observe_metric_rows(table, &totals);
+    }
     (
         [(
             header::CONTENT_TYPE,
