@@ -1,0 +1,176 @@
+//! `ModelDeployment`: a model to keep loaded on some browsers of a `BrowserPool`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Backend;
+
+/// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "webaccel.dev",
+    version = "v1alpha1",
+    kind = "ModelDeployment",
+    namespaced,
+    shortname = "mdep",
+    category = "webaccel",
+    status = "ModelDeploymentStatus",
+    derive = "PartialEq",
+    doc = "A model that webaccel-operator keeps loaded on some browsers of a BrowserPool.",
+    validation = kube::core::Rule::new("size(self.metadata.name) <= 57").message("a ModelDeployment name is at most 57 characters, so that the pod label webaccel.dev/model.<name> is valid"),
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.poolRef.name"),
+    printcolumn(name = "Task", type_ = "string", json_path = ".spec.model.task"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Loaded", type_ = "integer", json_path = ".status.loadedReplicas"),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentSpec {
+    pub pool_ref: PoolRef,
+    pub model: ModelSource,
+    /// Backends to run on, in order of preference; a browser is chosen for the first one it
+    /// can run. `auto` lets the agent measure the candidates and keep the fastest.
+    #[serde(default = "auto")]
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("backends needs at least one entry: auto, webgpu, webnn or wasm"))]
+    #[schemars(length(max = 4))]
+    pub backends: Vec<Backend>,
+    /// Browsers that hold the model.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    #[serde(default)]
+    pub precision: Precision,
+    /// Run the model once at load so the first request does not pay for compilation.
+    #[serde(default = "yes")]
+    pub warmup: bool,
+}
+
+fn auto() -> Vec<Backend> {
+    vec![Backend::Auto]
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct PoolRef {
+    /// A `BrowserPool` in the same namespace.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSource {
+    /// `https://`, `http://`, or `file://` for a file in the browser pod (a ConfigMap or
+    /// PersistentVolumeClaim mounted through the pool's `template.volumes`).
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('file:///')").message("model.uri must start with https://, http:// or file:///"))]
+    #[schemars(length(min = 1, max = 2048))]
+    pub uri: String,
+    /// Hex SHA-256 of the file; the agent refuses a download that does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub format: ModelFormat,
+    pub task: Task,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    #[default]
+    Onnx,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    TextEmbedding,
+    Vision,
+    Audio,
+    TextGeneration,
+    Multimodal,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TextEmbedding => "text-embedding",
+            Self::Vision => "vision",
+            Self::Audio => "audio",
+            Self::TextGeneration => "text-generation",
+            Self::Multimodal => "multimodal",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+    Int8,
+    Int4,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelDeploymentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub loaded_replicas: i32,
+    /// The backend the loaded replicas run on (comma-separated if they differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The model on one browser pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    pub pod: String,
+    pub state: ReplicaState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// Session creation plus warm-up, as the agent measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ReplicaState {
+    Pending,
+    Loading,
+    Loaded,
+    FailedToLoad,
+}

@@ -1,0 +1,340 @@
+//! `BrowserPool`: a set of browser pods, each running the node agent, that the operator
+//! keeps at the right size and healthy.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Backend;
+
+/// A pool of browser pods that run models through WebGPU, WebNN or WebAssembly.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "webaccel.dev",
+    version = "v1alpha1",
+    kind = "BrowserPool",
+    namespaced,
+    shortname = "bpool",
+    category = "webaccel",
+    status = "BrowserPoolStatus",
+    derive = "PartialEq",
+    doc = "A pool of browser pods, each running webaccel-agent, kept at size and healthy by webaccel-operator.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Backends", type_ = "string", json_path = ".status.backends"),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserPoolSpec {
+    /// Which browser the pods run. webaccel-agent drives the browser over the Chrome DevTools
+    /// Protocol, so chromium, chrome and edge work; firefox is accepted here but refused by the
+    /// operator with a condition saying why.
+    #[serde(default)]
+    pub browser: BrowserKind,
+    /// Container image with the browser and webaccel-agent.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Browser pods wanted. Set by hand, by `kubectl scale`, HPA or KEDA through `/scale`, and
+    /// ignored while `autoscaling.enabled` (the operator then writes it itself).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuSpec>,
+    /// Backends the pool's browsers may run models on, in order of preference.
+    #[serde(default = "all_backends")]
+    #[schemars(length(max = 3))]
+    #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("backends must list at least one of webgpu, webnn or wasm"))]
+    #[x_kube(validation = kube::core::Rule::new("!self.exists(b, b == 'auto')").message("backends lists what the pool allows; 'auto' belongs in a ModelDeployment"))]
+    pub backends: Vec<Backend>,
+    /// Requests one browser runs or queues at once; more get a retryable 503.
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_in_flight_per_browser: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recycle: Option<RecycleSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healing: Option<HealingSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<PodOverrides>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
+    /// Secret whose `token` key is the agents' bearer token. Without it the operator creates
+    /// `<pool>-agent-token` with a random token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+fn all_backends() -> Vec<Backend> {
+    vec![Backend::Webgpu, Backend::Webnn, Backend::Wasm]
+}
+
+fn default_max_in_flight() -> i32 {
+    64
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BrowserKind {
+    #[default]
+    Chromium,
+    Chrome,
+    Edge,
+    Firefox,
+}
+
+impl BrowserKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chromium => "chromium",
+            Self::Chrome => "chrome",
+            Self::Edge => "edge",
+            Self::Firefox => "firefox",
+        }
+    }
+}
+
+/// Size the pool by load: in-flight plus queued requests per browser, read from each agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    #[serde(default)]
+    pub enabled: bool,
+    /// 0 lets the pool scale to zero when idle; it scales from zero when requests wait (see
+    /// the `webaccel.dev/waiting-requests` annotation).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// In-flight plus queued requests per browser the autoscaler aims for.
+    #[serde(default = "default_target")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub target_in_flight_per_browser: i32,
+    /// Scale up only to the lowest size recommended over this window (0: at once).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_up_stabilization_seconds: i32,
+    /// Scale down only to the highest size recommended over this window.
+    #[serde(default = "default_scale_down_window")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+fn default_target() -> i32 {
+    4
+}
+
+fn default_scale_down_window() -> i32 {
+    300
+}
+
+/// GPUs for each browser pod: a resource request plus the node selector and tolerations that
+/// land the pod where such GPUs are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuSpec {
+    pub vendor: GpuVendor,
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 8))]
+    pub count: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuVendor {
+    Nvidia,
+    Amd,
+    Intel,
+}
+
+impl GpuVendor {
+    /// The extended resource the vendor's device plugin advertises.
+    pub fn resource_name(self) -> &'static str {
+        match self {
+            Self::Nvidia => "nvidia.com/gpu",
+            Self::Amd => "amd.com/gpu",
+            Self::Intel => "gpu.intel.com/i915",
+        }
+    }
+}
+
+/// Browsers are replaced after serving this many requests or living this long, whichever comes
+/// first; always drained before they go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecycleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub after_requests: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60))]
+    pub max_lifetime_seconds: Option<i64>,
+}
+
+/// When a browser pod counts as broken and is replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealingSpec {
+    /// A pod that stays unready this long after it started is replaced.
+    #[serde(default = "default_unready_grace")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub unready_grace_seconds: i32,
+    /// A container that restarted this many times is crash-looping and its pod is replaced.
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_container_restarts: i32,
+}
+
+impl Default for HealingSpec {
+    fn default() -> Self {
+        Self {
+            unready_grace_seconds: default_unready_grace(),
+            max_container_restarts: default_max_restarts(),
+        }
+    }
+}
+
+fn default_unready_grace() -> i32 {
+    180
+}
+
+fn default_max_restarts() -> i32 {
+    3
+}
+
+/// What of the browser pod a user may set; the rest the operator owns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Extra volumes, e.g. a ConfigMap or PersistentVolumeClaim with model files that a
+    /// `ModelDeployment` then names as `file:///<mountPath>/<file>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Extra webaccel-agent arguments, appended after the ones the operator sets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_args: Vec<String>,
+}
+
+/// Where the pool's agents write their per-request figures.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.url) != has(self.urlSecretRef)").message("metrics needs exactly one of url or urlSecretRef"))]
+pub struct MetricsSpec {
+    /// ClickHouse HTTP interface without credentials, e.g. `http://clickhouse:8123`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("metrics.url must start with http:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+    /// A Secret key holding the whole URL, credentials included (`http://user:pass@host:8123`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    #[serde(default = "default_database")]
+    #[schemars(length(min = 1))]
+    pub database: String,
+}
+
+fn default_database() -> String {
+    "webaccel".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserPoolStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Browser pods that exist and are not being deleted.
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pods built from the current spec.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// The size the operator is steering to (equals spec.replicas unless autoscaling).
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Label selector of the pool's pods, for `/scale` (HPA, KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Backends the ready browsers detected, e.g. `wasm,webgpu(software)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub browsers: Vec<BrowserSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+}
+
+/// One browser pod as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserSummary {
+    pub pod: String,
+    pub phase: String,
+    pub ready: bool,
+    /// Backends this browser detected as usable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+    /// The WebGPU adapter, with `(software)` for a fallback adapter such as SwiftShader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// In-flight plus queued requests at the last look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<i64>,
+    /// Why the operator is draining or replacing it, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}

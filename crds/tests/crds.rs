@@ -1,0 +1,224 @@
+//! The generated CRDs: committed YAML is current, the examples are valid, and bad resources
+//! are refused by the schema's CEL rules with the messages a user will see.
+#![cfg(feature = "kube")]
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use kube::CustomResourceExt;
+use kube::core::cel;
+use serde_json::{Value, json};
+use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, crd_files};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn committed_crd_yaml_is_what_the_types_generate() {
+    for dir in ["yaml", "../charts/webaccel/crds"] {
+        for (name, yaml) in crd_files().unwrap() {
+            let path = root().join(dir).join(name);
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                committed == yaml,
+                "{} is stale: run `cargo run -p webaccel-api --features kube --bin crdgen`",
+                path.display()
+            );
+        }
+    }
+}
+
+fn schema_of<K: CustomResourceExt>() -> Value {
+    let crd = K::crd();
+    serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The CEL messages an object fails with, as the API server would report them.
+fn cel_failures(object: &Value) -> Vec<String> {
+    let schema = match object["kind"].as_str().unwrap() {
+        "BrowserPool" => schema_of::<BrowserPool>(),
+        "ModelDeployment" => schema_of::<ModelDeployment>(),
+        other => panic!("unexpected kind {other}"),
+    };
+    match cel::Validator::new().validate(&schema, object, None) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+    }
+}
+
+#[test]
+fn every_cel_rule_compiles() {
+    for schema in [schema_of::<BrowserPool>(), schema_of::<ModelDeployment>()] {
+        let compiled = cel::compile_schema(&schema);
+        assert!(
+            !compiled.has_errors(),
+            "{:?}",
+            compiled.compilation_errors()
+        );
+    }
+}
+
+#[test]
+fn examples_parse_and_pass_validation() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root().join("../examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc).unwrap();
+            match value["kind"].as_str().unwrap() {
+                "BrowserPool" => {
+                    drop(serde_json::from_value::<BrowserPool>(value.clone()).unwrap())
+                }
+                "ModelDeployment" => {
+                    drop(serde_json::from_value::<ModelDeployment>(value.clone()).unwrap())
+                }
+                other => panic!("{}: unexpected kind {other}", path.display()),
+            }
+            assert_eq!(
+                cel_failures(&value),
+                Vec::<String>::new(),
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "only {seen} example resources found");
+}
+
+fn pool(spec: Value) -> Value {
+    json!({"apiVersion": "webaccel.dev/v1alpha1", "kind": "BrowserPool",
+           "metadata": {"name": "p", "namespace": "default"}, "spec": spec})
+}
+
+fn model(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "webaccel.dev/v1alpha1", "kind": "ModelDeployment",
+           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+#[test]
+fn autoscaling_minimum_above_maximum_is_refused() {
+    let bad = pool(
+        json!({"image": "i", "autoscaling": {"enabled": true, "minReplicas": 5, "maxReplicas": 2}}),
+    );
+    assert_eq!(
+        cel_failures(&bad),
+        ["autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"]
+    );
+    let good = pool(
+        json!({"image": "i", "autoscaling": {"enabled": true, "minReplicas": 0, "maxReplicas": 2}}),
+    );
+    assert!(cel_failures(&good).is_empty());
+}
+
+#[test]
+fn pool_backends_must_be_a_non_empty_list_without_auto() {
+    let empty = pool(json!({"image": "i", "backends": []}));
+    assert_eq!(
+        cel_failures(&empty),
+        ["backends must list at least one of webgpu, webnn or wasm"]
+    );
+    let auto = pool(json!({"image": "i", "backends": ["wasm", "auto"]}));
+    assert_eq!(
+        cel_failures(&auto),
+        ["backends lists what the pool allows; 'auto' belongs in a ModelDeployment"]
+    );
+}
+
+#[test]
+fn metrics_needs_exactly_one_url_source_with_an_http_scheme() {
+    let both = pool(json!({"image": "i", "metrics": {"url": "http://ch:8123",
+        "urlSecretRef": {"name": "s", "key": "url"}}}));
+    assert_eq!(
+        cel_failures(&both),
+        ["metrics needs exactly one of url or urlSecretRef"]
+    );
+    let tcp = pool(json!({"image": "i", "metrics": {"url": "tcp://ch:9000"}}));
+    assert_eq!(
+        cel_failures(&tcp),
+        ["metrics.url must start with http:// or https://"]
+    );
+}
+
+#[test]
+fn model_uri_scheme_backends_and_name_length_are_checked() {
+    let spec = |uri: &str, backends: Value| json!({"poolRef": {"name": "p"}, "model": {"uri": uri, "task": "vision"}, "backends": backends});
+    assert!(
+        cel_failures(&model(
+            "m",
+            spec("https://h/m.onnx", json!(["webgpu", "wasm"]))
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        cel_failures(&model("m", spec("s3://bucket/m.onnx", json!(["auto"])))),
+        ["model.uri must start with https://, http:// or file:///"]
+    );
+    assert_eq!(
+        cel_failures(&model("m", spec("file:///m/x.onnx", json!([])))),
+        ["backends needs at least one entry: auto, webgpu, webnn or wasm"]
+    );
+    let long = "m".repeat(58);
+    assert_eq!(
+        cel_failures(&model(&long, spec("file:///m/x.onnx", json!(["wasm"])))).len(),
+        1
+    );
+}
+
+#[test]
+fn pool_crd_has_scale_status_and_printer_columns() {
+    let crd = serde_json::to_value(BrowserPool::crd()).unwrap();
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["bpool"]));
+    assert_eq!(version["subresources"]["status"], json!({}));
+    assert_eq!(
+        version["subresources"]["scale"],
+        json!({"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+               "labelSelectorPath": ".status.selector"})
+    );
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Desired", "Ready", "Backends", "Status", "Age"]);
+    // Structural: every property has a type, so the API server accepts the CRD (besides
+    // int-or-string quantities, which carry x-kubernetes-int-or-string instead).
+    fn check(v: &Value, path: &str) {
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (k, p) in props {
+                let here = format!("{path}.{k}");
+                assert!(
+                    p.get("type").is_some()
+                        || p.get("x-kubernetes-int-or-string").is_some()
+                        || p.get("x-kubernetes-preserve-unknown-fields").is_some(),
+                    "{here} has no type"
+                );
+                check(p, &here);
+            }
+        }
+        if let Some(items) = v.get("items") {
+            check(items, &format!("{path}[]"));
+        }
+    }
+    check(&version["schema"]["openAPIV3Schema"], "");
+    check(
+        &serde_json::to_value(ModelDeployment::crd()).unwrap()["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+        "",
+    );
+}
