@@ -1,1 +1,7 @@
-//! placeholder
+//! webaccel-operator: the controllers that turn `BrowserPool` and `ModelDeployment`
+//! resources into browser pods, keep them healthy, size them by load, and place models.
+
+pub mod agent;
+pub mod autoscale;
+pub mod error;
+pub mod pool;

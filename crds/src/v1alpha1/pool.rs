@@ -28,7 +28,7 @@ use crate::Backend;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Backends", type_ = "string", json_path = ".status.backends"),
     printcolumn(
@@ -52,8 +52,9 @@ pub struct BrowserPoolSpec {
     /// Container image with the browser and webaccel-agent.
     #[schemars(length(min = 1))]
     pub image: String,
-    /// Browser pods wanted. Set by hand, by `kubectl scale`, HPA or KEDA through `/scale`, and
-    /// ignored while `autoscaling.enabled` (the operator then writes it itself).
+    /// Browser pods wanted. Set by hand, by `kubectl scale`, HPA or KEDA through `/scale`.
+    /// Ignored while `autoscaling.enabled`: the operator then sizes the pool itself and shows
+    /// its choice in `status.desiredReplicas` (it never writes the spec, so GitOps sees no drift).
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,

@@ -1,0 +1,158 @@
+use super::*;
+use crate::agent::AgentStats;
+
+const NOW: i64 = 1_800_000_000;
+
+fn at(s: i64) -> Timestamp {
+    Timestamp::from_second(s).unwrap()
+}
+
+/// A ready, current browser with `load` requests, created an hour ago.
+fn browser(name: &str, load: u64) -> BrowserView {
+    BrowserView {
+        name: name.into(),
+        ip: Some("10.0.0.1".into()),
+        phase: "Running".into(),
+        ready: true,
+        template_hash: Some("h1".into()),
+        created: Some(at(NOW - 3600)),
+        stats: Some(AgentStats { healthy: true, ready: true, outstanding: load, ..AgentStats::default() }),
+        ..BrowserView::default()
+    }
+}
+
+fn inputs(desired: i32) -> Inputs<'static> {
+    static HEALING: HealingSpec = HealingSpec { unready_grace_seconds: 180, max_container_restarts: 3 };
+    Inputs {
+        desired,
+        template_hash: "h1",
+        healing: &HEALING,
+        recycle: None,
+        now: at(NOW),
+        may_heal: true,
+        drain_timeout_s: 60,
+    }
+}
+
+fn names(v: &[(String, Removal)]) -> Vec<&str> {
+    v.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn an_empty_pool_creates_its_desired_browsers() {
+    let p = plan(&[], &inputs(3));
+    assert_eq!(p, Plan { create: 3, ..Plan::default() });
+}
+
+#[test]
+fn scale_down_drains_the_idle_browsers_never_the_busy_one() {
+    let pods = [browser("busy", 9), browser("idle-a", 0), browser("idle-b", 0)];
+    let p = plan(&pods, &inputs(1));
+    assert_eq!(p.create, 0);
+    let mut drained = names(&p.drain);
+    drained.sort();
+    assert_eq!(drained, ["idle-a", "idle-b"]);
+    assert!(p.delete.is_empty(), "nothing is deleted before it drained");
+}
+
+#[test]
+fn a_drained_browser_is_deleted_once_idle_or_overdue_and_not_before() {
+    let mut working = browser("working", 2);
+    working.draining_since = Some(at(NOW - 10));
+    let mut done = browser("done", 0);
+    done.draining_since = Some(at(NOW - 10));
+    let mut overdue = browser("overdue", 5);
+    overdue.draining_since = Some(at(NOW - 61));
+    let p = plan(&[working, done, overdue, browser("keep", 1)], &inputs(1));
+    assert_eq!(names(&p.delete), ["done", "overdue"]);
+    assert!(p.drain.is_empty() && p.create == 0);
+}
+
+#[test]
+fn never_ready_browsers_go_first_and_without_a_drain() {
+    let mut starting = browser("starting", 0);
+    starting.ready = false;
+    starting.stats = None;
+    starting.unready_since = Some(at(NOW - 5));
+    let p = plan(&[browser("a", 0), starting], &inputs(1));
+    assert_eq!(names(&p.delete), ["starting"]);
+    assert!(p.drain.is_empty());
+}
+
+#[test]
+fn broken_browsers_are_replaced_for_each_reason() {
+    let mut failed = browser("failed", 0);
+    failed.phase = "Failed".into();
+    let mut looping = browser("looping", 0);
+    looping.crash_looping = true;
+    looping.restarts = 1;
+    let mut stuck = browser("stuck", 0);
+    stuck.ready = false;
+    stuck.unready_since = Some(at(NOW - 181));
+    let mut sick = browser("sick", 0);
+    sick.stats.as_mut().unwrap().healthy = false;
+    let p = plan(&[failed, looping, stuck, sick, browser("fine", 0)], &inputs(5));
+    assert_eq!(names(&p.delete), ["failed", "looping", "stuck", "sick"]);
+    assert!(p.delete.iter().all(|(_, r)| matches!(r, Removal::Heal(_))));
+    assert_eq!(p.create, 4, "each broken browser is replaced");
+    let Removal::Heal(why) = &p.delete[2].1 else { unreachable!() };
+    assert_eq!(why, "unready for 181s (grace 180s)");
+}
+
+#[test]
+fn an_unready_browser_within_its_grace_is_left_alone() {
+    let mut starting = browser("starting", 0);
+    starting.ready = false;
+    starting.unready_since = Some(at(NOW - 30));
+    let p = plan(&[starting], &inputs(1));
+    assert_eq!(p, Plan::default());
+}
+
+#[test]
+fn heal_backoff_keeps_broken_pods_and_does_not_overgrow() {
+    let mut failed = browser("failed", 0);
+    failed.phase = "Failed".into();
+    let p = plan(&[failed, browser("ok", 0)], &Inputs { may_heal: false, ..inputs(2) });
+    assert_eq!(p.heal_deferred, ["failed"]);
+    assert_eq!(p.create, 0);
+    assert!(p.delete.is_empty());
+}
+
+#[test]
+fn a_spec_change_rolls_one_browser_at_a_time_idle_first() {
+    let mut old_busy = browser("old-busy", 3);
+    old_busy.template_hash = Some("h0".into());
+    let mut old_idle = browser("old-idle", 0);
+    old_idle.template_hash = Some("h0".into());
+    let p = plan(&[old_busy.clone(), old_idle.clone(), browser("new", 0)], &inputs(3));
+    assert_eq!(p.drain, [("old-idle".into(), Removal::OutOfDate)]);
+
+    // Next round: old-idle is draining; the pool is one short, so one new pod is created and
+    // old-busy waits until the pool is whole and ready again.
+    old_idle.draining_since = Some(at(NOW - 1));
+    old_idle.stats.as_mut().unwrap().outstanding = 1;
+    let p = plan(&[old_busy.clone(), old_idle, browser("new", 0)], &inputs(3));
+    assert_eq!(p.create, 1);
+    assert!(p.drain.is_empty());
+}
+
+#[test]
+fn recycling_after_requests_or_lifetime_drains_one() {
+    let mut worn = browser("worn", 0);
+    worn.stats.as_mut().unwrap().models.insert("m".into(), crate::agent::ModelCounts { count: 1000 });
+    let recycle = RecycleSpec { after_requests: Some(1000), max_lifetime_seconds: None };
+    let p = plan(&[worn, browser("fresh", 0)], &Inputs { recycle: Some(&recycle), ..inputs(2) });
+    assert_eq!(p.drain, [("worn".into(), Removal::Recycle("served 1000 requests (limit 1000)".into()))]);
+
+    let old = RecycleSpec { after_requests: None, max_lifetime_seconds: Some(3000) };
+    let p = plan(&[browser("a", 0), browser("b", 0)], &Inputs { recycle: Some(&old), ..inputs(2) });
+    assert_eq!(p.drain.len(), 1, "only one at a time even though both are due");
+}
+
+#[test]
+fn terminating_pods_are_not_counted() {
+    let mut going = browser("going", 0);
+    going.terminating = true;
+    let p = plan(&[going, browser("a", 0)], &inputs(2));
+    assert_eq!(p.create, 1);
+}

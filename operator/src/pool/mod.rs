@@ -1,0 +1,5 @@
+//! The `BrowserPool` controller: build, decide, apply, report.
+
+pub mod build;
+pub mod decide;
+pub mod observe;
