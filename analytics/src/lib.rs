@@ -1,10 +1,14 @@
 //! webaccel-analytics: everything ClickHouse. The schema and its versioned migrations
 //! (adapted to what the server supports), the row types, and a batching writer that
 //! never blocks its caller and loses nothing across ClickHouse outages (disk spool,
-//! replayed in order, deduplicated by row id).
+//! replayed in order, deduplicated by row id). From those rows: typed queries,
+//! Markdown/HTML reports and PNG/SVG charts.
 
+pub mod charts;
 pub mod local;
+pub mod overview;
 pub mod queries;
+pub mod report;
 pub mod rows;
 pub mod schema;
 pub mod server;

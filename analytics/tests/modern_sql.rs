@@ -8,6 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use webaccel_analytics::overview::{latency_sql, summary_sql, throughput_sql};
 use webaccel_analytics::queries::{aggregate_sql, trends_sql};
 use webaccel_analytics::schema::migrations;
 use webaccel_analytics::server::Features;
@@ -109,8 +110,15 @@ fn modern_ddl_and_queries_run_in_chdb() {
         aggregate_sql(f, "model", "1", now - 3600, now + 1),
         aggregate_sql(f, "task", "1", now - 3600, now + 1),
         trends_sql(f, now - 3600, Duration::from_secs(60)),
+        summary_sql(f, now - 3600),
+        latency_sql(f, now - 3600, Duration::from_secs(60), false),
+        throughput_sql(f, now - 3600, false),
     ]);
-    // Two models x two backends, one task x two backends, and some trend buckets.
+    // Two models x two backends, one task x two backends, and some trend buckets;
+    // one summary row, latency buckets of both models, one browser x two backends.
     assert_eq!(rows[..2], [4, 2], "{rows:?}");
     assert!(rows[2] >= 2, "{rows:?}");
+    assert_eq!(rows[3], 1, "{rows:?}");
+    assert!(rows[4] >= 2, "{rows:?}");
+    assert_eq!(rows[5], 2, "{rows:?}");
 }

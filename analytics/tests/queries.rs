@@ -1,6 +1,7 @@
 //! The analysis queries on a real ClickHouse server, on synthetic data with known
 //! answers: the known-best browser and backend is recommended, an injected slowdown is
-//! found with the right severity, noise alone raises nothing, trends bucket correctly.
+//! found with the right severity, noise alone raises nothing, trends bucket correctly;
+//! the overview figures behind reports and charts count and filter exactly.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -8,6 +9,7 @@ mod common;
 
 use std::time::Duration;
 
+use webaccel_analytics::overview;
 use webaccel_analytics::queries::{self, RegressionParams, Scope, Severity};
 use webaccel_analytics::rows::{InferenceRow, now_ms};
 use webaccel_analytics::schema::migrate;
@@ -160,4 +162,101 @@ async fn recommendations_regressions_and_trends_have_the_known_answers() {
         "{last:?}"
     );
     assert!(m2.windows(2).all(|w| w[0].bucket < w[1].bucket));
+}
+
+#[tokio::test]
+async fn overview_figures_have_the_known_answers() {
+    const DB: &str = "webaccel_overview_test";
+    let ch = common::start().await;
+    let settings = ch.settings(DB);
+    migrate(&settings).await.unwrap();
+    let client = settings.client(true);
+    let features = server::detect(&client).await.unwrap();
+    // A quote in the name: the model filter must travel as a bound value.
+    let tricky = "m'1\\";
+    let now = now_ms() / 1000 * 1000;
+    let mut all = Vec::new();
+    // 100 successes over exactly 50 distinct seconds (2 per second), latency 1..=100.
+    for k in 0..100i64 {
+        let at = now - 120_000 - (k % 50) * 1000;
+        all.push(InferenceRow::synthetic(
+            tricky,
+            "chromium",
+            "wasm",
+            at,
+            (k + 1) as f64,
+        ));
+    }
+    for k in 0..10i64 {
+        all.push(InferenceRow {
+            outcome: "error".into(),
+            ..InferenceRow::synthetic(tricky, "chromium", "wasm", now - 120_000 - k * 1000, 999.0)
+        });
+    }
+    all.push(InferenceRow::synthetic(
+        "m2",
+        "edge",
+        "webgpu",
+        now - 60_000,
+        5.0,
+    ));
+    let mut insert = client
+        .insert::<InferenceRow>("inference_performance")
+        .await
+        .unwrap();
+    for r in &all {
+        insert.write(r).await.unwrap();
+    }
+    insert.end().await.unwrap();
+    let hour = Duration::from_secs(3600);
+
+    let s = overview::summary(&client, features, hour).await.unwrap();
+    assert_eq!(
+        (s.requests, s.errors, s.models, s.browsers),
+        (111, 10, 2, 2)
+    );
+    assert!(s.first_s > 0 && s.last_s >= s.first_s, "{s:?}");
+    let empty = overview::summary(&client, features, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((empty.requests, empty.first_s), (0, 0));
+
+    let bars = overview::throughput(&client, features, hour, None)
+        .await
+        .unwrap();
+    assert_eq!(bars.len(), 2, "{bars:?}");
+    let b = &bars[0];
+    assert_eq!(
+        (b.browser.as_str(), b.requests, b.errors),
+        ("chromium", 100, 10),
+        "{bars:?}"
+    );
+    assert!((b.rps - 2.0).abs() < 1e-9, "{b:?}");
+    assert!(
+        (b.p50 - 50.5).abs() < 0.6,
+        "errors (999 ms) left out: {b:?}"
+    );
+    let only = overview::throughput(&client, features, hour, Some("m2"))
+        .await
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].backend, "webgpu");
+
+    let pts = overview::latency(&client, features, hour, hour, Some(tricky))
+        .await
+        .unwrap();
+    assert_eq!(pts.len(), 1, "{pts:?}");
+    let p = &pts[0];
+    assert_eq!((p.model.as_str(), p.requests), (tricky, 100));
+    assert!(
+        (p.p50 - 50.5).abs() < 0.6 && (p.p90 - 90.0).abs() < 1.1,
+        "{p:?}"
+    );
+    assert!(p.p99 >= 99.0 && p.p99 <= 100.0, "{p:?}");
+    assert!(
+        overview::latency(&client, features, hour, hour, Some("nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
