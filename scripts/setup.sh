@@ -9,6 +9,9 @@ need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 # The ClickHouse the analytics tests start themselves (Debian ships 18.16).
 [[ -x /usr/bin/clickhouse-server || -x /usr/sbin/clickhouse-server ]] || need_apt+=(clickhouse-server)
+# A font for chart text: `webaccel chart`/`report` read it at run time (plotters with
+# ab_glyph, so no font libraries at build time). Chromium's fontconfig usually brings it.
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || need_apt+=(fonts-dejavu-core)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)

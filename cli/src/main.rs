@@ -1,6 +1,9 @@
 //! `webaccel`: the user's command. For now the analysis side: which browser and backend
-//! to use, what got slower, and read-only SQL over the metrics in ClickHouse.
+//! to use, what got slower, reports and charts, and read-only SQL over the metrics in
+//! ClickHouse.
 
+mod output;
+mod progress;
 mod sql;
 
 use std::time::Duration;
@@ -10,6 +13,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use webaccel_analytics::ClickHouseSettings;
 use webaccel_analytics::queries::{self, RegressionParams, Scope};
 use webaccel_analytics::server;
+
+use crate::progress::with_progress;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,6 +81,12 @@ enum Command {
         #[arg(long)]
         record: bool,
     },
+    /// A report of a window: summary, recommendations, regressions, trends and
+    /// charts, as Markdown or a self-contained HTML page.
+    Report(output::ReportArgs),
+    /// A chart as PNG or SVG: latency percentiles over time per model, or throughput
+    /// by browser and backend.
+    Chart(output::ChartArgs),
     /// Runs one read-only query (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN); anything that
     /// writes is refused, here and by the server (`readonly=1`).
     Sql {
@@ -111,20 +122,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     let client = settings.client(true);
     let context = || format!("querying ClickHouse at {}", settings.url);
+    let progress = progress::wanted(cli.json);
+    let features = || async {
+        with_progress(
+            "connecting to ClickHouse",
+            progress,
+            server::detect(&client),
+        )
+        .await
+        .with_context(context)
+    };
     match cli.command {
         Command::Recommend {
             by,
             window,
             min_samples,
         } => {
-            let features = server::detect(&client).await.with_context(context)?;
+            let features = features().await?;
             let scope = match by {
                 By::Model => Scope::Model,
                 By::Task => Scope::Task,
             };
-            let recs = queries::recommend(&client, features, scope, window, min_samples)
-                .await
-                .with_context(context)?;
+            let recs = with_progress(
+                "querying ClickHouse",
+                progress,
+                queries::recommend(&client, features, scope, window, min_samples),
+            )
+            .await
+            .with_context(context)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&recs)?);
             } else if recs.is_empty() {
@@ -161,16 +186,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             alpha,
             record,
         } => {
-            let features = server::detect(&client).await.with_context(context)?;
+            let features = features().await?;
             let params = RegressionParams {
                 recent,
                 baseline,
                 min_samples,
                 alpha,
             };
-            let found = queries::detect_regressions(&client, features, params)
-                .await
-                .with_context(context)?;
+            let found = with_progress(
+                "querying ClickHouse",
+                progress,
+                queries::detect_regressions(&client, features, params),
+            )
+            .await
+            .with_context(context)?;
             if record {
                 queries::record_regressions(&client, &found)
                     .await
@@ -210,10 +239,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Report(args) => {
+            let features = features().await?;
+            output::report(&client, features, args, cli.json, progress)
+                .await
+                .with_context(context)?;
+        }
+        Command::Chart(args) => {
+            let features = features().await?;
+            output::chart(&client, features, args, cli.json, progress)
+                .await
+                .with_context(context)?;
+        }
         Command::Sql { query, format } => {
             sql::check_read_only(&query)?;
             let format = if cli.json { "JSON".to_owned() } else { format };
-            print!("{}", sql::run(&settings, &query, &format).await?);
+            let text = with_progress(
+                "querying ClickHouse",
+                progress,
+                sql::run(&settings, &query, &format),
+            )
+            .await?;
+            print!("{text}");
         }
     }
     Ok(())
