@@ -59,6 +59,12 @@ impl Admission {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// Stops admitting new requests; what is in flight finishes. The operator calls this
+    /// (through `POST /v1/drain`) before it deletes a browser pod it scales away.
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
     /// Stops admitting and waits until nothing is in flight, or `timeout` passes.
     /// Returns how many requests were still in flight at the end.
     pub async fn drain(&self, timeout: Duration) -> usize {

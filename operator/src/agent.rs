@@ -77,12 +77,16 @@ impl Capabilities {
         if report["webgpu"]["available"].as_bool() == Some(true) {
             backends.push(Backend::Webgpu);
             let a = &report["webgpu"]["adapter"];
-            let name = [a["vendor"].as_str(), a["architecture"].as_str(), a["description"].as_str()]
-                .into_iter()
-                .flatten()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let name = [
+                a["vendor"].as_str(),
+                a["architecture"].as_str(),
+                a["description"].as_str(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
             let kind = a["kind"].as_str().unwrap_or("unknown");
             adapter = Some(if name.is_empty() {
                 format!("unnamed ({kind})")
@@ -91,7 +95,9 @@ impl Capabilities {
             });
         }
         if let Some(devices) = report["webnn"].as_object()
-            && devices.values().any(|d| d["available"].as_bool() == Some(true))
+            && devices
+                .values()
+                .any(|d| d["available"].as_bool() == Some(true))
         {
             backends.push(Backend::Webnn);
         }
@@ -107,7 +113,9 @@ impl Capabilities {
         self.backends
             .iter()
             .map(|b| match (b, &self.adapter) {
-                (Backend::Webgpu, Some(a)) if a.ends_with("(software)") => "webgpu(software)".into(),
+                (Backend::Webgpu, Some(a)) if a.ends_with("(software)") => {
+                    "webgpu(software)".into()
+                }
                 _ => b.as_str().to_owned(),
             })
             .collect()
@@ -119,7 +127,10 @@ impl Capabilities {
 pub enum ModelOnAgent {
     Absent,
     Loading,
-    Loaded { backend: String, init_ms: Option<f64> },
+    Loaded {
+        backend: String,
+        init_ms: Option<f64>,
+    },
     Failed(String),
 }
 
@@ -167,8 +178,16 @@ pub type AgentResult<T> = Result<T, String>;
 pub trait AgentApi: Send + Sync + 'static {
     fn stats<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<AgentStats>>;
     fn capabilities<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>>;
-    fn model<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
-    fn load<'a>(&'a self, ep: &'a Endpoint, req: &'a LoadRequest) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
+    fn model<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        name: &'a str,
+    ) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
+    fn load<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        req: &'a LoadRequest,
+    ) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
     fn unload<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<()>>;
     fn drain<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<()>>;
 }
@@ -217,14 +236,20 @@ impl HttpAgents {
 }
 
 fn refused(path: &str, status: u16, body: &Value) -> String {
-    let reason = body["error"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
+    let reason = body["error"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| body.to_string());
     format!("{path}: HTTP {status}: {reason}")
 }
 
 impl AgentApi for HttpAgents {
     fn stats<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<AgentStats>> {
         Box::pin(async move {
-            match self.call(ep, reqwest::Method::GET, "/v1/stats", None, None).await? {
+            match self
+                .call(ep, reqwest::Method::GET, "/v1/stats", None, None)
+                .await?
+            {
                 (200, v) => serde_json::from_value(v).map_err(|e| format!("/v1/stats: {e}")),
                 (s, v) => Err(refused("/v1/stats", s, &v)),
             }
@@ -233,17 +258,27 @@ impl AgentApi for HttpAgents {
 
     fn capabilities<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>> {
         Box::pin(async move {
-            match self.call(ep, reqwest::Method::GET, "/v1/capabilities", None, None).await? {
+            match self
+                .call(ep, reqwest::Method::GET, "/v1/capabilities", None, None)
+                .await?
+            {
                 (200, v) => Ok(Capabilities::from_report(&v)),
                 (s, v) => Err(refused("/v1/capabilities", s, &v)),
             }
         })
     }
 
-    fn model<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
+    fn model<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        name: &'a str,
+    ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
             let path = format!("/v1/models/{name}");
-            match self.call(ep, reqwest::Method::GET, &path, None, None).await? {
+            match self
+                .call(ep, reqwest::Method::GET, &path, None, None)
+                .await?
+            {
                 (200, v) => Ok(ModelOnAgent::from_description(&v)),
                 (404, _) => Ok(ModelOnAgent::Absent),
                 (s, v) => Err(refused(&path, s, &v)),
@@ -251,15 +286,24 @@ impl AgentApi for HttpAgents {
         })
     }
 
-    fn load<'a>(&'a self, ep: &'a Endpoint, req: &'a LoadRequest) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
+    fn load<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        req: &'a LoadRequest,
+    ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
             let timeout = Some(self.load_timeout);
-            match self.call(ep, reqwest::Method::POST, "/v1/models", Some(req), timeout).await? {
+            match self
+                .call(ep, reqwest::Method::POST, "/v1/models", Some(req), timeout)
+                .await?
+            {
                 (201, v) => Ok(ModelOnAgent::from_description(&v)),
                 (202, _) => Ok(ModelOnAgent::Loading),
                 // A refusal (bad file, digest mismatch, backend unavailable) is the model's
                 // fault, not the agent's: it becomes FailedToLoad with the agent's reason.
-                (s, v) if (400..500).contains(&s) => Ok(ModelOnAgent::Failed(refused("load", s, &v))),
+                (s, v) if (400..500).contains(&s) => {
+                    Ok(ModelOnAgent::Failed(refused("load", s, &v)))
+                }
                 (s, v) => Err(refused("/v1/models", s, &v)),
             }
         })
@@ -268,7 +312,10 @@ impl AgentApi for HttpAgents {
     fn unload<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<()>> {
         Box::pin(async move {
             let path = format!("/v1/models/{name}");
-            match self.call(ep, reqwest::Method::DELETE, &path, None, None).await? {
+            match self
+                .call(ep, reqwest::Method::DELETE, &path, None, None)
+                .await?
+            {
                 (204 | 200 | 404, _) => Ok(()),
                 (s, v) => Err(refused(&path, s, &v)),
             }
@@ -277,7 +324,10 @@ impl AgentApi for HttpAgents {
 
     fn drain<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<()>> {
         Box::pin(async move {
-            match self.call(ep, reqwest::Method::POST, "/v1/drain", None, None).await? {
+            match self
+                .call(ep, reqwest::Method::POST, "/v1/drain", None, None)
+                .await?
+            {
                 (200, _) => Ok(()),
                 (s, v) => Err(refused("/v1/drain", s, &v)),
             }

@@ -37,24 +37,45 @@ pub struct Autoscaler {
 
 impl Autoscaler {
     /// Decides the pool size at `now_s` given its current size and load.
-    pub fn decide(&mut self, policy: &Autoscaling, now_s: f64, current: i32, sample: LoadSample) -> Decision {
+    pub fn decide(
+        &mut self,
+        policy: &Autoscaling,
+        now_s: f64,
+        current: i32,
+        sample: LoadSample,
+    ) -> Decision {
         let target = f64::from(policy.target_in_flight_per_browser.max(1));
         let (mut recommended, mut why) = if sample.reporting + sample.silent == 0 {
             // Nobody to ask: only the waiting-requests signal says anything.
             if sample.waiting > 0 {
                 let n = (sample.waiting as f64 / target).ceil() as i32;
-                (n.max(1), format!("{} requests waiting and no ready browser", sample.waiting))
+                (
+                    n.max(1),
+                    format!("{} requests waiting and no ready browser", sample.waiting),
+                )
             } else {
-                (policy.min_replicas, "no ready browser and nothing waiting".to_owned())
+                (
+                    policy.min_replicas,
+                    "no ready browser and nothing waiting".to_owned(),
+                )
             }
         } else {
             let n = (sample.load as f64 / target).ceil() as i32;
-            (n, format!("load {} over {} browsers, target {}/browser", sample.load, sample.reporting, target))
+            (
+                n,
+                format!(
+                    "load {} over {} browsers, target {}/browser",
+                    sample.load, sample.reporting, target
+                ),
+            )
         };
         // A browser whose load is unknown might be busy: never scale below what is running.
         if sample.silent > 0 && recommended < current {
             recommended = current;
-            why.push_str(&format!("; {} browsers did not report, holding", sample.silent));
+            why.push_str(&format!(
+                "; {} browsers did not report, holding",
+                sample.silent
+            ));
         }
         let recommended = recommended.clamp(policy.min_replicas, policy.max_replicas);
 
@@ -67,7 +88,12 @@ impl Autoscaler {
         }
         // Scale up to the lowest recommendation of the up window (all of it must want more),
         // down to the highest of the down window (all of it must want less).
-        let within = |w: f64| self.history.iter().filter(move |(t, _)| now_s - t <= w).map(|&(_, r)| r);
+        let within = |w: f64| {
+            self.history
+                .iter()
+                .filter(move |(t, _)| now_s - t <= w)
+                .map(|&(_, r)| r)
+        };
         let up_to = within(up_window).min().unwrap_or(recommended);
         let down_to = within(down_window).max().unwrap_or(recommended);
         let desired = if up_to > current {
@@ -83,7 +109,11 @@ impl Autoscaler {
         } else {
             format!("{why} → {recommended}, stabilized at {desired}")
         };
-        Decision { desired, recommended, reason }
+        Decision {
+            desired,
+            recommended,
+            reason,
+        }
     }
 }
 
@@ -103,7 +133,12 @@ mod tests {
     }
 
     fn load(load: u64, reporting: i32) -> LoadSample {
-        LoadSample { load, reporting, silent: 0, waiting: 0 }
+        LoadSample {
+            load,
+            reporting,
+            silent: 0,
+            waiting: 0,
+        }
     }
 
     /// Runs a trace of (second, load) through the autoscaler, applying each decision at
@@ -124,11 +159,15 @@ mod tests {
     fn a_spike_scales_up_at_the_first_sample_and_down_only_after_the_window() {
         let p = policy(1, 10, 0, 60);
         // 10 s idle, 20 s at 30 requests, then idle again; one sample a second.
-        let trace: Vec<(f64, u64)> =
-            (0..120).map(|t| (f64::from(t), if (10..30).contains(&t) { 30 } else { 0 })).collect();
+        let trace: Vec<(f64, u64)> = (0..120)
+            .map(|t| (f64::from(t), if (10..30).contains(&t) { 30 } else { 0 }))
+            .collect();
         let sizes = run(&p, 1, &trace);
         assert_eq!(sizes[9].1, 1);
-        assert_eq!(sizes[10].1, 8, "30 requests / 4 per browser: up at the first sample");
+        assert_eq!(
+            sizes[10].1, 8,
+            "30 requests / 4 per browser: up at the first sample"
+        );
         // The load drops at t=30; the down window holds 8 until t=30+60 has passed.
         assert_eq!(sizes[89].1, 8);
         assert_eq!(sizes[90].1, 1);
@@ -150,8 +189,9 @@ mod tests {
     fn a_flapping_load_does_not_flap_the_pool() {
         let p = policy(1, 10, 10, 120);
         // Every 5 s the load jumps between 4 and 40 for 10 minutes.
-        let trace: Vec<(f64, u64)> =
-            (0..600).map(|t| (f64::from(t), if (t / 5) % 2 == 0 { 4 } else { 40 })).collect();
+        let trace: Vec<(f64, u64)> = (0..600)
+            .map(|t| (f64::from(t), if (t / 5) % 2 == 0 { 4 } else { 40 }))
+            .collect();
         let sizes = run(&p, 1, &trace);
         let changes = sizes.windows(2).filter(|w| w[0].1 != w[1].1).count();
         // The up window (10 s) never sees a steady 40, so the pool stays put instead of
@@ -163,9 +203,14 @@ mod tests {
     fn up_window_waits_for_sustained_load() {
         let p = policy(1, 10, 5, 60);
         // Idle for 5 s, then 20 requests from t=5 on.
-        let trace: Vec<(f64, u64)> = (0..15).map(|t| (f64::from(t), if t < 5 { 0 } else { 20 })).collect();
+        let trace: Vec<(f64, u64)> = (0..15)
+            .map(|t| (f64::from(t), if t < 5 { 0 } else { 20 }))
+            .collect();
         let sizes = run(&p, 1, &trace);
-        assert_eq!(sizes[9].1, 1, "t=4 (idle) is still inside the 5 s window at t=9");
+        assert_eq!(
+            sizes[9].1, 1,
+            "t=4 (idle) is still inside the 5 s window at t=9"
+        );
         assert_eq!(sizes[10].1, 5, "from t=10 the whole window wants 5");
     }
 
@@ -175,9 +220,29 @@ mod tests {
         let mut a = Autoscaler::default();
         let idle = a.decide(&p, 0.0, 2, load(0, 2));
         assert_eq!(idle.desired, 0);
-        let none = a.decide(&p, 1.0, 0, LoadSample { load: 0, reporting: 0, silent: 0, waiting: 0 });
+        let none = a.decide(
+            &p,
+            1.0,
+            0,
+            LoadSample {
+                load: 0,
+                reporting: 0,
+                silent: 0,
+                waiting: 0,
+            },
+        );
         assert_eq!(none.desired, 0);
-        let woken = a.decide(&p, 2.0, 0, LoadSample { load: 0, reporting: 0, silent: 0, waiting: 9 });
+        let woken = a.decide(
+            &p,
+            2.0,
+            0,
+            LoadSample {
+                load: 0,
+                reporting: 0,
+                silent: 0,
+                waiting: 9,
+            },
+        );
         assert_eq!(woken.desired, 3, "{}", woken.reason);
         assert!(woken.reason.contains("9 requests waiting"));
     }
@@ -186,9 +251,29 @@ mod tests {
     fn a_silent_browser_blocks_scale_down_but_not_scale_up() {
         let p = policy(1, 10, 0, 0);
         let mut a = Autoscaler::default();
-        let held = a.decide(&p, 0.0, 4, LoadSample { load: 0, reporting: 3, silent: 1, waiting: 0 });
+        let held = a.decide(
+            &p,
+            0.0,
+            4,
+            LoadSample {
+                load: 0,
+                reporting: 3,
+                silent: 1,
+                waiting: 0,
+            },
+        );
         assert_eq!(held.desired, 4);
-        let up = a.decide(&p, 1.0, 4, LoadSample { load: 40, reporting: 3, silent: 1, waiting: 0 });
+        let up = a.decide(
+            &p,
+            1.0,
+            4,
+            LoadSample {
+                load: 40,
+                reporting: 3,
+                silent: 1,
+                waiting: 0,
+            },
+        );
         assert_eq!(up.desired, 10);
     }
 }

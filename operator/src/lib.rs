@@ -3,5 +3,10 @@
 
 pub mod agent;
 pub mod autoscale;
+pub mod context;
 pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod model;
 pub mod pool;
+pub mod run;

@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/stats", get(stats))
         .route("/v1/models", get(list_models).post(load_model))
         .route("/v1/models/{name}", get(get_model).delete(unload_model))
+        .route("/v1/drain", post(drain))
         .route("/v1/debug/hang", post(debug_hang))
         .route("/metrics", get(metrics))
 }
@@ -178,6 +179,14 @@ async fn unload_model(
 ) -> Result<StatusCode, AgentError> {
     agent.unload_model(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Stops taking new requests (readiness turns false, new requests get a retryable 503) and
+/// answers how many are still in flight; the caller polls `/v1/stats` until that is 0. There
+/// is no undo: a drained agent is about to be deleted.
+async fn drain(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    agent.admission.start_drain();
+    Json(json!({"draining": true, "outstanding": agent.admission.outstanding()}))
 }
 
 /// Fault injection for tests; absent (404) unless `--enable-debug-endpoints`.

@@ -28,7 +28,10 @@ const TERMINATION_GRACE_SECONDS: i64 = 45;
 /// Labels every object of the pool carries, and the pods' selector.
 pub fn selector_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (labels::MANAGED_BY.to_owned(), labels::MANAGED_BY_VALUE.to_owned()),
+        (
+            labels::MANAGED_BY.to_owned(),
+            labels::MANAGED_BY_VALUE.to_owned(),
+        ),
         (labels::POOL.to_owned(), pool.to_owned()),
     ])
 }
@@ -74,7 +77,13 @@ fn meta(pool: &BrowserPool, name: String, labels: BTreeMap<String, String>) -> O
 pub fn template_hash(pool: &BrowserPool) -> String {
     let s = &pool.spec;
     let shaping = serde_json::json!([
-        s.browser, s.image, s.backends, s.max_in_flight_per_browser, s.gpu, s.template, s.metrics,
+        s.browser,
+        s.image,
+        s.backends,
+        s.max_in_flight_per_browser,
+        s.gpu,
+        s.template,
+        s.metrics,
         token_secret_name(pool),
     ]);
     let digest = Sha256::digest(shaping.to_string().as_bytes());
@@ -115,7 +124,11 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), ..EnvVar::default() }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
 }
 
 fn agent_env(pool: &BrowserPool) -> Vec<EnvVar> {
@@ -159,13 +172,18 @@ fn agent_env(pool: &BrowserPool) -> Vec<EnvVar> {
 }
 
 fn resources(pool: &BrowserPool) -> Option<ResourceRequirements> {
-    let mut r = pool.spec.template.as_ref().and_then(|t| t.resources.clone());
+    let mut r = pool
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.resources.clone());
     if let Some(gpu) = &pool.spec.gpu {
         let r = r.get_or_insert_with(ResourceRequirements::default);
         // Extended resources go in limits (requests default to them).
-        r.limits
-            .get_or_insert_with(BTreeMap::new)
-            .insert(gpu.vendor.resource_name().into(), Quantity(gpu.count.to_string()));
+        r.limits.get_or_insert_with(BTreeMap::new).insert(
+            gpu.vendor.resource_name().into(),
+            Quantity(gpu.count.to_string()),
+        );
     }
     r
 }
@@ -227,8 +245,16 @@ pub fn pod(pool: &BrowserPool, name: &str, hash: &str) -> Pod {
     ];
     volumes.extend(overrides.volumes.iter().cloned());
     let mut mounts = vec![
-        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
-        VolumeMount { name: "dshm".into(), mount_path: "/dev/shm".into(), ..VolumeMount::default() },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "dshm".into(),
+            mount_path: "/dev/shm".into(),
+            ..VolumeMount::default()
+        },
         VolumeMount {
             name: "token".into(),
             mount_path: TOKEN_DIR.into(),
@@ -345,7 +371,11 @@ pub fn pdb(pool: &BrowserPool) -> PodDisruptionBudget {
 /// The agents' bearer token, when the user gave none.
 pub fn token_secret(pool: &BrowserPool, token: &str) -> Secret {
     Secret {
-        metadata: meta(pool, token_secret_name(pool), selector_labels(&pool.name_any())),
+        metadata: meta(
+            pool,
+            token_secret_name(pool),
+            selector_labels(&pool.name_any()),
+        ),
         string_data: Some(BTreeMap::from([("token".to_owned(), token.to_owned())])),
         type_: Some("Opaque".into()),
         ..Secret::default()

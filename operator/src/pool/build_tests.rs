@@ -47,13 +47,27 @@ fn pod_is_owned_labelled_and_runs_the_agent_with_the_pools_settings() {
     assert_eq!(c["image"], "reg/browser:1");
     assert_eq!(
         c["args"],
-        json!(["--listen=0.0.0.0:8700", "--token-file=/var/run/webaccel/token/token",
-               "--chromium=google-chrome", "--max-in-flight=16", "--standby-browser=false"])
+        json!([
+            "--listen=0.0.0.0:8700",
+            "--token-file=/var/run/webaccel/token/token",
+            "--chromium=google-chrome",
+            "--max-in-flight=16",
+            "--standby-browser=false"
+        ])
     );
     let env = c["env"].as_array().unwrap();
-    let ch = env.iter().find(|e| e["name"] == "WEBACCEL_CLICKHOUSE_URL").unwrap();
-    assert_eq!(ch["valueFrom"]["secretKeyRef"], json!({"name": "ch", "key": "url", "optional": false}));
-    assert!(env.iter().any(|e| e["name"] == "WEBACCEL_CLICKHOUSE_DATABASE" && e["value"] == "perf"));
+    let ch = env
+        .iter()
+        .find(|e| e["name"] == "WEBACCEL_CLICKHOUSE_URL")
+        .unwrap();
+    assert_eq!(
+        ch["valueFrom"]["secretKeyRef"],
+        json!({"name": "ch", "key": "url", "optional": false})
+    );
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "WEBACCEL_CLICKHOUSE_DATABASE" && e["value"] == "perf")
+    );
 }
 
 #[test]
@@ -64,7 +78,10 @@ fn gpu_becomes_a_limit_a_node_selector_and_a_toleration() {
         spec["containers"][0]["resources"],
         json!({"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": "2"}})
     );
-    assert_eq!(spec["nodeSelector"], json!({"zone": "a", "nvidia.com/gpu.present": "true"}));
+    assert_eq!(
+        spec["nodeSelector"],
+        json!({"zone": "a", "nvidia.com/gpu.present": "true"})
+    );
     assert_eq!(
         spec["tolerations"],
         json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
@@ -76,16 +93,26 @@ fn pod_is_locked_down_with_writable_tmp_and_shm_and_probes() {
     let pod = json_of(&pod(&pool(GPU_POOL), "gpu-abcde", "h1"));
     let spec = &pod["spec"];
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        spec["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let c = &spec["containers"][0];
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
-    let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter()
-        .map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
     assert_eq!(mounts, ["/tmp", "/dev/shm", "/var/run/webaccel/token"]);
     assert_eq!(spec["volumes"][1]["emptyDir"]["medium"], "Memory");
-    assert_eq!(spec["volumes"][2]["secret"]["secretName"], "gpu-agent-token");
+    assert_eq!(
+        spec["volumes"][2]["secret"]["secretName"],
+        "gpu-agent-token"
+    );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(spec["subdomain"], "gpu", "DNS through the headless Service");
@@ -111,7 +138,10 @@ fn service_is_headless_and_pdb_allows_one_down() {
     assert_eq!(svc["spec"]["selector"]["webaccel.dev/pool"], "gpu");
     let pdb = serde_json::to_value(pdb(&p)).unwrap();
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
-    assert_eq!(selector_string("gpu"), "app.kubernetes.io/managed-by=webaccel-operator,webaccel.dev/pool=gpu");
+    assert_eq!(
+        selector_string("gpu"),
+        "app.kubernetes.io/managed-by=webaccel-operator,webaccel.dev/pool=gpu"
+    );
 }
 
 #[test]

@@ -76,7 +76,10 @@ pub fn broken(b: &BrowserView, healing: &HealingSpec, now: Timestamp) -> Option<
     }
     let unready_s = seconds_since(b.unready_since, now);
     if !b.ready && unready_s >= i64::from(healing.unready_grace_seconds) {
-        return Some(format!("unready for {unready_s}s (grace {}s)", healing.unready_grace_seconds));
+        return Some(format!(
+            "unready for {unready_s}s (grace {}s)",
+            healing.unready_grace_seconds
+        ));
     }
     None
 }
@@ -100,8 +103,16 @@ fn recycle_due(b: &BrowserView, recycle: Option<&RecycleSpec>, now: Timestamp) -
 
 /// Order for scale-down: unready first (no traffic), then least loaded, then newest.
 fn scale_down_order(a: &BrowserView, b: &BrowserView) -> std::cmp::Ordering {
-    (a.ready, a.load().unwrap_or(u64::MAX), std::cmp::Reverse(a.created))
-        .cmp(&(b.ready, b.load().unwrap_or(u64::MAX), std::cmp::Reverse(b.created)))
+    (
+        a.ready,
+        a.load().unwrap_or(u64::MAX),
+        std::cmp::Reverse(a.created),
+    )
+        .cmp(&(
+            b.ready,
+            b.load().unwrap_or(u64::MAX),
+            std::cmp::Reverse(b.created),
+        ))
 }
 
 pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
@@ -134,8 +145,11 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
 
     let desired = i.desired.max(0) as usize;
     if live.len() > desired {
-        let mut candidates: Vec<&BrowserView> =
-            live.iter().copied().filter(|b| !p.heal_deferred.contains(&b.name)).collect();
+        let mut candidates: Vec<&BrowserView> = live
+            .iter()
+            .copied()
+            .filter(|b| !p.heal_deferred.contains(&b.name))
+            .collect();
         candidates.sort_by(|a, b| scale_down_order(a, b));
         for b in candidates.into_iter().take(live.len() - desired) {
             // A browser that never got ready has no traffic: delete it at once.

@@ -16,13 +16,21 @@ fn browser(name: &str, load: u64) -> BrowserView {
         ready: true,
         template_hash: Some("h1".into()),
         created: Some(at(NOW - 3600)),
-        stats: Some(AgentStats { healthy: true, ready: true, outstanding: load, ..AgentStats::default() }),
+        stats: Some(AgentStats {
+            healthy: true,
+            ready: true,
+            outstanding: load,
+            ..AgentStats::default()
+        }),
         ..BrowserView::default()
     }
 }
 
 fn inputs(desired: i32) -> Inputs<'static> {
-    static HEALING: HealingSpec = HealingSpec { unready_grace_seconds: 180, max_container_restarts: 3 };
+    static HEALING: HealingSpec = HealingSpec {
+        unready_grace_seconds: 180,
+        max_container_restarts: 3,
+    };
     Inputs {
         desired,
         template_hash: "h1",
@@ -41,12 +49,22 @@ fn names(v: &[(String, Removal)]) -> Vec<&str> {
 #[test]
 fn an_empty_pool_creates_its_desired_browsers() {
     let p = plan(&[], &inputs(3));
-    assert_eq!(p, Plan { create: 3, ..Plan::default() });
+    assert_eq!(
+        p,
+        Plan {
+            create: 3,
+            ..Plan::default()
+        }
+    );
 }
 
 #[test]
 fn scale_down_drains_the_idle_browsers_never_the_busy_one() {
-    let pods = [browser("busy", 9), browser("idle-a", 0), browser("idle-b", 0)];
+    let pods = [
+        browser("busy", 9),
+        browser("idle-a", 0),
+        browser("idle-b", 0),
+    ];
     let p = plan(&pods, &inputs(1));
     assert_eq!(p.create, 0);
     let mut drained = names(&p.drain);
@@ -91,11 +109,16 @@ fn broken_browsers_are_replaced_for_each_reason() {
     stuck.unready_since = Some(at(NOW - 181));
     let mut sick = browser("sick", 0);
     sick.stats.as_mut().unwrap().healthy = false;
-    let p = plan(&[failed, looping, stuck, sick, browser("fine", 0)], &inputs(5));
+    let p = plan(
+        &[failed, looping, stuck, sick, browser("fine", 0)],
+        &inputs(5),
+    );
     assert_eq!(names(&p.delete), ["failed", "looping", "stuck", "sick"]);
     assert!(p.delete.iter().all(|(_, r)| matches!(r, Removal::Heal(_))));
     assert_eq!(p.create, 4, "each broken browser is replaced");
-    let Removal::Heal(why) = &p.delete[2].1 else { unreachable!() };
+    let Removal::Heal(why) = &p.delete[2].1 else {
+        unreachable!()
+    };
     assert_eq!(why, "unready for 181s (grace 180s)");
 }
 
@@ -112,7 +135,13 @@ fn an_unready_browser_within_its_grace_is_left_alone() {
 fn heal_backoff_keeps_broken_pods_and_does_not_overgrow() {
     let mut failed = browser("failed", 0);
     failed.phase = "Failed".into();
-    let p = plan(&[failed, browser("ok", 0)], &Inputs { may_heal: false, ..inputs(2) });
+    let p = plan(
+        &[failed, browser("ok", 0)],
+        &Inputs {
+            may_heal: false,
+            ..inputs(2)
+        },
+    );
     assert_eq!(p.heal_deferred, ["failed"]);
     assert_eq!(p.create, 0);
     assert!(p.delete.is_empty());
@@ -124,7 +153,10 @@ fn a_spec_change_rolls_one_browser_at_a_time_idle_first() {
     old_busy.template_hash = Some("h0".into());
     let mut old_idle = browser("old-idle", 0);
     old_idle.template_hash = Some("h0".into());
-    let p = plan(&[old_busy.clone(), old_idle.clone(), browser("new", 0)], &inputs(3));
+    let p = plan(
+        &[old_busy.clone(), old_idle.clone(), browser("new", 0)],
+        &inputs(3),
+    );
     assert_eq!(p.drain, [("old-idle".into(), Removal::OutOfDate)]);
 
     // Next round: old-idle is draining; the pool is one short, so one new pod is created and
@@ -139,14 +171,46 @@ fn a_spec_change_rolls_one_browser_at_a_time_idle_first() {
 #[test]
 fn recycling_after_requests_or_lifetime_drains_one() {
     let mut worn = browser("worn", 0);
-    worn.stats.as_mut().unwrap().models.insert("m".into(), crate::agent::ModelCounts { count: 1000 });
-    let recycle = RecycleSpec { after_requests: Some(1000), max_lifetime_seconds: None };
-    let p = plan(&[worn, browser("fresh", 0)], &Inputs { recycle: Some(&recycle), ..inputs(2) });
-    assert_eq!(p.drain, [("worn".into(), Removal::Recycle("served 1000 requests (limit 1000)".into()))]);
+    worn.stats
+        .as_mut()
+        .unwrap()
+        .models
+        .insert("m".into(), crate::agent::ModelCounts { count: 1000 });
+    let recycle = RecycleSpec {
+        after_requests: Some(1000),
+        max_lifetime_seconds: None,
+    };
+    let p = plan(
+        &[worn, browser("fresh", 0)],
+        &Inputs {
+            recycle: Some(&recycle),
+            ..inputs(2)
+        },
+    );
+    assert_eq!(
+        p.drain,
+        [(
+            "worn".into(),
+            Removal::Recycle("served 1000 requests (limit 1000)".into())
+        )]
+    );
 
-    let old = RecycleSpec { after_requests: None, max_lifetime_seconds: Some(3000) };
-    let p = plan(&[browser("a", 0), browser("b", 0)], &Inputs { recycle: Some(&old), ..inputs(2) });
-    assert_eq!(p.drain.len(), 1, "only one at a time even though both are due");
+    let old = RecycleSpec {
+        after_requests: None,
+        max_lifetime_seconds: Some(3000),
+    };
+    let p = plan(
+        &[browser("a", 0), browser("b", 0)],
+        &Inputs {
+            recycle: Some(&old),
+            ..inputs(2)
+        },
+    );
+    assert_eq!(
+        p.drain.len(),
+        1,
+        "only one at a time even though both are due"
+    );
 }
 
 #[test]

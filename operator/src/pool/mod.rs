@@ -3,3 +3,5 @@
 pub mod build;
 pub mod decide;
 pub mod observe;
+pub mod reconcile;
+pub mod status;

@@ -48,7 +48,11 @@ impl BrowserView {
                 .or(created)
         };
         let containers = status.container_statuses.clone().unwrap_or_default();
-        let restarts = containers.iter().map(|c| c.restart_count).max().unwrap_or(0);
+        let restarts = containers
+            .iter()
+            .map(|c| c.restart_count)
+            .max()
+            .unwrap_or(0);
         let crash_looping = containers.iter().any(|c| {
             c.state
                 .as_ref()

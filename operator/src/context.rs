@@ -1,0 +1,145 @@
+//! What every reconcile shares: the API client, the agents, metrics, Events, settings, and
+//! the per-pool memory (autoscaler history, heal backoff) that lives only in this process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::agent::{AgentApi, Capabilities};
+use crate::autoscale::Autoscaler;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a draining browser may take to finish its requests before it is deleted.
+    pub drain_timeout: Duration,
+    /// How often an autoscaled pool's agents are polled for load.
+    pub load_poll_interval: Duration,
+    /// How often a settled pool is looked at anyway.
+    pub resync: Duration,
+    /// First wait between heals of one pool; doubles per consecutive heal up to `heal_backoff_max`.
+    pub heal_backoff: Duration,
+    pub heal_backoff_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(60),
+            load_poll_interval: Duration::from_secs(1),
+            resync: Duration::from_secs(60),
+            heal_backoff: Duration::from_secs(5),
+            heal_backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// In-memory state of one pool. Lost on restart, like the HPA's: the autoscaler then starts
+/// from the current size, and the heal backoff from zero.
+#[derive(Debug, Default)]
+pub struct PoolMemory {
+    pub autoscaler: Autoscaler,
+    /// Heal rounds in a row that found something broken.
+    pub heal_streak: u32,
+    pub next_heal_at: Option<Timestamp>,
+    /// The size last steered to, to notice changes.
+    pub last_desired: Option<i32>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub agents: Arc<dyn AgentApi>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pools: Mutex<HashMap<String, PoolMemory>>,
+    /// Capabilities never change for a running browser pod; keyed by pod UID.
+    capabilities: Mutex<HashMap<String, Capabilities>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        agents: Arc<dyn AgentApi>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: webaccel_api::labels::FIELD_MANAGER.into(),
+            instance: None,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            agents,
+            metrics,
+            settings,
+            pools: Mutex::default(),
+            capabilities: Mutex::default(),
+        }
+    }
+
+    /// Runs `f` on the memory of pool `key` (`namespace/name`).
+    pub fn with_pool<T>(&self, key: &str, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        f(pools.entry(key.to_owned()).or_default())
+    }
+
+    pub fn forget_pool(&self, key: &str) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    pub fn cached_capabilities(&self, uid: &str) -> Option<Capabilities> {
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    pub fn cache_capabilities(&self, uid: &str, caps: Capabilities) {
+        let mut map = self.capabilities.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: dropping everything now and then costs one request per pod.
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        map.insert(uid.to_owned(), caps);
+    }
+
+    /// Whether pool `key` may replace broken pods at `now`.
+    pub fn may_heal(&self, key: &str, now: Timestamp) -> bool {
+        self.with_pool(key, |m| m.next_heal_at.is_none_or(|t| now >= t))
+    }
+
+    /// Records the outcome of a heal round: backoff grows while rounds keep finding broken
+    /// pods, and resets after a clean one.
+    pub fn heal_round(&self, key: &str, now: Timestamp, healed: bool) {
+        let base = self.settings.heal_backoff;
+        let max = self.settings.heal_backoff_max;
+        self.with_pool(key, |m| {
+            if healed {
+                let wait = base.saturating_mul(1 << m.heal_streak.min(16)).min(max);
+                m.heal_streak += 1;
+                m.next_heal_at = now.checked_add(wait).ok();
+            } else if m.next_heal_at.is_none_or(|t| now >= t) {
+                m.heal_streak = 0;
+                m.next_heal_at = None;
+            }
+        });
+    }
+}

@@ -1,0 +1,137 @@
+//! `webaccel-operator`: parses the command line, holds the Lease, serves metrics and runs
+//! the controllers. In a cluster it uses the pod's service account; outside one, the current
+//! kubeconfig context.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use tracing::info;
+use webaccel_operator::agent::HttpAgents;
+use webaccel_operator::context::{Context, Settings};
+use webaccel_operator::leader::{Elector, LeaseSettings};
+use webaccel_operator::metrics::Metrics;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "webaccel-operator",
+    version,
+    about = "Runs BrowserPool and ModelDeployment resources as browser pods"
+)]
+struct Args {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Prometheus metrics and health probes.
+    #[arg(
+        long,
+        env = "WEBACCEL_OPERATOR_METRICS",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_addr: SocketAddr,
+    /// Hold a Lease so that only one replica reconciles (turn off only for a single replica).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    leader_election: bool,
+    /// Namespace of the Lease (default: the pod's, else the kubeconfig context's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, default_value = "webaccel-operator")]
+    lease_name: String,
+    /// This replica's name in the Lease (default: the pod or host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How often autoscaled pools' agents are asked for load.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    load_poll_interval: Duration,
+    /// How long a draining browser may finish its requests before it is deleted anyway.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Timeout of one call to an agent (stats, capabilities, drain).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    agent_timeout: Duration,
+    /// Timeout of a model load (download, compile, warm-up).
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    load_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let default_ns = config.default_namespace.clone();
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let served = metrics.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = served.clone();
+                async move { m.encode() }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let settings = Settings {
+        drain_timeout: args.drain_timeout,
+        load_poll_interval: args.load_poll_interval,
+        ..Settings::default()
+    };
+    let agents = Arc::new(HttpAgents::new(args.agent_timeout, args.load_timeout));
+    let ctx = Arc::new(Context::new(client.clone(), agents, metrics, settings));
+
+    let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = if args.leader_election {
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            std::env::var("HOSTNAME")
+                .unwrap_or_else(|_| format!("webaccel-operator-{}", std::process::id()))
+        });
+        let elector = Elector::new(
+            client,
+            LeaseSettings {
+                namespace: args.lease_namespace.clone().unwrap_or(default_ns),
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                duration: args.lease_duration,
+                renew_every: args.lease_duration / 3,
+            },
+        );
+        info!(%identity, lease = %args.lease_name, "waiting for the lease");
+        elector.acquire().await;
+        info!(%identity, "leading");
+        Box::pin(async move { elector.keep().await })
+    } else {
+        Box::pin(std::future::pending())
+    };
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost_flag = lost.clone();
+    let stop = async move {
+        tokio::select! {
+            () = stop => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    webaccel_operator::run::controllers(ctx, args.namespace.as_deref(), stop).await;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        // Exiting lets the Deployment restart this replica as a follower.
+        anyhow::bail!("lost the lease; exiting so another replica leads");
+    }
+    Ok(())
+}

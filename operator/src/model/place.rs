@@ -1,0 +1,243 @@
+//! Placement, pure: which browsers of the pool hold a model, which get it next and on which
+//! backend, which give it up, and what each replica's state is.
+
+use webaccel_api::Backend;
+use webaccel_api::v1alpha1::{ReplicaState, ReplicaStatus};
+
+use crate::agent::ModelOnAgent;
+
+/// One browser of the pool as placement sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub pod: String,
+    /// Ready and not draining: may take new work.
+    pub usable: bool,
+    /// Backends the browser detected (from its capabilities); empty if unknown.
+    pub backends: Vec<Backend>,
+    pub adapter: Option<String>,
+    pub model: ModelOnAgent,
+    /// How many models the pod holds already, to spread them.
+    pub models_held: usize,
+    /// The load of this model failed on this pod for the current generation.
+    pub failed_before: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Placement {
+    pub load: Vec<(String, Backend)>,
+    pub unload: Vec<String>,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// The backend to ask a browser for: the first requested one that the pool allows and the
+/// browser detected. `auto` stays `auto` (the agent measures) only when the pool allows every
+/// backend; otherwise it means the first allowed backend the browser has.
+pub fn choose_backend(
+    requested: &[Backend],
+    allowed: &[Backend],
+    detected: &[Backend],
+) -> Option<Backend> {
+    let usable = |b: &Backend| allowed.contains(b) && detected.contains(b);
+    requested.iter().find_map(|&b| match b {
+        Backend::Auto
+            if [Backend::Webgpu, Backend::Webnn, Backend::Wasm]
+                .iter()
+                .all(|x| allowed.contains(x))
+                && !detected.is_empty() =>
+        {
+            Some(Backend::Auto)
+        }
+        Backend::Auto => allowed.iter().copied().find(|x| detected.contains(x)),
+        b => usable(&b).then_some(b),
+    })
+}
+
+fn replica(pod: &str, state: ReplicaState) -> ReplicaStatus {
+    ReplicaStatus {
+        pod: pod.into(),
+        state,
+        backend: None,
+        adapter: None,
+        init_ms: None,
+        reason: None,
+    }
+}
+
+pub fn plan(
+    replicas: i32,
+    requested: &[Backend],
+    allowed: &[Backend],
+    candidates: &[Candidate],
+) -> Placement {
+    let want = replicas.max(0) as usize;
+    let mut p = Placement::default();
+
+    // Holders: loaded first, then loading; a draining browser still holds its copy until it
+    // goes, but a replacement is placed now.
+    let mut holders: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| {
+            c.usable && matches!(c.model, ModelOnAgent::Loaded { .. } | ModelOnAgent::Loading)
+        })
+        .collect();
+    holders.sort_by_key(|c| {
+        (
+            !matches!(c.model, ModelOnAgent::Loaded { .. }),
+            c.pod.clone(),
+        )
+    });
+    for extra in holders.iter().skip(want) {
+        p.unload.push(extra.pod.clone());
+    }
+    for c in holders.iter().take(want) {
+        let mut r = replica(&c.pod, ReplicaState::Loading);
+        if let ModelOnAgent::Loaded { backend, init_ms } = &c.model {
+            r.state = ReplicaState::Loaded;
+            r.backend = Some(backend.clone());
+            r.init_ms = *init_ms;
+            r.adapter = c.adapter.clone().filter(|_| backend.starts_with("webgpu"));
+        }
+        p.replicas.push(r);
+    }
+
+    for c in candidates {
+        let reason = match &c.model {
+            ModelOnAgent::Failed(why) => Some(why.clone()),
+            _ => c.failed_before.clone(),
+        };
+        if let Some(why) = reason {
+            let mut r = replica(&c.pod, ReplicaState::FailedToLoad);
+            r.reason = Some(why);
+            p.replicas.push(r);
+        }
+    }
+
+    let mut need = want.saturating_sub(holders.len());
+    let mut fresh: Vec<(&Candidate, Backend)> = candidates
+        .iter()
+        .filter(|c| c.usable && c.model == ModelOnAgent::Absent && c.failed_before.is_none())
+        .filter_map(|c| choose_backend(requested, allowed, &c.backends).map(|b| (c, b)))
+        .collect();
+    fresh.sort_by_key(|(c, _)| (c.models_held, c.pod.clone()));
+    for (c, backend) in fresh.into_iter().take(need) {
+        p.load.push((c.pod.clone(), backend));
+        let mut r = replica(&c.pod, ReplicaState::Loading);
+        r.backend = Some(backend.to_string());
+        p.replicas.push(r);
+        need -= 1;
+    }
+    for i in 0..need {
+        let mut r = replica(&format!("(unplaced-{})", i + 1), ReplicaState::Pending);
+        let wanted: Vec<&str> = requested.iter().map(|b| b.as_str()).collect();
+        r.reason = Some(format!(
+            "no ready browser in the pool without this model can run [{}] within the pool's backends",
+            wanted.join(", ")
+        ));
+        p.replicas.push(r);
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Backend::*;
+
+    fn browser(pod: &str, backends: &[Backend], model: ModelOnAgent) -> Candidate {
+        Candidate {
+            pod: pod.into(),
+            usable: true,
+            backends: backends.to_vec(),
+            adapter: Some("google vulkan SwiftShader (software)".into()),
+            model,
+            models_held: 0,
+            failed_before: None,
+        }
+    }
+
+    const ALL: [Backend; 3] = [Webgpu, Webnn, Wasm];
+
+    #[test]
+    fn backend_is_the_first_requested_that_pool_and_browser_allow() {
+        assert_eq!(
+            choose_backend(&[Webnn, Webgpu, Wasm], &ALL, &[Webgpu, Wasm]),
+            Some(Webgpu)
+        );
+        assert_eq!(choose_backend(&[Webgpu], &[Wasm], &[Webgpu, Wasm]), None);
+        assert_eq!(choose_backend(&[Auto], &ALL, &[Wasm]), Some(Auto));
+        assert_eq!(
+            choose_backend(&[Auto], &[Wasm, Webgpu], &[Webgpu, Wasm]),
+            Some(Wasm)
+        );
+        assert_eq!(choose_backend(&[Webnn], &ALL, &[Webgpu, Wasm]), None);
+    }
+
+    #[test]
+    fn places_on_capable_browsers_spreading_load() {
+        let mut busy = browser("a", &[Webgpu, Wasm], ModelOnAgent::Absent);
+        busy.models_held = 3;
+        let cands = [
+            busy,
+            browser("b", &[Wasm], ModelOnAgent::Absent),
+            browser("c", &[Webgpu, Wasm], ModelOnAgent::Absent),
+        ];
+        let p = plan(2, &[Webgpu], &ALL, &cands);
+        // Only a and c have WebGPU; both are needed.
+        assert_eq!(p.load, [("c".into(), Webgpu), ("a".into(), Webgpu)]);
+        let p = plan(1, &[Webgpu, Wasm], &ALL, &cands);
+        assert_eq!(
+            p.load,
+            [("b".into(), Wasm)],
+            "b holds fewest models and can run the fallback"
+        );
+    }
+
+    #[test]
+    fn keeps_loaded_replicas_and_unloads_extras() {
+        let loaded = |b: &str| ModelOnAgent::Loaded {
+            backend: b.into(),
+            init_ms: Some(12.0),
+        };
+        let cands = [
+            browser("a", &[Wasm], loaded("wasm")),
+            browser("b", &[Wasm], ModelOnAgent::Loading),
+            browser("c", &[Wasm], loaded("wasm")),
+        ];
+        let p = plan(2, &[Wasm], &ALL, &cands);
+        assert!(p.load.is_empty());
+        assert_eq!(p.unload, ["b"], "a loading copy goes before a loaded one");
+        assert!(
+            p.replicas
+                .iter()
+                .all(|r| r.state == ReplicaState::Loaded && r.init_ms == Some(12.0))
+        );
+    }
+
+    #[test]
+    fn replaces_a_replica_lost_to_healing_or_draining() {
+        let loaded = ModelOnAgent::Loaded {
+            backend: "wasm".into(),
+            init_ms: None,
+        };
+        let mut draining = browser("old", &[Wasm], loaded);
+        draining.usable = false;
+        let p = plan(
+            1,
+            &[Wasm],
+            &ALL,
+            &[draining, browser("new", &[Wasm], ModelOnAgent::Absent)],
+        );
+        assert_eq!(p.load, [("new".into(), Wasm)]);
+    }
+
+    #[test]
+    fn failures_are_reported_and_not_retried_on_the_same_browser() {
+        let mut failed = browser("a", &[Wasm], ModelOnAgent::Absent);
+        failed.failed_before = Some("sha256 mismatch".into());
+        let p = plan(1, &[Wasm], &ALL, &[failed]);
+        assert!(p.load.is_empty());
+        assert_eq!(p.replicas[0].state, ReplicaState::FailedToLoad);
+        assert_eq!(p.replicas[0].reason.as_deref(), Some("sha256 mismatch"));
+        assert_eq!(p.replicas[1].state, ReplicaState::Pending);
+    }
+}
