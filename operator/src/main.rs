@@ -122,10 +122,14 @@ async fn main() -> anyhow::Result<()> {
     };
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lost_flag = lost.clone();
+    // SIGTERM is how Kubernetes stops the pod; finish in-flight reconciles and exit.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let stop = async move {
         tokio::select! {
             () = stop => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
             _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
     };
     webaccel_operator::run::controllers(ctx, args.namespace.as_deref(), stop).await;

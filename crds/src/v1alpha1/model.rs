@@ -1,4 +1,6 @@
 //! `ModelDeployment`: a model to keep loaded on some browsers of a `BrowserPool`.
+// kube's printcolumn(...) attributes repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};

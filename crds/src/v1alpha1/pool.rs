@@ -1,5 +1,7 @@
 //! `BrowserPool`: a set of browser pods, each running the node agent, that the operator
 //! keeps at the right size and healthy.
+// kube's printcolumn(...) attributes repeat keys such as `type_` by design.
+#![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
 

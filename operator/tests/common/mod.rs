@@ -60,13 +60,16 @@ pub fn not_found() -> (u16, Value) {
     )
 }
 
+/// A check on a request body.
+pub type BodyCheck = Box<dyn Fn(&Value) + Send>;
+
 /// One expected request: method, path (query stripped), and the answer.
 pub struct Step {
     pub method: &'static str,
     pub path: String,
     pub reply: (u16, Value),
     /// Extra checks on the request body.
-    pub check: Option<Box<dyn Fn(&Value) + Send>>,
+    pub check: Option<BodyCheck>,
 }
 
 pub fn step(method: &'static str, path: &str, reply: (u16, Value)) -> Step {
