@@ -185,10 +185,10 @@ impl ModelRegistry {
     /// removed since are released.
     pub async fn reload_all(&self, agent: &Agent, link: &PageLink) {
         for e in self.all() {
-            if matches!(e.state(), ModelState::Pending) {
-                if let Err(err) = load_into(agent, link, &e).await {
-                    tracing::error!(model = %e.spec.name, error = %err, "model failed to load");
-                }
+            if matches!(e.state(), ModelState::Pending)
+                && let Err(err) = load_into(agent, link, &e).await
+            {
+                tracing::error!(model = %e.spec.name, error = %err, "model failed to load");
             }
         }
         let names: Vec<String> = self.all().iter().map(|e| e.spec.name.clone()).collect();
@@ -201,10 +201,10 @@ impl ModelRegistry {
     /// state, so that switching to it later finds them compiled and warm.
     pub async fn preload(&self, agent: &Agent, link: &PageLink) {
         for e in self.all() {
-            if matches!(e.state(), ModelState::Loaded(_)) {
-                if let Err(err) = load_steps(agent, link, &e).await {
-                    tracing::warn!(model = %e.spec.name, error = %err, "preloading into the standby browser failed");
-                }
+            if matches!(e.state(), ModelState::Loaded(_))
+                && let Err(err) = load_steps(agent, link, &e).await
+            {
+                tracing::warn!(model = %e.spec.name, error = %err, "preloading into the standby browser failed");
             }
         }
     }

@@ -188,13 +188,12 @@ fn parse_request(
         o.parameters
             .as_ref()
             .is_some_and(|p| p.contains_key("binary_data"))
-    }) {
-        if o.parameters.as_ref().and_then(|p| p.get("binary_data")) == Some(&Value::Bool(true)) {
-            return Err(AgentError::BadRequest(format!(
-                "output '{}': the binary tensor extension is not supported over HTTP",
-                o.name
-            )));
-        }
+    }) && o.parameters.as_ref().and_then(|p| p.get("binary_data")) == Some(&Value::Bool(true))
+    {
+        return Err(AgentError::BadRequest(format!(
+            "output '{}': the binary tensor extension is not supported over HTTP",
+            o.name
+        )));
     }
     Ok((
         body.id,

@@ -160,10 +160,10 @@ impl Agent {
     pub async fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
         loop {
-            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
             }
             assert!(start.elapsed() < limit, "agent not ready within {limit:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
