@@ -24,6 +24,9 @@ pub struct Settings {
     /// First wait between heals of one pool; doubles per consecutive heal up to `heal_backoff_max`.
     pub heal_backoff: Duration,
     pub heal_backoff_max: Duration,
+    /// Reconciles running at once per controller; bounds memory and the load on the API
+    /// server when thousands of objects need work at the same time (start-up, resync).
+    pub concurrency: u16,
 }
 
 impl Default for Settings {
@@ -34,6 +37,7 @@ impl Default for Settings {
             resync: Duration::from_secs(60),
             heal_backoff: Duration::from_secs(5),
             heal_backoff_max: Duration::from_secs(300),
+            concurrency: 16,
         }
     }
 }

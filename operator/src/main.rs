@@ -58,6 +58,9 @@ struct Args {
     /// Timeout of a model load (download, compile, warm-up).
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     load_timeout: Duration,
+    /// Reconciles running at once, per controller.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
 }
 
 #[tokio::main]
@@ -93,6 +96,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         drain_timeout: args.drain_timeout,
         load_poll_interval: args.load_poll_interval,
+        concurrency: args.concurrency,
         ..Settings::default()
     };
     let agents = Arc::new(HttpAgents::new(args.agent_timeout, args.load_timeout));

@@ -6,7 +6,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -58,6 +59,7 @@ pub async fn controllers(
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let client = ctx.client.clone();
+    let config = controller::Config::default().concurrency(ctx.settings.concurrency);
     let managed = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::MANAGED_BY,
@@ -72,11 +74,17 @@ pub async fn controllers(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // Pods are watched as metadata only: owner references and labels are all a trigger
+    // needs, and full pod objects would cost memory and bandwidth at thousands of pods.
     let pools = Controller::new(
         api::<BrowserPool>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns(api::<Pod>(&client, namespace), managed.clone())
+    .owns(
+        api::<PartialObjectMeta<Pod>>(&client, namespace),
+        managed.clone(),
+    )
+    .with_config(config.clone())
     .graceful_shutdown_on(shutdown(stop_rx.clone()))
     .run(pool::reconcile::reconcile, pool_error, ctx.clone())
     .for_each(|r| async move {
@@ -86,7 +94,6 @@ pub async fn controllers(
     });
 
     // A model follows its pool's pods: any change to them re-runs the models of that pool.
-    let model_store_client = client.clone();
     let models = Controller::new(
         api::<ModelDeployment>(&client, namespace),
         watcher::Config::default(),
@@ -94,9 +101,9 @@ pub async fn controllers(
     let store = models.store();
     let models = models
         .watches(
-            api::<Pod>(&model_store_client, namespace),
+            api::<PartialObjectMeta<Pod>>(&client, namespace),
             managed,
-            move |pod: Pod| {
+            move |pod: PartialObjectMeta<Pod>| {
                 let pool = pod.labels().get(labels::POOL).cloned();
                 let ns = pod.namespace();
                 store
@@ -107,6 +114,7 @@ pub async fn controllers(
                     .collect::<Vec<_>>()
             },
         )
+        .with_config(config)
         .graceful_shutdown_on(shutdown(stop_rx))
         .run(model::reconcile::reconcile, model_error, ctx)
         .for_each(|r| async move {

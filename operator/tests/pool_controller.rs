@@ -297,3 +297,103 @@ async fn firefox_is_refused_with_a_condition_and_an_event() {
         .unwrap();
     api.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_spec_change_drains_one_out_of_date_browser() {
+    let p = pool(SPEC);
+    let hash = template_hash(&p);
+    let pods = vec![
+        pod("web-old", "0000000000", "Running", true, "10.0.0.1"),
+        pod("web-new", &hash, "Running", true, "10.0.0.2"),
+    ];
+    let mut steps = owned_objects_exist();
+    steps.push(step("GET", PODS, (200, list(pods))));
+    let reply = (
+        200,
+        serde_json::to_value(pod("web-old", "0000000000", "Running", true, "")).unwrap(),
+    );
+    steps.push(step("PATCH", &format!("{PODS}/web-old"), reply));
+    steps.push(step_checked("POST", EVENTS, echo(), |b| {
+        assert_eq!(b["note"], "web-old: rolling to the new spec");
+    }));
+    steps.push(step_checked(
+        "PATCH",
+        &format!("{POOL}/status"),
+        pool_with_status(&p),
+        |b| {
+            assert_eq!(b["status"]["updatedReplicas"], 1);
+            let progressing = b["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Progressing")
+                .unwrap()
+                .clone();
+            assert_eq!(progressing["reason"], "Draining");
+        },
+    ));
+    let agents = FakeAgents::with_loads(&[("web-old", 0), ("web-new", 0)]);
+    let (client, api) = mock_api(steps);
+    reconcile(Arc::new(p), context(client, agents.clone()))
+        .await
+        .unwrap();
+    api.await.unwrap();
+    assert_eq!(agents.calls(), ["drain web-old"]);
+}
+
+#[tokio::test]
+async fn autoscaling_follows_agent_load_with_an_event_and_the_reason_in_status() {
+    let mut p = pool(
+        "  image: reg/browser:1\n  replicas: 1\n  autoscaling: {enabled: true, minReplicas: 1, maxReplicas: 5, targetInFlightPerBrowser: 4}\n",
+    );
+    p.status = Some(webaccel_api::v1alpha1::BrowserPoolStatus {
+        desired_replicas: 1,
+        ..Default::default()
+    });
+    let hash = template_hash(&p);
+    let mut steps = owned_objects_exist();
+    steps.push(step(
+        "GET",
+        PODS,
+        (
+            200,
+            list(vec![pod("web-a", &hash, "Running", true, "10.0.0.1")]),
+        ),
+    ));
+    steps.push(step_checked("POST", EVENTS, echo(), |b| {
+        assert_eq!(b["reason"], "Scaled");
+        assert_eq!(
+            b["note"],
+            "3 browsers: load 12 over 1 browsers, target 4/browser → 3"
+        );
+    }));
+    for _ in 0..2 {
+        steps.push(step("PATCH", &format!("{PODS}/*"), echo()));
+    }
+    steps.push(step_checked(
+        "PATCH",
+        &format!("{POOL}/status"),
+        pool_with_status(&p),
+        |b| {
+            assert_eq!(b["status"]["desiredReplicas"], 3);
+            assert_eq!(
+                b["status"]["lastScaleReason"],
+                "load 12 over 1 browsers, target 4/browser → 3"
+            );
+            assert_eq!(b["status"]["browsers"][0]["load"], 12);
+        },
+    ));
+    let (client, api) = mock_api(steps);
+    let action = reconcile(
+        Arc::new(p),
+        context(client, FakeAgents::with_loads(&[("web-a", 12)])),
+    )
+    .await
+    .unwrap();
+    api.await.unwrap();
+    // Autoscaled pools are looked at again after the load poll interval.
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(1))
+    );
+}
