@@ -2,6 +2,8 @@
 //! each request of a scenario in order (the tower-test pattern of kube's controller-rs).
 #![allow(dead_code)]
 
+pub mod rbac;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -112,6 +114,11 @@ pub fn mock_api(steps: Vec<Step>) -> (Client, tokio::task::JoinHandle<Vec<Value>
                 .await
                 .unwrap_or_else(|| panic!("step {i}: no request came"));
             let path = request.uri().path().to_owned();
+            rbac::assert_allowed(
+                request.method().as_str(),
+                &path,
+                request.uri().query().unwrap_or(""),
+            );
             if let Some(prefix) = s.path.strip_suffix('*') {
                 // A generated name: the collection is checked, not the name.
                 assert_eq!(request.method().as_str(), s.method, "step {i}");
