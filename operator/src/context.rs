@@ -11,6 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::agent::{AgentApi, Capabilities};
 use crate::autoscale::Autoscaler;
+use crate::history::PoolHistory;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -60,6 +61,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// Scale, heal, drain, roll and recycle rows for ClickHouse (disabled by default).
+    pub history: PoolHistory,
     pools: Mutex<HashMap<String, PoolMemory>>,
     /// Capabilities never change for a running browser pod; keyed by pod UID.
     capabilities: Mutex<HashMap<String, Capabilities>>,
@@ -90,9 +93,16 @@ impl Context {
             agents,
             metrics,
             settings,
+            history: PoolHistory::disabled(),
             pools: Mutex::default(),
             capabilities: Mutex::default(),
         }
+    }
+
+    /// Records the pools' history in ClickHouse through `history`.
+    pub fn with_history(mut self, history: PoolHistory) -> Self {
+        self.history = history;
+        self
     }
 
     /// Runs `f` on the memory of pool `key` (`namespace/name`).

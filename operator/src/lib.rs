@@ -5,6 +5,7 @@ pub mod agent;
 pub mod autoscale;
 pub mod context;
 pub mod error;
+pub mod history;
 pub mod leader;
 pub mod metrics;
 pub mod model;

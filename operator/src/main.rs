@@ -11,8 +11,10 @@ use axum::Router;
 use axum::routing::get;
 use clap::Parser;
 use tracing::info;
+use webaccel_analytics::{ClickHouseSettings, WriterConfig};
 use webaccel_operator::agent::HttpAgents;
 use webaccel_operator::context::{Context, Settings};
+use webaccel_operator::history::PoolHistory;
 use webaccel_operator::leader::{Elector, LeaseSettings};
 use webaccel_operator::metrics::Metrics;
 
@@ -58,6 +60,19 @@ struct Args {
     /// Timeout of a model load (download, compile, warm-up).
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     load_timeout: Duration,
+    /// ClickHouse HTTP interface for the pools' history (`pool_events`: scale, heal, drain,
+    /// roll, recycle), with `user:password@` if needed. Without it no rows are written.
+    #[arg(long, env = "WEBACCEL_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
+    #[arg(long, env = "WEBACCEL_CLICKHOUSE_DATABASE", default_value = "webaccel")]
+    clickhouse_database: String,
+    /// Where rows wait while ClickHouse cannot be reached.
+    #[arg(
+        long,
+        env = "WEBACCEL_SPOOL_DIR",
+        default_value = "/tmp/webaccel-operator-spool"
+    )]
+    spool_dir: std::path::PathBuf,
     /// Reconciles running at once, per controller.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -100,7 +115,18 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     let agents = Arc::new(HttpAgents::new(args.agent_timeout, args.load_timeout));
-    let ctx = Arc::new(Context::new(client.clone(), agents, metrics, settings));
+    let history = match &args.clickhouse_url {
+        Some(url) => {
+            let ch = ClickHouseSettings::new(url, &args.clickhouse_database, "--clickhouse-url")?;
+            PoolHistory::start(ch, WriterConfig::new(args.spool_dir.clone()))
+                .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?
+        }
+        None => PoolHistory::disabled(),
+    };
+    let ctx =
+        Arc::new(Context::new(client.clone(), agents, metrics, settings).with_history(history));
+    let migrating = ctx.clone();
+    tokio::spawn(async move { migrating.history.migrate_until_done().await });
 
     let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = if args.leader_election {
         let identity = args.identity.clone().unwrap_or_else(|| {
@@ -136,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    webaccel_operator::run::controllers(ctx, args.namespace.as_deref(), stop).await;
+    webaccel_operator::run::controllers(ctx.clone(), args.namespace.as_deref(), stop).await;
+    ctx.history.shutdown().await;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
         // Exiting lets the Deployment restart this replica as a follower.
         anyhow::bail!("lost the lease; exiting so another replica leads");

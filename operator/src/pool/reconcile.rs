@@ -27,6 +27,7 @@ use crate::agent::Endpoint;
 use crate::autoscale::LoadSample;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::history::PoolEvent;
 
 pub const CONTROLLER: &str = "browserpool";
 
@@ -83,18 +84,13 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     observe_agents(ctx, &listed.items, &mut browsers, token.as_deref()).await;
 
     let (desired, scale_reason) = desired_size(pool, ctx, &key, &browsers, now);
-    let scaled = ctx.with_pool(&key, |m| {
-        let changed = m.last_desired.is_some_and(|d| d != desired);
-        let first = m.last_desired.is_none();
-        m.last_desired = Some(desired);
-        (changed
-            || first
-                && pool
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.desired_replicas != desired))
-        .then(|| scale_reason.clone())
-    });
+    // The size steered to before: this process's memory, else what the status said.
+    let previous = ctx
+        .with_pool(&key, |m| m.last_desired.replace(desired))
+        .or(pool.status.as_ref().map(|s| s.desired_replicas));
+    let scaled = previous
+        .filter(|&p| p != desired)
+        .map(|_| scale_reason.clone());
 
     let healing = pool.spec.healing.clone().unwrap_or_default();
     let hash = build::template_hash(pool);
@@ -120,12 +116,11 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     }
 
     if let Some(reason) = &scaled {
-        let up = pool
-            .status
-            .as_ref()
-            .is_none_or(|s| desired > s.desired_replicas);
-        info!(pool = %key, desired, %reason, "scaling");
-        ctx.metrics.scaled(&ns, &name, up);
+        let from = previous.unwrap_or_default();
+        info!(pool = %key, from, desired, %reason, "scaling");
+        ctx.metrics.scaled(&ns, &name, desired > from);
+        ctx.history
+            .record(&ns, &name, PoolEvent::Scale, "", from, desired, reason);
         publish(
             ctx,
             pool,
@@ -145,6 +140,7 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
         &hash,
         token.as_deref(),
         now,
+        desired,
     )
     .await?;
 
@@ -353,6 +349,7 @@ async fn apply_plan(
     hash: &str,
     token: Option<&str>,
     now: Timestamp,
+    desired: i32,
 ) -> Result<()> {
     let ns = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
@@ -360,6 +357,8 @@ async fn apply_plan(
         if let Removal::Heal(why) = removal {
             warn!(pool = %name, %pod, %why, "replacing broken browser");
             ctx.metrics.healed(&ns, &name);
+            ctx.history
+                .record(&ns, &name, PoolEvent::Heal, pod, desired, desired, why);
             publish(
                 ctx,
                 pool,
@@ -385,6 +384,13 @@ async fn apply_plan(
                 warn!(pool = %name, %pod, error = %e, "drain request failed");
             }
         }
+        let (event, why) = match removal {
+            Removal::OutOfDate => (PoolEvent::Roll, "built from an older spec".to_owned()),
+            Removal::Recycle(why) => (PoolEvent::Recycle, why.clone()),
+            Removal::ScaleDown | Removal::Heal(_) => (PoolEvent::Drain, removal.describe()),
+        };
+        ctx.history
+            .record(&ns, &name, event, pod, desired, desired, &why);
         let mark = json!({"metadata": {"annotations": {labels::DRAINING: now.to_string()}}});
         pods.patch(pod, &PatchParams::default(), &Patch::Merge(&mark))
             .await?;
