@@ -118,7 +118,13 @@ async fn main() -> anyhow::Result<()> {
     let history = match &args.clickhouse_url {
         Some(url) => {
             let ch = ClickHouseSettings::new(url, &args.clickhouse_database, "--clickhouse-url")?;
-            PoolHistory::start(ch, WriterConfig::new(args.spool_dir.clone()))
+            // The chart gives /tmp a 64 MiB emptyDir; the spool stays well inside it
+            // (about 100,000 events), so an outage never gets the pod evicted.
+            let config = WriterConfig {
+                spool_max_bytes: 32 << 20,
+                ..WriterConfig::new(args.spool_dir.clone())
+            };
+            PoolHistory::start(ch, config)
                 .with_context(|| format!("opening the spool in {}", args.spool_dir.display()))?
         }
         None => PoolHistory::disabled(),
