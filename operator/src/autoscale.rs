@@ -132,6 +132,15 @@ mod tests {
         }
     }
 
+    fn sample(load: u64, reporting: i32, silent: i32, waiting: u64) -> LoadSample {
+        LoadSample {
+            load,
+            reporting,
+            silent,
+            waiting,
+        }
+    }
+
     fn load(load: u64, reporting: i32) -> LoadSample {
         LoadSample {
             load,
@@ -220,29 +229,9 @@ mod tests {
         let mut a = Autoscaler::default();
         let idle = a.decide(&p, 0.0, 2, load(0, 2));
         assert_eq!(idle.desired, 0);
-        let none = a.decide(
-            &p,
-            1.0,
-            0,
-            LoadSample {
-                load: 0,
-                reporting: 0,
-                silent: 0,
-                waiting: 0,
-            },
-        );
+        let none = a.decide(&p, 1.0, 0, sample(0, 0, 0, 0));
         assert_eq!(none.desired, 0);
-        let woken = a.decide(
-            &p,
-            2.0,
-            0,
-            LoadSample {
-                load: 0,
-                reporting: 0,
-                silent: 0,
-                waiting: 9,
-            },
-        );
+        let woken = a.decide(&p, 2.0, 0, sample(0, 0, 0, 9));
         assert_eq!(woken.desired, 3, "{}", woken.reason);
         assert!(woken.reason.contains("9 requests waiting"));
     }
@@ -251,29 +240,9 @@ mod tests {
     fn a_silent_browser_blocks_scale_down_but_not_scale_up() {
         let p = policy(1, 10, 0, 0);
         let mut a = Autoscaler::default();
-        let held = a.decide(
-            &p,
-            0.0,
-            4,
-            LoadSample {
-                load: 0,
-                reporting: 3,
-                silent: 1,
-                waiting: 0,
-            },
-        );
+        let held = a.decide(&p, 0.0, 4, sample(0, 3, 1, 0));
         assert_eq!(held.desired, 4);
-        let up = a.decide(
-            &p,
-            1.0,
-            4,
-            LoadSample {
-                load: 40,
-                reporting: 3,
-                silent: 1,
-                waiting: 0,
-            },
-        );
+        let up = a.decide(&p, 1.0, 4, sample(40, 3, 1, 0));
         assert_eq!(up.desired, 10);
     }
 }
