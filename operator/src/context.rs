@@ -111,11 +111,17 @@ impl Context {
         f(pools.entry(key.to_owned()).or_default())
     }
 
-    pub fn forget_pool(&self, key: &str) {
-        self.pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+    /// Drops the memory and the metric series of pools that no longer exist; `exists` gets
+    /// `namespace/name`. Without this a deleted pool's gauges would stay at their last value.
+    pub fn forget_pools_except(&self, exists: impl Fn(&str) -> bool) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|key, _| {
+            let keep = exists(key);
+            if !keep && let Some((ns, name)) = key.split_once('/') {
+                self.metrics.forget_pool(ns, name);
+            }
+            keep
+        });
     }
 
     pub fn cached_capabilities(&self, uid: &str) -> Option<Capabilities> {

@@ -79,19 +79,34 @@ pub async fn controllers(
     let pools = Controller::new(
         api::<BrowserPool>(&client, namespace),
         watcher::Config::default(),
-    )
-    .owns(
-        api::<PartialObjectMeta<Pod>>(&client, namespace),
-        managed.clone(),
-    )
-    .with_config(config.clone())
-    .graceful_shutdown_on(shutdown(stop_rx.clone()))
-    .run(pool::reconcile::reconcile, pool_error, ctx.clone())
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "pool controller");
+    );
+    // Forget deleted pools (their autoscaler memory and metric series) once a minute.
+    let pool_store = pools.store();
+    let janitor_ctx = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let live: std::collections::HashSet<String> = pool_store
+                .state()
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            janitor_ctx.forget_pools_except(|key| live.contains(key));
         }
     });
+    let pools = pools
+        .owns(
+            api::<PartialObjectMeta<Pod>>(&client, namespace),
+            managed.clone(),
+        )
+        .with_config(config.clone())
+        .graceful_shutdown_on(shutdown(stop_rx.clone()))
+        .run(pool::reconcile::reconcile, pool_error, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "pool controller");
+            }
+        });
 
     // A model follows its pool's pods: any change to them re-runs the models of that pool.
     let models = Controller::new(

@@ -110,3 +110,61 @@ async fn a_missing_pool_is_reported_not_an_error() {
         .unwrap();
     api.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_model_no_browser_can_run_is_reported_unplaceable() {
+    let p = pool("  image: reg/browser:1\n  replicas: 1\n  backends: [wasm]\n");
+    let md = model("[webgpu]");
+    let hash = template_hash(&p);
+    let steps = vec![
+        step("GET", POOL, (200, serde_json::to_value(&p).unwrap())),
+        step(
+            "GET",
+            PODS,
+            (
+                200,
+                list(vec![pod("web-a", &hash, "Running", true, "10.0.0.1")]),
+            ),
+        ),
+        step(
+            "GET",
+            "/api/v1/namespaces/ml/secrets/web-agent-token",
+            (200, token_secret()),
+        ),
+        step_checked(
+            "PATCH",
+            &format!("{MODEL}/status"),
+            (200, serde_json::to_value(&md).unwrap()),
+            |b| {
+                let c = &b["status"]["conditions"];
+                assert_eq!(
+                    (c[0]["type"].as_str(), c[0]["reason"].as_str()),
+                    (Some("Ready"), Some("Unplaceable"))
+                );
+                assert_eq!(
+                    (c[2]["type"].as_str(), c[2]["status"].as_str()),
+                    (Some("Degraded"), Some("True"))
+                );
+                assert!(
+                    c[2]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("can run [webgpu]"),
+                    "{c}"
+                );
+                assert_eq!(b["status"]["loadedReplicas"], 0);
+            },
+        ),
+    ];
+    let agents = FakeAgents::with_loads(&[]);
+    let (client, api) = mock_api(steps);
+    reconcile(Arc::new(md), context(client, agents.clone()))
+        .await
+        .unwrap();
+    api.await.unwrap();
+    assert!(
+        !agents.calls().iter().any(|c| c.starts_with("load")),
+        "{:?}",
+        agents.calls()
+    );
+}

@@ -397,3 +397,32 @@ async fn autoscaling_follows_agent_load_with_an_event_and_the_reason_in_status()
         kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(1))
     );
 }
+
+#[tokio::test]
+async fn a_deleted_pools_metric_series_and_memory_are_forgotten() {
+    let p = pool("  image: reg/browser:1\n  replicas: 0\n");
+    let mut steps = owned_objects_exist();
+    steps.push(step("GET", PODS, (200, list(vec![]))));
+    steps.push(step(
+        "PATCH",
+        &format!("{POOL}/status"),
+        pool_with_status(&p),
+    ));
+    let (client, api) = mock_api(steps);
+    let ctx = context(client, FakeAgents::with_loads(&[]));
+    reconcile(Arc::new(p), ctx.clone()).await.unwrap();
+    api.await.unwrap();
+    let series = r#"webaccel_operator_pool_browsers{namespace="ml",pool="web",kind="desired"} 0"#;
+    assert!(
+        ctx.metrics.encode().contains(series),
+        "{}",
+        ctx.metrics.encode()
+    );
+    ctx.forget_pools_except(|key| key != "ml/web");
+    assert!(
+        !ctx.metrics.encode().contains("pool=\"web\""),
+        "{}",
+        ctx.metrics.encode()
+    );
+    assert_eq!(ctx.with_pool("ml/web", |m| m.last_desired), None);
+}

@@ -27,6 +27,9 @@ pub struct Placement {
     pub load: Vec<(String, Backend)>,
     pub unload: Vec<String>,
     pub replicas: Vec<ReplicaStatus>,
+    /// Replicas wanted that no browser can take now, and why.
+    pub unplaced: usize,
+    pub unplaced_reason: Option<String>,
 }
 
 /// The backend to ask a browser for: the first requested one that the pool allows and the
@@ -126,14 +129,14 @@ pub fn plan(
         p.replicas.push(r);
         need -= 1;
     }
-    for i in 0..need {
-        let mut r = replica(&format!("(unplaced-{})", i + 1), ReplicaState::Pending);
+    if need > 0 {
         let wanted: Vec<&str> = requested.iter().map(|b| b.as_str()).collect();
-        r.reason = Some(format!(
-            "no ready browser in the pool without this model can run [{}] within the pool's backends",
+        p.unplaced = need;
+        p.unplaced_reason = Some(format!(
+            "{need} replicas cannot be placed: no ready browser of the pool without this model \
+             can run [{}] within the pool's backends",
             wanted.join(", ")
         ));
-        p.replicas.push(r);
     }
     p
 }
@@ -238,6 +241,12 @@ mod tests {
         assert!(p.load.is_empty());
         assert_eq!(p.replicas[0].state, ReplicaState::FailedToLoad);
         assert_eq!(p.replicas[0].reason.as_deref(), Some("sha256 mismatch"));
-        assert_eq!(p.replicas[1].state, ReplicaState::Pending);
+        assert_eq!(p.replicas.len(), 1);
+        assert_eq!(p.unplaced, 1);
+        assert!(
+            p.unplaced_reason
+                .unwrap()
+                .starts_with("1 replicas cannot be placed")
+        );
     }
 }

@@ -16,7 +16,7 @@ use tracing::warn;
 use webaccel_api::labels::{self, condition};
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState};
 
-use super::place::{self, Candidate};
+use super::place::{self, Candidate, Placement};
 use crate::agent::{Endpoint, LoadRequest, ModelOnAgent};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -172,7 +172,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
 
     // Loading takes seconds (download, compile, warm-up): say so before waiting on it.
     if !placement.load.is_empty() {
-        patch_status(&api, md, status_of(md, &placement.replicas, now)).await?;
+        patch_status(&api, md, status_of(md, &placement, now)).await?;
     }
     let endpoint_of = |pod: &str| {
         seen.iter()
@@ -249,7 +249,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         }
     }
 
-    let status = status_of(md, &placement.replicas, now);
+    let status = status_of(md, &placement, now);
     let settled = status.loaded_replicas == md.spec.replicas;
     patch_status(&api, md, status).await?;
     Ok(Action::requeue(if settled {
@@ -259,21 +259,13 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     }))
 }
 
-fn status_of(
-    md: &ModelDeployment,
-    replicas: &[webaccel_api::v1alpha1::ReplicaStatus],
-    now: Timestamp,
-) -> ModelDeploymentStatus {
+fn status_of(md: &ModelDeployment, placement: &Placement, now: Timestamp) -> ModelDeploymentStatus {
+    let replicas = &placement.replicas;
     let old = md.status.clone().unwrap_or_default();
     let g = md.metadata.generation;
-    let loaded = replicas
-        .iter()
-        .filter(|r| r.state == ReplicaState::Loaded)
-        .count() as i32;
-    let failed = replicas
-        .iter()
-        .filter(|r| r.state == ReplicaState::FailedToLoad)
-        .count();
+    let count = |state| replicas.iter().filter(|r| r.state == state).count();
+    let loaded = count(ReplicaState::Loaded) as i32;
+    let loading = count(ReplicaState::Loading) + count(ReplicaState::Pending);
     let mut backends: Vec<String> = replicas
         .iter()
         .filter(|r| r.state == ReplicaState::Loaded)
@@ -283,11 +275,26 @@ fn status_of(
     backends.dedup();
     let want = md.spec.replicas;
     let msg = format!("{loaded}/{want} replicas loaded");
-    let c = &old.conditions;
-    let first_failure = replicas
+    let failure = replicas
         .iter()
         .find(|r| r.state == ReplicaState::FailedToLoad)
         .and_then(|r| r.reason.clone());
+    let ready = loaded >= want;
+    let ready_reason = if ready {
+        "Loaded"
+    } else if loading > 0 {
+        "Loading"
+    } else if placement.unplaced > 0 {
+        "Unplaceable"
+    } else {
+        "FailedToLoad"
+    };
+    let (degraded, degraded_reason, degraded_msg) = match (&failure, &placement.unplaced_reason) {
+        (Some(why), _) => (true, "FailedToLoad", why.clone()),
+        (None, Some(why)) => (true, "Unplaceable", why.clone()),
+        (None, None) => (false, "NoFailures", "no load failed".to_owned()),
+    };
+    let c = &old.conditions;
     ModelDeploymentStatus {
         observed_generation: g,
         loaded_replicas: loaded,
@@ -296,8 +303,8 @@ fn status_of(
             make_condition(
                 c,
                 condition::READY,
-                loaded >= want,
-                if loaded >= want { "Loaded" } else { "Loading" },
+                ready,
+                ready_reason,
                 msg.clone(),
                 g,
                 now,
@@ -305,22 +312,18 @@ fn status_of(
             make_condition(
                 c,
                 condition::PROGRESSING,
-                loaded < want && failed == 0,
-                "Placing",
-                msg.clone(),
+                loading > 0,
+                if loading > 0 { "Placing" } else { "Settled" },
+                format!("{loading} replicas loading"),
                 g,
                 now,
             ),
             make_condition(
                 c,
                 condition::DEGRADED,
-                failed > 0,
-                if failed > 0 {
-                    "FailedToLoad"
-                } else {
-                    "NoFailures"
-                },
-                first_failure.unwrap_or_else(|| "no load failed".into()),
+                degraded,
+                degraded_reason,
+                degraded_msg,
                 g,
                 now,
             ),
