@@ -83,10 +83,8 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
-        let reporter = Reporter {
-            controller: webaccel_api::labels::FIELD_MANAGER.into(),
-            instance: None,
-        };
+        // The instance is the host name, which in a pod is the pod's name.
+        let reporter = Reporter::from(webaccel_api::labels::FIELD_MANAGER);
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,

@@ -428,6 +428,18 @@ async fn patch_status(
     Ok(())
 }
 
+/// `s` cut to at most `max` bytes at a character boundary (an Event note may hold 1 kB).
+fn truncate_bytes(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// Publishes an Event on the pool; a failure to do so is logged, never fatal.
 pub async fn publish(
     ctx: &Context,
@@ -440,11 +452,49 @@ pub async fn publish(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(truncate_bytes(note, 1000)),
         action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
         warn!(error = %e, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_cut_to_bytes_not_characters() {
+        let note = "→".repeat(400); // 3 bytes each
+        let cut = truncate_bytes(note, 1000);
+        assert_eq!(cut.len(), 999);
+        assert_eq!(truncate_bytes("short".into(), 1000), "short");
+    }
+
+    #[test]
+    fn firefox_is_refused_with_the_reason() {
+        let spec: BrowserPoolSpec =
+            serde_json::from_value(serde_json::json!({"image": "i", "browser": "firefox"}))
+                .unwrap();
+        assert!(
+            validate(&spec)
+                .unwrap_err()
+                .contains("Chrome DevTools Protocol")
+        );
+        let spec: BrowserPoolSpec =
+            serde_json::from_value(serde_json::json!({"image": "i"})).unwrap();
+        assert!(validate(&spec).is_ok());
+    }
+
+    #[test]
+    fn pod_names_stay_valid_hostnames() {
+        let name = new_pod_name(&"p".repeat(80));
+        assert!(name.len() <= 63, "{name}");
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
     }
 }
