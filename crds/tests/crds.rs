@@ -126,6 +126,19 @@ fn autoscaling_minimum_above_maximum_is_refused() {
 }
 
 #[test]
+fn pool_names_must_make_valid_service_and_pod_names() {
+    let named = |name: &str| {
+        let mut p = pool(json!({"image": "i"}));
+        p["metadata"]["name"] = json!(name);
+        cel_failures(&p)
+    };
+    assert!(named("gpu-pool-2").is_empty());
+    for bad in ["gpu.pool", "1gpu", "gpu-", &"p".repeat(51)] {
+        assert_eq!(named(bad).len(), 1, "{bad}");
+    }
+}
+
+#[test]
 fn pool_backends_must_be_a_non_empty_list_without_auto() {
     let empty = pool(json!({"image": "i", "backends": []}));
     assert_eq!(

@@ -25,6 +25,9 @@ use crate::Backend;
     status = "BrowserPoolStatus",
     derive = "PartialEq",
     doc = "A pool of browser pods, each running webaccel-agent, kept at size and healthy by webaccel-operator.",
+    // The pool's name becomes the headless Service's name (a DNS-1035 label) and the prefix
+    // of its pods' names and hostnames.
+    validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 50").message("a BrowserPool name is at most 50 lowercase letters, digits and '-', starting with a letter (it names the pool's Service and prefixes its pod names)"),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
