@@ -68,6 +68,42 @@ fn every_cel_rule_compiles() {
     }
 }
 
+/// Every rule in `schema` with the schema node it sits on, depth first.
+fn rules_with_nodes<'a>(
+    node: &'a cel::CompiledSchema,
+    out: &mut Vec<(String, &'a cel::CompiledSchema)>,
+) {
+    for v in node.validations.iter().flatten() {
+        out.push((v.rule.rule.clone(), node));
+    }
+    for child in node.properties.values() {
+        rules_with_nodes(child, out);
+    }
+    if let Some(items) = &node.items {
+        rules_with_nodes(items, out);
+    }
+}
+
+#[test]
+fn every_cel_rule_stays_within_the_cost_budget() {
+    // BrowserPool has 6 rules, ModelDeployment 3; all must be found and checked.
+    for (schema, expected) in [
+        (schema_of::<BrowserPool>(), 6),
+        (schema_of::<ModelDeployment>(), 3),
+    ] {
+        let compiled = cel::compile_schema(&schema);
+        let mut rules = Vec::new();
+        rules_with_nodes(&compiled, &mut rules);
+        assert_eq!(rules.len(), expected);
+        for (rule, node) in rules {
+            // Cost only: kube-cel's scope check takes comprehension variables (the `b` of
+            // `self.exists(b, ...)`) for unknown names.
+            let warnings = cel::estimate_rule_cost(&rule, node);
+            assert!(warnings.is_empty(), "{rule}: {warnings:?}");
+        }
+    }
+}
+
 #[test]
 fn examples_parse_and_pass_validation() {
     let mut seen = 0;

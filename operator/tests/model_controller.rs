@@ -178,15 +178,42 @@ async fn deleting_a_model_unloads_it_everywhere_then_releases_the_finalizer() {
     ));
     let hash = template_hash(&p);
     let mut holder = pod("web-a", &hash, "Running", true, "10.0.0.1");
-    holder.metadata.labels.as_mut().unwrap().insert("webaccel.dev/model.minilm".into(), "loaded".into());
+    holder
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("webaccel.dev/model.minilm".into(), "loaded".into());
     let md_json = serde_json::to_value(&md).unwrap();
     let steps = vec![
         step("GET", POOL, (200, serde_json::to_value(&p).unwrap())),
-        step("GET", PODS, (200, list(vec![holder.clone(), pod("web-b", &hash, "Running", true, "10.0.0.2")]))),
-        step("GET", "/api/v1/namespaces/ml/secrets/web-agent-token", (200, token_secret())),
-        step_checked("PATCH", &format!("{PODS}/web-a"), (200, serde_json::to_value(&holder).unwrap()), |b| {
-            assert_eq!(b, &json!({"metadata": {"labels": {"webaccel.dev/model.minilm": null}}}));
-        }),
+        step(
+            "GET",
+            PODS,
+            (
+                200,
+                list(vec![
+                    holder.clone(),
+                    pod("web-b", &hash, "Running", true, "10.0.0.2"),
+                ]),
+            ),
+        ),
+        step(
+            "GET",
+            "/api/v1/namespaces/ml/secrets/web-agent-token",
+            (200, token_secret()),
+        ),
+        step_checked(
+            "PATCH",
+            &format!("{PODS}/web-a"),
+            (200, serde_json::to_value(&holder).unwrap()),
+            |b| {
+                assert_eq!(
+                    b,
+                    &json!({"metadata": {"labels": {"webaccel.dev/model.minilm": null}}})
+                );
+            },
+        ),
         step_checked("PATCH", MODEL, (200, md_json), |b| {
             // kube's finalizer helper: a JSON patch that tests, then removes, our finalizer.
             assert!(b.to_string().contains("/metadata/finalizers"), "{b}");
@@ -194,7 +221,12 @@ async fn deleting_a_model_unloads_it_everywhere_then_releases_the_finalizer() {
     ];
     let agents = FakeAgents::with_loads(&[]);
     let (client, api) = mock_api(steps);
-    reconcile(Arc::new(md), context(client, agents.clone())).await.unwrap();
+    reconcile(Arc::new(md), context(client, agents.clone()))
+        .await
+        .unwrap();
     api.await.unwrap();
-    assert_eq!(agents.calls(), ["unload web-a minilm", "unload web-b minilm"]);
+    assert_eq!(
+        agents.calls(),
+        ["unload web-a minilm", "unload web-b minilm"]
+    );
 }
