@@ -86,6 +86,11 @@ fn rules_with_nodes<'a>(
 
 #[test]
 fn every_cel_rule_stays_within_the_cost_budget() {
+    // The estimator has teeth: a nested comprehension over an unbounded list of unbounded
+    // strings is over budget, as the API server would say.
+    let unbounded = cel::compile_schema(&json!({"type": "array", "items": {"type": "string"}}));
+    assert!(!cel::estimate_rule_cost("self.all(x, self.all(y, x == y))", &unbounded).is_empty());
+
     // BrowserPool has 6 rules, ModelDeployment 3; all must be found and checked.
     for (schema, expected) in [
         (schema_of::<BrowserPool>(), 6),
