@@ -166,7 +166,9 @@ impl Agent {
         Ok(())
     }
 
-    /// Ready means: a browser is up, no model is still loading, and not draining.
+    /// Ready means: a browser is up, not draining, and every model given at start (or
+    /// loaded before a browser restart) is loaded. A model loading for the first time at
+    /// run time does not count: the models already served stay in rotation.
     pub fn is_ready(&self) -> bool {
         !self.admission.is_draining() && self.browser.link().is_some() && !self.models.any_loading()
     }

@@ -140,7 +140,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         args,
     });
     for spec in &agent.args.models {
-        agent.models.insert(spec.clone());
+        agent.models.insert(spec.clone()).gate_readiness();
     }
 
     let shutdown = CancellationToken::new();

@@ -87,6 +87,11 @@ pub struct ModelEntry {
     pub slot: Semaphore,
     /// The file's digest once fetched, so reloads read the cache, not the source.
     resolved_sha: RwLock<Option<String>>,
+    /// Whether the agent is unready while this model is not loaded: true for models given
+    /// on the command line and for any model once it has loaded (so a browser restart that
+    /// must reload it makes the pod unready), false for a model loading for the first time
+    /// at run time, which must not take the models already served out of rotation.
+    gates_readiness: std::sync::atomic::AtomicBool,
 }
 
 impl ModelEntry {
@@ -97,11 +102,23 @@ impl ModelEntry {
             pinned: RwLock::new(None),
             slot: Semaphore::new(1),
             resolved_sha: RwLock::new(None),
+            gates_readiness: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn state(&self) -> ModelState {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes readiness wait for this model (see `gates_readiness`).
+    pub fn gate_readiness(&self) {
+        self.gates_readiness
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn gates_readiness(&self) -> bool {
+        self.gates_readiness
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn set_state(&self, s: ModelState) {
@@ -210,10 +227,11 @@ impl ModelRegistry {
     }
 
     /// Whether any model is still on its way in.
+    /// A model readiness waits for is not loaded yet (or again).
     pub fn any_loading(&self) -> bool {
-        self.all()
-            .iter()
-            .any(|e| matches!(e.state(), ModelState::Pending | ModelState::Loading))
+        self.all().iter().any(|e| {
+            e.gates_readiness() && matches!(e.state(), ModelState::Pending | ModelState::Loading)
+        })
     }
 }
 
@@ -237,6 +255,7 @@ pub async fn load_into(
             tracing::info!(model = %entry.spec.name, backend = %m.backend, create_ms = m.create_ms, warmup_ms = ?m.warmup_ms, "model loaded");
             agent.stats.model_loaded(&entry.spec.name, m);
             entry.set_state(ModelState::Loaded(m.clone()));
+            entry.gate_readiness();
         }
         // The browser went away mid-load: try again in the next one.
         Err(AgentError::Browser { .. }) => entry.set_state(ModelState::Pending),
