@@ -27,6 +27,9 @@ pub struct Decision {
     /// What the load alone asks for, before stabilization.
     pub recommended: i32,
     pub reason: String,
+    /// A bounded name for `reason`, fit for a metric label: `load`, `waiting_requests`,
+    /// `idle` or `silent_browsers`.
+    pub cause: &'static str,
 }
 
 /// Per-pool memory: the recent recommendations the stabilization windows look at.
@@ -45,33 +48,34 @@ impl Autoscaler {
         sample: LoadSample,
     ) -> Decision {
         let target = f64::from(policy.target_in_flight_per_browser.max(1));
-        let (mut recommended, mut why) = if sample.reporting + sample.silent == 0 {
+        let (mut recommended, mut why, mut cause) = if sample.reporting + sample.silent == 0 {
             // Nobody to ask: only the waiting-requests signal says anything.
             if sample.waiting > 0 {
                 let n = (sample.waiting as f64 / target).ceil() as i32;
                 (
                     n.max(1),
                     format!("{} requests waiting and no ready browser", sample.waiting),
+                    "waiting_requests",
                 )
             } else {
                 (
                     policy.min_replicas,
                     "no ready browser and nothing waiting".to_owned(),
+                    "idle",
                 )
             }
         } else {
             let n = (sample.load as f64 / target).ceil() as i32;
-            (
-                n,
-                format!(
-                    "load {} over {} browsers, target {}/browser",
-                    sample.load, sample.reporting, target
-                ),
-            )
+            let why = format!(
+                "load {} over {} browsers, target {}/browser",
+                sample.load, sample.reporting, target
+            );
+            (n, why, if sample.load == 0 { "idle" } else { "load" })
         };
         // A browser whose load is unknown might be busy: never scale below what is running.
         if sample.silent > 0 && recommended < current {
             recommended = current;
+            cause = "silent_browsers";
             why.push_str(&format!(
                 "; {} browsers did not report, holding",
                 sample.silent
@@ -113,6 +117,7 @@ impl Autoscaler {
             desired,
             recommended,
             reason,
+            cause,
         }
     }
 }
@@ -233,6 +238,10 @@ mod tests {
         assert_eq!(none.desired, 0);
         let woken = a.decide(&p, 2.0, 0, sample(0, 0, 0, 9));
         assert_eq!(woken.desired, 3, "{}", woken.reason);
+        assert_eq!(
+            (idle.cause, none.cause, woken.cause),
+            ("idle", "idle", "waiting_requests")
+        );
         assert!(woken.reason.contains("9 requests waiting"));
     }
 
@@ -242,6 +251,7 @@ mod tests {
         let mut a = Autoscaler::default();
         let held = a.decide(&p, 0.0, 4, sample(0, 3, 1, 0));
         assert_eq!(held.desired, 4);
+        assert_eq!(held.cause, "silent_browsers");
         let up = a.decide(&p, 1.0, 4, sample(40, 3, 1, 0));
         assert_eq!(up.desired, 10);
     }

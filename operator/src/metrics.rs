@@ -34,6 +34,8 @@ struct ScaleLabel {
     namespace: String,
     pool: String,
     direction: &'static str,
+    /// Bounded: `spec`, `load`, `idle`, `waiting_requests`, `silent_browsers`.
+    cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,7 +86,7 @@ impl Default for Metrics {
         );
         registry.register(
             "scale_decisions",
-            "Autoscaler size changes, by direction",
+            "Pool size changes, by direction and cause",
             scale_decisions.clone(),
         );
         registry.register("heals", "Broken browser pods replaced", heals.clone());
@@ -124,12 +126,13 @@ impl Metrics {
         }
     }
 
-    pub fn scaled(&self, namespace: &str, pool: &str, up: bool) {
+    pub fn scaled(&self, namespace: &str, pool: &str, up: bool, cause: &'static str) {
         let direction = if up { "up" } else { "down" };
         let l = ScaleLabel {
             namespace: namespace.into(),
             pool: pool.into(),
             direction,
+            cause,
         };
         self.scale_decisions.get_or_create(&l).inc();
     }

@@ -384,13 +384,15 @@ async fn autoscaling_follows_agent_load_with_an_event_and_the_reason_in_status()
         },
     ));
     let (client, api) = mock_api(steps);
-    let action = reconcile(
-        Arc::new(p),
-        context(client, FakeAgents::with_loads(&[("web-a", 12)])),
-    )
-    .await
-    .unwrap();
+    let ctx = context(client, FakeAgents::with_loads(&[("web-a", 12)]));
+    let action = reconcile(Arc::new(p), ctx.clone()).await.unwrap();
     api.await.unwrap();
+    let decisions = r#"webaccel_operator_scale_decisions_total{namespace="ml",pool="web",direction="up",cause="load"} 1"#;
+    assert!(
+        ctx.metrics.encode().contains(decisions),
+        "{}",
+        ctx.metrics.encode()
+    );
     // Autoscaled pools are looked at again after the load poll interval.
     assert_eq!(
         action,

@@ -83,7 +83,7 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     let mut browsers: Vec<BrowserView> = listed.items.iter().map(BrowserView::from_pod).collect();
     observe_agents(ctx, &listed.items, &mut browsers, token.as_deref()).await;
 
-    let (desired, scale_reason) = desired_size(pool, ctx, &key, &browsers, now);
+    let (desired, scale_reason, scale_cause) = desired_size(pool, ctx, &key, &browsers, now);
     // The size steered to before: this process's memory, else what the status said.
     let previous = ctx
         .with_pool(&key, |m| m.last_desired.replace(desired))
@@ -118,7 +118,7 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     if let Some(reason) = &scaled {
         let from = previous.unwrap_or_default();
         info!(pool = %key, from, desired, %reason, "scaling");
-        ctx.metrics.scaled(&ns, &name, desired > from);
+        ctx.metrics.scaled(&ns, &name, desired > from, scale_cause);
         ctx.history
             .record(&ns, &name, PoolEvent::Scale, "", from, desired, reason);
         publish(
@@ -298,11 +298,12 @@ fn desired_size(
     key: &str,
     browsers: &[BrowserView],
     now: Timestamp,
-) -> (i32, String) {
+) -> (i32, String, &'static str) {
     let Some(policy) = pool.spec.autoscaling.as_ref().filter(|a| a.enabled) else {
         return (
             pool.spec.replicas,
             format!("spec.replicas is {}", pool.spec.replicas),
+            "spec",
         );
     };
     let serving: Vec<&BrowserView> = browsers
@@ -326,7 +327,7 @@ fn desired_size(
     let current = ctx.with_pool(key, |m| m.last_desired).unwrap_or(current);
     let now_s = now.as_millisecond() as f64 / 1000.0;
     let d = ctx.with_pool(key, |m| m.autoscaler.decide(policy, now_s, current, sample));
-    (d.desired, d.reason)
+    (d.desired, d.reason, d.cause)
 }
 
 /// Pod names: the pool's name (cut so the pod name stays a valid hostname) and 5 random
