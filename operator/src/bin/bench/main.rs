@@ -249,7 +249,7 @@ async fn main() -> anyhow::Result<()> {
         "reconciles_per_s": (2 * args.pools) as f64 / total_s,
         "operator_rss_mib": {"start": rss_start, "with_live_controllers": rss_live},
         "live_controllers_first_pass_s": live_s,
-        "live_pools_reconciled": live_done,
+        "live_status_writes_seen": live_done,
         "autoscaler_reaction_ms": {"median": r50, "max": rmax, "poll_interval_ms": args.poll_interval.as_millis(), "trials": reactions.len()},
         "targets": {"reconcile_p99_ms": 20, "rss_mib_for_10000_pods": 100, "reaction_ms": 1000},
     });
