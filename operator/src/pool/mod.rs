@@ -1,5 +1,6 @@
 //! The `BrowserPool` controller: build, decide, apply, report.
 
+pub mod apply;
 pub mod build;
 pub mod decide;
 pub mod observe;
