@@ -1,6 +1,6 @@
 //! The `webaccel-operator` binary end to end: it reads a kubeconfig, lists and watches
 //! through a fake API server over HTTP (the bench's, in its own process), reconciles every
-//! pool, serves its metrics, and exits cleanly on SIGTERM.
+//! pool once it holds the Lease, serves its metrics, and exits cleanly on SIGTERM.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -57,7 +57,9 @@ async fn the_operator_reconciles_through_a_kubeconfig_serves_metrics_and_stops_o
     let metrics_port = free_port();
     let operator = Command::new(env!("CARGO_BIN_EXE_webaccel-operator"))
         .args([
-            "--leader-election=false",
+            // Leader election on, as deployed: the fake keeps one Lease.
+            "--lease-namespace=webaccel-system",
+            "--identity=op-1",
             &format!("--metrics-addr=127.0.0.1:{metrics_port}"),
             // The fake pods' IPs lead nowhere; do not wait long for their agents.
             "--agent-timeout=200ms",
@@ -96,6 +98,13 @@ async fn the_operator_reconciles_through_a_kubeconfig_serves_metrics_and_stops_o
         ),
         "{metrics}"
     );
+
+    let lease = get(&format!(
+        "{api}/apis/coordination.k8s.io/v1/namespaces/webaccel-system/leases/webaccel-operator"
+    ))
+    .await
+    .unwrap();
+    assert!(lease.contains(r#""holderIdentity":"op-1""#), "{lease}");
 
     // SIGTERM: finish and exit 0.
     nix::sys::signal::kill(

@@ -32,11 +32,13 @@ pub struct FakeApi {
     all_pools: Vec<Vec<u8>>,
     pub requests: AtomicU64,
     pub status_patches: AtomicU64,
+    lease: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 /// A whole body, or a watch that stays open and never sends an event.
 enum Answer {
     Body(Vec<u8>),
+    NotFound,
     QuietWatch,
 }
 
@@ -104,6 +106,7 @@ impl FakeApi {
             all_pools,
             requests: AtomicU64::new(0),
             status_patches: AtomicU64::new(0),
+            lease: std::sync::Mutex::new(None),
         }
     }
 
@@ -118,6 +121,21 @@ impl FakeApi {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if query.contains("watch=true") {
             return Answer::QuietWatch;
+        }
+        // One Lease, kept as last written, for leader election.
+        if path.contains("/apis/coordination.k8s.io/") {
+            let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+            return match method {
+                "GET" => lease.clone().map_or(Answer::NotFound, Answer::Body),
+                _ => {
+                    let mut obj: Value = serde_json::from_slice(body).unwrap_or_default();
+                    obj["metadata"]["resourceVersion"] =
+                        json!(self.requests.load(Ordering::Relaxed).to_string());
+                    let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+                    *lease = Some(bytes.clone());
+                    Answer::Body(bytes)
+                }
+            };
         }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let ns = parts
@@ -159,6 +177,8 @@ impl FakeApi {
     }
 }
 
+const NOT_FOUND: &str = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"not found"}"#;
+
 type AnswerBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 pub fn client(api: Arc<FakeApi>) -> Client {
@@ -179,14 +199,21 @@ pub fn client(api: Arc<FakeApi>) -> Client {
                 .await
                 .map(|b| b.to_vec())
                 .unwrap_or_default();
-            let body: AnswerBody = match api.serve(&method, &path, &query, metadata_only, &body) {
-                Answer::Body(b) => Full::new(Bytes::from(b)).boxed_unsync(),
-                Answer::QuietWatch => {
-                    StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>())
-                        .boxed_unsync()
-                }
-            };
-            Ok::<_, Infallible>(Response::new(body))
+            let (status, body): (u16, AnswerBody) =
+                match api.serve(&method, &path, &query, metadata_only, &body) {
+                    Answer::Body(b) => (200, Full::new(Bytes::from(b)).boxed_unsync()),
+                    Answer::NotFound => (404, Full::new(Bytes::from(NOT_FOUND)).boxed_unsync()),
+                    Answer::QuietWatch => (
+                        200,
+                        StreamBody::new(
+                            futures::stream::pending::<Result<Frame<Bytes>, Infallible>>(),
+                        )
+                        .boxed_unsync(),
+                    ),
+                };
+            let mut response = Response::new(body);
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+            Ok::<_, Infallible>(response)
         }
     });
     Client::new(service, "default")
@@ -327,6 +354,11 @@ pub async fn serve_http(api: FakeApi) -> anyhow::Result<()> {
         let query = uri.query().unwrap_or_default();
         let body = match api.serve(method.as_str(), uri.path(), query, metadata_only, &body) {
             Answer::Body(b) => AxumBody::from(b),
+            Answer::NotFound => {
+                let mut r = axum::response::Response::new(AxumBody::from(NOT_FOUND));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                return r;
+            }
             Answer::QuietWatch => {
                 AxumBody::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>())
             }
