@@ -371,13 +371,12 @@ async fn patch_status(
     md: &ModelDeployment,
     status: ModelDeploymentStatus,
 ) -> Result<()> {
-    let body = json!({"status": status});
-    api.patch_status(
-        &md.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&body),
-    )
-    .await?;
+    // Server-side apply of the whole status, so fields no longer set are removed.
+    let body =
+        json!({"apiVersion": "webaccel.dev/v1alpha1", "kind": "ModelDeployment", "status": status});
+    let ssa = PatchParams::apply(labels::FIELD_MANAGER).force();
+    api.patch_status(&md.name_any(), &ssa, &Patch::Apply(&body))
+        .await?;
     Ok(())
 }
 

@@ -159,9 +159,12 @@ pub async fn patch_status(
     name: &str,
     status: &webaccel_api::v1alpha1::BrowserPoolStatus,
 ) -> Result<()> {
-    let body = json!({"status": status});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await?;
+    // Server-side apply of the whole status: a field this manager no longer sets (say
+    // `backends` once no browser is ready) is removed, which a merge patch would leave.
+    let body =
+        json!({"apiVersion": "webaccel.dev/v1alpha1", "kind": "BrowserPool", "status": status});
+    let ssa = PatchParams::apply(labels::FIELD_MANAGER).force();
+    api.patch_status(name, &ssa, &Patch::Apply(&body)).await?;
     Ok(())
 }
 
