@@ -66,6 +66,11 @@ async fn a_new_pool_gets_its_secret_service_pdb_and_pods_then_status() {
         &format!("{POOL}/status"),
         pool_with_status(&p),
         |b| {
+            // A server-side apply of the status: the body names the object's kind.
+            assert_eq!(
+                (b["apiVersion"].as_str(), b["kind"].as_str()),
+                (Some("webaccel.dev/v1alpha1"), Some("BrowserPool"))
+            );
             let s = &b["status"];
             assert_eq!(s["desiredReplicas"], 2);
             assert_eq!(s["replicas"], 0);
