@@ -94,6 +94,17 @@ pub struct AgentArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub load_hang_timeout: Duration,
 
+    /// How long a freshly launched browser's page may take to start its runtime and say
+    /// hello before the launch counts as failed.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub page_start_timeout: Duration,
+
+    /// Watchdog: when the browser supervisor has been in one step this long past that
+    /// step's own bound, `/healthz` fails with the step's name, so the kubelet restarts
+    /// the container. Every step is bounded, so this is the last resort.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub supervisor_stall_timeout: Duration,
+
     /// How long SIGTERM waits for requests in flight before exiting anyway.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod models;
 pub mod page;
+pub mod reaper;
 pub mod recorder;
 pub mod stats;
 pub mod supervisor;
@@ -114,6 +115,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let base_url = format!("http://{}", std::net::SocketAddr::new(page_ip, addr.port()));
 
     let recorder = start_recorder(&args)?;
+    let reaper = reaper::Reaper::start();
     let launch = LaunchConfig {
         executable,
         extra_args: args.chromium_args.clone(),
@@ -127,9 +129,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 heartbeat_interval: args.heartbeat_interval,
                 hang_timeout: args.hang_timeout,
                 load_hang_timeout: args.load_hang_timeout,
+                hello_timeout: args.page_start_timeout,
+                launch: browser::LaunchTimeouts::default(),
+                stall_grace: args.supervisor_stall_timeout,
                 wasm_threads: args.wasm_threads,
                 standby: args.standby_browser,
             },
+            reaper,
         ),
         models: ModelRegistry::default(),
         cache,

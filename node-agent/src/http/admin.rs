@@ -40,17 +40,31 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/metrics", get(metrics))
 }
 
-async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
+/// Why the agent is not live (the kubelet should restart it), if it is not.
+fn unhealthy_reason(agent: &Agent) -> Option<String> {
     let info = agent.browser.info();
     if info.failed_launches >= UNHEALTHY_AFTER_FAILED_LAUNCHES {
-        let body = json!({"live": false, "reason": format!(
+        return Some(format!(
             "{} browser launches failed in a row; last error: {}",
             info.failed_launches,
             info.last_launch_error.unwrap_or_default()
-        )});
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        ));
     }
-    Json(json!({"live": true})).into_response()
+    agent
+        .browser
+        .stalled()
+        .map(|stall| format!("the browser supervisor is stuck: {stall}"))
+}
+
+async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
+    match unhealthy_reason(&agent) {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"live": false, "reason": reason})),
+        )
+            .into_response(),
+        None => Json(json!({"live": true})).into_response(),
+    }
 }
 
 fn readiness(agent: &Agent) -> (bool, Value) {
@@ -96,23 +110,30 @@ async fn v2_ready(State(agent): State<Arc<Agent>>) -> Response {
     (status, Json(detail)).into_response()
 }
 
-async fn capabilities(State(agent): State<Arc<Agent>>) -> Json<Value> {
+/// The browser's capabilities; a retryable 503 until a browser has started and its page
+/// reported them (a caller must never take an empty answer for "no backends").
+async fn capabilities(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, AgentError> {
+    let Some(mut caps) = agent.browser.capabilities() else {
+        return Err(AgentError::browser(
+            webaccel_api::ErrorCategory::BrowserUnavailable,
+            "the browser is starting; its capabilities are not known yet",
+        ));
+    };
     let info = agent.browser.info();
-    let mut caps = info.capabilities.clone();
     if let Some(obj) = caps.as_object_mut() {
         obj.insert(
             "browser".into(),
             json!({"version": info.version, "pid": info.pid, "state": info.state}),
         );
     }
-    Json(caps)
+    Ok(Json(caps))
 }
 
 async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
     let info = agent.browser.info();
     let (ready, _) = readiness(&agent);
     Json(json!({
-        "healthy": info.failed_launches < UNHEALTHY_AFTER_FAILED_LAUNCHES,
+        "healthy": unhealthy_reason(&agent).is_none(),
         "ready": ready,
         "draining": agent.admission.is_draining(),
         "outstanding": agent.admission.outstanding(),

@@ -38,6 +38,9 @@ pub struct PageLink {
     ping_sent: Mutex<Option<Instant>>,
     last_rtt_us: AtomicU64,
     closed: watch::Sender<bool>,
+    /// Set when the page reports that its WebGPU device was lost (the GPU process died):
+    /// its WebGPU sessions are unusable, so the browser must be replaced.
+    gpu_lost: watch::Sender<Option<String>>,
     /// Control operations (model loads) the page is working on. Compiling a model can
     /// block the page's thread for seconds, so the supervisor is more patient then.
     controls_in_progress: AtomicUsize,
@@ -47,18 +50,16 @@ pub struct PageLink {
 
 impl PageLink {
     /// Takes over an upgraded page socket. Returns the link and the page's hello message
-    /// (its capabilities), or an error if the page says nothing within `hello_timeout`.
+    /// (its capabilities). The caller bounds how long the hello may take.
     pub async fn accept(
         socket: WebSocket,
         secret: String,
-        hello_timeout: Duration,
     ) -> Result<(std::sync::Arc<Self>, Value), String> {
         let (mut sink, mut stream) = socket.split();
-        let hello = match tokio::time::timeout(hello_timeout, stream.next()).await {
-            Ok(Some(Ok(WsMessage::Text(t)))) => serde_json::from_str::<Value>(&t)
+        let hello = match stream.next().await {
+            Some(Ok(WsMessage::Text(t))) => serde_json::from_str::<Value>(&t)
                 .map_err(|e| format!("page hello is not JSON: {e}"))?,
-            Ok(other) => return Err(format!("page closed or sent no hello: {other:?}")),
-            Err(_) => return Err("page sent no hello in time".into()),
+            other => return Err(format!("page closed or sent no hello: {other:?}")),
         };
         if hello["op"] != "hello" {
             return Err(format!("first page message was not a hello: {hello}"));
@@ -72,6 +73,7 @@ impl PageLink {
             ping_sent: Mutex::new(None),
             last_rtt_us: AtomicU64::new(0),
             closed: watch::channel(false).0,
+            gpu_lost: watch::channel(None).0,
             controls_in_progress: AtomicUsize::new(0),
             secret,
         });
@@ -140,6 +142,11 @@ impl PageLink {
                 };
                 self.resolve(id, Reply::Control(result));
             }
+            Some("gpu_lost") => {
+                let reason = v["message"].as_str().unwrap_or_default().to_owned();
+                tracing::warn!(%reason, "the page lost its WebGPU device");
+                self.gpu_lost.send_replace(Some(reason));
+            }
             Some("log") => {
                 tracing::info!(target: "page", "{}", v["message"].as_str().unwrap_or_default())
             }
@@ -180,6 +187,12 @@ impl PageLink {
     pub async fn closed(&self) {
         let mut rx = self.closed.subscribe();
         let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Resolves when the page has reported the loss of its WebGPU device.
+    pub async fn gpu_lost(&self) {
+        let mut rx = self.gpu_lost.subscribe();
+        let _ = rx.wait_for(Option::is_some).await;
     }
 
     fn register(&self) -> Result<(u64, oneshot::Receiver<Reply>), AgentError> {

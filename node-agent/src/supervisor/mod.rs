@@ -1,13 +1,21 @@
-//! Keeps one browser serving: launches it, waits for the page to connect back, loads
-//! the models, pings the page, and on a crash or a hang fails what was in flight (with
-//! a retryable category), kills the process and switches to a fresh one.
+//! Keeps one browser serving: gets a started browser from [`spare`], loads the models,
+//! pings the page, and on a crash or a hang fails what was in flight (with a retryable
+//! category), kills the browser's whole process group and switches to the next one.
 //!
-//! A standby browser (launched, runtime started, no models) is kept ready by default,
-//! so a replacement only has to load the models: recovery takes well under a second
-//! instead of a cold start of several. `run` holds the loop; this file the state.
+//! A standby browser (launched, runtime started, serving models preloaded) is kept ready
+//! by default and watched like the active one, so a replacement only has to be switched
+//! to: recovery takes well under a second instead of a cold start of several.
+//!
+//! Every step is bounded, and each of the two loops (this one and the spare's) stamps
+//! its [`Progress`] with the bound of the step it is in. If a loop is ever stuck past
+//! its bound, `/healthz` fails with the stage, so the kubelet restarts the container as
+//! the last resort instead of leaving a live-looking agent that never serves again.
 
+mod progress;
 mod run;
+mod spare;
 
+pub use progress::Stall;
 pub use run::supervise;
 
 use std::collections::HashMap;
@@ -15,13 +23,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::WebSocket;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Fuse, FusedFuture as _};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::browser::{BrowserProcess, LaunchConfig};
+use crate::browser::{BrowserProcess, LaunchConfig, LaunchTimeouts};
 use crate::page::PageLink;
+use crate::reaper::Reaper;
+use progress::Progress;
 
 /// Where the browser is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +68,8 @@ pub struct BrowserInfo {
     pub last_launch_error: Option<String>,
     /// The standby browser's process, when one is ready.
     pub standby_pid: Option<u32>,
+    /// Standby browsers that died while waiting and were replaced.
+    pub standby_replacements: u64,
 }
 
 /// A started browser whose page has connected back.
@@ -73,6 +87,7 @@ struct Browser {
 enum Exit {
     Crashed,
     Hung,
+    GpuLost,
     Shutdown,
 }
 
@@ -84,6 +99,11 @@ pub struct SupervisorTiming {
     pub hang_timeout: Duration,
     /// Silence tolerated while the page compiles a model.
     pub load_hang_timeout: Duration,
+    /// Silence tolerated from a freshly started page before it says hello.
+    pub hello_timeout: Duration,
+    pub launch: LaunchTimeouts,
+    /// How far past a step's bound the supervisor may be before `/healthz` fails.
+    pub stall_grace: Duration,
     pub wasm_threads: u32,
     /// Keep a second browser started and idle, to switch to when the first fails.
     pub standby: bool,
@@ -93,19 +113,26 @@ pub struct SupervisorTiming {
 pub struct BrowserSupervisor {
     launch: LaunchConfig,
     timing: SupervisorTiming,
+    reaper: Arc<Reaper>,
     link: watch::Sender<Option<Arc<PageLink>>>,
+    state: watch::Sender<BrowserState>,
     /// Secrets of live pages, and for pages still starting, where to hand their socket.
     pages: Mutex<HashMap<String, Option<oneshot::Sender<WebSocket>>>>,
     info: Mutex<BrowserInfo>,
     hang_request: Notify,
+    /// The active loop's and the spare loop's progress, for the watchdog.
+    active_progress: Progress,
+    spare_progress: Progress,
 }
 
 impl BrowserSupervisor {
-    pub fn new(launch: LaunchConfig, timing: SupervisorTiming) -> Self {
+    pub fn new(launch: LaunchConfig, timing: SupervisorTiming, reaper: Arc<Reaper>) -> Self {
         Self {
             launch,
             timing,
+            reaper,
             link: watch::channel(None).0,
+            state: watch::channel(BrowserState::Starting).0,
             pages: Mutex::new(HashMap::new()),
             info: Mutex::new(BrowserInfo {
                 state: BrowserState::Starting,
@@ -120,8 +147,11 @@ impl BrowserSupervisor {
                 failed_launches: 0,
                 last_launch_error: None,
                 standby_pid: None,
+                standby_replacements: 0,
             }),
             hang_request: Notify::new(),
+            active_progress: Progress::new("starting"),
+            spare_progress: Progress::new("starting"),
         }
     }
 
@@ -130,21 +160,27 @@ impl BrowserSupervisor {
         self.link.borrow().clone().filter(|l| !l.is_closed())
     }
 
-    /// Waits until a page link is up (or the wait is cancelled by the caller dropping it).
-    pub async fn wait_for_link(&self) -> Arc<PageLink> {
-        let mut rx = self.link.subscribe();
-        loop {
-            if let Some(link) = rx.borrow_and_update().clone().filter(|l| !l.is_closed()) {
-                return link;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
     pub fn info(&self) -> BrowserInfo {
         self.lock_info().clone()
+    }
+
+    /// The capabilities the page reported, once a browser has started; `None` before.
+    pub fn capabilities(&self) -> Option<Value> {
+        let info = self.lock_info();
+        (!info.capabilities.is_null()).then(|| info.capabilities.clone())
+    }
+
+    /// A supervisor loop stuck past the bound of its current step, if any.
+    pub fn stalled(&self) -> Option<Stall> {
+        let grace = self.timing.stall_grace;
+        self.active_progress
+            .stalled(grace, "browser supervisor")
+            .or_else(|| self.spare_progress.stalled(grace, "standby browser loop"))
+    }
+
+    fn set_state(&self, state: BrowserState) {
+        self.lock_info().state = state;
+        self.state.send_replace(state);
     }
 
     fn lock_info(&self) -> std::sync::MutexGuard<'_, BrowserInfo> {
@@ -179,7 +215,8 @@ impl BrowserSupervisor {
     }
 
     /// Launches a browser and waits for its page to say hello (its runtime started).
-    async fn start(&self, base_url: &str) -> Result<Browser, String> {
+    /// Every step is bounded; on failure nothing of the browser is left running.
+    async fn start(&self, base_url: &str, progress: &Progress) -> Result<Browser, String> {
         let started = Instant::now();
         let secret = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
@@ -188,16 +225,31 @@ impl BrowserSupervisor {
             "{base_url}/page/index.html?s={secret}&threads={}",
             self.timing.wasm_threads
         );
+        let launch = &self.timing.launch;
         let result = async {
-            let process = BrowserProcess::launch(&self.launch, &url).await?;
-            let socket = match tokio::time::timeout(Duration::from_secs(30), rx).await {
-                Ok(Ok(socket)) => socket,
-                _ => {
-                    process.kill().await;
-                    return Err("the runtime page did not connect back within 30 s".to_owned());
-                }
+            progress.enter("launching a browser", launch.devtools + 3 * launch.command);
+            let process = BrowserProcess::launch(&self.launch, &url, &self.reaper, *launch).await?;
+            progress.enter("waiting for the page", self.timing.hello_timeout);
+            let hello = async {
+                let socket = rx
+                    .await
+                    .map_err(|_| "the page's socket was dropped".to_owned())?;
+                PageLink::accept(socket, secret.clone()).await
             };
-            match PageLink::accept(socket, secret.clone(), Duration::from_secs(30)).await {
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(self.timing.hello_timeout, hello) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "the runtime page did not say hello within {:?}",
+                        self.timing.hello_timeout
+                    )),
+                },
+                e = process.exited() => Err(format!(
+                    "Chromium exited before its page said hello ({})",
+                    e.map_or_else(|| "unknown status".to_owned(), |e| e.to_string())
+                )),
+            };
+            match outcome {
                 Ok((link, capabilities)) => Ok(Browser {
                     process,
                     link,
@@ -205,6 +257,7 @@ impl BrowserSupervisor {
                     start_ms: started.elapsed().as_secs_f64() * 1e3,
                 }),
                 Err(e) => {
+                    progress.enter("killing a browser that failed to start", kill_bound());
                     process.kill().await;
                     Err(e)
                 }
@@ -218,31 +271,47 @@ impl BrowserSupervisor {
     }
 
     /// Kills a browser and forgets its page.
-    async fn stop(&self, browser: Browser) {
+    async fn stop(&self, browser: Browser, progress: &Progress) {
+        progress.enter("killing a browser", kill_bound());
         self.forget_page(browser.link.secret());
         browser.process.kill().await;
     }
 
-    /// Pings the page until it dies, hangs, or the agent shuts down.
-    async fn watch(
-        &self,
-        process: &mut BrowserProcess,
-        link: &PageLink,
-        shutdown: &CancellationToken,
-    ) -> Exit {
+    /// Watches a browser until it dies, hangs, loses its GPU, or the agent shuts down:
+    /// the page answers pings (its renderer and network service are alive) and the
+    /// browser process answers DevTools (its main process is not frozen). The active
+    /// browser also stamps the watchdog and takes fault injections; a standby is watched
+    /// the same way, so a frozen standby is replaced before anyone needs it.
+    async fn watch(&self, browser: &mut Browser, role: Role, shutdown: &CancellationToken) -> Exit {
         let mut tick = tokio::time::interval(self.timing.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Split the borrows: the handler task tells of exit, the page takes injections.
-        let (page, mut exited) = (&process.page, &mut process.handler);
+        let link = browser.link.clone();
+        let process = &browser.process;
+        let watching_since = Instant::now();
+        let mut devtools_answered = watching_since;
+        // One DevTools probe at a time; a frozen browser leaves it pending.
+        let mut probe: Fuse<BoxFuture<'_, bool>> = Fuse::terminated();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Exit::Shutdown,
                 () = link.closed() => return Exit::Crashed,
-                _ = &mut exited => return Exit::Crashed,
-                () = self.hang_request.notified() => {
+                () = process.devtools_closed() => return Exit::Crashed,
+                _ = process.exited() => return Exit::Crashed,
+                () = link.gpu_lost() => return Exit::GpuLost,
+                ok = &mut probe, if !probe.is_terminated() => {
+                    if ok {
+                        devtools_answered = Instant::now();
+                    }
+                }
+                () = self.hang_request.notified(), if role == Role::Active => {
                     tracing::warn!("injecting a busy loop into the page (debug endpoint)");
-                    if let Err(e) = crate::browser::inject_hang(page).await {
-                        tracing::error!(error = %e, "hang injection failed");
+                    let injected = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        crate::browser::inject_hang(&process.page),
+                    )
+                    .await;
+                    if !matches!(injected, Ok(Ok(()))) {
+                        tracing::error!(?injected, "hang injection failed");
                     }
                 }
                 _ = tick.tick() => {
@@ -251,12 +320,37 @@ impl BrowserSupervisor {
                     } else {
                         self.timing.hang_timeout
                     };
-                    if link.since_pong() > limit {
+                    if role == Role::Active {
+                        self.active_progress.enter("serving", limit + self.timing.heartbeat_interval);
+                    }
+                    // Silence counts from when this watch began: nobody pinged before.
+                    let silent = link.since_pong().min(watching_since.elapsed());
+                    if silent > limit {
+                        tracing::warn!(?role, ?silent, "the page stopped answering heartbeats");
+                        return Exit::Hung;
+                    }
+                    if devtools_answered.elapsed() > self.timing.hang_timeout {
+                        tracing::warn!(?role, silent = ?devtools_answered.elapsed(), "the browser process stopped answering DevTools");
                         return Exit::Hung;
                     }
                     link.ping();
+                    if probe.is_terminated() {
+                        probe = process.devtools_ping().boxed().fuse();
+                    }
                 }
             }
         }
     }
+}
+
+/// Which browser a watch is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Active,
+    Standby,
+}
+
+/// The longest a kill can take: the group signal, then waiting for the reaper.
+fn kill_bound() -> Duration {
+    Duration::from_secs(6)
 }

@@ -89,6 +89,30 @@ async function handleControl(msg) {
   }
 }
 
+// ---- GPU loss ------------------------------------------------------------------------
+
+// When Chromium's GPU process dies, the WebGPU device onnxruntime-web holds is lost for
+// good: every WebGPU session in this page is dead. The agent is told, so it replaces the
+// browser, and requests that fail on the lost device are answered as retryable.
+let gpuLost = null;
+let gpuWatched = false;
+function watchGpuDevice() {
+  if (gpuWatched) return;
+  gpuWatched = true;
+  Promise.resolve(ort.env.webgpu.device).then((device) => device?.lost?.then((info) => {
+    gpuLost = `${info?.reason ?? 'unknown'}: ${info?.message || 'the WebGPU device was lost'}`;
+    send({ op: 'gpu_lost', message: gpuLost });
+  })).catch(() => {});
+}
+
+// Whether a failed run was caused by losing the GPU (which may be reported a moment
+// after the run fails).
+async function failedForGpuLoss(entry) {
+  if (entry.backend !== 'webgpu') return false;
+  for (let i = 0; i < 10 && !gpuLost; i++) await new Promise((r) => setTimeout(r, 10));
+  return gpuLost !== null;
+}
+
 // ---- loading -------------------------------------------------------------------------
 
 function refusal(backend, webnnDevice) {
@@ -160,6 +184,7 @@ async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
   const why = refusal(backend, webnnDevice);
   if (why) throw new Error(why);
   const [session, createMs] = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
+  if (backend === 'webgpu') watchGpuDevice();
   const result = { session, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
   if (!warmup) return result;
   try {
@@ -257,7 +282,8 @@ async function unload(name) {
 // ---- inference -----------------------------------------------------------------------
 
 function errorFrame(id, category, message) {
-  return encodeFrame(KIND_ERROR, id, { category, message, retryable: category === 'model_not_ready' });
+  const retryable = category === 'model_not_ready' || category === 'browser_crashed';
+  return encodeFrame(KIND_ERROR, id, { category, message, retryable });
 }
 
 function handleFrame(buf) {
@@ -299,6 +325,11 @@ async function run(entry, id, header, tensors, received) {
       model: header.model, backend: entry.backend, compute_ms: computeMs, page_ms: pageMs, outputs: meta,
     }, outputs));
   } catch (e) {
-    ws.send(errorFrame(id, 'inference_failed', String(e?.message ?? e)));
+    const message = String(e?.message ?? e);
+    if (await failedForGpuLoss(entry)) {
+      ws.send(errorFrame(id, 'browser_crashed', `the GPU device was lost (${gpuLost}): ${message}`));
+    } else {
+      ws.send(errorFrame(id, 'inference_failed', message));
+    }
   }
 }

@@ -1,6 +1,5 @@
 //! Starts and stops a real agent for the benchmark, and reads its figures.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ impl Drop for AgentProcess {
 
 impl AgentProcess {
     pub async fn start(
-        bin: &PathBuf,
+        bin: &std::path::Path,
         models: &[String],
         extra: &[&str],
     ) -> anyhow::Result<(Self, Duration)> {
@@ -58,6 +57,11 @@ impl AgentProcess {
         };
         agent.wait_ready(Duration::from_secs(120)).await?;
         Ok((agent, started.elapsed()))
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap_or(0)
     }
 
     pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {

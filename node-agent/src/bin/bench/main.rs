@@ -6,9 +6,13 @@
 //! difference (the agent's overhead) over the bridge and HTTP at several concurrencies;
 //! throughput; browser cold start; model init with and without warm-up; crash-to-ready
 //! recovery; the agent's RSS (the browser's processes not counted).
+//!
+//! `faults` runs the browser fault classes under load instead (see `faults.rs`).
 
 mod agent_process;
+mod faults;
 mod measure;
+mod procs;
 mod samples;
 
 use std::path::PathBuf;
@@ -27,11 +31,13 @@ use samples::pct;
     about = "Benchmarks webaccel-agent with a real Chromium"
 )]
 struct Args {
+    #[command(subcommand)]
+    suite: Option<Suite>,
     /// The agent binary (default: `webaccel-agent` beside this one).
-    #[arg(long)]
+    #[arg(long, global = true)]
     agent: Option<PathBuf>,
     /// Folder with the test models (`mlp.onnx`, `mlp.json`).
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models"))]
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models"))]
     models: PathBuf,
     /// Requests per configuration (after warm-up).
     #[arg(long, default_value_t = 2000)]
@@ -43,8 +49,21 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     crashes: usize,
     /// Where to write the JSON results.
-    #[arg(long, default_value = "webaccel-agent-bench.json")]
+    #[arg(long, global = true, default_value = "webaccel-agent-bench.json")]
     json: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Suite {
+    /// Latency, throughput, init and recovery (the default).
+    Latency,
+    /// Browser faults under load: time to serving again, failed and hung requests.
+    Faults {
+        /// Scenarios to run (default: all): active-kill, all-kill, renderer-kill,
+        /// active-stop, gpu-kill, standby-kill, kill-loop.
+        #[arg(long = "scenario", value_delimiter = ',')]
+        scenarios: Vec<String>,
+    },
 }
 
 fn f(v: &Value) -> String {
@@ -59,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("webaccel-agent"),
     };
+    if let Some(Suite::Faults { scenarios }) = &args.suite {
+        return run_faults(&bin, &args, scenarios).await;
+    }
     let (inputs, tensors) = mlp_inputs(&args.models)?;
     let model = format!(
         "mlp=file://{},backend=wasm",
@@ -194,6 +216,31 @@ async fn main() -> anyhow::Result<()> {
         "agent_rss_kib": rss_kib, "agent_peak_rss_kib": hwm_kib,
     });
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nJSON written to {}", args.json.display());
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn run_faults(
+    bin: &std::path::Path,
+    args: &Args,
+    scenarios: &[String],
+) -> anyhow::Result<()> {
+    let names: Vec<String> = if scenarios.is_empty() {
+        faults::SCENARIOS
+            .iter()
+            .map(|(n, _)| (*n).to_owned())
+            .collect()
+    } else {
+        scenarios.to_vec()
+    };
+    let mut reports = Vec::new();
+    for name in &names {
+        eprintln!("fault scenario {name} ...");
+        reports.push(faults::run(bin, &args.models, name).await?);
+    }
+    faults::print(&reports);
+    std::fs::write(&args.json, serde_json::to_string_pretty(&reports)?)?;
     println!("\nJSON written to {}", args.json.display());
     Ok(())
 }
