@@ -15,6 +15,12 @@ command -v chromium >/dev/null || need_apt+=(chromium)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# Container images (scripts/images.sh): podman and buildah, run with runc (crun fails on
+# hybrid cgroup hosts), and debootstrap for the Debian base image.
+command -v podman >/dev/null || need_apt+=(podman)
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v runc >/dev/null || need_apt+=(runc)
+[[ -x /usr/sbin/debootstrap ]] || need_apt+=(debootstrap)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
@@ -34,7 +40,7 @@ fi
 
 # The reference runtime (onnxruntime), the model builder, and chdb for modern SQL.
 req=requirements-test.txt
-if ! python3 -c 'import onnx, onnxruntime, numpy, chdb' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
+if ! python3 -c 'import onnx, onnxruntime, numpy, chdb, tritonclient.http, tritonclient.grpc' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
   echo "setup: pip install -r $req"
   # Debian's own python3 refuses system-wide installs (PEP 668) unless told.
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check -r $req 2>&1 | grep -v "Running pip as the 'root' user" || true

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod kserve;
 pub mod labels;
 pub mod tensor;
 #[cfg(feature = "kube")]

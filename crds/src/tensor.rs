@@ -238,7 +238,8 @@ impl Tensor {
     ) -> Result<Self, TensorError> {
         let name = name.into();
         let expected = element_count(&name, &shape)?;
-        let mut flat = Vec::with_capacity(expected);
+        // Sized by what was actually received, never by the (untrusted) shape.
+        let mut flat = Vec::new();
         flatten(&name, data, &mut flat)?;
         if flat.len() != expected {
             return Err(TensorError::ElementCount {
@@ -249,7 +250,7 @@ impl Tensor {
                 actual: flat.len(),
             });
         }
-        let mut out = Vec::with_capacity(expected * datatype.size());
+        let mut out = Vec::with_capacity(flat.len() * datatype.size());
         for (index, v) in flat.iter().enumerate() {
             if !encode_element(datatype, v, &mut out) {
                 return Err(TensorError::BadElement {

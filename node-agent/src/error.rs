@@ -94,11 +94,11 @@ impl IntoResponse for AgentError {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // `error` is the Open Inference Protocol's field; the others let clients decide
         // without parsing the message.
-        let body = serde_json::json!({
-            "error": self.to_string(),
-            "category": category,
-            "retryable": category.is_retryable(),
-        });
+        let body = webaccel_api::kserve::ErrorBody {
+            error: self.to_string(),
+            category,
+            retryable: category.is_retryable(),
+        };
         let mut resp = (status, Json(body)).into_response();
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut().insert(

@@ -161,3 +161,30 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
         assert_eq!(agent.infer_reference("nn", "mlp").await.0, 503);
     }
 }
+
+/// The stock `tritonclient.http` from PyPI at its default settings (binary tensors both
+/// ways), JSON, and both mixed, against native onnxruntime on the same model files; a
+/// BYTES tensor is refused with a 400 naming it.
+#[tokio::test]
+async fn tritonclient_with_its_defaults_gets_onnxruntime_answers() {
+    let models: Vec<String> = ["mlp", "cnn", "transformer", "types"]
+        .iter()
+        .map(|m| format!("{m}={},backend=wasm", model_uri(&format!("{m}.onnx"))))
+        .collect();
+    let agent = Agent::start(&models, &[]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_http.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(&agent.base)
+        .arg(common::fixture(""))
+        .args(["--token", common::TOKEN])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ok types mixed"), "{stdout}");
+    assert!(stdout.contains("ok BYTES refused"), "{stdout}");
+}

@@ -1,5 +1,6 @@
-//! KServe v2 / Open Inference Protocol over HTTP with JSON tensors, field for field, so
-//! existing KServe and Triton HTTP clients work unchanged.
+//! KServe v2 / Open Inference Protocol over HTTP with JSON tensors and the binary tensor
+//! data extension (`webaccel_api::kserve`), so existing KServe and Triton HTTP clients
+//! work unchanged with their default settings.
 
 use std::sync::Arc;
 
@@ -7,13 +8,12 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use webaccel_api::wire::InferRequest;
-use webaccel_api::{DataType, Tensor};
+use serde_json::{Map, Value};
+use webaccel_api::ErrorCategory;
+use webaccel_api::kserve::{self, ModelMetadata, ModelReady, ServerMetadata, TensorMetadata};
 
 use crate::agent::Agent;
 use crate::error::AgentError;
@@ -39,22 +39,22 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
 }
 
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "webaccel-agent",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository_webaccel"],
-    }))
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "webaccel-agent".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: kserve::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+    })
 }
 
-fn io_json(list: &[IoMeta]) -> Vec<Value> {
+fn io_metadata(list: &[IoMeta]) -> Vec<TensorMetadata> {
     list.iter()
-        .map(|m| {
-            json!({
-                "name": m.name,
-                "datatype": m.datatype.map_or_else(|| m.ort_type.to_uppercase(), |d| d.as_str().to_owned()),
-                "shape": m.shape,
-            })
+        .map(|m| TensorMetadata {
+            name: m.name.clone(),
+            datatype: m
+                .datatype
+                .map_or_else(|| m.ort_type.to_uppercase(), |d| d.as_str().to_owned()),
+            shape: m.shape.clone(),
         })
         .collect()
 }
@@ -70,23 +70,23 @@ fn check_version(version: &str) -> Result<(), AgentError> {
 async fn model_metadata(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, AgentError> {
+) -> Result<Json<ModelMetadata>, AgentError> {
     let entry = agent.models.require(&name)?;
     let loaded = entry.loaded()?;
-    Ok(Json(json!({
-        "name": name,
-        "versions": [VERSION],
-        "platform": "onnxruntime_onnx",
-        "inputs": io_json(&loaded.inputs),
-        "outputs": io_json(&loaded.outputs),
-        "parameters": {"backend": loaded.backend},
-    })))
+    Ok(Json(ModelMetadata {
+        name,
+        versions: vec![VERSION.into()],
+        platform: "onnxruntime_onnx".into(),
+        inputs: io_metadata(&loaded.inputs),
+        outputs: io_metadata(&loaded.outputs),
+        parameters: Map::from_iter([("backend".to_owned(), loaded.backend.into())]),
+    }))
 }
 
 async fn model_metadata_v(
     state: State<Arc<Agent>>,
     Path((name, version)): Path<(String, String)>,
-) -> Result<Json<Value>, AgentError> {
+) -> Result<Json<ModelMetadata>, AgentError> {
     check_version(&version)?;
     model_metadata(state, Path(name)).await
 }
@@ -103,11 +103,12 @@ async fn model_ready(State(agent): State<Arc<Agent>>, Path(name): Path<String>) 
     } else {
         StatusCode::BAD_REQUEST
     };
-    (
-        status,
-        Json(json!({"name": name, "ready": ready, "state": state.name()})),
-    )
-        .into_response()
+    let body = ModelReady {
+        name,
+        ready,
+        state: Some(state.name().to_owned()),
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn model_ready_v(
@@ -120,169 +121,63 @@ async fn model_ready_v(
     }
 }
 
-#[derive(Deserialize)]
-struct InferBody {
-    #[serde(default)]
-    id: Option<String>,
-    inputs: Vec<InputBody>,
-    #[serde(default)]
-    outputs: Vec<OutputBody>,
-}
-
-#[derive(Deserialize)]
-struct InputBody {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, Value>>,
-    data: Value,
-}
-
-#[derive(Deserialize)]
-struct OutputBody {
-    name: String,
-    #[serde(default)]
-    parameters: Option<serde_json::Map<String, Value>>,
-}
-
-fn parse_request(
-    name: &str,
-    body: &[u8],
-    max_tensor_bytes: usize,
-) -> Result<(Option<String>, InferRequest), AgentError> {
-    let body: InferBody = serde_json::from_slice(body)
-        .map_err(|e| AgentError::BadRequest(format!("invalid inference request JSON: {e}")))?;
-    let mut inputs = Vec::with_capacity(body.inputs.len());
-    for i in body.inputs {
-        if i.parameters
-            .as_ref()
-            .is_some_and(|p| p.contains_key("binary_data_size"))
-        {
-            return Err(AgentError::BadRequest(format!(
-                "input '{}': the binary tensor extension is not supported over HTTP; use JSON data or the /v1/bridge WebSocket",
-                i.name
-            )));
-        }
-        let datatype = DataType::parse(&i.datatype).ok_or_else(|| {
-            AgentError::BadRequest(format!(
-                "input '{}': unknown datatype '{}'",
-                i.name, i.datatype
-            ))
-        })?;
-        // Refuse oversized tensors before materialising them.
-        let bytes = Tensor::byte_len_for(&i.name, datatype, &i.shape)
-            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        if bytes > max_tensor_bytes {
-            return Err(AgentError::PayloadTooLarge(format!(
-                "input '{}' is {bytes} bytes; the limit is {max_tensor_bytes}",
-                i.name
-            )));
-        }
-        inputs.push(
-            Tensor::from_json(i.name, datatype, i.shape, &i.data)
-                .map_err(|e| AgentError::BadRequest(e.to_string()))?,
-        );
+fn protocol_error(e: kserve::ProtocolError) -> AgentError {
+    match e.category {
+        ErrorCategory::PayloadTooLarge => AgentError::PayloadTooLarge(e.message),
+        _ => AgentError::BadRequest(e.message),
     }
-    if let Some(o) = body.outputs.iter().find(|o| {
-        o.parameters
-            .as_ref()
-            .is_some_and(|p| p.contains_key("binary_data"))
-    }) && o.parameters.as_ref().and_then(|p| p.get("binary_data")) == Some(&Value::Bool(true))
-    {
-        return Err(AgentError::BadRequest(format!(
-            "output '{}': the binary tensor extension is not supported over HTTP",
-            o.name
-        )));
-    }
-    Ok((
-        body.id,
-        InferRequest {
-            model: name.to_owned(),
-            inputs,
-            outputs: body.outputs.into_iter().map(|o| o.name).collect(),
-        },
-    ))
 }
 
+/// `POST .../infer`: JSON tensors, binary tensors (the binary data extension, announced
+/// by `Inference-Header-Content-Length`), or both mixed; outputs answered each the way
+/// the request asked.
 async fn infer(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, AgentError> {
-    let (id, req) = match parse_request(&name, &body, agent.args.max_tensor_bytes) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            agent.stats.error(e.category());
-            return Err(e);
-        }
-    };
-    let resp = agent.infer(req).await?;
-    let outputs: Vec<Value> = resp
-        .outputs
-        .iter()
-        .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.to_json_data()}))
-        .collect();
-    let mut body = json!({
-        "model_name": name,
-        "model_version": VERSION,
-        "outputs": outputs,
-        "parameters": {"backend": resp.backend, "compute_ms": resp.compute_ms, "page_ms": resp.page_ms},
-    });
-    if let Some(id) = id {
-        body["id"] = id.into();
+) -> Result<Response, AgentError> {
+    let header_length = headers
+        .get(kserve::HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("?"));
+    let parsed =
+        match kserve::parse_request(&name, &body, header_length, agent.args.max_tensor_bytes) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let e = protocol_error(e);
+                agent.stats.error(e.category());
+                return Err(e);
+            }
+        };
+    let resp = agent.infer(parsed.request).await?;
+    let parameters = Map::from_iter([
+        ("backend".to_owned(), Value::from(resp.backend.clone())),
+        ("compute_ms".to_owned(), Value::from(resp.compute_ms)),
+        (
+            "page_ms".to_owned(),
+            resp.page_ms.map_or(Value::Null, Value::from),
+        ),
+    ]);
+    let encoded = kserve::encode_response(VERSION, parsed.id, &resp, &parsed.encoding, parameters);
+    let mut response = (
+        [(header::CONTENT_TYPE, encoded.content_type())],
+        encoded.body,
+    )
+        .into_response();
+    if let Some(n) = encoded.header_length {
+        response
+            .headers_mut()
+            .insert(kserve::HEADER_LENGTH, HeaderValue::from(n));
     }
-    Ok(Json(body))
+    Ok(response)
 }
 
 async fn infer_v(
     state: State<Arc<Agent>>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, AgentError> {
+) -> Result<Response, AgentError> {
     check_version(&version)?;
-    infer(state, Path(name), body).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_a_protocol_request() {
-        let body = br#"{"id": "r1", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [[1, 2]]}],
-                        "outputs": [{"name": "y"}]}"#;
-        let (id, req) = parse_request("m", body, 1 << 20).unwrap();
-        assert_eq!(id.as_deref(), Some("r1"));
-        assert_eq!(req.outputs, ["y"]);
-        assert_eq!(req.inputs[0].to_f64_vec(), [1.0, 2.0]);
-    }
-
-    #[test]
-    fn refuses_bad_requests_with_reasons() {
-        let cases: [(&[u8], &str); 4] = [
-            (b"{", "invalid inference request JSON"),
-            (br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]}]}"#, "unknown datatype 'FLOAT'"),
-            (br#"{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1]}]}"#, "needs 3 elements"),
-            (
-                br#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1], "parameters": {"binary_data_size": 4}}]}"#,
-                "binary tensor extension",
-            ),
-        ];
-        for (body, want) in cases {
-            let err = parse_request("m", body, 1 << 20).unwrap_err();
-            assert!(matches!(err, AgentError::BadRequest(_)), "{err}");
-            assert!(err.to_string().contains(want), "{err}");
-        }
-    }
-
-    #[test]
-    fn oversized_shape_is_413_before_parsing_data() {
-        let body =
-            br#"{"inputs": [{"name": "x", "shape": [1000000], "datatype": "FP32", "data": []}]}"#;
-        assert!(matches!(
-            parse_request("m", body, 1000),
-            Err(AgentError::PayloadTooLarge(_))
-        ));
-    }
+    infer(state, Path(name), headers, body).await
 }
