@@ -39,6 +39,11 @@ use crate::error::ErrorCategory;
 use crate::tensor::{DataType, Tensor, TensorError};
 
 pub const MAGIC: &[u8; 4] = b"WAF1";
+/// A model name the in-page runtime answers by sending the request's tensors straight
+/// back, without running anything: the floor of the bridge's cost (agent plus the
+/// browser's WebSocket), which benchmarks measure beside real models. Agents accept it
+/// only with their debug endpoints enabled.
+pub const ECHO_MODEL: &str = "__echo__";
 /// Size of the fixed part before the JSON header.
 pub const PREFIX_LEN: usize = 20;
 /// Alignment of every tensor's data from the start of the frame.

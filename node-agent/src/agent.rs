@@ -3,7 +3,7 @@
 //! page, record.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use webaccel_api::ErrorCategory;
 use webaccel_api::wire::{InferRequest, InferResponse};
@@ -49,8 +49,12 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Agent {
-    /// Runs one inference request end to end.
-    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
+    /// Runs one inference request end to end, within `timeout` (queueing included).
+    pub async fn infer(
+        &self,
+        req: InferRequest,
+        timeout: Duration,
+    ) -> Result<InferResponse, AgentError> {
         let started = Instant::now();
         let model = req.model.clone();
         let bytes_in: usize = req.inputs.iter().map(|t| t.data.len()).sum();
@@ -60,7 +64,7 @@ impl Agent {
             .and_then(|t| t.shape.first())
             .and_then(|&d| u32::try_from(d).ok())
             .unwrap_or(1);
-        let result = self.infer_inner(req).await;
+        let result = self.infer_inner(req, timeout).await;
         self.record(&model, started, &result, bytes_in, batch_size);
         match &result {
             Ok(resp) => self
@@ -76,7 +80,11 @@ impl Agent {
         result
     }
 
-    async fn infer_inner(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
+    async fn infer_inner(
+        &self,
+        req: InferRequest,
+        timeout: Duration,
+    ) -> Result<InferResponse, AgentError> {
         let _admitted = self.admission.admit()?;
         let entry = self.models.require(&req.model)?;
         let loaded = entry.loaded()?;
@@ -99,11 +107,34 @@ impl Agent {
             })?;
             link.infer(req).await
         };
-        let resp = tokio::time::timeout(self.args.request_timeout, run)
+        let resp = tokio::time::timeout(timeout, run)
             .await
-            .map_err(|_| AgentError::Deadline(self.args.request_timeout))??;
+            .map_err(|_| AgentError::Deadline(timeout))??;
         check_backend(&loaded, &resp)?;
         Ok(resp)
+    }
+
+    /// Sends the request's tensors through the page and back without running a model
+    /// (see `wire::ECHO_MODEL`): the bridge's floor, for benchmarks. Only with
+    /// `--enable-debug-endpoints`; nothing is recorded.
+    pub async fn echo(
+        &self,
+        req: InferRequest,
+        timeout: Duration,
+    ) -> Result<InferResponse, AgentError> {
+        if !self.args.enable_debug_endpoints {
+            return Err(AgentError::ModelNotFound(req.model));
+        }
+        let _admitted = self.admission.admit()?;
+        let link = self.browser.link().ok_or_else(|| {
+            AgentError::browser(
+                ErrorCategory::BrowserUnavailable,
+                "the browser is restarting",
+            )
+        })?;
+        tokio::time::timeout(timeout, link.infer(req))
+            .await
+            .map_err(|_| AgentError::Deadline(timeout))?
     }
 
     /// Hands the request's figures to the metrics recorder (never waits).

@@ -177,6 +177,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         drain_token.cancel();
     };
+    // Small frames go out at once: Nagle's algorithm would hold a reply back until the
+    // previous one is acknowledged (axum leaves TCP_NODELAY off by default).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, http::router(agent.clone(), shutdown.clone()))
         .with_graceful_shutdown(graceful)
         .await?;

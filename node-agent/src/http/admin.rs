@@ -25,8 +25,6 @@ pub fn probe_routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/v2/health/live", get(healthz))
-        .route("/v2/health/ready", get(v2_ready))
 }
 
 pub fn routes() -> Router<Arc<Agent>> {
@@ -41,7 +39,7 @@ pub fn routes() -> Router<Arc<Agent>> {
 }
 
 /// Why the agent is not live (the kubelet should restart it), if it is not.
-fn unhealthy_reason(agent: &Agent) -> Option<String> {
+pub(crate) fn unhealthy_reason(agent: &Agent) -> Option<String> {
     let info = agent.browser.info();
     if info.failed_launches >= UNHEALTHY_AFTER_FAILED_LAUNCHES {
         return Some(format!(
@@ -67,7 +65,7 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> Response {
     }
 }
 
-fn readiness(agent: &Agent) -> (bool, Value) {
+pub(crate) fn readiness(agent: &Agent) -> (bool, Value) {
     let models: serde_json::Map<String, Value> = agent
         .models
         .all()
@@ -95,17 +93,6 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(detail)).into_response()
-}
-
-async fn v2_ready(State(agent): State<Arc<Agent>>) -> Response {
-    let (ready, detail) = readiness(&agent);
-    // The Open Inference Protocol: 200 when ready, 4xx when not.
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
     };
     (status, Json(detail)).into_response()
 }

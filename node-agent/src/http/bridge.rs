@@ -84,7 +84,13 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                 let agent = agent.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let reply = match agent.infer(req).await {
+                    let timeout = agent.args.request_timeout;
+                    let result = if req.model == wire::ECHO_MODEL {
+                        agent.echo(req, timeout).await
+                    } else {
+                        agent.infer(req, timeout).await
+                    };
+                    let reply = match result {
                         Ok(resp) => Message::Response(resp),
                         Err(e) => Message::Error(e.to_frame()),
                     };

@@ -1,50 +1,22 @@
-//! KServe v2 / Open Inference Protocol over HTTP with JSON tensors and the binary tensor
-//! data extension (`webaccel_api::kserve`), so existing KServe and Triton HTTP clients
-//! work unchanged with their default settings.
+//! The agent as a KServe v2 server: the shared protocol routes (`webaccel_kserve::http`)
+//! over the models loaded in this browser.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Map, Value};
-use webaccel_api::ErrorCategory;
-use webaccel_api::kserve::{self, ModelMetadata, ModelReady, ServerMetadata, TensorMetadata};
+use webaccel_api::kserve::{ModelMetadata, ModelReady, TensorMetadata};
+use webaccel_api::wire::InferRequest;
+use webaccel_kserve::http::VERSION;
+use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
 
 use crate::agent::Agent;
 use crate::error::AgentError;
 use crate::models::IoMeta;
 
-/// The only version each model has; the protocol's version path segment must match it.
-const VERSION: &str = "1";
-
-pub fn routes() -> Router<Arc<Agent>> {
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_v),
-        )
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_v),
-        )
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_v))
-}
-
-async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
-        name: "webaccel-agent".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        extensions: kserve::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
-    })
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        Self::new(e.category(), e.to_string())
+    }
 }
 
 fn io_metadata(list: &[IoMeta]) -> Vec<TensorMetadata> {
@@ -59,125 +31,70 @@ fn io_metadata(list: &[IoMeta]) -> Vec<TensorMetadata> {
         .collect()
 }
 
-fn check_version(version: &str) -> Result<(), AgentError> {
-    if version == VERSION {
-        Ok(())
-    } else {
-        Err(AgentError::ModelNotFound(format!("version {version}")))
+impl InferenceApi for Agent {
+    fn server_name(&self) -> &str {
+        "webaccel-agent"
     }
-}
 
-async fn model_metadata(
-    State(agent): State<Arc<Agent>>,
-    Path(name): Path<String>,
-) -> Result<Json<ModelMetadata>, AgentError> {
-    let entry = agent.models.require(&name)?;
-    let loaded = entry.loaded()?;
-    Ok(Json(ModelMetadata {
-        name,
-        versions: vec![VERSION.into()],
-        platform: "onnxruntime_onnx".into(),
-        inputs: io_metadata(&loaded.inputs),
-        outputs: io_metadata(&loaded.outputs),
-        parameters: Map::from_iter([("backend".to_owned(), loaded.backend.into())]),
-    }))
-}
-
-async fn model_metadata_v(
-    state: State<Arc<Agent>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Json<ModelMetadata>, AgentError> {
-    check_version(&version)?;
-    model_metadata(state, Path(name)).await
-}
-
-async fn model_ready(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Response {
-    let Some(entry) = agent.models.get(&name) else {
-        return AgentError::ModelNotFound(name).into_response();
-    };
-    let state = entry.state();
-    let ready = entry.loaded().is_ok() && agent.browser.link().is_some();
-    // The protocol: 200 when ready, 4xx when not.
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    let body = ModelReady {
-        name,
-        ready,
-        state: Some(state.name().to_owned()),
-    };
-    (status, Json(body)).into_response()
-}
-
-async fn model_ready_v(
-    state: State<Arc<Agent>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    match check_version(&version) {
-        Ok(()) => model_ready(state, Path(name)).await,
-        Err(e) => e.into_response(),
+    fn server_version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
     }
-}
 
-fn protocol_error(e: kserve::ProtocolError) -> AgentError {
-    match e.category {
-        ErrorCategory::PayloadTooLarge => AgentError::PayloadTooLarge(e.message),
-        _ => AgentError::BadRequest(e.message),
+    fn live(&self) -> bool {
+        super::admin::unhealthy_reason(self).is_none()
     }
-}
 
-/// `POST .../infer`: JSON tensors, binary tensors (the binary data extension, announced
-/// by `Inference-Header-Content-Length`), or both mixed; outputs answered each the way
-/// the request asked.
-async fn infer(
-    State(agent): State<Arc<Agent>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AgentError> {
-    let header_length = headers
-        .get(kserve::HEADER_LENGTH)
-        .map(|v| v.to_str().unwrap_or("?"));
-    let parsed =
-        match kserve::parse_request(&name, &body, header_length, agent.args.max_tensor_bytes) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                let e = protocol_error(e);
-                agent.stats.error(e.category());
-                return Err(e);
-            }
-        };
-    let resp = agent.infer(parsed.request).await?;
-    let parameters = Map::from_iter([
-        ("backend".to_owned(), Value::from(resp.backend.clone())),
-        ("compute_ms".to_owned(), Value::from(resp.compute_ms)),
-        (
-            "page_ms".to_owned(),
-            resp.page_ms.map_or(Value::Null, Value::from),
-        ),
-    ]);
-    let encoded = kserve::encode_response(VERSION, parsed.id, &resp, &parsed.encoding, parameters);
-    let mut response = (
-        [(header::CONTENT_TYPE, encoded.content_type())],
-        encoded.body,
-    )
-        .into_response();
-    if let Some(n) = encoded.header_length {
-        response
-            .headers_mut()
-            .insert(kserve::HEADER_LENGTH, HeaderValue::from(n));
+    fn ready(&self) -> bool {
+        self.is_ready()
     }
-    Ok(response)
-}
 
-async fn infer_v(
-    state: State<Arc<Agent>>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, AgentError> {
-    check_version(&version)?;
-    infer(state, Path(name), headers, body).await
+    fn max_tensor_bytes(&self) -> usize {
+        self.args.max_tensor_bytes
+    }
+
+    async fn model_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
+        let loaded = self.models.require(name)?.loaded()?;
+        Ok(ModelMetadata {
+            name: name.to_owned(),
+            versions: vec![VERSION.into()],
+            platform: "onnxruntime_onnx".into(),
+            inputs: io_metadata(&loaded.inputs),
+            outputs: io_metadata(&loaded.outputs),
+            parameters: Map::from_iter([("backend".to_owned(), loaded.backend.into())]),
+        })
+    }
+
+    async fn model_ready(&self, name: &str) -> Result<ModelReady, ApiError> {
+        let entry = self.models.require(name)?;
+        Ok(ModelReady {
+            name: name.to_owned(),
+            ready: entry.loaded().is_ok() && self.browser.link().is_some(),
+            state: Some(entry.state().name().to_owned()),
+        })
+    }
+
+    async fn infer(
+        &self,
+        request: InferRequest,
+        options: CallOptions,
+    ) -> Result<Inferred, ApiError> {
+        let timeout: Duration = options.timeout_within(self.args.request_timeout);
+        let response = Agent::infer(self, request, timeout).await?;
+        let parameters = Map::from_iter([
+            ("backend".to_owned(), Value::from(response.backend.clone())),
+            ("compute_ms".to_owned(), Value::from(response.compute_ms)),
+            (
+                "page_ms".to_owned(),
+                response.page_ms.map_or(Value::Null, Value::from),
+            ),
+        ]);
+        Ok(Inferred {
+            response,
+            parameters,
+        })
+    }
+
+    fn refused(&self, error: &ApiError) {
+        self.stats.error(error.category);
+    }
 }

@@ -5,6 +5,8 @@ mod admin;
 mod bridge;
 mod kserve;
 
+use webaccel_kserve::http as v2;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -19,12 +21,13 @@ use crate::error::AgentError;
 
 pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
     let protected = Router::new()
-        .merge(kserve::routes())
+        .merge(v2::routes::<Agent>())
         .merge(admin::routes())
         .merge(bridge::routes(shutdown))
         .layer(middleware::from_fn_with_state(agent.clone(), require_token));
     Router::new()
         .merge(admin::probe_routes())
+        .merge(v2::probe_routes::<Agent>())
         .merge(protected)
         .with_state(agent.clone())
         .layer(DefaultBodyLimit::max(agent.args.max_body_bytes))

@@ -10,6 +10,8 @@ import {
 } from './frame.js';
 
 const params = new URLSearchParams(location.search);
+// See ECHO_MODEL in crds/src/wire.rs.
+const ECHO_MODEL = '__echo__';
 ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
 const threads = Number(params.get('threads') || 0);
 if (threads > 0) ort.env.wasm.numThreads = threads;
@@ -297,6 +299,14 @@ function handleFrame(buf) {
   }
   if (frame.kind !== KIND_REQUEST) return;
   const { id, header, tensors } = frame;
+  if (header.model === ECHO_MODEL) {
+    // The bridge's floor: decoded and encoded like a real request, but nothing runs.
+    const outputs = tensors.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
+    ws.send(encodeFrame(KIND_RESPONSE, id, {
+      model: header.model, backend: 'echo', compute_ms: 0, page_ms: performance.now() - received, outputs,
+    }, tensors));
+    return;
+  }
   const entry = sessions.get(header.model);
   if (!entry) {
     ws.send(errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`));

@@ -11,6 +11,7 @@
 
 mod agent_process;
 mod faults;
+mod large;
 mod measure;
 mod procs;
 mod samples;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{Value, json};
+use webaccel_api::wire;
 
 use agent_process::AgentProcess;
 use measure::{bench_bridge, bench_http, crash_recovery, init_times, mlp_inputs};
@@ -94,9 +96,12 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     for &c in &args.concurrency {
-        rows.push(bench_bridge(&agent, &tensors, c, args.requests).await?);
+        // The floor first: the same tensors through agent and page WebSocket, no model.
+        rows.push(bench_bridge(&agent, wire::ECHO_MODEL, &tensors, c, args.requests).await?);
+        rows.push(bench_bridge(&agent, "mlp", &tensors, c, args.requests).await?);
         rows.push(bench_http(&agent, &inputs, c, args.requests).await);
     }
+    let large_tensor = large::compare(&agent, 30).await?;
     let (rss_kib, hwm_kib) = agent.rss_kib();
     // The heartbeat's round trip through the idle page: Chromium's share of the overhead.
     let mut rtts = Vec::new();
@@ -163,6 +168,23 @@ async fn main() -> anyhow::Result<()> {
         "(milliseconds; overhead = end to end minus the model's compute time in the page; outside = end to end minus the page's whole handling, i.e. agent + transport)"
     );
     println!();
+    println!("one 1 MiB input tensor (mlp, batch 16384; output 256 KiB), 30 requests each:");
+    println!(
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "via", "req bytes", "resp bytes", "e2e p50", "e2e p99", "compute p50"
+    );
+    for r in &large_tensor {
+        println!(
+            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>12}",
+            r["via"].as_str().unwrap_or_default(),
+            r["request_bytes"],
+            r["response_bytes"],
+            f(&r["e2e_p50_ms"]),
+            f(&r["e2e_p99_ms"]),
+            f(&r["compute_p50_ms"]),
+        );
+    }
+    println!();
     println!(
         "page heartbeat round trip (agent -> page -> agent, idle): median {heartbeat_rtt_ms:.3} ms"
     );
@@ -207,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
     let report = json!({
         "model": "mlp", "backend": "wasm", "browser": version, "requests_per_row": args.requests,
         "latency": rows,
+        "large_tensor_1mib": large_tensor,
         "agent_start_to_ready_ms": start_to_ready.as_secs_f64() * 1e3,
         "browser_cold_start_ms": cold_start_ms,
         "model_init": init,

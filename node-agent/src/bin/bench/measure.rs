@@ -95,8 +95,11 @@ pub async fn bench_http(
     s.summary("http", concurrency, wall)
 }
 
+/// Requests over one bridge connection to `model` (the mlp, or `wire::ECHO_MODEL` for
+/// the bridge's floor), `concurrency` outstanding at a time.
 pub async fn bench_bridge(
     agent: &AgentProcess,
+    model: &str,
     tensors: &[Tensor],
     concurrency: usize,
     n: usize,
@@ -108,7 +111,7 @@ pub async fn bench_bridge(
         wire::encode(
             id,
             &Message::Request(InferRequest {
-                model: "mlp".into(),
+                model: model.into(),
                 inputs: tensors.to_vec(),
                 outputs: vec![],
             }),
@@ -153,7 +156,12 @@ pub async fn bench_bridge(
             wall = start.elapsed();
         }
     }
-    Ok(samples.summary("bridge", concurrency, wall))
+    let label = if model == wire::ECHO_MODEL {
+        "echo"
+    } else {
+        "bridge"
+    };
+    Ok(samples.summary(label, concurrency, wall))
 }
 
 /// Kills the browser and times how long until an inference succeeds again.

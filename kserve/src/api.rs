@@ -1,0 +1,124 @@
+//! What a KServe v2 server needs from the thing it fronts (an agent, the gateway), and
+//! the error every route answers with.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+use webaccel_api::ErrorCategory;
+use webaccel_api::kserve::{ErrorBody, ModelMetadata, ModelReady};
+use webaccel_api::wire::{InferRequest, InferResponse};
+
+/// The request's own deadline and identity, as the client gave them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The shortest of what the client asked for: the `webaccel-timeout` header, the
+    /// protocol's `timeout` parameter, gRPC's `grpc-timeout`. `None`: the server's default.
+    pub timeout: Option<Duration>,
+    /// From `x-request-id` (or generated), passed down to the agent and into the logs.
+    pub request_id: String,
+}
+
+impl CallOptions {
+    /// The effective timeout: the client's, never longer than `limit`.
+    pub fn timeout_within(&self, limit: Duration) -> Duration {
+        self.timeout.map_or(limit, |t| t.min(limit))
+    }
+}
+
+/// A finished inference and the response parameters to report with it (backend,
+/// compute time; the gateway adds where it ran and how many attempts it took).
+#[derive(Debug, Clone)]
+pub struct Inferred {
+    pub response: InferResponse,
+    pub parameters: Map<String, Value>,
+}
+
+/// An error with its category (which picks the HTTP status and gRPC code) and, for
+/// overload, when to come back.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub category: ErrorCategory,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
+        Self {
+            category,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.message.clone(),
+            category: self.category,
+            retryable: self.category.is_retryable(),
+        }
+    }
+}
+
+impl From<webaccel_api::kserve::ProtocolError> for ApiError {
+    fn from(e: webaccel_api::kserve::ProtocolError) -> Self {
+        Self::new(e.category, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.category.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, Json(self.body())).into_response();
+        let headers = resp.headers_mut();
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up (the header has no finer unit).
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if self.category == ErrorCategory::Unauthorized {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// What a KServe v2 server fronts. The futures are `Send` so the servers can run them
+/// on any worker.
+pub trait InferenceApi: Send + Sync + 'static {
+    /// The server's name and version for `GET /v2`.
+    fn server_name(&self) -> &str;
+    fn server_version(&self) -> &str;
+    /// Liveness for `/v2/health/live` (false: restart me).
+    fn live(&self) -> bool {
+        true
+    }
+    /// Readiness for `/v2/health/ready`.
+    fn ready(&self) -> bool;
+    /// The largest tensor accepted, in bytes (larger ones are refused with 413 before
+    /// they are read).
+    fn max_tensor_bytes(&self) -> usize;
+    fn model_metadata(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<ModelMetadata, ApiError>> + Send;
+    fn model_ready(&self, name: &str) -> impl Future<Output = Result<ModelReady, ApiError>> + Send;
+    fn infer(
+        &self,
+        request: InferRequest,
+        options: CallOptions,
+    ) -> impl Future<Output = Result<Inferred, ApiError>> + Send;
+    /// Told of every request refused before it reached [`InferenceApi::infer`]
+    /// (malformed, too large), for the server's own error counts.
+    fn refused(&self, _error: &ApiError) {}
+}

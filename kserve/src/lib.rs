@@ -1,0 +1,12 @@
+//! The KServe v2 / Open Inference Protocol servers webaccel's agent and gateway share, so
+//! both speak it identically: [`http`] (JSON tensors and the binary tensor data
+//! extension, as `tritonclient.http` uses by default) over one trait, [`InferenceApi`],
+//! which each implements once.
+//!
+//! The wire-level body formats live in `webaccel_api::kserve`; this crate is the
+//! servers: routes, status codes, headers, deadlines and request ids.
+
+pub mod api;
+pub mod http;
+
+pub use api::{ApiError, CallOptions, InferenceApi, Inferred};
