@@ -343,6 +343,7 @@ pub fn parse_request(
             model: model.to_owned(),
             inputs,
             outputs,
+            ..Default::default()
         },
         encoding,
         timeout,

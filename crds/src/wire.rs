@@ -6,7 +6,8 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "WAF1"
-//! 4       1     kind: 1 = inference request, 2 = inference response, 3 = error
+//! 4       1     kind: 1 = inference request, 2 = inference response, 3 = error,
+//!               4 = cancel
 //! 5       3     reserved, zero
 //! 8       8     request id, chosen by the sender of the request and echoed in its reply
 //! 16      4     header length H
@@ -26,6 +27,11 @@
 //!   spent running the model, `page_ms` (optional) the page's whole handling of the
 //!   request from receiving its frame to encoding the reply, queueing included
 //! - error: `{"category": "bad_request", "message": "...", "retryable": false}`
+//! - cancel (kind 4, client to agent): `{}`; the request with this id is no longer
+//!   wanted. No reply follows.
+//!
+//! A request header may also carry `"timeout_ms"` (how long its sender waits) and
+//! `"request_id"` (for logs across hops).
 //!
 //! Tensor data is raw little-endian elements (`FP16` as IEEE half bits, `BOOL` one byte).
 //! Ids are per connection; replies may arrive in any order. A frame that cannot be
@@ -56,6 +62,7 @@ pub enum Kind {
     Request = 1,
     Response = 2,
     Error = 3,
+    Cancel = 4,
 }
 
 /// Name, type and shape of a tensor, as listed in a frame header.
@@ -66,12 +73,17 @@ pub struct TensorHeader {
     pub shape: Vec<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct InferRequest {
     pub model: String,
     pub inputs: Vec<Tensor>,
     /// Outputs wanted; empty means all.
     pub outputs: Vec<String>,
+    /// How long the sender will wait for the answer; the receiver stops working on it
+    /// past that (and never waits longer than its own limit).
+    pub timeout_ms: Option<u64>,
+    /// The caller's request id, for logs across hops.
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +121,9 @@ pub enum Message {
     Request(InferRequest),
     Response(InferResponse),
     Error(ErrorFrame),
+    /// The sender of request `id` no longer wants the answer (it gave up or its client
+    /// went away): work not started yet is dropped. No reply is sent.
+    Cancel,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -117,7 +132,14 @@ struct RequestHeader {
     inputs: Vec<TensorHeader>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     outputs: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
+
+#[derive(Serialize, Deserialize)]
+struct CancelHeader {}
 
 #[derive(Serialize, Deserialize)]
 struct ResponseHeader {
@@ -159,6 +181,8 @@ pub fn encode(id: u64, msg: &Message) -> Vec<u8> {
                 model: r.model.clone(),
                 inputs: r.inputs.iter().map(header_of).collect(),
                 outputs: r.outputs.clone(),
+                timeout_ms: r.timeout_ms,
+                request_id: r.request_id.clone(),
             }),
             &r.inputs,
         ),
@@ -174,6 +198,7 @@ pub fn encode(id: u64, msg: &Message) -> Vec<u8> {
             &r.outputs,
         ),
         Message::Error(e) => (Kind::Error, to_json(e), &[]),
+        Message::Cancel => (Kind::Cancel, to_json(&CancelHeader {}), &[]),
     };
     let data_len: usize = tensors.iter().map(|t| align_up(t.data.len())).sum();
     let mut buf = Vec::with_capacity(align_up(PREFIX_LEN + header.len()) + data_len);
@@ -264,6 +289,8 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
                 model: h.model,
                 inputs,
                 outputs: h.outputs,
+                timeout_ms: h.timeout_ms,
+                request_id: h.request_id,
             })
         }
         2 => {
@@ -282,6 +309,10 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
             })
         }
         3 => Message::Error(parse_header(header).map_err(fail)?),
+        4 => {
+            let _: CancelHeader = parse_header(header).map_err(fail)?;
+            Message::Cancel
+        }
         k => return Err(fail(format!("unknown frame kind {k}"))),
     };
     if align_up(cursor) < frame.len() {
@@ -327,6 +358,7 @@ mod tests {
                 fp32("x", &[1.0, 2.0, 3.0]),
             ],
             outputs: vec!["y".into()],
+            ..Default::default()
         });
         let buf = encode(42, &req);
         let (id, back) = decode(Bytes::from(buf.clone())).unwrap();
@@ -374,6 +406,7 @@ mod tests {
                 model: "m".into(),
                 inputs: vec![fp32("x", &[1.0, 2.0])],
                 outputs: vec![],
+                ..Default::default()
             }),
         );
         buf.truncate(buf.len() - 1);

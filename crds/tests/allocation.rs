@@ -61,6 +61,7 @@ fn decoders_allocate_in_proportion_to_their_input() {
             model: "m".into(),
             inputs: vec![],
             outputs: vec![],
+            ..Default::default()
         }),
     );
     frame[16..20].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -48,13 +48,19 @@ fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (
             proptest::collection::vec(tensor(), 0..4),
-            proptest::collection::vec("[a-z]{1,4}", 0..2)
+            proptest::collection::vec("[a-z]{1,4}", 0..2),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("[a-z0-9-]{0,12}"),
         )
-            .prop_map(|(inputs, outputs)| Message::Request(InferRequest {
-                model: "m".into(),
-                inputs,
-                outputs
-            })),
+            .prop_map(|(inputs, outputs, timeout_ms, request_id)| {
+                Message::Request(InferRequest {
+                    model: "m".into(),
+                    inputs,
+                    outputs,
+                    timeout_ms,
+                    request_id,
+                })
+            }),
         (proptest::collection::vec(tensor(), 0..4), any::<f64>()).prop_map(|(outputs, ms)| {
             Message::Response(InferResponse {
                 model: "m".into(),
@@ -65,6 +71,7 @@ fn message() -> impl Strategy<Value = Message> {
             })
         }),
         ".{0,40}".prop_map(|m| Message::Error(ErrorFrame::new(ErrorCategory::Internal, m))),
+        Just(Message::Cancel),
     ]
 }
 
@@ -78,7 +85,7 @@ fn check_decoded(frame: Vec<u8>) {
     match wire::decode(Bytes::from(frame)) {
         Ok((_, Message::Request(r))) => assert!(consistent(&r.inputs)),
         Ok((_, Message::Response(r))) => assert!(consistent(&r.outputs)),
-        Ok((_, Message::Error(_))) => {}
+        Ok((_, Message::Error(_) | Message::Cancel)) => {}
         Err(e) => assert!(!e.reason.is_empty()),
     }
 }

@@ -124,6 +124,7 @@ mod tests {
             model: "m".into(),
             inputs: vec![Tensor::from_bytes(name, dt, shape, Bytes::from(vec![0u8; len])).unwrap()],
             outputs: vec![],
+            ..Default::default()
         }
     }
 

@@ -12,7 +12,7 @@ use common::{Agent, TOKEN, model_uri, reference, reference_tensors};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use webaccel_api::ErrorCategory;
-use webaccel_api::wire::Message;
+use webaccel_api::wire::{self, InferRequest, Message};
 
 fn mlp_input(shape: Value, datatype: &str, data: Value) -> Value {
     json!({"inputs": [{"name": "x", "shape": shape, "datatype": datatype, "data": data}]})
@@ -324,12 +324,13 @@ async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
     assert!(e.message.contains("malformed frame"), "{}", e.message);
 
     // A valid prefix with a truncated tensor: the error carries the request id.
-    let mut frame = webaccel_api::wire::encode(
+    let mut frame = wire::encode(
         77,
-        &Message::Request(webaccel_api::wire::InferRequest {
+        &Message::Request(InferRequest {
             model: "mlp".into(),
             inputs: reference_tensors("mlp"),
             outputs: vec![],
+            ..Default::default()
         }),
     );
     frame.truncate(frame.len() - 4);
@@ -412,4 +413,71 @@ async fn too_many_in_flight_is_429_and_a_hung_page_fails_them_retryably() {
     let stats = agent.stats().await;
     assert_eq!(stats["browser"]["restarts"], 1, "{stats}");
     assert_eq!(stats["browser"]["last_restart_reason"], "hung");
+}
+
+/// A bridge request carries its sender's deadline (`timeout_ms`), which the agent keeps;
+/// a cancel frame drops a request that is still queued.
+#[tokio::test]
+async fn bridge_deadlines_and_cancels_are_honoured() {
+    let agent = Agent::start(
+        &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
+        &[
+            "--enable-debug-endpoints",
+            "--hang-timeout",
+            "20s",
+            "--drain-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let mut bridge = agent.bridge().await;
+    // Freeze the page: nothing completes until the browser is replaced.
+    assert_eq!(agent.post("/v1/debug/hang", &json!({})).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let request = |timeout_ms| {
+        wire::encode(
+            0,
+            &Message::Request(InferRequest {
+                model: "mlp".into(),
+                inputs: reference_tensors("mlp"),
+                timeout_ms,
+                ..Default::default()
+            }),
+        )
+    };
+    let send = |id: u64, frame: Vec<u8>| {
+        let mut frame = frame;
+        frame[8..16].copy_from_slice(&id.to_le_bytes());
+        WsMessage::Binary(frame.into())
+    };
+    // 1 runs (stuck in the page), 2 and 3 wait in the model's queue.
+    bridge.send_raw(send(1, request(None))).await;
+    bridge.send_raw(send(2, request(None))).await;
+    let started = std::time::Instant::now();
+    bridge.send_raw(send(3, request(Some(300)))).await;
+    let (id, msg) = bridge.recv().await;
+    assert_eq!(id, 3);
+    let Message::Error(e) = msg else {
+        panic!("{msg:?}")
+    };
+    assert_eq!(e.category.as_str(), "deadline_exceeded", "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let mut cancel = wire::encode(2, &Message::Cancel);
+    cancel[8..16].copy_from_slice(&2u64.to_le_bytes());
+    bridge.send_raw(WsMessage::Binary(cancel.into())).await;
+    // Request 2 leaves the queue: only request 1 is left in the agent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = agent.stats().await;
+        if stats["queued"] == 0 && stats["in_flight"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

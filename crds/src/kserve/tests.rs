@@ -179,6 +179,7 @@ fn a_client_encoded_request_parses_back() {
         model: "m".into(),
         inputs: vec![fp32("a", &[1.0, f32::MAX]), fp32("b", &[])],
         outputs: vec!["y".into()],
+        ..Default::default()
     };
     for binary in [false, true] {
         let enc = encode_request(&req, binary, &[("y".into(), Some(true))], Map::new());

@@ -5,7 +5,9 @@
 //! that the agent stops reading its socket, so a fast client is slowed by TCP rather
 //! than buffered without bound.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::Router;
@@ -15,6 +17,7 @@ use axum::response::Response;
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use webaccel_api::ErrorCategory;
 use webaccel_api::wire::{self, ErrorFrame, Message};
@@ -36,6 +39,12 @@ async fn upgrade(
         .on_upgrade(move |socket| serve(agent, socket, shutdown))
 }
 
+fn lock(
+    m: &Mutex<HashMap<u64, AbortHandle>>,
+) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn error_frame(id: u64, category: ErrorCategory, message: impl Into<String>) -> WsMessage {
     WsMessage::Binary(wire::encode(id, &Message::Error(ErrorFrame::new(category, message))).into())
 }
@@ -53,6 +62,8 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
         let _ = sink.send(WsMessage::Close(None)).await;
     });
     let slots = Arc::new(Semaphore::new(window));
+    // Requests still running, by id, so a cancel frame can drop one.
+    let running: Arc<Mutex<HashMap<u64, AbortHandle>>> = Arc::default();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -83,8 +94,15 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
             Ok((id, Message::Request(req))) => {
                 let agent = agent.clone();
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let timeout = agent.args.request_timeout;
+                let finished = running.clone();
+                let task = tokio::spawn(async move {
+                    // The sender's deadline, never longer than the agent's own.
+                    let timeout = req
+                        .timeout_ms
+                        .map(Duration::from_millis)
+                        .map_or(agent.args.request_timeout, |t| {
+                            t.min(agent.args.request_timeout)
+                        });
                     let result = if req.model == wire::ECHO_MODEL {
                         agent.echo(req, timeout).await
                     } else {
@@ -94,11 +112,21 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                         Ok(resp) => Message::Response(resp),
                         Err(e) => Message::Error(e.to_frame()),
                     };
+                    lock(&finished).remove(&id);
                     let _ = tx
                         .send(WsMessage::Binary(wire::encode(id, &reply).into()))
                         .await;
                     drop(permit);
                 });
+                lock(&running).insert(id, task.abort_handle());
+            }
+            Ok((id, Message::Cancel)) => {
+                // Dropping the task releases its queue place (work already in the page
+                // finishes there, and its answer is discarded). No reply.
+                if let Some(task) = lock(&running).remove(&id) {
+                    task.abort();
+                }
+                drop(permit);
             }
             Ok((id, _)) => {
                 agent.stats.error(ErrorCategory::BadRequest);
@@ -106,7 +134,7 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                     .send(error_frame(
                         id,
                         ErrorCategory::BadRequest,
-                        "clients may only send request frames (kind 1)",
+                        "clients may only send request (kind 1) and cancel (kind 4) frames",
                     ))
                     .await;
             }

@@ -267,6 +267,7 @@ impl Bridge {
                 model: model.into(),
                 inputs,
                 outputs: vec![],
+                ..Default::default()
             }),
         );
         self.ws.send(WsMessage::Binary(frame.into())).await.unwrap();

@@ -151,6 +151,7 @@ pub async fn compare(agent: &AgentProcess, n: usize) -> anyhow::Result<Vec<Value
         model: "mlp".into(),
         inputs: vec![input()?],
         outputs: vec![],
+        ..Default::default()
     };
     let mut rows = Vec::new();
     let mut outputs = Vec::new();

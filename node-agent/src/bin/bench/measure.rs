@@ -114,6 +114,7 @@ pub async fn bench_bridge(
                 model: model.into(),
                 inputs: tensors.to_vec(),
                 outputs: vec![],
+                ..Default::default()
             }),
         )
     };
