@@ -5,6 +5,7 @@
 //! condition names the operator and the gateway share. Without it nothing here depends on
 //! Kubernetes, so the agent and external clients use the wire protocol without pulling in kube.
 
+pub mod agent;
 pub mod backend;
 pub mod error;
 pub mod kserve;

@@ -2,11 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use webaccel_api::{Backend, WebNnDevice};
+pub use webaccel_api::agent::ModelSpec;
 
 /// Runs ONNX models inside one headless Chromium (onnxruntime-web on WebGPU, WebNN or
 /// WebAssembly) and serves them over a WebSocket bridge and the KServe v2 HTTP API.
@@ -16,6 +15,13 @@ pub struct AgentArgs {
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "WEBACCEL_LISTEN", default_value = "127.0.0.1:8700")]
     pub listen: SocketAddr,
+
+    /// Address to also serve the KServe v2 gRPC API on (`inference.GRPCInferenceService`,
+    /// as `tritonclient.grpc` speaks it), e.g. `0.0.0.0:8701`. Off when not given. The
+    /// bearer token guards it as it does HTTP (`authorization: Bearer <token>` metadata),
+    /// except ServerLive and ServerReady.
+    #[arg(long, env = "WEBACCEL_GRPC_LISTEN", value_name = "ADDR")]
+    pub grpc_listen: Option<SocketAddr>,
 
     /// A model to load at start: NAME=URI[,backend=auto|webgpu|webnn|wasm][,sha256=HEX]
     /// [,warmup=true|false][,webnn_device=cpu|gpu|npu][,task=T][,precision=P]. URI is
@@ -61,7 +67,7 @@ pub struct AgentArgs {
     pub max_tensor_bytes: usize,
 
     /// Largest HTTP request body accepted, in bytes (JSON is several times larger than
-    /// the tensor it carries).
+    /// the tensor it carries); also the largest gRPC request message.
     #[arg(long, default_value_t = 128 << 20)]
     pub max_body_bytes: usize,
 
@@ -157,156 +163,9 @@ impl AgentArgs {
     }
 }
 
-/// One model to serve: where it comes from and how to run it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ModelSpec {
-    pub name: String,
-    pub uri: String,
-    #[serde(default)]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub backend: Backend,
-    #[serde(default)]
-    pub webnn_device: WebNnDevice,
-    #[serde(default = "default_true")]
-    pub warmup: bool,
-    /// What the model does (text-embedding, vision, ...), recorded with its metrics.
-    #[serde(default)]
-    pub task: String,
-    /// Numeric precision (fp32, fp16, int8, ...), recorded with its metrics.
-    #[serde(default)]
-    pub precision: String,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-impl ModelSpec {
-    /// Checks what can be checked without fetching: name, URI scheme, digest form.
-    pub fn validate(&self) -> Result<(), String> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 128
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !name_ok {
-            return Err(format!(
-                "model name '{}' must be 1-128 characters of letters, digits, '-', '_' or '.'",
-                self.name
-            ));
-        }
-        if !["file://", "http://", "https://"]
-            .iter()
-            .any(|s| self.uri.starts_with(s))
-        {
-            return Err(format!(
-                "model URI '{}' must start with file://, http:// or https://",
-                self.uri
-            ));
-        }
-        if let Some(sha) = &self.sha256
-            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            return Err(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
-        }
-        if self.warmup || self.backend != Backend::Auto {
-            Ok(())
-        } else {
-            Err("backend=auto measures the backends by running the model, so warmup cannot be false".into())
-        }
-    }
-}
-
-impl FromStr for ModelSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, rest) = s
-            .split_once('=')
-            .ok_or_else(|| format!("'{s}' is not NAME=URI[,key=value...]"))?;
-        let mut parts = rest.split(',');
-        let uri = parts.next().unwrap_or_default();
-        let mut spec = ModelSpec {
-            name: name.trim().to_owned(),
-            uri: uri.trim().to_owned(),
-            sha256: None,
-            backend: Backend::Auto,
-            webnn_device: WebNnDevice::Cpu,
-            warmup: true,
-            task: String::new(),
-            precision: String::new(),
-        };
-        for kv in parts {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| format!("option '{kv}' in '{s}' is not key=value"))?;
-            match k.trim() {
-                "backend" => spec.backend = v.trim().parse()?,
-                "sha256" => spec.sha256 = Some(v.trim().to_ascii_lowercase()),
-                "webnn_device" => spec.webnn_device = v.trim().parse()?,
-                "task" => spec.task = v.trim().to_owned(),
-                "precision" => spec.precision = v.trim().to_owned(),
-                "warmup" => {
-                    spec.warmup = v
-                        .trim()
-                        .parse()
-                        .map_err(|_| format!("warmup must be true or false, got '{v}'"))?
-                }
-                other => {
-                    return Err(format!(
-                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task or precision)"
-                    ));
-                }
-            }
-        }
-        spec.validate()?;
-        Ok(spec)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_full_spec() {
-        let spec: ModelSpec = format!(
-            "mlp=file:///m/mlp.onnx,backend=wasm,sha256={},warmup=false",
-            "AB".repeat(32)
-        )
-        .parse()
-        .unwrap();
-        assert_eq!(spec.name, "mlp");
-        assert_eq!(spec.uri, "file:///m/mlp.onnx");
-        assert_eq!(spec.backend, Backend::Wasm);
-        assert_eq!(spec.sha256.as_deref(), Some("ab".repeat(32).as_str()));
-        assert!(!spec.warmup);
-    }
-
-    #[test]
-    fn defaults_to_auto_with_warmup() {
-        let spec: ModelSpec = "m=https://example.invalid/m.onnx".parse().unwrap();
-        assert_eq!((spec.backend, spec.warmup), (Backend::Auto, true));
-    }
-
-    #[test]
-    fn refuses_bad_specs_with_reasons() {
-        let cases = [
-            ("nouri", "is not NAME=URI"),
-            ("m=ftp://x/m.onnx", "must start with file://"),
-            ("m=file:///m.onnx,backend=cuda", "unknown backend 'cuda'"),
-            ("m=file:///m.onnx,sha256=xyz", "64 hexadecimal digits"),
-            ("m=file:///m.onnx,color=red", "unknown model option 'color'"),
-            ("bad name=file:///m.onnx", "model name 'bad name'"),
-            ("m=file:///m.onnx,warmup=false", "cannot be false"),
-        ];
-        for (input, want) in cases {
-            let err = input.parse::<ModelSpec>().unwrap_err();
-            assert!(err.contains(want), "{input}: {err}");
-        }
-    }
 
     #[test]
     fn command_line_parses() {
@@ -325,10 +184,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.models.len(), 2);
+        assert_eq!(args.grpc_listen, None, "gRPC is off by default");
         assert_eq!(args.hang_timeout, Duration::from_millis(1500));
         assert_eq!(
             args.chromium_args,
             ["enable-features=WebMachineLearningNeuralNetwork"]
         );
+    }
+
+    #[test]
+    fn grpc_listen_parses_an_address() {
+        let args =
+            AgentArgs::try_parse_from(["webaccel-agent", "--grpc-listen", "0.0.0.0:8701"]).unwrap();
+        assert_eq!(args.grpc_listen, Some("0.0.0.0:8701".parse().unwrap()));
+        let err = AgentArgs::try_parse_from(["webaccel-agent", "--grpc-listen", "8701"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--grpc-listen"), "{err}");
     }
 }

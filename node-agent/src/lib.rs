@@ -1,5 +1,6 @@
 //! webaccel-agent: runs ONNX models inside one headless Chromium through onnxruntime-web
-//! and serves them over a WebSocket bridge and the KServe v2 HTTP API.
+//! and serves them over a WebSocket bridge and the KServe v2 HTTP API (and, with
+//! `--grpc-listen`, the KServe v2 gRPC API).
 //!
 //! The parts: [`supervisor`] keeps the browser alive and [`page`] talks to the runtime
 //! in it; [`models`] and [`cache`] hold what is loaded; [`agent`] is the shared context
@@ -106,6 +107,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let grpc_listener = match args.grpc_listen {
+        None => None,
+        Some(grpc_addr) => Some(
+            tokio::net::TcpListener::bind(grpc_addr)
+                .await
+                .with_context(|| format!("binding {grpc_addr} (--grpc-listen)"))?,
+        ),
+    };
     // The page reaches the agent over loopback when the agent listens on all addresses.
     let page_ip = if addr.ip().is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -160,6 +169,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tracing::info!(%addr, "webaccel-agent listening");
+    let grpc = match grpc_listener {
+        None => None,
+        Some(listener) => {
+            tracing::info!(addr = %listener.local_addr()?, "KServe v2 gRPC listening");
+            let options = webaccel_kserve::grpc::Options {
+                bearer_token: agent.token.clone(),
+                max_message_bytes: Some(agent.args.max_body_bytes),
+            };
+            let stop = shutdown.clone().cancelled_owned();
+            let api = agent.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) =
+                    webaccel_kserve::grpc::serve_with(api, options, listener, stop).await
+                {
+                    tracing::error!(error = %e, "the gRPC server failed");
+                }
+            }))
+        }
+    };
 
     let drain_agent = agent.clone();
     let drain_token = shutdown.clone();
@@ -188,6 +216,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(graceful)
         .await?;
     shutdown.cancel();
+    if let Some(grpc) = grpc {
+        // Calls in flight were drained above; this only closes the connections.
+        let _ = tokio::time::timeout(Duration::from_secs(10), grpc).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), supervisor).await;
     migrations.abort();
     agent.recorder.shutdown().await;

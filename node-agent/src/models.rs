@@ -5,68 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
-use webaccel_api::{Backend, DataType};
+use webaccel_api::Backend;
+pub use webaccel_api::agent::{IoMeta, LoadedModel, ModelDescription, ModelState};
 
 use crate::agent::Agent;
 use crate::config::ModelSpec;
 use crate::error::AgentError;
 use crate::page::PageLink;
-
-/// An input or output as the runtime reports it. `-1` marks a dynamic dimension.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IoMeta {
-    pub name: String,
-    /// `None` for types webaccel cannot carry (strings, sequences).
-    pub datatype: Option<DataType>,
-    pub ort_type: String,
-    pub shape: Vec<i64>,
-}
-
-/// A model that is loaded in the page.
-#[derive(Debug, Clone, Serialize)]
-pub struct LoadedModel {
-    pub sha256: String,
-    pub bytes: u64,
-    /// The execution provider running it: `wasm`, `webgpu` or `webnn:<device>`.
-    pub backend: String,
-    pub inputs: Vec<IoMeta>,
-    pub outputs: Vec<IoMeta>,
-    /// Milliseconds: agent fetch (0 on a cache hit), page fetch, session creation,
-    /// first run (warm-up), steady run (median after warm-up).
-    pub fetch_ms: f64,
-    pub page_fetch_ms: f64,
-    pub create_ms: f64,
-    pub warmup_ms: Option<f64>,
-    pub steady_ms: Option<f64>,
-    /// With `backend=auto`: every candidate measured, and why the others lost or failed.
-    pub candidates: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum ModelState {
-    /// Waiting for a browser to load into.
-    Pending,
-    Loading,
-    Loaded(LoadedModel),
-    Failed {
-        reason: String,
-    },
-}
-
-impl ModelState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Loading => "loading",
-            Self::Loaded(_) => "loaded",
-            Self::Failed { .. } => "failed",
-        }
-    }
-}
 
 /// What `auto` chose for a model: the backend, the WebNN device if any, and the
 /// measurements behind the choice.
@@ -135,8 +82,12 @@ impl ModelEntry {
         }
     }
 
-    pub fn describe(&self) -> Value {
-        json!({"name": self.spec.name, "spec": self.spec, "status": self.state()})
+    pub fn describe(&self) -> ModelDescription {
+        ModelDescription {
+            name: self.spec.name.clone(),
+            spec: self.spec.clone(),
+            status: self.state(),
+        }
     }
 }
 

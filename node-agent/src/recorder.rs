@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use webaccel_analytics::rows::{BrowserConnectionRow, InferenceRow, new_row_id, now_ms};
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
+use webaccel_api::agent::Capabilities;
 
 /// How often migrations are retried while ClickHouse cannot be reached.
 const MIGRATION_RETRY: Duration = Duration::from_secs(5);
@@ -56,6 +57,11 @@ pub struct Recorder {
 
 impl Recorder {
     /// A recorder that records nothing (no ClickHouse configured).
+    /// The pool and pod this agent records its rows under.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
     pub fn disabled(origin: Origin) -> Self {
         Self {
             origin,
@@ -105,17 +111,19 @@ impl Recorder {
     }
 
     /// Notes the browser now serving, for the rows that follow.
-    pub fn set_browser(&self, version: &str, capabilities: &Value) {
-        let adapter = &capabilities["webgpu"]["adapter"];
-        let name = format!(
-            "{} {}",
-            adapter["vendor"].as_str().unwrap_or_default(),
-            adapter["architecture"].as_str().unwrap_or_default()
-        );
+    pub fn set_browser(&self, version: &str, capabilities: &Capabilities) {
+        let kind = capabilities.webgpu.adapter.as_ref().map_or("none", |a| {
+            if a.is_software() {
+                "software"
+            } else {
+                "hardware"
+            }
+        });
         *self.browser.lock().unwrap_or_else(|p| p.into_inner()) = (
             version.to_owned(),
-            name.trim().to_owned(),
-            adapter["kind"].as_str().unwrap_or("none").to_owned(),
+            // The same label the pool's status shows.
+            capabilities.adapter_label().unwrap_or_default(),
+            kind.to_owned(),
         );
     }
 
@@ -159,20 +167,21 @@ impl Recorder {
     }
 
     /// A browser started (`start_ms` set), crashed, hung or stopped.
-    pub fn browser_event(&self, event: &str, reason: &str, start_ms: f64, capabilities: &Value) {
+    pub fn browser_event(
+        &self,
+        event: &str,
+        reason: &str,
+        start_ms: f64,
+        capabilities: &Capabilities,
+    ) {
         let Some(s) = &self.sinks else { return };
         let (version, adapter, kind) = self.browser();
-        let webnn = capabilities["webnn"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(d, v)| {
-                        format!("{d}={}", if v["available"] == true { "yes" } else { "no" })
-                    })
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+        let webnn = capabilities
+            .webnn
+            .iter()
+            .map(|(d, v)| format!("{d}={}", if v.available { "yes" } else { "no" }))
+            .collect::<Vec<_>>()
+            .join(",");
         s.browser.write(BrowserConnectionRow {
             event_time: now_ms(),
             row_id: new_row_id(),

@@ -13,8 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use webaccel_api::ErrorCategory;
+pub use webaccel_api::agent::ModelStats;
 
 use crate::models::LoadedModel;
 
@@ -54,16 +54,6 @@ struct ModelWindow {
     errors: u64,
     latency_ms: VecDeque<f64>,
     compute_ms: VecDeque<f64>,
-}
-
-/// Per-model figures in `/v1/stats`.
-#[derive(Debug, Serialize, PartialEq)]
-pub struct ModelStats {
-    pub requests: u64,
-    pub errors: u64,
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
-    pub compute_p50_ms: Option<f64>,
 }
 
 #[derive(Debug)]

@@ -12,6 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use webaccel_api::agent::{AgentStats, BrowserSummary, Capabilities, ModelDescription, ModelList};
+
 use crate::agent::Agent;
 use crate::config::ModelSpec;
 use crate::error::AgentError;
@@ -99,7 +101,7 @@ async fn readyz(State(agent): State<Arc<Agent>>) -> Response {
 
 /// The browser's capabilities; a retryable 503 until a browser has started and its page
 /// reported them (a caller must never take an empty answer for "no backends").
-async fn capabilities(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, AgentError> {
+async fn capabilities(State(agent): State<Arc<Agent>>) -> Result<Json<Capabilities>, AgentError> {
     let Some(mut caps) = agent.browser.capabilities() else {
         return Err(AgentError::browser(
             webaccel_api::ErrorCategory::BrowserUnavailable,
@@ -107,32 +109,40 @@ async fn capabilities(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, Ag
         ));
     };
     let info = agent.browser.info();
-    if let Some(obj) = caps.as_object_mut() {
-        obj.insert(
-            "browser".into(),
-            json!({"version": info.version, "pid": info.pid, "state": info.state}),
-        );
-    }
+    caps.browser = Some(BrowserSummary {
+        version: info.version,
+        pid: info.pid,
+        state: info.state,
+    });
     Ok(Json(caps))
 }
 
-async fn stats(State(agent): State<Arc<Agent>>) -> Json<Value> {
+async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
     let info = agent.browser.info();
-    let (ready, _) = readiness(&agent);
-    Json(json!({
-        "healthy": unhealthy_reason(&agent).is_none(),
-        "ready": ready,
-        "draining": agent.admission.is_draining(),
-        "outstanding": agent.admission.outstanding(),
-        "in_flight": agent.stats.in_flight.get(),
-        "queued": agent.stats.queued.get(),
-        "max_in_flight": agent.args.max_in_flight,
-        "heartbeat_rtt_ms": agent.browser.link().and_then(|l| l.heartbeat_rtt_ms()),
-        "models": agent.stats.per_model(),
-        "errors_by_category": agent.stats.errors_by_category(),
-        "browser": info,
-        "metrics": agent.recorder.status(),
-    }))
+    let unhealthy = unhealthy_reason(&agent);
+    let gauge = |g: i64| u64::try_from(g).unwrap_or(0);
+    Json(AgentStats {
+        healthy: unhealthy.is_none(),
+        unhealthy_reason: unhealthy,
+        ready: agent.is_ready(),
+        draining: agent.admission.is_draining(),
+        pool: agent.recorder.origin().pool.clone(),
+        pod: agent.recorder.origin().pod.clone(),
+        outstanding: agent.admission.outstanding() as u64,
+        in_flight: gauge(agent.stats.in_flight.get()),
+        queued: gauge(agent.stats.queued.get()),
+        max_in_flight: agent.args.max_in_flight as u64,
+        heartbeat_rtt_ms: agent.browser.link().and_then(|l| l.heartbeat_rtt_ms()),
+        models: agent.stats.per_model(),
+        errors_by_category: agent
+            .stats
+            .errors_by_category()
+            .into_iter()
+            .map(|(c, n)| (c.as_str().to_owned(), n))
+            .collect(),
+        browser: info.status(),
+        metrics: agent.recorder.status(),
+    })
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
@@ -149,14 +159,16 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
         .into_response()
 }
 
-async fn list_models(State(agent): State<Arc<Agent>>) -> Json<Value> {
-    Json(json!({"models": agent.models.all().iter().map(|e| e.describe()).collect::<Vec<_>>()}))
+async fn list_models(State(agent): State<Arc<Agent>>) -> Json<ModelList> {
+    Json(ModelList {
+        models: agent.models.all().iter().map(|e| e.describe()).collect(),
+    })
 }
 
 async fn get_model(
     State(agent): State<Arc<Agent>>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, AgentError> {
+) -> Result<Json<ModelDescription>, AgentError> {
     let entry = agent.models.require(&name)?;
     Ok(Json(entry.describe()))
 }
@@ -175,7 +187,7 @@ async fn load_model(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Resp
         }
         None => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"name": name, "status": {"state": "pending"}})),
+            Json(agent.models.require(&name)?.describe()),
         )
             .into_response()),
     }

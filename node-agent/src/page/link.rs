@@ -14,6 +14,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use webaccel_api::ErrorCategory;
+use webaccel_api::agent::Capabilities;
 use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 
 use crate::error::AgentError;
@@ -54,7 +55,7 @@ impl PageLink {
     pub async fn accept(
         socket: WebSocket,
         secret: String,
-    ) -> Result<(std::sync::Arc<Self>, Value), String> {
+    ) -> Result<(std::sync::Arc<Self>, Capabilities), String> {
         let (mut sink, mut stream) = socket.split();
         let hello = match stream.next().await {
             Some(Ok(WsMessage::Text(t))) => serde_json::from_str::<Value>(&t)
@@ -94,7 +95,9 @@ impl PageLink {
                 "the browser's page connection closed while the request was in flight",
             ));
         });
-        Ok((link, hello["capabilities"].clone()))
+        let capabilities = serde_json::from_value(hello["capabilities"].clone())
+            .map_err(|e| format!("the page's capability report is malformed: {e}"))?;
+        Ok((link, capabilities))
     }
 
     fn on_message(&self, msg: WsMessage) {

@@ -25,38 +25,26 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::WebSocket;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Fuse, FusedFuture as _};
-use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use webaccel_api::agent::{BrowserStatus, Capabilities};
 
 use crate::browser::{BrowserProcess, LaunchConfig, LaunchTimeouts};
 use crate::page::PageLink;
 use crate::reaper::Reaper;
 use progress::Progress;
-
-/// Where the browser is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrowserState {
-    Starting,
-    LoadingModels,
-    Ready,
-    Restarting,
-    Stopped,
-}
+pub use webaccel_api::agent::BrowserState;
 
 /// What the supervisor knows about the current browser, as reported by `/v1/stats` and
 /// `/v1/capabilities`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct BrowserInfo {
     pub state: BrowserState,
     pub generation: u64,
     pub pid: Option<u32>,
     pub version: String,
-    /// Served by `/v1/capabilities`; left out of `/v1/stats`, which is polled often.
-    #[serde(skip)]
-    pub capabilities: Value,
+    /// Served by `/v1/capabilities`; `None` until a page has reported them.
+    pub capabilities: Option<Capabilities>,
     pub restarts: u64,
     pub last_restart_reason: Option<String>,
     /// From detecting a failure to serving again, for the last restart.
@@ -72,12 +60,32 @@ pub struct BrowserInfo {
     pub standby_replacements: u64,
 }
 
+impl BrowserInfo {
+    /// The browser as `/v1/stats` reports it.
+    pub fn status(&self) -> BrowserStatus {
+        BrowserStatus {
+            state: self.state,
+            generation: self.generation,
+            pid: self.pid,
+            version: self.version.clone(),
+            restarts: self.restarts,
+            last_restart_reason: self.last_restart_reason.clone(),
+            last_recovery_ms: self.last_recovery_ms,
+            cold_start_ms: self.cold_start_ms,
+            failed_launches: self.failed_launches,
+            last_launch_error: self.last_launch_error.clone(),
+            standby_pid: self.standby_pid,
+            standby_replacements: self.standby_replacements,
+        }
+    }
+}
+
 /// A started browser whose page has connected back.
 #[derive(Debug)]
 struct Browser {
     process: BrowserProcess,
     link: Arc<PageLink>,
-    capabilities: Value,
+    capabilities: Capabilities,
     /// From launch to the page's hello.
     start_ms: f64,
 }
@@ -139,7 +147,7 @@ impl BrowserSupervisor {
                 generation: 0,
                 pid: None,
                 version: String::new(),
-                capabilities: Value::Null,
+                capabilities: None,
                 restarts: 0,
                 last_restart_reason: None,
                 last_recovery_ms: None,
@@ -165,9 +173,8 @@ impl BrowserSupervisor {
     }
 
     /// The capabilities the page reported, once a browser has started; `None` before.
-    pub fn capabilities(&self) -> Option<Value> {
-        let info = self.lock_info();
-        (!info.capabilities.is_null()).then(|| info.capabilities.clone())
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        self.lock_info().capabilities.clone()
     }
 
     /// A supervisor loop stuck past the bound of its current step, if any.

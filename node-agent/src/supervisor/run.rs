@@ -88,7 +88,7 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             let mut info = sup.lock_info();
             info.pid = Some(browser.process.pid());
             info.version = browser.process.version.clone();
-            info.capabilities = browser.capabilities.clone();
+            info.capabilities = Some(browser.capabilities.clone());
             info.cold_start_ms.get_or_insert(browser.start_ms);
         }
         sup.set_state(BrowserState::LoadingModels);

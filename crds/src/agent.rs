@@ -1,0 +1,204 @@
+//! The agent's HTTP contract, one serde type per message, shared by the agent (which
+//! writes them) and everyone who reads them: the operator, the gateway, local mode and
+//! the metrics recorder. `/v1/stats` is [`AgentStats`], `/v1/capabilities` is
+//! [`Capabilities`], `/v1/models` is [`ModelList`] of [`ModelDescription`], and a model
+//! load (`POST /v1/models`, or `--model` on the command line) is a [`ModelSpec`]. Errors
+//! are [`crate::kserve::ErrorBody`], whose category says whether to retry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, WebNnDevice};
+use crate::tensor::DataType;
+
+mod capabilities;
+mod spec;
+
+pub use capabilities::{
+    Adapter, BrowserSummary, Capabilities, RuntimeStart, WasmSupport, WebGpuSupport, WebNnSupport,
+};
+pub use spec::ModelSpec;
+
+/// An input or output of a loaded model, as the runtime reports it. `-1` marks a
+/// dynamic dimension.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IoMeta {
+    pub name: String,
+    /// `None` for types webaccel cannot carry (strings, sequences).
+    pub datatype: Option<DataType>,
+    pub ort_type: String,
+    pub shape: Vec<i64>,
+}
+
+/// A model that is loaded in a page, with what loading it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadedModel {
+    pub sha256: String,
+    pub bytes: u64,
+    /// The execution provider running it: `wasm`, `webgpu` or `webnn:<device>`.
+    pub backend: String,
+    pub inputs: Vec<IoMeta>,
+    pub outputs: Vec<IoMeta>,
+    /// Milliseconds: agent fetch (0 on a cache hit), page fetch, session creation,
+    /// first run (warm-up), steady run (median after warm-up).
+    pub fetch_ms: f64,
+    pub page_fetch_ms: f64,
+    pub create_ms: f64,
+    pub warmup_ms: Option<f64>,
+    pub steady_ms: Option<f64>,
+    /// With `backend=auto`: every candidate measured, and why the others lost or failed.
+    #[serde(default)]
+    pub candidates: Option<serde_json::Value>,
+}
+
+impl LoadedModel {
+    /// Session creation plus warm-up: what it took to make the model ready.
+    pub fn init_ms(&self) -> f64 {
+        self.create_ms + self.warmup_ms.unwrap_or(0.0)
+    }
+}
+
+/// Where a model is on an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelState {
+    /// Waiting for a browser to load into.
+    Pending,
+    Loading,
+    Loaded(LoadedModel),
+    Failed {
+        reason: String,
+    },
+}
+
+impl ModelState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Loading => "loading",
+            Self::Loaded(_) => "loaded",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// One model on an agent: `GET /v1/models/{name}`, and the answer to a load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelDescription {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub status: ModelState,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub models: Vec<ModelDescription>,
+}
+
+impl ModelList {
+    /// The names of the models loaded and serving.
+    pub fn loaded(&self) -> impl Iterator<Item = &str> {
+        self.models
+            .iter()
+            .filter(|m| matches!(m.status, ModelState::Loaded(_)))
+            .map(|m| m.name.as_str())
+    }
+}
+
+/// Per-model figures in `/v1/stats` (over the agent's recent window).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    /// Requests since the agent started.
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub compute_p50_ms: Option<f64>,
+}
+
+/// Where the agent's browser is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrowserState {
+    Starting,
+    LoadingModels,
+    Ready,
+    Restarting,
+    Stopped,
+}
+
+/// The agent's browser as `/v1/stats` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrowserStatus {
+    pub state: BrowserState,
+    pub generation: u64,
+    pub pid: Option<u32>,
+    pub version: String,
+    pub restarts: u64,
+    pub last_restart_reason: Option<String>,
+    /// From detecting a failure to serving again, for the last restart.
+    pub last_recovery_ms: Option<f64>,
+    /// From launching the first browser to its page connecting back.
+    pub cold_start_ms: Option<f64>,
+    /// Launch attempts that failed in a row (0 when the browser is up).
+    pub failed_launches: u32,
+    pub last_launch_error: Option<String>,
+    /// The standby browser's process, when one is ready.
+    pub standby_pid: Option<u32>,
+    /// Standby browsers that died while waiting and were replaced.
+    pub standby_replacements: u64,
+}
+
+/// `GET /v1/stats`: what the operator scales and heals by and the gateway routes by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStats {
+    /// False when the agent should be restarted (launches keep failing, or its
+    /// supervisor is stuck); `unhealthy_reason` says why.
+    pub healthy: bool,
+    #[serde(default)]
+    pub unhealthy_reason: Option<String>,
+    pub ready: bool,
+    pub draining: bool,
+    /// The pool and pod this agent says it belongs to.
+    #[serde(default)]
+    pub pool: String,
+    #[serde(default)]
+    pub pod: String,
+    /// Requests inside the agent: running, queued, or waiting for a browser.
+    pub outstanding: u64,
+    pub in_flight: u64,
+    pub queued: u64,
+    pub max_in_flight: u64,
+    pub heartbeat_rtt_ms: Option<f64>,
+    pub models: BTreeMap<String, ModelStats>,
+    pub errors_by_category: BTreeMap<String, u64>,
+    pub browser: BrowserStatus,
+    /// Where the agent's metric rows are (written, spooled); for people, not programs.
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+}
+
+impl AgentStats {
+    /// The load an autoscaler sizes by: what runs plus what waits.
+    pub fn load(&self) -> u64 {
+        self.outstanding.max(self.in_flight + self.queued)
+    }
+
+    /// Requests served since the agent started (for recycling after N requests).
+    pub fn requests_served(&self) -> u64 {
+        self.models.values().map(|m| m.requests).sum()
+    }
+}
+
+/// What `backend=auto` and a spec's backend resolve to when the agent reports it.
+pub fn backend_of(label: &str) -> Option<(Backend, Option<WebNnDevice>)> {
+    match label.split_once(':') {
+        Some((b, dev)) => Some((b.parse().ok()?, dev.parse().ok())),
+        None => Some((label.parse().ok()?, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

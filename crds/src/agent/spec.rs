@@ -1,0 +1,160 @@
+//! What a model load asks for: `POST /v1/models` on an agent, `--model` on its command
+//! line, and what the operator and local mode send.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, WebNnDevice};
+
+/// One model to serve: where it comes from and how to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    pub uri: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default)]
+    pub webnn_device: WebNnDevice,
+    #[serde(default = "default_true")]
+    pub warmup: bool,
+    /// What the model does (text-embedding, vision, ...), recorded with its metrics.
+    #[serde(default)]
+    pub task: String,
+    /// Numeric precision (fp32, fp16, int8, ...), recorded with its metrics.
+    #[serde(default)]
+    pub precision: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl ModelSpec {
+    /// Checks what can be checked without fetching: name, URI scheme, digest form.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 128
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !name_ok {
+            return Err(format!(
+                "model name '{}' must be 1-128 characters of letters, digits, '-', '_' or '.'",
+                self.name
+            ));
+        }
+        if !["file://", "http://", "https://"]
+            .iter()
+            .any(|s| self.uri.starts_with(s))
+        {
+            return Err(format!(
+                "model URI '{}' must start with file://, http:// or https://",
+                self.uri
+            ));
+        }
+        if let Some(sha) = &self.sha256
+            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
+        }
+        if self.warmup || self.backend != Backend::Auto {
+            Ok(())
+        } else {
+            Err("backend=auto measures the backends by running the model, so warmup cannot be false".into())
+        }
+    }
+}
+
+impl FromStr for ModelSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("'{s}' is not NAME=URI[,key=value...]"))?;
+        let mut parts = rest.split(',');
+        let uri = parts.next().unwrap_or_default();
+        let mut spec = ModelSpec {
+            name: name.trim().to_owned(),
+            uri: uri.trim().to_owned(),
+            sha256: None,
+            backend: Backend::Auto,
+            webnn_device: WebNnDevice::Cpu,
+            warmup: true,
+            task: String::new(),
+            precision: String::new(),
+        };
+        for kv in parts {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("option '{kv}' in '{s}' is not key=value"))?;
+            match k.trim() {
+                "backend" => spec.backend = v.trim().parse()?,
+                "sha256" => spec.sha256 = Some(v.trim().to_ascii_lowercase()),
+                "webnn_device" => spec.webnn_device = v.trim().parse()?,
+                "task" => spec.task = v.trim().to_owned(),
+                "precision" => spec.precision = v.trim().to_owned(),
+                "warmup" => {
+                    spec.warmup = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("warmup must be true or false, got '{v}'"))?
+                }
+                other => {
+                    return Err(format!(
+                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task or precision)"
+                    ));
+                }
+            }
+        }
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_spec() {
+        let spec: ModelSpec = format!(
+            "mlp=file:///m/mlp.onnx,backend=wasm,sha256={},warmup=false",
+            "AB".repeat(32)
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(spec.name, "mlp");
+        assert_eq!(spec.uri, "file:///m/mlp.onnx");
+        assert_eq!(spec.backend, Backend::Wasm);
+        assert_eq!(spec.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert!(!spec.warmup);
+    }
+
+    #[test]
+    fn defaults_to_auto_with_warmup() {
+        let spec: ModelSpec = "m=https://example.invalid/m.onnx".parse().unwrap();
+        assert_eq!((spec.backend, spec.warmup), (Backend::Auto, true));
+    }
+
+    #[test]
+    fn refuses_bad_specs_with_reasons() {
+        let cases = [
+            ("nouri", "is not NAME=URI"),
+            ("m=ftp://x/m.onnx", "must start with file://"),
+            ("m=file:///m.onnx,backend=cuda", "unknown backend 'cuda'"),
+            ("m=file:///m.onnx,sha256=xyz", "64 hexadecimal digits"),
+            ("m=file:///m.onnx,color=red", "unknown model option 'color'"),
+            ("bad name=file:///m.onnx", "model name 'bad name'"),
+            ("m=file:///m.onnx,warmup=false", "cannot be false"),
+        ];
+        for (input, want) in cases {
+            let err = input.parse::<ModelSpec>().unwrap_err();
+            assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+}
