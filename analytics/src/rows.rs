@@ -158,3 +158,29 @@ pub struct RegressionRow {
 impl TableRow for RegressionRow {
     const TABLE: &'static str = "regressions";
 }
+
+/// One request the gateway answered (`gateway_requests`): its end-to-end latency as the
+/// gateway saw it, where it ran, and how many attempts it took.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct GatewayRequestRow {
+    pub event_time: i64,
+    pub row_id: u64,
+    pub request_id: String,
+    pub model: String,
+    /// The pool and browser (pod) of the last attempt; empty if none was tried.
+    pub pool: String,
+    pub browser: String,
+    pub backend: String,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    /// The model's run time in the page, for a success.
+    pub compute_ms: f64,
+    pub bytes_in: u64,
+    /// `ok` or `error`.
+    pub outcome: String,
+    pub error_category: String,
+}
+
+impl TableRow for GatewayRequestRow {
+    const TABLE: &'static str = "gateway_requests";
+}

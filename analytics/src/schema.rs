@@ -106,6 +106,26 @@ const TABLES: &[TableDef] = &[
         ],
         order_by: &["model", "browser", "backend", "event_time", "row_id"],
     },
+    // Migration 5: one row per request the gateway answered.
+    TableDef {
+        name: "gateway_requests",
+        columns: &[
+            ("event_time", Col::Time),
+            ("row_id", Col::Id),
+            ("request_id", Col::Text),
+            ("model", Col::Label),
+            ("pool", Col::Label),
+            ("browser", Col::Label),
+            ("backend", Col::Label),
+            ("attempts", Col::U32),
+            ("latency_ms", Col::F64),
+            ("compute_ms", Col::F64),
+            ("bytes_in", Col::U64),
+            ("outcome", Col::Label),
+            ("error_category", Col::Label),
+        ],
+        order_by: &["model", "event_time", "row_id"],
+    },
 ];
 
 /// One schema change, applied once and recorded in `schema_migrations`.
@@ -277,6 +297,7 @@ mod tests {
                 (2, "create browser_connections"),
                 (3, "create pool_events"),
                 (4, "create regressions"),
+                (5, "create gateway_requests"),
             ]
         );
     }

@@ -13,11 +13,11 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     let settings = ch.settings("webaccel_test");
 
     let first = migrate(&settings).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3, 4]);
+    assert_eq!(first.applied, [1, 2, 3, 4, 5]);
     assert!(first.already.is_empty());
     let second = migrate(&settings).await.unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, [1, 2, 3, 4]);
+    assert_eq!(second.already, [1, 2, 3, 4, 5]);
 
     let tables = common::query(
         &ch,
@@ -28,6 +28,7 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
         tables.lines().collect::<Vec<_>>(),
         [
             "browser_connections",
+            "gateway_requests",
             "inference_performance",
             "pool_events",
             "regressions",
@@ -36,7 +37,7 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     );
     assert_eq!(
         common::query(&ch, "SELECT count() FROM webaccel_test.schema_migrations").await,
-        "4"
+        "5"
     );
 
     let version = common::query(&ch, "SELECT version()").await;

@@ -20,7 +20,7 @@
 //! - Errors: a gRPC code from the error's category (see [`status`]), with the category,
 //!   whether a retry may succeed and, for overload, when to come back, in the metadata
 //!   (`webaccel-category`, `webaccel-retryable`, `retry-after`).
-//! - Bearer token ([`Options::bearer_token`]): `authorization: Bearer <token>` metadata
+//! - Bearer tokens ([`Options::tokens`]): `authorization: Bearer <token>` metadata
 //!   on every call but ServerLive and ServerReady (probes carry no credentials);
 //!   missing or wrong is UNAUTHENTICATED.
 //!
@@ -50,6 +50,7 @@ use tonic::{Request, Response, Status};
 use webaccel_api::ErrorCategory;
 
 use crate::api::{ApiError, InferenceApi};
+use crate::auth::Tokens;
 use crate::http::VERSION;
 
 /// The code generated from `proto/grpc_predict_v2.proto` (package `inference`): the
@@ -75,9 +76,9 @@ pub type InferenceServer<A> = GrpcInferenceServiceServer<Service<A>>;
 /// How the service is offered.
 #[derive(Clone, Default)]
 pub struct Options {
-    /// Required as `authorization: Bearer <token>` on every call but the health probes;
-    /// `None` accepts every call.
-    pub bearer_token: Option<String>,
+    /// One of them required as `authorization: Bearer <token>` on every call but the
+    /// health probes; none accepts every call.
+    pub tokens: Tokens,
     /// Largest request message accepted, in bytes. `None`: four times
     /// [`InferenceApi::max_tensor_bytes`] (typed contents of small integers take up to
     /// several bytes per element), at least 4 MiB (gRPC's usual default).
@@ -87,7 +88,7 @@ pub struct Options {
 impl fmt::Debug for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Options")
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<set>"))
+            .field("tokens", &self.tokens)
             .field("max_message_bytes", &self.max_message_bytes)
             .finish()
     }
@@ -105,7 +106,7 @@ pub fn service_with<A: InferenceApi>(api: Arc<A>, options: Options) -> Inference
         .unwrap_or_else(|| api.max_tensor_bytes().saturating_mul(4).max(4 << 20));
     GrpcInferenceServiceServer::new(Service {
         api,
-        token: options.bearer_token,
+        tokens: options.tokens,
     })
     .max_decoding_message_size(limit)
 }
@@ -138,43 +139,22 @@ pub async fn serve_with<A: InferenceApi>(
 /// The `inference.GRPCInferenceService` implementation over an [`InferenceApi`].
 pub struct Service<A> {
     api: Arc<A>,
-    token: Option<String>,
+    tokens: Tokens,
 }
 
 impl<A> fmt::Debug for Service<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service")
-            .field("authenticated", &self.token.is_some())
+            .field("authenticated", &self.tokens.required())
             .finish_non_exhaustive()
     }
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timing.
-fn token_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl<A: InferenceApi> Service<A> {
-    /// Refuses a call without the bearer token (when one is required).
+    /// Refuses a call without an accepted bearer token (when one is required).
     fn authorize(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let presented = metadata
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(p) if token_eq(p.as_bytes(), token.as_bytes()) => Ok(()),
-            other => {
-                let message = if other.is_none() {
-                    "missing bearer token: send `authorization: Bearer <token>` metadata"
-                } else {
-                    "invalid bearer token"
-                };
-                Err(self.refuse(ApiError::new(ErrorCategory::Unauthorized, message)))
-            }
-        }
+        let header = metadata.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+        self.tokens.check(header).map_err(|e| self.refuse(e))
     }
 
     /// A request refused before it reached the API: counted there, answered as a status.

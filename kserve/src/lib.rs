@@ -8,6 +8,7 @@
 //! servers: routes, status codes, headers, deadlines and request ids.
 
 pub mod api;
+pub mod auth;
 pub mod grpc;
 pub mod http;
 

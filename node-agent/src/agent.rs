@@ -28,8 +28,9 @@ pub struct Agent {
     pub stats: Stats,
     /// Rows for ClickHouse (disabled without `--clickhouse-url`).
     pub recorder: Recorder,
-    /// Bearer token; `None` disables authentication.
-    pub token: Option<String>,
+    /// Bearer tokens accepted (the one from `--token-file`); none disables
+    /// authentication.
+    pub tokens: webaccel_kserve::auth::Tokens,
 }
 
 /// Decrements a gauge when dropped, so every exit path (errors, timeouts) counts.

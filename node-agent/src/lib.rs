@@ -151,7 +151,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         admission: Admission::new(args.max_in_flight),
         stats: Stats::default(),
         recorder,
-        token,
+        tokens: webaccel_kserve::auth::Tokens::new(token),
         args,
     });
     for spec in &agent.args.models {
@@ -174,7 +174,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(listener) => {
             tracing::info!(addr = %listener.local_addr()?, "KServe v2 gRPC listening");
             let options = webaccel_kserve::grpc::Options {
-                bearer_token: agent.token.clone(),
+                tokens: agent.tokens.clone(),
                 max_message_bytes: Some(agent.args.max_body_bytes),
             };
             let stop = shutdown.clone().cancelled_owned();

@@ -17,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
-use crate::error::AgentError;
 
 pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
     let protected = Router::new()
@@ -37,37 +36,16 @@ pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
         ))
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timing.
-fn token_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
-    let Some(token) = &agent.token else {
-        return next.run(req).await;
-    };
-    let presented = req
+    let header = req
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(p) if token_eq(p.as_bytes(), token.as_bytes()) => next.run(req).await,
-        _ => {
-            agent.stats.error(webaccel_api::ErrorCategory::Unauthorized);
-            AgentError::Unauthorized.into_response()
+        .and_then(|v| v.to_str().ok());
+    match agent.tokens.check(header) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            agent.stats.error(e.category);
+            e.into_response()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(token_eq(b"secret", b"secret"));
-        assert!(!token_eq(b"secret", b"secreT"));
-        assert!(!token_eq(b"secret", b"secret2"));
     }
 }

@@ -1,0 +1,310 @@
+//! One persistent `/v1/bridge` WebSocket to one agent: binary frames, requests
+//! multiplexed by id, reconnected with exponential backoff and jitter when it drops.
+//! Everything waiting on a connection that drops fails at once as retryable, so the
+//! router can send it elsewhere; a call whose caller goes away sends a cancel frame.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_util::sync::CancellationToken;
+use webaccel_api::ErrorCategory;
+use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
+
+/// Why a call to an agent failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallError {
+    pub category: ErrorCategory,
+    pub message: String,
+    /// Whether the failure says something about the agent's health (its browser or its
+    /// connection), as opposed to the request (bad input) or plain load (overloaded):
+    /// only those count against its circuit breaker.
+    pub health: bool,
+}
+
+impl CallError {
+    fn connection(message: impl Into<String>) -> Self {
+        Self {
+            category: ErrorCategory::BrowserUnavailable,
+            message: message.into(),
+            health: true,
+        }
+    }
+
+    pub fn from_frame(frame: ErrorFrame) -> Self {
+        let health = matches!(
+            frame.category,
+            ErrorCategory::BrowserCrashed
+                | ErrorCategory::BrowserHung
+                | ErrorCategory::BrowserUnavailable
+                | ErrorCategory::Internal
+        );
+        Self {
+            category: frame.category,
+            message: frame.message,
+            health,
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        // A model the agent does not hold (it was unloaded since discovery looked) may
+        // well be held by another browser.
+        self.category.is_retryable() && self.category != ErrorCategory::DeadlineExceeded
+            || self.category == ErrorCategory::ModelNotFound
+    }
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Result<InferResponse, CallError>>>;
+
+/// The live half of a connection: where frames go.
+#[derive(Debug, Clone)]
+struct Live {
+    tx: mpsc::Sender<WsMessage>,
+    pending: Arc<std::sync::Mutex<Pending>>,
+}
+
+#[derive(Debug)]
+pub struct AgentConn {
+    url: String,
+    token: Option<String>,
+    live: watch::Sender<Option<Live>>,
+    next_id: AtomicU64,
+    stop: CancellationToken,
+}
+
+/// Reconnect pauses: 50 ms doubling to 5 s, with full jitter.
+fn reconnect_delay(failures: u32) -> Duration {
+    let cap = Duration::from_millis(50u64 << failures.min(7)).min(Duration::from_secs(5));
+    cap.mul_f64(rand::random::<f64>())
+}
+
+fn lock(p: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl AgentConn {
+    /// Starts connecting to the agent at `url` (`http://host:port`) and keeps the
+    /// connection up until the returned handle is dropped (or `stop` fires).
+    pub fn start(url: &str, token: Option<String>) -> Arc<Self> {
+        let conn = Arc::new(Self {
+            url: format!("{}/v1/bridge", url.replacen("http", "ws", 1)),
+            token,
+            live: watch::channel(None).0,
+            next_id: AtomicU64::new(1),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(Self::run(Arc::downgrade(&conn), conn.stop.clone()));
+        conn
+    }
+
+    /// Whether the bridge is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.live.borrow().is_some()
+    }
+
+    /// Resolves when the connection state changes.
+    pub async fn changed(&self) {
+        let mut rx = self.live.subscribe();
+        let _ = rx.changed().await;
+    }
+
+    /// Connects; the returned future runs the connection until it drops.
+    async fn connect(&self) -> Result<(Live, BoxFuture<'static, ()>), String> {
+        let mut req = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("{}: {e}", self.url))?;
+        if let Some(t) = &self.token {
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| "the agent token is not a valid header value".to_owned())?;
+            req.headers_mut().insert("authorization", value);
+        }
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async_with_config(req, None, true),
+        )
+        .await
+        .map_err(|_| format!("{}: no connection within 3 s", self.url))?
+        .map_err(|e| format!("{}: {e}", self.url))?;
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = mpsc::channel::<WsMessage>(256);
+        let pending: Arc<std::sync::Mutex<Pending>> = Arc::default();
+        let reader_pending = pending.clone();
+        let session = Box::pin(async move {
+            let writer = async {
+                while let Some(msg) = rx.recv().await {
+                    if sink.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let reader = async {
+                while let Some(Ok(msg)) = stream.next().await {
+                    let WsMessage::Binary(buf) = msg else {
+                        continue;
+                    };
+                    match wire::decode(buf) {
+                        Ok((id, reply)) => {
+                            let result = match reply {
+                                Message::Response(r) => Ok(r),
+                                Message::Error(e) => Err(CallError::from_frame(e)),
+                                other => Err(CallError::connection(format!(
+                                    "the agent sent an unexpected frame: {other:?}"
+                                ))),
+                            };
+                            if let Some(waiter) = lock(&reader_pending).remove(&id) {
+                                let _ = waiter.send(result);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "malformed frame from an agent"),
+                    }
+                }
+            };
+            tokio::select! {
+                () = writer => {},
+                () = reader => {},
+            }
+        });
+        Ok((Live { tx, pending }, session))
+    }
+
+    async fn run(conn: std::sync::Weak<Self>, stop: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let Some(this) = conn.upgrade() else { return };
+            match this.connect().await {
+                Ok((live, session)) => {
+                    failures = 0;
+                    let pending = live.pending.clone();
+                    this.live.send_replace(Some(live));
+                    drop(this);
+                    tokio::select! {
+                        () = session => {},
+                        () = stop.cancelled() => {},
+                    }
+                    let Some(this) = conn.upgrade() else { return };
+                    this.live.send_replace(None);
+                    for (_, waiter) in lock(&pending).drain() {
+                        let _ = waiter.send(Err(CallError::connection(
+                            "the connection to the agent was lost while the request was in flight",
+                        )));
+                    }
+                    tracing::info!(url = %this.url, "agent bridge disconnected");
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "cannot reach an agent's bridge");
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(reconnect_delay(failures)) => {},
+            }
+        }
+    }
+
+    /// Sends one request and waits up to `timeout` for its answer. If the caller drops
+    /// the future first (its client went away), the agent is told to drop the request.
+    pub async fn call(
+        &self,
+        mut req: InferRequest,
+        timeout: Duration,
+    ) -> Result<InferResponse, CallError> {
+        let Some(live) = self.live.borrow().clone() else {
+            return Err(CallError::connection("the agent's bridge is not connected"));
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let (tx, rx) = oneshot::channel();
+        lock(&live.pending).insert(id, tx);
+        let mut guard = CancelOnDrop {
+            live: &live,
+            id,
+            armed: true,
+        };
+        let frame = wire::encode(id, &Message::Request(req));
+        if live.tx.send(WsMessage::Binary(frame.into())).await.is_err() {
+            guard.armed = false;
+            lock(&live.pending).remove(&id);
+            return Err(CallError::connection("the agent's bridge closed"));
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(CallError::connection("the agent's bridge closed")),
+            Err(_) => Err(CallError {
+                category: ErrorCategory::DeadlineExceeded,
+                message: format!(
+                    "the agent did not answer within {:?}",
+                    started.elapsed().max(timeout)
+                ),
+                health: false,
+            }),
+        };
+        // Answered: nothing to cancel. Timed out: the guard cancels on the way out.
+        guard.armed = result
+            .as_ref()
+            .is_err_and(|e| e.category == ErrorCategory::DeadlineExceeded);
+        result
+    }
+}
+
+impl Drop for AgentConn {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Tells the agent to drop a request nobody waits for any more.
+struct CancelOnDrop<'a> {
+    live: &'a Live,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        lock(&self.live.pending).remove(&self.id);
+        let frame = wire::encode(self.id, &Message::Cancel);
+        let _ = self.live.tx.try_send(WsMessage::Binary(frame.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_pauses_grow_with_full_jitter_up_to_5_s() {
+        for failures in 0..20 {
+            let d = reconnect_delay(failures);
+            let cap = Duration::from_millis(50u64 << failures.min(7)).min(Duration::from_secs(5));
+            assert!(d <= cap, "{failures}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn only_browser_and_connection_failures_count_against_health() {
+        let e = |c| CallError::from_frame(ErrorFrame::new(c, "x"));
+        assert!(e(ErrorCategory::BrowserCrashed).health);
+        assert!(!e(ErrorCategory::BadRequest).health);
+        assert!(!e(ErrorCategory::Overloaded).health);
+        assert!(e(ErrorCategory::Overloaded).retryable());
+        assert!(e(ErrorCategory::ModelNotFound).retryable());
+        assert!(!e(ErrorCategory::DeadlineExceeded).retryable());
+        assert!(!e(ErrorCategory::BadRequest).retryable());
+    }
+}

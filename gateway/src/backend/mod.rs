@@ -1,0 +1,376 @@
+//! The browsers the gateway routes to: one [`Backend`] per discovered agent, with its
+//! bridge connection, circuit breaker, outstanding count, slow-start clock and, per
+//! model, a peak-EWMA latency estimate (tower's `PeakEwma`); and the choice among them,
+//! power of two choices on that load.
+
+pub mod conn;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+use tower::Service;
+use tower::load::Load;
+use tower::load::completion::CompleteOnResponse;
+use tower::load::peak_ewma::PeakEwma;
+use webaccel_api::wire::{InferRequest, InferResponse};
+
+use crate::breaker::{Admit, Breaker, BreakerConfig};
+use crate::discovery::{Endpoint, Endpoints};
+use conn::{AgentConn, CallError};
+
+/// How the gateway treats each browser.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendConfig {
+    /// Requests outstanding on one browser at most.
+    pub max_outstanding: usize,
+    /// A browser that just became ready ramps up to `max_outstanding` over this long.
+    pub slow_start: Duration,
+    pub breaker: BreakerConfig,
+}
+
+/// Peak-EWMA's starting guess for a model's latency on a browser, before any answer;
+/// its decay window.
+const DEFAULT_RTT: Duration = Duration::from_millis(5);
+const DECAY: Duration = Duration::from_secs(10);
+
+/// One model on one browser, as a tower service, so `PeakEwma` can time it.
+#[derive(Debug, Clone)]
+struct Route(Arc<AgentConn>);
+
+impl Service<(InferRequest, Duration)> for Route {
+    type Response = InferResponse;
+    type Error = CallError;
+    type Future = BoxFuture<'static, Result<InferResponse, CallError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (req, timeout): (InferRequest, Duration)) -> Self::Future {
+        let conn = self.0.clone();
+        Box::pin(async move { conn.call(req, timeout).await })
+    }
+}
+
+type Timed = PeakEwma<Route, CompleteOnResponse>;
+
+#[derive(Debug)]
+pub struct Backend {
+    endpoint: RwLock<Endpoint>,
+    conn: Arc<AgentConn>,
+    breaker: Mutex<Breaker>,
+    outstanding: AtomicUsize,
+    /// When it last became ready to serve: the slow-start clock.
+    serving_since: Mutex<Instant>,
+    routes: Mutex<HashMap<String, Timed>>,
+    /// Models the agent said it does not hold although discovery listed them (unloaded
+    /// since): skipped until discovery next lists the endpoint's models.
+    missing: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backend {
+    fn new(endpoint: Endpoint, cfg: &BackendConfig) -> Self {
+        Self {
+            conn: AgentConn::start(&endpoint.url, endpoint.token.clone()),
+            endpoint: RwLock::new(endpoint),
+            breaker: Mutex::new(Breaker::new(cfg.breaker)),
+            outstanding: AtomicUsize::new(0),
+            serving_since: Mutex::new(Instant::now()),
+            routes: Mutex::new(HashMap::new()),
+            missing: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn id(&self) -> String {
+        self.endpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .clone()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_connected()
+    }
+
+    pub fn breaker_state(&self) -> (&'static str, i64) {
+        let b = lock(&self.breaker);
+        (b.state_name(), b.state_code())
+    }
+
+    fn holds(&self, model: &str) -> bool {
+        let ep = self.endpoint.read().unwrap_or_else(|p| p.into_inner());
+        ep.serving && ep.models.contains(model) && !lock(&self.missing).contains(model)
+    }
+
+    /// How many requests it may have outstanding now (slow start).
+    fn limit(&self, cfg: &BackendConfig, now: Instant) -> usize {
+        let age = now.duration_since(*lock(&self.serving_since));
+        if cfg.slow_start.is_zero() || age >= cfg.slow_start {
+            return cfg.max_outstanding;
+        }
+        let share = age.as_secs_f64() / cfg.slow_start.as_secs_f64();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let n = (cfg.max_outstanding as f64 * share).ceil() as usize;
+        n.clamp(1, cfg.max_outstanding)
+    }
+
+    fn with_route<R>(&self, model: &str, f: impl FnOnce(&mut Timed) -> R) -> R {
+        let mut routes = lock(&self.routes);
+        let route = routes.entry(model.to_owned()).or_insert_with(|| {
+            PeakEwma::new(
+                Route(self.conn.clone()),
+                DEFAULT_RTT,
+                DECAY.as_nanos() as f64,
+                CompleteOnResponse::default(),
+            )
+        });
+        f(route)
+    }
+
+    fn load(&self, model: &str) -> tower::load::peak_ewma::Cost {
+        self.with_route(model, |r| r.load())
+    }
+}
+
+/// A request's place on a browser: counted in its outstanding until dropped.
+#[derive(Debug)]
+pub struct Lease {
+    backend: Arc<Backend>,
+    capacity: Arc<Notify>,
+    probe: bool,
+}
+
+impl Lease {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    /// Sends the request; the outcome feeds the browser's breaker and latency estimate.
+    pub async fn call(
+        &self,
+        req: InferRequest,
+        timeout: Duration,
+    ) -> Result<InferResponse, CallError> {
+        let model = req.model.clone();
+        let fut = self.backend.with_route(&model, |r| r.call((req, timeout)));
+        let result = fut.await;
+        let healthy = match &result {
+            Ok(_) => true,
+            Err(e) => !e.health,
+        };
+        lock(&self.backend.breaker).record(Instant::now(), healthy);
+        if let Err(e) = &result
+            && e.category == webaccel_api::ErrorCategory::ModelNotFound
+        {
+            lock(&self.backend.missing).insert(model);
+        }
+        result
+    }
+
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.capacity.notify_waiters();
+    }
+}
+
+/// What a pick found.
+#[derive(Debug)]
+pub enum Pick {
+    Chosen(Lease),
+    /// Browsers hold the model, but none can take a request now (all busy, or their
+    /// circuits open).
+    Busy,
+    /// No ready browser holds the model.
+    NoBrowser,
+}
+
+/// Every browser the gateway knows.
+#[derive(Debug)]
+pub struct Backends {
+    cfg: BackendConfig,
+    map: RwLock<HashMap<String, Arc<Backend>>>,
+    /// Signalled when a request finishes or the fleet changes: waiters look again.
+    capacity: Arc<Notify>,
+}
+
+impl Backends {
+    pub fn new(cfg: BackendConfig) -> Self {
+        Self {
+            cfg,
+            map: RwLock::new(HashMap::new()),
+            capacity: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Resolves when it may be worth looking for a browser again (enable it before
+    /// looking, so a change in between is not missed).
+    pub fn capacity_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.capacity.notified()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Backend>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Follows the fleet: connects to new agents, forgets gone ones (their connection
+    /// closes once the last request on it ends), updates the rest.
+    pub fn sync(&self, fleet: &Endpoints) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, _| fleet.contains_key(id));
+        for (id, ep) in fleet {
+            match map.get(id) {
+                Some(b) if b.endpoint().url == ep.url && b.endpoint().token == ep.token => {
+                    let mut current = b.endpoint.write().unwrap_or_else(|p| p.into_inner());
+                    if ep.serving && !current.serving {
+                        *lock(&b.serving_since) = Instant::now();
+                    }
+                    if current.models != ep.models {
+                        lock(&b.missing).clear();
+                    }
+                    *current = ep.clone();
+                }
+                _ => {
+                    map.insert(id.clone(), Arc::new(Backend::new(ep.clone(), &self.cfg)));
+                }
+            }
+        }
+        drop(map);
+        self.capacity.notify_waiters();
+    }
+
+    /// Whether any ready browser holds `model` (whatever its load).
+    pub fn serves(&self, model: &str) -> bool {
+        self.all()
+            .iter()
+            .any(|b| b.holds(model) && b.is_connected())
+    }
+
+    /// Picks a browser for `model` by power of two choices on peak-EWMA load, among the
+    /// ready, connected ones holding it whose circuit admits a request and that are
+    /// under their outstanding limit, leaving out `exclude` (browsers already tried)
+    /// unless nothing else holds the model. `prefer` narrows the choice to the
+    /// recommended browsers when any of them can take the request.
+    pub fn pick(
+        &self,
+        model: &str,
+        exclude: &[String],
+        prefer: &dyn Fn(&Endpoint) -> bool,
+    ) -> Pick {
+        let now = Instant::now();
+        let holders: Vec<Arc<Backend>> = self
+            .all()
+            .into_iter()
+            .filter(|b| b.holds(model) && b.is_connected())
+            .collect();
+        if holders.is_empty() {
+            return Pick::NoBrowser;
+        }
+        let available = |b: &&Arc<Backend>| {
+            b.outstanding() < b.limit(&self.cfg, now) && lock(&b.breaker).would_admit(now)
+        };
+        let fresh: Vec<&Arc<Backend>> = holders
+            .iter()
+            .filter(|b| !exclude.contains(&b.id()))
+            .filter(available)
+            .collect();
+        // A retry goes elsewhere when it can; with one browser, to the same one.
+        let mut pool: Vec<&Arc<Backend>> = if fresh.is_empty() {
+            holders.iter().filter(available).collect()
+        } else {
+            fresh
+        };
+        let preferred: Vec<&Arc<Backend>> = pool
+            .iter()
+            .copied()
+            .filter(|b| prefer(&b.endpoint()))
+            .collect();
+        if !preferred.is_empty() {
+            pool = preferred;
+        }
+        while !pool.is_empty() {
+            let chosen = p2c(&pool, |b| b.load(model));
+            let b = pool.swap_remove(chosen).clone();
+            let admit = lock(&b.breaker).admit(now);
+            if admit == Admit::No {
+                continue;
+            }
+            b.outstanding.fetch_add(1, Ordering::AcqRel);
+            return Pick::Chosen(Lease {
+                backend: b,
+                capacity: self.capacity.clone(),
+                probe: admit == Admit::Probe,
+            });
+        }
+        Pick::Busy
+    }
+}
+
+/// Power of two choices: two distinct candidates at random, the less loaded wins.
+fn p2c<T, L: PartialOrd>(items: &[T], load: impl Fn(&T) -> L) -> usize {
+    match items.len() {
+        0 | 1 => 0,
+        n => {
+            let a = rand::random_range(0..n);
+            let mut b = rand::random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            if load(&items[b]) < load(&items[a]) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_choices_never_pick_the_most_loaded_of_three() {
+        let loads = [5.0, 1.0, 9.0];
+        for _ in 0..200 {
+            let i = p2c(&loads, |l| *l);
+            assert_ne!(i, 2, "the most loaded one loses every pairing");
+        }
+        assert_eq!(p2c(&[7.0], |l: &f64| *l), 0);
+    }
+}

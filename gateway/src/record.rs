@@ -1,0 +1,116 @@
+//! One ClickHouse row per request (`gateway_requests`), handed to the analytics writer
+//! without waiting: batched, spooled to disk while ClickHouse is unreachable, replayed.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use webaccel_analytics::rows::{GatewayRequestRow, new_row_id, now_ms};
+use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
+use webaccel_api::wire::InferRequest;
+use webaccel_kserve::{ApiError, CallOptions};
+
+/// What one request did, filled in as it goes.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub row: GatewayRequestRow,
+    pub attempts: u32,
+    pub pool: String,
+    pub browser: String,
+    pub backend: String,
+    pub compute_ms: f64,
+}
+
+impl RequestRecord {
+    pub fn new(req: &InferRequest, options: &CallOptions) -> Self {
+        Self {
+            row: GatewayRequestRow {
+                event_time: now_ms(),
+                row_id: new_row_id(),
+                request_id: options.request_id.clone(),
+                model: req.model.clone(),
+                pool: String::new(),
+                browser: String::new(),
+                backend: String::new(),
+                attempts: 0,
+                latency_ms: 0.0,
+                compute_ms: 0.0,
+                bytes_in: req.inputs.iter().map(|t| t.data.len() as u64).sum(),
+                outcome: String::new(),
+                error_category: String::new(),
+            },
+            attempts: 0,
+            pool: String::new(),
+            browser: String::new(),
+            backend: String::new(),
+            compute_ms: 0.0,
+        }
+    }
+
+    pub fn finish(&mut self, elapsed: Duration, error: Option<&ApiError>) {
+        let r = &mut self.row;
+        r.latency_ms = elapsed.as_secs_f64() * 1e3;
+        r.attempts = self.attempts;
+        r.pool = std::mem::take(&mut self.pool);
+        r.browser = std::mem::take(&mut self.browser);
+        r.backend = std::mem::take(&mut self.backend);
+        r.compute_ms = if error.is_none() {
+            self.compute_ms
+        } else {
+            0.0
+        };
+        r.outcome = if error.is_some() { "error" } else { "ok" }.into();
+        r.error_category = error
+            .map(|e| e.category.as_str().to_owned())
+            .unwrap_or_default();
+    }
+}
+
+/// Where request rows go: ClickHouse through the analytics writer, or nowhere.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    handle: Option<WriterHandle<GatewayRequestRow>>,
+    writer: Mutex<Option<Writer<GatewayRequestRow>>>,
+}
+
+impl Recorder {
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    /// Starts the writer and applies the schema in the background until ClickHouse
+    /// answers (rows spool meanwhile).
+    pub fn start(settings: ClickHouseSettings, spool_dir: PathBuf) -> std::io::Result<Self> {
+        let writer = Writer::start(&settings, WriterConfig::new(spool_dir))?;
+        let handle = writer.handle.clone();
+        tokio::spawn(async move {
+            loop {
+                match webaccel_analytics::schema::migrate(&settings).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ClickHouse schema not applied yet; request rows spool meanwhile");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            handle: Some(handle),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    pub fn write(&self, record: RequestRecord) {
+        if let Some(h) = &self.handle {
+            h.write(record.row);
+        }
+    }
+
+    /// Writes (or spools) what is left; at shutdown.
+    pub async fn shutdown(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            w.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The gateway's inference path, which both fronts (HTTP and gRPC) call through
+//! `InferenceApi`: wait (bounded) for a browser that holds the model and can take the
+//! request, send it over that agent's bridge, and on a retryable failure try another
+//! browser after an exponential backoff with full jitter, as long as the retry budget
+//! and the request's deadline allow. Non-retryable errors pass through as the agent
+//! said them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tower::retry::budget::{Budget as _, TpsBudget};
+use webaccel_api::ErrorCategory;
+use webaccel_api::kserve::{ModelMetadata, ModelReady};
+use webaccel_api::wire::InferRequest;
+use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
+
+use crate::backend::conn::CallError;
+use crate::backend::{Backends, Lease, Pick};
+use crate::discovery::Endpoint;
+use crate::metrics::Metrics;
+use crate::queue::Queues;
+use crate::record::{Recorder, RequestRecord};
+
+/// The retry and deadline policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    pub max_tensor_bytes: usize,
+    /// First backoff step (doubled per attempt, full jitter) and its cap.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// Pause before attempt `attempt + 1`: uniformly random up to `base * 2^attempt`,
+/// capped (exponential backoff with full jitter).
+pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+/// Which browsers ClickHouse history recommends per model (browser version prefix and
+/// backend), refreshed in the background.
+pub type Preferences = Arc<std::sync::RwLock<std::collections::HashMap<String, Preference>>>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preference {
+    pub browser: String,
+    pub backend: String,
+}
+
+#[derive(Debug)]
+pub struct Gateway {
+    pub(crate) backends: Arc<Backends>,
+    pub(crate) queues: Arc<Queues>,
+    pub(crate) metrics: Arc<Metrics>,
+    policy: Policy,
+    budget: TpsBudget,
+    recorder: Arc<Recorder>,
+    preferences: Preferences,
+    metadata: reqwest::Client,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+fn api_error(e: CallError) -> ApiError {
+    ApiError::new(e.category, e.message)
+}
+
+impl Gateway {
+    pub fn new(
+        backends: Arc<Backends>,
+        queues: Arc<Queues>,
+        metrics: Arc<Metrics>,
+        policy: Policy,
+        budget: TpsBudget,
+        recorder: Arc<Recorder>,
+        preferences: Preferences,
+    ) -> Self {
+        Self {
+            backends,
+            queues,
+            metrics,
+            policy,
+            budget,
+            recorder,
+            preferences,
+            metadata: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the gateway ready (discovery has reported the fleet once).
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn prefers(&self, model: &str) -> impl Fn(&Endpoint) -> bool + use<> {
+        let model = model.to_owned();
+        let preference = self
+            .preferences
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&model)
+            .cloned();
+        move |ep: &Endpoint| {
+            preference.as_ref().is_some_and(|p| {
+                ep.browser.starts_with(&p.browser) && ep.backends.get(&model) == Some(&p.backend)
+            })
+        }
+    }
+
+    /// A browser for `model`, waiting (within the deadline) while none can take the
+    /// request. Waiting takes a place in the model's bounded queue: when it is full, the
+    /// answer is 429 with Retry-After.
+    async fn acquire(
+        &self,
+        model: &str,
+        tried: &[String],
+        deadline: Instant,
+    ) -> Result<Lease, ApiError> {
+        let prefer = self.prefers(model);
+        let mut place = None;
+        loop {
+            // Registered before looking, so a slot freed in between is not missed.
+            let changed = self.backends.capacity_changed();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let pick = self.backends.pick(model, tried, &prefer);
+            let no_browser = match pick {
+                Pick::Chosen(lease) => return Ok(lease),
+                Pick::Busy => false,
+                Pick::NoBrowser => true,
+            };
+            let guard = match &mut place {
+                Some(g) => g,
+                None => place.insert(self.queues.enter(model).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCategory::Overloaded,
+                        format!(
+                            "{} requests for model '{model}' are already waiting for a browser",
+                            self.queues_limit()
+                        ),
+                    )
+                    .with_retry_after(Duration::from_secs(1))
+                })?),
+            };
+            guard.waiting_for_browser(no_browser);
+            let now = Instant::now();
+            if now >= deadline {
+                let what = if no_browser {
+                    format!("no ready browser holds model '{model}'")
+                } else {
+                    format!("every browser holding model '{model}' stayed busy")
+                };
+                return Err(ApiError::new(
+                    ErrorCategory::DeadlineExceeded,
+                    format!("the request's deadline passed while waiting: {what}"),
+                ));
+            }
+            // Look again when capacity frees, or at least every 100 ms (circuits
+            // half-open and slow start ramp without an event).
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            tokio::select! {
+                () = changed => {},
+                () = tokio::time::sleep(wait) => {},
+            }
+        }
+    }
+
+    fn queues_limit(&self) -> usize {
+        self.queues.limit()
+    }
+
+    async fn infer_inner(
+        &self,
+        req: &InferRequest,
+        options: &CallOptions,
+        record: &mut RequestRecord,
+    ) -> Result<Inferred, ApiError> {
+        let timeout = options.timeout_within(self.policy.request_timeout);
+        let deadline = Instant::now() + timeout;
+        self.budget.deposit();
+        let mut tried: Vec<String> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let lease = self.acquire(&req.model, &tried, deadline).await?;
+            attempt += 1;
+            record.attempts = attempt;
+            let ep = lease.backend().endpoint();
+            record.pool.clone_from(&ep.pool);
+            record.browser.clone_from(&ep.pod);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut request = req.clone();
+            request.request_id = Some(options.request_id.clone());
+            let result = lease.call(request, remaining).await;
+            drop(lease);
+            match result {
+                Ok(response) => {
+                    record.backend.clone_from(&response.backend);
+                    record.compute_ms = response.compute_ms;
+                    let parameters = Map::from_iter([
+                        ("backend".to_owned(), Value::from(response.backend.clone())),
+                        ("compute_ms".to_owned(), Value::from(response.compute_ms)),
+                        ("pool".to_owned(), Value::from(ep.pool)),
+                        ("browser".to_owned(), Value::from(ep.pod)),
+                        ("attempts".to_owned(), Value::from(attempt)),
+                    ]);
+                    return Ok(Inferred {
+                        response,
+                        parameters,
+                    });
+                }
+                Err(e) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !e.retryable() || attempt >= self.policy.max_attempts || left.is_zero() {
+                        return Err(api_error(e));
+                    }
+                    if !self.budget.withdraw() {
+                        self.metrics.retry_refused(&req.model, "budget");
+                        return Err(api_error(e));
+                    }
+                    self.metrics.retry(&req.model, e.category.as_str());
+                    tracing::debug!(request_id = %options.request_id, model = %req.model, browser = %ep.id, error = %e.message, attempt, "retrying on another browser");
+                    tried.push(ep.id);
+                    let pause = full_jitter(
+                        attempt - 1,
+                        self.policy.backoff_base,
+                        self.policy.backoff_cap,
+                    )
+                    .min(left);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+impl InferenceApi for Gateway {
+    fn server_name(&self) -> &str {
+        "webaccel-gateway"
+    }
+
+    fn server_version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn max_tensor_bytes(&self) -> usize {
+        self.policy.max_tensor_bytes
+    }
+
+    async fn model_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
+        // Any browser holding the model knows its inputs and outputs.
+        let holders: Vec<Endpoint> = self
+            .backends
+            .all()
+            .iter()
+            .map(|b| b.endpoint())
+            .filter(|e| e.serving && e.models.contains(name))
+            .collect();
+        let mut last = ApiError::new(
+            ErrorCategory::ModelNotFound,
+            format!("no ready browser holds model '{name}'"),
+        );
+        for ep in holders {
+            let mut req = self.metadata.get(format!("{}/v2/models/{name}", ep.url));
+            if let Some(t) = &ep.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    if let Ok(mut meta) = r.json::<ModelMetadata>().await {
+                        // Which browser answered is no business of the client's.
+                        meta.parameters.remove("backend");
+                        return Ok(meta);
+                    }
+                }
+                Ok(r) => {
+                    last = ApiError::new(
+                        ErrorCategory::ModelNotReady,
+                        format!("{}: HTTP {}", ep.id, r.status()),
+                    );
+                }
+                Err(e) => last = ApiError::new(ErrorCategory::BrowserUnavailable, e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    async fn model_ready(&self, name: &str) -> Result<ModelReady, ApiError> {
+        Ok(ModelReady {
+            name: name.to_owned(),
+            ready: self.backends.serves(name),
+            state: None,
+        })
+    }
+
+    async fn infer(
+        &self,
+        request: InferRequest,
+        options: CallOptions,
+    ) -> Result<Inferred, ApiError> {
+        let started = Instant::now();
+        let mut record = RequestRecord::new(&request, &options);
+        let result = self.infer_inner(&request, &options, &mut record).await;
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.category.as_str(),
+        };
+        self.metrics.finished(&request.model, outcome, elapsed);
+        record.finish(elapsed, result.as_ref().err());
+        self.recorder.write(record);
+        if let Err(e) = &result {
+            tracing::debug!(request_id = %options.request_id, model = %request.model, error = %e, "request failed");
+        }
+        result
+    }
+
+    fn refused(&self, error: &ApiError) {
+        self.metrics
+            .finished("", error.category.as_str(), Duration::ZERO);
+    }
+}
