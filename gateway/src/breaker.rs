@@ -106,6 +106,16 @@ impl Breaker {
         }
     }
 
+    /// Whether its next admission would be the half-open probe: such a browser gets the
+    /// next request whatever its load says, so recovery is seen at once.
+    pub fn probe_due(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => false,
+            State::Open { until, .. } => now >= until,
+            State::HalfOpen { since, .. } => now >= since + PROBE_TIMEOUT,
+        }
+    }
+
     /// Records an outcome: `healthy` is false only for failures that say the browser or
     /// its connection is broken.
     pub fn record(&mut self, now: Instant, healthy: bool) {
@@ -141,6 +151,27 @@ impl Breaker {
                 };
             }
             _ => {}
+        }
+    }
+
+    /// Opens the circuit now, whatever the counts say: the browser stopped answering
+    /// altogether (requests outstanding, no answer for too long).
+    pub fn trip(&mut self, now: Instant) {
+        match self.state {
+            State::Closed => {
+                self.state = State::Open {
+                    until: now + self.cfg.cooldown,
+                    cooldown: self.cfg.cooldown,
+                };
+            }
+            State::HalfOpen { cooldown, .. } => {
+                let cooldown = (cooldown * 2).min(self.cfg.max_cooldown);
+                self.state = State::Open {
+                    until: now + cooldown,
+                    cooldown,
+                };
+            }
+            State::Open { .. } => {}
         }
     }
 
@@ -224,6 +255,16 @@ mod tests {
             );
             assert!(b.would_admit(t + Duration::from_secs(want)));
         }
+    }
+
+    #[test]
+    fn a_stalled_browser_trips_the_circuit() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg());
+        b.trip(t0);
+        assert_eq!(b.state_name(), "open");
+        assert_eq!(b.admit(t0), Admit::No);
+        assert_eq!(b.admit(t0 + Duration::from_secs(1)), Admit::Probe);
     }
 
     #[test]

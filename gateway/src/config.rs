@@ -93,6 +93,11 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
 
+    /// A browser with requests outstanding that answers nothing for this long (or five
+    /// times its usual latency, if longer) counts as stalled: its circuit opens at once.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
+
     /// Largest tensor accepted from a client, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_tensor_bytes: usize,

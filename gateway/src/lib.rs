@@ -88,6 +88,7 @@ impl Settings {
                     cooldown: args.breaker_cooldown,
                     ..BreakerConfig::default()
                 },
+                stall_after: args.stall_timeout,
             },
             queue_size: args.queue_size,
             retry_budget_ratio: args.retry_budget_ratio,
@@ -163,10 +164,25 @@ pub async fn start(
                 let current = fleet.current();
                 backends.sync(&current);
                 metrics.learn_models(current.values().flat_map(|e| e.models.iter()));
+                if let Some(deployed) = fleet.deployed() {
+                    gateway.set_deployed(deployed);
+                }
                 gateway.set_ready();
                 tokio::select! {
                     () = stop.cancelled() => return,
                     alive = fleet.changed() => if !alive { return },
+                }
+            }
+        }));
+    }
+    {
+        let (backends, stop) = (backends.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => backends.trip_stalled(),
                 }
             }
         }));

@@ -120,6 +120,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Whether a browser has ever held `model`.
+    pub fn is_known(&self, model: &str) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(model)
+    }
+
     fn model_label(&self, model: &str) -> String {
         if self
             .known

@@ -61,6 +61,8 @@ pub struct Gateway {
     preferences: Preferences,
     metadata: reqwest::Client,
     ready: std::sync::atomic::AtomicBool,
+    /// Models deployed (Kubernetes, local mode), beyond those a browser has held.
+    deployed: std::sync::RwLock<Arc<crate::discovery::Deployed>>,
 }
 
 fn api_error(e: CallError) -> ApiError {
@@ -90,7 +92,24 @@ impl Gateway {
                 .build()
                 .unwrap_or_default(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            deployed: std::sync::RwLock::default(),
         }
+    }
+
+    /// Notes the models the discovery source says are deployed.
+    pub fn set_deployed(&self, deployed: Arc<crate::discovery::Deployed>) {
+        *self.deployed.write().unwrap_or_else(|p| p.into_inner()) = deployed;
+    }
+
+    /// Whether requests for `model` may wait for a browser: it is deployed, or a browser
+    /// has held it. Any other model is unknown (404 at once).
+    fn is_known(&self, model: &str) -> bool {
+        self.metrics.is_known(model)
+            || self
+                .deployed
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(model)
     }
 
     /// Marks the gateway ready (discovery has reported the fleet once).
@@ -133,6 +152,14 @@ impl Gateway {
             let no_browser = match pick {
                 Pick::Chosen(lease) => return Ok(lease),
                 Pick::Busy => false,
+                Pick::NoBrowser if !self.is_known(model) => {
+                    return Err(ApiError::new(
+                        ErrorCategory::ModelNotFound,
+                        format!(
+                            "unknown model '{model}': no browser holds it and no deployment names it"
+                        ),
+                    ));
+                }
                 Pick::NoBrowser => true,
             };
             let guard = match &mut place {

@@ -31,6 +31,10 @@ pub struct BackendConfig {
     /// A browser that just became ready ramps up to `max_outstanding` over this long.
     pub slow_start: Duration,
     pub breaker: BreakerConfig,
+    /// A browser with requests outstanding that answers nothing for this long (or five
+    /// times its usual latency, if longer) is taken as stalled: its circuit opens at
+    /// once, before its agent's own hang detection fails what it holds.
+    pub stall_after: Duration,
 }
 
 /// Peak-EWMA's starting guess for a model's latency on a browser, before any answer;
@@ -71,6 +75,16 @@ pub struct Backend {
     /// Models the agent said it does not hold although discovery listed them (unloaded
     /// since): skipped until discovery next lists the endpoint's models.
     missing: Mutex<HashSet<String>>,
+    /// For stall detection: when it last answered, when it last went from idle to busy,
+    /// and its usual latency (EWMA, milliseconds).
+    activity: Mutex<Activity>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    last_answer: Instant,
+    busy_since: Instant,
+    latency_ms: f64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,7 +101,26 @@ impl Backend {
             serving_since: Mutex::new(Instant::now()),
             routes: Mutex::new(HashMap::new()),
             missing: Mutex::new(HashSet::new()),
+            activity: Mutex::new(Activity {
+                last_answer: Instant::now(),
+                busy_since: Instant::now(),
+                latency_ms: 0.0,
+            }),
         }
+    }
+
+    /// How long it has been waiting for any answer with requests outstanding, if it
+    /// has been longer than `cfg.stall_after` (or five times its usual latency).
+    fn stalled_for(&self, cfg: &BackendConfig, now: Instant) -> Option<Duration> {
+        if self.outstanding() == 0 {
+            return None;
+        }
+        let a = *lock(&self.activity);
+        let waiting = now.duration_since(a.last_answer.max(a.busy_since));
+        let bound = cfg
+            .stall_after
+            .max(Duration::from_secs_f64(a.latency_ms * 5.0 / 1e3));
+        (waiting > bound).then_some(waiting)
     }
 
     pub fn endpoint(&self) -> Endpoint {
@@ -177,8 +210,19 @@ impl Lease {
         timeout: Duration,
     ) -> Result<InferResponse, CallError> {
         let model = req.model.clone();
+        let started = Instant::now();
         let fut = self.backend.with_route(&model, |r| r.call((req, timeout)));
         let result = fut.await;
+        {
+            let mut a = lock(&self.backend.activity);
+            a.last_answer = Instant::now();
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            a.latency_ms = if a.latency_ms == 0.0 {
+                ms
+            } else {
+                0.9 * a.latency_ms + 0.1 * ms
+            };
+        }
         let healthy = match &result {
             Ok(_) => true,
             Err(e) => !e.health,
@@ -274,6 +318,21 @@ impl Backends {
         self.capacity.notify_waiters();
     }
 
+    /// Opens the circuit of every browser that stopped answering (see
+    /// [`BackendConfig::stall_after`]); run every 100 ms.
+    pub fn trip_stalled(&self) {
+        let now = Instant::now();
+        for b in self.all() {
+            if let Some(waited) = b.stalled_for(&self.cfg, now) {
+                let mut breaker = lock(&b.breaker);
+                if breaker.state_name() == "closed" {
+                    breaker.trip(now);
+                    tracing::warn!(browser = %b.id(), outstanding = b.outstanding(), ?waited, "a browser answered nothing; its circuit opens");
+                }
+            }
+        }
+    }
+
     /// Whether any ready browser holds `model` (whatever its load).
     pub fn serves(&self, model: &str) -> bool {
         self.all()
@@ -324,13 +383,20 @@ impl Backends {
             pool = preferred;
         }
         while !pool.is_empty() {
-            let chosen = p2c(&pool, |b| b.load(model));
+            // A browser whose circuit is ready for its half-open probe goes first: its
+            // latency estimate still remembers the failure and would starve it.
+            let chosen = pool
+                .iter()
+                .position(|b| lock(&b.breaker).probe_due(now))
+                .unwrap_or_else(|| p2c(&pool, |b| b.load(model)));
             let b = pool.swap_remove(chosen).clone();
             let admit = lock(&b.breaker).admit(now);
             if admit == Admit::No {
                 continue;
             }
-            b.outstanding.fetch_add(1, Ordering::AcqRel);
+            if b.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
+                lock(&b.activity).busy_since = now;
+            }
             return Pick::Chosen(Lease {
                 backend: b,
                 capacity: self.capacity.clone(),

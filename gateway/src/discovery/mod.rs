@@ -33,15 +33,32 @@ pub struct Endpoint {
 
 pub type Endpoints = BTreeMap<String, Endpoint>;
 
+/// Models that are meant to be served (their deployments exist) even while no browser
+/// holds them: requests for them wait for a browser (scale from zero) rather than
+/// being refused as unknown.
+pub type Deployed = BTreeSet<String>;
+
 /// The fleet as last published by a discovery source.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     rx: watch::Receiver<Arc<Endpoints>>,
+    deployed: Option<watch::Receiver<Arc<Deployed>>>,
 }
 
 impl Fleet {
     pub fn new(rx: watch::Receiver<Arc<Endpoints>>) -> Self {
-        Self { rx }
+        Self { rx, deployed: None }
+    }
+
+    /// A fleet whose source also knows which models are deployed.
+    pub fn with_deployed(mut self, deployed: watch::Receiver<Arc<Deployed>>) -> Self {
+        self.deployed = Some(deployed);
+        self
+    }
+
+    /// The deployed models, when the source knows them.
+    pub fn deployed(&self) -> Option<Arc<Deployed>> {
+        self.deployed.as_ref().map(|d| d.borrow().clone())
     }
 
     /// A fleet its owner sets directly (tests, embedding): the sender and the fleet.
@@ -54,8 +71,14 @@ impl Fleet {
         self.rx.borrow().clone()
     }
 
-    /// Resolves at the next change; `false` once the source is gone.
+    /// Resolves at the next change of either; `false` once the source is gone.
     pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
+        match &mut self.deployed {
+            None => self.rx.changed().await.is_ok(),
+            Some(d) => tokio::select! {
+                r = self.rx.changed() => r.is_ok(),
+                r = d.changed() => r.is_ok(),
+            },
+        }
     }
 }
