@@ -119,9 +119,10 @@ pub struct ModelStats {
 }
 
 /// Where the agent's browser is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BrowserState {
+    #[default]
     Starting,
     LoadingModels,
     Ready,
@@ -130,7 +131,7 @@ pub enum BrowserState {
 }
 
 /// The agent's browser as `/v1/stats` reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BrowserStatus {
     pub state: BrowserState,
     pub generation: u64,
@@ -152,7 +153,7 @@ pub struct BrowserStatus {
 }
 
 /// `GET /v1/stats`: what the operator scales and heals by and the gateway routes by.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AgentStats {
     /// False when the agent should be restarted (launches keep failing, or its
     /// supervisor is stuck); `unhealthy_reason` says why.

@@ -68,6 +68,11 @@ impl ModelEntry {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Shows the model as loading (a background load is about to start).
+    pub fn mark_loading(&self) {
+        self.set_state(ModelState::Loading);
+    }
+
     fn set_state(&self, s: ModelState) {
         *self.state.write().unwrap_or_else(|p| p.into_inner()) = s;
     }

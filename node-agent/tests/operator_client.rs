@@ -1,33 +1,52 @@
-//! The operator's agent client (`webaccel_operator::agent::HttpAgents`) against a real
-//! agent and Chromium: what the operator reads (stats, capabilities, model state) and what it
-//! asks (load, unload, drain) mean the same on both sides.
+//! The pool engine's agent client (`webaccel_engine::agent::HttpAgents`, which the
+//! operator and local mode use) against a real agent and Chromium: what they read (stats,
+//! capabilities, model state) and what they ask (load in the background, unload, drain)
+//! mean the same on both sides, and the agent's refusals keep their category.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Agent, TOKEN, model_uri};
-use webaccel_api::Backend;
-use webaccel_operator::agent::{AgentApi, Endpoint, HttpAgents, LoadRequest, ModelOnAgent};
+use webaccel_api::agent::ModelSpec;
+use webaccel_api::{Backend, ErrorCategory};
+use webaccel_engine::agent::{AgentApi, AgentError, Endpoint, HttpAgents, ModelOnAgent};
 
-fn load_request(name: &str, file: &str) -> LoadRequest {
-    LoadRequest {
+fn spec(name: &str, file: &str) -> ModelSpec {
+    ModelSpec {
         name: name.into(),
         uri: model_uri(file),
         sha256: None,
         backend: Backend::Wasm,
+        webnn_device: Default::default(),
         warmup: true,
         task: "vision".into(),
         precision: "fp32".into(),
     }
 }
 
+/// Polls the model's state until it settles (loaded or failed).
+async fn settled(agents: &HttpAgents, ep: &Endpoint, name: &str) -> ModelOnAgent {
+    let started = Instant::now();
+    loop {
+        match agents.model(ep, name).await.unwrap() {
+            ModelOnAgent::Loading => {}
+            other => return other,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{name} never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
-async fn the_operator_reads_and_drives_a_real_agent() {
+async fn the_engine_reads_and_drives_a_real_agent() {
     let agent = Agent::start(&[], &[]).await;
-    let agents = HttpAgents::new(Duration::from_secs(5), Duration::from_secs(120));
+    let agents = HttpAgents::new(Duration::from_secs(5));
     let ep = Endpoint {
         pod: "p".into(),
         base_url: agent.base.clone(),
@@ -35,15 +54,15 @@ async fn the_operator_reads_and_drives_a_real_agent() {
     };
 
     let caps = agents.capabilities(&ep).await.unwrap();
-    assert!(caps.backends.contains(&Backend::Wasm), "{caps:?}");
+    assert!(caps.backends().contains(&Backend::Wasm), "{caps:?}");
     assert!(
-        !caps.backends.contains(&Backend::Webnn),
+        !caps.backends().contains(&Backend::Webnn),
         "Debian's Chromium has no WebNN: {caps:?}"
     );
-    if caps.backends.contains(&Backend::Webgpu) {
+    if caps.backends().contains(&Backend::Webgpu) {
         // SwiftShader here: it must be reported as software, never as a GPU.
         assert!(
-            caps.adapter.as_deref().unwrap().ends_with("(software)"),
+            caps.adapter_label().unwrap().ends_with("(software)"),
             "{caps:?}"
         );
     }
@@ -56,30 +75,32 @@ async fn the_operator_reads_and_drives_a_real_agent() {
         agents.model(&ep, "mlp").await.unwrap(),
         ModelOnAgent::Absent
     );
-    match agents
-        .load(&ep, &load_request("mlp", "mlp.onnx"))
-        .await
-        .unwrap()
-    {
+    // The load answers at once; the model is then loading, then loaded.
+    let started = Instant::now();
+    let first = agents.load(&ep, &spec("mlp", "mlp.onnx")).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the load blocked"
+    );
+    assert!(
+        matches!(first, ModelOnAgent::Loading | ModelOnAgent::Loaded { .. }),
+        "{first:?}"
+    );
+    match settled(&agents, &ep, "mlp").await {
         ModelOnAgent::Loaded { backend, init_ms } => {
             assert_eq!(backend, "wasm");
             assert!(init_ms.unwrap() > 0.0);
         }
         other => panic!("mlp did not load: {other:?}"),
     }
-    assert!(matches!(
-        agents.model(&ep, "mlp").await.unwrap(),
-        ModelOnAgent::Loaded { .. }
-    ));
 
-    // A file that is not ONNX is the model's fault: FailedToLoad with the agent's reason,
-    // not an error about the agent.
-    match agents
-        .load(&ep, &load_request("broken", "invalid.onnx"))
+    // A file that is not ONNX is the model's fault: it fails with the agent's reason.
+    agents
+        .load(&ep, &spec("broken", "invalid.onnx"))
         .await
-        .unwrap()
-    {
-        ModelOnAgent::Failed(reason) => assert!(reason.contains("HTTP 4"), "{reason}"),
+        .unwrap();
+    match settled(&agents, &ep, "broken").await {
+        ModelOnAgent::Failed(reason) => assert!(reason.contains("refused"), "{reason}"),
         other => panic!("invalid.onnx was not refused: {other:?}"),
     }
 
@@ -93,9 +114,25 @@ async fn the_operator_reads_and_drives_a_real_agent() {
     let stats = agents.stats(&ep).await.unwrap();
     assert!(stats.draining && !stats.ready, "{stats:?}");
 
+    // A rotated token is the agent refusing us, not a broken model: its category stays.
     let wrong = Endpoint {
         token: "wrong".into(),
         ..ep
     };
-    assert!(agents.stats(&wrong).await.unwrap_err().contains("HTTP 401"));
+    let err = agents
+        .load(&wrong, &spec("mlp", "mlp.onnx"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Refused {
+                status: 401,
+                category: ErrorCategory::Unauthorized,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.retryable());
 }

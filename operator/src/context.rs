@@ -9,10 +9,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
-use crate::agent::{AgentApi, Capabilities};
-use crate::autoscale::Autoscaler;
 use crate::history::PoolHistory;
 use crate::metrics::Metrics;
+use webaccel_api::agent::Capabilities;
+use webaccel_engine::agent::AgentApi;
+pub use webaccel_engine::pool::memory::PoolMemory;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -41,18 +42,6 @@ impl Default for Settings {
             concurrency: 16,
         }
     }
-}
-
-/// In-memory state of one pool. Lost on restart, like the HPA's: the autoscaler then starts
-/// from the current size, and the heal backoff from zero.
-#[derive(Debug, Default)]
-pub struct PoolMemory {
-    pub autoscaler: Autoscaler,
-    /// Heal rounds in a row that found something broken.
-    pub heal_streak: u32,
-    pub next_heal_at: Option<Timestamp>,
-    /// The size last steered to, to notice changes.
-    pub last_desired: Option<i32>,
 }
 
 pub struct Context {
@@ -141,23 +130,13 @@ impl Context {
 
     /// Whether pool `key` may replace broken pods at `now`.
     pub fn may_heal(&self, key: &str, now: Timestamp) -> bool {
-        self.with_pool(key, |m| m.next_heal_at.is_none_or(|t| now >= t))
+        self.with_pool(key, |m| m.may_heal(now))
     }
 
     /// Records the outcome of a heal round: backoff grows while rounds keep finding broken
     /// pods, and resets after a clean one.
     pub fn heal_round(&self, key: &str, now: Timestamp, healed: bool) {
-        let base = self.settings.heal_backoff;
-        let max = self.settings.heal_backoff_max;
-        self.with_pool(key, |m| {
-            if healed {
-                let wait = base.saturating_mul(1 << m.heal_streak.min(16)).min(max);
-                m.heal_streak += 1;
-                m.next_heal_at = now.checked_add(wait).ok();
-            } else if m.next_heal_at.is_none_or(|t| now >= t) {
-                m.heal_streak = 0;
-                m.next_heal_at = None;
-            }
-        });
+        let (base, max) = (self.settings.heal_backoff, self.settings.heal_backoff_max);
+        self.with_pool(key, |m| m.heal_round(now, healed, base, max));
     }
 }

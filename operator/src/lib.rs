@@ -1,8 +1,6 @@
 //! webaccel-operator: the controllers that turn `BrowserPool` and `ModelDeployment`
 //! resources into browser pods, keep them healthy, size them by load, and place models.
 
-pub mod agent;
-pub mod autoscale;
 pub mod context;
 pub mod error;
 pub mod history;

@@ -12,7 +12,7 @@ use axum::routing::get;
 use clap::Parser;
 use tracing::info;
 use webaccel_analytics::{ClickHouseSettings, WriterConfig};
-use webaccel_operator::agent::HttpAgents;
+use webaccel_engine::agent::HttpAgents;
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::history::PoolHistory;
 use webaccel_operator::leader::{Elector, LeaseSettings};
@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         ..Settings::default()
     };
-    let agents = Arc::new(HttpAgents::new(args.agent_timeout, args.load_timeout));
+    let agents = Arc::new(HttpAgents::new(args.agent_timeout));
     let history = match &args.clickhouse_url {
         Some(url) => {
             let ch = ClickHouseSettings::new(url, &args.clickhouse_database, "--clickhouse-url")?;

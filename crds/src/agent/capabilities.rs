@@ -96,6 +96,56 @@ pub struct BrowserSummary {
 }
 
 impl Capabilities {
+    /// A report as a page with exactly `backends` would send it, with a software WebGPU
+    /// adapter from `vendor` and `architecture` when WebGPU is among them: for fakes
+    /// standing in for agents in tests and benchmarks.
+    pub fn synthetic(backends: &[Backend], vendor: &str, architecture: &str) -> Self {
+        let webgpu = backends.contains(&Backend::Webgpu);
+        Self {
+            user_agent: "synthetic".into(),
+            webgpu: WebGpuSupport {
+                available: webgpu,
+                reason: (!webgpu).then(|| "not in this synthetic report".into()),
+                adapter: webgpu.then(|| Adapter {
+                    vendor: vendor.into(),
+                    architecture: architecture.into(),
+                    device: String::new(),
+                    description: String::new(),
+                    is_fallback_adapter: true,
+                    kind: "software".into(),
+                    features: Vec::new(),
+                    max_buffer_size: None,
+                    max_storage_buffer_binding_size: None,
+                }),
+            },
+            webnn: ["cpu", "gpu", "npu"]
+                .into_iter()
+                .map(|d| {
+                    let available = backends.contains(&Backend::Webnn);
+                    (
+                        d.to_owned(),
+                        WebNnSupport {
+                            available,
+                            reason: (!available).then(|| "not in this synthetic report".into()),
+                        },
+                    )
+                })
+                .collect(),
+            wasm: WasmSupport {
+                simd: true,
+                threads: true,
+                cross_origin_isolated: true,
+                hardware_concurrency: 2,
+            },
+            ort_version: None,
+            runtime: Some(RuntimeStart {
+                start_ms: Some(0.0),
+                error: (!backends.contains(&Backend::Wasm)).then(|| "no wasm".into()),
+            }),
+            browser: None,
+        }
+    }
+
     /// The backends this browser can run: WebGPU when an adapter was found, WebNN when any
     /// device type had a context, and WebAssembly (onnxruntime-web's baseline) when the
     /// page's runtime started.

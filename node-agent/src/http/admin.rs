@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -173,13 +173,49 @@ async fn get_model(
     Ok(Json(entry.describe()))
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct LoadQuery {
+    /// `false`: answer 202 at once and load in the background (look again with
+    /// `GET /v1/models/{name}`); the default waits for the load.
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// `POST /v1/models` with a model spec as JSON: `{"name", "uri", "sha256"?, "backend"?,
 /// "webnn_device"?, "warmup"?}`. Answers once the model is loaded (201), or refused
-/// (4xx with the reason); 202 if the browser is restarting and will load it.
-async fn load_model(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Response, AgentError> {
+/// (4xx with the reason); 202 if the browser is restarting and will load it, or at once
+/// with `?wait=false` (the load goes on in the background; its outcome is the model's
+/// state).
+async fn load_model(
+    State(agent): State<Arc<Agent>>,
+    Query(query): Query<LoadQuery>,
+    body: Bytes,
+) -> Result<Response, AgentError> {
     let spec: ModelSpec = serde_json::from_slice(&body)
         .map_err(|e| AgentError::BadRequest(format!("invalid model spec: {e}")))?;
     let name = spec.name.clone();
+    if !query.wait {
+        spec.validate().map_err(AgentError::BadRequest)?;
+        let entry = agent.models.insert(spec);
+        // Without a browser up the model stays pending: the supervisor loads it.
+        if let Some(link) = agent.browser.link() {
+            entry.mark_loading();
+            let background = agent.clone();
+            tokio::spawn(async move {
+                // The outcome lands in the model's state (loaded, or failed with why).
+                let _ = crate::models::load_into(&background, &link, &entry).await;
+            });
+        }
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(agent.models.require(&name)?.describe()),
+        )
+            .into_response());
+    }
     match agent.load_model(spec).await? {
         Some(_) => {
             let entry = agent.models.require(&name)?;

@@ -16,14 +16,15 @@ use tracing::warn;
 use webaccel_api::labels::{self, condition};
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState};
 
-use super::place::{self, Candidate, Placement};
-use crate::agent::{Endpoint, LoadRequest, ModelOnAgent};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pool::build;
 use crate::pool::observe::BrowserView;
 use crate::pool::reconcile::endpoint;
 use crate::pool::status::condition as make_condition;
+use webaccel_api::agent::ModelSpec;
+use webaccel_engine::agent::{Endpoint, ModelOnAgent};
+use webaccel_engine::place::{self, Candidate, Placement};
 
 pub const CONTROLLER: &str = "modeldeployment";
 
@@ -68,7 +69,7 @@ async fn pool_view(ctx: &Context, ns: &str, pool_name: &str) -> Result<Option<Po
         .list(&ListParams::default().labels(&build::selector_string(pool_name)))
         .await?
         .items;
-    let browsers = pods.iter().map(BrowserView::from_pod).collect();
+    let browsers = pods.iter().map(crate::pool::observe::from_pod).collect();
     let token = Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(&build::token_secret_name(&pool))
         .await?
@@ -149,11 +150,8 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
                 Candidate {
                     pod: b.name.clone(),
                     usable: b.ready && !b.is_draining(),
-                    backends: caps
-                        .as_ref()
-                        .map(|c| c.backends.clone())
-                        .unwrap_or_default(),
-                    adapter: caps.and_then(|c| c.adapter),
+                    backends: caps.as_ref().map(|c| c.backends()).unwrap_or_default(),
+                    adapter: caps.and_then(|c| c.adapter_label()),
                     model,
                     models_held,
                     failed_before,
@@ -181,11 +179,12 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     };
     let loads = placement.load.iter().filter_map(|(pod, backend)| {
         let ep = endpoint_of(pod)?;
-        let req = LoadRequest {
+        let req = ModelSpec {
             name: name.clone(),
             uri: md.spec.model.uri.clone(),
             sha256: md.spec.model.sha256.clone(),
             backend: *backend,
+            webnn_device: Default::default(),
             warmup: md.spec.warmup,
             task: md.spec.model.task.as_str().into(),
             precision: md.spec.precision.as_str().into(),
@@ -210,7 +209,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             // The agent could not be reached or broke: try again next round.
             Err(e) => {
                 r.state = ReplicaState::Pending;
-                r.reason = Some(e);
+                r.reason = Some(e.to_string());
             }
         }
     }

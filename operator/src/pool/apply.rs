@@ -15,12 +15,12 @@ use webaccel_api::labels;
 use webaccel_api::v1alpha1::BrowserPool;
 
 use super::build;
-use super::decide::{Plan, Removal};
 use super::observe::BrowserView;
 use super::reconcile::endpoint;
 use crate::context::Context;
 use crate::error::Result;
 use crate::history::PoolEvent;
+use webaccel_engine::pool::decide::{Plan, Removal};
 
 /// The token Secret (created once, never rotated by reconciles), the headless Service and
 /// the PDB. Returns the agents' token, if the Secret exists yet.

@@ -16,10 +16,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserKind, BrowserPool, GpuVendor};
+use webaccel_api::v1alpha1::{BrowserPool, GpuVendor};
+use webaccel_engine::command;
 
 /// The port the agent listens on in every browser pod.
-pub const AGENT_PORT: i32 = 8700;
+/// The agents' port, as the engine starts them.
+pub const AGENT_PORT: i32 = command::AGENT_PORT as i32;
 /// Where the token Secret is mounted.
 const TOKEN_DIR: &str = "/var/run/webaccel/token";
 /// The agent drains for up to 30 s on SIGTERM; the kubelet must wait longer than that.
@@ -90,16 +92,6 @@ pub fn template_hash(pool: &BrowserPool) -> String {
     hex::encode(&digest[..5])
 }
 
-fn chromium_binary(kind: BrowserKind) -> &'static str {
-    match kind {
-        BrowserKind::Chromium => "chromium",
-        BrowserKind::Chrome => "google-chrome",
-        BrowserKind::Edge => "microsoft-edge",
-        // Refused before any pod is built (see validate); named for completeness.
-        BrowserKind::Firefox => "firefox",
-    }
-}
-
 fn gpu_node_label(vendor: GpuVendor) -> (&'static str, &'static str) {
     match vendor {
         // Set by NVIDIA's GPU feature discovery / the GPU operator.
@@ -144,29 +136,28 @@ fn agent_env(pool: &BrowserPool) -> Vec<EnvVar> {
             }),
             ..EnvVar::default()
         },
-        env("WEBACCEL_POOL", &pool.name_any()),
         // The root filesystem is read-only; Chromium writes its profile and caches under HOME.
         env("HOME", "/tmp"),
-        env("WEBACCEL_CACHE_DIR", "/tmp/webaccel-cache"),
     ];
-    if let Some(m) = &pool.spec.metrics {
-        vars.push(env("WEBACCEL_CLICKHOUSE_DATABASE", &m.database));
-        if let Some(url) = &m.url {
-            vars.push(env("WEBACCEL_CLICKHOUSE_URL", url));
-        } else if let Some(r) = &m.url_secret_ref {
-            vars.push(EnvVar {
-                name: "WEBACCEL_CLICKHOUSE_URL".into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: r.name.clone(),
-                        key: r.key.clone(),
-                        optional: Some(false),
-                    }),
-                    ..EnvVarSource::default()
+    // A URL with credentials comes from a Secret (the plain one is on the command line).
+    if let Some(r) = pool
+        .spec
+        .metrics
+        .as_ref()
+        .and_then(|m| m.url_secret_ref.as_ref())
+    {
+        vars.push(EnvVar {
+            name: "WEBACCEL_CLICKHOUSE_URL".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: Some(false),
                 }),
-                ..EnvVar::default()
-            });
-        }
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
     }
     vars
 }
@@ -196,13 +187,19 @@ pub fn pod(pool: &BrowserPool, name: &str, hash: &str) -> Pod {
     let mut pod_labels = selector_labels(&pool_name);
     pod_labels.insert(labels::TEMPLATE_HASH.into(), hash.into());
 
-    let mut args = vec![
-        format!("--listen=0.0.0.0:{AGENT_PORT}"),
-        format!("--token-file={TOKEN_DIR}/token"),
-        format!("--chromium={}", chromium_binary(spec.browser)),
-        format!("--max-in-flight={}", spec.max_in_flight_per_browser),
-    ];
-    args.extend(overrides.agent_args.iter().cloned());
+    // The same command line local mode runs (the engine builds both); Kubernetes puts the
+    // pod's own name in for $(POD_NAME).
+    let args = command::agent_args(
+        spec,
+        &command::AgentSite {
+            listen: format!("0.0.0.0:{AGENT_PORT}"),
+            token_file: format!("{TOKEN_DIR}/token"),
+            pool: pool_name.clone(),
+            pod_name: "$(POD_NAME)".into(),
+            cache_dir: "/tmp/webaccel-cache".into(),
+            browser_binary: command::default_browser_binary(spec.browser).into(),
+        },
+    );
 
     let mut node_selector = overrides.node_selector.clone();
     let mut tolerations = overrides.tolerations.clone();

@@ -52,6 +52,10 @@ fn pod_is_owned_labelled_and_runs_the_agent_with_the_pools_settings() {
             "--token-file=/var/run/webaccel/token/token",
             "--chromium=google-chrome",
             "--max-in-flight=16",
+            "--pool=gpu",
+            "--pod-name=$(POD_NAME)",
+            "--cache-dir=/tmp/webaccel-cache",
+            "--clickhouse-database=perf",
             "--standby-browser=false"
         ])
     );
@@ -64,9 +68,10 @@ fn pod_is_owned_labelled_and_runs_the_agent_with_the_pools_settings() {
         ch["valueFrom"]["secretKeyRef"],
         json!({"name": "ch", "key": "url", "optional": false})
     );
+    // $(POD_NAME) in the arguments is substituted from this.
     assert!(
-        env.iter()
-            .any(|e| e["name"] == "WEBACCEL_CLICKHOUSE_DATABASE" && e["value"] == "perf")
+        env.iter().any(|e| e["name"] == "POD_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name")
     );
 }
 

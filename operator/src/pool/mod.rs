@@ -2,7 +2,6 @@
 
 pub mod apply;
 pub mod build;
-pub mod decide;
 pub mod observe;
 pub mod reconcile;
 pub mod status;

@@ -17,14 +17,14 @@ use webaccel_api::v1alpha1::{BrowserKind, BrowserPool, BrowserPoolSpec, HealingS
 
 use super::apply::{apply_owned, apply_plan, patch_status, publish};
 use super::build::{self, AGENT_PORT};
-use super::decide::{self, Plan, Removal};
-use super::observe::BrowserView;
+use super::observe::{self, BrowserView};
 use super::status::{self, Outcome};
-use crate::agent::Endpoint;
-use crate::autoscale::LoadSample;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::history::PoolEvent;
+use webaccel_engine::agent::Endpoint;
+use webaccel_engine::autoscale::LoadSample;
+use webaccel_engine::pool::decide::{self, Plan, Removal};
 
 pub const CONTROLLER: &str = "browserpool";
 
@@ -77,7 +77,7 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     let listed = pods
         .list(&ListParams::default().labels(&build::selector_string(&name)))
         .await?;
-    let mut browsers: Vec<BrowserView> = listed.items.iter().map(BrowserView::from_pod).collect();
+    let mut browsers: Vec<BrowserView> = listed.items.iter().map(observe::from_pod).collect();
     observe_agents(ctx, &listed.items, &mut browsers, token.as_deref()).await;
 
     let (desired, scale_reason, scale_cause) = desired_size(pool, ctx, &key, &browsers, now);

@@ -6,8 +6,8 @@ use k8s_openapi::jiff::Timestamp;
 use webaccel_api::labels::condition;
 use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus, BrowserSummary};
 
-use super::decide::Plan;
 use super::observe::BrowserView;
+use webaccel_engine::pool::decide::{Plan, Removal};
 
 /// A condition, carrying over `lastTransitionTime` from `old` when the status did not change.
 pub fn condition(
@@ -68,7 +68,7 @@ pub fn build(
         .iter()
         .filter(|b| b.ready)
         .filter_map(|b| b.capabilities.as_ref())
-        .flat_map(|c| c.summary())
+        .flat_map(|c| c.backend_summary())
         .collect();
     backends.sort();
     backends.dedup();
@@ -91,9 +91,9 @@ pub fn build(
                 backends: b
                     .capabilities
                     .as_ref()
-                    .map(|c| c.summary())
+                    .map(|c| c.backend_summary())
                     .unwrap_or_default(),
-                adapter: b.capabilities.as_ref().and_then(|c| c.adapter.clone()),
+                adapter: b.capabilities.as_ref().and_then(|c| c.adapter_label()),
                 load: b.load().map(|l| l as i64),
                 note,
             }
@@ -104,7 +104,7 @@ pub fn build(
     let heals = p
         .delete
         .iter()
-        .filter(|(_, r)| matches!(r, super::decide::Removal::Heal(_)))
+        .filter(|(_, r)| matches!(r, Removal::Heal(_)))
         .count();
     let (progressing, progress_reason, progress_msg) = if p.create > 0 {
         (

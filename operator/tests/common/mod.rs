@@ -13,10 +13,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
 use webaccel_api::v1alpha1::BrowserPool;
-use webaccel_operator::agent::{
-    AgentApi, AgentResult, AgentStats, Capabilities, Endpoint, LoadRequest, ModelOnAgent,
-};
+use webaccel_engine::agent::{AgentApi, AgentError, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::metrics::Metrics;
 
@@ -193,15 +192,19 @@ impl AgentApi for FakeAgents {
                 .unwrap()
                 .get(&ep.pod)
                 .cloned()
-                .ok_or_else(|| "connection refused".to_owned())
+                .ok_or_else(|| AgentError::Unreachable {
+                    path: "/v1/stats".into(),
+                    message: "connection refused".into(),
+                })
         })
     }
     fn capabilities<'a>(&'a self, _ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>> {
         Box::pin(async move {
-            Ok(Capabilities {
-                backends: vec![webaccel_api::Backend::Webgpu, webaccel_api::Backend::Wasm],
-                adapter: Some("google swiftshader (software)".into()),
-            })
+            Ok(Capabilities::synthetic(
+                &[webaccel_api::Backend::Webgpu, webaccel_api::Backend::Wasm],
+                "google",
+                "swiftshader",
+            ))
         })
     }
     fn model<'a>(
@@ -217,7 +220,7 @@ impl AgentApi for FakeAgents {
     fn load<'a>(
         &'a self,
         ep: &'a Endpoint,
-        req: &'a LoadRequest,
+        req: &'a ModelSpec,
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
             self.note(format!("load {} {} {}", ep.pod, req.name, req.backend));

@@ -15,10 +15,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
 use webaccel_api::v1alpha1::BrowserPool;
-use webaccel_operator::agent::{
-    AgentApi, AgentResult, AgentStats, Capabilities, Endpoint, LoadRequest, ModelOnAgent,
-};
+use webaccel_engine::agent::{AgentApi, AgentResult, Endpoint, ModelOnAgent};
 
 pub struct FakeApi {
     /// Per namespace: the pool's PodList, serialised.
@@ -273,10 +272,11 @@ impl AgentApi for Agents {
     }
     fn capabilities<'a>(&'a self, _ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>> {
         Box::pin(async {
-            Ok(Capabilities {
-                backends: vec![webaccel_api::Backend::Wasm],
-                adapter: None,
-            })
+            Ok(Capabilities::synthetic(
+                &[webaccel_api::Backend::Wasm],
+                "",
+                "",
+            ))
         })
     }
     fn model<'a>(
@@ -289,7 +289,7 @@ impl AgentApi for Agents {
     fn load<'a>(
         &'a self,
         _: &'a Endpoint,
-        _: &'a LoadRequest,
+        _: &'a ModelSpec,
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async { Ok(ModelOnAgent::Loading) })
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::agent::AgentStats;
+use webaccel_api::agent::{AgentStats, ModelStats};
 
 const NOW: i64 = 1_800_000_000;
 
@@ -171,11 +171,13 @@ fn a_spec_change_rolls_one_browser_at_a_time_idle_first() {
 #[test]
 fn recycling_after_requests_or_lifetime_drains_one() {
     let mut worn = browser("worn", 0);
-    worn.stats
-        .as_mut()
-        .unwrap()
-        .models
-        .insert("m".into(), crate::agent::ModelCounts { count: 1000 });
+    worn.stats.as_mut().unwrap().models.insert(
+        "m".into(),
+        ModelStats {
+            requests: 1000,
+            ..ModelStats::default()
+        },
+    );
     let recycle = RecycleSpec {
         after_requests: Some(1000),
         max_lifetime_seconds: None,

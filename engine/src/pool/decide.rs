@@ -4,7 +4,7 @@
 use k8s_openapi::jiff::Timestamp;
 use webaccel_api::v1alpha1::{HealingSpec, RecycleSpec};
 
-use super::observe::BrowserView;
+use super::browser::BrowserView;
 
 /// Why a browser pod goes away.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,7 @@
+//! A pool's decisions, the same for Kubernetes pods and local processes: what each
+//! browser looks like to the engine ([`browser`]), which to create, drain, delete or
+//! replace ([`decide`]), and the per-pool memory that paces them ([`memory`]).
+
+pub mod browser;
+pub mod decide;
+pub mod memory;
