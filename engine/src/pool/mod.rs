@@ -5,3 +5,4 @@
 pub mod browser;
 pub mod decide;
 pub mod memory;
+pub mod size;

@@ -23,8 +23,8 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::history::PoolEvent;
 use webaccel_engine::agent::Endpoint;
-use webaccel_engine::autoscale::LoadSample;
 use webaccel_engine::pool::decide::{self, Plan, Removal};
+use webaccel_engine::pool::size;
 
 pub const CONTROLLER: &str = "browserpool";
 
@@ -244,7 +244,8 @@ fn waiting_requests(pool: &BrowserPool, now: Timestamp) -> u64 {
     if fresh { n } else { 0 }
 }
 
-/// The size to steer to and why: `spec.replicas`, or the autoscaler's decision.
+/// The size to steer to and why: the engine's decision, with this process's memory of
+/// the pool and the waiting-requests annotation.
 fn desired_size(
     pool: &BrowserPool,
     ctx: &Context,
@@ -252,35 +253,11 @@ fn desired_size(
     browsers: &[BrowserView],
     now: Timestamp,
 ) -> (i32, String, &'static str) {
-    let Some(policy) = pool.spec.autoscaling.as_ref().filter(|a| a.enabled) else {
-        return (
-            pool.spec.replicas,
-            format!("spec.replicas is {}", pool.spec.replicas),
-            "spec",
-        );
-    };
-    let serving: Vec<&BrowserView> = browsers
-        .iter()
-        .filter(|b| !b.terminating && !b.is_draining() && b.ready)
-        .collect();
-    let sample = LoadSample {
-        load: serving.iter().filter_map(|b| b.load()).sum(),
-        reporting: serving.iter().filter(|b| b.stats.is_some()).count() as i32,
-        silent: serving.iter().filter(|b| b.stats.is_none()).count() as i32,
-        waiting: if serving.is_empty() {
-            waiting_requests(pool, now)
-        } else {
-            0
-        },
-    };
-    let current = browsers
-        .iter()
-        .filter(|b| !b.terminating && !b.is_draining())
-        .count() as i32;
-    let current = ctx.with_pool(key, |m| m.last_desired).unwrap_or(current);
-    let now_s = now.as_millisecond() as f64 / 1000.0;
-    let d = ctx.with_pool(key, |m| m.autoscaler.decide(policy, now_s, current, sample));
-    (d.desired, d.reason, d.cause)
+    let waiting = waiting_requests(pool, now);
+    let s = ctx.with_pool(key, |m| {
+        size::desired(&pool.spec, browsers, m, waiting, now)
+    });
+    (s.desired, s.reason, s.cause)
 }
 
 #[cfg(test)]
