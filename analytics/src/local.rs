@@ -11,7 +11,7 @@ use crate::ClickHouseSettings;
 #[derive(Debug)]
 pub struct LocalClickHouse {
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    dir: DataDir,
     pub http_port: u16,
     tcp_port: u16,
     interserver_port: u16,
@@ -28,11 +28,30 @@ pub enum LocalError {
     NoAnswer(String),
 }
 
+/// Where the server keeps its data: a temporary directory (tests) or one that outlives
+/// the process (local mode's `--data-dir`).
+#[derive(Debug)]
+enum DataDir {
+    Temporary(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl DataDir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Self::Temporary(t) => t.path(),
+            Self::Kept(p) => p,
+        }
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
+
+const SETPRIV: &str = "/usr/bin/setpriv";
 
 /// The installed server binary, if any.
 pub fn server_binary() -> Option<&'static str> {
@@ -49,9 +68,20 @@ impl LocalClickHouse {
 
     /// Starts a server whose HTTP interface listens on `http_port`.
     pub async fn start_on(http_port: u16) -> Result<Self, LocalError> {
+        Self::start_with(DataDir::Temporary(tempfile::tempdir()?), http_port).await
+    }
+
+    /// Starts a server on a free port with its data kept in `dir` (created if missing),
+    /// so metrics survive restarts.
+    pub async fn start_in(dir: std::path::PathBuf) -> Result<Self, LocalError> {
+        std::fs::create_dir_all(&dir)?;
+        Self::start_with(DataDir::Kept(dir), free_port()?).await
+    }
+
+    async fn start_with(dir: DataDir, http_port: u16) -> Result<Self, LocalError> {
         let mut ch = Self {
             child: None,
-            dir: tempfile::tempdir()?,
+            dir,
             http_port,
             tcp_port: free_port()?,
             interserver_port: free_port()?,
@@ -76,7 +106,16 @@ impl LocalClickHouse {
     async fn spawn(&mut self) -> Result<(), LocalError> {
         let binary = server_binary().ok_or(LocalError::NotInstalled)?;
         let d = self.dir.path().display().to_string();
-        let child = Command::new(binary)
+        // The server must not outlive whoever started it (a test, `webaccel up`), even
+        // when that is SIGKILLed: util-linux's setpriv asks the kernel to kill it then.
+        let mut cmd = if std::path::Path::new(SETPRIV).exists() {
+            let mut c = Command::new(SETPRIV);
+            c.args(["--pdeathsig", "KILL", "--", binary]);
+            c
+        } else {
+            Command::new(binary)
+        };
+        let child = cmd
             .arg("--config-file=/etc/clickhouse-server/config.xml")
             .arg("--")
             .arg(format!("--path={d}/data/"))

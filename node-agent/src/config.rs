@@ -142,6 +142,11 @@ pub struct AgentArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// Drain and exit when the process that started the agent goes away (local mode's
+    /// `webaccel up` passes this, so no agent outlives it, even when it is SIGKILLed).
+    #[arg(long)]
+    pub exit_with_parent: bool,
+
     /// Enable fault-injection endpoints (`POST /v1/debug/hang`, for tests). Never in
     /// production.
     #[arg(long)]

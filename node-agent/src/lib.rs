@@ -79,8 +79,29 @@ fn start_recorder(args: &AgentArgs) -> anyhow::Result<Recorder> {
         .with_context(|| format!("opening the metrics spool {}", spool.display()))
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
+/// Resolves once the process that started this one has gone (this process was handed
+/// to another parent).
+async fn parent_gone() {
+    let parent = nix::unistd::getppid();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if nix::unistd::getppid() != parent {
+            tracing::warn!("the parent process is gone: draining and exiting");
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C (and, with `--exit-with-parent`, when the parent dies).
+async fn termination(with_parent: bool) {
+    let parent = async {
+        if with_parent {
+            parent_gone().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -91,6 +112,7 @@ async fn termination() {
     };
     tokio::select! {
         () = term => {},
+        () = parent => {},
         _ = tokio::signal::ctrl_c() => {},
     }
 }
@@ -192,7 +214,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let drain_agent = agent.clone();
     let drain_token = shutdown.clone();
     let graceful = async move {
-        termination().await;
+        termination(drain_agent.args.exit_with_parent).await;
         tracing::info!("termination requested: draining");
         let left = drain_agent
             .admission

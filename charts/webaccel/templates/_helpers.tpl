@@ -81,3 +81,55 @@ Namespaces that get the browser-pod NetworkPolicy.
 {{- toJson (list (.Values.watchNamespace | default .Release.Namespace)) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The gateway's objects: <fullname>-gateway, cut so that the name stays a DNS label.
+*/}}
+{{- define "webaccel.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "webaccel.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Selector labels of the gateway pods (networkPolicy.gatewaySelector matches them by default).
+*/}}
+{{- define "webaccel.gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "webaccel.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/*
+Labels on every gateway object.
+*/}}
+{{- define "webaccel.gateway.labels" -}}
+helm.sh/chart: {{ include "webaccel.chart" . }}
+{{ include "webaccel.gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: webaccel
+{{- end }}
+
+{{/*
+Name of the gateway's ServiceAccount.
+*/}}
+{{- define "webaccel.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "webaccel.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ClickHouse settings the gateway uses: gateway.clickhouse when it names a URL or a
+Secret, else the operator's clickhouse values.
+*/}}
+{{- define "webaccel.gateway.clickhouse" -}}
+{{- $g := .Values.gateway.clickhouse | default dict }}
+{{- $ref := $g.urlSecretRef | default dict }}
+{{- if or $g.url $ref.name }}
+{{- toJson $g }}
+{{- else }}
+{{- toJson .Values.clickhouse }}
+{{- end }}
+{{- end }}

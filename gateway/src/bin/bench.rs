@@ -67,7 +67,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn start_agent(bin: &PathBuf, model: &PathBuf) -> anyhow::Result<AgentProc> {
+async fn start_agent(bin: &std::path::Path, model: &std::path::Path) -> anyhow::Result<AgentProc> {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("token"), TOKEN)?;
     let (port, grpc) = (free_port()?, free_port()?);
