@@ -2,11 +2,21 @@
 
 mod model;
 mod pool;
+#[cfg(feature = "validate")]
+pub mod validate;
 
 pub use model::*;
 pub use pool::*;
 
 use kube::CustomResourceExt;
+
+/// The `openAPIV3Schema` of a CRD's (first) version, as JSON: what the API server validates
+/// its objects against.
+pub fn openapi_v3_schema<K: CustomResourceExt>() -> Option<serde_json::Value> {
+    let crd = K::crd();
+    let schema = crd.spec.versions.first()?.schema.as_ref()?;
+    serde_json::to_value(schema.open_api_v3_schema.as_ref()?).ok()
+}
 
 /// Every CRD of this version as YAML documents, in the order `crdgen` writes them.
 pub fn crd_files() -> Result<Vec<(&'static str, String)>, serde_yaml_ng::Error> {

@@ -72,9 +72,10 @@ pub struct PoolRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelSource {
-    /// `https://`, `http://`, or `file://` for a file in the browser pod (a ConfigMap or
-    /// PersistentVolumeClaim mounted through the pool's `template.volumes`).
-    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('file:///')").message("model.uri must start with https://, http:// or file:///"))]
+    /// `https://`, `http://`, or `file:///` for a file in the browser pod (a ConfigMap or
+    /// PersistentVolumeClaim mounted through the pool's `template.volumes`). Local mode
+    /// also reads a relative `file://name.onnx` from the manifest's folder.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://') || self.startsWith('file://')").message("model.uri must start with https://, http:// or file://"))]
     #[schemars(length(min = 1, max = 2048))]
     pub uri: String,
     /// Hex SHA-256 of the file; the agent refuses a download that does not match.
