@@ -52,6 +52,17 @@ impl AgentError {
         }
     }
 
+    /// The agent refused the token (rotated, or not the pool's): ask again with a fresh one.
+    pub fn unauthorized(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                category: ErrorCategory::Unauthorized,
+                ..
+            }
+        )
+    }
+
     /// A bounded label for metrics: `unreachable`, `malformed` or the category.
     pub fn label(&self) -> &'static str {
         match self {
@@ -111,24 +122,90 @@ pub trait AgentApi: Send + Sync + 'static {
     fn drain<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<()>>;
 }
 
-/// The agents over HTTP.
+/// One request to an agent, as a [`Transport`] carries it.
 #[derive(Debug, Clone)]
-pub struct HttpAgents {
-    http: reqwest::Client,
-    /// Header the bearer token travels in: `authorization`, or another when a proxy in
-    /// between (the API server's pod proxy) consumes `authorization` itself.
-    token_header: reqwest::header::HeaderName,
+pub struct AgentRequest<'a> {
+    pub method: reqwest::Method,
+    /// The endpoint's base URL (or, through a proxy, its base path) and the agent path.
+    pub url: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Option<Vec<u8>>,
+    /// The agent path alone (`/v1/stats`), for errors.
+    pub path: &'a str,
 }
 
-impl HttpAgents {
+/// How requests reach agents: straight over HTTP (the default, [`DirectHttp`]), or through
+/// something in between that a host provides (the Kubernetes API server's pod proxy, when
+/// the operator runs outside the cluster). Answers the status and body, or why nothing came.
+pub trait Transport: Send + Sync + 'static {
+    fn send<'a>(&'a self, req: AgentRequest<'a>) -> BoxFuture<'a, Result<(u16, Vec<u8>), String>>;
+}
+
+/// Agents reached over HTTP at their own address.
+#[derive(Debug, Clone)]
+pub struct DirectHttp {
+    http: reqwest::Client,
+}
+
+impl DirectHttp {
     pub fn new(timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .unwrap_or_default();
+        Self { http }
+    }
+}
+
+impl Transport for DirectHttp {
+    fn send<'a>(&'a self, req: AgentRequest<'a>) -> BoxFuture<'a, Result<(u16, Vec<u8>), String>> {
+        Box::pin(async move {
+            let mut r = self.http.request(req.method, req.url).headers(req.headers);
+            if let Some(body) = req.body {
+                r = r
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body);
+            }
+            let resp = r.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            Ok((status, bytes.to_vec()))
+        })
+    }
+}
+
+/// The agents over HTTP.
+#[derive(Clone)]
+pub struct HttpAgents {
+    transport: std::sync::Arc<dyn Transport>,
+    /// Header the bearer token travels in: `authorization`, or another when a proxy in
+    /// between (the API server's pod proxy) consumes `authorization` itself.
+    token_header: reqwest::header::HeaderName,
+}
+
+impl std::fmt::Debug for HttpAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpAgents")
+            .field("token_header", &self.token_header)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The header an agent also takes its token from (`x-webaccel-token: Bearer <token>`), for
+/// proxies that consume `authorization` themselves, such as the API server's pod proxy.
+pub const TOKEN_HEADER: &str = "x-webaccel-token";
+
+impl HttpAgents {
+    /// Agents reached directly, each call bounded by `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self::with_transport(DirectHttp::new(timeout))
+    }
+
+    /// Agents reached through `transport`.
+    pub fn with_transport(transport: impl Transport) -> Self {
         Self {
-            http,
+            transport: std::sync::Arc::new(transport),
             token_header: reqwest::header::AUTHORIZATION,
         }
     }
@@ -146,53 +223,74 @@ impl HttpAgents {
         path: &str,
         body: Option<&ModelSpec>,
     ) -> AgentResult<(u16, Option<T>)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", ep.base_url))
-            .header(self.token_header.clone(), format!("Bearer {}", ep.token));
-        if let Some(body) = body {
-            req = req.json(body);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", ep.token)) {
+            headers.insert(self.token_header.clone(), v);
         }
-        let resp = req.send().await.map_err(|e| AgentError::Unreachable {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| AgentError::Unreachable {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        if (200..300).contains(&status) {
-            if bytes.is_empty() {
-                return Ok((status, None));
-            }
-            return serde_json::from_slice(&bytes)
-                .map(|v| (status, Some(v)))
-                .map_err(|e| AgentError::Malformed {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                });
-        }
-        let (category, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(b) => (b.category, b.error),
-            // Not the agent's error body: a proxy or something else answered.
-            Err(_) => (
-                match status {
-                    401 | 403 => ErrorCategory::Unauthorized,
-                    404 => ErrorCategory::ModelNotFound,
-                    502..=504 => ErrorCategory::BrowserUnavailable,
-                    _ => ErrorCategory::Internal,
-                },
-                String::from_utf8_lossy(&bytes).chars().take(500).collect(),
-            ),
+        let body = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|e| AgentError::Malformed {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?),
+            None => None,
         };
-        Err(AgentError::Refused {
-            path: path.to_owned(),
-            status,
-            category,
-            message,
-        })
+        let req = AgentRequest {
+            method,
+            url: format!("{}{path}", ep.base_url),
+            headers,
+            body,
+            path,
+        };
+        let (status, bytes) =
+            self.transport
+                .send(req)
+                .await
+                .map_err(|message| AgentError::Unreachable {
+                    path: path.to_owned(),
+                    message,
+                })?;
+        interpret(path, status, &bytes)
     }
+}
+
+/// An agent's answer to `path` as the contract reads it: a 2xx body (none when empty), or
+/// the agent's error with its category. A body that is not the agent's error (a proxy
+/// answered) gets its category from the status.
+pub fn interpret<T: serde::de::DeserializeOwned>(
+    path: &str,
+    status: u16,
+    bytes: &[u8],
+) -> AgentResult<(u16, Option<T>)> {
+    if (200..300).contains(&status) {
+        if bytes.is_empty() {
+            return Ok((status, None));
+        }
+        return serde_json::from_slice(bytes)
+            .map(|v| (status, Some(v)))
+            .map_err(|e| AgentError::Malformed {
+                path: path.to_owned(),
+                message: e.to_string(),
+            });
+    }
+    let (category, message) = match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) => (b.category, b.error),
+        // Not the agent's error body: a proxy or something else answered.
+        Err(_) => (
+            match status {
+                401 | 403 => ErrorCategory::Unauthorized,
+                404 => ErrorCategory::ModelNotFound,
+                502..=504 => ErrorCategory::BrowserUnavailable,
+                _ => ErrorCategory::Internal,
+            },
+            String::from_utf8_lossy(bytes).chars().take(500).collect(),
+        ),
+    };
+    Err(AgentError::Refused {
+        path: path.to_owned(),
+        status,
+        category,
+        message,
+    })
 }
 
 fn required<T>(path: &str, v: Option<T>) -> AgentResult<T> {

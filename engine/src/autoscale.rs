@@ -98,8 +98,18 @@ impl Autoscaler {
                 .filter(move |(t, _)| now_s - t <= w)
                 .map(|&(_, r)| r)
         };
-        let up_to = within(up_window).min().unwrap_or(recommended);
-        let down_to = within(down_window).max().unwrap_or(recommended);
+        // A window of 0 means at once: this sample alone, even if others were taken at
+        // the same instant.
+        let up_to = if up_window > 0.0 {
+            within(up_window).min().unwrap_or(recommended)
+        } else {
+            recommended
+        };
+        let down_to = if down_window > 0.0 {
+            within(down_window).max().unwrap_or(recommended)
+        } else {
+            recommended
+        };
         let desired = if up_to > current {
             up_to
         } else if down_to < current {
@@ -243,6 +253,15 @@ mod tests {
             ("idle", "idle", "waiting_requests")
         );
         assert!(woken.reason.contains("9 requests waiting"));
+    }
+
+    #[test]
+    fn a_zero_window_follows_the_latest_sample_even_within_the_same_instant() {
+        let p = policy(1, 10, 0, 60);
+        let mut a = Autoscaler::default();
+        assert_eq!(a.decide(&p, 5.0, 1, load(0, 1)).desired, 1);
+        assert_eq!(a.decide(&p, 5.0, 1, load(0, 1)).desired, 1);
+        assert_eq!(a.decide(&p, 5.0, 1, load(12, 1)).desired, 3);
     }
 
     #[test]

@@ -68,6 +68,19 @@ impl Tokens {
     }
 }
 
+/// A second header the token may travel in, `x-webaccel-token: Bearer <token>`, for a
+/// proxy in between that consumes `authorization` itself: the Kubernetes API server's pod
+/// proxy, through which an operator outside the cluster reaches the agents.
+pub const TOKEN_HEADER: &str = "x-webaccel-token";
+
+/// The token a request presents: its `authorization` header, else `x-webaccel-token`.
+pub fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .or_else(|| headers.get(TOKEN_HEADER))
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Axum middleware: refuses a request without an accepted token with 401.
 pub async fn require(State(tokens): State<Arc<Tokens>>, req: Request, next: Next) -> Response {
     let header = req
@@ -94,5 +107,19 @@ mod tests {
         assert!(t.check(None).unwrap_err().message.contains("missing"));
         assert!(Tokens::default().check(None).is_ok());
         assert!(token_eq(b"a", b"a") && !token_eq(b"a", b"ab"));
+    }
+
+    #[test]
+    fn the_token_may_come_in_the_proxy_header() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(presented(&h), None);
+        h.insert(TOKEN_HEADER, "Bearer secret".parse().unwrap());
+        assert_eq!(presented(&h), Some("Bearer secret"));
+        h.insert(AUTHORIZATION, "Bearer other".parse().unwrap());
+        assert_eq!(
+            presented(&h),
+            Some("Bearer other"),
+            "authorization goes first"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! What every reconcile shares: the API client, the agents, metrics, Events, settings, and
-//! the per-pool memory (autoscaler history, heal backoff) that lives only in this process.
+//! What every reconcile shares: the API client, the watch caches, the agents, metrics,
+//! Events, settings, and what lives only in this process: the per-pool memory (autoscaler
+//! history, heal backoff, writes not yet seen in the caches) and what the agents last said.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -7,20 +8,39 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
+use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
+use tokio::time::Instant;
 
 use crate::history::PoolHistory;
 use crate::metrics::Metrics;
-use webaccel_api::agent::Capabilities;
-use webaccel_engine::agent::AgentApi;
+use crate::stores::Stores;
+use webaccel_api::agent::{AgentStats, Capabilities};
+use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_engine::agent::{AgentApi, Endpoint};
 pub use webaccel_engine::pool::memory::PoolMemory;
+
+/// How the operator reaches the agents in the browser pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentAccess {
+    /// Straight to each pod's IP (the operator runs in the cluster).
+    #[default]
+    Direct,
+    /// Through the API server's pod proxy (`/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy`),
+    /// for an operator run outside the cluster (kind, minikube) where pod IPs cannot be
+    /// reached; the token travels in `x-webaccel-token`, which the proxy passes on.
+    ApiserverProxy,
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// How long a draining browser may take to finish its requests before it is deleted.
     pub drain_timeout: Duration,
-    /// How often an autoscaled pool's agents are polled for load.
+    /// How often the agents of autoscaled pools (and of pools that are changing) are asked
+    /// for their load.
     pub load_poll_interval: Duration,
+    /// How often the agents of a settled pool of fixed size are asked how they are.
+    pub idle_poll_interval: Duration,
     /// How often a settled pool is looked at anyway.
     pub resync: Duration,
     /// First wait between heals of one pool; doubles per consecutive heal up to `heal_backoff_max`.
@@ -29,6 +49,10 @@ pub struct Settings {
     /// Reconciles running at once per controller; bounds memory and the load on the API
     /// server when thousands of objects need work at the same time (start-up, resync).
     pub concurrency: u16,
+    /// The per-browser load in a pool's status moves all the time: a change of it alone is
+    /// written at most this often.
+    pub status_load_refresh: Duration,
+    pub agent_access: AgentAccess,
 }
 
 impl Default for Settings {
@@ -36,25 +60,95 @@ impl Default for Settings {
         Self {
             drain_timeout: Duration::from_secs(60),
             load_poll_interval: Duration::from_secs(1),
-            resync: Duration::from_secs(60),
+            idle_poll_interval: Duration::from_secs(10),
+            resync: Duration::from_secs(300),
             heal_backoff: Duration::from_secs(5),
             heal_backoff_max: Duration::from_secs(300),
             concurrency: 16,
+            status_load_refresh: Duration::from_secs(60),
+            agent_access: AgentAccess::Direct,
         }
     }
 }
 
+impl Settings {
+    /// How old an agent's answer may be and still stand in for asking it again.
+    pub fn observation_ttl(&self) -> Duration {
+        self.idle_poll_interval + self.load_poll_interval * 2
+    }
+}
+
+/// Writes this process made that the watch caches may not show yet. Without them a
+/// reconcile that runs before the watch event arrives would create the same pods again.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    /// Pods created, by name.
+    pub created: HashMap<String, Instant>,
+    /// Pods deleted.
+    pub deleted: HashMap<String, Instant>,
+    /// Pods marked draining, with the mark.
+    pub drained: HashMap<String, (Timestamp, Instant)>,
+}
+
+/// A watch event normally follows its write within milliseconds; past this an expectation
+/// is dropped and the cache is believed again.
+pub const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+impl Expectations {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.deleted.is_empty() && self.drained.is_empty()
+    }
+}
+
+/// Everything this process remembers about one pool.
+#[derive(Debug, Default)]
+pub struct PoolState {
+    pub memory: PoolMemory,
+    pub expect: Expectations,
+    /// The last status written, and the pool's resourceVersion it was built from: while the
+    /// cache still shows that version, the write is not in it yet.
+    pub status_written: Option<(Option<String>, BrowserPoolStatus)>,
+    pub last_status_write: Option<Instant>,
+    /// When the poller looks at this pool's agents next.
+    pub next_poll: Option<Instant>,
+    /// Owned objects applied (`service`, `pdb`) as sent, until the cache shows them.
+    pub applied: HashMap<&'static str, (serde_json::Value, Instant)>,
+}
+
+/// An agent's last answer to `/v1/stats` (None: it did not answer).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub stats: Option<AgentStats>,
+    pub at: Instant,
+}
+
+/// A token read from a Secret the caches do not hold (one the user named).
+#[derive(Debug, Clone)]
+struct FetchedToken {
+    token: String,
+    at: Instant,
+}
+
+/// How long a token read by GET is used before it is read again.
+const TOKEN_TTL: Duration = Duration::from_secs(600);
+
 pub struct Context {
     pub client: Client,
+    pub stores: Stores,
     pub agents: Arc<dyn AgentApi>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub settings: Settings,
     /// Scale, heal, drain, roll and recycle rows for ClickHouse (disabled by default).
     pub history: PoolHistory,
-    pools: Mutex<HashMap<String, PoolMemory>>,
-    /// Capabilities never change for a running browser pod; keyed by pod UID.
+    pools: Mutex<HashMap<String, PoolState>>,
+    /// Capabilities never change for a running browser pod; keyed by pod UID. Only real
+    /// answers are kept: an agent still starting its browser answers 503 and is asked again.
     capabilities: Mutex<HashMap<String, Capabilities>>,
+    /// What each agent last said, by pod UID.
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Tokens of user-named Secrets, by `namespace/name`.
+    tokens: Mutex<HashMap<String, FetchedToken>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -65,9 +159,14 @@ impl std::fmt::Debug for Context {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Context {
     pub fn new(
         client: Client,
+        stores: Stores,
         agents: Arc<dyn AgentApi>,
         metrics: Arc<Metrics>,
         settings: Settings,
@@ -77,12 +176,15 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            stores,
             agents,
             metrics,
             settings,
             history: PoolHistory::disabled(),
             pools: Mutex::default(),
             capabilities: Mutex::default(),
+            seen: Mutex::default(),
+            tokens: Mutex::default(),
         }
     }
 
@@ -94,14 +196,19 @@ impl Context {
 
     /// Runs `f` on the memory of pool `key` (`namespace/name`).
     pub fn with_pool<T>(&self, key: &str, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_state(key, |s| f(&mut s.memory))
+    }
+
+    /// Runs `f` on everything remembered about pool `key`.
+    pub fn with_state<T>(&self, key: &str, f: impl FnOnce(&mut PoolState) -> T) -> T {
+        let mut pools = lock(&self.pools);
         f(pools.entry(key.to_owned()).or_default())
     }
 
     /// Drops the memory and the metric series of pools that no longer exist; `exists` gets
     /// `namespace/name`. Without this a deleted pool's gauges would stay at their last value.
     pub fn forget_pools_except(&self, exists: impl Fn(&str) -> bool) {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = lock(&self.pools);
         pools.retain(|key, _| {
             let keep = exists(key);
             if !keep && let Some((ns, name)) = key.split_once('/') {
@@ -111,21 +218,76 @@ impl Context {
         });
     }
 
+    /// Drops what agents said of pods that no longer exist (`live` has their UIDs).
+    pub fn forget_pods_except(&self, live: impl Fn(&str) -> bool) {
+        lock(&self.seen).retain(|uid, _| live(uid));
+        lock(&self.capabilities).retain(|uid, _| live(uid));
+    }
+
     pub fn cached_capabilities(&self, uid: &str) -> Option<Capabilities> {
-        self.capabilities
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(uid)
-            .cloned()
+        lock(&self.capabilities).get(uid).cloned()
     }
 
     pub fn cache_capabilities(&self, uid: &str, caps: Capabilities) {
-        let mut map = self.capabilities.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded: dropping everything now and then costs one request per pod.
-        if map.len() > 100_000 {
-            map.clear();
+        lock(&self.capabilities).insert(uid.to_owned(), caps);
+    }
+
+    /// What the agent of pod `uid` said last, if recent enough to stand in for asking.
+    pub fn fresh_seen(&self, uid: &str) -> Option<Seen> {
+        let ttl = self.settings.observation_ttl();
+        lock(&self.seen)
+            .get(uid)
+            .filter(|s| s.at.elapsed() <= ttl)
+            .cloned()
+    }
+
+    pub fn record_seen(&self, uid: &str, stats: Option<AgentStats>) {
+        lock(&self.seen).insert(
+            uid.to_owned(),
+            Seen {
+                stats,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// The agents' token of `pool`: from the Secret's watch cache, else as last read.
+    pub fn token_of(&self, pool: &BrowserPool) -> Option<String> {
+        let ns = pool.namespace()?;
+        let name = crate::pool::build::token_secret_name(pool);
+        if let Some(s) = self.stores.secret(&ns, &name) {
+            return crate::pool::build::token_of(&s);
         }
-        map.insert(uid.to_owned(), caps);
+        lock(&self.tokens)
+            .get(&format!("{ns}/{name}"))
+            .filter(|t| t.at.elapsed() <= TOKEN_TTL)
+            .map(|t| t.token.clone())
+    }
+
+    /// Remembers a token read from Secret `ns/name`.
+    pub fn remember_token(&self, ns: &str, name: &str, token: String) {
+        lock(&self.tokens).insert(
+            format!("{ns}/{name}"),
+            FetchedToken {
+                token,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets a token an agent refused, unless it was read less than a minute ago (a
+    /// Secret the agents disagree with is then not read again every second). True if it
+    /// was forgotten, so that a reconcile reads it again.
+    pub fn forget_refused_token(&self, ns: &str, name: &str) -> bool {
+        let mut tokens = lock(&self.tokens);
+        let key = format!("{ns}/{name}");
+        match tokens.get(&key) {
+            Some(t) if t.at.elapsed() >= Duration::from_secs(60) => {
+                tokens.remove(&key);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether pool `key` may replace broken pods at `now`.
@@ -139,4 +301,46 @@ impl Context {
         let (base, max) = (self.settings.heal_backoff, self.settings.heal_backoff_max);
         self.with_pool(key, |m| m.heal_round(now, healed, base, max));
     }
+
+    /// Where the agent of pod `pod` in `ns` is reached, with `token`.
+    pub fn endpoint(
+        &self,
+        ns: &str,
+        pod: &crate::pool::observe::BrowserView,
+        token: &str,
+    ) -> Option<Endpoint> {
+        endpoint(self.settings.agent_access, ns, pod, token)
+    }
+}
+
+/// Where the agent of a browser pod is reached.
+pub fn endpoint(
+    access: AgentAccess,
+    ns: &str,
+    pod: &crate::pool::observe::BrowserView,
+    token: &str,
+) -> Option<Endpoint> {
+    let port = crate::pool::build::AGENT_PORT;
+    let base_url = match access {
+        AgentAccess::Direct => {
+            let ip = pod.ip.as_ref()?;
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.clone()
+            };
+            format!("http://{host}:{port}")
+        }
+        // The kube client adds the API server's address; the pod needs an IP all the same
+        // (the proxy forwards to it).
+        AgentAccess::ApiserverProxy => {
+            pod.ip.as_ref()?;
+            format!("/api/v1/namespaces/{ns}/pods/{}:{port}/proxy", pod.name)
+        }
+    };
+    Some(Endpoint {
+        pod: pod.name.clone(),
+        base_url,
+        token: token.to_owned(),
+    })
 }

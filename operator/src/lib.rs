@@ -7,5 +7,8 @@ pub mod history;
 pub mod leader;
 pub mod metrics;
 pub mod model;
+pub mod poll;
 pub mod pool;
+pub mod proxy;
 pub mod run;
+pub mod stores;

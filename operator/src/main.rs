@@ -13,16 +13,22 @@ use clap::Parser;
 use tracing::info;
 use webaccel_analytics::{ClickHouseSettings, WriterConfig};
 use webaccel_engine::agent::HttpAgents;
-use webaccel_operator::context::{Context, Settings};
+use webaccel_operator::context::{AgentAccess, Context, Settings};
 use webaccel_operator::history::PoolHistory;
 use webaccel_operator::leader::{Elector, LeaseSettings};
 use webaccel_operator::metrics::Metrics;
+use webaccel_operator::proxy::ApiServerProxy;
+use webaccel_operator::stores::Stores;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "webaccel-operator",
     version,
-    about = "Runs BrowserPool and ModelDeployment resources as browser pods"
+    about = "Runs BrowserPool and ModelDeployment resources as browser pods",
+    after_help = "Outside a cluster (a laptop against kind or minikube) pod IPs cannot be reached: \
+                  run with --agent-access=apiserver-proxy to reach the agents through the API \
+                  server's pod proxy (your kubeconfig user then needs get/create/delete on \
+                  pods/proxy)."
 )]
 struct Args {
     /// Watch only this namespace (default: all namespaces).
@@ -46,19 +52,42 @@ struct Args {
     /// This replica's name in the Lease (default: the pod or host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    /// How long the Lease holds without renewal: a replica that saw no renewal for this
+    /// long (by its own clock) takes over. A stopping holder releases it at once.
+    #[arg(long, default_value = "12s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
-    /// How often autoscaled pools' agents are asked for load.
+    /// How often the holder renews the Lease; it stops leading when it could not renew for
+    /// the Lease's duration less this.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lease_renew_period: Duration,
+    /// How often the agents of autoscaled pools (and of pools that are changing) are asked
+    /// for their load.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     load_poll_interval: Duration,
+    /// How often the agents of settled pools of fixed size are asked how they are.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_poll_interval: Duration,
+    /// How the agents are reached: `direct` (their pod IPs; in a cluster) or
+    /// `apiserver-proxy` (through the API server's pod proxy,
+    /// /api/v1/namespaces/{ns}/pods/{pod}:8700/proxy/...; for an operator run outside the
+    /// cluster, e.g. against kind or minikube, where pod IPs cannot be reached. The agents'
+    /// token then travels in the x-webaccel-token header, which the proxy passes on).
+    #[arg(
+        long,
+        env = "WEBACCEL_AGENT_ACCESS",
+        value_enum,
+        default_value = "direct"
+    )]
+    agent_access: AgentAccess,
     /// How long a draining browser may finish its requests before it is deleted anyway.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// Timeout of one call to an agent (stats, capabilities, drain).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     agent_timeout: Duration,
-    /// Timeout of a model load (download, compile, warm-up).
-    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    /// Accepted for compatibility and ignored: loads run in the background on the agent
+    /// (whose own --load-timeout bounds them) and are looked at again every few seconds.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration, hide = true)]
     load_timeout: Duration,
     /// ClickHouse HTTP interface for the pools' history (`pool_events`: scale, heal, drain,
     /// roll, recycle), with `user:password@` if needed. Without it no rows are written.
@@ -111,10 +140,16 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings {
         drain_timeout: args.drain_timeout,
         load_poll_interval: args.load_poll_interval,
+        idle_poll_interval: args.idle_poll_interval,
         concurrency: args.concurrency,
+        agent_access: args.agent_access,
         ..Settings::default()
     };
-    let agents = Arc::new(HttpAgents::new(args.agent_timeout));
+    let agents = Arc::new(match args.agent_access {
+        AgentAccess::Direct => HttpAgents::new(args.agent_timeout),
+        AgentAccess::ApiserverProxy => ApiServerProxy::agents(client.clone(), args.agent_timeout),
+    });
+    let (stores, writers) = Stores::shared(1024);
     let history = match &args.clickhouse_url {
         Some(url) => {
             let ch = ClickHouseSettings::new(url, &args.clickhouse_database, "--clickhouse-url")?;
@@ -129,50 +164,77 @@ async fn main() -> anyhow::Result<()> {
         }
         None => PoolHistory::disabled(),
     };
-    let ctx =
-        Arc::new(Context::new(client.clone(), agents, metrics, settings).with_history(history));
+    let ctx = Arc::new(
+        Context::new(client.clone(), stores, agents, metrics, settings).with_history(history),
+    );
     let migrating = ctx.clone();
     tokio::spawn(async move { migrating.history.migrate_until_done().await });
 
-    let stop: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = if args.leader_election {
+    // SIGTERM is how Kubernetes stops the pod: finish the running reconciles, give the
+    // Lease up so the next replica leads at once, and exit.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut stopping = Box::pin(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    });
+
+    let elector = if args.leader_election {
         let identity = args.identity.clone().unwrap_or_else(|| {
             std::env::var("HOSTNAME")
                 .unwrap_or_else(|_| format!("webaccel-operator-{}", std::process::id()))
         });
-        let elector = Elector::new(
+        let elector = Arc::new(Elector::new(
             client,
             LeaseSettings {
                 namespace: args.lease_namespace.clone().unwrap_or(default_ns),
                 name: args.lease_name.clone(),
                 identity: identity.clone(),
                 duration: args.lease_duration,
-                renew_every: args.lease_duration / 3,
+                renew_every: args.lease_renew_period,
             },
-        );
+        ));
         info!(%identity, lease = %args.lease_name, "waiting for the lease");
-        elector.acquire().await;
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = &mut stopping => {
+                info!("stopped while waiting for the lease");
+                ctx.history.shutdown().await;
+                return Ok(());
+            }
+        }
         info!(%identity, "leading");
-        Box::pin(async move { elector.keep().await })
+        Some(elector)
     } else {
-        Box::pin(std::future::pending())
+        None
     };
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lost_flag = lost.clone();
-    // SIGTERM is how Kubernetes stops the pod; finish in-flight reconciles and exit.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    let keeper = elector.clone();
     let stop = async move {
+        let keep = async move {
+            match keeper {
+                Some(e) => e.keep().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = stop => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            () = keep => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
+            () = stopping => {}
         }
     };
-    webaccel_operator::run::controllers(ctx.clone(), args.namespace.as_deref(), stop).await;
-    ctx.history.shutdown().await;
+    webaccel_operator::run::controllers(ctx.clone(), writers, args.namespace.as_deref(), stop)
+        .await;
     if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        ctx.history.shutdown().await;
         // Exiting lets the Deployment restart this replica as a follower.
         anyhow::bail!("lost the lease; exiting so another replica leads");
     }
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    ctx.history.shutdown().await;
     Ok(())
 }

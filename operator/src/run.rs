@@ -1,27 +1,35 @@
-//! Wires the controllers to the API: what each watches, and how errors requeue.
+//! Wires the controllers to the API: one watch per kind feeds a shared cache (reflector
+//! store) that both controllers and the agent poller read; the controllers are woken by the
+//! watch events of their objects, their children and related objects, and by the poller.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use futures::channel::mpsc;
+use futures::future::{BoxFuture, FutureExt};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 use webaccel_api::labels;
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::poll::{self, Triggers};
+use crate::stores::{self, Kind, Stores, Synced, Writers};
 use crate::{model, pool};
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
@@ -52,9 +60,70 @@ fn model_error(m: Arc<ModelDeployment>, e: &Error, ctx: Arc<Context>) -> Action 
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Runs both controllers until `stop` resolves. `namespace: None` watches all namespaces.
+/// A watch of `api` (slimmed by `slim`) into the shared store `writer`, marking `kind`
+/// synced after its first full list. Runs until dropped.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    synced: Arc<Synced>,
+    kind: Kind,
+    slim: fn(&mut K),
+) -> BoxFuture<'static, ()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::InitDone) = ev {
+                synced.mark(kind);
+            }
+        })
+        .reflect_shared(writer)
+        .for_each(|ev| async move {
+            if let Err(e) = ev {
+                tracing::debug!(error = %e, "watch");
+            }
+        })
+        .boxed()
+}
+
+/// The objects a change of which concerns pool `name` in `ns`'s models.
+fn models_of(
+    stores: &Stores,
+    ns: Option<String>,
+    pool: Option<&String>,
+) -> Vec<ObjectRef<ModelDeployment>> {
+    match (ns, pool) {
+        (Some(ns), Some(pool)) => stores.models_of(&ns, pool),
+        _ => Vec::new(),
+    }
+}
+
+fn subscribe<K>(w: &Writer<K>) -> impl Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    // Shared stores always hand out subscribers; an empty stream is never used.
+    match w.subscribe() {
+        Some(s) => s.boxed(),
+        None => futures::stream::pending().boxed(),
+    }
+}
+
+/// Runs both controllers and the agent poller until `stop` resolves. `namespace: None`
+/// watches all namespaces. `writers` are those of `ctx.stores` (from [`Stores::shared`]).
 pub async fn controllers(
     ctx: Arc<Context>,
+    writers: Writers,
     namespace: Option<&str>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -74,31 +143,109 @@ pub async fn controllers(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    // Pods are watched as metadata only: owner references and labels are all a trigger
-    // needs, and full pod objects would cost memory and bandwidth at thousands of pods.
-    let pools = Controller::new(
-        api::<BrowserPool>(&client, namespace),
-        watcher::Config::default(),
-    );
+    // Subscriptions first: every watch event reaches each of them.
+    let w = &writers;
+    let (pools_for_pools, pools_for_models) = (subscribe(&w.pools), subscribe(&w.pools));
+    let models_for_models = subscribe(&w.models);
+    let (pods_for_pools, pods_for_models) = (subscribe(&w.pods), subscribe(&w.pods));
+    let (secrets_for_pools, secrets_for_models) = (subscribe(&w.secrets), subscribe(&w.secrets));
+    let services_for_pools = subscribe(&w.services);
+    let pdbs_for_pools = subscribe(&w.pdbs);
+
+    let Writers {
+        pools: pools_w,
+        models: models_w,
+        pods: pods_w,
+        secrets: secrets_w,
+        services: services_w,
+        pdbs: pdbs_w,
+        synced,
+    } = writers;
+    // Children are watched by the operator's label only: never all Secrets, Services or
+    // pods of the cluster.
+    let reflectors = vec![
+        reflect(
+            api::<BrowserPool>(&client, namespace),
+            watcher::Config::default(),
+            pools_w,
+            synced.clone(),
+            Kind::Pools,
+            stores::slim,
+        ),
+        reflect(
+            api::<ModelDeployment>(&client, namespace),
+            watcher::Config::default(),
+            models_w,
+            synced.clone(),
+            Kind::Models,
+            stores::slim,
+        ),
+        reflect(
+            api::<Pod>(&client, namespace),
+            managed.clone(),
+            pods_w,
+            synced.clone(),
+            Kind::Pods,
+            stores::slim_pod,
+        ),
+        reflect(
+            api::<Secret>(&client, namespace),
+            managed.clone(),
+            secrets_w,
+            synced.clone(),
+            Kind::Secrets,
+            stores::slim,
+        ),
+        reflect(
+            api::<Service>(&client, namespace),
+            managed.clone(),
+            services_w,
+            synced.clone(),
+            Kind::Services,
+            stores::slim,
+        ),
+        reflect(
+            api::<PodDisruptionBudget>(&client, namespace),
+            managed,
+            pdbs_w,
+            synced,
+            Kind::Pdbs,
+            stores::slim,
+        ),
+    ];
+
+    // The poller's wake-ups.
+    let (pool_tx, pool_rx) = mpsc::unbounded();
+    let (model_tx, model_rx) = mpsc::unbounded();
+    let triggers = Triggers {
+        pools: pool_tx,
+        models: model_tx,
+    };
+
     // Forget deleted pools (their autoscaler memory and metric series) once a minute.
-    let pool_store = pools.store();
     let janitor_ctx = ctx.clone();
-    tokio::spawn(async move {
+    let janitor = async move {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            let live: std::collections::HashSet<String> = pool_store
+            let live: HashSet<String> = janitor_ctx
+                .stores
+                .pools
                 .state()
                 .iter()
                 .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
                 .collect();
             janitor_ctx.forget_pools_except(|key| live.contains(key));
         }
-    });
-    let pools = pools
-        .owns(
-            api::<PartialObjectMeta<Pod>>(&client, namespace),
-            managed.clone(),
-        )
+    }
+    .boxed();
+
+    let stores = ctx.stores.clone();
+    let pools = Controller::for_shared_stream(pools_for_pools, stores.pools.clone())
+        .owns_shared_stream(pods_for_pools)
+        .owns_shared_stream(services_for_pools)
+        .owns_shared_stream(pdbs_for_pools)
+        .owns_shared_stream(secrets_for_pools)
+        .reconcile_on(pool_rx)
         .with_config(config.clone())
         .graceful_shutdown_on(shutdown(stop_rx.clone()))
         .run(pool::reconcile::reconcile, pool_error, ctx.clone())
@@ -108,38 +255,41 @@ pub async fn controllers(
             }
         });
 
-    // A model follows its pool's pods: any change to them re-runs the models of that pool.
-    let models = Controller::new(
-        api::<ModelDeployment>(&client, namespace),
-        watcher::Config::default(),
-    );
-    let store = models.store();
-    let models = models
-        .watches(
-            api::<PartialObjectMeta<Pod>>(&client, namespace),
-            managed,
-            move |pod: PartialObjectMeta<Pod>| {
-                let pool = pod.labels().get(labels::POOL).cloned();
-                let ns = pod.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|m| Some(&m.spec.pool_ref.name) == pool.as_ref() && m.namespace() == ns)
-                    .map(|m| ObjectRef::from_obj(&*m))
-                    .collect::<Vec<_>>()
-            },
-        )
+    // A model follows its pool, the pool's pods and its token: any change to them re-runs
+    // the models of that pool.
+    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores.clone());
+    let models = Controller::for_shared_stream(models_for_models, stores.models.clone())
+        .watches_shared_stream(pods_for_models, move |pod: Arc<Pod>| {
+            models_of(&s1, pod.namespace(), pod.labels().get(labels::POOL))
+        })
+        .watches_shared_stream(pools_for_models, move |p: Arc<BrowserPool>| {
+            models_of(&s2, p.namespace(), Some(&p.name_any()))
+        })
+        .watches_shared_stream(secrets_for_models, move |s: Arc<Secret>| {
+            models_of(&s3, s.namespace(), s.labels().get(labels::POOL))
+        })
+        .reconcile_on(model_rx)
         .with_config(config)
         .graceful_shutdown_on(shutdown(stop_rx))
-        .run(model::reconcile::reconcile, model_error, ctx)
+        .run(model::reconcile::reconcile, model_error, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "model controller");
             }
         });
+
+    let background = futures::future::join3(
+        futures::future::join_all(reflectors),
+        poll::run(ctx.clone(), triggers),
+        janitor,
+    );
     info!(
         namespace = namespace.unwrap_or("(all)"),
         "controllers running"
     );
-    futures::join!(pools, models);
+    // The controllers end on `stop` (after their running reconciles); the watches, the
+    // poller and the janitor end with them.
+    let controllers = futures::future::join(pools, models);
+    futures::pin_mut!(controllers, background);
+    futures::future::select(controllers, background).await;
 }

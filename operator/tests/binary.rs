@@ -1,6 +1,9 @@
 //! The `webaccel-operator` binary end to end: it reads a kubeconfig, lists and watches
 //! through a fake API server over HTTP (the bench's, in its own process), reconciles every
-//! pool once it holds the Lease, serves its metrics, and exits cleanly on SIGTERM.
+//! pool once it holds the Lease, and serves its metrics. Leader election with three
+//! replicas: after SIGKILL of the holder the next takes over once the Lease has gone
+//! unrenewed for its duration; after SIGTERM the holder releases it and exits 0, and the
+//! next leads at once. Both takeover times are printed.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -28,8 +31,68 @@ async fn get(url: &str) -> Option<String> {
     reqwest::get(url).await.ok()?.text().await.ok()
 }
 
+fn kubeconfig(dir: &std::path::Path, api: &str) -> std::path::PathBuf {
+    let path = dir.join("config");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: '{api}'}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: nobody, namespace: default}}}}]\n\
+             users: [{{name: nobody, user: {{}}}}]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// One operator replica, leader election on as deployed (default Lease timings).
+fn operator(kubeconfig: &std::path::Path, identity: &str, metrics_port: u16) -> Killed {
+    let child = Command::new(env!("CARGO_BIN_EXE_webaccel-operator"))
+        .args([
+            "--lease-namespace=webaccel-system",
+            &format!("--identity={identity}"),
+            &format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+            // The fake pods' IPs lead nowhere; do not wait long for their agents.
+            "--agent-timeout=200ms",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    Killed(child)
+}
+
+async fn holder(api: &str) -> Option<String> {
+    let lease = get(&format!(
+        "{api}/apis/coordination.k8s.io/v1/namespaces/webaccel-system/leases/webaccel-operator"
+    ))
+    .await?;
+    let v: serde_json::Value = serde_json::from_str(&lease).ok()?;
+    v["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+/// Waits until `who` holds the Lease; how long that took.
+async fn until_holder(api: &str, who: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while holder(api).await.as_deref() != Some(who) {
+        assert!(
+            started.elapsed() < limit,
+            "{who} did not take the lease within {limit:?} (holder: {:?})",
+            holder(api).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+fn signal(p: &Killed, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), sig).unwrap();
+}
+
 #[tokio::test]
-async fn the_operator_reconciles_through_a_kubeconfig_serves_metrics_and_stops_on_sigterm() {
+async fn the_operator_reconciles_through_a_kubeconfig_and_hands_the_lease_over() {
     let mut fake = Command::new(env!("CARGO_BIN_EXE_webaccel-operator-bench"))
         .args(["--serve-fake-api", "--pools", "20", "--browsers", "3"])
         .stdout(Stdio::piped())
@@ -41,35 +104,11 @@ async fn the_operator_reconciles_through_a_kubeconfig_serves_metrics_and_stops_o
         .unwrap();
     let _fake = Killed(fake);
     let api = format!("http://127.0.0.1:{}", line.trim());
-
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("config");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters: [{{name: fake, cluster: {{server: '{api}'}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: nobody, namespace: default}}}}]\n\
-             users: [{{name: nobody, user: {{}}}}]\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig(dir.path(), &api);
+
     let metrics_port = free_port();
-    let operator = Command::new(env!("CARGO_BIN_EXE_webaccel-operator"))
-        .args([
-            // Leader election on, as deployed: the fake keeps one Lease.
-            "--lease-namespace=webaccel-system",
-            "--identity=op-1",
-            &format!("--metrics-addr=127.0.0.1:{metrics_port}"),
-            // The fake pods' IPs lead nowhere; do not wait long for their agents.
-            "--agent-timeout=200ms",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let mut operator = Killed(operator);
+    let first = operator(&kubeconfig, "op-1", metrics_port);
 
     // Every pool's status gets written, and the metrics say so.
     let started = Instant::now();
@@ -98,23 +137,31 @@ async fn the_operator_reconciles_through_a_kubeconfig_serves_metrics_and_stops_o
         ),
         "{metrics}"
     );
+    assert_eq!(holder(&api).await.as_deref(), Some("op-1"));
 
-    let lease = get(&format!(
-        "{api}/apis/coordination.k8s.io/v1/namespaces/webaccel-system/leases/webaccel-operator"
-    ))
-    .await
-    .unwrap();
-    assert!(lease.contains(r#""holderIdentity":"op-1""#), "{lease}");
+    // A second replica waits, watching the Lease. The holder is killed (SIGKILL: no
+    // release): the second takes over once it has seen the Lease unrenewed for its
+    // duration, by its own clock.
+    let second = operator(&kubeconfig, "op-2", free_port());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        holder(&api).await.as_deref(),
+        Some("op-1"),
+        "op-1 still leads"
+    );
+    signal(&first, nix::sys::signal::Signal::SIGKILL);
+    let after_kill = until_holder(&api, "op-2", Duration::from_secs(30)).await;
 
-    // SIGTERM: finish and exit 0.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(operator.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    // A third waits; the second is stopped as Kubernetes stops a pod (SIGTERM): it
+    // finishes, releases the Lease, exits 0, and the third leads at once.
+    let third = operator(&kubeconfig, "op-3", free_port());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&second, nix::sys::signal::Signal::SIGTERM);
+    let after_term = until_holder(&api, "op-3", Duration::from_secs(30)).await;
+    let mut second = second;
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = operator.0.try_wait().unwrap() {
+        if let Some(status) = second.0.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -124,4 +171,21 @@ async fn the_operator_reconciles_through_a_kubeconfig_serves_metrics_and_stops_o
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status}");
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "lease takeover: {:.2} s after SIGKILL of the holder (target ≤ 15 s), {:.2} s after SIGTERM (target ≤ 2 s)",
+            after_kill.as_secs_f64(),
+            after_term.as_secs_f64()
+        );
+    }
+    assert!(
+        after_kill <= Duration::from_secs(15),
+        "{after_kill:?} after SIGKILL"
+    );
+    assert!(
+        after_term <= Duration::from_secs(2),
+        "{after_term:?} after SIGTERM"
+    );
+    drop(third);
 }

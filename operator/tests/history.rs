@@ -37,14 +37,7 @@ async fn scale_and_heal_decisions_become_pool_event_rows() {
         ..Default::default()
     });
     let hash = template_hash(&p);
-    let pods = vec![
-        pod("web-a", &hash, "Running", true, "10.0.0.1"),
-        pod("web-bad", &hash, "Failed", false, ""),
-    ];
-    let mut steps = owned_objects_exist();
-    steps.push(step("GET", PODS, (200, list(pods))));
-    steps.push(step("POST", EVENTS, echo()));
-    steps.push(step("POST", EVENTS, echo()));
+    let mut steps = vec![step("POST", EVENTS, echo())];
     steps.push(step(
         "DELETE",
         &format!("{PODS}/web-bad"),
@@ -53,6 +46,7 @@ async fn scale_and_heal_decisions_become_pool_event_rows() {
             serde_json::to_value(pod("web-bad", &hash, "Failed", false, "")).unwrap(),
         ),
     ));
+    steps.push(step("POST", EVENTS, echo()));
     steps.push(step("PATCH", &format!("{PODS}/*"), echo()));
     steps.push(step("PATCH", &format!("{PODS}/*"), echo()));
     steps.push(step(
@@ -61,15 +55,36 @@ async fn scale_and_heal_decisions_become_pool_event_rows() {
         (200, serde_json::to_value(&p).unwrap()),
     ));
     let (client, api) = mock_api(steps);
+    let (stores, mut w) = webaccel_operator::stores::Stores::local();
     let ctx = Arc::new(
         webaccel_operator::context::Context::new(
             client,
+            stores,
             FakeAgents::with_loads(&[("web-a", 12)]),
             Arc::new(webaccel_operator::metrics::Metrics::default()),
             Default::default(),
         )
         .with_history(history),
     );
+    let apply = |e| kube::runtime::watcher::Event::Apply(e);
+    w.pools.apply_watcher_event(&apply(p.clone()));
+    w.secrets
+        .apply_watcher_event(&kube::runtime::watcher::Event::Apply(token_secret_object()));
+    w.services
+        .apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+            webaccel_operator::pool::build::service(&p),
+        ));
+    w.pdbs
+        .apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+            webaccel_operator::pool::build::pdb(&p),
+        ));
+    for pod in [
+        pod("web-a", &hash, "Running", true, "10.0.0.1"),
+        pod("web-bad", &hash, "Failed", false, ""),
+    ] {
+        w.pods
+            .apply_watcher_event(&kube::runtime::watcher::Event::Apply(pod));
+    }
     reconcile(Arc::new(p), ctx.clone()).await.unwrap();
     api.await.unwrap();
     ctx.history.shutdown().await;

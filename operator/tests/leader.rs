@@ -1,6 +1,7 @@
 //! Leader election through a Lease against a mocked API server: the first replica creates it,
-//! a second waits while it is renewed, takes it over once it expires, and a takeover race is
-//! lost cleanly on 409.
+//! a second waits while it is renewed, takes it over once it has seen it unchanged for its
+//! duration (by its own clock), a takeover race is lost cleanly on 409, and a stopping
+//! holder releases it.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -75,14 +76,22 @@ async fn a_second_replica_waits_while_the_holder_renews() {
     api.await.unwrap();
 }
 
-#[tokio::test]
+/// Expiry is judged by this replica's clock, from when it saw the Lease last change: a
+/// holder whose clock is an hour behind is not taken over while it renews, and a Lease
+/// seen unchanged for its duration is, whatever its timestamps say.
+#[tokio::test(start_paused = true)]
 async fn an_expired_lease_is_taken_over_with_its_resource_version() {
-    let (client, api) = mock_api(vec![
+    let seen = lease("a", 3600, 2);
+    let get = || {
         step(
             "GET",
             &format!("{LEASES}/webaccel-operator"),
-            (200, lease("a", 20, 2)),
-        ),
+            (200, seen.clone()),
+        )
+    };
+    let (client, api) = mock_api(vec![
+        get(),
+        get(),
         step_checked(
             "PUT",
             &format!("{LEASES}/webaccel-operator"),
@@ -97,26 +106,63 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
             },
         ),
     ]);
-    assert!(elector(client, "b").try_hold().await.unwrap());
+    let e = elector(client, "b");
+    // First sight: renewed "an hour ago" by the holder's clock, which proves nothing.
+    assert!(!e.try_hold().await.unwrap());
+    // Unchanged for longer than its 15 s: expired.
+    tokio::time::advance(Duration::from_secs(16)).await;
+    assert!(e.try_hold().await.unwrap());
     api.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn a_holder_that_keeps_renewing_is_never_taken_over_whatever_its_clock() {
+    // Its clock is an hour behind ours, but its renewTime moves.
+    let steps = (0..5)
+        .map(|i| {
+            let mut l = lease("a", 3600 - 5 * i, 2);
+            l["metadata"]["resourceVersion"] = json!(format!("{}", 41 + i));
+            step("GET", &format!("{LEASES}/webaccel-operator"), (200, l))
+        })
+        .collect();
+    let (client, api) = mock_api(steps);
+    let e = elector(client, "b");
+    for _ in 0..5 {
+        assert!(!e.try_hold().await.unwrap());
+        tokio::time::advance(Duration::from_secs(5)).await;
+    }
+    api.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lost_takeover_race_is_a_clean_no() {
-    let (client, api) = mock_api(vec![
+    let seen = lease("a", 20, 2);
+    let get = || {
         step(
             "GET",
             &format!("{LEASES}/webaccel-operator"),
-            (200, lease("a", 20, 2)),
-        ),
+            (200, seen.clone()),
+        )
+    };
+    let (client, api) = mock_api(vec![
+        get(),
+        get(),
         step("PUT", &format!("{LEASES}/webaccel-operator"), conflict()),
     ]);
-    assert!(!elector(client, "c").try_hold().await.unwrap());
+    let e = elector(client, "c");
+    assert!(!e.try_hold().await.unwrap());
+    tokio::time::advance(Duration::from_secs(16)).await;
+    assert!(!e.try_hold().await.unwrap());
     api.await.unwrap();
 }
 
 #[tokio::test]
-async fn the_holder_renews_keeping_its_acquire_time() {
+async fn the_holder_renews_keeping_its_acquire_time_without_reading_again() {
+    let renewed = |b: &Value| {
+        assert_eq!(b["spec"]["acquireTime"], "2026-11-26T08:00:00.000000Z");
+        assert_eq!(b["spec"]["leaseTransitions"], 1);
+        assert_eq!(b["spec"]["holderIdentity"], "a");
+    };
     let (client, api) = mock_api(vec![
         step(
             "GET",
@@ -127,12 +173,60 @@ async fn the_holder_renews_keeping_its_acquire_time() {
             "PUT",
             &format!("{LEASES}/webaccel-operator"),
             (200, lease("a", 0, 1)),
+            renewed,
+        ),
+        // The next renewal starts from what it wrote: no GET.
+        step_checked(
+            "PUT",
+            &format!("{LEASES}/webaccel-operator"),
+            (200, lease("a", 0, 1)),
+            renewed,
+        ),
+    ]);
+    let e = elector(client, "a");
+    assert!(e.try_hold().await.unwrap());
+    assert!(e.try_hold().await.unwrap());
+    api.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stopping_holder_releases_the_lease_and_the_next_takes_it_at_once() {
+    let (client, api) = mock_api(vec![
+        step("GET", &format!("{LEASES}/webaccel-operator"), not_found()),
+        step("POST", LEASES, (201, lease("a", 0, 0))),
+        step_checked(
+            "PUT",
+            &format!("{LEASES}/webaccel-operator"),
+            (200, json!({})),
             |b| {
-                assert_eq!(b["spec"]["acquireTime"], "2026-11-26T08:00:00.000000Z");
-                assert_eq!(b["spec"]["leaseTransitions"], 1);
+                assert!(b["spec"]["holderIdentity"].is_null(), "{b}");
+                assert_eq!(b["spec"]["leaseDurationSeconds"], 1);
+                assert_eq!(b["metadata"]["resourceVersion"], "41");
             },
         ),
     ]);
-    assert!(elector(client, "a").try_hold().await.unwrap());
+    let a = elector(client, "a");
+    assert!(a.try_hold().await.unwrap());
+    a.release().await;
+    api.await.unwrap();
+
+    // Another replica sees a Lease without holder: it takes it on first sight.
+    let mut released = lease("a", 0, 0);
+    released["spec"]["holderIdentity"] = Value::Null;
+    released["spec"]["leaseDurationSeconds"] = json!(1);
+    let (client, api) = mock_api(vec![
+        step(
+            "GET",
+            &format!("{LEASES}/webaccel-operator"),
+            (200, released),
+        ),
+        step_checked(
+            "PUT",
+            &format!("{LEASES}/webaccel-operator"),
+            (200, lease("b", 0, 1)),
+            |b| assert_eq!(b["spec"]["holderIdentity"], "b"),
+        ),
+    ]);
+    assert!(elector(client, "b").try_hold().await.unwrap());
     api.await.unwrap();
 }

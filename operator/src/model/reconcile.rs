@@ -1,38 +1,51 @@
-//! One `ModelDeployment` reconcile: find the pool's browsers, ask their agents what they hold
-//! and can run, place the model, label the pods that hold it, report; unload on delete.
+//! One `ModelDeployment` reconcile: validate, build (the pool and its browsers from the watch
+//! caches; what each ready browser's agent holds and can run; placement), apply (start
+//! loads, unload extras, label the pods that hold it), update the status if it changed;
+//! unload on delete.
+//!
+//! Only ready browsers are asked anything: a pod is Running well before its agent's browser
+//! is up. A load starts in the background on the agent (`?wait=false`) and is looked at
+//! again a few seconds later, so no reconcile waits on a model download or compile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use serde_json::json;
 use tracing::warn;
 use webaccel_api::labels::{self, condition};
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState};
+use webaccel_api::v1alpha1::{
+    BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus,
+};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pool::build;
-use crate::pool::observe::BrowserView;
-use crate::pool::reconcile::endpoint;
+use crate::pool::observe::{self, AskStats, PoolView};
 use crate::pool::status::condition as make_condition;
 use webaccel_api::agent::ModelSpec;
-use webaccel_engine::agent::{Endpoint, ModelOnAgent};
+use webaccel_engine::agent::{AgentError, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate, Placement};
 
 pub const CONTROLLER: &str = "modeldeployment";
+
+/// How soon a model is looked at again while a replica loads or waits for its agent.
+const LOADING_REQUEUE: Duration = Duration::from_secs(2);
 
 pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
     let ns = md
         .namespace()
         .ok_or_else(|| Error::NoNamespace(md.name_any()))?;
+    if !ctx.stores.synced() {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, labels::MODEL_FINALIZER, md, |event| async {
         match event {
@@ -40,143 +53,188 @@ pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Ac
             Finalizer::Cleanup(md) => cleanup(&md, &ctx, &ns).await,
         }
     })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    .await;
+    let result = match result {
+        Ok(action) => Ok(action),
+        // The object is gone: a second cleanup queued before the first removed the
+        // finalizer (or the object went before it got one). That is what was wanted.
+        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(e)))
+        | Err(FinalizerError::AddFinalizer(kube::Error::Api(e)))
+            if e.code == 404 =>
+        {
+            Ok(Action::await_change())
+        }
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    };
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     result
 }
 
-/// The pool's browsers with a way to reach each agent.
-struct PoolView {
-    pool: BrowserPool,
-    pods: Vec<Pod>,
-    browsers: Vec<BrowserView>,
-    token: Option<String>,
+/// The pool and its browsers, from the watch caches.
+fn pool_view(ctx: &Context, ns: &str, pool_name: &str) -> Option<(Arc<BrowserPool>, PoolView)> {
+    let pool = ctx.stores.pool(ns, pool_name)?;
+    let hash = build::template_hash(&pool);
+    let view = observe::view(ctx, &pool, &hash, Timestamp::now());
+    Some((pool, view))
 }
 
-async fn pool_view(ctx: &Context, ns: &str, pool_name: &str) -> Result<Option<PoolView>> {
-    let Some(pool) = Api::<BrowserPool>::namespaced(ctx.client.clone(), ns)
-        .get_opt(pool_name)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&build::selector_string(pool_name)))
-        .await?
-        .items;
-    let browsers = pods.iter().map(crate::pool::observe::from_pod).collect();
-    let token = Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&build::token_secret_name(&pool))
-        .await?
-        .and_then(|s| s.data)
-        .and_then(|d| {
-            d.get("token")
-                .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        })
-        .map(|t| t.trim().to_owned());
-    Ok(Some(PoolView {
-        pool,
-        pods,
-        browsers,
-        token,
-    }))
+/// Whether a browser may be asked about models: ready, reachable and staying.
+fn askable(b: &observe::Browser) -> bool {
+    let v = &b.view;
+    v.ready && v.phase == "Running" && !v.terminating && v.ip.is_some() && !b.uid.is_empty()
+}
+
+/// A replica's state from what a load request brought. Only the model's own failure (the
+/// agent refused the model: not ONNX, bad digest, backend unavailable) is `FailedToLoad`,
+/// which keeps that browser out for this generation. An agent that cannot be reached,
+/// refuses the token (401/403: rotated) or is restarting its browser (503) leaves the
+/// replica `Pending` with the reason, and the load is tried again.
+pub fn replica_after_load(r: &mut ReplicaStatus, result: AgentResult<ModelOnAgent>) {
+    match result {
+        Ok(ModelOnAgent::Loaded { backend, init_ms }) => {
+            r.state = ReplicaState::Loaded;
+            r.backend = Some(backend);
+            r.init_ms = init_ms;
+        }
+        Ok(ModelOnAgent::Failed(why)) => {
+            // As later looks report it (from the status): the agent's reason, no backend.
+            r.state = ReplicaState::FailedToLoad;
+            r.backend = None;
+            r.reason = Some(why);
+        }
+        Ok(ModelOnAgent::Loading | ModelOnAgent::Absent) => r.state = ReplicaState::Loading,
+        Err(e) => {
+            r.state = ReplicaState::Pending;
+            r.reason = Some(agent_reason(&e));
+        }
+    }
+}
+
+/// Why a replica waits on its agent, with the error's category first (`unauthorized`,
+/// `browser_unavailable`, `unreachable`, ...).
+fn agent_reason(e: &AgentError) -> String {
+    format!("agent {}: {e}", e.label())
+}
+
+/// What one browser said about the model, for placement.
+struct Seen {
+    ep: Endpoint,
+    candidate: Candidate,
+    /// Why its agent could not say (it is then not a candidate for anything this round).
+    error: Option<AgentError>,
 }
 
 async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> {
     let name = md.name_any();
     let now = Timestamp::now();
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(view) = pool_view(ctx, ns, &md.spec.pool_ref.name).await? else {
+
+    // Validate: a URI a pod can read, the pool and its token. The schema admits a
+    // relative file:// URI because local mode reads it from the manifest's folder; a pod
+    // has no such folder.
+    if md.spec.model.uri.starts_with("file://") && !md.spec.model.uri.starts_with("file:///") {
+        let msg = format!(
+            "model.uri {} is relative: only local mode (webaccel up) resolves it; on a cluster use file:///<path in the pod>, http:// or https://",
+            md.spec.model.uri
+        );
+        patch_status(&api, md, not_ready(md, "InvalidModelURI", msg, now)).await?;
+        return Ok(Action::await_change());
+    }
+    let Some((pool, mut view)) = pool_view(ctx, ns, &md.spec.pool_ref.name) else {
         let msg = format!("BrowserPool {} not found in {ns}", md.spec.pool_ref.name);
         patch_status(&api, md, not_ready(md, "PoolNotFound", msg, now)).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        // The pool's creation wakes this model (the controller watches pools).
+        return Ok(Action::requeue(ctx.settings.resync));
     };
     let Some(token) = view.token.clone() else {
-        patch_status(
-            &api,
-            md,
-            not_ready(
-                md,
-                "PoolNotReady",
-                "the pool's agent token Secret does not exist yet".into(),
-                now,
-            ),
-        )
-        .await?;
+        let msg = "the pool's agent token Secret does not exist yet".to_owned();
+        patch_status(&api, md, not_ready(md, "PoolNotReady", msg, now)).await?;
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
 
-    // What every running browser holds and can run.
+    // Build: what every ready browser can run and holds.
+    let asked = observe::ask_agents(ctx, ns, &mut view, AskStats::Skip).await;
+    if asked.refused_token {
+        ctx.forget_refused_token(ns, &build::token_secret_name(&pool));
+    }
     let old = md.status.clone().unwrap_or_default();
     let same_generation = old.observed_generation == md.metadata.generation;
     let label = labels::model_label(&name);
-    let calls = view.browsers.iter().zip(&view.pods).map(|(b, pod)| {
-        let token = token.clone();
-        let name = name.clone();
-        let old = &old;
-        let label = &label;
+    let calls = view.browsers.iter().filter(|b| askable(b)).map(|b| {
+        let (token, name, old, label) = (&token, &name, &old, &label);
         async move {
-            let ep = endpoint(b, &token).filter(|_| b.phase == "Running" && !b.terminating)?;
-            let uid = pod.uid().unwrap_or_default();
-            let caps = match ctx.cached_capabilities(&uid) {
-                Some(c) => Some(c),
-                None => ctx
-                    .agents
-                    .capabilities(&ep)
-                    .await
-                    .ok()
-                    .inspect(|c| ctx.cache_capabilities(&uid, c.clone())),
-            };
-            let model = ctx.agents.model(&ep, &name).await.ok()?;
+            let ep = ctx.endpoint(ns, &b.view, token)?;
+            let answer = ctx.agents.model(&ep, name).await;
+            // Only the model's own failure, recorded for this generation, keeps a browser
+            // out (see `replica_after_load`).
             let failed_before = old
                 .replicas
                 .iter()
                 .find(|r| {
-                    same_generation && r.pod == b.name && r.state == ReplicaState::FailedToLoad
+                    same_generation && r.pod == b.view.name && r.state == ReplicaState::FailedToLoad
                 })
                 .and_then(|r| r.reason.clone());
-            let models_held = pod
-                .labels()
-                .keys()
-                .filter(|k| k.starts_with("webaccel.dev/model.") && *k != label)
-                .count();
-            Some((
-                ep,
-                Candidate {
-                    pod: b.name.clone(),
-                    usable: b.ready && !b.is_draining(),
-                    backends: caps.as_ref().map(|c| c.backends()).unwrap_or_default(),
+            let models_held = b.pod.as_ref().map_or(0, |p| {
+                p.labels()
+                    .keys()
+                    .filter(|k| k.starts_with("webaccel.dev/model.") && *k != label)
+                    .count()
+            });
+            let caps = b.view.capabilities.as_ref();
+            let (model, error) = match answer {
+                Ok(m) => (m, None),
+                Err(e) => (ModelOnAgent::Absent, Some(e)),
+            };
+            Some(Seen {
+                candidate: Candidate {
+                    pod: b.view.name.clone(),
+                    usable: !b.view.is_draining() && error.is_none(),
+                    backends: caps.map(|c| c.backends()).unwrap_or_default(),
                     adapter: caps.and_then(|c| c.adapter_label()),
                     model,
                     models_held,
                     failed_before,
                 },
-            ))
+                ep,
+                error,
+            })
         }
     });
-    let seen: Vec<(Endpoint, Candidate)> = join_all(calls).await.into_iter().flatten().collect();
-    let candidates: Vec<Candidate> = seen.iter().map(|(_, c)| c.clone()).collect();
+    let seen: Vec<Seen> = join_all(calls).await.into_iter().flatten().collect();
+    if seen
+        .iter()
+        .any(|s| s.error.as_ref().is_some_and(AgentError::unauthorized))
+    {
+        ctx.forget_refused_token(ns, &build::token_secret_name(&pool));
+    }
+    let candidates: Vec<Candidate> = seen.iter().map(|s| s.candidate.clone()).collect();
     let mut placement = place::plan(
         md.spec.replicas,
         &md.spec.backends,
-        &view.pool.spec.backends,
+        &pool.spec.backends,
         &candidates,
     );
-
-    // Loading takes seconds (download, compile, warm-up): say so before waiting on it.
-    if !placement.load.is_empty() {
-        patch_status(&api, md, status_of(md, &placement, now)).await?;
+    // A browser that held or was loading the model and whose agent cannot answer now
+    // (restarting its browser, refusing a rotated token) is reported, not forgotten.
+    for s in seen.iter().filter(|s| s.error.is_some()) {
+        let held = old.replicas.iter().any(|r| {
+            r.pod == s.ep.pod && matches!(r.state, ReplicaState::Loaded | ReplicaState::Loading)
+        });
+        if held && !placement.replicas.iter().any(|r| r.pod == s.ep.pod) {
+            placement.replicas.push(ReplicaStatus {
+                pod: s.ep.pod.clone(),
+                state: ReplicaState::Pending,
+                backend: None,
+                adapter: None,
+                init_ms: None,
+                reason: s.error.as_ref().map(agent_reason),
+            });
+        }
     }
-    let endpoint_of = |pod: &str| {
-        seen.iter()
-            .find(|(e, _)| e.pod == pod)
-            .map(|(e, _)| e.clone())
-    };
+
+    // Apply: loads start in the background on the agents.
+    let endpoint_of = |pod: &str| seen.iter().find(|s| s.ep.pod == pod).map(|s| &s.ep);
     let loads = placement.load.iter().filter_map(|(pod, backend)| {
         let ep = endpoint_of(pod)?;
         let req = ModelSpec {
@@ -189,73 +247,83 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             task: md.spec.model.task.as_str().into(),
             precision: md.spec.precision.as_str().into(),
         };
-        Some(async move { (ep.pod.clone(), ctx.agents.load(&ep, &req).await) })
+        Some(async move { (ep.pod.clone(), ctx.agents.load(ep, &req).await) })
     });
     for (pod, result) in join_all(loads).await {
-        let Some(r) = placement.replicas.iter_mut().find(|r| r.pod == pod) else {
-            continue;
-        };
-        match result {
-            Ok(ModelOnAgent::Loaded { backend, init_ms }) => {
-                r.state = ReplicaState::Loaded;
-                r.backend = Some(backend);
-                r.init_ms = init_ms;
-            }
-            Ok(ModelOnAgent::Failed(why)) => {
-                r.state = ReplicaState::FailedToLoad;
-                r.reason = Some(why);
-            }
-            Ok(_) => r.state = ReplicaState::Loading,
-            // The agent could not be reached or broke: try again next round.
-            Err(e) => {
-                r.state = ReplicaState::Pending;
-                r.reason = Some(e.to_string());
-            }
+        if result.as_ref().is_err_and(AgentError::unauthorized) {
+            ctx.forget_refused_token(ns, &build::token_secret_name(&pool));
+        }
+        if let Some(r) = placement.replicas.iter_mut().find(|r| r.pod == pod) {
+            replica_after_load(r, result);
         }
     }
     for pod in &placement.unload {
         if let Some(ep) = endpoint_of(pod)
-            && let Err(e) = ctx.agents.unload(&ep, &name).await
+            && let Err(e) = ctx.agents.unload(ep, &name).await
         {
             warn!(model = %name, %pod, error = %e, "unload failed");
         }
     }
+    label_holders(ctx, ns, &view, &placement, &label).await?;
 
-    // Pods that hold the model carry the label; the others do not.
+    // Status.
+    let status = status_of(md, &placement, now);
+    let busy = status
+        .replicas
+        .iter()
+        .any(|r| matches!(r.state, ReplicaState::Loading | ReplicaState::Pending));
+    // A ready browser whose capabilities are still unknown may yet take the model.
+    let unknown = view
+        .browsers
+        .iter()
+        .any(|b| askable(b) && b.view.capabilities.is_none());
+    patch_status(&api, md, status).await?;
+    Ok(Action::requeue(if busy || unknown {
+        LOADING_REQUEUE
+    } else {
+        ctx.settings.resync
+    }))
+}
+
+/// Pods that hold the model carry the label; the others do not. Only differences are
+/// written.
+async fn label_holders(
+    ctx: &Context,
+    ns: &str,
+    view: &PoolView,
+    placement: &Placement,
+    label: &str,
+) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    for pod in &view.pods {
+    for pod in view.browsers.iter().filter_map(|b| b.pod.as_ref()) {
+        let name = pod.name_any();
         let holds = placement
             .replicas
             .iter()
-            .any(|r| r.pod == pod.name_any() && r.state == ReplicaState::Loaded);
+            .any(|r| r.pod == name && r.state == ReplicaState::Loaded);
         let labelled = pod
             .labels()
-            .get(&label)
+            .get(label)
             .is_some_and(|v| v == labels::MODEL_LOADED);
-        if holds != labelled {
-            let value = if holds {
-                json!(labels::MODEL_LOADED)
-            } else {
-                serde_json::Value::Null
-            };
-            let patch = json!({"metadata": {"labels": {label.clone(): value}}});
-            pods.patch(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        if holds == labelled || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let value = if holds {
+            json!(labels::MODEL_LOADED)
+        } else {
+            serde_json::Value::Null
+        };
+        let patch = json!({"metadata": {"labels": {label: value}}});
+        match pods
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
         }
     }
-
-    let status = status_of(md, &placement, now);
-    let settled = status.loaded_replicas == md.spec.replicas;
-    patch_status(&api, md, status).await?;
-    Ok(Action::requeue(if settled {
-        Duration::from_secs(60)
-    } else {
-        Duration::from_secs(5)
-    }))
+    Ok(())
 }
 
 fn status_of(md: &ModelDeployment, placement: &Placement, now: Timestamp) -> ModelDeploymentStatus {
@@ -283,10 +351,10 @@ fn status_of(md: &ModelDeployment, placement: &Placement, now: Timestamp) -> Mod
         "Loaded"
     } else if loading > 0 {
         "Loading"
-    } else if placement.unplaced > 0 {
-        "Unplaceable"
-    } else {
+    } else if failure.is_some() || placement.unplaced == 0 {
         "FailedToLoad"
+    } else {
+        "Unplaceable"
     };
     let (degraded, degraded_reason, degraded_msg) = match (&failure, &placement.unplaced_reason) {
         (Some(why), _) => (true, "FailedToLoad", why.clone()),
@@ -365,12 +433,16 @@ fn not_ready(
     }
 }
 
+/// Writes the status if it differs from what the API server holds (a server-side apply of
+/// the whole status, so fields no longer set are removed).
 async fn patch_status(
     api: &Api<ModelDeployment>,
     md: &ModelDeployment,
     status: ModelDeploymentStatus,
 ) -> Result<()> {
-    // Server-side apply of the whole status, so fields no longer set are removed.
+    if md.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
     let body =
         json!({"apiVersion": "webaccel.dev/v1alpha1", "kind": "ModelDeployment", "status": status});
     let ssa = PatchParams::apply(labels::FIELD_MANAGER).force();
@@ -383,22 +455,79 @@ async fn patch_status(
 async fn cleanup(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> {
     let name = md.name_any();
     let label = labels::model_label(&name);
-    if let Some(view) = pool_view(ctx, ns, &md.spec.pool_ref.name).await? {
+    if let Some((_, view)) = pool_view(ctx, ns, &md.spec.pool_ref.name) {
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-        for (b, pod) in view.browsers.iter().zip(&view.pods) {
-            if let Some(ep) = view.token.as_deref().and_then(|t| endpoint(b, t))
-                && b.phase == "Running"
+        for b in &view.browsers {
+            if let Some(ep) = view
+                .token
+                .as_deref()
+                .and_then(|t| ctx.endpoint(ns, &b.view, t))
+                && b.view.phase == "Running"
+                && !b.view.terminating
                 && let Err(e) = ctx.agents.unload(&ep, &name).await
             {
                 // A browser that cannot be reached loses the model when it goes anyway.
-                warn!(model = %name, pod = %b.name, error = %e, "unload failed");
+                warn!(model = %name, pod = %b.view.name, error = %e, "unload failed");
             }
-            if pod.labels().contains_key(&label) {
+            if b.pod
+                .as_ref()
+                .is_some_and(|p| p.labels().contains_key(&label))
+            {
                 let patch = json!({"metadata": {"labels": {label.clone(): null}}});
-                pods.patch(&b.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
+                match pods
+                    .patch(&b.view.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webaccel_api::ErrorCategory;
+
+    fn replica() -> ReplicaStatus {
+        ReplicaStatus {
+            pod: "p".into(),
+            state: ReplicaState::Loading,
+            backend: None,
+            adapter: None,
+            init_ms: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn only_the_models_own_failure_is_failed_to_load() {
+        let refused = |status, category| AgentError::Refused {
+            path: "/v1/models".into(),
+            status,
+            category,
+            message: "no".into(),
+        };
+        for e in [
+            refused(401, ErrorCategory::Unauthorized),
+            refused(403, ErrorCategory::Unauthorized),
+            refused(503, ErrorCategory::BrowserUnavailable),
+            AgentError::Unreachable {
+                path: "/v1/models".into(),
+                message: "connection refused".into(),
+            },
+        ] {
+            let mut r = replica();
+            replica_after_load(&mut r, Err(e.clone()));
+            assert_eq!(r.state, ReplicaState::Pending, "{e}");
+            assert!(r.reason.unwrap().contains(e.label()));
+        }
+        let mut r = replica();
+        replica_after_load(&mut r, Ok(ModelOnAgent::Failed("sha256 mismatch".into())));
+        assert_eq!(r.state, ReplicaState::FailedToLoad);
+    }
 }

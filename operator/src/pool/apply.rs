@@ -1,8 +1,10 @@
 //! The write steps of a `BrowserPool` reconcile: the owned objects (token Secret, Service,
-//! PDB), the plan (deletes, drains, new pods), the status, and Events. Nothing else in the
-//! pool controller writes to the API.
+//! PDB) where the cache shows them different, the plan (deletes, drains, new pods), the
+//! status when it changed, and Events. Nothing else in the pool controller writes to the API.
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -10,60 +12,69 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{info, warn};
 use webaccel_api::labels;
-use webaccel_api::v1alpha1::BrowserPool;
+use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus};
 
 use super::build;
-use super::observe::BrowserView;
-use super::reconcile::endpoint;
+use super::observe::PoolView;
+use super::round::{Round, TokenWork, Work};
 use crate::context::Context;
 use crate::error::Result;
 use crate::history::PoolEvent;
-use webaccel_engine::pool::decide::{Plan, Removal};
+use webaccel_engine::pool::decide::Removal;
 
-/// The token Secret (created once, never rotated by reconciles), the headless Service and
-/// the PDB. Returns the agents' token, if the Secret exists yet.
-pub async fn apply_owned(pool: &BrowserPool, ctx: &Context, ns: &str) -> Result<Option<String>> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let secret_name = build::token_secret_name(pool);
-    let mut secret = secrets.get_opt(&secret_name).await?;
-    if secret.is_none() && build::owns_token_secret(pool) {
-        let token = Alphanumeric.sample_string(&mut rand::rng(), 40);
-        match secrets
-            .create(&PostParams::default(), &build::token_secret(pool, &token))
-            .await
-        {
-            Ok(s) => secret = Some(s),
-            // Another reconcile made it first: use theirs.
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                secret = secrets.get_opt(&secret_name).await?
+/// Writes the owned objects the cache shows missing or different; returns the agents'
+/// token when it had to be created or read.
+pub async fn apply_owned(
+    ctx: &Context,
+    pool: &BrowserPool,
+    round: &Round,
+    work: &Work,
+) -> Result<Option<String>> {
+    let ns = &round.ns;
+    let mut token = None;
+    if work.token != TokenWork::None {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let secret_name = build::token_secret_name(pool);
+        let mut secret = None;
+        if work.token == TokenWork::Create {
+            let value = Alphanumeric.sample_string(&mut rand::rng(), 40);
+            match secrets
+                .create(&PostParams::default(), &build::token_secret(pool, &value))
+                .await
+            {
+                Ok(_) => token = Some(value),
+                // Made already (the cache is behind): read it below.
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
+        }
+        if token.is_none() {
+            secret = secrets.get_opt(&secret_name).await?;
+        }
+        if let Some(t) = secret.as_ref().and_then(build::token_of) {
+            token = Some(t);
+        }
+        if let Some(t) = &token {
+            ctx.remember_token(ns, &secret_name, t.clone());
         }
     }
     let ssa = PatchParams::apply(labels::FIELD_MANAGER).force();
-    let name = pool.name_any();
-    Api::<Service>::namespaced(ctx.client.clone(), ns)
-        .patch(&name, &ssa, &Patch::Apply(build::service(pool)))
-        .await?;
-    Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
-        .patch(&name, &ssa, &Patch::Apply(build::pdb(pool)))
-        .await?;
-    Ok(secret.and_then(|s| token_of(&s)))
-}
-
-fn token_of(secret: &Secret) -> Option<String> {
-    if let Some(v) = secret.data.as_ref().and_then(|d| d.get("token")) {
-        return String::from_utf8(v.0.clone())
-            .ok()
-            .map(|t| t.trim().to_owned());
+    if work.service {
+        Api::<Service>::namespaced(ctx.client.clone(), ns)
+            .patch(&round.name, &ssa, &Patch::Apply(&round.service))
+            .await?;
+        super::round::applied(ctx, &round.key, "service", &round.service);
     }
-    secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get("token"))
-        .map(|t| t.trim().to_owned())
+    if work.pdb {
+        Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), ns)
+            .patch(&round.name, &ssa, &Patch::Apply(&round.pdb))
+            .await?;
+        super::round::applied(ctx, &round.key, "pdb", &round.pdb);
+    }
+    Ok(token)
 }
 
 /// Pod names: the pool's name (cut so the pod name stays a valid hostname) and 5 random
@@ -76,49 +87,81 @@ fn new_pod_name(pool: &str) -> String {
     format!("{}-{suffix}", base.trim_end_matches('-'))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A reference to pod `name` of `view` for Events: the cached pod's, else one built from
+/// the name.
+fn pod_ref(view: &PoolView, ns: &str, name: &str) -> ObjectReference {
+    view.browsers
+        .iter()
+        .find(|b| b.view.name == name)
+        .and_then(|b| b.pod.as_ref())
+        .map(|p: &Arc<Pod>| p.object_ref(&()))
+        .unwrap_or_else(|| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(name.to_owned()),
+            namespace: Some(ns.to_owned()),
+            ..ObjectReference::default()
+        })
+}
+
+/// Carries out the plan: deletes, drains (the agent is told, the pod marked) and creates,
+/// each with an Event regarding the pod (the pool as the related object), so that each
+/// pod's drain and deletion stays visible on its own.
 pub async fn apply_plan(
-    pool: &BrowserPool,
     ctx: &Context,
-    pods: &Api<Pod>,
-    browsers: &[BrowserView],
-    plan: &Plan,
-    hash: &str,
-    token: Option<&str>,
+    pool: &BrowserPool,
+    view: &PoolView,
+    round: &Round,
     now: Timestamp,
-    desired: i32,
 ) -> Result<()> {
-    let ns = pool.namespace().unwrap_or_default();
-    let name = pool.name_any();
+    let (ns, name, plan, desired) = (&round.ns, &round.name, &round.plan, round.desired);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pool_ref = pool.object_ref(&());
     for (pod, removal) in &plan.delete {
-        if let Removal::Heal(why) = removal {
-            warn!(pool = %name, %pod, %why, "replacing broken browser");
-            ctx.metrics.healed(&ns, &name);
-            ctx.history
-                .record(&ns, &name, PoolEvent::Heal, pod, desired, desired, why);
-            publish(
-                ctx,
-                pool,
-                EventType::Warning,
-                "BrowserReplaced",
-                "Heal",
-                format!("{pod}: {why}"),
-            )
-            .await;
-        }
+        let regarding = pod_ref(view, ns, pod);
         match pods.delete(pod, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
+        ctx.with_state(&round.key, |s| {
+            s.expect.deleted.insert(pod.clone(), Instant::now());
+        });
+        let (type_, reason, why) = match removal {
+            Removal::Heal(why) => {
+                warn!(pool = %round.key, %pod, %why, "replaced broken browser");
+                ctx.metrics.healed(ns, name);
+                ctx.history
+                    .record(ns, name, PoolEvent::Heal, pod, desired, desired, why);
+                (EventType::Warning, "BrowserReplaced", why.clone())
+            }
+            other => {
+                info!(pool = %round.key, %pod, why = %other.describe(), "deleted browser");
+                (EventType::Normal, "BrowserDeleted", other.describe())
+            }
+        };
+        publish(
+            ctx,
+            &regarding,
+            Some(pool_ref.clone()),
+            type_,
+            reason,
+            "Delete",
+            format!("{pod}: {why}"),
+        )
+        .await;
     }
     for (pod, removal) in &plan.drain {
-        let view = browsers.iter().find(|b| &b.name == pod);
-        if let (Some(ep), Some(_)) = (view.and_then(|b| token.and_then(|t| endpoint(b, t))), view) {
-            // If the agent cannot be told, the pod is marked anyway; the next round sees an
+        if let Some(b) = view.browsers.iter().find(|b| &b.view.name == pod)
+            && let Some(ep) = view
+                .token
+                .as_deref()
+                .and_then(|t| ctx.endpoint(ns, &b.view, t))
+        {
+            // If the agent cannot be told, the pod is marked anyway; a later round sees an
             // unreachable draining pod and deletes it (its requests fail as retryable).
             if let Err(e) = ctx.agents.drain(&ep).await {
-                warn!(pool = %name, %pod, error = %e, "drain request failed");
+                warn!(pool = %round.key, %pod, error = %e, "drain request failed");
             }
         }
         let (event, why) = match removal {
@@ -127,13 +170,24 @@ pub async fn apply_plan(
             Removal::ScaleDown | Removal::Heal(_) => (PoolEvent::Drain, removal.describe()),
         };
         ctx.history
-            .record(&ns, &name, event, pod, desired, desired, &why);
+            .record(ns, name, event, pod, desired, desired, &why);
         let mark = json!({"metadata": {"annotations": {labels::DRAINING: now.to_string()}}});
-        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&mark))
-            .await?;
+        match pods
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+        {
+            Ok(_) => {}
+            // Gone meanwhile: nothing left to drain.
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        ctx.with_state(&round.key, |s| {
+            s.expect.drained.insert(pod.clone(), (now, Instant::now()));
+        });
         publish(
             ctx,
-            pool,
+            &pod_ref(view, ns, pod),
+            Some(pool_ref.clone()),
             EventType::Normal,
             "Draining",
             "Drain",
@@ -143,28 +197,40 @@ pub async fn apply_plan(
     }
     let ssa = PatchParams::apply(labels::FIELD_MANAGER).force();
     for _ in 0..plan.create {
-        let pod_name = new_pod_name(&name);
+        let pod_name = new_pod_name(name);
         pods.patch(
             &pod_name,
             &ssa,
-            &Patch::Apply(build::pod(pool, &pod_name, hash)),
+            &Patch::Apply(build::pod(pool, &pod_name, &round.hash)),
         )
         .await?;
+        ctx.with_state(&round.key, |s| {
+            s.expect.created.insert(pod_name.clone(), Instant::now());
+        });
     }
     Ok(())
 }
 
+/// Writes the status (a server-side apply of all of it: a field this manager no longer
+/// sets, say `backends` once no browser is ready, is removed, which a merge patch would
+/// leave) and remembers it until the cache shows it.
 pub async fn patch_status(
-    api: &Api<BrowserPool>,
-    name: &str,
-    status: &webaccel_api::v1alpha1::BrowserPoolStatus,
+    ctx: &Context,
+    pool: &BrowserPool,
+    key: &str,
+    status: &BrowserPoolStatus,
 ) -> Result<()> {
-    // Server-side apply of the whole status: a field this manager no longer sets (say
-    // `backends` once no browser is ready) is removed, which a merge patch would leave.
+    let api: Api<BrowserPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
     let body =
         json!({"apiVersion": "webaccel.dev/v1alpha1", "kind": "BrowserPool", "status": status});
     let ssa = PatchParams::apply(labels::FIELD_MANAGER).force();
-    api.patch_status(name, &ssa, &Patch::Apply(&body)).await?;
+    api.patch_status(&pool.name_any(), &ssa, &Patch::Apply(&body))
+        .await?;
+    ctx.with_state(key, |s| {
+        s.status_written = Some((pool.resource_version(), status.clone()));
+        s.last_status_write = Some(Instant::now());
+    });
     Ok(())
 }
 
@@ -180,10 +246,12 @@ fn truncate_bytes(mut s: String, max: usize) -> String {
     s
 }
 
-/// Publishes an Event on the pool; a failure to do so is logged, never fatal.
+/// Publishes an Event regarding `regarding` (with `related`); a failure to do so is logged,
+/// never fatal. kube's recorder folds repeats of one reason on one object into a series.
 pub async fn publish(
     ctx: &Context,
-    pool: &BrowserPool,
+    regarding: &ObjectReference,
+    related: Option<ObjectReference>,
     type_: EventType,
     reason: &str,
     action: &str,
@@ -194,9 +262,9 @@ pub async fn publish(
         reason: reason.into(),
         note: Some(truncate_bytes(note, 1000)),
         action: action.into(),
-        secondary: None,
+        secondary: related,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &pool.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
         warn!(error = %e, reason, "could not publish event");
     }
 }

@@ -19,8 +19,7 @@ use webaccel_api::labels;
 use webaccel_api::v1alpha1::{BrowserPool, GpuVendor};
 use webaccel_engine::command;
 
-/// The port the agent listens on in every browser pod.
-/// The agents' port, as the engine starts them.
+/// The port the agent listens on in every browser pod, as the engine starts them.
 pub const AGENT_PORT: i32 = command::AGENT_PORT as i32;
 /// Where the token Secret is mounted.
 const TOKEN_DIR: &str = "/var/run/webaccel/token";
@@ -363,6 +362,22 @@ pub fn pdb(pool: &BrowserPool) -> PodDisruptionBudget {
         }),
         status: None,
     }
+}
+
+/// The token a token Secret holds (`data.token`, or `stringData.token` as just written).
+pub fn token_of(secret: &Secret) -> Option<String> {
+    if let Some(v) = secret.data.as_ref().and_then(|d| d.get("token")) {
+        return String::from_utf8(v.0.clone())
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+    }
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get("token"))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 /// The agents' bearer token, when the user gave none.

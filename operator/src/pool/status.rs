@@ -45,13 +45,16 @@ pub struct Outcome<'a> {
     pub scaled: Option<String>,
 }
 
+/// The status from `browsers` and the round's outcome; `old` is the status the API server
+/// holds (conditions keep their transition times, the last scale is carried over).
 pub fn build(
     pool: &BrowserPool,
+    old: Option<&BrowserPoolStatus>,
     browsers: &[BrowserView],
     o: &Outcome<'_>,
     now: Timestamp,
 ) -> BrowserPoolStatus {
-    let old = pool.status.clone().unwrap_or_default();
+    let old = old.cloned().unwrap_or_default();
     let generation = pool.metadata.generation;
     let present: Vec<&BrowserView> = browsers.iter().filter(|b| !b.terminating).collect();
     let ready = present
@@ -106,6 +109,10 @@ pub fn build(
         .iter()
         .filter(|(_, r)| matches!(r, Removal::Heal(_)))
         .count();
+    let starting = present
+        .iter()
+        .filter(|b| !b.ready && !b.is_draining())
+        .count();
     let (progressing, progress_reason, progress_msg) = if p.create > 0 {
         (
             true,
@@ -113,10 +120,20 @@ pub fn build(
             format!("creating {} browser pods", p.create),
         )
     } else if !p.drain.is_empty() || draining > 0 {
+        let marked = present.iter().filter(|b| b.is_draining()).map(|b| &b.name);
+        let mut names: Vec<&String> = p.drain.iter().map(|(n, _)| n).chain(marked).collect();
+        names.sort();
+        names.dedup();
         (
             true,
             "Draining",
-            format!("{} browser pods draining", p.drain.len() + draining),
+            format!("{} browser pods draining", names.len()),
+        )
+    } else if starting > 0 {
+        (
+            true,
+            "Starting",
+            format!("{starting} browser pods starting"),
         )
     } else if updated < present.len() as i32 {
         (

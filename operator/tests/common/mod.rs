@@ -14,10 +14,12 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
-use webaccel_api::v1alpha1::BrowserPool;
+use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
 use webaccel_engine::agent::{AgentApi, AgentError, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::metrics::Metrics;
+use webaccel_operator::pool::build;
+use webaccel_operator::stores::{Stores, Writers};
 
 /// A pool as a user would apply it, plus what the API server adds.
 pub fn pool(yaml_spec: &str) -> BrowserPool {
@@ -146,33 +148,66 @@ pub fn mock_api(steps: Vec<Step>) -> (Client, tokio::task::JoinHandle<Vec<Value>
                 .unwrap();
             send.send_response(response);
         }
+        // Anything more is a request the scenario did not expect.
+        if let Ok(Some((request, _))) =
+            tokio::time::timeout(std::time::Duration::from_millis(50), handle.next_request()).await
+        {
+            panic!(
+                "unexpected request after the scenario: {} {}",
+                request.method(),
+                request.uri()
+            );
+        }
         bodies
     });
     (Client::new(service, "default"), task)
 }
 
-/// Agents that answer from a table instead of over HTTP; records what was asked.
+/// Agents that answer from tables instead of over HTTP; records what was asked.
+///
+/// By default every browser can run WebGPU (SwiftShader) and wasm, holds no model, starts a
+/// load in the background (`Loading`) and reports it `Loaded` when asked next.
 #[derive(Default)]
 pub struct FakeAgents {
     pub stats: Mutex<HashMap<String, AgentStats>>,
     pub calls: Mutex<Vec<String>>,
+    /// Capabilities answers per pod, used up in order; then the default.
+    pub capabilities: Mutex<HashMap<String, Vec<AgentResult<Capabilities>>>>,
+    /// What `model()` says per (pod, model).
+    pub models: Mutex<HashMap<(String, String), ModelOnAgent>>,
+    /// Load answers per pod, used up in order; then `Loading` (and the model loads).
+    pub loads: Mutex<HashMap<String, Vec<AgentResult<ModelOnAgent>>>>,
+}
+
+/// An agent's error answer, as the typed client returns it.
+pub fn refused(path: &str, status: u16, category: webaccel_api::ErrorCategory) -> AgentError {
+    AgentError::Refused {
+        path: path.into(),
+        status,
+        category,
+        message: format!("{} ({status})", category.as_str()),
+    }
 }
 
 impl FakeAgents {
     pub fn with_loads(loads: &[(&str, u64)]) -> Arc<Self> {
         let a = Self::default();
         for (pod, load) in loads {
-            a.stats.lock().unwrap().insert(
-                (*pod).to_owned(),
-                AgentStats {
-                    healthy: true,
-                    ready: true,
-                    outstanding: *load,
-                    ..AgentStats::default()
-                },
-            );
+            a.set_load(pod, *load);
         }
         Arc::new(a)
+    }
+
+    pub fn set_load(&self, pod: &str, load: u64) {
+        self.stats.lock().unwrap().insert(
+            pod.to_owned(),
+            AgentStats {
+                healthy: true,
+                ready: true,
+                outstanding: load,
+                ..AgentStats::default()
+            },
+        );
     }
 
     fn note(&self, s: String) {
@@ -181,6 +216,10 @@ impl FakeAgents {
 
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
+    }
+
+    pub fn clear_calls(&self) {
+        self.calls.lock().unwrap().clear();
     }
 }
 
@@ -198,13 +237,22 @@ impl AgentApi for FakeAgents {
                 })
         })
     }
-    fn capabilities<'a>(&'a self, _ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>> {
+    fn capabilities<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>> {
         Box::pin(async move {
-            Ok(Capabilities::synthetic(
-                &[webaccel_api::Backend::Webgpu, webaccel_api::Backend::Wasm],
-                "google",
-                "swiftshader",
-            ))
+            self.note(format!("capabilities {}", ep.pod));
+            let scripted = {
+                let mut c = self.capabilities.lock().unwrap();
+                c.get_mut(&ep.pod)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.remove(0))
+            };
+            scripted.unwrap_or_else(|| {
+                Ok(Capabilities::synthetic(
+                    &[webaccel_api::Backend::Webgpu, webaccel_api::Backend::Wasm],
+                    "google",
+                    "swiftshader",
+                ))
+            })
         })
     }
     fn model<'a>(
@@ -214,7 +262,13 @@ impl AgentApi for FakeAgents {
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
             self.note(format!("model {} {name}", ep.pod));
-            Ok(ModelOnAgent::Absent)
+            Ok(self
+                .models
+                .lock()
+                .unwrap()
+                .get(&(ep.pod.clone(), name.to_owned()))
+                .cloned()
+                .unwrap_or(ModelOnAgent::Absent))
         })
     }
     fn load<'a>(
@@ -224,10 +278,24 @@ impl AgentApi for FakeAgents {
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
             self.note(format!("load {} {} {}", ep.pod, req.name, req.backend));
-            Ok(ModelOnAgent::Loaded {
-                backend: req.backend.to_string(),
-                init_ms: Some(40.0),
-            })
+            let scripted = {
+                let mut l = self.loads.lock().unwrap();
+                l.get_mut(&ep.pod)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| l.remove(0))
+            };
+            if let Some(answer) = scripted {
+                return answer;
+            }
+            // Loads in the background: loaded the next time anyone asks.
+            self.models.lock().unwrap().insert(
+                (ep.pod.clone(), req.name.clone()),
+                ModelOnAgent::Loaded {
+                    backend: req.backend.to_string(),
+                    init_ms: Some(40.0),
+                },
+            );
+            Ok(ModelOnAgent::Loading)
         })
     }
     fn unload<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<()>> {
@@ -244,32 +312,90 @@ impl AgentApi for FakeAgents {
     }
 }
 
+/// A context over the mocked API, with watch caches the test fills by hand.
+pub struct World {
+    pub ctx: Arc<Context>,
+    pub w: Writers,
+}
+
+fn put<K>(w: &mut kube::runtime::reflector::store::Writer<K>, obj: K)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    w.apply_watcher_event(&kube::runtime::watcher::Event::Apply(obj));
+}
+
+impl World {
+    pub fn new(client: Client, agents: Arc<FakeAgents>) -> Self {
+        let (stores, w) = Stores::local();
+        let ctx = Arc::new(Context::new(
+            client,
+            stores,
+            agents,
+            Arc::new(Metrics::default()),
+            Settings::default(),
+        ));
+        Self { ctx, w }
+    }
+
+    /// The pool, and everything it owns as the operator builds it (token Secret, Service,
+    /// PDB): what the watch caches of a pool hold once it exists.
+    pub fn pool_with_owned(&mut self, p: &BrowserPool) {
+        self.pool(p);
+        put(&mut self.w.secrets, token_secret_object());
+        put(&mut self.w.services, build::service(p));
+        put(&mut self.w.pdbs, build::pdb(p));
+    }
+
+    pub fn pool(&mut self, p: &BrowserPool) {
+        put(&mut self.w.pools, p.clone());
+    }
+
+    pub fn pod(&mut self, p: Pod) {
+        put(&mut self.w.pods, p);
+    }
+
+    pub fn model(&mut self, m: &ModelDeployment) {
+        put(&mut self.w.models, m.clone());
+    }
+
+    pub fn remove_pod(&mut self, p: Pod) {
+        self.w
+            .pods
+            .apply_watcher_event(&kube::runtime::watcher::Event::Delete(p));
+    }
+}
+
+pub fn token_secret_object() -> k8s_openapi::api::core::v1::Secret {
+    let mut s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(token_secret()).unwrap();
+    s.metadata.labels = Some(
+        [
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "webaccel-operator".to_owned(),
+            ),
+            ("webaccel.dev/pool".to_owned(), "web".to_owned()),
+        ]
+        .into(),
+    );
+    s
+}
+
+/// A context with empty caches.
 pub fn context(client: Client, agents: Arc<FakeAgents>) -> Arc<Context> {
-    Arc::new(Context::new(
-        client,
-        agents,
-        Arc::new(Metrics::default()),
-        Settings::default(),
-    ))
+    World::new(client, agents).ctx
 }
 
 pub const POOL: &str = "/apis/webaccel.dev/v1alpha1/namespaces/ml/browserpools/web";
 pub const PODS: &str = "/api/v1/namespaces/ml/pods";
 pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ml/events";
 
-/// The requests every reconcile of pool `web` starts with: token Secret, Service, PDB.
-pub fn owned_objects_exist() -> Vec<Step> {
-    vec![
-        step(
-            "GET",
-            "/api/v1/namespaces/ml/secrets/web-agent-token",
-            (200, token_secret()),
-        ),
-        step("PATCH", "/api/v1/namespaces/ml/services/web", echo()),
-        step(
-            "PATCH",
-            "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/web",
-            echo(),
-        ),
-    ]
+/// `status`'s condition of `type_`.
+pub fn cond<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
 }
