@@ -1,20 +1,17 @@
-//! `webaccel`: the user's command. For now the analysis side: which browser and backend
-//! to use, what got slower, reports and charts, and read-only SQL over the metrics in
-//! ClickHouse.
+//! `webaccel`: the user's command. `up` runs manifests on this machine (local mode), with
+//! `apply`, `delete` and `status` to change and watch it; the analysis side tells which
+//! browser and backend to use, what got slower, reports and charts, and read-only SQL
+//! over the metrics in ClickHouse.
 
+mod analysis;
+mod local;
 mod output;
 mod progress;
 mod sql;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use webaccel_analytics::ClickHouseSettings;
-use webaccel_analytics::queries::{self, RegressionParams, Scope};
-use webaccel_analytics::server;
-
-use crate::progress::with_progress;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,16 +19,13 @@ use crate::progress::with_progress;
     version,
     about = "webaccel: browsers as an ML inference fleet"
 )]
-struct Cli {
+pub struct Cli {
     /// ClickHouse HTTP interface with webaccel's metrics (`http://host:8123`, with
-    /// `user:password@` if needed).
-    #[arg(
-        long,
-        env = "WEBACCEL_CLICKHOUSE_URL",
-        default_value = "http://127.0.0.1:8123",
-        global = true
-    )]
-    clickhouse_url: String,
+    /// `user:password@` if needed); default http://127.0.0.1:8123. With `up`: the server
+    /// to record into (without it, `up` starts a local one if clickhouse-server is
+    /// installed).
+    #[arg(long, env = "WEBACCEL_CLICKHOUSE_URL", global = true)]
+    pub clickhouse_url: Option<String>,
     /// ClickHouse database with webaccel's tables.
     #[arg(
         long,
@@ -39,22 +33,41 @@ struct Cli {
         default_value = "webaccel",
         global = true
     )]
-    clickhouse_database: String,
+    pub clickhouse_database: String,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum By {
+pub enum By {
     Model,
     Task,
 }
 
+/// Where the analysis commands look when no URL is given.
+pub const DEFAULT_CLICKHOUSE: &str = "http://127.0.0.1:8123";
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs BrowserPool and ModelDeployment manifests on this machine, without a
+    /// cluster: local browsers behind the gateway (127.0.0.1:8000 HTTP, :8001 gRPC),
+    /// scaled, healed and rolled by the same engine as the operator.
+    Up(local::UpArgs),
+    /// Changes a running `webaccel up`: adds or updates the resources in the files.
+    Apply(local::FilesArgs),
+    /// Changes a running `webaccel up`: removes the resources named in the files.
+    Delete(local::FilesArgs),
+    /// Shows a running `webaccel up`: pools and models, as `kubectl get bpool,mdep` would.
+    Status(local::StatusArgs),
+    #[command(flatten)]
+    Analysis(Analysis),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Analysis {
     /// The best browser and backend per model (or task) by p50 latency.
     Recommend {
         #[arg(long, value_enum, default_value = "model")]
@@ -99,169 +112,44 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let mut cli = Cli::parse();
+    // `up` tells what it does (browsers starting, scaling, loading); the other commands
+    // only warn.
+    let default = if matches!(cli.command, Command::Up(_)) {
+        "info,chromiumoxide=off,tower=warn,hyper=warn,reqwest=warn"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter("warn")
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
         .init();
-    let cli = Cli::parse();
-    match run(cli).await {
+    let command = std::mem::replace(
+        &mut cli.command,
+        Command::Status(local::StatusArgs::default()),
+    );
+    let result = match command {
+        Command::Up(args) => {
+            local::up(
+                args,
+                cli.clickhouse_url.clone(),
+                cli.clickhouse_database.clone(),
+            )
+            .await
+        }
+        Command::Apply(args) => local::apply(args, false).await,
+        Command::Delete(args) => local::apply(args, true).await,
+        Command::Status(args) => local::status(args, cli.json).await,
+        Command::Analysis(a) => analysis::run(cli, a).await,
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("webaccel: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-#[allow(clippy::print_stdout)]
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = ClickHouseSettings::new(
-        &cli.clickhouse_url,
-        &cli.clickhouse_database,
-        "--clickhouse-url / WEBACCEL_CLICKHOUSE_URL",
-    )?;
-    let client = settings.client(true);
-    let context = || format!("querying ClickHouse at {}", settings.url);
-    let progress = progress::wanted(cli.json);
-    let features = || async {
-        with_progress(
-            "connecting to ClickHouse",
-            progress,
-            server::detect(&client),
-        )
-        .await
-        .with_context(context)
-    };
-    match cli.command {
-        Command::Recommend {
-            by,
-            window,
-            min_samples,
-        } => {
-            let features = features().await?;
-            let scope = match by {
-                By::Model => Scope::Model,
-                By::Task => Scope::Task,
-            };
-            let recs = with_progress(
-                "querying ClickHouse",
-                progress,
-                queries::recommend(&client, features, scope, window, min_samples),
-            )
-            .await
-            .with_context(context)?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&recs)?);
-            } else if recs.is_empty() {
-                println!(
-                    "no recommendation: fewer than {min_samples} successful requests per choice in the last {}",
-                    humantime::format_duration(window)
-                );
-            } else {
-                println!(
-                    "{:<24} {:<10} {:<10} {:>9} {:>9} {:>8} {:>10}  runner-up",
-                    "key", "browser", "backend", "p50 ms", "req/s", "samples", "confidence"
-                );
-                for r in recs {
-                    let runner = r
-                        .runner_up
-                        .map_or_else(|| "-".into(), |(b, k, p)| format!("{b}/{k} {p:.3} ms"));
-                    println!(
-                        "{:<24} {:<10} {:<10} {:>9.3} {:>9.1} {:>8} {:>10.3}  {runner}",
-                        r.key,
-                        r.browser,
-                        r.backend,
-                        r.p50_ms,
-                        r.throughput_rps,
-                        r.samples,
-                        r.confidence
-                    );
-                }
-            }
-        }
-        Command::Regressions {
-            recent,
-            baseline,
-            min_samples,
-            alpha,
-            record,
-        } => {
-            let features = features().await?;
-            let params = RegressionParams {
-                recent,
-                baseline,
-                min_samples,
-                alpha,
-            };
-            let found = with_progress(
-                "querying ClickHouse",
-                progress,
-                queries::detect_regressions(&client, features, params),
-            )
-            .await
-            .with_context(context)?;
-            if record {
-                queries::record_regressions(&client, &found)
-                    .await
-                    .with_context(context)?;
-            }
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&found)?);
-            } else if found.is_empty() {
-                println!(
-                    "no significant slowdown in the last {}",
-                    humantime::format_duration(recent)
-                );
-            } else {
-                println!(
-                    "{:<9} {:<24} {:<10} {:<10} {:>10} {:>10} {:>8} {:>9}",
-                    "severity",
-                    "model",
-                    "browser",
-                    "backend",
-                    "base p50",
-                    "now p50",
-                    "change",
-                    "p-value"
-                );
-                for r in found {
-                    println!(
-                        "{:<9} {:<24} {:<10} {:<10} {:>10.3} {:>10.3} {:>7.1}% {:>9.1e}",
-                        r.severity.as_str(),
-                        r.model,
-                        r.browser,
-                        r.backend,
-                        r.baseline_p50,
-                        r.recent_p50,
-                        r.change_pct,
-                        r.p_value
-                    );
-                }
-            }
-        }
-        Command::Report(args) => {
-            let features = features().await?;
-            output::report(&client, features, args, cli.json, progress)
-                .await
-                .with_context(context)?;
-        }
-        Command::Chart(args) => {
-            let features = features().await?;
-            output::chart(&client, features, args, cli.json, progress)
-                .await
-                .with_context(context)?;
-        }
-        Command::Sql { query, format } => {
-            sql::check_read_only(&query)?;
-            let format = if cli.json { "JSON".to_owned() } else { format };
-            let text = with_progress(
-                "querying ClickHouse",
-                progress,
-                sql::run(&settings, &query, &format),
-            )
-            .await?;
-            print!("{text}");
-        }
-    }
-    Ok(())
 }

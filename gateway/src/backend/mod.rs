@@ -6,7 +6,7 @@
 pub mod conn;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -75,6 +75,10 @@ pub struct Backend {
     /// Models the agent said it does not hold although discovery listed them (unloaded
     /// since): skipped until discovery next lists the endpoint's models.
     missing: Mutex<HashSet<String>>,
+    /// The agent answered that it is shutting down: no new request goes there, whatever
+    /// discovery (a poll or a watch behind) still says, until discovery sees it come
+    /// back after a restart (not serving, then serving again).
+    draining: AtomicBool,
     /// For stall detection: when it last answered, when it last went from idle to busy,
     /// and its usual latency (EWMA, milliseconds).
     activity: Mutex<Activity>,
@@ -101,6 +105,7 @@ impl Backend {
             serving_since: Mutex::new(Instant::now()),
             routes: Mutex::new(HashMap::new()),
             missing: Mutex::new(HashSet::new()),
+            draining: AtomicBool::new(false),
             activity: Mutex::new(Activity {
                 last_answer: Instant::now(),
                 busy_since: Instant::now(),
@@ -153,7 +158,10 @@ impl Backend {
 
     fn holds(&self, model: &str) -> bool {
         let ep = self.endpoint.read().unwrap_or_else(|p| p.into_inner());
-        ep.serving && ep.models.contains(model) && !lock(&self.missing).contains(model)
+        ep.serving
+            && ep.models.contains(model)
+            && !self.draining.load(Ordering::Acquire)
+            && !lock(&self.missing).contains(model)
     }
 
     /// How many requests it may have outstanding now (slow start).
@@ -228,10 +236,14 @@ impl Lease {
             Err(e) => !e.health,
         };
         lock(&self.backend.breaker).record(Instant::now(), healthy);
-        if let Err(e) = &result
-            && e.category == webaccel_api::ErrorCategory::ModelNotFound
-        {
-            lock(&self.backend.missing).insert(model);
+        match &result {
+            Err(e) if e.category == webaccel_api::ErrorCategory::ModelNotFound => {
+                lock(&self.backend.missing).insert(model);
+            }
+            Err(e) if e.category == webaccel_api::ErrorCategory::ShuttingDown => {
+                self.backend.draining.store(true, Ordering::Release);
+            }
+            _ => {}
         }
         result
     }
@@ -303,6 +315,7 @@ impl Backends {
                     let mut current = b.endpoint.write().unwrap_or_else(|p| p.into_inner());
                     if ep.serving && !current.serving {
                         *lock(&b.serving_since) = Instant::now();
+                        b.draining.store(false, Ordering::Release);
                     }
                     if current.models != ep.models {
                         lock(&b.missing).clear();

@@ -1,0 +1,139 @@
+//! `webaccel up`'s own API on loopback, which `webaccel apply`, `delete` and `status`
+//! talk to: the status, and manifests to apply or delete (validated as the API server
+//! would, with its messages).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use webaccel_api::v1alpha1::validate::{self, Resource};
+
+use super::cluster::Shared;
+
+/// The header naming the folder a manifest came from (relative model URIs resolve
+/// against it).
+pub const BASE_HEADER: &str = "x-webaccel-manifest-dir";
+
+/// What `apply` or `delete` did, one line per object, as kubectl says it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Changes {
+    pub lines: Vec<String>,
+}
+
+/// Why it was refused: the messages the API server would give.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Refused {
+    pub errors: Vec<String>,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/apply", post(apply))
+        .route("/v1/delete", post(delete))
+        .with_state(shared)
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    Json((**shared.status.borrow()).clone())
+}
+
+fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Resource>, PathBuf), Response> {
+    let base = headers
+        .get(BASE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let text = String::from_utf8_lossy(body);
+    validate::parse(&text, "request")
+        .map(|r| (r, base))
+        .map_err(|invalid| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(Refused {
+                    errors: invalid.into_iter().map(|i| i.message).collect(),
+                }),
+            )
+                .into_response()
+        })
+}
+
+/// Applies resources to the desired state (created, configured or unchanged).
+pub fn apply_all(shared: &Shared, resources: Vec<Resource>, base: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    shared.update(|d| {
+        for r in resources {
+            match r {
+                Resource::BrowserPool(p) => {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    let verb = match d.pools.get(&name) {
+                        None => "created",
+                        Some(old) if old.spec == p.spec => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    lines.push(format!("browserpool.webaccel.dev/{name} {verb}"));
+                    d.pools.insert(name, p);
+                }
+                Resource::ModelDeployment(m) => {
+                    let name = m.metadata.name.clone().unwrap_or_default();
+                    let verb = match d.models.get(&name) {
+                        None => "created",
+                        Some((old, _)) if old.spec == m.spec => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    lines.push(format!("modeldeployment.webaccel.dev/{name} {verb}"));
+                    d.models.insert(name, (m, base.to_owned()));
+                }
+            }
+        }
+    });
+    lines
+}
+
+async fn apply(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    match parse(&headers, &body) {
+        Ok((resources, base)) => Json(Changes {
+            lines: apply_all(&shared, resources, &base),
+        })
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn delete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (resources, _) = match parse(&headers, &body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut lines = Vec::new();
+    shared.update(|d| {
+        for r in resources {
+            let (kind, name, existed) = match r {
+                Resource::BrowserPool(p) => {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    ("browserpool", name.clone(), d.pools.remove(&name).is_some())
+                }
+                Resource::ModelDeployment(m) => {
+                    let name = m.metadata.name.clone().unwrap_or_default();
+                    (
+                        "modeldeployment",
+                        name.clone(),
+                        d.models.remove(&name).is_some(),
+                    )
+                }
+            };
+            lines.push(if existed {
+                format!("{kind}.webaccel.dev \"{name}\" deleted")
+            } else {
+                format!("Error from server (NotFound): {kind}s.webaccel.dev \"{name}\" not found")
+            });
+        }
+    });
+    Json(Changes { lines }).into_response()
+}

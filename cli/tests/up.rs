@@ -1,0 +1,510 @@
+//! Local mode end to end: `webaccel up` with real agents and Chromium, the gateway in
+//! front, ClickHouse behind; driven by stock clients and by `webaccel apply`/`status`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use webaccel_analytics::local::LocalClickHouse;
+
+/// The scenarios start browsers; one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("node-agent/tests/fixtures/models").join(name)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn pool_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: BrowserPool\nmetadata:\n  name: {name}\nspec:\n  browser: chromium\n  image: local\n  backends: [wasm, webgpu]\n{spec}"
+    )
+}
+
+fn model_yaml(name: &str, pool: &str, file: &str, replicas: i32) -> String {
+    format!(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  poolRef: {{name: {pool}}}\n  model:\n    uri: file://{}\n    format: onnx\n    task: vision\n  backends: [wasm]\n  replicas: {replicas}\n",
+        fixture(file).display()
+    )
+}
+
+struct Up {
+    child: Child,
+    dir: tempfile::TempDir,
+    http: String,
+    grpc: String,
+    admin: String,
+}
+
+impl Up {
+    fn start(manifests: &[(&str, String)], clickhouse: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("manifests");
+        std::fs::create_dir_all(&m).unwrap();
+        for (file, text) in manifests {
+            std::fs::write(m.join(file), text).unwrap();
+        }
+        let (http, grpc, admin) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_webaccel"));
+        cmd.args(["up", "-f"])
+            .arg(&m)
+            .args(["--http", &format!("127.0.0.1:{http}")])
+            .args(["--grpc", &format!("127.0.0.1:{grpc}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--drain-timeout", "10s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match clickhouse {
+            Some(url) => {
+                cmd.args(["--clickhouse-url", url, "--clickhouse-database", "up_test"]);
+            }
+            None => {
+                cmd.arg("--no-clickhouse");
+            }
+        }
+        Self {
+            child: cmd.spawn().unwrap(),
+            dir,
+            http: format!("http://127.0.0.1:{http}"),
+            grpc: format!("127.0.0.1:{grpc}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+        }
+    }
+
+    async fn status(&self) -> Value {
+        match reqwest::get(format!("{}/v1/status", self.admin)).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    /// Waits until `check` holds on the status.
+    async fn until(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let s = self.status().await;
+            if check(&s) {
+                return s;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{what} not reached within {limit:?}: {s:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn webaccel(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_webaccel"))
+            .args(args)
+            .args(["--up", &self.admin])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(40) {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pool<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["pools"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn model<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["models"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+async fn python_client(script: &str, target: &str) -> String {
+    let out = tokio::process::Command::new("python3")
+        .arg(repo().join("node-agent/tests/clients").join(script))
+        .arg(target)
+        .arg(fixture(""))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn mlp_body() -> Value {
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
+    serde_json::json!({"inputs": fixture["inputs"]})
+}
+
+/// Clients sending back to back through the gateway until stopped; failures kept.
+fn load(
+    http: &str,
+    clients: usize,
+) -> (
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!("{http}/v2/models/mlp/infer");
+    let tasks = (0..clients)
+        .map(|_| {
+            let (stop, url, body) = (stop.clone(), url.clone(), mlp_body());
+            tokio::spawn(async move {
+                let c = reqwest::Client::new();
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match c
+                        .post(&url)
+                        .json(&body)
+                        .timeout(Duration::from_secs(30))
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failed.push(format!(
+                            "{} {}",
+                            r.status(),
+                            r.text().await.unwrap_or_default()
+                        )),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    (stop, tasks)
+}
+
+async fn finish(
+    run: (
+        Arc<AtomicBool>,
+        Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
+    ),
+) -> (usize, Vec<String>) {
+    run.0.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in run.1 {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    (ok, failed)
+}
+
+fn loaded(s: &Value, name: &str, n: i64) -> bool {
+    model(s, name)["loaded"].as_i64() == Some(n)
+}
+
+#[tokio::test]
+async fn up_serves_every_model_through_the_gateway_and_records_rows() {
+    let _serial = SERIAL.lock().await;
+    let ch = LocalClickHouse::start().await.unwrap();
+    let manifests = [
+        ("pool.yaml", pool_yaml("cpu", "  replicas: 1\n")),
+        ("mlp.yaml", model_yaml("mlp", "cpu", "mlp.onnx", 1)),
+        ("cnn.yaml", model_yaml("cnn", "cpu", "cnn.onnx", 1)),
+        (
+            "transformer.yaml",
+            model_yaml("transformer", "cpu", "transformer.onnx", 1),
+        ),
+        ("types.yaml", model_yaml("types", "cpu", "types.onnx", 1)),
+    ];
+    let up = Up::start(&manifests, Some(&ch.url()));
+    up.until("every model loaded", Duration::from_secs(120), |s| {
+        ["mlp", "cnn", "transformer", "types"]
+            .iter()
+            .all(|m| loaded(s, m, 1))
+    })
+    .await;
+    let (ok, out, _) = up.webaccel(&["status"]);
+    assert!(
+        ok && out.contains("BROWSERPOOL") && out.contains("cpu"),
+        "{out}"
+    );
+    let out = python_client("triton_http.py", &up.http).await;
+    assert!(out.contains("ok types mixed"), "{out}");
+    let out = python_client("triton_grpc.py", &up.grpc).await;
+    assert!(out.contains("ok types defaults"), "{out}");
+    // Rows landed: the agents' per-request rows and the gateway's.
+    let started = Instant::now();
+    loop {
+        let agent_rows = ch
+            .query("SELECT count() FROM up_test.inference_performance")
+            .await
+            .unwrap_or_default();
+        let gateway_rows = ch
+            .query("SELECT count() FROM up_test.gateway_requests WHERE outcome = 'ok'")
+            .await
+            .unwrap_or_default();
+        let n = |t: &str| t.trim().parse::<u64>().unwrap_or(0);
+        if n(&agent_rows) > 10 && n(&gateway_rows) > 10 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rows: agents {agent_rows}, gateway {gateway_rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
+    let _serial = SERIAL.lock().await;
+    let spec = "  autoscaling:\n    enabled: true\n    minReplicas: 1\n    maxReplicas: 2\n    targetInFlightPerBrowser: 2\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 5\n";
+    let up = Up::start(
+        &[
+            ("pool.yaml", pool_yaml("auto", spec)),
+            ("mlp.yaml", model_yaml("mlp", "auto", "mlp.onnx", 1)),
+        ],
+        None,
+    );
+    up.until("mlp loaded", Duration::from_secs(90), |s| {
+        loaded(s, "mlp", 1)
+    })
+    .await;
+    let run = load(&up.http, 8);
+    let s = up
+        .until("the pool at its maximum", Duration::from_secs(60), |s| {
+            pool(s, "auto")["desired"] == 2 && pool(s, "auto")["ready"] == 2
+        })
+        .await;
+    println!("grown: {}", pool(&s, "auto")["reason"]);
+    let (ok, failed) = finish(run).await;
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Idle: back to one browser, the other drained first.
+    let light = load(&up.http, 1);
+    up.until(
+        "the pool back at its minimum",
+        Duration::from_secs(60),
+        |s| {
+            pool(s, "auto")["desired"] == 1
+                && pool(s, "auto")["browsers"]
+                    .as_array()
+                    .is_some_and(|b| b.len() == 1)
+        },
+    )
+    .await;
+    let (ok, failed) = finish(light).await;
+    assert!(ok > 0);
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[tokio::test]
+async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() {
+    let _serial = SERIAL.lock().await;
+    let up = Up::start(
+        &[
+            (
+                "pool.yaml",
+                pool_yaml("roll", "  replicas: 2\n  maxInFlightPerBrowser: 32\n"),
+            ),
+            ("mlp.yaml", model_yaml("mlp", "roll", "mlp.onnx", 2)),
+        ],
+        None,
+    );
+    let s = up
+        .until("mlp on both", Duration::from_secs(120), |s| {
+            loaded(s, "mlp", 2)
+        })
+        .await;
+    // SIGKILL one agent: it is replaced and the model placed again.
+    let victim = pool(&s, "roll")["browsers"][0].clone();
+    let pid = i32::try_from(victim["pid"].as_i64().unwrap()).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let s = up
+        .until(
+            "the killed browser replaced",
+            Duration::from_secs(90),
+            |s| {
+                let names: Vec<&str> = pool(s, "roll")["browsers"]
+                    .as_array()
+                    .map(|b| b.iter().filter_map(|b| b["name"].as_str()).collect())
+                    .unwrap_or_default();
+                !names.contains(&victim["name"].as_str().unwrap()) && loaded(s, "mlp", 2)
+            },
+        )
+        .await;
+    let before: Vec<String> = pool(&s, "roll")["browsers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_owned())
+        .collect();
+    // A changed pool (what a browser is built from) rolls, one browser at a time, under load.
+    let run = load(&up.http, 4);
+    let changed = up.manifests().join("changed.yaml");
+    std::fs::write(
+        &changed,
+        pool_yaml("roll", "  replicas: 2\n  maxInFlightPerBrowser: 48\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = up.webaccel(&["apply", "-f", changed.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("browserpool.webaccel.dev/roll configured"),
+        "{out}"
+    );
+    up.until("the pool rolled", Duration::from_secs(180), |s| {
+        let names: Vec<&str> = pool(s, "roll")["browsers"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|b| b["name"].as_str()).collect())
+            .unwrap_or_default();
+        names.len() == 2
+            && names.iter().all(|n| !before.iter().any(|b| b == n))
+            && loaded(s, "mlp", 2)
+    })
+    .await;
+    let (served, failed) = finish(run).await;
+    assert!(served > 0);
+    assert!(
+        failed.is_empty(),
+        "{} failed during the roll: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+#[tokio::test]
+async fn bad_manifests_are_refused_with_the_api_servers_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        pool_yaml("bad", "  replicas: 2000\n  autoscaling:\n    enabled: true\n    minReplicas: 3\n    maxReplicas: 2\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_webaccel"))
+        .args(["up", "--no-clickhouse", "-f"])
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("The BrowserPool \"bad\" is invalid"), "{err}");
+    assert!(err.contains("spec.replicas"), "{err}");
+    assert!(
+        err.contains("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"),
+        "{err}"
+    );
+}
+
+/// Live processes whose command line mentions `needle` (the agents and their Chromium
+/// processes name the data folder: the model cache lives there).
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            alive && String::from_utf8_lossy(&cmd).contains(needle)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn nothing_outlives_a_killed_up() {
+    let _serial = SERIAL.lock().await;
+    let mut up = Up::start(
+        &[
+            ("pool.yaml", pool_yaml("p", "  replicas: 1\n")),
+            ("mlp.yaml", model_yaml("mlp", "p", "mlp.onnx", 1)),
+        ],
+        None,
+    );
+    up.until("mlp loaded", Duration::from_secs(90), |s| {
+        loaded(s, "mlp", 1)
+    })
+    .await;
+    let data = up.dir.path().join("data").display().to_string();
+    let before = processes_mentioning(&data);
+    assert!(before.len() >= 3, "an agent and its browsers: {before:?}");
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    let started = Instant::now();
+    loop {
+        let left = processes_mentioning(&data);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "left behind by a killed `webaccel up`: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{} processes gone {:?} after SIGKILL of webaccel up",
+        before.len(),
+        started.elapsed()
+    );
+}
