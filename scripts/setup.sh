@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
+# Firefox ESR for `--browser firefox` (node-agent/tests/firefox.rs).
+command -v firefox-esr >/dev/null || need_apt+=(firefox-esr)
 # The ClickHouse the analytics tests start themselves (Debian ships 18.16).
 [[ -x /usr/bin/clickhouse-server || -x /usr/sbin/clickhouse-server ]] || need_apt+=(clickhouse-server)
 # A font for chart text: `webaccel chart`/`report` read it at run time (plotters with

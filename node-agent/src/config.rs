@@ -7,8 +7,12 @@ use std::time::Duration;
 use clap::Parser;
 pub use webaccel_api::agent::ModelSpec;
 
-/// Runs ONNX models inside one headless Chromium (onnxruntime-web on WebGPU, WebNN or
-/// WebAssembly) and serves them over a WebSocket bridge and the KServe v2 HTTP API.
+pub use crate::browser::BrowserKind;
+use crate::browser::Family;
+
+/// Runs ONNX models inside one headless browser, Chromium (or Chrome, Edge) or Firefox
+/// (onnxruntime-web on WebGPU, WebNN or WebAssembly) and serves them over a WebSocket
+/// bridge and the KServe v2 HTTP API.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "webaccel-agent", version)]
 pub struct AgentArgs {
@@ -35,12 +39,28 @@ pub struct AgentArgs {
     #[arg(long, env = "WEBACCEL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// Chromium binary (a name on PATH or a path).
-    #[arg(long, env = "WEBACCEL_CHROMIUM", default_value = "chromium")]
-    pub chromium: String,
+    /// The browser to run: `chromium`, `chrome` or `edge` (driven over the DevTools
+    /// protocol) or `firefox` (driven over WebDriver BiDi).
+    #[arg(long, env = "WEBACCEL_BROWSER", value_enum, default_value_t = BrowserKind::Chromium)]
+    pub browser: BrowserKind,
+
+    /// The Chromium-family binary (a name on PATH or a path), for `--browser chromium`,
+    /// `chrome` or `edge`. Default: `chromium`, `google-chrome` or `microsoft-edge`.
+    #[arg(long, env = "WEBACCEL_CHROMIUM", value_name = "PATH")]
+    pub chromium: Option<String>,
+
+    /// The Firefox binary (a name on PATH or a path), for `--browser firefox`.
+    /// Default: `firefox-esr`.
+    #[arg(long, env = "WEBACCEL_FIREFOX", value_name = "PATH")]
+    pub firefox: Option<String>,
+
+    /// The browser binary, whichever the browser (overrides `--chromium` and
+    /// `--firefox`).
+    #[arg(long, env = "WEBACCEL_BROWSER_BINARY", value_name = "PATH")]
+    pub browser_binary: Option<String>,
 
     /// Extra Chromium switch, without the leading `--` (e.g. `enable-features=Foo`).
-    /// Repeatable.
+    /// Repeatable. Chromium family only.
     #[arg(
         long = "chromium-arg",
         value_name = "SWITCH",
@@ -48,8 +68,16 @@ pub struct AgentArgs {
     )]
     pub chromium_args: Vec<String>,
 
+    /// Extra Firefox preference for the profile's `user.js`, `NAME=VALUE` (e.g.
+    /// `dom.webgpu.enabled=false`); `true`, `false` and integers are written as such,
+    /// anything else as a string. Repeatable. Firefox only.
+    #[arg(long = "firefox-pref", value_name = "NAME=VALUE", value_parser = parse_firefox_pref)]
+    pub firefox_prefs: Vec<String>,
+
     /// Keep Chromium's sandbox on. Off by default because containers and root usually
     /// cannot provide it; the pod's seccomp profile and non-root user confine it instead.
+    /// (Firefox always keeps its own sandbox, which lowers itself where the kernel
+    /// cannot provide a layer.)
     #[arg(long)]
     pub chromium_sandbox: bool,
 
@@ -153,7 +181,24 @@ pub struct AgentArgs {
     pub enable_debug_endpoints: bool,
 }
 
+fn parse_firefox_pref(s: &str) -> Result<String, String> {
+    crate::browser::firefox_pref(s).map(|_| s.to_owned())
+}
+
 impl AgentArgs {
+    /// The browser binary to run: `--browser-binary`, else the family's own option,
+    /// else the kind's usual name.
+    pub fn browser_binary(&self) -> String {
+        let family = match self.browser.family() {
+            Family::Chromium => &self.chromium,
+            Family::Firefox => &self.firefox,
+        };
+        self.browser_binary
+            .clone()
+            .or_else(|| family.clone())
+            .unwrap_or_else(|| self.browser.default_binary().to_owned())
+    }
+
     /// The runtime folder: the flag, or the `web` folder of this source tree.
     pub fn web_root(&self) -> PathBuf {
         self.web_root
@@ -195,6 +240,44 @@ mod tests {
             args.chromium_args,
             ["enable-features=WebMachineLearningNeuralNetwork"]
         );
+    }
+
+    #[test]
+    fn the_binary_follows_the_browser_and_the_generic_option_wins() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["webaccel-agent"];
+            all.extend_from_slice(args);
+            AgentArgs::try_parse_from(all).unwrap()
+        };
+        assert_eq!(parse(&[]).browser, BrowserKind::Chromium);
+        assert_eq!(parse(&[]).browser_binary(), "chromium");
+        assert_eq!(parse(&["--chromium", "/c"]).browser_binary(), "/c");
+        let ff = parse(&["--browser", "firefox", "--chromium", "/c"]);
+        assert_eq!(
+            ff.browser_binary(),
+            "firefox-esr",
+            "--chromium is for Chromium"
+        );
+        let ff = parse(&["--browser", "firefox", "--firefox", "/f"]);
+        assert_eq!(ff.browser_binary(), "/f");
+        let ff = parse(&["--browser=firefox", "--firefox=/f", "--browser-binary=/b"]);
+        assert_eq!(ff.browser_binary(), "/b");
+        assert_eq!(
+            parse(&["--browser", "chrome"]).browser_binary(),
+            "google-chrome"
+        );
+        assert_eq!(
+            parse(&["--browser", "edge", "--chromium", "/opt/edge"]).browser_binary(),
+            "/opt/edge"
+        );
+        let err = AgentArgs::try_parse_from(["webaccel-agent", "--browser", "safari"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("firefox"), "{err}");
+        let err = AgentArgs::try_parse_from(["webaccel-agent", "--firefox-pref", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NAME=VALUE"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! webaccel-agent: runs ONNX models inside one headless Chromium through onnxruntime-web
-//! and serves them over a WebSocket bridge and the KServe v2 HTTP API (and, with
-//! `--grpc-listen`, the KServe v2 gRPC API).
+//! webaccel-agent: runs ONNX models inside one headless browser (Chromium, Chrome, Edge
+//! or Firefox) through onnxruntime-web and serves them over a WebSocket bridge and the
+//! KServe v2 HTTP API (and, with `--grpc-listen`, the KServe v2 gRPC API).
 //!
 //! The parts: [`supervisor`] keeps the browser alive and [`page`] talks to the runtime
 //! in it; [`models`] and [`cache`] hold what is loaded; [`agent`] is the shared context
@@ -122,7 +122,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let web_root = args.web_root();
     check_web_root(&web_root).map_err(anyhow::Error::msg)?;
     let token = read_token(&args)?;
-    let executable = resolve_executable(&args.chromium).map_err(anyhow::Error::msg)?;
+    let executable =
+        resolve_executable(&args.browser_binary(), args.browser).map_err(anyhow::Error::msg)?;
     let cache = ModelCache::new(args.cache_dir())
         .with_context(|| format!("creating the model cache {}", args.cache_dir().display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -148,8 +149,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let recorder = start_recorder(&args)?;
     let reaper = reaper::Reaper::start();
     let launch = LaunchConfig {
+        kind: args.browser,
         executable,
         extra_args: args.chromium_args.clone(),
+        firefox_prefs: args.firefox_prefs.clone(),
         sandbox: args.chromium_sandbox,
         disk_cache_dir: args.cache_dir().join("chromium-http-cache"),
     };

@@ -47,12 +47,21 @@ pub struct InferenceRecord<'a> {
     pub error: Option<&'a str>,
 }
 
+#[derive(Debug, Clone, Default)]
+struct BrowserLabels {
+    name: String,
+    version: String,
+    adapter: String,
+    adapter_kind: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Recorder {
     origin: Origin,
     sinks: Option<Sinks>,
-    /// The browser the rows describe: version, WebGPU adapter and its kind.
-    browser: Mutex<(String, String, String)>,
+    /// The browser the rows describe: its kind (`chromium`, `firefox`, ...), version,
+    /// WebGPU adapter and the adapter's kind.
+    browser: Mutex<BrowserLabels>,
 }
 
 impl Recorder {
@@ -110,8 +119,9 @@ impl Recorder {
         }
     }
 
-    /// Notes the browser now serving, for the rows that follow.
-    pub fn set_browser(&self, version: &str, capabilities: &Capabilities) {
+    /// Notes the browser now serving (`name` as `--browser` says it: `chromium`,
+    /// `firefox`, ...), for the rows that follow.
+    pub fn set_browser(&self, name: &str, version: &str, capabilities: &Capabilities) {
         let kind = capabilities.webgpu.adapter.as_ref().map_or("none", |a| {
             if a.is_software() {
                 "software"
@@ -119,15 +129,16 @@ impl Recorder {
                 "hardware"
             }
         });
-        *self.browser.lock().unwrap_or_else(|p| p.into_inner()) = (
-            version.to_owned(),
+        *self.browser.lock().unwrap_or_else(|p| p.into_inner()) = BrowserLabels {
+            name: name.to_owned(),
+            version: version.to_owned(),
             // The same label the pool's status shows.
-            capabilities.adapter_label().unwrap_or_default(),
-            kind.to_owned(),
-        );
+            adapter: capabilities.adapter_label().unwrap_or_default(),
+            adapter_kind: kind.to_owned(),
+        };
     }
 
-    fn browser(&self) -> (String, String, String) {
+    fn browser(&self) -> BrowserLabels {
         self.browser
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -136,7 +147,12 @@ impl Recorder {
 
     pub fn inference(&self, r: &InferenceRecord<'_>) {
         let Some(s) = &self.sinks else { return };
-        let (version, adapter, kind) = self.browser();
+        let BrowserLabels {
+            name,
+            version,
+            adapter,
+            adapter_kind: kind,
+        } = self.browser();
         let (adapter, adapter_kind) = match r.backend {
             "webgpu" => (adapter, kind),
             b if b.starts_with("webnn") => (b.to_owned(), "unknown".to_owned()),
@@ -147,7 +163,7 @@ impl Recorder {
             row_id: new_row_id(),
             pool: self.origin.pool.clone(),
             pod: self.origin.pod.clone(),
-            browser: "chromium".into(),
+            browser: name,
             browser_version: version,
             model: r.model.to_owned(),
             task: r.task.to_owned(),
@@ -175,7 +191,12 @@ impl Recorder {
         capabilities: &Capabilities,
     ) {
         let Some(s) = &self.sinks else { return };
-        let (version, adapter, kind) = self.browser();
+        let BrowserLabels {
+            name,
+            version,
+            adapter,
+            adapter_kind: kind,
+        } = self.browser();
         let webnn = capabilities
             .webnn
             .iter()
@@ -187,7 +208,7 @@ impl Recorder {
             row_id: new_row_id(),
             pool: self.origin.pool.clone(),
             pod: self.origin.pod.clone(),
-            browser: "chromium".into(),
+            browser: name,
             browser_version: version,
             event: event.to_owned(),
             reason: reason.to_owned(),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
@@ -36,11 +35,10 @@ pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
         ))
 }
 
+/// The bearer token, from `authorization`, or from `x-webaccel-token` when a proxy in
+/// between (the API server's pod proxy) consumes `authorization` itself.
 async fn require_token(State(agent): State<Arc<Agent>>, req: Request, next: Next) -> Response {
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+    let header = webaccel_kserve::auth::presented(req.headers());
     match agent.tokens.check(header) {
         Ok(()) => next.run(req).await,
         Err(e) => {

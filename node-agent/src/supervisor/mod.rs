@@ -234,7 +234,7 @@ impl BrowserSupervisor {
         );
         let launch = &self.timing.launch;
         let result = async {
-            progress.enter("launching a browser", launch.devtools + 3 * launch.command);
+            progress.enter("launching a browser", launch.endpoint + 3 * launch.command);
             let process = BrowserProcess::launch(&self.launch, &url, &self.reaper, *launch).await?;
             progress.enter("waiting for the page", self.timing.hello_timeout);
             let hello = async {
@@ -252,7 +252,8 @@ impl BrowserSupervisor {
                     )),
                 },
                 e = process.exited() => Err(format!(
-                    "Chromium exited before its page said hello ({})",
+                    "{} exited before its page said hello ({})",
+                    self.launch.kind.display_name(),
                     e.map_or_else(|| "unknown status".to_owned(), |e| e.to_string())
                 )),
             };
@@ -285,8 +286,9 @@ impl BrowserSupervisor {
     }
 
     /// Watches a browser until it dies, hangs, loses its GPU, or the agent shuts down:
-    /// the page answers pings (its renderer and network service are alive) and the
-    /// browser process answers DevTools (its main process is not frozen). The active
+    /// the page answers pings (its renderer and network process are alive) and the
+    /// browser process answers its control protocol, DevTools or WebDriver BiDi (its
+    /// main process is not frozen). The active
     /// browser also stamps the watchdog and takes fault injections; a standby is watched
     /// the same way, so a frozen standby is replaced before anyone needs it.
     async fn watch(&self, browser: &mut Browser, role: Role, shutdown: &CancellationToken) -> Exit {
@@ -295,28 +297,25 @@ impl BrowserSupervisor {
         let link = browser.link.clone();
         let process = &browser.process;
         let watching_since = Instant::now();
-        let mut devtools_answered = watching_since;
-        // One DevTools probe at a time; a frozen browser leaves it pending.
+        let mut control_answered = watching_since;
+        // One control-protocol probe at a time; a frozen browser leaves it pending.
         let mut probe: Fuse<BoxFuture<'_, bool>> = Fuse::terminated();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Exit::Shutdown,
                 () = link.closed() => return Exit::Crashed,
-                () = process.devtools_closed() => return Exit::Crashed,
+                () = process.control_closed() => return Exit::Crashed,
                 _ = process.exited() => return Exit::Crashed,
                 () = link.gpu_lost() => return Exit::GpuLost,
                 ok = &mut probe, if !probe.is_terminated() => {
                     if ok {
-                        devtools_answered = Instant::now();
+                        control_answered = Instant::now();
                     }
                 }
                 () = self.hang_request.notified(), if role == Role::Active => {
                     tracing::warn!("injecting a busy loop into the page (debug endpoint)");
-                    let injected = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        crate::browser::inject_hang(&process.page),
-                    )
-                    .await;
+                    let injected =
+                        tokio::time::timeout(Duration::from_secs(5), process.inject_hang()).await;
                     if !matches!(injected, Ok(Ok(()))) {
                         tracing::error!(?injected, "hang injection failed");
                     }
@@ -336,13 +335,13 @@ impl BrowserSupervisor {
                         tracing::warn!(?role, ?silent, "the page stopped answering heartbeats");
                         return Exit::Hung;
                     }
-                    if devtools_answered.elapsed() > self.timing.hang_timeout {
-                        tracing::warn!(?role, silent = ?devtools_answered.elapsed(), "the browser process stopped answering DevTools");
+                    if control_answered.elapsed() > self.timing.hang_timeout {
+                        tracing::warn!(?role, silent = ?control_answered.elapsed(), "the browser's main process stopped answering its control protocol");
                         return Exit::Hung;
                     }
                     link.ping();
                     if probe.is_terminated() {
-                        probe = process.devtools_ping().boxed().fuse();
+                        probe = process.control_ping().boxed().fuse();
                     }
                 }
             }

@@ -87,15 +87,17 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         {
             let mut info = sup.lock_info();
             info.pid = Some(browser.process.pid());
-            info.version = browser.process.version.clone();
+            info.version = browser.process.version().to_owned();
             info.capabilities = Some(browser.capabilities.clone());
             info.cold_start_ms.get_or_insert(browser.start_ms);
         }
         sup.set_state(BrowserState::LoadingModels);
-        tracing::info!(generation, pid = browser.process.pid(), version = %browser.process.version, "browser serving");
-        agent
-            .recorder
-            .set_browser(&browser.process.version, &browser.capabilities);
+        tracing::info!(generation, pid = browser.process.pid(), version = %browser.process.version(), "browser serving");
+        agent.recorder.set_browser(
+            browser.process.kind().as_str(),
+            browser.process.version(),
+            &browser.capabilities,
+        );
         agent
             .recorder
             .browser_event("started", "", browser.start_ms, &browser.capabilities);

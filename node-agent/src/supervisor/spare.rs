@@ -36,7 +36,7 @@ pub(super) fn restart_backoff(quick_failures: u32) -> Duration {
 }
 
 /// Pause before the next attempt after `failed` launches in a row failed (a missing or
-/// broken Chromium): doubling from 0.5 s up to 30 s.
+/// broken browser): doubling from 0.5 s up to 30 s.
 fn launch_backoff(failed: u32) -> Duration {
     match failed {
         0 => Duration::ZERO,

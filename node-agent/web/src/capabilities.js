@@ -13,7 +13,7 @@ const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft 
 
 export async function detectWebGpu() {
   if (!('gpu' in navigator)) {
-    return { available: false, reason: 'navigator.gpu is not exposed (WebGPU disabled or unsupported in this build)' };
+    return { available: false, reason: 'navigator.gpu is not exposed (WebGPU disabled or unsupported in this build; Firefox needs dom.webgpu.enabled)' };
   }
   let adapter;
   try {
@@ -24,7 +24,7 @@ export async function detectWebGpu() {
   if (!adapter) {
     return {
       available: false,
-      reason: 'requestAdapter() returned null: no WebGPU adapter (on Linux Chromium needs --enable-unsafe-webgpu)',
+      reason: 'requestAdapter() returned null: no WebGPU adapter (on Linux Chromium needs --enable-unsafe-webgpu; Firefox needs a Vulkan driver and, for a software one, gfx.webgpu.ignore-blocklist)',
     };
   }
   const info = adapter.info || {};
@@ -53,7 +53,7 @@ export async function detectWebNn() {
     if (!('ml' in navigator)) {
       devices[deviceType] = {
         available: false,
-        reason: 'navigator.ml is not exposed: this browser build has no WebNN (Chromium needs the WebMachineLearningNeuralNetwork feature and a platform backend)',
+        reason: 'navigator.ml is not exposed: this browser build has no WebNN (Chromium needs the WebMachineLearningNeuralNetwork feature and a platform backend; Firefox does not implement WebNN)',
       };
       continue;
     }

@@ -1,0 +1,213 @@
+//! Chromium, Chrome and Edge, driven over the DevTools protocol (chromiumoxide) for
+//! lifecycle only: version, open the page, liveness, fault injection.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromiumoxide::browser::Browser;
+use chromiumoxide::handler::HandlerConfig;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::group::{AbortOnDrop, Group};
+use super::{BrowserKind, LaunchConfig, LaunchTimeouts, bounded, describe};
+use crate::reaper::Reaper;
+
+/// Switches every launch gets.
+const BASE_ARGS: &[&str] = &[
+    "--headless=new",
+    // WebGPU is behind this switch on Linux.
+    "--enable-unsafe-webgpu",
+    // The machine may have no network: keep Chromium from trying to phone home.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-client-side-phishing-detection",
+    "--disable-features=TranslateUI",
+    "--metrics-recording-only",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-quic",
+    "--password-store=basic",
+    "--use-mock-keychain",
+    "--mute-audio",
+    "--hide-scrollbars",
+    // Chromium's own hang monitor would kill a renderer compiling a model; the agent's
+    // heartbeat judges hangs instead.
+    "--disable-hang-monitor",
+    "--disable-breakpad",
+    // Many small WebSocket messages must not be throttled as an IPC flood.
+    "--disable-ipc-flooding-protection",
+    // A hidden page must keep running at full speed.
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+    // Any free port; the chosen one is read from DevToolsActivePort in the profile.
+    "--remote-debugging-port=0",
+];
+
+/// A running Chromium-family browser with the runtime page open.
+#[derive(Debug)]
+pub struct Chromium {
+    kind: BrowserKind,
+    group: Group,
+    browser: Browser,
+    page: chromiumoxide::Page,
+    /// Drives the DevTools connection; aborted when the browser is killed.
+    handler: JoinHandle<()>,
+    /// Cancelled when the DevTools connection ends (the browser died or closed it).
+    devtools_gone: CancellationToken,
+    version: String,
+    /// A fresh profile per launch, removed when the process is dropped.
+    profile: tempfile::TempDir,
+}
+
+impl Chromium {
+    /// Launches the browser with a fresh profile and opens `url`.
+    pub async fn launch(
+        cfg: &LaunchConfig,
+        url: &str,
+        reaper: &Arc<Reaper>,
+        timeouts: LaunchTimeouts,
+    ) -> Result<Self, String> {
+        let name = cfg.kind.display_name();
+        let profile = tempfile::Builder::new()
+            .prefix(&format!("webaccel-{}-", cfg.kind))
+            .tempdir()
+            .map_err(|e| format!("cannot create a profile directory: {e}"))?;
+        let mut cmd = Command::new(&cfg.executable);
+        cmd.args(BASE_ARGS)
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--disk-cache-dir={}", cfg.disk_cache_dir.display()))
+            .args(cfg.extra_args.iter().map(|a| format!("--{a}")))
+            .arg("about:blank");
+        if !cfg.sandbox {
+            cmd.args(["--no-sandbox", "--disable-setuid-sandbox"]);
+        }
+        let group = Group::spawn(cmd, profile.path().join("browser.log"), reaper, name)?;
+        let fail = |what: String| group.explain(what);
+
+        let ws_url = tokio::select! {
+            url = devtools_url(name, profile.path(), timeouts.endpoint) => url.map_err(fail)?,
+            e = group.exited() => {
+                return Err(fail(format!("{name} exited during start ({})", describe(e))));
+            }
+        };
+        let config = HandlerConfig {
+            request_timeout: timeouts.command,
+            ..HandlerConfig::default()
+        };
+        let (browser, mut handler) = bounded(
+            name,
+            timeouts.command,
+            "connecting to DevTools",
+            Browser::connect_with_config(ws_url, config),
+        )
+        .await
+        .map_err(fail)?;
+        // The handler drives the DevTools connection; it must be polled on its own task.
+        let devtools_gone = CancellationToken::new();
+        let gone = devtools_gone.clone();
+        let handler = tokio::spawn(async move {
+            while handler.next().await.is_some() {}
+            gone.cancel();
+        });
+        let aborter = AbortOnDrop(Some(handler.abort_handle()));
+        let version = bounded(
+            name,
+            timeouts.command,
+            "asking its version",
+            browser.version(),
+        )
+        .await
+        .map_err(fail)?
+        .product;
+        let page = bounded(
+            name,
+            timeouts.command,
+            "opening the runtime page",
+            browser.new_page(url),
+        )
+        .await
+        .map_err(fail)?;
+        aborter.disarm();
+        Ok(Self {
+            kind: cfg.kind,
+            group,
+            browser,
+            page,
+            handler,
+            devtools_gone,
+            version,
+            profile,
+        })
+    }
+
+    pub fn kind(&self) -> BrowserKind {
+        self.kind
+    }
+
+    pub(super) fn group(&self) -> &Group {
+        &self.group
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Resolves when the DevTools connection has ended (the browser died or closed it).
+    pub async fn devtools_closed(&self) {
+        self.devtools_gone.cancelled().await;
+    }
+
+    /// Asks the browser process for its version over DevTools: an answer proves the
+    /// main process is not frozen.
+    pub async fn devtools_ping(&self) -> bool {
+        self.browser.version().await.is_ok()
+    }
+
+    /// Evaluates `expression` in the runtime page.
+    pub async fn evaluate(&self, expression: &str) -> Result<(), String> {
+        self.page
+            .evaluate_expression(expression)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// SIGKILLs the whole process group and waits (bounded) until it is reaped.
+    pub async fn kill(mut self) {
+        self.handler.abort();
+        self.group.kill().await;
+        tracing::debug!(profile = %self.profile.path().display(), "profile removed");
+    }
+}
+
+/// Waits for the browser to write the DevTools endpoint into the profile's
+/// `DevToolsActivePort` (port on the first line, browser path on the second).
+async fn devtools_url(name: &str, profile: &Path, limit: Duration) -> Result<String, String> {
+    let file = profile.join("DevToolsActivePort");
+    let started = Instant::now();
+    loop {
+        if let Ok(text) = tokio::fs::read_to_string(&file).await {
+            let mut lines = text.lines();
+            if let (Some(port), Some(path)) = (lines.next(), lines.next())
+                && port.trim().parse::<u16>().is_ok()
+                && path.starts_with('/')
+            {
+                return Ok(format!("ws://127.0.0.1:{}{}", port.trim(), path.trim()));
+            }
+        }
+        if started.elapsed() > limit {
+            return Err(format!(
+                "{name} announced no DevTools endpoint within {limit:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
