@@ -33,12 +33,23 @@ pub fn default_browser_binary(kind: BrowserKind) -> &'static str {
     }
 }
 
+/// The agent's `--browser` value for a pool's kind.
+fn browser_arg(kind: BrowserKind) -> &'static str {
+    match kind {
+        BrowserKind::Chromium => "chromium",
+        BrowserKind::Chrome => "chrome",
+        BrowserKind::Edge => "edge",
+        BrowserKind::Firefox => "firefox",
+    }
+}
+
 /// The agent's arguments for one browser of a pool with `spec`.
 pub fn agent_args(spec: &BrowserPoolSpec, site: &AgentSite) -> Vec<String> {
     let mut args = vec![
         format!("--listen={}", site.listen),
         format!("--token-file={}", site.token_file),
-        format!("--chromium={}", site.browser_binary),
+        format!("--browser={}", browser_arg(spec.browser)),
+        format!("--browser-binary={}", site.browser_binary),
         format!("--max-in-flight={}", spec.max_in_flight_per_browser),
         format!("--pool={}", site.pool),
         format!("--pod-name={}", site.pod_name),

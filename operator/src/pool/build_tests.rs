@@ -50,7 +50,8 @@ fn pod_is_owned_labelled_and_runs_the_agent_with_the_pools_settings() {
         json!([
             "--listen=0.0.0.0:8700",
             "--token-file=/var/run/webaccel/token/token",
-            "--chromium=google-chrome",
+            "--browser=chrome",
+            "--browser-binary=google-chrome",
             "--max-in-flight=16",
             "--pool=gpu",
             "--pod-name=$(POD_NAME)",
