@@ -3,12 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+#[path = "../src/bin/up_bench/driver.rs"]
+mod driver;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use driver::{Load, Up, browser_names, loaded, pool, pool_yaml};
 use serde_json::Value;
 use webaccel_analytics::local::LocalClickHouse;
 
@@ -23,147 +25,27 @@ fn fixture(name: &str) -> PathBuf {
     repo().join("node-agent/tests/fixtures/models").join(name)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn pool_yaml(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: webaccel.dev/v1alpha1\nkind: BrowserPool\nmetadata:\n  name: {name}\nspec:\n  browser: chromium\n  image: local\n  backends: [wasm, webgpu]\n{spec}"
-    )
-}
-
 fn model_yaml(name: &str, pool: &str, file: &str, replicas: i32) -> String {
-    format!(
-        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  poolRef: {{name: {pool}}}\n  model:\n    uri: file://{}\n    format: onnx\n    task: vision\n  backends: [wasm]\n  replicas: {replicas}\n",
-        fixture(file).display()
+    driver::model_yaml(name, pool, &fixture(file), replicas)
+}
+
+/// `webaccel up` (this build) over `manifests`, recording into `clickhouse` or nowhere.
+fn start(manifests: &[(&str, String)], clickhouse: Option<&str>) -> Up {
+    let extra: Vec<String> = match clickhouse {
+        Some(url) => ["--clickhouse-url", url, "--clickhouse-database", "up_test"]
+            .map(str::to_owned)
+            .to_vec(),
+        None => vec!["--no-clickhouse".to_owned()],
+    };
+    Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
+        manifests,
+        &extra,
     )
 }
 
-struct Up {
-    child: Child,
-    dir: tempfile::TempDir,
-    http: String,
-    grpc: String,
-    admin: String,
-}
-
-impl Up {
-    fn start(manifests: &[(&str, String)], clickhouse: Option<&str>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let m = dir.path().join("manifests");
-        std::fs::create_dir_all(&m).unwrap();
-        for (file, text) in manifests {
-            std::fs::write(m.join(file), text).unwrap();
-        }
-        let (http, grpc, admin) = (free_port(), free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_webaccel"));
-        cmd.args(["up", "-f"])
-            .arg(&m)
-            .args(["--http", &format!("127.0.0.1:{http}")])
-            .args(["--grpc", &format!("127.0.0.1:{grpc}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--drain-timeout", "10s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        match clickhouse {
-            Some(url) => {
-                cmd.args(["--clickhouse-url", url, "--clickhouse-database", "up_test"]);
-            }
-            None => {
-                cmd.arg("--no-clickhouse");
-            }
-        }
-        Self {
-            child: cmd.spawn().unwrap(),
-            dir,
-            http: format!("http://127.0.0.1:{http}"),
-            grpc: format!("127.0.0.1:{grpc}"),
-            admin: format!("http://127.0.0.1:{admin}"),
-        }
-    }
-
-    async fn status(&self) -> Value {
-        match reqwest::get(format!("{}/v1/status", self.admin)).await {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-
-    /// Waits until `check` holds on the status.
-    async fn until(&self, what: &str, limit: Duration, check: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            let s = self.status().await;
-            if check(&s) {
-                return s;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "{what} not reached within {limit:?}: {s:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn webaccel(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_webaccel"))
-            .args(args)
-            .args(["--up", &self.admin])
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
-
-    fn manifests(&self) -> PathBuf {
-        self.dir.path().join("manifests")
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(40) {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn pool<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["pools"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
-        .unwrap_or(&Value::Null)
-}
-
-fn model<'a>(s: &'a Value, name: &str) -> &'a Value {
-    s["models"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
-        .unwrap_or(&Value::Null)
+fn mlp_load(up: &Up, clients: usize) -> Load {
+    Load::start(&up.http, "mlp", &mlp_body(), clients)
 }
 
 async fn python_client(script: &str, target: &str) -> String {
@@ -190,66 +72,6 @@ fn mlp_body() -> Value {
     serde_json::json!({"inputs": fixture["inputs"]})
 }
 
-/// Clients sending back to back through the gateway until stopped; failures kept.
-fn load(
-    http: &str,
-    clients: usize,
-) -> (
-    Arc<AtomicBool>,
-    Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
-) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let url = format!("{http}/v2/models/mlp/infer");
-    let tasks = (0..clients)
-        .map(|_| {
-            let (stop, url, body) = (stop.clone(), url.clone(), mlp_body());
-            tokio::spawn(async move {
-                let c = reqwest::Client::new();
-                let (mut ok, mut failed) = (0, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match c
-                        .post(&url)
-                        .json(&body)
-                        .timeout(Duration::from_secs(30))
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status() == 200 => ok += 1,
-                        Ok(r) => failed.push(format!(
-                            "{} {}",
-                            r.status(),
-                            r.text().await.unwrap_or_default()
-                        )),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
-    (stop, tasks)
-}
-
-async fn finish(
-    run: (
-        Arc<AtomicBool>,
-        Vec<tokio::task::JoinHandle<(usize, Vec<String>)>>,
-    ),
-) -> (usize, Vec<String>) {
-    run.0.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for t in run.1 {
-        let (o, f) = t.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    (ok, failed)
-}
-
-fn loaded(s: &Value, name: &str, n: i64) -> bool {
-    model(s, name)["loaded"].as_i64() == Some(n)
-}
-
 #[tokio::test]
 async fn up_serves_every_model_through_the_gateway_and_records_rows() {
     let _serial = SERIAL.lock().await;
@@ -264,7 +86,7 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
         ),
         ("types.yaml", model_yaml("types", "cpu", "types.onnx", 1)),
     ];
-    let up = Up::start(&manifests, Some(&ch.url()));
+    let up = start(&manifests, Some(&ch.url()));
     up.until("every model loaded", Duration::from_secs(120), |s| {
         ["mlp", "cnn", "transformer", "types"]
             .iter()
@@ -307,7 +129,7 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
 async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
     let _serial = SERIAL.lock().await;
     let spec = "  autoscaling:\n    enabled: true\n    minReplicas: 1\n    maxReplicas: 2\n    targetInFlightPerBrowser: 2\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 5\n";
-    let up = Up::start(
+    let up = start(
         &[
             ("pool.yaml", pool_yaml("auto", spec)),
             ("mlp.yaml", model_yaml("mlp", "auto", "mlp.onnx", 1)),
@@ -318,14 +140,14 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
         loaded(s, "mlp", 1)
     })
     .await;
-    let run = load(&up.http, 8);
+    let run = mlp_load(&up, 8);
     let s = up
         .until("the pool at its maximum", Duration::from_secs(60), |s| {
             pool(s, "auto")["desired"] == 2 && pool(s, "auto")["ready"] == 2
         })
         .await;
     println!("grown: {}", pool(&s, "auto")["reason"]);
-    let (ok, failed) = finish(run).await;
+    let (ok, failed) = run.finish().await;
     assert!(
         failed.is_empty(),
         "{} failed of {}: {:?}",
@@ -334,7 +156,7 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
         &failed[..failed.len().min(5)]
     );
     // Idle: back to one browser, the other drained first.
-    let light = load(&up.http, 1);
+    let light = mlp_load(&up, 1);
     up.until(
         "the pool back at its minimum",
         Duration::from_secs(60),
@@ -346,7 +168,7 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
         },
     )
     .await;
-    let (ok, failed) = finish(light).await;
+    let (ok, failed) = light.finish().await;
     assert!(ok > 0);
     assert!(failed.is_empty(), "{failed:?}");
 }
@@ -354,7 +176,7 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
 #[tokio::test]
 async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() {
     let _serial = SERIAL.lock().await;
-    let up = Up::start(
+    let up = start(
         &[
             (
                 "pool.yaml",
@@ -382,11 +204,8 @@ async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() 
             "the killed browser replaced",
             Duration::from_secs(90),
             |s| {
-                let names: Vec<&str> = pool(s, "roll")["browsers"]
-                    .as_array()
-                    .map(|b| b.iter().filter_map(|b| b["name"].as_str()).collect())
-                    .unwrap_or_default();
-                !names.contains(&victim["name"].as_str().unwrap()) && loaded(s, "mlp", 2)
+                let names = browser_names(s, "roll");
+                !names.iter().any(|n| n == victim["name"].as_str().unwrap()) && loaded(s, "mlp", 2)
             },
         )
         .await;
@@ -397,7 +216,7 @@ async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() 
         .map(|b| b["name"].as_str().unwrap().to_owned())
         .collect();
     // A changed pool (what a browser is built from) rolls, one browser at a time, under load.
-    let run = load(&up.http, 4);
+    let run = mlp_load(&up, 4);
     let changed = up.manifests().join("changed.yaml");
     std::fs::write(
         &changed,
@@ -411,16 +230,13 @@ async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() 
         "{out}"
     );
     up.until("the pool rolled", Duration::from_secs(180), |s| {
-        let names: Vec<&str> = pool(s, "roll")["browsers"]
-            .as_array()
-            .map(|b| b.iter().filter_map(|b| b["name"].as_str()).collect())
-            .unwrap_or_default();
+        let names = browser_names(s, "roll");
         names.len() == 2
             && names.iter().all(|n| !before.iter().any(|b| b == n))
             && loaded(s, "mlp", 2)
     })
     .await;
-    let (served, failed) = finish(run).await;
+    let (served, failed) = run.finish().await;
     assert!(served > 0);
     assert!(
         failed.is_empty(),
@@ -474,7 +290,7 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
 #[tokio::test]
 async fn nothing_outlives_a_killed_up() {
     let _serial = SERIAL.lock().await;
-    let mut up = Up::start(
+    let mut up = start(
         &[
             ("pool.yaml", pool_yaml("p", "  replicas: 1\n")),
             ("mlp.yaml", model_yaml("mlp", "p", "mlp.onnx", 1)),

@@ -16,6 +16,7 @@ pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
+pub mod prefer;
 pub mod queue;
 pub mod record;
 pub mod service;
@@ -40,6 +41,9 @@ use crate::queue::Queues;
 use crate::record::Recorder;
 use crate::service::{Gateway, Policy, Preferences};
 use crate::waiting::WaitingSink;
+
+/// How often the routing preferences are read again from ClickHouse history.
+pub const PREFERENCES_REFRESH: Duration = Duration::from_secs(30);
 
 /// Everything the gateway needs but where its agents come from.
 #[derive(Debug, Clone)]
@@ -299,6 +303,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             discovery::static_list::fixed(agents, args.refresh_interval, discovery_stop.clone());
         (fleet, Arc::new(waiting::LogOnly))
     };
+    let preferences = Preferences::default();
     let recorder = match &args.clickhouse_url {
         None => Recorder::disabled(),
         Some(url) => {
@@ -307,6 +312,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
                 &args.clickhouse_database,
                 "--clickhouse-url / WEBACCEL_CLICKHOUSE_URL",
             )?;
+            if args.use_recommendations {
+                prefer::spawn_refresh(
+                    settings.clone(),
+                    preferences.clone(),
+                    PREFERENCES_REFRESH,
+                    discovery_stop.clone(),
+                );
+            }
             let spool = args
                 .spool_dir
                 .clone()
@@ -314,7 +327,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             Recorder::start(settings, spool)?
         }
     };
-    let running = start(settings, fleet, waiting, recorder, Preferences::default()).await?;
+    let running = start(settings, fleet, waiting, recorder, preferences).await?;
     termination().await;
     tracing::info!("termination requested: finishing requests in flight");
     running.shutdown().await;

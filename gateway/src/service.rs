@@ -40,8 +40,8 @@ pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
-/// Which browsers ClickHouse history recommends per model (browser version prefix and
-/// backend), refreshed in the background.
+/// Which browsers ClickHouse history recommends per model (browser kind and backend),
+/// refreshed in the background by [`crate::prefer`].
 pub type Preferences = Arc<std::sync::RwLock<std::collections::HashMap<String, Preference>>>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,8 @@ impl Gateway {
             .cloned();
         move |ep: &Endpoint| {
             preference.as_ref().is_some_and(|p| {
-                ep.browser.starts_with(&p.browser) && ep.backends.get(&model) == Some(&p.backend)
+                crate::prefer::browser_matches(&p.browser, &ep.browser)
+                    && ep.backends.get(&model) == Some(&p.backend)
             })
         }
     }

@@ -27,8 +27,9 @@ use process::Launcher;
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
     /// Manifests: files, folders (every .yaml/.yml/.json in them) or `-` for stdin;
-    /// multi-document YAML. Repeatable.
-    #[arg(short = 'f', long = "filename", required = true)]
+    /// multi-document YAML. Repeatable. Without it, the embedded example: one Chromium
+    /// pool (one to two browsers) serving a small MLP (`examples/local/`).
+    #[arg(short = 'f', long = "filename")]
     files: Vec<PathBuf>,
     /// The gateway's KServe v2 HTTP address.
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -81,6 +82,35 @@ fn data_dir(given: Option<&Path>) -> PathBuf {
         },
         Path::to_owned,
     )
+}
+
+/// The example of `examples/local/`, built in: what `webaccel up` runs when given no
+/// manifests.
+const EMBEDDED: [(&str, &[u8]); 3] = [
+    (
+        "pool.yaml",
+        include_bytes!("../../../examples/local/pool.yaml"),
+    ),
+    (
+        "mlp.yaml",
+        include_bytes!("../../../examples/local/mlp.yaml"),
+    ),
+    (
+        "mlp.onnx",
+        include_bytes!("../../../examples/local/mlp.onnx"),
+    ),
+];
+
+/// Writes the embedded example into the data folder (its model file is read from there
+/// as a relative `file://` URI) and returns that folder.
+fn embedded_example(data: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data.join("example");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, bytes) in EMBEDDED {
+        std::fs::write(dir.join(name), bytes)
+            .with_context(|| format!("writing {}", dir.join(name).display()))?;
+    }
+    Ok(dir)
 }
 
 /// The manifests' texts with the folder each came from.
@@ -154,7 +184,18 @@ pub async fn up(
 ) -> anyhow::Result<()> {
     let mut desired = Desired::default();
     let mut refused = Vec::new();
-    for (source, base, text) in read_manifests(&args.files)? {
+    let data = data_dir(args.data_dir.as_deref());
+    let files = if args.files.is_empty() {
+        let dir = embedded_example(&data)?;
+        println!(
+            "no manifests given (-f): running the built-in example from {}",
+            dir.display()
+        );
+        vec![dir]
+    } else {
+        args.files.clone()
+    };
+    for (source, base, text) in read_manifests(&files)? {
         match validate::parse(&text, &source) {
             Ok(resources) => {
                 let shared = Shared::new(std::mem::take(&mut desired));
@@ -170,7 +211,6 @@ pub async fn up(
     if desired.pools.is_empty() {
         bail!("the manifests hold no BrowserPool: nothing to run");
     }
-    let data = data_dir(args.data_dir.as_deref());
     let run_dir = data.join("run").join(std::process::id().to_string());
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
 
@@ -228,11 +268,20 @@ pub async fn up(
     settings.http = args.http;
     settings.grpc = args.grpc;
     settings.admin = None;
+    let preferences = webaccel_gateway::service::Preferences::default();
     let recorder = match &clickhouse {
-        Some(url) => webaccel_gateway::record::Recorder::start(
-            webaccel_analytics::ClickHouseSettings::new(url, &database, "--clickhouse-url")?,
-            data.join("spool").join("gateway"),
-        )?,
+        Some(url) => {
+            let settings =
+                webaccel_analytics::ClickHouseSettings::new(url, &database, "--clickhouse-url")?;
+            // Route by what the history recommends, as the cluster's gateway does.
+            webaccel_gateway::prefer::spawn_refresh(
+                settings.clone(),
+                preferences.clone(),
+                webaccel_gateway::PREFERENCES_REFRESH,
+                stop.clone(),
+            );
+            webaccel_gateway::record::Recorder::start(settings, data.join("spool").join("gateway"))?
+        }
         None => webaccel_gateway::record::Recorder::disabled(),
     };
     let gateway = webaccel_gateway::start(
@@ -240,7 +289,7 @@ pub async fn up(
         fleet,
         Arc::new(WaitingToEngine(shared.clone())),
         recorder,
-        Default::default(),
+        preferences,
     )
     .await
     .context("starting the gateway")?;
