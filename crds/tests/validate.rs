@@ -459,7 +459,7 @@ fn files_directories_and_missing_paths() {
     );
 
     let missing = dir.path().join("missing.yaml");
-    let err = parse_files(&[missing.clone()]).unwrap_err();
+    let err = parse_files(std::slice::from_ref(&missing)).unwrap_err();
     assert_eq!(
         err[0].message,
         format!("error: the path \"{}\" does not exist", missing.display())

@@ -33,6 +33,12 @@ pub struct Refused {
     pub errors: Vec<String>,
 }
 
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (StatusCode::UNPROCESSABLE_ENTITY, Json(self)).into_response()
+    }
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
@@ -45,7 +51,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     Json((**shared.status.borrow()).clone())
 }
 
-fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Resource>, PathBuf), Response> {
+fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Resource>, PathBuf), Refused> {
     let base = headers
         .get(BASE_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -53,14 +59,8 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Resource>, PathBuf), R
     let text = String::from_utf8_lossy(body);
     validate::parse(&text, "request")
         .map(|r| (r, base))
-        .map_err(|invalid| {
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Json(Refused {
-                    errors: invalid.into_iter().map(|i| i.message).collect(),
-                }),
-            )
-                .into_response()
+        .map_err(|invalid| Refused {
+            errors: invalid.into_iter().map(|i| i.message).collect(),
         })
 }
 
@@ -102,14 +102,14 @@ async fn apply(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             lines: apply_all(&shared, resources, &base),
         })
         .into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
 async fn delete(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let (resources, _) = match parse(&headers, &body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let mut lines = Vec::new();
     shared.update(|d| {

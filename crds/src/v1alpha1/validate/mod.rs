@@ -51,6 +51,8 @@ pub const API_VERSION: &str = "webaccel.dev/v1alpha1";
 const VERSION: &str = "v1alpha1";
 
 /// A resource webaccel runs, parsed and valid.
+// A manifest holds a handful of these, moved once: boxing the larger one saves nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     BrowserPool(BrowserPool),

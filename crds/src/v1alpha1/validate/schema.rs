@@ -327,16 +327,16 @@ fn check_type(data: &Value, s: &Value, path: &str) -> Option<FieldError> {
         sch_type == "number" && data.as_f64().is_some_and(is_json_integer) && contains("integer");
     let is_int_float = sch_type == "integer" && contains("number");
     let string_or_slice = data.is_string() || data.is_array();
-    if !string_or_slice
-        && !s_format.is_empty()
-        && !(contains(sch_type) || data_format == s_format || is_float_int || is_int_float)
-    {
+    let has_format = !s_format.is_empty();
+    let type_fits = contains(sch_type) || is_float_int || is_int_float;
+    if has_format && !string_or_slice && !(type_fits || data_format == s_format) {
         return Some(invalid_type(path, s_format, data_format));
     }
-    if !(contains("number") || contains("integer")) && !s_format.is_empty() && string_or_slice {
+    let numeric = contains("number") || contains("integer");
+    if has_format && string_or_slice && !numeric {
         return None;
     }
-    if !(contains(sch_type) || is_float_int || is_int_float) {
+    if !type_fits {
         return Some(invalid_type(path, &types.join(","), sch_type));
     }
     None

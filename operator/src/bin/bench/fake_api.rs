@@ -98,7 +98,7 @@ fn route(path: &str) -> Option<Route> {
     })
 }
 
-fn param<'a>(query: &'a str, key: &str) -> Option<String> {
+fn param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|kv| {
         let v = kv.strip_prefix(key)?.strip_prefix('=')?;
         Some(percent_decode(v))
