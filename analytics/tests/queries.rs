@@ -178,7 +178,11 @@ async fn overview_figures_have_the_known_answers() {
     // hourly bucket: in the first 200 s of an hour, `now` moves back to the hour's start.
     let real_now = now_ms() / 1000 * 1000;
     let into_hour = real_now % 3_600_000;
-    let now = if into_hour < 200_000 { real_now - into_hour } else { real_now };
+    let now = if into_hour < 200_000 {
+        real_now - into_hour
+    } else {
+        real_now
+    };
     let mut all = Vec::new();
     // 100 successes over exactly 50 distinct seconds (2 per second), latency 1..=100.
     for k in 0..100i64 {
