@@ -194,8 +194,11 @@ fn model_uri_scheme_backends_and_name_length_are_checked() {
     );
     assert_eq!(
         cel_failures(&model("m", spec("s3://bucket/m.onnx", json!(["auto"])))),
-        ["model.uri must start with https://, http:// or file:///"]
+        ["model.uri must start with https://, http:// or file://"]
     );
+    // A relative file:// URI is admitted (local mode reads it beside the manifest; the
+    // operator refuses it with a reason).
+    assert!(cel_failures(&model("m", spec("file://m.onnx", json!(["wasm"])))).is_empty());
     assert_eq!(
         cel_failures(&model("m", spec("file:///m/x.onnx", json!([])))),
         ["backends needs at least one entry: auto, webgpu, webnn or wasm"]
