@@ -266,7 +266,7 @@ pub async fn start(
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn termination() {
+pub async fn termination() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

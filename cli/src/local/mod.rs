@@ -151,22 +151,6 @@ fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, PathBuf, Str
     Ok(out)
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn interrupted() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = term => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Running {
     admin: String,
@@ -379,13 +363,13 @@ pub async fn up(
         })
     };
 
-    interrupted().await;
+    webaccel_gateway::termination().await;
     println!("webaccel up: stopping (draining browsers; Ctrl-C again kills them)");
     stop.cancel();
     {
         let kill_now = kill_now.clone();
         tokio::spawn(async move {
-            interrupted().await;
+            webaccel_gateway::termination().await;
             kill_now.cancel();
         });
     }

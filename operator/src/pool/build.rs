@@ -14,7 +14,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 use webaccel_api::labels;
 use webaccel_api::v1alpha1::{BrowserPool, GpuVendor};
 use webaccel_engine::command;
@@ -76,19 +75,7 @@ fn meta(pool: &BrowserPool, name: String, labels: BTreeMap<String, String>) -> O
 /// whose hash differs from the pool's is rolled. Replicas and autoscaling are left out: they
 /// size the pool, they do not change a pod.
 pub fn template_hash(pool: &BrowserPool) -> String {
-    let s = &pool.spec;
-    let shaping = serde_json::json!([
-        s.browser,
-        s.image,
-        s.backends,
-        s.max_in_flight_per_browser,
-        s.gpu,
-        s.template,
-        s.metrics,
-        token_secret_name(pool),
-    ]);
-    let digest = Sha256::digest(shaping.to_string().as_bytes());
-    hex::encode(&digest[..5])
+    webaccel_engine::pool::template::template_hash(&pool.spec, &token_secret_name(pool))
 }
 
 fn gpu_node_label(vendor: GpuVendor) -> (&'static str, &'static str) {
