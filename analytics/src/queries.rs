@@ -17,7 +17,10 @@ struct Aggregate {
     browser: String,
     backend: String,
     p50: f64,
-    stddev: f64,
+    /// The spread of latencies as a normal σ would be, estimated robustly from the
+    /// interquartile range (IQR / 1.349): a browser's long tail (Firefox's p99 can be 30×
+    /// its p50) must not swamp the standard error of its median.
+    sigma: f64,
     samples: u64,
     rows_per_s: f64,
 }
@@ -63,8 +66,8 @@ fn normal_cdf(z: f64) -> f64 {
 
 /// Standard error of a sample median, for roughly normal data: 1.2533 σ / √n.
 #[allow(clippy::cast_precision_loss)]
-fn median_se(stddev: f64, n: u64) -> f64 {
-    1.253_3 * stddev / (n.max(1) as f64).sqrt()
+fn median_se(sigma: f64, n: u64) -> f64 {
+    1.253_3 * sigma / (n.max(1) as f64).sqrt()
 }
 
 /// z score of `b` being larger than `a`.
@@ -83,7 +86,8 @@ pub fn aggregate_sql(f: Features, key: &str, filter: &str, from_s: u64, to_s: u6
     let t = f.time_seconds("event_time");
     format!(
         "SELECT {key} AS key, browser, backend, quantileExact(0.5)(latency_ms) AS p50, \
-         stddevPop(latency_ms) AS stddev, count() AS samples, \
+         (quantileExact(0.75)(latency_ms) - quantileExact(0.25)(latency_ms)) / 1.349 AS sigma, \
+         count() AS samples, \
          count() / greatest(1, toUInt32(max({t})) - toUInt32(min({t})) + 1) AS rows_per_s \
          FROM inference_performance \
          WHERE outcome = 'ok' AND {filter} AND toUInt32({t}) >= {from_s} AND toUInt32({t}) < {to_s} \
@@ -127,8 +131,8 @@ fn pick_best(rows: Vec<Aggregate>, min_samples: u64) -> Vec<Recommendation> {
         let runner = group.get(1);
         let confidence = runner.map_or(1.0, |r| {
             normal_cdf(z_of(
-                (best.p50, best.stddev, best.samples),
-                (r.p50, r.stddev, r.samples),
+                (best.p50, best.sigma, best.samples),
+                (r.p50, r.sigma, r.samples),
             ))
         });
         out.push(Recommendation {
@@ -268,8 +272,8 @@ fn compare(base: &[Aggregate], recent: &[Aggregate], p: RegressionParams) -> Vec
         let change_pct = (r.p50 - b.p50) / b.p50 * 100.0;
         let p_value = 1.0
             - normal_cdf(z_of(
-                (b.p50, b.stddev, b.samples),
-                (r.p50, r.stddev, r.samples),
+                (b.p50, b.sigma, b.samples),
+                (r.p50, r.sigma, r.samples),
             ));
         let severity = Severity::from_change(change_pct).filter(|_| p_value <= p.alpha);
         if let Some(severity) = severity {
@@ -355,13 +359,13 @@ pub fn trends_sql(f: Features, from_s: u64, bucket: Duration) -> String {
 mod tests {
     use super::*;
 
-    fn agg(browser: &str, backend: &str, p50: f64, stddev: f64, samples: u64) -> Aggregate {
+    fn agg(browser: &str, backend: &str, p50: f64, sigma: f64, samples: u64) -> Aggregate {
         Aggregate {
             key: "m".into(),
             browser: browser.into(),
             backend: backend.into(),
             p50,
-            stddev,
+            sigma,
             samples,
             rows_per_s: 1.0,
         }

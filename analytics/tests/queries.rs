@@ -80,6 +80,14 @@ async fn recommendations_regressions_and_trends_have_the_known_answers() {
     all.extend(rows(
         "m3", "chromium", "wasm", 600, 200, 10.0, 1.0, &mut rng,
     ));
+    // m4: Firefox is 20 % faster at the median but one request in ten takes 60 ms (a long
+    // tail): the tail must not hide a clear difference of medians.
+    let mut tailed = rows("m4", "firefox", "wasm", 300, 200, 2.0, 0.2, &mut rng);
+    for r in tailed.iter_mut().step_by(10) {
+        r.latency_ms = 60.0;
+    }
+    all.extend(tailed);
+    all.extend(rows("m4", "chromium", "wasm", 300, 200, 2.5, 0.2, &mut rng));
     let mut insert = client
         .insert::<InferenceRow>("inference_performance")
         .await
@@ -107,6 +115,12 @@ async fn recommendations_regressions_and_trends_have_the_known_answers() {
     assert!((m1.p50_ms - 3.0).abs() < 0.1, "{m1:?}");
     assert!(m1.confidence > 0.999, "{m1:?}");
     assert_eq!(m1.runner_up.as_ref().map(|r| r.1.as_str()), Some("wasm"));
+    let m4 = recs.iter().find(|r| r.key == "m4").unwrap();
+    assert_eq!(m4.browser, "firefox", "{m4:?}");
+    assert!(
+        m4.confidence > 0.99,
+        "a long tail swamped the medians' difference: {m4:?}"
+    );
     let by_task = queries::recommend(
         &client,
         features,
