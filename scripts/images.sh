@@ -4,11 +4,13 @@
 #
 #   scripts/images.sh build [IMAGE...] [-- PODMAN-BUILD-ARGS...]
 #       release-builds the binaries, stages a minimal context, builds the base if needed,
-#       then the images (default: chromium operator; also: chrome edge, which need the
+#       then the images (default: chromium operator; also: firefox, Debian's Firefox ESR,
+#       left out of the default build to keep CI short; chrome edge, which need the
 #       vendors' apt repositories); prints each image's size and the build time.
-#   scripts/images.sh test      runs the built images read-only and non-root: one real
-#                               inference through the chromium image, compared with
-#                               onnxruntime; the operator image's --help.
+#   scripts/images.sh test [IMAGE...]   runs built images read-only and non-root
+#                               (default: chromium operator): one real inference through
+#                               each browser image, compared with onnxruntime; the
+#                               operator image's --help and --version.
 #   scripts/images.sh base [--force]    only the debootstrap base image.
 #   scripts/images.sh names     the image names the build tags, one a line.
 #   scripts/images.sh env       `export` lines for running podman by hand on this host.
@@ -35,8 +37,8 @@ suite=bookworm
 base_image=localhost/webaccel-debian-base:$suite
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 
-# operator -> webaccel-operator; chromium -> browser-chromium (the chart's and the
-# BrowserPool's default names).
+# operator -> webaccel-operator; chromium -> browser-chromium, firefox -> browser-firefox
+# (the chart's and the BrowserPool's default names).
 repo_name() { if [[ $1 == operator ]]; then echo webaccel-operator; else echo "browser-$1"; fi; }
 image_ref() { echo "$registry/$(repo_name "$1"):$version"; }
 local_ref() { echo "localhost/webaccel/$(repo_name "$1"):$version"; }
@@ -72,13 +74,16 @@ stage_web() {
   fi
   mkdir -p "$out/web/node_modules/onnxruntime-web/dist"
   cp -r "$web/src" "$out/web/src"
-  local -a files=(ort.all.min.mjs)
-  local m
-  while read -r m; do
-    files+=("$m" "${m%.mjs}.wasm")
-  done < <(grep -o 'ort-wasm-simd-threaded[a-z.]*\.mjs' "$dist/ort.all.min.mjs" | sort -u)
+  # The two builds the page imports (runtime.js) and the wasm each of them names.
+  local -a files=(ort.all.min.mjs ort.wasm.min.mjs)
+  local m bundle
+  for bundle in ort.all.min.mjs ort.wasm.min.mjs; do
+    while read -r m; do
+      files+=("$m" "${m%.mjs}.wasm")
+    done < <(grep -o 'ort-wasm-simd-threaded[a-z.]*\.mjs' "$dist/$bundle" | sort -u)
+  done
   for m in "${files[@]}"; do
-    [[ -f $dist/$m ]] || { echo "images: $dist/$m (named by ort.all.min.mjs) missing" >&2; return 1; }
+    [[ -f $dist/$m ]] || { echo "images: $dist/$m (named by the page's onnxruntime-web builds) missing" >&2; return 1; }
     cp "$dist/$m" "$out/web/node_modules/onnxruntime-web/dist/"
   done
   cp "$web/node_modules/onnxruntime-web/package.json" "$out/web/node_modules/onnxruntime-web/"
@@ -221,38 +226,29 @@ wait_ready() {
   return 1
 }
 
-cmd_test() {
-  webaccel_podman_env
-  local t0 chromium operator fixtures=node-agent/tests/fixtures/models
-  t0=$(now)
-  chromium=$(image_ref chromium)
-  operator=$(image_ref operator)
-  local img
-  for img in "$chromium" "$operator"; do
-    podman image exists "$img" || { echo "images: $img missing: run scripts/images.sh build" >&2; return 1; }
-  done
-  [[ -f $fixtures/mlp.onnx && -f $fixtures/mlp.json ]] ||
-    { echo "images: $fixtures/mlp.{onnx,json} missing: run scripts/setup.sh" >&2; return 1; }
-
-  local work name port
+# Runs browser image $1 the way a restricted pod runs it and sends it one inference.
+test_browser() {
+  local image=$1 fixtures=node-agent/tests/fixtures/models ref work name port
+  ref=$(image_ref "$image")
   work=$(mktemp -d /var/tmp/webaccel-images-test.XXXXXX)
-  name=webaccel-image-test-$$
+  name=webaccel-image-test-$image-$$
+  local cleanup="podman rm -f -t 5 '$name' >/dev/null 2>&1 || true; rm -rf '$work'"
   # shellcheck disable=SC2064
-  trap "podman rm -f -t 5 '$name' >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
+  trap "$cleanup" EXIT
   python3 -c 'import secrets; print(secrets.token_hex(16))' >"$work/token"
   chmod 644 "$work/token"
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
   # As in a restricted pod: UID 1000, read-only root, writable only /tmp and /dev/shm,
   # no capabilities, no privilege escalation, models and token mounted read-only.
-  echo "images: test: $chromium (read-only, UID 1000, port $port)"
+  echo "images: test: $ref (read-only, UID 1000, port $port)"
   timeout 120 podman run -d --name "$name" --network host \
     --read-only --read-only-tmpfs=false --user 1000:1000 \
     --tmpfs /tmp:rw,nosuid,nodev,size=1g,mode=1777 --shm-size=1g \
     --cap-drop=ALL --security-opt=no-new-privileges \
     -v "$repo/$fixtures:/models:ro" -v "$work/token:/etc/webaccel/token:ro" \
     -e WEBACCEL_LISTEN="127.0.0.1:$port" \
-    "$chromium" \
+    "$ref" \
     --model mlp=file:///models/mlp.onnx,backend=wasm \
     --token-file /etc/webaccel/token >/dev/null
 
@@ -261,7 +257,7 @@ cmd_test() {
     ok=false
   elif ! timeout 120 python3 browser-images/tests/check_infer.py "http://127.0.0.1:$port" \
     "$work/token" "$fixtures/mlp.json"; then
-    echo "images: inference through $chromium failed" >&2
+    echo "images: inference through $ref failed" >&2
     ok=false
   fi
   if ! $ok; then
@@ -270,9 +266,37 @@ cmd_test() {
     return 1
   fi
   podman rm -f -t 10 "$name" >/dev/null
+  eval "$cleanup"
+  trap - EXIT
+}
 
+cmd_test() {
+  local images=("$@")
+  ((${#images[@]})) || images=("${default_images[@]}")
+  webaccel_podman_env
+  local t0 fixtures=node-agent/tests/fixtures/models image
+  t0=$(now)
+  for image in "${images[@]}"; do
+    [[ -f browser-images/$image/Containerfile ]] || { echo "images: no image $image" >&2; return 1; }
+    podman image exists "$(image_ref "$image")" ||
+      { echo "images: $(image_ref "$image") missing: run scripts/images.sh build $image" >&2; return 1; }
+  done
+  [[ -f $fixtures/mlp.onnx && -f $fixtures/mlp.json ]] ||
+    { echo "images: $fixtures/mlp.{onnx,json} missing: run scripts/setup.sh" >&2; return 1; }
+
+  for image in "${images[@]}"; do
+    [[ $image == operator ]] || test_browser "$image"
+  done
+  if [[ " ${images[*]} " == *" operator "* ]]; then
+    test_operator "$(image_ref operator)"
+  fi
+  echo "images: tests passed in $(since "$t0")"
+}
+
+# The operator image answers --help and --version, read-only, as UID 65532.
+test_operator() {
+  local operator=$1 out
   echo "images: test: $operator --help (read-only, UID 65532)"
-  local out
   if ! out=$(timeout 60 podman run --rm --network none --read-only --read-only-tmpfs=false \
     --user 65532:65532 --cap-drop=ALL --security-opt=no-new-privileges \
     "$operator" --help 2>&1) || [[ $out != *Usage* ]]; then
@@ -286,14 +310,13 @@ cmd_test() {
     return 1
   fi
   echo "images: test: $out"
-  echo "images: tests passed in $(since "$t0")"
 }
 
 case ${1:-} in
   build) shift; cmd_build "$@" ;;
   test) shift; cmd_test "$@" ;;
   base) shift; browser-images/base/build-base.sh "$@" ;;
-  names) for i in "${default_images[@]}" chrome edge; do image_ref "$i"; done ;;
+  names) for i in "${default_images[@]}" firefox chrome edge; do image_ref "$i"; done ;;
   env)
     webaccel_podman_env
     echo "export CONTAINERS_CONF=$CONTAINERS_CONF CONTAINERS_STORAGE_CONF=$CONTAINERS_STORAGE_CONF"

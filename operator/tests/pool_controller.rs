@@ -453,8 +453,65 @@ async fn the_poller_wakes_an_autoscaled_pool_only_when_its_size_decision_changes
 }
 
 #[tokio::test]
-async fn firefox_is_refused_with_a_condition_and_an_event_once() {
-    let p = pool("  image: reg/browser:1\n  browser: firefox\n");
+async fn a_firefox_pool_gets_pods_that_run_the_agent_with_firefox() {
+    // The Firefox image `scripts/images.sh build firefox` makes (browser-images/firefox).
+    let p = pool(
+        "  image: ghcr.io/webaccel/browser-firefox:0.1.0\n  browser: firefox\n  replicas: 1\n",
+    );
+    let hash = template_hash(&p);
+    let steps = vec![
+        step(
+            "POST",
+            "/api/v1/namespaces/ml/secrets",
+            (201, token_secret()),
+        ),
+        step("PATCH", "/api/v1/namespaces/ml/services/web", echo()),
+        step(
+            "PATCH",
+            "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/web",
+            echo(),
+        ),
+        Step {
+            check: Some(Box::new(move |b: &Value| {
+                assert_eq!(
+                    b["metadata"]["labels"]["webaccel.dev/template-hash"],
+                    hash.as_str()
+                );
+                let agent = &b["spec"]["containers"][0];
+                assert_eq!(agent["image"], "ghcr.io/webaccel/browser-firefox:0.1.0");
+                let args: Vec<&str> = agent["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap())
+                    .collect();
+                assert!(args.contains(&"--browser=firefox"), "{args:?}");
+                assert!(args.contains(&"--browser-binary=firefox-esr"), "{args:?}");
+            })),
+            ..pod_create("")
+        },
+        step_checked(
+            "PATCH",
+            &format!("{POOL}/status"),
+            pool_with_status(&p),
+            |b| {
+                let s = &b["status"];
+                assert_eq!(s["replicas"], 1);
+                assert_ne!(cond(s, "Ready")["reason"], "InvalidSpec");
+                assert_eq!(cond(s, "Progressing")["reason"], "ScalingUp");
+            },
+        ),
+    ];
+    let (client, api) = mock_api_paths_relaxed(steps);
+    let mut world = World::new(client, FakeAgents::with_loads(&[]));
+    world.pool(&p);
+    reconcile(Arc::new(p), world.ctx.clone()).await.unwrap();
+    api.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_firefox_pool_allowing_only_webnn_is_refused_with_a_condition_and_an_event_once() {
+    let p = pool("  image: reg/browser:1\n  browser: firefox\n  backends: [webnn]\n");
     let steps = vec![
         step_checked("POST", EVENTS, echo(), |b| {
             assert_eq!(b["reason"], "InvalidSpec")
@@ -466,12 +523,7 @@ async fn firefox_is_refused_with_a_condition_and_an_event_once() {
             |b| {
                 let ready = &b["status"]["conditions"][0];
                 assert_eq!(ready["reason"], "InvalidSpec");
-                assert!(
-                    ready["message"]
-                        .as_str()
-                        .unwrap()
-                        .contains("Chrome DevTools Protocol")
-                );
+                assert!(ready["message"].as_str().unwrap().contains("no WebNN"));
             },
         ),
     ];

@@ -53,9 +53,9 @@ use crate::Backend;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BrowserPoolSpec {
-    /// Which browser the pods run. webaccel-agent drives the browser over the Chrome DevTools
-    /// Protocol, so chromium, chrome and edge work; firefox is accepted here but refused by the
-    /// operator with a condition saying why.
+    /// Which browser the pods run: chromium, chrome and edge (driven over the Chrome DevTools
+    /// Protocol) or firefox (driven over WebDriver BiDi; it has no WebNN). The image must hold
+    /// that browser.
     #[serde(default)]
     pub browser: BrowserKind,
     /// Container image with the browser and webaccel-agent.

@@ -11,6 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
+use webaccel_api::Backend;
 use webaccel_api::v1alpha1::{BrowserKind, BrowserPool, BrowserPoolSpec};
 
 use super::apply::{apply_owned, apply_plan, patch_status, publish};
@@ -23,13 +24,15 @@ use crate::history::PoolEvent;
 
 pub const CONTROLLER: &str = "browserpool";
 
-/// What the schema cannot refuse but the operator must.
+/// What the schema cannot refuse but the operator must. Every browser kind is accepted
+/// (the agent drives the Chromium family over the DevTools protocol and Firefox over
+/// WebDriver BiDi); only a pool whose browser can run none of the backends it allows is
+/// refused: Firefox has no WebNN.
 pub fn validate(spec: &BrowserPoolSpec) -> Result<(), String> {
-    if spec.browser == BrowserKind::Firefox {
+    if spec.browser == BrowserKind::Firefox && spec.backends.iter().all(|b| *b == Backend::Webnn) {
         return Err(
-            "browser firefox is not supported: webaccel-agent drives the browser over the \
-                    Chrome DevTools Protocol, which Firefox no longer implements; use chromium, \
-                    chrome or edge"
+            "browser firefox has no WebNN (navigator.ml), the only backend this pool allows: \
+             allow webgpu or wasm too, or use chromium, chrome or edge"
                 .into(),
         );
     }
@@ -187,17 +190,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn firefox_is_refused_with_the_reason() {
-        let spec: BrowserPoolSpec =
-            serde_json::from_value(serde_json::json!({"image": "i", "browser": "firefox"}))
-                .unwrap();
-        assert!(
-            validate(&spec)
-                .unwrap_err()
-                .contains("Chrome DevTools Protocol")
-        );
-        let spec: BrowserPoolSpec =
-            serde_json::from_value(serde_json::json!({"image": "i"})).unwrap();
-        assert!(validate(&spec).is_ok());
+    fn every_browser_is_accepted_but_firefox_not_with_webnn_alone() {
+        let spec = |v: serde_json::Value| -> BrowserPoolSpec { serde_json::from_value(v).unwrap() };
+        for browser in ["chromium", "chrome", "edge", "firefox"] {
+            assert!(validate(&spec(serde_json::json!({"image": "i", "browser": browser}))).is_ok());
+            let wasm = serde_json::json!({"image": "i", "browser": browser, "backends": ["wasm"]});
+            assert!(validate(&spec(wasm)).is_ok());
+        }
+        assert!(validate(&spec(serde_json::json!({"image": "i"}))).is_ok());
+        let webnn = |browser: &str| {
+            validate(&spec(
+                serde_json::json!({"image": "i", "browser": browser, "backends": ["webnn"]}),
+            ))
+        };
+        assert!(webnn("chromium").is_ok());
+        assert!(webnn("firefox").unwrap_err().contains("no WebNN"));
+        let mixed =
+            serde_json::json!({"image": "i", "browser": "firefox", "backends": ["webnn", "wasm"]});
+        assert!(validate(&spec(mixed)).is_ok());
     }
 }
