@@ -47,6 +47,7 @@ pub struct InferenceRow {
     pub init_ms: f64,
     pub inference_ms: f64,
     pub latency_ms: f64,
+    /// The request's own rows (its leading dimension).
     pub batch_size: u32,
     pub precision: String,
     pub bytes_in: u64,
@@ -54,6 +55,10 @@ pub struct InferenceRow {
     /// `ok` or `error`.
     pub outcome: String,
     pub error_category: String,
+    /// Rows of the run in the page that answered the request: more than `batch_size`
+    /// when the agent's dynamic batching joined it with other requests; 0 when it
+    /// failed before running (migration 6).
+    pub dynamic_batch_size: u32,
 }
 
 impl TableRow for InferenceRow {
@@ -92,6 +97,7 @@ impl InferenceRow {
             bytes_out: 16,
             outcome: "ok".into(),
             error_category: String::new(),
+            dynamic_batch_size: 1,
         }
     }
 }

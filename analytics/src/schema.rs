@@ -128,12 +128,38 @@ const TABLES: &[TableDef] = &[
     },
 ];
 
+/// A column added to a table that exists already.
+struct AddColumn {
+    version: u32,
+    table: &'static str,
+    column: &'static str,
+    /// Type and default, as `ADD COLUMN` takes them.
+    declaration: &'static str,
+}
+
+/// Columns added after the table creations above, each with its migration number.
+/// Released entries never change: a new change is a new entry.
+const ADDED_COLUMNS: &[AddColumn] = &[
+    // The rows of the run that answered each request (the agent's dynamic batching);
+    // rows written before it read as their own batch size.
+    AddColumn {
+        version: 6,
+        table: "inference_performance",
+        column: "dynamic_batch_size",
+        declaration: "UInt32 DEFAULT batch_size",
+    },
+];
+
 /// One schema change, applied once and recorded in `schema_migrations`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Migration {
     pub version: u32,
     pub name: String,
     pub sql: String,
+    /// For a column added to an existing table: (table, column). The migration is
+    /// skipped when the column is there already (`ADD COLUMN IF NOT EXISTS` is newer
+    /// than the oldest server supported).
+    pub adds_column: Option<(String, String)>,
 }
 
 fn column_type(f: Features, c: Col) -> &'static str {
@@ -181,7 +207,17 @@ pub fn migrations(f: Features) -> Vec<Migration> {
             version: u32::try_from(i + 1).unwrap_or(u32::MAX),
             name: format!("create {}", t.name),
             sql: create_table(f, t),
+            adds_column: None,
         })
+        .chain(ADDED_COLUMNS.iter().map(|a| Migration {
+            version: a.version,
+            name: format!("add {}.{}", a.table, a.column),
+            sql: format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                a.table, a.column, a.declaration
+            ),
+            adds_column: Some((a.table.to_owned(), a.column.to_owned())),
+        }))
         .collect()
 }
 
@@ -242,7 +278,24 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, M
             report.already.push(m.version);
             continue;
         }
-        db.query(&m.sql).execute().await.map_err(wrap)?;
+        let present = match &m.adds_column {
+            Some((table, column)) => {
+                db.query(
+                    "SELECT count() FROM system.columns \
+                     WHERE database = currentDatabase() AND table = ? AND name = ?",
+                )
+                .bind(table)
+                .bind(column)
+                .fetch_one::<u64>()
+                .await
+                .map_err(wrap)?
+                    > 0
+            }
+            None => false,
+        };
+        if !present {
+            db.query(&m.sql).execute().await.map_err(wrap)?;
+        }
         db.query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
             .bind(m.version)
             .bind(&m.name)
@@ -298,7 +351,16 @@ mod tests {
                 (3, "create pool_events"),
                 (4, "create regressions"),
                 (5, "create gateway_requests"),
+                (6, "add inference_performance.dynamic_batch_size"),
             ]
         );
+        // The creations keep their DDL: the new column comes only from migration 6.
+        assert!(!m[0].sql.contains("dynamic_batch_size"), "{}", m[0].sql);
+        assert_eq!(
+            m[5].sql,
+            "ALTER TABLE inference_performance ADD COLUMN dynamic_batch_size UInt32 DEFAULT batch_size"
+        );
+        // Versions only grow.
+        assert!(m.windows(2).all(|w| w[0].version < w[1].version));
     }
 }

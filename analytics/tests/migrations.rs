@@ -13,11 +13,11 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     let settings = ch.settings("webaccel_test");
 
     let first = migrate(&settings).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3, 4, 5]);
+    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6]);
     assert!(first.already.is_empty());
     let second = migrate(&settings).await.unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, [1, 2, 3, 4, 5]);
+    assert_eq!(second.already, [1, 2, 3, 4, 5, 6]);
 
     let tables = common::query(
         &ch,
@@ -37,7 +37,7 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     );
     assert_eq!(
         common::query(&ch, "SELECT count() FROM webaccel_test.schema_migrations").await,
-        "5"
+        "6"
     );
 
     let version = common::query(&ch, "SELECT version()").await;
@@ -55,6 +55,21 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     } else {
         assert_eq!(model, "String", "server {version}");
     }
+
+    // Migration 6 added dynamic_batch_size, which reads as batch_size where unwritten.
+    common::query(
+        &ch,
+        "INSERT INTO webaccel_test.inference_performance (row_id, batch_size) VALUES (1, 3)",
+    )
+    .await;
+    assert_eq!(
+        common::query(
+            &ch,
+            "SELECT dynamic_batch_size FROM webaccel_test.inference_performance WHERE row_id = 1"
+        )
+        .await,
+        "3"
+    );
 }
 
 #[tokio::test]

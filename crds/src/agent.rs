@@ -50,6 +50,22 @@ pub struct LoadedModel {
     /// With `backend=auto`: every candidate measured, and why the others lost or failed.
     #[serde(default)]
     pub candidates: Option<serde_json::Value>,
+    /// Whether requests are joined into batches, when the spec asks for batching.
+    /// (Boxed: it is rare, and `ModelState` carries this struct inline.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Box<BatchingStatus>>,
+}
+
+/// Dynamic batching of a loaded model, when its spec asks for it (`max_batch_size` > 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchingStatus {
+    /// False when the model cannot be batched; `reason` says why, and requests run one
+    /// at a time.
+    pub enabled: bool,
+    pub max_batch_size: u32,
+    pub max_queue_delay_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl LoadedModel {
@@ -116,6 +132,15 @@ pub struct ModelStats {
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub compute_p50_ms: Option<f64>,
+    /// Runs of the model in the page that joined more than one request (dynamic
+    /// batching), and the requests those runs served.
+    #[serde(default)]
+    pub batches: u64,
+    #[serde(default)]
+    pub batched_requests: u64,
+    /// The most requests one run has joined so far (0 before any batch).
+    #[serde(default)]
+    pub max_batch_requests: u64,
 }
 
 /// Where the agent's browser is in its life.

@@ -9,6 +9,8 @@ use webaccel_api::ErrorCategory;
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 use crate::admission::Admission;
+pub use crate::batcher::Ran;
+use crate::batcher::RunnerContext;
 use crate::cache::ModelCache;
 use crate::config::{AgentArgs, ModelSpec};
 use crate::error::AgentError;
@@ -25,7 +27,7 @@ pub struct Agent {
     pub models: ModelRegistry,
     pub cache: ModelCache,
     pub admission: Admission,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// Rows for ClickHouse (disabled without `--clickhouse-url`).
     pub recorder: Recorder,
     /// Bearer tokens accepted (the one from `--token-file`); none disables
@@ -49,6 +51,15 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
+/// The rows of a request: its first input's leading dimension (1 without one).
+fn rows_of(req: &InferRequest) -> u32 {
+    req.inputs
+        .first()
+        .and_then(|t| t.shape.first())
+        .and_then(|&d| u32::try_from(d).ok())
+        .unwrap_or(1)
+}
+
 impl Agent {
     /// Runs one inference request end to end, within `timeout` (queueing included).
     pub async fn infer(
@@ -56,21 +67,21 @@ impl Agent {
         req: InferRequest,
         timeout: Duration,
     ) -> Result<InferResponse, AgentError> {
+        self.infer_run(req, timeout).await.map(|r| r.response)
+    }
+
+    /// [`Agent::infer`], also saying how the run that answered was batched.
+    pub async fn infer_run(&self, req: InferRequest, timeout: Duration) -> Result<Ran, AgentError> {
         let started = Instant::now();
         let model = req.model.clone();
         let bytes_in: usize = req.inputs.iter().map(|t| t.data.len()).sum();
-        let batch_size = req
-            .inputs
-            .first()
-            .and_then(|t| t.shape.first())
-            .and_then(|&d| u32::try_from(d).ok())
-            .unwrap_or(1);
+        let batch_size = rows_of(&req);
         let result = self.infer_inner(req, timeout).await;
         self.record(&model, started, &result, bytes_in, batch_size);
         match &result {
-            Ok(resp) => self
+            Ok(ran) => self
                 .stats
-                .record(&model, started.elapsed(), Ok(resp.compute_ms)),
+                .record(&model, started.elapsed(), Ok(ran.response.compute_ms)),
             // Unknown models get no per-model series (a client could create unbounded
             // label values), only the category counter.
             Err(AgentError::ModelNotFound(_)) => self.stats.error(ErrorCategory::ModelNotFound),
@@ -81,16 +92,21 @@ impl Agent {
         result
     }
 
-    async fn infer_inner(
-        &self,
-        req: InferRequest,
-        timeout: Duration,
-    ) -> Result<InferResponse, AgentError> {
+    async fn infer_inner(&self, req: InferRequest, timeout: Duration) -> Result<Ran, AgentError> {
         let _admitted = self.admission.admit()?;
         let entry = self.models.require(&req.model)?;
         let loaded = entry.loaded()?;
         check_request(&req.model, &loaded, &req, self.args.max_tensor_bytes)?;
+        let batching = loaded.batching.as_ref().is_some_and(|b| b.enabled);
         let run = async {
+            if batching {
+                let ctx = RunnerContext {
+                    links: self.browser.link_watch(),
+                    stats: self.stats.clone(),
+                };
+                return entry.batcher.submit(&entry.slot, &ctx, req, timeout).await;
+            }
+            let batch_rows = rows_of(&req);
             let _permit = {
                 let _queued = GaugeGuard::new(&self.stats.queued);
                 entry
@@ -106,13 +122,17 @@ impl Agent {
                     "the browser is restarting",
                 )
             })?;
-            link.infer(req).await
+            link.infer(req).await.map(|response| Ran {
+                response,
+                batch_rows,
+                batch_requests: 1,
+            })
         };
-        let resp = tokio::time::timeout(timeout, run)
+        let ran = tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| AgentError::Deadline(timeout))??;
-        check_backend(&loaded, &resp)?;
-        Ok(resp)
+        check_backend(&loaded, &ran.response)?;
+        Ok(ran)
     }
 
     /// Sends the request's tensors through the page and back without running a model
@@ -143,16 +163,17 @@ impl Agent {
         &self,
         model: &str,
         started: Instant,
-        result: &Result<InferResponse, AgentError>,
+        result: &Result<Ran, AgentError>,
         bytes_in: usize,
         batch_size: u32,
     ) {
+        let response = result.as_ref().map(|r| &r.response);
         let Some(entry) = self.models.get(model) else {
             return;
         };
         let loaded = entry.loaded().ok();
         let category = result.as_ref().err().map(|e| e.category().as_str());
-        let backend = match (result, &loaded) {
+        let backend = match (response, &loaded) {
             (Ok(resp), _) => resp.backend.clone(),
             (Err(_), Some(m)) => m.backend.clone(),
             (Err(_), None) => String::new(),
@@ -163,13 +184,12 @@ impl Agent {
             precision: &entry.spec.precision,
             backend: &backend,
             init_ms: loaded.as_ref().map_or(0.0, |m| m.create_ms),
-            compute_ms: result.as_ref().map_or(0.0, |r| r.compute_ms),
+            compute_ms: response.map_or(0.0, |r| r.compute_ms),
             latency_ms: started.elapsed().as_secs_f64() * 1e3,
             batch_size,
+            dynamic_batch_size: result.as_ref().map_or(0, |r| r.batch_rows),
             bytes_in: bytes_in as u64,
-            bytes_out: result
-                .as_ref()
-                .map_or(0, |r| r.outputs.iter().map(|t| t.data.len() as u64).sum()),
+            bytes_out: response.map_or(0, |r| r.outputs.iter().map(|t| t.data.len() as u64).sum()),
             error: category,
         });
     }

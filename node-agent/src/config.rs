@@ -28,8 +28,12 @@ pub struct AgentArgs {
     pub grpc_listen: Option<SocketAddr>,
 
     /// A model to load at start: NAME=URI[,backend=auto|webgpu|webnn|wasm][,sha256=HEX]
-    /// [,warmup=true|false][,webnn_device=cpu|gpu|npu][,task=T][,precision=P]. URI is
-    /// file://, http:// or https://.
+    /// [,warmup=true|false][,webnn_device=cpu|gpu|npu][,task=T][,precision=P]
+    /// [,max_batch_size=N][,max_queue_delay_us=US]. URI is file://, http:// or https://.
+    /// max_batch_size > 1 turns on dynamic batching (waiting requests joined along their
+    /// leading dimension, up to N rows, for models whose inputs and outputs all have a
+    /// dynamic one); max_queue_delay_us is how long a request may wait for its batch to
+    /// fill (default 0: only what is already waiting).
     /// Repeat for several models.
     #[arg(long = "model", value_name = "SPEC")]
     pub models: Vec<ModelSpec>,
@@ -149,9 +153,16 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub standby_browser: bool,
 
-    /// WebAssembly threads per session (0: onnxruntime-web's default, half the cores).
+    /// WebAssembly threads per session (0: the CPUs this agent may use, from its CPU
+    /// affinity and cgroup quota).
     #[arg(long, default_value_t = 0)]
     pub wasm_threads: u32,
+
+    /// The onnxruntime-web build that runs wasm sessions: `plain` (the WebAssembly-only
+    /// build, faster) or `all` (the WebGPU/WebNN build, whose asyncify and JSEP
+    /// machinery every kernel call then carries; for comparison).
+    #[arg(long, value_enum, default_value_t = WasmBuild::Plain)]
+    pub wasm_build: WasmBuild,
 
     /// ClickHouse HTTP interface for the agent's metrics (`http://host:8123`, with
     /// `user:password@` if needed). Without it nothing is recorded.
@@ -179,6 +190,22 @@ pub struct AgentArgs {
     /// production.
     #[arg(long)]
     pub enable_debug_endpoints: bool,
+}
+
+/// The onnxruntime-web build for wasm sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WasmBuild {
+    Plain,
+    All,
+}
+
+impl WasmBuild {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::All => "all",
+        }
+    }
 }
 
 fn parse_firefox_pref(s: &str) -> Result<String, String> {

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod batcher;
 pub mod browser;
 pub mod cache;
 pub mod config;
@@ -166,7 +167,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 hello_timeout: args.page_start_timeout,
                 launch: browser::LaunchTimeouts::default(),
                 stall_grace: args.supervisor_stall_timeout,
-                wasm_threads: args.wasm_threads,
+                wasm_threads: wasm_threads(args.wasm_threads),
+                wasm_build: args.wasm_build,
                 standby: args.standby_browser,
             },
             reaper,
@@ -174,7 +176,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         models: ModelRegistry::default(),
         cache,
         admission: Admission::new(args.max_in_flight),
-        stats: Stats::default(),
+        stats: Arc::new(Stats::default()),
         recorder,
         tokens: webaccel_kserve::auth::Tokens::new(token),
         args,
@@ -250,4 +252,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     agent.recorder.shutdown().await;
     tracing::info!("webaccel-agent stopped");
     Ok(())
+}
+
+/// WebAssembly threads per session: the flag, else every CPU this process may use (its
+/// affinity and cgroup CPU quota, as `available_parallelism` reads them), not
+/// onnxruntime-web's default of half the browser's `hardwareConcurrency`, which ignores
+/// the quota and leaves half of an unshared container idle.
+fn wasm_threads(flag: u32) -> u32 {
+    if flag > 0 {
+        return flag;
+    }
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
+        .unwrap_or(1)
 }

@@ -8,9 +8,10 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use webaccel_api::Backend;
-pub use webaccel_api::agent::{IoMeta, LoadedModel, ModelDescription, ModelState};
+pub use webaccel_api::agent::{BatchingStatus, IoMeta, LoadedModel, ModelDescription, ModelState};
 
 use crate::agent::Agent;
+use crate::batcher::{self, Batcher};
 use crate::config::ModelSpec;
 use crate::error::AgentError;
 use crate::page::PageLink;
@@ -30,8 +31,10 @@ pub struct ModelEntry {
     state: RwLock<ModelState>,
     /// The backend `auto` picked, reused after a restart instead of measuring again.
     pinned: RwLock<Option<PinnedBackend>>,
-    /// One request at a time runs in the page per model; the rest queue here.
-    pub slot: Semaphore,
+    /// One run at a time in the page per model; the rest queue here.
+    pub slot: Arc<Semaphore>,
+    /// The dynamic batching queue, used when the model loaded with batching enabled.
+    pub batcher: Arc<Batcher>,
     /// The file's digest once fetched, so reloads read the cache, not the source.
     resolved_sha: RwLock<Option<String>>,
     /// Whether the agent is unready while this model is not loaded: true for models given
@@ -44,10 +47,12 @@ pub struct ModelEntry {
 impl ModelEntry {
     fn new(spec: ModelSpec) -> Self {
         Self {
+            batcher: Arc::new(Batcher::new(&spec)),
             spec,
             state: RwLock::new(ModelState::Pending),
             pinned: RwLock::new(None),
-            slot: Semaphore::new(1),
+            slot: Arc::new(Semaphore::new(1)),
+
             resolved_sha: RwLock::new(None),
             gates_readiness: std::sync::atomic::AtomicBool::new(false),
         }
@@ -209,6 +214,23 @@ pub async fn load_into(
     match &result {
         Ok(m) => {
             tracing::info!(model = %entry.spec.name, backend = %m.backend, create_ms = m.create_ms, warmup_ms = ?m.warmup_ms, "model loaded");
+            match m.batching.as_deref() {
+                Some(BatchingStatus {
+                    reason: None,
+                    max_batch_size,
+                    max_queue_delay_us,
+                    ..
+                }) => {
+                    tracing::info!(model = %entry.spec.name, max_batch_size, max_queue_delay_us, "dynamic batching on");
+                }
+                Some(BatchingStatus {
+                    reason: Some(reason),
+                    ..
+                }) => {
+                    tracing::warn!(model = %entry.spec.name, %reason, "dynamic batching refused: requests run one at a time");
+                }
+                None => {}
+            }
             agent.stats.model_loaded(&entry.spec.name, m);
             entry.set_state(ModelState::Loaded(m.clone()));
             entry.gate_readiness();
@@ -283,6 +305,7 @@ async fn load_steps(
         }
     };
     let backend_label = value["backend"].as_str().unwrap_or_default().to_owned();
+    let batching = batcher::status_for(spec, &inputs, &outputs).map(Box::new);
     let model = LoadedModel {
         sha256: cached.sha256,
         bytes: cached.bytes,
@@ -297,6 +320,7 @@ async fn load_steps(
         candidates: pinned
             .and_then(|p| p.candidates)
             .or_else(|| Some(value["candidates"].clone()).filter(|c| !c.is_null())),
+        batching,
     };
     if spec.backend == Backend::Auto {
         let (b, dev) = match backend_label.split_once(':') {

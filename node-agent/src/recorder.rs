@@ -40,7 +40,11 @@ pub struct InferenceRecord<'a> {
     pub init_ms: f64,
     pub compute_ms: f64,
     pub latency_ms: f64,
+    /// The request's own rows (its leading dimension).
     pub batch_size: u32,
+    /// Rows of the run in the page that answered it: more than `batch_size` when dynamic
+    /// batching joined it with other requests; 0 when it failed before running.
+    pub dynamic_batch_size: u32,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// `None` on success, the error category otherwise.
@@ -174,6 +178,7 @@ impl Recorder {
             inference_ms: r.compute_ms,
             latency_ms: r.latency_ms,
             batch_size: r.batch_size,
+            dynamic_batch_size: r.dynamic_batch_size,
             precision: r.precision.to_owned(),
             bytes_in: r.bytes_in,
             bytes_out: r.bytes_out,

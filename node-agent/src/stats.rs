@@ -54,6 +54,9 @@ struct ModelWindow {
     errors: u64,
     latency_ms: VecDeque<f64>,
     compute_ms: VecDeque<f64>,
+    batches: u64,
+    batched_requests: u64,
+    max_batch_requests: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +67,8 @@ pub struct Stats {
     errors: Family<CategoryLabel, Counter>,
     restarts: Family<ReasonLabel, Counter>,
     model_init: Family<ModelLabel, Gauge<f64, AtomicU64>>,
+    batches: Family<ModelLabel, Counter>,
+    batched_requests: Family<ModelLabel, Counter>,
     pub in_flight: Gauge,
     pub queued: Gauge,
     metric_rows: Family<RowLabels, Counter>,
@@ -88,6 +93,18 @@ impl Default for Stats {
         let errors = Family::<CategoryLabel, Counter>::default();
         let restarts = Family::<ReasonLabel, Counter>::default();
         let model_init = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
+        let batches = Family::<ModelLabel, Counter>::default();
+        let batched_requests = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "batches",
+            "Runs in the page that joined more than one request (dynamic batching)",
+            batches.clone(),
+        );
+        registry.register(
+            "batched_requests",
+            "Requests served by runs that joined more than one request",
+            batched_requests.clone(),
+        );
         let in_flight = Gauge::default();
         let queued = Gauge::default();
         registry.register(
@@ -138,6 +155,8 @@ impl Default for Stats {
             errors,
             restarts,
             model_init,
+            batches,
+            batched_requests,
             in_flight,
             queued,
             metric_rows,
@@ -244,6 +263,21 @@ impl Stats {
         }
     }
 
+    /// A run in the page joined `requests` (more than one) requests of `model`.
+    pub fn batch(&self, model: &str, requests: usize) {
+        let label = ModelLabel {
+            model: model.to_owned(),
+        };
+        let n = requests as u64;
+        self.batches.get_or_create(&label).inc();
+        self.batched_requests.get_or_create(&label).inc_by(n);
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = windows.entry(model.to_owned()).or_default();
+        w.batches += 1;
+        w.batched_requests += n;
+        w.max_batch_requests = w.max_batch_requests.max(n);
+    }
+
     pub fn model_loaded(&self, model: &str, m: &LoadedModel) {
         self.model_init
             .get_or_create(&ModelLabel {
@@ -265,6 +299,9 @@ impl Stats {
                         latency_p50_ms: percentile(&w.latency_ms, 0.5),
                         latency_p99_ms: percentile(&w.latency_ms, 0.99),
                         compute_p50_ms: percentile(&w.compute_ms, 0.5),
+                        batches: w.batches,
+                        batched_requests: w.batched_requests,
+                        max_batch_requests: w.max_batch_requests,
                     },
                 )
             })

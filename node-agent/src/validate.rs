@@ -115,6 +115,7 @@ mod tests {
             warmup_ms: None,
             steady_ms: None,
             candidates: None,
+            batching: None,
         }
     }
 

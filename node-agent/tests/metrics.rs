@@ -96,11 +96,13 @@ async fn every_request_and_browser_event_becomes_a_row() {
     );
     let timings = rows(
         &ch,
-        "SELECT min(latency_ms) > 0, min(inference_ms) > 0, min(init_ms) > 0, min(bytes_in), max(batch_size) \
+        "SELECT min(latency_ms) > 0, min(inference_ms) > 0, min(init_ms) > 0, min(bytes_in), max(batch_size), \
+         min(dynamic_batch_size), max(dynamic_batch_size) \
          FROM agent_metrics.inference_performance WHERE outcome = 'ok'",
     )
     .await;
-    assert_eq!(timings, ["1\t1\t1\t128\t2"]);
+    // Unbatched: each request ran alone, with its own 2 rows.
+    assert_eq!(timings, ["1\t1\t1\t128\t2\t2\t2"]);
     let events = rows(&ch, "SELECT event, count() FROM agent_metrics.browser_connections GROUP BY event ORDER BY event").await;
     assert_eq!(events, ["started\t1", "stopped\t1"]);
 }

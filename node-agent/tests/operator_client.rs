@@ -24,6 +24,8 @@ fn spec(name: &str, file: &str) -> ModelSpec {
         warmup: true,
         task: "vision".into(),
         precision: "fp32".into(),
+        max_batch_size: 0,
+        max_queue_delay_us: 0,
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use webaccel_api::agent::ModelSpec;
@@ -89,15 +88,7 @@ pub struct LoopSettings {
 
 /// The hash of what a pool's browsers are built from: a change rolls them.
 pub fn template_hash(pool: &BrowserPool) -> String {
-    let mut spec = serde_json::to_value(&pool.spec).unwrap_or_default();
-    if let Some(o) = spec.as_object_mut() {
-        // Size and policies do not change what a browser is.
-        for k in ["replicas", "autoscaling", "recycle", "healing"] {
-            o.remove(k);
-        }
-    }
-    let digest = Sha256::digest(spec.to_string().as_bytes());
-    hex::encode(&digest[..5])
+    webaccel_engine::pool::template::template_hash(&pool.spec, "")
 }
 
 /// A model URI with a relative `file://` path resolved against the manifest's folder.
@@ -485,6 +476,8 @@ impl Engine {
             let Some(b) = state.browsers.iter().find(|b| &b.name == browser) else {
                 continue;
             };
+            let (max_batch_size, max_queue_delay_us) =
+                webaccel_api::v1alpha1::Batching::agent_settings(md.spec.batching.as_ref());
             let spec = ModelSpec {
                 name: name.to_owned(),
                 uri: resolve_uri(&md.spec.model.uri, base),
@@ -494,6 +487,8 @@ impl Engine {
                 warmup: md.spec.warmup,
                 task: md.spec.model.task.as_str().into(),
                 precision: md.spec.precision.as_str().into(),
+                max_batch_size,
+                max_queue_delay_us,
             };
             tracing::info!(model = %name, %browser, %backend, "loading the model");
             match agents.load(&b.endpoint, &spec).await {

@@ -26,10 +26,30 @@ pub struct ModelSpec {
     /// Numeric precision (fp32, fp16, int8, ...), recorded with its metrics.
     #[serde(default)]
     pub precision: String,
+    /// Dynamic batching, after Triton's dynamic batcher: the most rows (the sum of the
+    /// requests' leading dimensions) the agent joins into one run of the model. 0 or 1:
+    /// off. Only models whose inputs and outputs all have a dynamic leading dimension
+    /// are batched; others are served one request at a time, with the reason shown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_batch_size: u32,
+    /// With batching on: how long (microseconds) a request may wait for others to join
+    /// its batch. 0: take only what is already waiting, never wait for more.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_queue_delay_us: u64,
 }
+
+/// The largest `max_batch_size` a spec may ask for.
+pub const MAX_BATCH_SIZE: u32 = 4096;
+/// The longest `max_queue_delay_us` a spec may ask for (one second).
+pub const MAX_QUEUE_DELAY_US: u64 = 1_000_000;
 
 fn default_true() -> bool {
     true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl ModelSpec {
@@ -61,6 +81,18 @@ impl ModelSpec {
         {
             return Err(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
         }
+        if self.max_batch_size > MAX_BATCH_SIZE {
+            return Err(format!(
+                "max_batch_size {} is more than {MAX_BATCH_SIZE}",
+                self.max_batch_size
+            ));
+        }
+        if self.max_queue_delay_us > MAX_QUEUE_DELAY_US {
+            return Err(format!(
+                "max_queue_delay_us {} is more than {MAX_QUEUE_DELAY_US} (one second)",
+                self.max_queue_delay_us
+            ));
+        }
         if self.warmup || self.backend != Backend::Auto {
             Ok(())
         } else {
@@ -87,6 +119,8 @@ impl FromStr for ModelSpec {
             warmup: true,
             task: String::new(),
             precision: String::new(),
+            max_batch_size: 0,
+            max_queue_delay_us: 0,
         };
         for kv in parts {
             let (k, v) = kv
@@ -98,6 +132,19 @@ impl FromStr for ModelSpec {
                 "webnn_device" => spec.webnn_device = v.trim().parse()?,
                 "task" => spec.task = v.trim().to_owned(),
                 "precision" => spec.precision = v.trim().to_owned(),
+                "max_batch_size" => {
+                    spec.max_batch_size = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("max_batch_size must be a whole number, got '{v}'"))?
+                }
+                "max_queue_delay_us" => {
+                    spec.max_queue_delay_us = v.trim().parse().map_err(|_| {
+                        format!(
+                            "max_queue_delay_us must be a whole number of microseconds, got '{v}'"
+                        )
+                    })?
+                }
                 "warmup" => {
                     spec.warmup = v
                         .trim()
@@ -106,7 +153,7 @@ impl FromStr for ModelSpec {
                 }
                 other => {
                     return Err(format!(
-                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task or precision)"
+                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task, precision, max_batch_size or max_queue_delay_us)"
                     ));
                 }
             }
@@ -136,6 +183,24 @@ mod tests {
     }
 
     #[test]
+    fn parses_batching_and_old_clients_get_it_off() {
+        let spec: ModelSpec = "mlp=file:///m/mlp.onnx,max_batch_size=8,max_queue_delay_us=500"
+            .parse()
+            .unwrap();
+        assert_eq!((spec.max_batch_size, spec.max_queue_delay_us), (8, 500));
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["max_batch_size"], 8);
+        assert_eq!(json["max_queue_delay_us"], 500);
+        // A client that knows nothing of batching: off, and not sent when off.
+        let old: ModelSpec =
+            serde_json::from_value(serde_json::json!({"name": "m", "uri": "file:///m.onnx"}))
+                .unwrap();
+        assert_eq!((old.max_batch_size, old.max_queue_delay_us), (0, 0));
+        let back = serde_json::to_value(&old).unwrap();
+        assert!(back.get("max_batch_size").is_none(), "{back}");
+    }
+
+    #[test]
     fn defaults_to_auto_with_warmup() {
         let spec: ModelSpec = "m=https://example.invalid/m.onnx".parse().unwrap();
         assert_eq!((spec.backend, spec.warmup), (Backend::Auto, true));
@@ -151,6 +216,12 @@ mod tests {
             ("m=file:///m.onnx,color=red", "unknown model option 'color'"),
             ("bad name=file:///m.onnx", "model name 'bad name'"),
             ("m=file:///m.onnx,warmup=false", "cannot be false"),
+            (
+                "m=file:///m.onnx,max_batch_size=-1",
+                "max_batch_size must be",
+            ),
+            ("m=file:///m.onnx,max_batch_size=99999", "more than 4096"),
+            ("m=file:///m.onnx,max_queue_delay_us=2000000", "one second"),
         ];
         for (input, want) in cases {
             let err = input.parse::<ModelSpec>().unwrap_err();

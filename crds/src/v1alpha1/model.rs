@@ -48,6 +48,36 @@ pub struct ModelDeploymentSpec {
     /// Run the model once at load so the first request does not pay for compilation.
     #[serde(default = "yes")]
     pub warmup: bool,
+    /// Dynamic batching: requests waiting for the same model are joined into one run
+    /// (only for models whose inputs and outputs have a dynamic leading dimension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+}
+
+/// Dynamic batching settings, after Triton's dynamic batcher.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Batching {
+    /// The most rows (the sum of the requests' leading dimensions) joined into one run;
+    /// 0 or 1 turns batching off.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 4096))]
+    pub max_batch_size: u32,
+    /// How long a request may wait for others to join its batch; 0 takes only the
+    /// requests already waiting.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_queue_delay_microseconds: u64,
+}
+
+impl Batching {
+    /// `(max_batch_size, max_queue_delay_us)` for an agent's model spec; `(0, 0)` (off)
+    /// without settings.
+    pub fn agent_settings(batching: Option<&Self>) -> (u32, u64) {
+        batching.map_or((0, 0), |b| {
+            (b.max_batch_size, b.max_queue_delay_microseconds)
+        })
+    }
 }
 
 fn auto() -> Vec<Backend> {

@@ -274,6 +274,7 @@ pub fn check_web_root(root: &Path) -> Result<(), String> {
     let needed = [
         "src/runtime.js",
         "node_modules/onnxruntime-web/dist/ort.all.min.mjs",
+        "node_modules/onnxruntime-web/dist/ort.wasm.min.mjs",
     ];
     for file in needed {
         if !root.join(file).is_file() {

@@ -79,8 +79,13 @@ impl InferenceApi for Agent {
         options: CallOptions,
     ) -> Result<Inferred, ApiError> {
         let timeout: Duration = options.timeout_within(self.args.request_timeout);
-        let response = Agent::infer(self, request, timeout).await?;
+        let ran = Agent::infer_run(self, request, timeout).await?;
+        let response = ran.response;
         let parameters = Map::from_iter([
+            // Rows of the run in the page that answered (more than the request's own
+            // when dynamic batching joined it with others), and the requests it joined.
+            ("batch_size".to_owned(), Value::from(ran.batch_rows)),
+            ("batch_requests".to_owned(), Value::from(ran.batch_requests)),
             ("backend".to_owned(), Value::from(response.backend.clone())),
             ("compute_ms".to_owned(), Value::from(response.compute_ms)),
             (

@@ -113,6 +113,8 @@ pub struct SupervisorTiming {
     /// How far past a step's bound the supervisor may be before `/healthz` fails.
     pub stall_grace: Duration,
     pub wasm_threads: u32,
+    /// The onnxruntime-web build wasm sessions run on (see `--wasm-build`).
+    pub wasm_build: crate::config::WasmBuild,
     /// Keep a second browser started and idle, to switch to when the first fails.
     pub standby: bool,
 }
@@ -166,6 +168,12 @@ impl BrowserSupervisor {
     /// The live page link, if the browser is up.
     pub fn link(&self) -> Option<Arc<PageLink>> {
         self.link.borrow().clone().filter(|l| !l.is_closed())
+    }
+
+    /// Follows the serving page's link (for work that outlives one request: a model's
+    /// batch runner).
+    pub fn link_watch(&self) -> watch::Receiver<Option<Arc<PageLink>>> {
+        self.link.subscribe()
     }
 
     pub fn info(&self) -> BrowserInfo {
@@ -229,8 +237,9 @@ impl BrowserSupervisor {
         let (tx, rx) = oneshot::channel();
         self.lock_pages().insert(secret.clone(), Some(tx));
         let url = format!(
-            "{base_url}/page/index.html?s={secret}&threads={}",
-            self.timing.wasm_threads
+            "{base_url}/page/index.html?s={secret}&threads={}&build={}",
+            self.timing.wasm_threads,
+            self.timing.wasm_build.as_str()
         );
         let launch = &self.timing.launch;
         let result = async {

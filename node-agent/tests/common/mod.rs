@@ -298,3 +298,60 @@ pub fn tensors_json(ts: &[Tensor]) -> Vec<Value> {
         .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": t.to_json_data()}))
         .collect()
 }
+
+/// onnxruntime's outputs (CPU provider, each request on its own) for requests made up at
+/// run time: one list of output tensors (protocol JSON) per request. Runs
+/// `fixtures/reference.py` with the system's python3.
+pub fn onnxruntime_outputs(model_file: &str, requests: &[Vec<Value>]) -> Vec<Vec<Value>> {
+    use std::io::Write as _;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs");
+    let job = json!({"model": fixture(model_file), "requests": requests});
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(job.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "reference.py failed: {:?}",
+        out.status
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts `got` (protocol JSON tensors) matches `want` within `abs + rel * |expected|`:
+/// same names, datatypes, shapes; exact for integers and booleans.
+pub fn assert_tensors_close(label: &str, got: &[Value], want: &[Value], abs: f64, rel: f64) {
+    assert_eq!(got.len(), want.len(), "{label}: output count");
+    for w in want {
+        let name = w["name"].as_str().unwrap();
+        let g = got
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("{label}: output {name} missing"));
+        assert_eq!(g["datatype"], w["datatype"], "{label}/{name}: datatype");
+        assert_eq!(g["shape"], w["shape"], "{label}/{name}: shape");
+        let (gd, wd) = (g["data"].as_array().unwrap(), w["data"].as_array().unwrap());
+        assert_eq!(gd.len(), wd.len(), "{label}/{name}: element count");
+        for (k, (a, b)) in gd.iter().zip(wd).enumerate() {
+            if b.is_boolean() || b.is_i64() || b.is_u64() {
+                assert_eq!(a, b, "{label}/{name}[{k}]");
+                continue;
+            }
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= abs + rel * b.abs(),
+                "{label}/{name}[{k}]: got {a}, expected {b}"
+            );
+        }
+    }
+}

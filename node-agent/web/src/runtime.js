@@ -3,7 +3,12 @@
 // messages (load, unload, ping) are JSON text. The agent supervises this page through
 // the pings: a page that stops answering is declared hung and restarted.
 
-import * as ort from './ort/ort.all.min.mjs';
+// Two builds of onnxruntime-web: wasm sessions run on the plain WebAssembly build, which
+// lacks the asyncify/JSEP machinery the WebGPU and WebNN build carries into every kernel
+// call; that build is imported only when a model asks for webgpu or webnn. Each build is
+// its own module instance (own env, own wasm memory, own Tensor class), so a session's
+// tensors are made with the build that made the session.
+import * as ortWasm from './ort/ort.wasm.min.mjs';
 import { detectAll } from './capabilities.js';
 import {
   KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, datatypeOf, decodeFrame, encodeFrame, ortType,
@@ -12,12 +17,25 @@ import {
 const params = new URLSearchParams(location.search);
 // See ECHO_MODEL in crds/src/wire.rs.
 const ECHO_MODEL = '__echo__';
-ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
 const threads = Number(params.get('threads') || 0);
-if (threads > 0) ort.env.wasm.numThreads = threads;
-ort.env.logLevel = 'warning';
+function configure(ort) {
+  ort.env.wasm.wasmPaths = new URL('./ort/', location.href).href;
+  if (threads > 0) ort.env.wasm.numThreads = threads;
+  ort.env.logLevel = 'warning';
+  return ort;
+}
+configure(ortWasm);
+let ortAllLoading = null;
+// The build that runs `backend`.
+// `build=all` (the agent's --wasm-build all) puts wasm sessions on the WebGPU build too,
+// to compare the two.
+function ortFor(backend) {
+  if (backend === 'wasm' && params.get('build') !== 'all') return Promise.resolve(ortWasm);
+  ortAllLoading ??= import('./ort/ort.all.min.mjs').then(configure);
+  return ortAllLoading;
+}
 
-// name -> {session, backend}
+// name -> {session, ort (the build that made it), backend, key, result}
 const sessions = new Map();
 
 // onnxruntime-web allows one asynchronous operation (create, run, release) at a time in
@@ -46,6 +64,7 @@ const IDENTITY_MODEL = new Uint8Array([
 
 async function startRuntime() {
   const t0 = performance.now();
+  const ort = ortWasm;
   const session = await exclusive(() => ort.InferenceSession.create(IDENTITY_MODEL, { executionProviders: ['wasm'] }));
   const out = await exclusive(() => session.run({ x: new ort.Tensor('float32', new Float32Array([2]), [1]) }));
   await exclusive(() => session.release());
@@ -60,7 +79,7 @@ ws.onopen = async () => {
     startRuntime().catch((e) => { runtimeError = String(e?.message ?? e); return null; }),
   ]);
   capabilities = caps;
-  capabilities.ort_version = ort.env.versions?.web || null;
+  capabilities.ort_version = ortWasm.env.versions?.web || null;
   capabilities.runtime = { start_ms: runtimeMs, error: runtimeError };
   send({ op: 'hello', capabilities });
 };
@@ -98,7 +117,7 @@ async function handleControl(msg) {
 // browser, and requests that fail on the lost device are answered as retryable.
 let gpuLost = null;
 let gpuWatched = false;
-function watchGpuDevice() {
+function watchGpuDevice(ort) {
   if (gpuWatched) return;
   gpuWatched = true;
   Promise.resolve(ort.env.webgpu.device).then((device) => device?.lost?.then((info) => {
@@ -151,7 +170,7 @@ function metadata(list) {
 
 // Zero-filled inputs shaped like the model's (symbolic dims as 1), for warm-up and the
 // auto measurement.
-function syntheticFeeds(session) {
+function syntheticFeeds(ort, session) {
   const feeds = {};
   for (const m of session.inputMetadata) {
     if (!m.isTensor) throw new Error(`input '${m.name}' is not a tensor; cannot warm up`);
@@ -185,12 +204,13 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
   const why = refusal(backend, webnnDevice);
   if (why) throw new Error(why);
+  const ort = await ortFor(backend);
   const [session, createMs] = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
-  if (backend === 'webgpu') watchGpuDevice();
-  const result = { session, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
+  if (backend === 'webgpu') watchGpuDevice(ort);
+  const result = { session, ort, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
   if (!warmup) return result;
   try {
-    const feeds = syntheticFeeds(session);
+    const feeds = syntheticFeeds(ort, session);
     result.warmup_ms = await exclusive(async () => (await timed(() => session.run(feeds)))[1]);
     const times = [];
     for (let i = 0; i < runs; i++) times.push(await exclusive(async () => (await timed(() => session.run(feeds)))[1]));
@@ -255,7 +275,7 @@ async function load(msg) {
     outputs: metadata(chosen.session.outputMetadata),
   };
   const old = sessions.get(name);
-  sessions.set(name, { session: chosen.session, backend: chosen.label, key, result });
+  sessions.set(name, { session: chosen.session, ort: chosen.ort, backend: chosen.label, key, result });
   if (old) exclusive(() => old.session.release());
   return result;
 }
@@ -318,7 +338,7 @@ function handleFrame(buf) {
 async function run(entry, id, header, tensors, received) {
   try {
     const feeds = {};
-    for (const t of tensors) feeds[t.name] = new ort.Tensor(ortType(t.datatype), t.data, t.shape);
+    for (const t of tensors) feeds[t.name] = new entry.ort.Tensor(ortType(t.datatype), t.data, t.shape);
     const t0 = performance.now();
     const results = header.outputs?.length
       ? await entry.session.run(feeds, header.outputs)

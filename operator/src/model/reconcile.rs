@@ -237,6 +237,8 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     let endpoint_of = |pod: &str| seen.iter().find(|s| s.ep.pod == pod).map(|s| &s.ep);
     let loads = placement.load.iter().filter_map(|(pod, backend)| {
         let ep = endpoint_of(pod)?;
+        let (max_batch_size, max_queue_delay_us) =
+            webaccel_api::v1alpha1::Batching::agent_settings(md.spec.batching.as_ref());
         let req = ModelSpec {
             name: name.clone(),
             uri: md.spec.model.uri.clone(),
@@ -246,6 +248,8 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             warmup: md.spec.warmup,
             task: md.spec.model.task.as_str().into(),
             precision: md.spec.precision.as_str().into(),
+            max_batch_size,
+            max_queue_delay_us,
         };
         Some(async move { (ep.pod.clone(), ctx.agents.load(ep, &req).await) })
     });

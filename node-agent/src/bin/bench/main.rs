@@ -7,9 +7,12 @@
 //! throughput; browser cold start; model init with and without warm-up; crash-to-ready
 //! recovery; the agent's RSS (the browser's processes not counted).
 //!
-//! `faults` runs the browser fault classes under load instead (see `faults.rs`).
+//! `faults` runs the browser fault classes under load instead (see `faults.rs`);
+//! `batching` compares dynamic batching off and on (see `batching.rs`).
 
 mod agent_process;
+mod batching;
+mod compute;
 mod faults;
 mod large;
 mod measure;
@@ -57,6 +60,16 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Suite {
+    /// Dynamic batching off and on: throughput and latency of the mlp and the
+    /// transformer block at several concurrencies.
+    Batching {
+        /// Concurrency levels (requests outstanding on one bridge connection).
+        #[arg(long = "concurrency", value_delimiter = ',', default_value = "1,16,64")]
+        levels: Vec<usize>,
+        /// Requests per row (after a tenth as many for warm-up).
+        #[arg(long = "requests", default_value_t = 2000)]
+        count: usize,
+    },
     /// Latency, throughput, init and recovery (the default).
     Latency,
     /// Browser faults under load: time to serving again, failed and hung requests.
@@ -65,6 +78,16 @@ enum Suite {
         /// active-stop, gpu-kill, standby-kill, kill-loop.
         #[arg(long = "scenario", value_delimiter = ',')]
         scenarios: Vec<String>,
+    },
+    /// In-page compute of a 6-layer transformer encoder against native onnxruntime at
+    /// the same thread count, for each onnxruntime-web build.
+    Compute {
+        /// Thread counts (wasm threads in the page, intra-op threads natively).
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<u32>,
+        /// Timed runs per configuration.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
 }
 
@@ -80,8 +103,18 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("webaccel-agent"),
     };
+    if let Some(Suite::Batching { levels, count }) = &args.suite {
+        let report = batching::run(&bin, &args.models, levels, *count).await?;
+        batching::print(&report);
+        std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+        println!("\nJSON written to {}", args.json.display());
+        return Ok(());
+    }
     if let Some(Suite::Faults { scenarios }) = &args.suite {
         return run_faults(&bin, &args, scenarios).await;
+    }
+    if let Some(Suite::Compute { threads, runs }) = &args.suite {
+        return run_compute(&bin, &args, threads, *runs).await;
     }
     let (inputs, tensors) = mlp_inputs(&args.models)?;
     let model = format!(
@@ -238,6 +271,41 @@ async fn main() -> anyhow::Result<()> {
         "heartbeat_rtt_ms": heartbeat_rtt_ms,
         "agent_rss_kib": rss_kib, "agent_peak_rss_kib": hwm_kib,
     });
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("\nJSON written to {}", args.json.display());
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+async fn run_compute(
+    bin: &std::path::Path,
+    args: &Args,
+    threads: &[u32],
+    runs: usize,
+) -> anyhow::Result<()> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_encoder.py");
+    let report = compute::run(bin, &script, threads, runs).await?;
+    println!(
+        "in-page compute vs native onnxruntime: encoder {} parameters, {} runs each",
+        report["model"]["parameters"], runs
+    );
+    println!(
+        "{:>7} {:>6} {:>12} {:>12} {:>14} {:>8} {:>10}",
+        "threads", "build", "page p50 ms", "page p10 ms", "native p50 ms", "ratio", "max err"
+    );
+    for r in report["rows"].as_array().into_iter().flatten() {
+        println!(
+            "{:>7} {:>6} {:>12.2} {:>12.2} {:>14.2} {:>8.2} {:>10.1e}",
+            r["threads"],
+            r["build"].as_str().unwrap_or(""),
+            r["page_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["page_p10_ms"].as_f64().unwrap_or(f64::NAN),
+            r["native_p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["ratio"].as_f64().unwrap_or(f64::NAN),
+            r["max_abs_error"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("\nJSON written to {}", args.json.display());
     Ok(())
