@@ -156,6 +156,31 @@ impl Drop for AgentProc {
             nix::sys::signal::Signal::SIGKILL,
         );
         let _ = self.child.wait();
+        // A SIGKILLed agent cannot stop its browsers, which live in process groups of
+        // their own: left alone they outlive the test (a hung page spinning for hours).
+        // Their command lines name the agent's cache folder, inside `dir`.
+        kill_groups_mentioning(&self.dir.path().display().to_string());
+    }
+}
+
+/// SIGKILLs the process group of every live process whose command line mentions
+/// `needle`.
+pub fn kill_groups_mentioning(needle: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let own_group = nix::unistd::getpgrp();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if let Ok(group) = nix::unistd::getpgid(Some(pid))
+                && group != own_group
+            {
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
