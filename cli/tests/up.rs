@@ -209,6 +209,17 @@ async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() 
             },
         )
         .await;
+    // Its browsers went with it (they name the agent's own cache folder).
+    let victim_cache = format!("/{}/cache", victim["name"].as_str().unwrap());
+    let started = Instant::now();
+    while !processes_mentioning(&victim_cache).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the killed agent's browsers outlived it: {:?}",
+            processes_mentioning(&victim_cache)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before: Vec<String> = pool(&s, "roll")["browsers"]
         .as_array()
         .unwrap()

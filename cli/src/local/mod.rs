@@ -40,7 +40,7 @@ pub struct UpArgs {
     /// Where `webaccel apply`, `delete` and `status` reach this `up`.
     #[arg(long, default_value = "127.0.0.1:9091")]
     admin: SocketAddr,
-    /// Where local mode keeps model files, browser logs and ClickHouse data.
+    /// Where local mode keeps browser logs, each agent's cache and ClickHouse data.
     #[arg(long, env = "WEBACCEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// The agent binary (default: beside `webaccel`, else on PATH).
@@ -227,7 +227,6 @@ pub async fn up(
     let launcher = Launcher {
         agent_binary: process::find_agent_binary(args.agent_binary.as_deref())?,
         run_dir: run_dir.clone(),
-        cache_dir: data.join("models"),
         clickhouse_url: clickhouse.clone(),
         clickhouse_database: database.clone(),
     };

@@ -22,8 +22,6 @@ pub struct Launcher {
     pub agent_binary: PathBuf,
     /// Where each browser gets a folder (token, log).
     pub run_dir: PathBuf,
-    /// Model files, shared by the local browsers.
-    pub cache_dir: PathBuf,
     pub clickhouse_url: Option<String>,
     /// The database of `webaccel up --clickhouse-database`, for pools that name none.
     pub clickhouse_database: String,
@@ -47,6 +45,8 @@ pub struct LocalBrowser {
     /// Its browsers' process groups, as it last reported them: killed if the agent dies
     /// without stopping them (SIGKILL), so no Chromium outlives its agent.
     browser_groups: Vec<i32>,
+    /// The agent's own cache folder (models, spooled rows, the browsers' HTTP cache).
+    cache_dir: PathBuf,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -82,7 +82,9 @@ impl Launcher {
             token_file: token_file.display().to_string(),
             pool: pool.to_owned(),
             pod_name: name.clone(),
-            cache_dir: self.cache_dir.display().to_string(),
+            // A cache folder of its own: its browsers' command lines name it, so they can
+            // be found and killed whatever the agent last reported (see `kill_browsers`).
+            cache_dir: dir.join("cache").display().to_string(),
             browser_binary: command::default_browser_binary(spec.browser).to_owned(),
         };
         let mut args = command::agent_args(spec, &site);
@@ -126,6 +128,7 @@ impl Launcher {
             capabilities: None,
             ready_since: None,
             browser_groups: Vec::new(),
+            cache_dir: dir.join("cache"),
         })
     }
 }
@@ -139,9 +142,7 @@ impl LocalBrowser {
             self.exited = Some(status.to_string());
             self.stats = None;
             // The agent died without stopping its browsers (a SIGKILL): stop them.
-            for g in &self.browser_groups {
-                let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
-            }
+            self.kill_browsers();
         }
     }
 
@@ -202,8 +203,32 @@ impl LocalBrowser {
     /// Kills the agent's whole group and its browsers' groups at once.
     pub fn kill(&mut self) {
         let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        self.kill_browsers();
+    }
+
+    /// SIGKILLs its browsers' process groups: those its agent last reported, and any
+    /// process whose command line names its cache folder (a browser started after the
+    /// last report).
+    fn kill_browsers(&self) {
         for g in &self.browser_groups {
             let _ = killpg(Pid::from_raw(*g), Signal::SIGKILL);
+        }
+        let needle = self.cache_dir.display().to_string();
+        let own_group = nix::unistd::getpgrp();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if pid != self.pid && String::from_utf8_lossy(&cmd).contains(&needle) {
+                let pid = Pid::from_raw(pid);
+                if let Ok(group) = nix::unistd::getpgid(Some(pid))
+                    && group != own_group
+                {
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
+                let _ = kill(pid, Signal::SIGKILL);
+            }
         }
     }
 
