@@ -51,13 +51,31 @@ struct AgentProc {
     child: Child,
     url: String,
     grpc: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A SIGKILLed agent cannot stop its browsers (each in a process group of its own);
+        // they name its cache folder on their command lines.
+        let needle = self.dir.path().display().to_string();
+        let own_group = nix::unistd::getpgrp();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                if let Ok(group) = nix::unistd::getpgid(Some(pid))
+                    && group != own_group
+                {
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
     }
 }
 
@@ -90,7 +108,7 @@ async fn start_agent(bin: &std::path::Path, model: &std::path::Path) -> anyhow::
         child,
         url: format!("http://127.0.0.1:{port}"),
         grpc: format!("127.0.0.1:{grpc}"),
-        _dir: dir,
+        dir,
     };
     let started = Instant::now();
     loop {
