@@ -2,7 +2,8 @@
 //! backend, which give it up, and what each replica's state is.
 
 use webaccel_api::Backend;
-use webaccel_api::v1alpha1::{ReplicaState, ReplicaStatus};
+use webaccel_api::agent::ModelSpec;
+use webaccel_api::v1alpha1::{Batching, ModelDeploymentSpec, ReplicaState, ReplicaStatus};
 
 use crate::agent::ModelOnAgent;
 
@@ -139,6 +140,30 @@ pub fn plan(
         ));
     }
     p
+}
+
+/// What an agent is asked to load for model `name` of `spec` placed on `backend`, the
+/// same for pods and local processes; only where the file is read from (`uri`) is the
+/// host's to say (local mode resolves a relative `file://` against the manifest).
+pub fn load_request(
+    name: &str,
+    spec: &ModelDeploymentSpec,
+    uri: String,
+    backend: Backend,
+) -> ModelSpec {
+    let (max_batch_size, max_queue_delay_us) = Batching::agent_settings(spec.batching.as_ref());
+    ModelSpec {
+        name: name.to_owned(),
+        uri,
+        sha256: spec.model.sha256.clone(),
+        backend,
+        webnn_device: Default::default(),
+        warmup: spec.warmup,
+        task: spec.model.task.as_str().into(),
+        precision: spec.precision.as_str().into(),
+        max_batch_size,
+        max_queue_delay_us,
+    }
 }
 
 #[cfg(test)]

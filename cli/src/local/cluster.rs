@@ -13,7 +13,6 @@ use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use webaccel_api::agent::ModelSpec;
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, ReplicaState};
 use webaccel_engine::agent::{AgentApi, HttpAgents, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate};
@@ -476,20 +475,12 @@ impl Engine {
             let Some(b) = state.browsers.iter().find(|b| &b.name == browser) else {
                 continue;
             };
-            let (max_batch_size, max_queue_delay_us) =
-                webaccel_api::v1alpha1::Batching::agent_settings(md.spec.batching.as_ref());
-            let spec = ModelSpec {
-                name: name.to_owned(),
-                uri: resolve_uri(&md.spec.model.uri, base),
-                sha256: md.spec.model.sha256.clone(),
-                backend: *backend,
-                webnn_device: Default::default(),
-                warmup: md.spec.warmup,
-                task: md.spec.model.task.as_str().into(),
-                precision: md.spec.precision.as_str().into(),
-                max_batch_size,
-                max_queue_delay_us,
-            };
+            let spec = place::load_request(
+                name,
+                &md.spec,
+                resolve_uri(&md.spec.model.uri, base),
+                *backend,
+            );
             tracing::info!(model = %name, %browser, %backend, "loading the model");
             match agents.load(&b.endpoint, &spec).await {
                 Ok(ModelOnAgent::Failed(why)) => {

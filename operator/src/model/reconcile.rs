@@ -29,7 +29,6 @@ use crate::error::{Error, Result};
 use crate::pool::build;
 use crate::pool::observe::{self, AskStats, PoolView};
 use crate::pool::status::condition as make_condition;
-use webaccel_api::agent::ModelSpec;
 use webaccel_engine::agent::{AgentError, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate, Placement};
 
@@ -237,20 +236,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     let endpoint_of = |pod: &str| seen.iter().find(|s| s.ep.pod == pod).map(|s| &s.ep);
     let loads = placement.load.iter().filter_map(|(pod, backend)| {
         let ep = endpoint_of(pod)?;
-        let (max_batch_size, max_queue_delay_us) =
-            webaccel_api::v1alpha1::Batching::agent_settings(md.spec.batching.as_ref());
-        let req = ModelSpec {
-            name: name.clone(),
-            uri: md.spec.model.uri.clone(),
-            sha256: md.spec.model.sha256.clone(),
-            backend: *backend,
-            webnn_device: Default::default(),
-            warmup: md.spec.warmup,
-            task: md.spec.model.task.as_str().into(),
-            precision: md.spec.precision.as_str().into(),
-            max_batch_size,
-            max_queue_delay_us,
-        };
+        let req = place::load_request(&name, &md.spec, md.spec.model.uri.clone(), *backend);
         Some(async move { (ep.pod.clone(), ctx.agents.load(ep, &req).await) })
     });
     for (pod, result) in join_all(loads).await {
