@@ -295,11 +295,16 @@ impl Context {
         self.with_pool(key, |m| m.may_heal(now))
     }
 
-    /// Records the outcome of a heal round: backoff grows while rounds keep finding broken
-    /// pods, and resets after a clean one.
-    pub fn heal_round(&self, key: &str, now: Timestamp, healed: bool) {
+    /// Records what pool `key`'s `plan` did about broken pods (see
+    /// [`webaccel_engine::pool::memory::PoolMemory::record_heals`]).
+    pub fn record_heals(
+        &self,
+        key: &str,
+        plan: &webaccel_engine::pool::decide::Plan,
+        now: Timestamp,
+    ) {
         let (base, max) = (self.settings.heal_backoff, self.settings.heal_backoff_max);
-        self.with_pool(key, |m| m.heal_round(now, healed, base, max));
+        self.with_pool(key, |m| m.record_heals(plan, now, base, max));
     }
 
     /// Where the agent of pod `pod` in `ns` is reached, with `token`.

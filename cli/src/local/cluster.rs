@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, ReplicaState};
 use webaccel_engine::agent::{AgentApi, HttpAgents, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate};
-use webaccel_engine::pool::decide::{self, Removal};
+use webaccel_engine::pool::decide;
 use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::size;
 use webaccel_gateway::discovery::static_list::AgentRef;
@@ -323,18 +323,12 @@ impl Engine {
                 drain_timeout_s: i64::try_from(self.settings.drain_timeout.as_secs()).unwrap_or(60),
             },
         );
-        let healed = plan
-            .delete
-            .iter()
-            .any(|(_, r)| matches!(r, Removal::Heal(_)));
-        if healed || plan.heal_deferred.is_empty() {
-            state.memory.heal_round(
-                now,
-                healed,
-                self.settings.heal_backoff,
-                self.settings.heal_backoff_max,
-            );
-        }
+        state.memory.record_heals(
+            &plan,
+            now,
+            self.settings.heal_backoff,
+            self.settings.heal_backoff_max,
+        );
         // Act: with processes.
         let mut stopped = Vec::new();
         for (browser, why) in &plan.delete {

@@ -43,6 +43,15 @@ pub struct Plan {
     pub heal_deferred: Vec<String>,
 }
 
+impl Plan {
+    /// Whether it replaces a broken browser.
+    pub fn heals(&self) -> bool {
+        self.delete
+            .iter()
+            .any(|(_, r)| matches!(r, Removal::Heal(_)))
+    }
+}
+
 /// Everything [`plan`] needs besides the pods.
 #[derive(Debug, Clone)]
 pub struct Inputs<'a> {

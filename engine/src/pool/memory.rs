@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::autoscale::Autoscaler;
+use crate::pool::decide::Plan;
 
 #[derive(Debug, Default)]
 pub struct PoolMemory {
@@ -22,6 +23,16 @@ impl PoolMemory {
     /// Whether broken browsers may be replaced at `now`.
     pub fn may_heal(&self, now: Timestamp) -> bool {
         self.next_heal_at.is_none_or(|t| now >= t)
+    }
+
+    /// Records what `plan` did about broken browsers: a round that healed, or one that
+    /// found nothing broken (none deferred), moves the heal backoff; a round whose
+    /// broken browsers all waited for the backoff leaves it as it is.
+    pub fn record_heals(&mut self, plan: &Plan, now: Timestamp, base: Duration, max: Duration) {
+        let healed = plan.heals();
+        if healed || plan.heal_deferred.is_empty() {
+            self.heal_round(now, healed, base, max);
+        }
     }
 
     /// Records the outcome of a heal round: the backoff grows (from `base`, doubling, up
@@ -57,6 +68,33 @@ mod tests {
         // A clean round after the backoff resets it.
         let t2 = t1 + Duration::from_secs(10);
         m.heal_round(t2, false, base, max);
+        assert_eq!((m.heal_streak, m.next_heal_at), (0, None));
+    }
+
+    #[test]
+    fn a_round_whose_broken_browsers_all_wait_leaves_the_backoff_alone() {
+        use crate::pool::decide::Removal;
+        let mut m = PoolMemory::default();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let (base, max) = (Duration::from_secs(5), Duration::from_secs(20));
+        let healing = Plan {
+            delete: vec![("p-1".into(), Removal::Heal("crash-looping".into()))],
+            ..Plan::default()
+        };
+        m.record_heals(&healing, t0, base, max);
+        assert_eq!(m.heal_streak, 1);
+        // Still broken, held back by the backoff: no reset, no growth.
+        let waiting = Plan {
+            heal_deferred: vec!["p-2".into()],
+            ..Plan::default()
+        };
+        m.record_heals(&waiting, t0 + Duration::from_secs(1), base, max);
+        assert_eq!(
+            (m.heal_streak, m.next_heal_at),
+            (1, Some(t0 + Duration::from_secs(5)))
+        );
+        // Nothing broken after the backoff: reset.
+        m.record_heals(&Plan::default(), t0 + Duration::from_secs(6), base, max);
         assert_eq!((m.heal_streak, m.next_heal_at), (0, None));
     }
 }

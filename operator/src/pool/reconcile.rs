@@ -127,14 +127,7 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
 async fn remember_decisions(ctx: &Context, pool: &BrowserPool, round: &Round, now: Timestamp) {
     let desired = round.desired;
     ctx.with_pool(&round.key, |m| m.last_desired = Some(desired));
-    let healed = round
-        .plan
-        .delete
-        .iter()
-        .any(|(_, r)| matches!(r, webaccel_engine::pool::decide::Removal::Heal(_)));
-    if healed || round.plan.heal_deferred.is_empty() {
-        ctx.heal_round(&round.key, now, healed);
-    }
+    ctx.record_heals(&round.key, &round.plan, now);
     if let Some(reason) = round.scaled() {
         let from = round.previous.unwrap_or_default();
         info!(pool = %round.key, from, desired, %reason, "scaling");
