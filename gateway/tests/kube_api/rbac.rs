@@ -1,129 +1,32 @@
-//! The gateway's RBAC rules, read from the chart (`charts/webaccel/templates/gateway-rbac.yaml`),
-//! and the check that a request the gateway made is one of them. The mocked API server runs it
-//! on every request and answers 403 to any other, as a real API server would.
+//! The gateway's RBAC rules, from the chart's `gateway-rbac.yaml`, checked on every request
+//! the mocked API server takes (403 to any other, as a real API server would).
 
 use std::sync::OnceLock;
 
-use serde_json::Value;
+#[path = "../../../tests/chart_rbac.rs"]
+mod chart_rbac;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub groups: Vec<String>,
-    pub resources: Vec<String>,
-    pub verbs: Vec<String>,
-}
+pub use chart_rbac::{Rule, attributes};
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
-}
-
-/// Every rule of the gateway's (Cluster)Role, with the template lines dropped (the rules
-/// themselves are plain YAML).
+/// Every rule of the gateway's (Cluster)Role; none names objects.
 pub fn rules() -> &'static [Rule] {
     static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
     RULES.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../charts/webaccel/templates/gateway-rbac.yaml"
+        let rules = chart_rbac::parse("gateway-rbac.yaml");
+        assert!(
+            rules.iter().all(|r| !r.names_objects),
+            "the gateway's rules name no objects"
         );
-        let text = std::fs::read_to_string(path).unwrap();
-        let mut out = Vec::new();
-        for doc in text.split("\n---") {
-            let Some(start) = doc.find("\nrules:") else {
-                continue;
-            };
-            let block: String = doc[start..]
-                .lines()
-                .take_while(|l| !l.starts_with("{{") || l.trim().is_empty())
-                .filter(|l| !l.contains("{{"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            let parsed: Value = serde_yaml_ng::from_str(&block).unwrap();
-            for r in parsed["rules"].as_array().unwrap() {
-                assert!(
-                    r.get("resourceNames").is_none(),
-                    "the gateway's rules name no objects"
-                );
-                out.push(Rule {
-                    groups: strings(&r["apiGroups"]),
-                    resources: strings(&r["resources"]),
-                    verbs: strings(&r["verbs"]),
-                });
-            }
-        }
-        assert!(!out.is_empty(), "no RBAC rules found in {path}");
-        out
+        rules
     })
 }
 
-/// Every (group, resource, verb) the rules grant.
+/// Every (group, resource, verb) the gateway's rules grant.
 pub fn granted() -> std::collections::BTreeSet<(String, String, String)> {
-    rules()
-        .iter()
-        .flat_map(|r| {
-            r.groups.iter().flat_map(move |g| {
-                r.resources.iter().flat_map(move |res| {
-                    r.verbs
-                        .iter()
-                        .map(move |v| (g.clone(), res.clone(), v.clone()))
-                })
-            })
-        })
-        .collect()
+    chart_rbac::granted(rules())
 }
 
-/// (group, resource[/subresource], verb) of a request, as the API server authorizes it.
-pub fn attributes(method: &str, path: &str, query: &str) -> (String, String, String) {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (group, rest) = match parts.first() {
-        Some(&"api") => (String::new(), &parts[2..]),
-        _ => (parts[1].to_owned(), &parts[3..]),
-    };
-    let rest = if rest.first() == Some(&"namespaces") {
-        &rest[2..]
-    } else {
-        rest
-    };
-    let resource = match rest {
-        [r] | [r, _] => (*r).to_owned(),
-        [r, _, sub, ..] => format!("{r}/{sub}"),
-        [] => String::new(),
-    };
-    let named = rest.len() >= 2;
-    let verb = match method {
-        "GET" if query.split('&').any(|p| p == "watch=true") => "watch",
-        "GET" if named => "get",
-        "GET" => "list",
-        "POST" => "create",
-        "PATCH" => "patch",
-        "PUT" => "update",
-        "DELETE" => "delete",
-        other => panic!("unexpected method {other}"),
-    };
-    (group, resource, verb.to_owned())
-}
-
-/// Why the chart's RBAC refuses the request, if it does. `namespace`: the namespace the
-/// rules are bound in (a Role), or `None` for a ClusterRole.
+/// Why the gateway's RBAC refuses the request, if it does.
 pub fn refusal(method: &str, path: &str, query: &str, namespace: Option<&str>) -> Option<String> {
-    let (group, resource, verb) = attributes(method, path, query);
-    if let Some(ns) = namespace
-        && !path.contains(&format!("/namespaces/{ns}/"))
-    {
-        return Some(format!(
-            "{method} {path}: the gateway's Role only holds in namespace {ns}"
-        ));
-    }
-    let allowed = rules().iter().any(|r| {
-        r.groups.contains(&group) && r.resources.contains(&resource) && r.verbs.contains(&verb)
-    });
-    (!allowed).then(|| {
-        format!(
-            "the chart's gateway RBAC does not allow {verb} {resource} in group '{group}' ({method} {path})"
-        )
-    })
+    chart_rbac::refusal(rules(), method, path, query, namespace)
 }
