@@ -84,44 +84,12 @@ impl std::fmt::Debug for Writers {
 impl Stores {
     /// Shared stores for the live controllers; `buffer` bounds each subscriber's backlog.
     pub fn shared(buffer: usize) -> (Self, Writers) {
-        let (pools, pools_w) = reflector::store_shared(buffer);
-        let (models, models_w) = reflector::store_shared(buffer);
-        let (pods, pods_w) = reflector::store_shared(buffer);
-        let (secrets, secrets_w) = reflector::store_shared(buffer);
-        let (services, services_w) = reflector::store_shared(buffer);
-        let (pdbs, pdbs_w) = reflector::store_shared(buffer);
-        let synced = Arc::new(Synced::default());
-        (
-            Self {
-                pools,
-                models,
-                pods,
-                secrets,
-                services,
-                pdbs,
-                synced: synced.clone(),
-            },
-            Writers {
-                pools: pools_w,
-                models: models_w,
-                pods: pods_w,
-                secrets: secrets_w,
-                services: services_w,
-                pdbs: pdbs_w,
-                synced,
-            },
-        )
+        Self::build(Some(buffer))
     }
 
     /// Plain stores that a test fills by hand; they count as synced from the start.
     pub fn local() -> (Self, Writers) {
-        let (pools, pools_w) = reflector::store();
-        let (models, models_w) = reflector::store();
-        let (pods, pods_w) = reflector::store();
-        let (secrets, secrets_w) = reflector::store();
-        let (services, services_w) = reflector::store();
-        let (pdbs, pdbs_w) = reflector::store();
-        let synced = Arc::new(Synced::default());
+        let (stores, writers) = Self::build(None);
         for k in [
             Kind::Pools,
             Kind::Models,
@@ -130,8 +98,30 @@ impl Stores {
             Kind::Services,
             Kind::Pdbs,
         ] {
-            synced.mark(k);
+            stores.synced.mark(k);
         }
+        (stores, writers)
+    }
+
+    /// One store per kind, shared (with that backlog bound) or plain.
+    fn build(shared: Option<usize>) -> (Self, Writers) {
+        fn store<K>(shared: Option<usize>) -> (Store<K>, Writer<K>)
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            match shared {
+                Some(buffer) => reflector::store_shared(buffer),
+                None => reflector::store(),
+            }
+        }
+        let (pools, pools_w) = store(shared);
+        let (models, models_w) = store(shared);
+        let (pods, pods_w) = store(shared);
+        let (secrets, secrets_w) = store(shared);
+        let (services, services_w) = store(shared);
+        let (pdbs, pdbs_w) = store(shared);
+        let synced = Arc::new(Synced::default());
         (
             Self {
                 pools,
