@@ -60,10 +60,15 @@ pub fn spawn_refresh(
     tokio::spawn(async move {
         let client = settings.client(true);
         let mut failing = false;
+        // The server's version, asked once it answers (not on every refresh).
+        let mut features = None;
         loop {
             let result = async {
-                let features = webaccel_analytics::server::detect(&client).await?;
-                queries::recommend(&client, features, Scope::Model, WINDOW, MIN_SAMPLES).await
+                let f = match features {
+                    Some(f) => f,
+                    None => *features.insert(webaccel_analytics::server::detect(&client).await?),
+                };
+                queries::recommend(&client, f, Scope::Model, WINDOW, MIN_SAMPLES).await
             }
             .await;
             match result {
