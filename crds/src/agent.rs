@@ -16,7 +16,8 @@ mod capabilities;
 mod spec;
 
 pub use capabilities::{
-    Adapter, BrowserSummary, Capabilities, RuntimeStart, WasmSupport, WebGpuSupport, WebNnSupport,
+    Adapter, BrowserSummary, Capabilities, PageWorkers, RuntimeStart, WasmSupport, WebGpuSupport,
+    WebNnSupport,
 };
 pub use spec::ModelSpec;
 
@@ -204,9 +205,40 @@ pub struct AgentStats {
     /// Where the agent's metric rows are (written, spooled); for people, not programs.
     #[serde(default)]
     pub metrics: serde_json::Value,
+    /// The serving page's workers (`--page-workers`), from its last heartbeat: one entry
+    /// per onnxruntime-web instance. Empty before the first heartbeat.
+    #[serde(default)]
+    pub page_workers: Vec<PageWorker>,
+}
+
+/// One onnxruntime-web instance of the serving page (a Web Worker, or the page itself
+/// when it runs one), as the page reports it with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageWorker {
+    /// Requests it was given since the page started.
+    pub runs: u64,
+    /// Times it stopped answering (or died) and was replaced by a new worker.
+    pub restarts: u64,
+    /// Running a request now.
+    pub busy: bool,
+    /// Started with every model loaded (false while a replacement loads them).
+    pub ready: bool,
+}
+
+/// The page's answer to a heartbeat ping.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagePong {
+    #[serde(default)]
+    pub workers: Vec<PageWorker>,
 }
 
 impl AgentStats {
+    /// Requests this browser computes at once: its page workers (1 when it has not said).
+    /// The autoscaler's notion of one browser's capacity follows it.
+    pub fn parallelism(&self) -> u64 {
+        (self.page_workers.len() as u64).max(1)
+    }
+
     /// The load an autoscaler sizes by: what runs plus what waits.
     pub fn load(&self) -> u64 {
         self.outstanding.max(self.in_flight + self.queued)

@@ -19,6 +19,10 @@ pub struct LoadSample {
     /// Requests waiting for a browser in a pool that has none ready (the
     /// `webaccel.dev/waiting-requests` annotation), the scale-from-zero signal.
     pub waiting: u64,
+    /// Requests one browser computes at once, averaged over the browsers that answered
+    /// (their page workers), or the pool's setting while none did; at least 1. A
+    /// browser's capacity is this times the policy's target.
+    pub workers_per_browser: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +51,8 @@ impl Autoscaler {
         current: i32,
         sample: LoadSample,
     ) -> Decision {
-        let target = f64::from(policy.target_in_flight_per_browser.max(1));
+        let target = f64::from(policy.target_in_flight_per_browser.max(1))
+            * sample.workers_per_browser.max(1.0);
         let (mut recommended, mut why, mut cause) = if sample.reporting + sample.silent == 0 {
             // Nobody to ask: only the waiting-requests signal says anything.
             if sample.waiting > 0 {
@@ -153,16 +158,31 @@ mod tests {
             reporting,
             silent,
             waiting,
+            workers_per_browser: 1.0,
         }
     }
 
     fn load(load: u64, reporting: i32) -> LoadSample {
-        LoadSample {
-            load,
-            reporting,
-            silent: 0,
-            waiting: 0,
-        }
+        sample(load, reporting, 0, 0)
+    }
+
+    #[test]
+    fn a_browser_with_page_workers_holds_their_share_of_the_load() {
+        let p = policy(1, 10, 0, 0);
+        let mut a = Autoscaler::default();
+        let four_workers = LoadSample {
+            workers_per_browser: 4.0,
+            ..load(16, 1)
+        };
+        // Target 4 per worker: 16 requests fill one browser of four workers...
+        assert_eq!(a.decide(&p, 0.0, 1, four_workers).desired, 1);
+        // ...and 17 need a second; without workers they would need five browsers.
+        let more = LoadSample {
+            load: 17,
+            ..four_workers
+        };
+        assert_eq!(a.decide(&p, 1.0, 1, more).desired, 2);
+        assert_eq!(a.decide(&p, 2.0, 2, load(17, 1)).desired, 5);
     }
 
     /// Runs a trace of (second, load) through the autoscaler, applying each decision at

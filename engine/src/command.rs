@@ -55,6 +55,9 @@ pub fn agent_args(spec: &BrowserPoolSpec, site: &AgentSite) -> Vec<String> {
         format!("--pod-name={}", site.pod_name),
         format!("--cache-dir={}", site.cache_dir),
     ];
+    if let Some(w) = spec.page_workers {
+        args.push(format!("--page-workers={w}"));
+    }
     if let Some(m) = &spec.metrics {
         args.push(format!("--clickhouse-database={}", m.database));
         if let Some(url) = &m.url {
@@ -74,7 +77,7 @@ mod tests {
     #[test]
     fn the_command_line_carries_the_pool_and_the_site() {
         let spec: BrowserPoolSpec = serde_json::from_value(serde_json::json!({
-            "image": "i", "maxInFlightPerBrowser": 12,
+            "image": "i", "maxInFlightPerBrowser": 12, "pageWorkers": 3,
             "template": {"agentArgs": ["--wasm-threads=2"]}
         }))
         .unwrap();
@@ -90,6 +93,7 @@ mod tests {
         assert_eq!(args[0], "--listen=127.0.0.1:9000");
         assert!(args.contains(&"--max-in-flight=12".to_owned()));
         assert!(args.contains(&"--pod-name=p-abc".to_owned()));
+        assert!(args.contains(&"--page-workers=3".to_owned()));
         assert_eq!(args.last().unwrap(), "--wasm-threads=2");
     }
 }

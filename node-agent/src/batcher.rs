@@ -8,7 +8,7 @@
 //! for) share a run. Anything else runs alone: batching never fails a request.
 //!
 //! The queue has no thread of its own. Every request puts its job in the model's queue
-//! and then either gets its answer or the model's slot (one run at a time per model).
+//! and then either gets its answer or the model's slot (as many runs at once per model as the page has workers).
 //! Whoever gets the slot spawns a runner that holds it while the queue has work: it waits
 //! up to `max_queue_delay` from the oldest job's arrival for the batch to fill (none
 //! with a delay of 0), takes up to `max_batch_size` rows of jobs compatible with the

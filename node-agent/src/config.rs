@@ -153,10 +153,17 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub standby_browser: bool,
 
-    /// WebAssembly threads per session (0: the CPUs this agent may use, from its CPU
-    /// affinity and cgroup quota).
+    /// WebAssembly threads per onnxruntime-web instance (0: the CPUs this agent may use,
+    /// from its CPU affinity and cgroup quota, shared out among the page workers).
     #[arg(long, default_value_t = 0)]
     pub wasm_threads: u32,
+
+    /// onnxruntime-web instances in the page, each in its own Web Worker with its own
+    /// sessions of every model, so that many requests compute at once (1: the page's own
+    /// thread, no workers). 0: from the CPUs this agent may use — one per two CPUs from
+    /// four CPUs up, else one — so workers × threads fits the CPUs.
+    #[arg(long, default_value_t = 0)]
+    pub page_workers: u32,
 
     /// The onnxruntime-web build that runs wasm sessions: `plain` (the WebAssembly-only
     /// build, faster) or `all` (the WebGPU/WebNN build, whose asyncify and JSEP

@@ -148,6 +148,17 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let base_url = format!("http://{}", std::net::SocketAddr::new(page_ip, addr.port()));
 
     let recorder = start_recorder(&args)?;
+    let cpus = usable_cpus();
+    let (workers, threads) = page_layout(args.page_workers, args.wasm_threads, cpus);
+    if workers * threads > cpus {
+        tracing::warn!(
+            workers,
+            threads,
+            cpus,
+            "page workers × wasm threads exceed the CPUs this agent may use: requests will compete for them"
+        );
+    }
+    tracing::info!(workers, threads, cpus, "page layout");
     let reaper = reaper::Reaper::start();
     let launch = LaunchConfig {
         kind: args.browser,
@@ -167,13 +178,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 hello_timeout: args.page_start_timeout,
                 launch: browser::LaunchTimeouts::default(),
                 stall_grace: args.supervisor_stall_timeout,
-                wasm_threads: wasm_threads(args.wasm_threads),
+                wasm_threads: threads,
+                page_workers: workers,
                 wasm_build: args.wasm_build,
                 standby: args.standby_browser,
             },
             reaper,
         ),
-        models: ModelRegistry::default(),
+        models: ModelRegistry::new(workers as usize),
         cache,
         admission: Admission::new(args.max_in_flight),
         stats: Arc::new(Stats::default()),
@@ -254,16 +266,65 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// WebAssembly threads per session: the flag, else every CPU this process may use (its
-/// affinity and cgroup CPU quota, as `available_parallelism` reads them), not
-/// onnxruntime-web's default of half the browser's `hardwareConcurrency`, which ignores
-/// the quota and leaves half of an unshared container idle.
-fn wasm_threads(flag: u32) -> u32 {
-    if flag > 0 {
-        return flag;
-    }
+/// The CPUs this process may use: its affinity and cgroup CPU quota, as
+/// `available_parallelism` reads them.
+fn usable_cpus() -> u32 {
     std::thread::available_parallelism()
         .ok()
         .and_then(|n| u32::try_from(n.get()).ok())
         .unwrap_or(1)
+}
+
+/// Page workers and wasm threads per worker from the flags (0: automatic) and the CPUs
+/// this agent may use. The defaults keep workers × threads within the CPUs, and use all
+/// of them: onnxruntime-web's own default of half the browser's `hardwareConcurrency`
+/// ignores the cgroup quota and leaves half of an unshared container idle. Two threads
+/// per worker from four CPUs up: one request's latency still gains from a second thread,
+/// and more workers serve more requests at once. Flags that ask for more threads than
+/// CPUs are followed (a benchmark may want that) with a warning.
+pub fn page_layout(workers_flag: u32, threads_flag: u32, cpus: u32) -> (u32, u32) {
+    let cpus = cpus.max(1);
+    let workers = match (workers_flag, threads_flag) {
+        (0, 0) if cpus >= 4 => cpus / 2,
+        (0, 0) => 1,
+        (0, t) => (cpus / t).max(1),
+        (w, _) => w,
+    };
+    let threads = if threads_flag > 0 {
+        threads_flag
+    } else {
+        (cpus / workers).max(1)
+    };
+    (workers, threads)
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::page_layout;
+
+    #[test]
+    fn defaults_fit_the_cpus() {
+        assert_eq!(page_layout(0, 0, 1), (1, 1));
+        assert_eq!(page_layout(0, 0, 2), (1, 2));
+        assert_eq!(page_layout(0, 0, 3), (1, 3));
+        assert_eq!(page_layout(0, 0, 4), (2, 2));
+        assert_eq!(page_layout(0, 0, 16), (8, 2));
+    }
+
+    #[test]
+    fn one_flag_shares_the_cpus_out() {
+        assert_eq!(page_layout(4, 0, 8), (4, 2));
+        assert_eq!(
+            page_layout(4, 0, 2),
+            (4, 1),
+            "more workers than CPUs: one thread each"
+        );
+        assert_eq!(page_layout(0, 4, 8), (2, 4));
+        assert_eq!(page_layout(0, 4, 2), (1, 4));
+    }
+
+    #[test]
+    fn both_flags_are_followed() {
+        assert_eq!(page_layout(2, 3, 2), (2, 3));
+    }
 }

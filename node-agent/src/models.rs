@@ -31,7 +31,8 @@ pub struct ModelEntry {
     state: RwLock<ModelState>,
     /// The backend `auto` picked, reused after a restart instead of measuring again.
     pinned: RwLock<Option<PinnedBackend>>,
-    /// One run at a time in the page per model; the rest queue here.
+    /// As many runs at once in the page per model as it has workers (onnxruntime-web
+    /// instances: each runs one at a time); the rest queue here.
     pub slot: Arc<Semaphore>,
     /// The dynamic batching queue, used when the model loaded with batching enabled.
     pub batcher: Arc<Batcher>,
@@ -45,14 +46,13 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
-    fn new(spec: ModelSpec) -> Self {
+    fn new(spec: ModelSpec, runs_at_once: usize) -> Self {
         Self {
             batcher: Arc::new(Batcher::new(&spec)),
             spec,
             state: RwLock::new(ModelState::Pending),
             pinned: RwLock::new(None),
-            slot: Arc::new(Semaphore::new(1)),
-
+            slot: Arc::new(Semaphore::new(runs_at_once.max(1))),
             resolved_sha: RwLock::new(None),
             gates_readiness: std::sync::atomic::AtomicBool::new(false),
         }
@@ -104,9 +104,18 @@ impl ModelEntry {
 #[derive(Debug, Default)]
 pub struct ModelRegistry {
     entries: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    /// Runs of one model the page takes at once: its workers (`--page-workers`).
+    runs_at_once: usize,
 }
 
 impl ModelRegistry {
+    pub fn new(runs_at_once: usize) -> Self {
+        Self {
+            entries: RwLock::default(),
+            runs_at_once,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
         self.entries
             .read()
@@ -133,7 +142,7 @@ impl ModelRegistry {
     /// Adds (or replaces) a model in the pending state; the supervisor or the caller
     /// loads it.
     pub fn insert(&self, spec: ModelSpec) -> Arc<ModelEntry> {
-        let entry = Arc::new(ModelEntry::new(spec));
+        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once));
         self.entries
             .write()
             .unwrap_or_else(|p| p.into_inner())

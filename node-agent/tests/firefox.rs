@@ -24,30 +24,8 @@ const WASM_REL: f64 = 1e-4;
 /// Each agent runs two Firefox processes (active and standby): one agent at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The Firefox binary: `WEBACCEL_FIREFOX`, else `firefox-esr` on PATH. Fails the test
-/// with what to install when there is none.
-fn firefox() -> String {
-    if let Some(path) = std::env::var_os("WEBACCEL_FIREFOX") {
-        return path.into_string().unwrap();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("firefox-esr"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "firefox-esr is not installed: these tests run the agent with --browser firefox. \
-                 Install it (`apt-get install firefox-esr`, as scripts/setup.sh does) or set \
-                 WEBACCEL_FIREFOX to a Firefox binary."
-            )
-        })
-        .display()
-        .to_string()
-}
-
 async fn start_firefox_agent(models: &[String]) -> Agent {
-    let binary = firefox();
+    let binary = common::firefox();
     Agent::start(models, &["--browser", "firefox", "--firefox", &binary]).await
 }
 

@@ -24,6 +24,9 @@ pub struct Capabilities {
     /// How the page's runtime started (onnxruntime-web's wasm compiled and self-checked).
     #[serde(default)]
     pub runtime: Option<RuntimeStart>,
+    /// How the page runs requests: onnxruntime-web instances and wasm threads each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_workers: Option<PageWorkers>,
     /// Added by the agent: the browser's version, process and state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browser: Option<BrowserSummary>,
@@ -82,6 +85,15 @@ pub struct WasmSupport {
     pub hardware_concurrency: u32,
 }
 
+/// `--page-workers` as the page applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageWorkers {
+    /// onnxruntime-web instances (Web Workers; 1: the page's own thread).
+    pub workers: u32,
+    /// WebAssembly threads of each instance.
+    pub threads_per_worker: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeStart {
     pub start_ms: Option<f64>,
@@ -138,6 +150,7 @@ impl Capabilities {
                 hardware_concurrency: 2,
             },
             ort_version: None,
+            page_workers: None,
             runtime: Some(RuntimeStart {
                 start_ms: Some(0.0),
                 error: (!backends.contains(&Backend::Wasm)).then(|| "no wasm".into()),

@@ -92,8 +92,10 @@ fn stats_count_requests_per_model() {
             standby_replacements: 0,
         },
         metrics: serde_json::Value::Null,
+        page_workers: vec![PageWorker::default(); 2],
     };
     assert_eq!(stats.requests_served(), 12);
+    assert_eq!(stats.parallelism(), 2);
     assert_eq!(stats.load(), 3);
     let back: AgentStats = serde_json::from_value(serde_json::to_value(&stats).unwrap()).unwrap();
     assert_eq!(back, stats);

@@ -81,6 +81,15 @@ pub struct BrowserPoolSpec {
     #[serde(default = "default_max_in_flight")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_in_flight_per_browser: i32,
+    /// onnxruntime-web instances per browser page, each in its own Web Worker with its
+    /// own sessions of every model, so one browser computes that many requests at once
+    /// (the agent's `--page-workers`). Unset: from the CPUs the pod may use (one per two
+    /// CPUs from four up, else one). Each worker holds its own copy of every model's
+    /// weights. The autoscaler counts a browser's capacity as its workers times
+    /// `autoscaling.targetInFlightPerBrowser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub page_workers: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle: Option<RecycleSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -39,7 +39,18 @@ pub fn desired(
         .filter(|b| !b.terminating && !b.is_draining() && b.ready)
         .collect();
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let parallelism: Vec<u64> = serving
+        .iter()
+        .filter_map(|b| b.stats.as_ref().map(|s| s.parallelism()))
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let workers_per_browser = if parallelism.is_empty() {
+        f64::from(spec.page_workers.unwrap_or(1).max(1))
+    } else {
+        parallelism.iter().sum::<u64>() as f64 / parallelism.len() as f64
+    };
     let sample = LoadSample {
+        workers_per_browser,
         load: serving.iter().filter_map(|b| b.load()).sum(),
         reporting: count(serving.iter().filter(|b| b.stats.is_some()).count()),
         silent: count(serving.iter().filter(|b| b.stats.is_none()).count()),

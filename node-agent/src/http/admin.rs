@@ -37,6 +37,7 @@ pub fn routes() -> Router<Arc<Agent>> {
         .route("/v1/models/{name}", get(get_model).delete(unload_model))
         .route("/v1/drain", post(drain))
         .route("/v1/debug/hang", post(debug_hang))
+        .route("/v1/debug/hang-worker/{index}", post(debug_hang_worker))
         .route("/metrics", get(metrics))
 }
 
@@ -133,6 +134,11 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
         queued: gauge(agent.stats.queued.get()),
         max_in_flight: agent.args.max_in_flight as u64,
         heartbeat_rtt_ms: agent.browser.link().and_then(|l| l.heartbeat_rtt_ms()),
+        page_workers: agent
+            .browser
+            .link()
+            .map(|l| l.page_workers())
+            .unwrap_or_default(),
         models: agent.stats.per_model(),
         errors_by_category: agent
             .stats
@@ -252,4 +258,27 @@ async fn debug_hang(State(agent): State<Arc<Agent>>) -> StatusCode {
     }
     agent.browser.request_hang();
     StatusCode::ACCEPTED
+}
+
+/// Fault injection for tests: page worker `index` spins forever, as a runaway kernel
+/// would, and the page must replace it. Absent (404) unless `--enable-debug-endpoints`.
+async fn debug_hang_worker(State(agent): State<Arc<Agent>>, Path(index): Path<u32>) -> Response {
+    if !agent.args.enable_debug_endpoints {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Some(link) = agent.browser.link() else {
+        return AgentError::browser(
+            webaccel_api::ErrorCategory::BrowserUnavailable,
+            "no browser is serving",
+        )
+        .into_response();
+    };
+    match link
+        .control(json!({"op": "hang_worker", "index": index}))
+        .await
+    {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(message)) => AgentError::BadRequest(message).into_response(),
+        Err(e) => e.into_response(),
+    }
 }

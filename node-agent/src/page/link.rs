@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use webaccel_api::ErrorCategory;
-use webaccel_api::agent::Capabilities;
+use webaccel_api::agent::{Capabilities, PagePong, PageWorker};
 use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 
 use crate::error::AgentError;
@@ -38,6 +39,8 @@ pub struct PageLink {
     /// the cost of one message each way through Chromium's WebSocket plumbing.
     ping_sent: Mutex<Option<Instant>>,
     last_rtt_us: AtomicU64,
+    /// The page's workers as its last pong reported them.
+    workers: Mutex<Vec<PageWorker>>,
     closed: watch::Sender<bool>,
     /// Set when the page reports that its WebGPU device was lost (the GPU process died):
     /// its WebGPU sessions are unusable, so the browser must be replaced.
@@ -73,6 +76,7 @@ impl PageLink {
             last_pong: Mutex::new(Instant::now()),
             ping_sent: Mutex::new(None),
             last_rtt_us: AtomicU64::new(0),
+            workers: Mutex::new(Vec::new()),
             closed: watch::channel(false).0,
             gpu_lost: watch::channel(None).0,
             controls_in_progress: AtomicUsize::new(0),
@@ -134,6 +138,12 @@ impl PageLink {
                 {
                     let rtt = u64::try_from((now - sent).as_micros()).unwrap_or(u64::MAX);
                     self.last_rtt_us.store(rtt, Ordering::Relaxed);
+                }
+                match PagePong::deserialize(&v) {
+                    Ok(pong) => {
+                        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = pong.workers;
+                    }
+                    Err(e) => tracing::error!(error = %e, "the page's pong is malformed"),
                 }
             }
             Some("result") => {
@@ -299,6 +309,14 @@ impl PageLink {
         #[allow(clippy::cast_precision_loss)]
         let us = self.last_rtt_us.load(Ordering::Relaxed) as f64;
         (us > 0.0).then_some(us / 1e3)
+    }
+
+    /// The page's workers as its last heartbeat reported them.
+    pub fn page_workers(&self) -> Vec<PageWorker> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether the page is busy with a control operation (a model load).

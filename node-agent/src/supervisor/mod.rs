@@ -112,7 +112,10 @@ pub struct SupervisorTiming {
     pub launch: LaunchTimeouts,
     /// How far past a step's bound the supervisor may be before `/healthz` fails.
     pub stall_grace: Duration,
+    /// WebAssembly threads of each onnxruntime-web instance in the page.
     pub wasm_threads: u32,
+    /// onnxruntime-web instances (Web Workers) in the page; 1: the page's own thread.
+    pub page_workers: u32,
     /// The onnxruntime-web build wasm sessions run on (see `--wasm-build`).
     pub wasm_build: crate::config::WasmBuild,
     /// Keep a second browser started and idle, to switch to when the first fails.
@@ -237,9 +240,12 @@ impl BrowserSupervisor {
         let (tx, rx) = oneshot::channel();
         self.lock_pages().insert(secret.clone(), Some(tx));
         let url = format!(
-            "{base_url}/page/index.html?s={secret}&threads={}&build={}",
+            "{base_url}/page/index.html?s={secret}&threads={}&build={}&workers={}&hang_ms={}&load_hang_ms={}",
             self.timing.wasm_threads,
-            self.timing.wasm_build.as_str()
+            self.timing.wasm_build.as_str(),
+            self.timing.page_workers,
+            self.timing.hang_timeout.as_millis(),
+            self.timing.load_hang_timeout.as_millis(),
         );
         let launch = &self.timing.launch;
         let result = async {

@@ -355,3 +355,25 @@ pub fn assert_tensors_close(label: &str, got: &[Value], want: &[Value], abs: f64
         }
     }
 }
+
+/// The Firefox binary: `WEBACCEL_FIREFOX`, else `firefox-esr` on PATH. Fails the test
+/// with what to install when there is none.
+pub fn firefox() -> String {
+    if let Some(path) = std::env::var_os("WEBACCEL_FIREFOX") {
+        return path.into_string().unwrap();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("firefox-esr"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "firefox-esr is not installed: these tests run the agent with --browser firefox. \
+                 Install it (`apt-get install firefox-esr`, as scripts/setup.sh does) or set \
+                 WEBACCEL_FIREFOX to a Firefox binary."
+            )
+        })
+        .display()
+        .to_string()
+}

@@ -19,7 +19,7 @@ pub const MODES: [(&str, u32, u64); 3] = [("off", 0, 0), ("on", 64, 0), ("on+500
 const MODELS: [(&str, &str); 2] = [("mlp", "mlp"), ("transformer", "transformer_batch")];
 
 /// The first row of a fixture's reference inputs, as one-row tensors.
-fn one_row(models: &Path, fixture: &str) -> anyhow::Result<Vec<Tensor>> {
+pub fn one_row(models: &Path, fixture: &str) -> anyhow::Result<Vec<Tensor>> {
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(
         models.join(format!("{fixture}.json")),
     )?)?;

@@ -18,6 +18,7 @@ mod large;
 mod measure;
 mod procs;
 mod samples;
+mod workers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,6 +73,19 @@ enum Suite {
     },
     /// Latency, throughput, init and recovery (the default).
     Latency,
+    /// One browser's throughput and memory with several page workers.
+    Workers {
+        /// Page worker counts compared.
+        #[arg(long = "workers", value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<u32>,
+        /// The high concurrency (requests outstanding on one bridge connection);
+        /// concurrency 1 is measured too.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Requests per row at the high concurrency (half as many at 1).
+        #[arg(long = "requests", default_value_t = 2000)]
+        count: usize,
+    },
     /// Browser faults under load: time to serving again, failed and hung requests.
     Faults {
         /// Scenarios to run (default: all): active-kill, all-kill, renderer-kill,
@@ -106,6 +120,21 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Suite::Batching { levels, count }) = &args.suite {
         let report = batching::run(&bin, &args.models, levels, *count).await?;
         batching::print(&report);
+        std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+        println!("\nJSON written to {}", args.json.display());
+        return Ok(());
+    }
+    if let Some(Suite::Workers {
+        workers: counts,
+        concurrency,
+        count,
+    }) = &args.suite
+    {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_encoder.py");
+        let report =
+            workers::run(&bin, &args.models, &script, counts, *concurrency, *count).await?;
+        workers::print(&report);
         std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
         println!("\nJSON written to {}", args.json.display());
         return Ok(());

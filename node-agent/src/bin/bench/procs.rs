@@ -92,3 +92,18 @@ pub fn descendants(root: i32) -> Vec<Proc> {
     found.retain(|p| p.pid != root);
     found
 }
+
+/// Proportional set size of one browser's processes (shared pages split among their
+/// sharers, so the sum over processes is the browser's real share of memory), in KiB.
+pub fn browser_pss_kib(main: i32) -> u64 {
+    browser(main)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}

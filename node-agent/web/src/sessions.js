@@ -1,0 +1,292 @@
+// One onnxruntime-web instance and the sessions it holds: loads models, runs request
+// frames, releases sessions. The page's main thread uses one of these directly when it
+// runs a single worker; with page workers each Web Worker (worker.js) holds its own, so
+// several requests compute at once, each on its own wasm instance and threads.
+
+import * as ortWasm from './ort/ort.wasm.min.mjs';
+import {
+  KIND_ERROR, KIND_RESPONSE, datatypeOf, decodeFrame, encodeFrame, ortType,
+} from './frame.js';
+
+// A one-node model (Identity over one float), serialised by onnx.helper (opset 17,
+// IR 8). Running it before serving compiles and starts onnxruntime's wasm, the slowest
+// part of a start, before the agent begins to watch the heartbeat.
+const IDENTITY_MODEL = new Uint8Array([
+  8, 8, 18, 0, 58, 58, 10, 16, 10, 1, 120, 18, 1, 121, 34, 8, 73, 100, 101, 110, 116, 105, 116, 121,
+  18, 4, 119, 97, 114, 109, 90, 15, 10, 1, 120, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 98, 15, 10,
+  1, 121, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 66, 4, 10, 0, 16, 17,
+]);
+
+// Milliseconds on a clock the page and its workers share: each has its own
+// `performance.now()` origin, `timeOrigin` puts them on one.
+export const now = () => performance.timeOrigin + performance.now();
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function timed(fn) {
+  const t0 = performance.now();
+  const value = await fn();
+  return [value, performance.now() - t0];
+}
+
+function typedArrayFor(ortName) {
+  return {
+    bool: Uint8Array, uint8: Uint8Array, int8: Int8Array, uint16: Uint16Array, int16: Int16Array,
+    float16: Uint16Array, uint32: Uint32Array, int32: Int32Array, float32: Float32Array,
+    float64: Float64Array, int64: BigInt64Array, uint64: BigUint64Array,
+  }[ortName];
+}
+
+function metadata(list) {
+  return list.map((m) => ({
+    name: m.name,
+    datatype: m.isTensor ? datatypeOf(m.type) ?? null : null,
+    ort_type: m.isTensor ? m.type : 'non-tensor',
+    shape: m.isTensor ? m.shape.map((d) => (typeof d === 'number' && d >= 0 ? d : -1)) : [],
+  }));
+}
+
+// Zero-filled inputs shaped like the model's (symbolic dims as 1), for warm-up and the
+// auto measurement.
+function syntheticFeeds(ort, session) {
+  const feeds = {};
+  for (const m of session.inputMetadata) {
+    if (!m.isTensor) throw new Error(`input '${m.name}' is not a tensor; cannot warm up`);
+    const dims = m.shape.map((d) => (typeof d === 'number' && d > 0 ? d : 1));
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (!datatypeOf(m.type)) throw new Error(`input '${m.name}' has type ${m.type}, which webaccel cannot synthesise`);
+    feeds[m.name] = new ort.Tensor(m.type, new (typedArrayFor(m.type))(count), dims);
+  }
+  return feeds;
+}
+
+function sessionOptions(backend, webnnDevice) {
+  const ep = backend === 'webnn' ? { name: 'webnn', deviceType: webnnDevice } : backend;
+  return {
+    executionProviders: [ep],
+    graphOptimizationLevel: 'all',
+    // Without this onnxruntime silently places nodes the chosen provider cannot run on
+    // its CPU provider; webaccel reports one backend per model, so a model that does not
+    // fit the provider whole is refused instead.
+    extra: backend === 'wasm' ? {} : { session: { disable_cpu_ep_fallback: '1' } },
+  };
+}
+
+// Why `backend` cannot run here, from the page's capability report, or null.
+export function refusal(capabilities, backend, webnnDevice) {
+  if (backend === 'webgpu' && !capabilities.webgpu.available) {
+    return `backend webgpu is unavailable: ${capabilities.webgpu.reason}`;
+  }
+  if (backend === 'webnn') {
+    const d = capabilities.webnn[webnnDevice];
+    if (!d?.available) return `backend webnn (${webnnDevice}) is unavailable: ${d?.reason ?? 'unknown device type'}`;
+  }
+  return null;
+}
+
+export function errorFrame(id, category, message) {
+  const retryable = category === 'model_not_ready' || category === 'browser_crashed';
+  return encodeFrame(KIND_ERROR, id, { category, message, retryable });
+}
+
+// `threads`: wasm threads of this instance (0: onnxruntime-web's default). `build`:
+// 'all' puts wasm sessions on the WebGPU build too (the agent's --wasm-build all).
+// `capabilities`: the page's report. `onGpuLost(message)`: called once if the WebGPU
+// device this instance holds is lost.
+export function createSessions({ threads, build, capabilities, onGpuLost }) {
+  function configure(ort) {
+    ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
+    if (threads > 0) ort.env.wasm.numThreads = threads;
+    ort.env.logLevel = 'warning';
+    return ort;
+  }
+  configure(ortWasm);
+  // Two builds of onnxruntime-web: wasm sessions run on the plain WebAssembly build,
+  // which lacks the asyncify/JSEP machinery the WebGPU and WebNN build carries into
+  // every kernel call; that build is imported only when a model asks for webgpu or
+  // webnn. Each build is its own module instance (own env, own wasm memory, own Tensor
+  // class), so a session's tensors are made with the build that made the session.
+  let ortAllLoading = null;
+  const ortFor = (backend) => {
+    if (backend === 'wasm' && build !== 'all') return Promise.resolve(ortWasm);
+    ortAllLoading ??= import('./ort/ort.all.min.mjs').then(configure);
+    return ortAllLoading;
+  };
+
+  // name -> {session, ort (the build that made it), backend, key, result}
+  const sessions = new Map();
+
+  // onnxruntime-web allows one asynchronous operation (create, run, release) at a time
+  // per instance, across all its sessions: a second one throws "Session already
+  // started". Every call into this instance goes through this queue.
+  let queue = Promise.resolve();
+  const exclusive = (fn) => {
+    const p = queue.then(fn);
+    queue = p.catch(() => {});
+    return p;
+  };
+
+  // When the GPU process dies, the WebGPU device onnxruntime-web holds is lost for
+  // good: every WebGPU session of this instance is dead.
+  let gpuLost = null;
+  let gpuWatched = false;
+  function watchGpuDevice(ort) {
+    if (gpuWatched) return;
+    gpuWatched = true;
+    Promise.resolve(ort.env.webgpu.device).then((device) => device?.lost?.then((info) => {
+      gpuLost = `${info?.reason ?? 'unknown'}: ${info?.message || 'the WebGPU device was lost'}`;
+      onGpuLost(gpuLost);
+    })).catch(() => {});
+  }
+  // Whether a failed run was caused by losing the GPU (which may be reported a moment
+  // after the run fails).
+  async function failedForGpuLoss(entry) {
+    if (entry.backend !== 'webgpu') return false;
+    for (let i = 0; i < 10 && !gpuLost; i++) await new Promise((r) => setTimeout(r, 10));
+    return gpuLost !== null;
+  }
+
+  async function start() {
+    const t0 = performance.now();
+    const session = await exclusive(() => ortWasm.InferenceSession.create(IDENTITY_MODEL, { executionProviders: ['wasm'] }));
+    const out = await exclusive(() => session.run({ x: new ortWasm.Tensor('float32', new Float32Array([2]), [1]) }));
+    await exclusive(() => session.release());
+    if (out.y.data[0] !== 2) throw new Error('onnxruntime-web self-check failed');
+    return { start_ms: performance.now() - t0, ort_version: ortWasm.env.versions?.web || null };
+  }
+
+  // Creates a session on one backend and measures it: creation, first run, steady runs.
+  async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
+    const why = refusal(capabilities, backend, webnnDevice);
+    if (why) throw new Error(why);
+    const ort = await ortFor(backend);
+    const [session, createMs] = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
+    if (backend === 'webgpu') watchGpuDevice(ort);
+    const result = { session, ort, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
+    if (!warmup) return result;
+    try {
+      const feeds = syntheticFeeds(ort, session);
+      result.warmup_ms = await exclusive(async () => (await timed(() => session.run(feeds)))[1]);
+      const times = [];
+      for (let i = 0; i < runs; i++) times.push(await exclusive(async () => (await timed(() => session.run(feeds)))[1]));
+      result.steady_ms = median(times);
+    } catch (e) {
+      await exclusive(() => session.release());
+      throw e;
+    }
+    return result;
+  }
+
+  // Loads `bytes` as model `msg.name` on `msg.backend` ('auto' measures every backend
+  // this browser has and keeps the fastest).
+  async function load(msg, bytes) {
+    const { name, url, backend, webnn_device: webnnDevice = 'cpu', warmup = true } = msg;
+    // A standby page preloads the serving models; when it takes over, the same load
+    // finds the session ready.
+    const key = JSON.stringify([url.split('?')[0], backend, webnnDevice, warmup]);
+    const existing = sessions.get(name);
+    if (existing?.key === key) return existing.result;
+    let chosen;
+    let candidates = null;
+    if (backend === 'auto') {
+      candidates = [];
+      const order = [['webgpu', 'cpu'], ...['gpu', 'npu', 'cpu'].map((d) => ['webnn', d]), ['wasm', 'cpu']];
+      for (const [b, d] of order) {
+        const label = b === 'webnn' ? `webnn:${d}` : b;
+        const why = refusal(capabilities, b, d);
+        if (why) {
+          candidates.push({ backend: label, ok: false, error: why });
+          continue;
+        }
+        try {
+          const r = await tryBackend(bytes, b, d, true, 5);
+          candidates.push({ backend: label, ok: true, create_ms: r.create_ms, warmup_ms: r.warmup_ms, steady_ms: r.steady_ms });
+          if (!chosen || r.steady_ms < chosen.steady_ms) {
+            if (chosen) await exclusive(() => chosen.session.release());
+            chosen = { ...r, label };
+          } else {
+            await exclusive(() => r.session.release());
+          }
+        } catch (e) {
+          candidates.push({ backend: label, ok: false, error: String(e?.message ?? e) });
+        }
+      }
+      if (!chosen) throw new Error(`no backend could run the model: ${JSON.stringify(candidates)}`);
+    } else {
+      const r = await tryBackend(bytes, backend, webnnDevice, warmup, 3);
+      chosen = { ...r, label: backend === 'webnn' ? `webnn:${webnnDevice}` : backend };
+    }
+    const result = {
+      backend: chosen.label,
+      create_ms: chosen.create_ms,
+      warmup_ms: chosen.warmup_ms,
+      steady_ms: chosen.steady_ms,
+      candidates,
+      inputs: metadata(chosen.session.inputMetadata),
+      outputs: metadata(chosen.session.outputMetadata),
+    };
+    const old = sessions.get(name);
+    sessions.set(name, { session: chosen.session, ort: chosen.ort, backend: chosen.label, key, result });
+    if (old) exclusive(() => old.session.release());
+    return result;
+  }
+
+  async function unload(name) {
+    const entry = sessions.get(name);
+    if (!entry) return { unloaded: false };
+    sessions.delete(name);
+    await exclusive(() => entry.session.release());
+    return { unloaded: true };
+  }
+
+  // Releases every session whose model is not in `names`.
+  async function retain(names) {
+    const keep = new Set(names);
+    const released = [];
+    for (const name of [...sessions.keys()]) {
+      if (!keep.has(name)) {
+        await unload(name);
+        released.push(name);
+      }
+    }
+    return { released };
+  }
+
+  // Runs one request frame and answers with the encoded response (or error) frame.
+  // `received`: when the page got the frame (`now()`), so `page_ms` covers queueing
+  // and the hop to a worker too.
+  async function infer(buf, received) {
+    const { id, header, tensors } = decodeFrame(buf);
+    const entry = sessions.get(header.model);
+    if (!entry) return errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`);
+    return exclusive(async () => {
+      try {
+        const feeds = {};
+        for (const t of tensors) feeds[t.name] = new entry.ort.Tensor(ortType(t.datatype), t.data, t.shape);
+        const t0 = performance.now();
+        const results = header.outputs?.length
+          ? await entry.session.run(feeds, header.outputs)
+          : await entry.session.run(feeds);
+        const computeMs = performance.now() - t0;
+        const names = header.outputs?.length ? header.outputs : entry.session.outputNames;
+        const outputs = names.map((name) => {
+          const r = results[name];
+          return { name, datatype: datatypeOf(r.type), shape: r.dims.map(Number), data: r.data };
+        });
+        const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
+        return encodeFrame(KIND_RESPONSE, id, {
+          model: header.model, backend: entry.backend, compute_ms: computeMs,
+          page_ms: now() - received, outputs: meta,
+        }, outputs);
+      } catch (e) {
+        const message = String(e?.message ?? e);
+        if (await failedForGpuLoss(entry)) {
+          return errorFrame(id, 'browser_crashed', `the GPU device was lost (${gpuLost}): ${message}`);
+        }
+        return errorFrame(id, 'inference_failed', message);
+      }
+    });
+  }
+
+  return { start, load, unload, retain, infer, has: (name) => sessions.has(name) };
+}
