@@ -7,6 +7,7 @@ mod analysis;
 mod local;
 mod output;
 mod progress;
+mod shard;
 mod sql;
 
 use std::time::Duration;
@@ -62,6 +63,9 @@ enum Command {
     Delete(local::FilesArgs),
     /// Shows a running `webaccel up`: pools and models, as `kubectl get bpool,mdep` would.
     Status(local::StatusArgs),
+    /// Cuts an ONNX model into N pipeline stages balanced by parameter bytes: one
+    /// model file per stage and a stages.json describing them.
+    Shard(shard::ShardArgs),
     #[command(flatten)]
     Analysis(Analysis),
 }
@@ -143,6 +147,7 @@ async fn main() -> std::process::ExitCode {
         Command::Apply(args) => local::apply(args, false).await,
         Command::Delete(args) => local::apply(args, true).await,
         Command::Status(args) => local::status(args, cli.json).await,
+        Command::Shard(args) => shard::run(args, cli.json),
         Command::Analysis(a) => analysis::run(cli, a).await,
     };
     match result {
