@@ -186,6 +186,9 @@ pub fn run(args: ShardArgs, json: bool) -> anyhow::Result<()> {
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
+    println!(
+        "serve them as one model with a ModelDeployment listing them under spec.stages, in this order (uri and sha256 from stages.json)"
+    );
     if description.duplicated_parameter_bytes > 0 {
         println!(
             "{} of constants read on both sides of a cut are copied into each stage that reads them",

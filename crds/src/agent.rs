@@ -13,12 +13,14 @@ use crate::backend::{Backend, WebNnDevice};
 use crate::tensor::DataType;
 
 mod capabilities;
+mod ensemble;
 mod spec;
 
 pub use capabilities::{
     Adapter, BrowserSummary, Capabilities, PageWorkers, RuntimeStart, WasmSupport, WebGpuSupport,
     WebNnSupport,
 };
+pub use ensemble::{Ensemble, EnsembleIo, EnsembleStep};
 pub use spec::ModelSpec;
 
 /// An input or output of a loaded model, as the runtime reports it. `-1` marks a
@@ -39,6 +41,11 @@ pub struct LoadedModel {
     pub bytes: u64,
     /// The execution provider running it: `wasm`, `webgpu` or `webnn:<device>`.
     pub backend: String,
+    /// The precision detected from the model's graph, and the evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::Precision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_reason: Option<String>,
     pub inputs: Vec<IoMeta>,
     pub outputs: Vec<IoMeta>,
     /// Milliseconds: agent fetch (0 on a cache hit), page fetch, session creation,
@@ -83,7 +90,7 @@ pub enum ModelState {
     /// Waiting for a browser to load into.
     Pending,
     Loading,
-    Loaded(LoadedModel),
+    Loaded(Box<LoadedModel>),
     Failed {
         reason: String,
     },

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod error;
 pub mod kserve;
 pub mod labels;
+pub mod precision;
 pub mod tensor;
 #[cfg(feature = "kube")]
 pub mod v1alpha1;
@@ -17,4 +18,5 @@ pub mod wire;
 
 pub use backend::{Backend, WebNnDevice};
 pub use error::ErrorCategory;
+pub use precision::Precision;
 pub use tensor::{DataType, Tensor, TensorError};

@@ -90,10 +90,12 @@ fn every_cel_rule_stays_within_the_cost_budget() {
     let unbounded = cel::compile_schema(&json!({"type": "array", "items": {"type": "string"}}));
     assert!(!cel::estimate_rule_cost("self.all(x, self.all(y, x == y))", &unbounded).is_empty());
 
-    // BrowserPool has 6 rules, ModelDeployment 3; all must be found and checked.
+    // BrowserPool has 6 rules, ModelDeployment 7 (two on the root, model-or-stages on
+    // the spec, backends, stages, and the uri rule of model and of stages' items); all
+    // must be found and checked.
     for (schema, expected) in [
         (schema_of::<BrowserPool>(), 6),
-        (schema_of::<ModelDeployment>(), 3),
+        (schema_of::<ModelDeployment>(), 7),
     ] {
         let compiled = cel::compile_schema(&schema);
         let mut rules = Vec::new();
@@ -208,6 +210,58 @@ fn model_uri_scheme_backends_and_name_length_are_checked() {
         cel_failures(&model(&long, spec("file:///m/x.onnx", json!(["wasm"])))).len(),
         1
     );
+}
+
+#[cfg(feature = "validate")]
+#[test]
+fn stages_are_one_to_sixteen_model_sources_instead_of_model() {
+    let source =
+        |i: usize| json!({"uri": format!("file://stage{i}.onnx"), "task": "text-embedding"});
+    let staged = |n: usize| json!({"poolRef": {"name": "p"}, "stages": (0..n).map(source).collect::<Vec<_>>()});
+    let failures = |name: &str, spec: Value| {
+        webaccel_api::v1alpha1::validate::validate(&model(name, spec), "test.yaml")
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default()
+    };
+    assert_eq!(failures("enc", staged(2)), "");
+    assert_eq!(failures("enc", staged(16)), "");
+    let none = failures("enc", staged(0));
+    assert!(
+        none.contains("spec.stages: Invalid value: \"array\": stages needs at least one entry"),
+        "{none}"
+    );
+    let many = failures("enc", staged(17));
+    assert!(
+        many.contains("spec.stages: Too many: 17: must have at most 16 items"),
+        "{many}"
+    );
+    let mut both = staged(2);
+    both["model"] = source(0);
+    let both = failures("enc", both);
+    assert!(
+        both.contains("exactly one of model (one file) or stages"),
+        "{both}"
+    );
+    let neither = failures("enc", json!({"poolRef": {"name": "p"}}));
+    assert!(
+        neither.contains("exactly one of model (one file) or stages"),
+        "{neither}"
+    );
+    let bad_uri = failures(
+        "enc",
+        json!({"poolRef": {"name": "p"}, "stages": [{"uri": "s3://b/x.onnx", "task": "vision"}]}),
+    );
+    assert!(bad_uri.contains("spec.stages[0].uri"), "{bad_uri}");
+    // The stage labels webaccel.dev/model.<name>.stage<i> must stay valid label keys.
+    let long = failures(&"e".repeat(50), staged(2));
+    assert!(long.contains("at most 49 characters"), "{long}");
+    assert_eq!(failures(&"e".repeat(49), staged(16)), "");
+    let key = webaccel_api::labels::model_label(&webaccel_api::v1alpha1::stage_model_name(
+        &"e".repeat(49),
+        15,
+    ));
+    assert!(key.split_once('/').unwrap().1.len() <= 63, "{key}");
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use webaccel_api::Backend;
+use webaccel_api::v1alpha1::BrowserKind;
 use webaccel_api::v1alpha1::validate::{Resource, parse, parse_files, validate};
-use webaccel_api::v1alpha1::{BrowserKind, Precision};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
@@ -124,8 +124,8 @@ fn bad_objects_are_refused_with_the_api_servers_messages() {
         ),
         (
             "missing required field",
-            with(MODEL, json!({"spec": {"model": null}})),
-            format!("The ModelDeployment \"minilm\" is invalid: [spec.model: Required value, {NOT_CHECKED}]"),
+            with(MODEL, json!({"spec": {"poolRef": null}})),
+            format!("The ModelDeployment \"minilm\" is invalid: [spec.poolRef: Required value, {NOT_CHECKED}]"),
         ),
         (
             "missing spec",
@@ -343,7 +343,10 @@ fn schema_defaults_apply_and_nullable_fields_take_null() {
         panic!("not a model");
     };
     assert_eq!(model.spec.replicas, 1);
-    assert_eq!(model.spec.precision, Precision::Fp32);
+    assert_eq!(
+        model.spec.precision, None,
+        "unset: the file's own precision"
+    );
     assert_eq!(model.spec.backends, [Backend::Auto]);
     assert!(model.spec.warmup);
 }

@@ -3,7 +3,9 @@
 
 use webaccel_api::Backend;
 use webaccel_api::agent::ModelSpec;
-use webaccel_api::v1alpha1::{Batching, ModelDeploymentSpec, ReplicaState, ReplicaStatus};
+use webaccel_api::v1alpha1::{
+    AgentModel, Batching, ModelDeploymentSpec, ReplicaState, ReplicaStatus,
+};
 
 use crate::agent::ModelOnAgent;
 
@@ -142,25 +144,27 @@ pub fn plan(
     p
 }
 
-/// What an agent is asked to load for model `name` of `spec` placed on `backend`, the
-/// same for pods and local processes; only where the file is read from (`uri`) is the
-/// host's to say (local mode resolves a relative `file://` against the manifest).
+/// What an agent is asked to load for `model` (the deployment's file, or one of its
+/// stages) of `spec` placed on `backend`, the same for pods and local processes; only
+/// where the file is read from (`uri`) is the host's to say (local mode resolves a
+/// relative `file://` against the manifest).
 pub fn load_request(
-    name: &str,
+    model: &AgentModel<'_>,
     spec: &ModelDeploymentSpec,
     uri: String,
     backend: Backend,
 ) -> ModelSpec {
     let (max_batch_size, max_queue_delay_us) = Batching::agent_settings(spec.batching.as_ref());
     ModelSpec {
-        name: name.to_owned(),
+        name: model.name.clone(),
         uri,
-        sha256: spec.model.sha256.clone(),
+        ensemble: None,
+        sha256: model.source.sha256.clone(),
         backend,
         webnn_device: Default::default(),
         warmup: spec.warmup,
-        task: spec.model.task.as_str().into(),
-        precision: spec.precision.as_str().into(),
+        task: model.source.task.as_str().into(),
+        precision: spec.precision,
         max_batch_size,
         max_queue_delay_us,
     }

@@ -5,8 +5,9 @@
 //! static list); [`backend`] keeps a persistent bridge connection to each, with a circuit
 //! breaker and a peak-EWMA latency per model, and picks one by power of two choices;
 //! [`service`] is the request path (bounded wait queue, retries with backoff and a
-//! budget, deadlines); [`waiting`] publishes how many requests wait for a model no
-//! browser holds (scale from zero); [`metrics`], [`record`] and [`admin`] are what
+//! budget, deadlines); [`pipeline`] serves a model cut into stages as one, stage after
+//! stage on browsers holding each; [`waiting`] publishes how many requests wait for a
+//! model no browser holds (scale from zero); [`metrics`], [`record`] and [`admin`] are what
 //! operators see. The HTTP and gRPC servers are the ones the agent uses
 //! (`webaccel-kserve`), over [`service::Gateway`].
 
@@ -16,6 +17,7 @@ pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod metrics;
+pub mod pipeline;
 pub mod prefer;
 pub mod queue;
 pub mod record;
@@ -170,6 +172,9 @@ pub async fn start(
                 metrics.learn_models(current.values().flat_map(|e| e.models.iter()));
                 if let Some(deployed) = fleet.deployed() {
                     gateway.set_deployed(deployed);
+                }
+                if let Some(pipelines) = fleet.pipelines() {
+                    gateway.set_pipelines(pipelines);
                 }
                 gateway.set_ready();
                 tokio::select! {

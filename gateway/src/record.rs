@@ -66,6 +66,53 @@ impl RequestRecord {
     }
 }
 
+/// Where a request went, filled in as it goes: every browser that answered (one per
+/// stage for a pipeline) and the one being tried, attempts over all.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub attempts: u32,
+    /// `(pool, browser, backend)` of each answer, in order.
+    pub answered: Vec<(String, String, String)>,
+    /// The browser of the attempt under way (or that failed last).
+    pub trying: Option<(String, String)>,
+    pub compute_ms: f64,
+}
+
+impl Trace {
+    /// Writes where the request went into its ClickHouse row: the first pool, and every
+    /// browser and backend, comma-separated.
+    pub fn record(&self, record: &mut RequestRecord) {
+        record.attempts = self.attempts;
+        let mut pools: Vec<&str> = self.answered.iter().map(|a| a.0.as_str()).collect();
+        let mut browsers: Vec<&str> = self.answered.iter().map(|a| a.1.as_str()).collect();
+        if let Some((pool, browser)) = &self.trying {
+            pools.push(pool);
+            browsers.push(browser);
+        }
+        record.pool = pools.first().map(|p| (*p).to_owned()).unwrap_or_default();
+        record.browser = browsers.join(",");
+        record.backend = self.backends();
+        record.compute_ms = self.compute_ms;
+    }
+
+    /// The backends that answered, each once, in order.
+    pub fn backends(&self) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for (_, _, b) in &self.answered {
+            if !seen.contains(&b.as_str()) {
+                seen.push(b);
+            }
+        }
+        seen.join(",")
+    }
+
+    /// The browsers that answered, in order.
+    pub fn browsers(&self) -> String {
+        let names: Vec<&str> = self.answered.iter().map(|a| a.1.as_str()).collect();
+        names.join(",")
+    }
+}
+
 /// Where request rows go: ClickHouse through the analytics writer, or nowhere.
 #[derive(Debug, Default)]
 pub struct Recorder {

@@ -3,7 +3,8 @@
 //! request, send it over that agent's bridge, and on a retryable failure try another
 //! browser after an exponential backoff with full jitter, as long as the retry budget
 //! and the request's deadline allow. Non-retryable errors pass through as the agent
-//! said them.
+//! said them. A model cut into stages goes through each stage that way in turn
+//! ([`crate::pipeline`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use serde_json::{Map, Value};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use webaccel_api::ErrorCategory;
 use webaccel_api::kserve::{ModelMetadata, ModelReady};
-use webaccel_api::wire::InferRequest;
+use webaccel_api::wire::{InferRequest, InferResponse};
 use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
 
 use crate::backend::conn::CallError;
@@ -20,7 +21,7 @@ use crate::backend::{Backends, Lease, Pick};
 use crate::discovery::Endpoint;
 use crate::metrics::Metrics;
 use crate::queue::Queues;
-use crate::record::{Recorder, RequestRecord};
+use crate::record::{Recorder, RequestRecord, Trace};
 
 /// The retry and deadline policy.
 #[derive(Debug, Clone, Copy)]
@@ -55,14 +56,29 @@ pub struct Gateway {
     pub(crate) backends: Arc<Backends>,
     pub(crate) queues: Arc<Queues>,
     pub(crate) metrics: Arc<Metrics>,
-    policy: Policy,
-    budget: TpsBudget,
+    pub(crate) policy: Policy,
+    pub(crate) budget: TpsBudget,
     recorder: Arc<Recorder>,
     preferences: Preferences,
     metadata: reqwest::Client,
     ready: std::sync::atomic::AtomicBool,
     /// Models deployed (Kubernetes, local mode), beyond those a browser has held.
     deployed: std::sync::RwLock<Arc<crate::discovery::Deployed>>,
+    /// Models cut into stages, served as pipelines (see [`crate::pipeline`]).
+    pub(crate) pipelines: std::sync::RwLock<Arc<crate::discovery::Pipelines>>,
+    /// Each stage's metadata (its inputs pick what it is fed), as a browser holding it
+    /// said.
+    pub(crate) stage_metadata: crate::pipeline::MetadataCache,
+}
+
+/// How the request to one model is fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// Every input, as the client sent them.
+    All,
+    /// The inputs the model names among those given (a pipeline stage: the client's
+    /// inputs and what the stage before gave).
+    Named,
 }
 
 fn api_error(e: CallError) -> ApiError {
@@ -93,6 +109,8 @@ impl Gateway {
                 .unwrap_or_default(),
             ready: std::sync::atomic::AtomicBool::new(false),
             deployed: std::sync::RwLock::default(),
+            pipelines: std::sync::RwLock::default(),
+            stage_metadata: crate::pipeline::MetadataCache::default(),
         }
     }
 
@@ -101,8 +119,9 @@ impl Gateway {
         *self.deployed.write().unwrap_or_else(|p| p.into_inner()) = deployed;
     }
 
-    /// Whether requests for `model` may wait for a browser: it is deployed, or a browser
-    /// has held it. Any other model is unknown (404 at once).
+    /// Whether requests for `model` may wait for a browser: it is deployed (or a stage
+    /// of a deployed pipeline), or a browser has held it. Any other model is unknown
+    /// (404 at once).
     fn is_known(&self, model: &str) -> bool {
         self.metrics.is_known(model)
             || self
@@ -110,6 +129,12 @@ impl Gateway {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(model)
+            || self
+                .pipelines
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|stages| stages.iter().any(|s| s == model))
     }
 
     /// Marks the gateway ready (discovery has reported the fleet once).
@@ -139,6 +164,7 @@ impl Gateway {
     async fn acquire(
         &self,
         model: &str,
+        queue_as: &str,
         tried: &[String],
         deadline: Instant,
     ) -> Result<Lease, ApiError> {
@@ -165,11 +191,11 @@ impl Gateway {
             };
             let guard = match &mut place {
                 Some(g) => g,
-                None => place.insert(self.queues.enter(model).ok_or_else(|| {
+                None => place.insert(self.queues.enter(queue_as).ok_or_else(|| {
                     ApiError::new(
                         ErrorCategory::Overloaded,
                         format!(
-                            "{} requests for model '{model}' are already waiting for a browser",
+                            "{} requests for model '{queue_as}' are already waiting for a browser",
                             self.queues_limit()
                         ),
                     )
@@ -203,46 +229,82 @@ impl Gateway {
         self.queues.limit()
     }
 
+    /// A request for one model: the plain path, the whole deadline for it.
     async fn infer_inner(
         &self,
         req: &InferRequest,
         options: &CallOptions,
-        record: &mut RequestRecord,
+        trace: &mut Trace,
     ) -> Result<Inferred, ApiError> {
         let timeout = options.timeout_within(self.policy.request_timeout);
         let deadline = Instant::now() + timeout;
         self.budget.deposit();
+        let response = self
+            .call_model(req, &req.model, Feed::All, deadline, options, trace)
+            .await?;
+        let (pool, browser, _) = trace.answered.last().cloned().unwrap_or_default();
+        let parameters = Map::from_iter([
+            ("backend".to_owned(), Value::from(response.backend.clone())),
+            ("compute_ms".to_owned(), Value::from(response.compute_ms)),
+            ("pool".to_owned(), Value::from(pool)),
+            ("browser".to_owned(), Value::from(browser)),
+            ("attempts".to_owned(), Value::from(trace.attempts)),
+        ]);
+        Ok(Inferred {
+            response,
+            parameters,
+        })
+    }
+
+    /// Runs `req` on a browser holding `req.model`, waiting in `queue_as`'s queue while
+    /// none can take it, and on a retryable failure tries another after a backoff, as
+    /// the budget and `deadline` allow. With [`Feed::Named`], the request carries the
+    /// inputs the model names among `req.inputs` (its metadata, asked of the browser
+    /// chosen the first time).
+    pub(crate) async fn call_model(
+        &self,
+        req: &InferRequest,
+        queue_as: &str,
+        feed: Feed,
+        deadline: Instant,
+        options: &CallOptions,
+        trace: &mut Trace,
+    ) -> Result<InferResponse, ApiError> {
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0u32;
         loop {
-            let lease = self.acquire(&req.model, &tried, deadline).await?;
+            let lease = self.acquire(&req.model, queue_as, &tried, deadline).await?;
             attempt += 1;
-            record.attempts = attempt;
+            trace.attempts += 1;
             let ep = lease.backend().endpoint();
-            record.pool.clone_from(&ep.pool);
-            record.browser.clone_from(&ep.pod);
+            trace.trying = Some((ep.pool.clone(), ep.pod.clone()));
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut request = req.clone();
-            request.request_id = Some(options.request_id.clone());
-            let result = lease.call(request, remaining).await;
+            let request = match feed {
+                Feed::All => Ok(req.clone()),
+                Feed::Named => self.fed(req, &ep, remaining).await,
+            };
+            let result = match request {
+                Ok(mut request) => {
+                    request.request_id = Some(options.request_id.clone());
+                    lease.call(request, remaining).await
+                }
+                Err(e) => Err(e),
+            };
             drop(lease);
             match result {
                 Ok(response) => {
-                    record.backend.clone_from(&response.backend);
-                    record.compute_ms = response.compute_ms;
-                    let parameters = Map::from_iter([
-                        ("backend".to_owned(), Value::from(response.backend.clone())),
-                        ("compute_ms".to_owned(), Value::from(response.compute_ms)),
-                        ("pool".to_owned(), Value::from(ep.pool)),
-                        ("browser".to_owned(), Value::from(ep.pod)),
-                        ("attempts".to_owned(), Value::from(attempt)),
-                    ]);
-                    return Ok(Inferred {
-                        response,
-                        parameters,
-                    });
+                    trace.trying = None;
+                    trace.compute_ms += response.compute_ms;
+                    trace
+                        .answered
+                        .push((ep.pool, ep.pod, response.backend.clone()));
+                    return Ok(response);
                 }
                 Err(e) => {
+                    if feed == Feed::Named && e.category == ErrorCategory::BadRequest {
+                        // Its inputs may have changed under the same name.
+                        self.stage_metadata.forget(&req.model);
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !e.retryable() || attempt >= self.policy.max_attempts || left.is_zero() {
                         return Err(api_error(e));
@@ -265,6 +327,62 @@ impl Gateway {
             }
         }
     }
+
+    /// Model metadata as a browser holding `name` says it, asked of each in turn.
+    pub(crate) async fn holder_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
+        let holders: Vec<Endpoint> = self
+            .backends
+            .all()
+            .iter()
+            .map(|b| b.endpoint())
+            .filter(|e| e.serving && e.models.contains(name))
+            .collect();
+        let mut last = ApiError::new(
+            ErrorCategory::ModelNotFound,
+            format!("no ready browser holds model '{name}'"),
+        );
+        for ep in holders {
+            match self.metadata_from(&ep, name, Duration::from_secs(5)).await {
+                Ok(meta) => return Ok(meta),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Model metadata of `name` as the agent at `ep` says it.
+    pub(crate) async fn metadata_from(
+        &self,
+        ep: &Endpoint,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<ModelMetadata, ApiError> {
+        let mut req = self
+            .metadata
+            .get(format!("{}/v2/models/{name}", ep.url))
+            .timeout(timeout);
+        if let Some(t) = &ep.token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                let mut meta = r.json::<ModelMetadata>().await.map_err(|e| {
+                    ApiError::new(ErrorCategory::BrowserUnavailable, format!("{}: {e}", ep.id))
+                })?;
+                // Which browser answered is no business of the client's.
+                meta.parameters.remove("backend");
+                Ok(meta)
+            }
+            Ok(r) => Err(ApiError::new(
+                ErrorCategory::ModelNotReady,
+                format!("{}: HTTP {}", ep.id, r.status()),
+            )),
+            Err(e) => Err(ApiError::new(
+                ErrorCategory::BrowserUnavailable,
+                e.to_string(),
+            )),
+        }
+    }
 }
 
 impl InferenceApi for Gateway {
@@ -285,47 +403,21 @@ impl InferenceApi for Gateway {
     }
 
     async fn model_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
-        // Any browser holding the model knows its inputs and outputs.
-        let holders: Vec<Endpoint> = self
-            .backends
-            .all()
-            .iter()
-            .map(|b| b.endpoint())
-            .filter(|e| e.serving && e.models.contains(name))
-            .collect();
-        let mut last = ApiError::new(
-            ErrorCategory::ModelNotFound,
-            format!("no ready browser holds model '{name}'"),
-        );
-        for ep in holders {
-            let mut req = self.metadata.get(format!("{}/v2/models/{name}", ep.url));
-            if let Some(t) = &ep.token {
-                req = req.bearer_auth(t);
-            }
-            match req.send().await {
-                Ok(r) if r.status().is_success() => {
-                    if let Ok(mut meta) = r.json::<ModelMetadata>().await {
-                        // Which browser answered is no business of the client's.
-                        meta.parameters.remove("backend");
-                        return Ok(meta);
-                    }
-                }
-                Ok(r) => {
-                    last = ApiError::new(
-                        ErrorCategory::ModelNotReady,
-                        format!("{}: HTTP {}", ep.id, r.status()),
-                    );
-                }
-                Err(e) => last = ApiError::new(ErrorCategory::BrowserUnavailable, e.to_string()),
-            }
+        match self.pipeline(name) {
+            Some(stages) => self.pipeline_metadata(name, &stages).await,
+            // Any browser holding the model knows its inputs and outputs.
+            None => self.holder_metadata(name).await,
         }
-        Err(last)
     }
 
     async fn model_ready(&self, name: &str) -> Result<ModelReady, ApiError> {
+        let ready = match self.pipeline(name) {
+            Some(stages) => stages.iter().all(|s| self.backends.serves(s)),
+            None => self.backends.serves(name),
+        };
         Ok(ModelReady {
             name: name.to_owned(),
-            ready: self.backends.serves(name),
+            ready,
             state: None,
         })
     }
@@ -337,7 +429,15 @@ impl InferenceApi for Gateway {
     ) -> Result<Inferred, ApiError> {
         let started = Instant::now();
         let mut record = RequestRecord::new(&request, &options);
-        let result = self.infer_inner(&request, &options, &mut record).await;
+        let mut trace = Trace::default();
+        let result = match self.pipeline(&request.model) {
+            Some(stages) => {
+                self.infer_pipeline(&request, &stages, &options, &mut trace)
+                    .await
+            }
+            None => self.infer_inner(&request, &options, &mut trace).await,
+        };
+        trace.record(&mut record);
         let elapsed = started.elapsed();
         let outcome = match &result {
             Ok(_) => "ok",

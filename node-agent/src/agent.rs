@@ -181,7 +181,11 @@ impl Agent {
         self.recorder.inference(&InferenceRecord {
             model,
             task: &entry.spec.task,
-            precision: &entry.spec.precision,
+            precision: loaded
+                .as_ref()
+                .and_then(|m| m.precision)
+                .or(entry.spec.precision)
+                .map_or("", webaccel_api::Precision::as_str),
             backend: &backend,
             init_ms: loaded.as_ref().map_or(0.0, |m| m.create_ms),
             compute_ms: response.map_or(0.0, |r| r.compute_ms),

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod inspect;
 pub mod models;
 pub mod page;
 pub mod reaper;

@@ -8,12 +8,14 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use webaccel_api::Backend;
+use webaccel_api::agent::Ensemble;
 pub use webaccel_api::agent::{BatchingStatus, IoMeta, LoadedModel, ModelDescription, ModelState};
 
 use crate::agent::Agent;
 use crate::batcher::{self, Batcher};
 use crate::config::ModelSpec;
 use crate::error::AgentError;
+use crate::inspect::{self, Inspection};
 use crate::page::PageLink;
 
 /// What `auto` chose for a model: the backend, the WebNN device if any, and the
@@ -84,7 +86,7 @@ impl ModelEntry {
 
     pub fn loaded(&self) -> Result<LoadedModel, AgentError> {
         match self.state() {
-            ModelState::Loaded(m) => Ok(m),
+            ModelState::Loaded(m) => Ok(*m),
             other => Err(AgentError::ModelNotReady {
                 name: self.spec.name.clone(),
                 state: other.name().into(),
@@ -171,7 +173,7 @@ impl ModelRegistry {
     /// Models a standby page preloaded come back at once; sessions it holds for models
     /// removed since are released.
     pub async fn reload_all(&self, agent: &Agent, link: &PageLink) {
-        for e in self.all() {
+        for e in self.in_load_order() {
             if matches!(e.state(), ModelState::Pending)
                 && let Err(err) = load_into(agent, link, &e).await
             {
@@ -187,13 +189,22 @@ impl ModelRegistry {
     /// Loads the models that are serving into a standby page, without touching their
     /// state, so that switching to it later finds them compiled and warm.
     pub async fn preload(&self, agent: &Agent, link: &PageLink) {
-        for e in self.all() {
+        for e in self.in_load_order() {
             if matches!(e.state(), ModelState::Loaded(_))
                 && let Err(err) = load_steps(agent, link, &e).await
             {
                 tracing::warn!(model = %e.spec.name, error = %err, "preloading into the standby browser failed");
             }
         }
+    }
+
+    /// Every model, ensembles after the models they are made of.
+    fn in_load_order(&self) -> Vec<Arc<ModelEntry>> {
+        let (ensembles, models): (Vec<_>, Vec<_>) = self
+            .all()
+            .into_iter()
+            .partition(|e| e.spec.ensemble.is_some());
+        models.into_iter().chain(ensembles).collect()
     }
 
     /// Whether any model is still on its way in.
@@ -241,7 +252,7 @@ pub async fn load_into(
                 None => {}
             }
             agent.stats.model_loaded(&entry.spec.name, m);
-            entry.set_state(ModelState::Loaded(m.clone()));
+            entry.set_state(ModelState::Loaded(Box::new(m.clone())));
             entry.gate_readiness();
         }
         // The browser went away mid-load: try again in the next one.
@@ -259,6 +270,9 @@ async fn load_steps(
     entry: &ModelEntry,
 ) -> Result<LoadedModel, AgentError> {
     let spec = &entry.spec;
+    if let Some(ensemble) = &spec.ensemble {
+        return load_ensemble(agent, link, &spec.name, ensemble).await;
+    }
     let started = Instant::now();
     let known_sha = spec.sha256.clone().or_else(|| {
         entry
@@ -276,6 +290,16 @@ async fn load_steps(
         .resolved_sha
         .write()
         .unwrap_or_else(|p| p.into_inner()) = Some(cached.sha256.clone());
+    let inspection = inspect_file(agent, &spec.name, &cached.sha256).await?;
+    let detected = &inspection.precision;
+    if let Some(wanted) = spec.precision
+        && wanted != detected.precision
+    {
+        return Err(AgentError::ModelLoad(format!(
+            "model '{}': the spec asks for precision {wanted} but the file is {} ({})",
+            spec.name, detected.precision, detected.reason
+        )));
+    }
     let fetch_ms = if cached.hit {
         0.0
     } else {
@@ -290,6 +314,18 @@ async fn load_steps(
         Some(p) => (p.backend, p.webnn_device.clone()),
         None => (spec.backend, None),
     };
+    // Backends that would answer wrongly: refused when asked for, skipped by `auto`.
+    let mut avoid = serde_json::Map::new();
+    let hazard = inspection.webgpu_hazard(agent.browser.capabilities().as_ref());
+    if let Some(defect) = &hazard {
+        if backend == Backend::Webgpu {
+            return Err(AgentError::ModelLoad(format!(
+                "model '{}' cannot run on webgpu: {defect}; use backend wasm",
+                spec.name
+            )));
+        }
+        avoid.insert("webgpu".into(), defect.clone().into());
+    }
     let op = json!({
         "op": "load",
         "name": spec.name,
@@ -297,6 +333,7 @@ async fn load_steps(
         "backend": backend,
         "webnn_device": webnn_device.unwrap_or_else(|| json!(spec.webnn_device).as_str().unwrap_or("cpu").to_owned()),
         "warmup": spec.warmup,
+        "avoid": avoid,
     });
     let value = link.control(op).await?.map_err(|reason| {
         AgentError::ModelLoad(format!(
@@ -319,6 +356,8 @@ async fn load_steps(
         sha256: cached.sha256,
         bytes: cached.bytes,
         backend: backend_label.clone(),
+        precision: Some(detected.precision),
+        precision_reason: Some(detected.reason.clone()),
         inputs,
         outputs,
         fetch_ms,
@@ -345,4 +384,94 @@ async fn load_steps(
         }
     }
     Ok(model)
+}
+
+/// What the cached file `sha256`'s graph says (off the async threads: a large model
+/// takes a moment to decode). A file that is not an ONNX model is refused here with the
+/// parser's reason, before the browser spends time on it.
+async fn inspect_file(agent: &Agent, name: &str, sha256: &str) -> Result<Inspection, AgentError> {
+    let path = agent.cache.path_for(sha256);
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        inspect::inspect(&bytes)
+    })
+    .await
+    .map_err(|e| AgentError::Internal(e.to_string()))?
+    .map_err(|e| AgentError::ModelLoad(format!("model '{name}' was refused: {e}")))
+}
+
+/// Registers an ensemble in the page: its step models must be loaded here already; the
+/// plan (inputs, outputs, the tensors that stay in the page) comes from their metadata.
+async fn load_ensemble(
+    agent: &Agent,
+    link: &PageLink,
+    name: &str,
+    ensemble: &Ensemble,
+) -> Result<LoadedModel, AgentError> {
+    let started = Instant::now();
+    let refused = |why: String| AgentError::ModelLoad(format!("ensemble '{name}': {why}"));
+    let mut steps = Vec::with_capacity(ensemble.steps.len());
+    for step in &ensemble.steps {
+        let model = agent
+            .models
+            .get(&step.model)
+            .ok_or_else(|| refused(format!("step model '{}' is not on this agent", step.model)))?;
+        if model.spec.ensemble.is_some() {
+            return Err(refused(format!(
+                "step '{}' is itself an ensemble",
+                step.model
+            )));
+        }
+        let loaded = model.loaded().map_err(|_| {
+            refused(format!(
+                "step model '{}' is not loaded (it is {})",
+                step.model,
+                model.state().name()
+            ))
+        })?;
+        steps.push(loaded);
+    }
+    let io = ensemble
+        .plan(
+            &steps
+                .iter()
+                .map(|m| (&m.inputs[..], &m.outputs[..]))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(refused)?;
+    // The steps' backends, in order and once each: `wasm`, or `wasm+webgpu`.
+    let mut backends: Vec<&str> = Vec::new();
+    for m in &steps {
+        if !backends.contains(&m.backend.as_str()) {
+            backends.push(&m.backend);
+        }
+    }
+    let backend = backends.join("+");
+    let op = json!({
+        "op": "ensemble",
+        "name": name,
+        "steps": ensemble.steps,
+        "outputs": ensemble.outputs,
+        "backend": backend,
+    });
+    link.control(op)
+        .await?
+        .map_err(|reason| refused(format!("refused by the runtime: {reason}")))?;
+    tracing::info!(ensemble = %name, steps = steps.len(), intermediates = ?io.intermediates, "ensemble registered");
+    Ok(LoadedModel {
+        sha256: String::new(),
+        bytes: 0,
+        backend,
+        precision: None,
+        precision_reason: None,
+        inputs: io.inputs,
+        outputs: io.outputs,
+        fetch_ms: 0.0,
+        page_fetch_ms: 0.0,
+        create_ms: started.elapsed().as_secs_f64() * 1e3,
+        warmup_ms: None,
+        steady_ms: None,
+        candidates: None,
+        batching: None,
+    })
 }

@@ -107,6 +107,8 @@ mod tests {
             sha256: String::new(),
             bytes: 0,
             backend: "wasm".into(),
+            precision: None,
+            precision_reason: None,
             inputs: vec![io("x", vec![-1, 4])],
             outputs: vec![io("y", vec![-1, 2])],
             fetch_ms: 0.0,

@@ -27,7 +27,7 @@ async fn every_request_and_browser_event_becomes_a_row() {
     let url = ch.url();
     let mut agent = Agent::start(
         &[format!(
-            "mlp={},backend=wasm,task=vision,precision=fp32",
+            "mlp={},backend=wasm,task=vision",
             model_uri("mlp.onnx")
         )],
         &[

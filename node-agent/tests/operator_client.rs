@@ -18,12 +18,13 @@ fn spec(name: &str, file: &str) -> ModelSpec {
     ModelSpec {
         name: name.into(),
         uri: model_uri(file),
+        ensemble: None,
         sha256: None,
         backend: Backend::Wasm,
         webnn_device: Default::default(),
         warmup: true,
         task: "vision".into(),
-        precision: "fp32".into(),
+        precision: Some(webaccel_api::Precision::Fp32),
         max_batch_size: 0,
         max_queue_delay_us: 0,
     }

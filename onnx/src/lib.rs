@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use serde::Serialize;
 
-pub use precision::{Precision, PrecisionReport, detect};
+pub use precision::{Precision, PrecisionReport, detect, int_attr};
 pub use proto::ModelProto;
 pub use shard::{ShardError, Sharded, StagePlan, StageSummary, shard, shard_with_plan};
 pub use tensor::{Dim, TensorInfo, human_bytes, tensor_bytes, type_name};

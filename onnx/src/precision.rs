@@ -7,35 +7,15 @@
 //! holding most initializer bytes decides between fp16 and fp32.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::proto::tensor_proto::DataType;
 use crate::proto::{GraphProto, ModelProto, NodeProto};
 use crate::tensor::{self, human_bytes, type_name};
 use crate::{Error, parameters};
 
-/// The numeric precision of a model's weights and arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    Fp32,
-    Fp16,
-    Int8,
-    Int4,
-}
-
-impl fmt::Display for Precision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Fp32 => "fp32",
-            Self::Fp16 => "fp16",
-            Self::Int8 => "int8",
-            Self::Int4 => "int4",
-        })
-    }
-}
+pub use webaccel_api::Precision;
 
 /// What [`detect`] found, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -137,7 +117,8 @@ fn note_type(types: &mut Vec<String>, data_type: i32) {
     }
 }
 
-fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
+/// The integer attribute `name` of `node`, when it is set.
+pub fn int_attr(node: &NodeProto, name: &str) -> Option<i64> {
     node.attribute
         .iter()
         .find(|a| a.name() == name)

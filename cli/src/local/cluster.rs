@@ -13,17 +13,19 @@ use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment, ReplicaState};
-use webaccel_engine::agent::{AgentApi, HttpAgents, ModelOnAgent};
-use webaccel_engine::place::{self, Candidate};
+use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_engine::agent::{AgentApi, HttpAgents};
 use webaccel_engine::pool::decide;
 use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::size;
+use webaccel_gateway::discovery::Pipelines;
 use webaccel_gateway::discovery::static_list::AgentRef;
 use webaccel_gateway::waiting::{WaitingByModel, WaitingSink};
 
 use super::process::{Launcher, LocalBrowser};
-use super::status::{BrowserLine, ModelLine, PoolLine, ReplicaLine, Status};
+use super::status::{BrowserLine, PoolLine, Status};
+
+mod models;
 
 /// The resources `up` runs, by name, with the folder each manifest came from (relative
 /// `file://` model URIs resolve against it).
@@ -88,6 +90,16 @@ pub struct LoopSettings {
 /// The hash of what a pool's browsers are built from: a change rolls them.
 pub fn template_hash(pool: &BrowserPool) -> String {
     webaccel_engine::pool::template::template_hash(&pool.spec, "")
+}
+
+/// The models cut into stages among those `up` runs, with their stages' model names:
+/// what the gateway serves as pipelines.
+pub fn pipelines(desired: &Desired) -> Pipelines {
+    desired
+        .models
+        .iter()
+        .filter_map(|(name, (md, _))| Some((name.clone(), md.spec.stage_names(name)?)))
+        .collect()
 }
 
 /// A model URI with a relative `file://` path resolved against the manifest's folder.
@@ -403,121 +415,6 @@ impl Engine {
         };
         for b in stopped {
             self.stop_later(b);
-        }
-        line
-    }
-
-    async fn reconcile_model(
-        &mut self,
-        name: &str,
-        md: &ModelDeployment,
-        base: &Path,
-        desired: &Desired,
-    ) -> ModelLine {
-        let pool_name = &md.spec.pool_ref.name;
-        let mut line = ModelLine {
-            name: name.to_owned(),
-            pool: pool_name.clone(),
-            desired: md.spec.replicas,
-            ..ModelLine::default()
-        };
-        let (Some(pool), Some(state)) = (desired.pools.get(pool_name), self.pools.get(pool_name))
-        else {
-            line.note = format!("BrowserPool {pool_name} is not running");
-            return line;
-        };
-        let spec_key = format!("{:?}", md.spec);
-        let agents = &self.agents;
-        let failures = &self.failures;
-        let spec_key_ref = &spec_key;
-        let seen = join_all(state.browsers.iter().filter(|b| b.exited.is_none()).map(
-            |b| async move {
-                let model = if b.is_ready() {
-                    agents.model(&b.endpoint, name).await.ok()?
-                } else {
-                    ModelOnAgent::Absent
-                };
-                let failed_before = failures
-                    .get(&(name.to_owned(), b.name.clone()))
-                    .filter(|(key, _)| key == spec_key_ref)
-                    .map(|(_, why)| why.clone());
-                let held = b.stats.as_ref().map_or(0, |s| s.models.len());
-                Some(Candidate {
-                    pod: b.name.clone(),
-                    usable: b.is_ready() && b.draining_since.is_none(),
-                    backends: b
-                        .capabilities
-                        .as_ref()
-                        .map(|c| c.backends())
-                        .unwrap_or_default(),
-                    adapter: b.capabilities.as_ref().and_then(|c| c.adapter_label()),
-                    model,
-                    models_held: held,
-                    failed_before,
-                })
-            },
-        ))
-        .await;
-        let candidates: Vec<Candidate> = seen.into_iter().flatten().collect();
-        let placement = place::plan(
-            md.spec.replicas,
-            &md.spec.backends,
-            &pool.spec.backends,
-            &candidates,
-        );
-        for (browser, backend) in &placement.load {
-            let Some(b) = state.browsers.iter().find(|b| &b.name == browser) else {
-                continue;
-            };
-            let spec = place::load_request(
-                name,
-                &md.spec,
-                resolve_uri(&md.spec.model.uri, base),
-                *backend,
-            );
-            tracing::info!(model = %name, %browser, %backend, "loading the model");
-            match agents.load(&b.endpoint, &spec).await {
-                Ok(ModelOnAgent::Failed(why)) => {
-                    tracing::warn!(model = %name, %browser, reason = %why, "the model was refused");
-                    self.failures
-                        .insert((name.to_owned(), browser.clone()), (spec_key.clone(), why));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(model = %name, %browser, error = %e, "load not started; trying again")
-                }
-            }
-        }
-        for browser in &placement.unload {
-            if let Some(b) = state.browsers.iter().find(|b| &b.name == browser)
-                && let Err(e) = agents.unload(&b.endpoint, name).await
-            {
-                tracing::warn!(model = %name, %browser, error = %e, "unload failed");
-            }
-        }
-        line.loaded = i32::try_from(
-            placement
-                .replicas
-                .iter()
-                .filter(|r| r.state == ReplicaState::Loaded)
-                .count(),
-        )
-        .unwrap_or(0);
-        line.replicas = placement
-            .replicas
-            .iter()
-            .map(|r| ReplicaLine {
-                browser: r.pod.clone(),
-                state: format!("{:?}", r.state),
-                backend: r.backend.clone(),
-                reason: r.reason.clone(),
-            })
-            .collect();
-        if placement.unplaced > 0 {
-            line.note = placement
-                .unplaced_reason
-                .clone()
-                .unwrap_or_else(|| format!("{} replicas cannot be placed yet", placement.unplaced));
         }
         line
     }

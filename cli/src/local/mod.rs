@@ -239,12 +239,15 @@ pub async fn up(
     let deployed_of =
         |d: &Desired| -> Arc<BTreeSet<String>> { Arc::new(d.models.keys().cloned().collect()) };
     let (deployed_tx, deployed_rx) = tokio::sync::watch::channel(deployed_of(&shared.desired()));
+    let (pipelines_tx, pipelines_rx) =
+        tokio::sync::watch::channel(Arc::new(cluster::pipelines(&shared.desired())));
     let fleet = webaccel_gateway::discovery::static_list::start(
         agents_rx,
         Duration::from_millis(500),
         stop.clone(),
     )
-    .with_deployed(deployed_rx);
+    .with_deployed(deployed_rx)
+    .with_pipelines(pipelines_rx);
     let defaults =
         <webaccel_gateway::GatewayArgs as clap::Parser>::try_parse_from(["webaccel-gateway"])?;
     let mut settings = webaccel_gateway::Settings::from_args(&defaults)?;
@@ -296,7 +299,8 @@ pub async fn up(
         agents_tx,
     );
     let engine_task = tokio::spawn(engine.run(stop.clone(), kill_now.clone()));
-    // Keep the gateway's list of deployed models in step with the manifests.
+    // Keep the gateway's lists of deployed models and of models cut into stages in step
+    // with the manifests.
     {
         let (shared, stop) = (shared.clone(), stop.clone());
         tokio::spawn(async move {
@@ -306,12 +310,22 @@ pub async fn up(
                     () = stop.cancelled() => return,
                     _ = tick.tick() => {},
                 }
-                let d = deployed_of(&shared.desired());
+                let desired = shared.desired();
+                let d = deployed_of(&desired);
                 deployed_tx.send_if_modified(|cur| {
                     if *cur == d {
                         false
                     } else {
                         *cur = d;
+                        true
+                    }
+                });
+                let p = cluster::pipelines(&desired);
+                pipelines_tx.send_if_modified(|cur| {
+                    if **cur == p {
+                        false
+                    } else {
+                        *cur = Arc::new(p);
                         true
                     }
                 });

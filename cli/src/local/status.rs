@@ -1,6 +1,6 @@
 //! What a running `webaccel up` shows: its pools and models, as `kubectl get bpool,mdep`
-//! would (desired, ready, backends, each replica's state), for `webaccel status` and the
-//! `up` terminal; JSON with `--json`.
+//! would (desired, ready, backends, each replica's state, per stage for a model cut into
+//! stages), for `webaccel status` and the `up` terminal; JSON with `--json`.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +47,23 @@ pub struct ModelLine {
     pub name: String,
     pub pool: String,
     pub desired: i32,
+    /// Complete copies: for a model cut into stages, the fewest loaded of any stage.
     pub loaded: i32,
     pub replicas: Vec<ReplicaLine>,
-    /// Why replicas are missing, when they are.
+    /// For a model cut into stages: each stage's replicas, in pipeline order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageLine>,
+    /// Why replicas are missing (or stages share browsers), when they are.
     pub note: String,
+}
+
+/// One stage of a model cut into stages.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageLine {
+    /// Its model name on the agents: `<deployment>.stage<i>`.
+    pub model: String,
+    pub loaded: i32,
+    pub replicas: Vec<ReplicaLine>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -96,22 +109,37 @@ impl Status {
             "MODELDEPLOYMENT", "POOL", "DESIRED", "LOADED", "REPLICAS"
         ));
         for m in &self.models {
-            let replicas: Vec<String> = m
-                .replicas
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}:{}{}",
-                        r.browser,
-                        r.state,
-                        r.backend
-                            .as_ref()
-                            .map(|b| format!("/{b}"))
-                            .unwrap_or_default()
-                    )
-                })
-                .collect();
-            let mut tail = replicas.join(" ");
+            let replicas = |list: &[ReplicaLine]| -> String {
+                let cells: Vec<String> = list
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{}:{}{}",
+                            r.browser,
+                            r.state,
+                            r.backend
+                                .as_ref()
+                                .map(|b| format!("/{b}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                cells.join(" ")
+            };
+            let mut tail = if m.stages.is_empty() {
+                replicas(&m.replicas)
+            } else {
+                // stage0[a:Loaded/wasm] stage1[b:Loading/wasm] ...
+                let stages: Vec<String> = m
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        let short = s.model.rsplit('.').next().unwrap_or(&s.model);
+                        format!("{short}[{}]", replicas(&s.replicas))
+                    })
+                    .collect();
+                stages.join(" ")
+            };
             if !m.note.is_empty() {
                 tail = format!("{tail} ({})", m.note);
             }

@@ -5,13 +5,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::Ensemble;
+use crate::Precision;
 use crate::backend::{Backend, WebNnDevice};
 
 /// One model to serve: where it comes from and how to run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub name: String,
+    /// Where the ONNX file is; empty for an ensemble.
+    #[serde(default)]
     pub uri: String,
+    /// An ensemble of models loaded on the same agent, run back to back in the page,
+    /// instead of a file (`uri` then stays empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<Ensemble>,
     #[serde(default)]
     pub sha256: Option<String>,
     #[serde(default)]
@@ -23,9 +31,10 @@ pub struct ModelSpec {
     /// What the model does (text-embedding, vision, ...), recorded with its metrics.
     #[serde(default)]
     pub task: String,
-    /// Numeric precision (fp32, fp16, int8, ...), recorded with its metrics.
-    #[serde(default)]
-    pub precision: String,
+    /// The precision the model file must have. The agent detects it from the graph and
+    /// refuses a file that disagrees; `None` takes what the file is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Dynamic batching, after Triton's dynamic batcher: the most rows (the sum of the
     /// requests' leading dimensions) the agent joins into one run of the model. 0 or 1:
     /// off. Only models whose inputs and outputs all have a dynamic leading dimension
@@ -66,6 +75,18 @@ impl ModelSpec {
                 "model name '{}' must be 1-128 characters of letters, digits, '-', '_' or '.'",
                 self.name
             ));
+        }
+        if let Some(ensemble) = &self.ensemble {
+            if !self.uri.is_empty() {
+                return Err(format!(
+                    "model '{}' is an ensemble: it has no uri",
+                    self.name
+                ));
+            }
+            if self.max_batch_size > 1 {
+                return Err("ensembles are not batched: max_batch_size must be 0".into());
+            }
+            return ensemble.validate();
         }
         if !["file://", "http://", "https://"]
             .iter()
@@ -113,12 +134,13 @@ impl FromStr for ModelSpec {
         let mut spec = ModelSpec {
             name: name.trim().to_owned(),
             uri: uri.trim().to_owned(),
+            ensemble: None,
             sha256: None,
             backend: Backend::Auto,
             webnn_device: WebNnDevice::Cpu,
             warmup: true,
             task: String::new(),
-            precision: String::new(),
+            precision: None,
             max_batch_size: 0,
             max_queue_delay_us: 0,
         };
@@ -131,7 +153,7 @@ impl FromStr for ModelSpec {
                 "sha256" => spec.sha256 = Some(v.trim().to_ascii_lowercase()),
                 "webnn_device" => spec.webnn_device = v.trim().parse()?,
                 "task" => spec.task = v.trim().to_owned(),
-                "precision" => spec.precision = v.trim().to_owned(),
+                "precision" => spec.precision = Some(v.parse()?),
                 "max_batch_size" => {
                     spec.max_batch_size = v
                         .trim()

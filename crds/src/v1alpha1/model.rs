@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Backend;
+pub use crate::Precision;
 
 /// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -22,6 +23,7 @@ use crate::Backend;
     derive = "PartialEq",
     doc = "A model that webaccel-operator keeps loaded on some browsers of a BrowserPool.",
     validation = kube::core::Rule::new("size(self.metadata.name) <= 57").message("a ModelDeployment name is at most 57 characters, so that the pod label webaccel.dev/model.<name> is valid"),
+    validation = kube::core::Rule::new("!has(self.spec.stages) || size(self.metadata.name) <= 49").message("a ModelDeployment with stages has a name of at most 49 characters, so that the pod labels webaccel.dev/model.<name>.stage<i> are valid"),
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.poolRef.name"),
     printcolumn(name = "Task", type_ = "string", json_path = ".spec.model.task"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
@@ -30,9 +32,21 @@ use crate::Backend;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.model) != has(self.stages)").message("exactly one of model (one file) or stages (a model cut by `webaccel shard`, in pipeline order) must be set"))]
 pub struct ModelDeploymentSpec {
     pub pool_ref: PoolRef,
-    pub model: ModelSource,
+    /// The model file. Exactly one of `model` and `stages` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSource>,
+    /// A model cut into pipeline stages (the files `webaccel shard` writes), in order.
+    /// Each stage is loaded as a model of its own, `<name>.stage<i>`, on browsers that
+    /// hold no other stage of it when the pool has enough; `replicas` counts per stage.
+    /// The gateway serves the stages as one model named after the deployment: stage 0
+    /// gets the request, each next stage the tensors the one before gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("stages needs at least one entry: the stage files `webaccel shard` writes, in order"))]
+    #[schemars(length(max = 16))]
+    pub stages: Option<Vec<ModelSource>>,
     /// Backends to run on, in order of preference; a browser is chosen for the first one it
     /// can run. `auto` lets the agent measure the candidates and keep the fastest.
     #[serde(default = "auto")]
@@ -43,8 +57,11 @@ pub struct ModelDeploymentSpec {
     #[serde(default = "one")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
-    #[serde(default)]
-    pub precision: Precision,
+    /// The precision the model file must have (fp32, fp16, int8, int4). The agent detects
+    /// a model's precision from its graph and refuses a file that disagrees; unset takes
+    /// what the file is. Status shows what was detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Run the model once at load so the first request does not pay for compilation.
     #[serde(default = "yes")]
     pub warmup: bool,
@@ -52,6 +69,61 @@ pub struct ModelDeploymentSpec {
     /// (only for models whose inputs and outputs have a dynamic leading dimension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+}
+
+/// The most stages a ModelDeployment may have (the schema's `maxItems`).
+pub const MAX_STAGES: usize = 16;
+
+/// The model name stage `stage` of deployment `deployment` has on the agents (and in the
+/// pod label `webaccel.dev/model.<name>`): `<deployment>.stage<stage>`.
+pub fn stage_model_name(deployment: &str, stage: usize) -> String {
+    format!("{deployment}.stage{stage}")
+}
+
+/// One model agents load for a deployment: the deployment's own file, named after it, or
+/// one of its stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentModel<'a> {
+    /// The name on the agents.
+    pub name: String,
+    pub source: &'a ModelSource,
+    /// Its place in the pipeline, for a stage.
+    pub stage: Option<usize>,
+}
+
+impl ModelDeploymentSpec {
+    /// The models agents load for the deployment named `name`: `[name]` for `model`,
+    /// `[name.stage0, name.stage1, ...]` for `stages`. Empty only for a spec the schema
+    /// refuses (neither set).
+    pub fn agent_models(&self, name: &str) -> Vec<AgentModel<'_>> {
+        match (&self.stages, &self.model) {
+            (Some(stages), _) => stages
+                .iter()
+                .enumerate()
+                .map(|(i, source)| AgentModel {
+                    name: stage_model_name(name, i),
+                    source,
+                    stage: Some(i),
+                })
+                .collect(),
+            (None, Some(source)) => vec![AgentModel {
+                name: name.to_owned(),
+                source,
+                stage: None,
+            }],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The stages' model names in pipeline order, for a deployment with stages.
+    pub fn stage_names(&self, name: &str) -> Option<Vec<String>> {
+        let stages = self.stages.as_ref()?;
+        Some(
+            (0..stages.len())
+                .map(|i| stage_model_name(name, i))
+                .collect(),
+        )
+    }
 }
 
 /// Dynamic batching settings, after Triton's dynamic batcher.
@@ -146,27 +218,6 @@ impl Task {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    Fp32,
-    Fp16,
-    Int8,
-    Int4,
-}
-
-impl Precision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fp32 => "fp32",
-            Self::Fp16 => "fp16",
-            Self::Int8 => "int8",
-            Self::Int4 => "int4",
-        }
-    }
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentStatus {
@@ -179,6 +230,22 @@ pub struct ModelDeploymentStatus {
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaStatus>,
+    /// With `spec.stages`: each stage's replicas, in pipeline order; `loadedReplicas` is
+    /// then the fewest loaded of any stage (complete pipelines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageStatus>,
+}
+
+/// One stage of a deployment with `spec.stages`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// The stage's model name on the agents: `<deployment>.stage<i>`.
+    pub model: String,
+    #[serde(default)]
+    pub loaded_replicas: i32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaStatus>,
 }

@@ -14,8 +14,9 @@
 //! - **BrowserPools**: the pool of a pod names its token Secret (`spec.tokenSecretName`,
 //!   else `<pool>-agent-token`), and the waiting signal is written on them.
 //! - **ModelDeployments**: their names are the models deployed ([`Fleet::deployed`]:
-//!   requests for them wait for a browser instead of failing as unknown), and a model's
-//!   name leads to its pool(s) (`spec.poolRef`) for the waiting signal.
+//!   requests for them wait for a browser instead of failing as unknown), those with
+//!   `spec.stages` are served as pipelines of their stages ([`Fleet::pipelines`]), and a
+//!   model's name leads to its pool(s) (`spec.poolRef`) for the waiting signal.
 //! - **Secrets**, never all of them:
 //!   - the Secrets the operator creates (`<pool>-agent-token`), by one watch with the label
 //!     selector `app.kubernetes.io/managed-by=webaccel-operator,webaccel.dev/pool`: the
@@ -55,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use webaccel_api::labels;
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
 
-use super::{Deployed, Endpoints, Fleet};
+use super::{Deployed, Endpoints, Fleet, Pipelines};
 use crate::waiting::{WaitingByModel, WaitingSink};
 
 pub use fleet::{AGENT_PORT, endpoint, loaded_models, token_in, token_secret_name};
@@ -143,6 +144,7 @@ pub fn start(
 
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(Endpoints::new()));
     let (deployed_tx, deployed_rx) = tokio::sync::watch::channel(Arc::new(Deployed::new()));
+    let (pipelines_tx, pipelines_rx) = tokio::sync::watch::channel(Arc::new(Pipelines::new()));
     let caches = fleet::Caches {
         client: client.clone(),
         pods,
@@ -151,12 +153,20 @@ pub fn start(
         secrets,
         dirty,
     };
-    tokio::spawn(fleet::run(caches, tx, deployed_tx, stop.clone()));
+    tokio::spawn(fleet::run(
+        caches,
+        tx,
+        deployed_tx,
+        pipelines_tx,
+        stop.clone(),
+    ));
 
     let (waiting_tx, waiting_rx) = tokio::sync::watch::channel(Arc::new(WaitingByModel::new()));
     tokio::spawn(annotate::run(client, models, pools, waiting_rx, stop));
     (
-        Fleet::new(rx).with_deployed(deployed_rx),
+        Fleet::new(rx)
+            .with_deployed(deployed_rx)
+            .with_pipelines(pipelines_rx),
         PoolAnnotations { tx: waiting_tx },
     )
 }

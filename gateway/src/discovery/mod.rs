@@ -1,7 +1,9 @@
 //! Where the agents are and what they hold. Two sources publish the same thing, a
 //! [`Fleet`] (the current set of [`Endpoint`]s): [`static_list`] (agents given on the
 //! command line or by local mode, whose models and state are read from the agents) and
-//! [`kubernetes`] (the browser pods of every BrowserPool, watched).
+//! [`kubernetes`] (the browser pods of every BrowserPool, watched). Beside the agents,
+//! a source that knows the deployments publishes which models are deployed and which
+//! are cut into stages ([`Pipelines`]).
 
 pub mod kubernetes;
 pub mod static_list;
@@ -38,16 +40,34 @@ pub type Endpoints = BTreeMap<String, Endpoint>;
 /// being refused as unknown.
 pub type Deployed = BTreeSet<String>;
 
+/// Models cut into stages: each served name (a deployment's) with its stages' model
+/// names on the agents, in pipeline order.
+pub type Pipelines = BTreeMap<String, Vec<String>>;
+
 /// The fleet as last published by a discovery source.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     rx: watch::Receiver<Arc<Endpoints>>,
     deployed: Option<watch::Receiver<Arc<Deployed>>>,
+    pipelines: Option<watch::Receiver<Arc<Pipelines>>>,
+}
+
+/// Resolves at the next change of `rx` (`false` once its sender is gone); never without
+/// one.
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Fleet {
     pub fn new(rx: watch::Receiver<Arc<Endpoints>>) -> Self {
-        Self { rx, deployed: None }
+        Self {
+            rx,
+            deployed: None,
+            pipelines: None,
+        }
     }
 
     /// A fleet whose source also knows which models are deployed.
@@ -56,9 +76,20 @@ impl Fleet {
         self
     }
 
+    /// A fleet whose source also knows which models are cut into stages.
+    pub fn with_pipelines(mut self, pipelines: watch::Receiver<Arc<Pipelines>>) -> Self {
+        self.pipelines = Some(pipelines);
+        self
+    }
+
     /// The deployed models, when the source knows them.
     pub fn deployed(&self) -> Option<Arc<Deployed>> {
         self.deployed.as_ref().map(|d| d.borrow().clone())
+    }
+
+    /// The models cut into stages, when the source knows them.
+    pub fn pipelines(&self) -> Option<Arc<Pipelines>> {
+        self.pipelines.as_ref().map(|p| p.borrow().clone())
     }
 
     /// A fleet its owner sets directly (tests, embedding): the sender and the fleet.
@@ -71,14 +102,12 @@ impl Fleet {
         self.rx.borrow().clone()
     }
 
-    /// Resolves at the next change of either; `false` once the source is gone.
+    /// Resolves at the next change of any; `false` once the source is gone.
     pub async fn changed(&mut self) -> bool {
-        match &mut self.deployed {
-            None => self.rx.changed().await.is_ok(),
-            Some(d) => tokio::select! {
-                r = self.rx.changed() => r.is_ok(),
-                r = d.changed() => r.is_ok(),
-            },
+        tokio::select! {
+            r = self.rx.changed() => r.is_ok(),
+            r = changed(&mut self.deployed) => r,
+            r = changed(&mut self.pipelines) => r,
         }
     }
 }

@@ -38,6 +38,7 @@ export class LocalExecutor extends Executor {
       case 'load': return this.runtime.load(data.msg, data.bytes);
       case 'unload': return this.runtime.unload(data.name);
       case 'retain': return this.runtime.retain(data.names);
+      case 'ensemble': return this.runtime.ensemble(data.msg);
       case 'infer': return this.runtime.infer(data.buf, data.received);
       default: throw new Error(`unknown call '${op}'`);
     }
@@ -68,9 +69,12 @@ export class WorkerExecutor extends Executor {
     const { threads, build } = this.config;
     this.started = (async () => {
       const info = await this.post('init', { threads, build, capabilities: this.capabilities });
-      for (const msg of this.hooks.models()) {
+      const all = [...this.hooks.models()];
+      // Models first, then the ensembles made of them.
+      for (const msg of all.filter((m) => m.op !== 'ensemble')) {
         await this.post('load', { msg, bytes: await this.hooks.fetchModel(msg.url) });
       }
+      for (const msg of all.filter((m) => m.op === 'ensemble')) await this.post('ensemble', { msg });
       return info;
     })();
     this.started.then(() => {

@@ -32,8 +32,8 @@ const ws = new WebSocket(`ws://${location.host}/page/ws?s=${encodeURIComponent(p
 ws.binaryType = 'arraybuffer';
 const send = (obj) => ws.send(JSON.stringify(obj));
 
-// The models loaded, as the load messages every executor (re)loads them with: a worker
-// that is replaced loads all of them again before it takes requests.
+// The models loaded, as the load (or ensemble) messages every executor (re)loads them
+// with: a worker that is replaced loads all of them again before it takes requests.
 const models = new Map();
 const fetchModel = async (url) => {
   const resp = await fetch(url);
@@ -92,6 +92,7 @@ async function handleControl(msg) {
     if (msg.op === 'load') value = await load(msg);
     else if (msg.op === 'unload') value = await unload(msg.name);
     else if (msg.op === 'retain') value = await retain(msg.names);
+    else if (msg.op === 'ensemble') value = await ensemble(msg);
     else if (msg.op === 'hang_worker') value = hangWorker(msg.index);
     else throw new Error(`unknown op '${msg.op}'`);
     send({ op: 'result', req: msg.req, ok: true, value });
@@ -118,6 +119,14 @@ async function load(msg) {
   await Promise.all(executors.slice(1).map((e) => e.call('load', { msg: rest, bytes })));
   models.set(msg.name, rest);
   return { ...first, fetch_ms: fetchMs };
+}
+
+// An ensemble of loaded models: registered in every executor, which each hold all the
+// step models' sessions.
+async function ensemble(msg) {
+  const results = await Promise.all(executors.map((e) => e.call('ensemble', { msg })));
+  models.set(msg.name, msg);
+  return results[0];
 }
 
 async function unload(name) {

@@ -4,6 +4,7 @@
 // several requests compute at once, each on its own wasm instance and threads.
 
 import * as ortWasm from './ort/ort.wasm.min.mjs';
+import { readBack, release, runEnsemble } from './ensemble.js';
 import {
   KIND_ERROR, KIND_RESPONSE, datatypeOf, decodeFrame, encodeFrame, ortType,
 } from './frame.js';
@@ -16,6 +17,17 @@ const IDENTITY_MODEL = new Uint8Array([
   18, 4, 119, 97, 114, 109, 90, 15, 10, 1, 120, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 98, 15, 10,
   1, 121, 18, 10, 10, 8, 8, 1, 18, 4, 10, 2, 8, 1, 66, 4, 10, 0, 16, 17,
 ]);
+
+// onnxruntime's wasm binds the console's functions when it starts, so a tap to capture
+// its log (node placements, see `unplacedNodes`) has to be in place before that.
+let consoleCapture = null;
+for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => {
+    if (consoleCapture) consoleCapture.push(args.join(' '));
+    else original(...args);
+  };
+}
 
 // Milliseconds on a clock the page and its workers share: each has its own
 // `performance.now()` origin, `timeOrigin` puts them on one.
@@ -65,6 +77,9 @@ function sessionOptions(backend, webnnDevice) {
   return {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
+    // WebGPU outputs stay in GPU buffers: an ensemble's next step reads them there, and
+    // only what a response needs is read back (ensemble.js).
+    ...(backend === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' } : {}),
     // Without this onnxruntime silently places nodes the chosen provider cannot run on
     // its CPU provider; webaccel reports one backend per model, so a model that does not
     // fit the provider whole is refused instead.
@@ -141,7 +156,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
   // Whether a failed run was caused by losing the GPU (which may be reported a moment
   // after the run fails).
   async function failedForGpuLoss(entry) {
-    if (entry.backend !== 'webgpu') return false;
+    if (!entry.backend.includes('webgpu')) return false;
     for (let i = 0; i < 10 && !gpuLost; i++) await new Promise((r) => setTimeout(r, 10));
     return gpuLost !== null;
   }
@@ -155,20 +170,72 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     return { start_ms: performance.now() - t0, ort_version: ortWasm.env.versions?.web || null };
   }
 
+  // Why `backend` cannot take the whole model, naming the operators it would leave to the
+  // CPU provider: onnxruntime's own refusal (fallback disabled) does not name them, so the
+  // session is created once more with fallback allowed and onnxruntime's verbose log of
+  // node placements captured from the console.
+  async function unplacedNodes(ort, bytes, backend, webnnDevice) {
+    const lines = [];
+    consoleCapture = lines;
+    try {
+      const options = { ...sessionOptions(backend, webnnDevice), extra: {}, logSeverityLevel: 0, logVerbosityLevel: 0 };
+      const session = await exclusive(() => ort.InferenceSession.create(bytes, options));
+      await exclusive(() => session.release());
+    } catch (e) {
+      lines.push(String(e?.message ?? e));
+    } finally {
+      consoleCapture = null;
+    }
+    // "Node(s) placed on [CPUExecutionProvider]. Number of nodes: 6", then one line per
+    // node: "  MatMulInteger (name)", until the next provider's list.
+    const counts = new Map();
+    let onCpu = false;
+    for (const line of lines.flatMap((l) => l.split('\n'))) {
+      const placed = line.match(/Node\(s\) placed on \[(\w+)\]/);
+      if (placed) {
+        onCpu = placed[1] === 'CPUExecutionProvider';
+        continue;
+      }
+      const node = onCpu && line.match(/VerifyEachNodeIsAssignedToAnEp\]\s+(\S+) \(/);
+      if (node) counts.set(node[1], (counts.get(node[1]) ?? 0) + 1);
+      else if (!line.includes('VerifyEachNodeIsAssignedToAnEp')) onCpu = false;
+    }
+    return [...counts].map(([op, n]) => `${op} (${n} node${n === 1 ? '' : 's'})`);
+  }
+
   // Creates a session on one backend and measures it: creation, first run, steady runs.
   async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
     const why = refusal(capabilities, backend, webnnDevice);
     if (why) throw new Error(why);
     const ort = await ortFor(backend);
-    const [session, createMs] = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
+    let created;
+    try {
+      created = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
+    } catch (e) {
+      const message = String(e?.message ?? e);
+      if (backend !== 'wasm' && message.includes('fallback to CPU EP has been explicitly disabled')) {
+        const ops = await unplacedNodes(ort, bytes, backend, webnnDevice);
+        if (ops.length) {
+          throw new Error(`backend ${backend} cannot run these operators of the model (onnxruntime-web ${ortWasm.env.versions?.web ?? ''} has no ${backend} kernel for them; they would fall back to the CPU): ${ops.join(', ')}`);
+        }
+      }
+      throw e;
+    }
+    const [session, createMs] = created;
     if (backend === 'webgpu') watchGpuDevice(ort);
     const result = { session, ort, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
     if (!warmup) return result;
     try {
       const feeds = syntheticFeeds(ort, session);
-      result.warmup_ms = await exclusive(async () => (await timed(() => session.run(feeds)))[1]);
+      // A run whose outputs are dropped (GPU buffers freed), timed.
+      const once = () => exclusive(async () => {
+        const [outputs, ms] = await timed(() => session.run(feeds));
+        Object.values(outputs).forEach(release);
+        return ms;
+      });
+      result.warmup_ms = await once();
       const times = [];
-      for (let i = 0; i < runs; i++) times.push(await exclusive(async () => (await timed(() => session.run(feeds)))[1]));
+      for (let i = 0; i < runs; i++) times.push(await once());
       result.steady_ms = median(times);
     } catch (e) {
       await exclusive(() => session.release());
@@ -193,7 +260,8 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
       const order = [['webgpu', 'cpu'], ...['gpu', 'npu', 'cpu'].map((d) => ['webnn', d]), ['wasm', 'cpu']];
       for (const [b, d] of order) {
         const label = b === 'webnn' ? `webnn:${d}` : b;
-        const why = refusal(capabilities, b, d);
+        // The agent's reasons to skip a backend (it would compute this model wrongly).
+        const why = msg.avoid?.[label] ?? refusal(capabilities, b, d);
         if (why) {
           candidates.push({ backend: label, ok: false, error: why });
           continue;
@@ -235,8 +303,17 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     const entry = sessions.get(name);
     if (!entry) return { unloaded: false };
     sessions.delete(name);
-    await exclusive(() => entry.session.release());
+    if (entry.session) await exclusive(() => entry.session.release());
     return { unloaded: true };
+  }
+
+  // Registers an ensemble of models loaded here ({name, steps, outputs, backend}); the
+  // agent has checked that the steps fit together.
+  function ensemble(msg) {
+    const missing = msg.steps.map((s) => s.model).filter((m) => !sessions.get(m)?.session);
+    if (missing.length) throw new Error(`ensemble '${msg.name}': step models not loaded in this page: ${missing.join(', ')}`);
+    sessions.set(msg.name, { ensemble: msg, backend: msg.backend, key: null, result: null });
+    return { registered: msg.name };
   }
 
   // Releases every session whose model is not in `names`.
@@ -261,18 +338,24 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     if (!entry) return errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`);
     return exclusive(async () => {
       try {
-        const feeds = {};
-        for (const t of tensors) feeds[t.name] = new entry.ort.Tensor(ortType(t.datatype), t.data, t.shape);
         const t0 = performance.now();
-        const results = header.outputs?.length
-          ? await entry.session.run(feeds, header.outputs)
-          : await entry.session.run(feeds);
+        let outputs;
+        if (entry.ensemble) {
+          outputs = await runEnsemble(entry.ensemble, sessions, tensors, header.outputs);
+        } else {
+          const feeds = {};
+          for (const t of tensors) feeds[t.name] = new entry.ort.Tensor(ortType(t.datatype), t.data, t.shape);
+          const results = header.outputs?.length
+            ? await entry.session.run(feeds, header.outputs)
+            : await entry.session.run(feeds);
+          const names = header.outputs?.length ? header.outputs : entry.session.outputNames;
+          try {
+            outputs = await Promise.all(names.map((name) => readBack(name, results[name])));
+          } finally {
+            Object.values(results).forEach(release);
+          }
+        }
         const computeMs = performance.now() - t0;
-        const names = header.outputs?.length ? header.outputs : entry.session.outputNames;
-        const outputs = names.map((name) => {
-          const r = results[name];
-          return { name, datatype: datatypeOf(r.type), shape: r.dims.map(Number), data: r.data };
-        });
         const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
         return encodeFrame(KIND_RESPONSE, id, {
           model: header.model, backend: entry.backend, compute_ms: computeMs,
@@ -288,5 +371,5 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     });
   }
 
-  return { start, load, unload, retain, infer, has: (name) => sessions.has(name) };
+  return { start, load, unload, retain, ensemble, infer, has: (name) => sessions.has(name) };
 }

@@ -19,6 +19,7 @@ const ops = {
   load: ({ msg, bytes }) => runtime.load(msg, bytes),
   unload: ({ name }) => runtime.unload(name),
   retain: ({ names }) => runtime.retain(names),
+  ensemble: ({ msg }) => runtime.ensemble(msg),
   infer: ({ buf, received }) => runtime.infer(buf, received),
   ping: () => null,
   // Fault injection (the agent's debug endpoint): a busy loop that never yields, as a

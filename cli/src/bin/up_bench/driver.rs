@@ -125,6 +125,49 @@ impl Up {
         self.dir.path().join("manifests")
     }
 
+    /// The bearer token of the browser (agent) named `browser`: local mode writes each
+    /// agent's token into its run folder.
+    pub fn agent_token(&self, browser: &str) -> String {
+        let path = self
+            .dir
+            .path()
+            .join("data/run")
+            .join(self.child.id().to_string())
+            .join(browser)
+            .join("token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// `GET PATH` on the agent of `browser` (as the status lists it), with its token.
+    pub async fn agent_get<T: serde::de::DeserializeOwned>(
+        &self,
+        status: &Value,
+        browser: &str,
+        path: &str,
+    ) -> T {
+        let url = status["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["browsers"].as_array().into_iter().flatten())
+            .find(|b| b["name"] == browser)
+            .and_then(|b| b["url"].as_str())
+            .unwrap_or_else(|| panic!("no browser {browser} in {status}"))
+            .to_owned();
+        reqwest::Client::new()
+            .get(format!("{url}{path}"))
+            .bearer_auth(self.agent_token(browser))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn stop(&mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),

@@ -1,12 +1,16 @@
 //! `webaccel-up-bench`: local mode's figures, each from a fresh `webaccel up` with real
-//! agents and Chromium: the time from `webaccel up` to the first successful inference
-//! through the gateway (cold, one browser, a small model); the scale-up reaction under a
-//! load step (step → decision → the new browser serving the model); and a full roll of
-//! a 3-browser pool under load (time and failed requests). Prints the figures and writes
-//! them as JSON (`--out`).
+//! agents and Chromium. Suite `pool` (the default): the time from `webaccel up` to the
+//! first successful inference through the gateway (cold, one browser, a small model); the
+//! scale-up reaction under a load step (step → decision → the new browser serving the
+//! model); and a full roll of a 3-browser pool under load (time and failed requests).
+//! Suite `sharded`: a 6-layer encoder whole on one browser against cut into two stages
+//! on two browsers (memory per browser, latency, pipelined throughput; see [`sharded`]).
+//! Prints the figures and writes them as JSON (`--out`).
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark: a panic is the report
 
 mod driver;
+mod pss;
+mod sharded;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +32,22 @@ struct Args {
     clients: usize,
     #[arg(long, default_value = "up-bench.json")]
     out: PathBuf,
+    /// Which figures: `pool` (cold start, scale-up, roll) or `sharded` (a model cut into
+    /// stages against whole).
+    #[arg(long, value_enum, default_value_t = Suite::Pool)]
+    suite: Suite,
+    /// `sharded`: requests timed one after another.
+    #[arg(long, default_value_t = 40)]
+    latency_requests: usize,
+    /// `sharded`: how long eight clients send back to back.
+    #[arg(long, default_value_t = 20)]
+    throughput_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    Pool,
+    Sharded,
 }
 
 fn request() -> Value {
@@ -172,6 +192,19 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("webaccel"),
     };
+    if args.suite == Suite::Sharded {
+        let work = tempfile::tempdir()?;
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let settings = sharded::Settings {
+            latency_requests: args.latency_requests,
+            throughput_seconds: args.throughput_seconds,
+        };
+        let figures = sharded::run_suite(&binary, &repo, work.path(), settings).await;
+        print!("{}", sharded::table(&figures));
+        std::fs::write(&args.out, serde_json::to_string_pretty(&figures)?)?;
+        println!("written to {}", args.out.display());
+        return Ok(());
+    }
     let model = match args.model {
         Some(m) => m,
         None => Path::new(env!("CARGO_MANIFEST_DIR"))

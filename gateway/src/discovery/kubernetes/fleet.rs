@@ -14,7 +14,7 @@ use webaccel_api::labels;
 use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
 
 use super::{COALESCE, watch};
-use crate::discovery::{Deployed, Endpoint, Endpoints};
+use crate::discovery::{Deployed, Endpoint, Endpoints, Pipelines};
 
 /// The port the agent listens on in every browser pod (the operator's `AGENT_PORT`).
 pub const AGENT_PORT: u16 = 8700;
@@ -231,6 +231,23 @@ fn deployed(models: &Store<ModelDeployment>) -> Deployed {
         .collect()
 }
 
+/// The models cut into stages: the ModelDeployments with `spec.stages` not being
+/// deleted, each with its stages' model names. Deployments of the same name in two
+/// namespaces are one model to the gateway (as for [`deployed`]); the first listed wins.
+fn pipelines(models: &Store<ModelDeployment>) -> Pipelines {
+    let mut out = Pipelines::new();
+    for m in models.state() {
+        if m.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let name = m.name_any();
+        if let Some(stages) = m.spec.stage_names(&name) {
+            out.entry(name).or_insert(stages);
+        }
+    }
+    out
+}
+
 /// Publishes `value` on `tx` if it differs from what is there; whether it did.
 fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<Arc<T>>, value: T) -> bool {
     tx.send_if_modified(|current| {
@@ -243,12 +260,13 @@ fn publish<T: PartialEq>(tx: &tokio::sync::watch::Sender<Arc<T>>, value: T) -> b
     })
 }
 
-/// Follows the caches until `stop`, publishing the fleet on `tx` and the deployed models
-/// on `deployed_tx` when they change.
+/// Follows the caches until `stop`, publishing the fleet on `tx`, the deployed models on
+/// `deployed_tx` and the models cut into stages on `pipelines_tx` when they change.
 pub(super) async fn run(
     caches: Caches,
     tx: tokio::sync::watch::Sender<Arc<Endpoints>>,
     deployed_tx: tokio::sync::watch::Sender<Arc<Deployed>>,
+    pipelines_tx: tokio::sync::watch::Sender<Arc<Pipelines>>,
     stop: CancellationToken,
 ) {
     // Nothing is published before every kind has been listed once: a fleet built from
@@ -282,6 +300,7 @@ pub(super) async fn run(
         no_token_before = no_token;
         // The models first: a fleet change wakes the gateway, which then reads both.
         publish(&deployed_tx, deployed(&caches.models));
+        publish(&pipelines_tx, pipelines(&caches.models));
         if publish(&tx, found) {
             tracing::debug!(endpoints = tx.borrow().len(), "fleet changed");
         }

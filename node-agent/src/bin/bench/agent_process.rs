@@ -100,6 +100,23 @@ impl AgentProcess {
             .await?)
     }
 
+    /// Loads a model (`POST /v1/models` with `spec`); fails unless it loaded. Returns
+    /// the agent's description of it.
+    pub async fn load(&self, spec: &Value) -> anyhow::Result<Value> {
+        let r: Value = self
+            .http
+            .post(format!("{}/v1/models", self.base))
+            .json(spec)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if r["status"]["state"] != "loaded" {
+            bail!("{} did not load: {r}", spec["name"]);
+        }
+        Ok(r)
+    }
+
     pub fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();

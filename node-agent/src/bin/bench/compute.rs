@@ -29,12 +29,19 @@ pub fn make_encoder(script: &Path, dir: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-/// Native onnxruntime's p50 on the encoder at `threads` threads.
-fn native(script: &Path, dir: &Path, threads: u32, runs: usize) -> anyhow::Result<Value> {
+/// Native onnxruntime's p50 on `model` (`encoder` or `matmul`) at `threads` threads.
+fn native(
+    script: &Path,
+    dir: &Path,
+    model: &str,
+    threads: u32,
+    runs: usize,
+) -> anyhow::Result<Value> {
     let out = Command::new("python3")
         .arg(script)
         .arg(dir)
         .args(["--native", &threads.to_string(), &runs.to_string()])
+        .args(["--model", model])
         .output()
         .context("running python3")?;
     if !out.status.success() {
@@ -47,6 +54,7 @@ fn native(script: &Path, dir: &Path, threads: u32, runs: usize) -> anyhow::Resul
 /// against the reference.
 async fn in_page(
     agent: &AgentProcess,
+    model: &str,
     reference: &Value,
     runs: usize,
 ) -> anyhow::Result<(Vec<f64>, f64)> {
@@ -62,7 +70,7 @@ async fn in_page(
     for i in 0..runs + 3 {
         let r: Value = agent
             .http
-            .post(format!("{}/v2/models/encoder/infer", agent.base))
+            .post(format!("{}/v2/models/{model}/infer", agent.base))
             .json(&body)
             .send()
             .await?
@@ -86,20 +94,31 @@ async fn in_page(
     Ok((times, max_err))
 }
 
+/// The models compared: the encoder, and its largest kernel alone (the matrix
+/// multiplication kernels' own ratio, the floor of the encoder's).
+const MODELS: [&str; 2] = ["encoder", "matmul"];
+
 /// Runs the suite: for each thread count, native, then the page with each build.
 pub async fn run(bin: &Path, script: &Path, threads: &[u32], runs: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
     let made = make_encoder(script, dir.path())?;
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("encoder.json"))?)?;
-    let model = format!(
-        "encoder=file://{},backend=wasm",
-        dir.path().join("encoder.onnx").display()
-    );
+    let mut references = Vec::new();
+    let mut specs = Vec::new();
+    for m in MODELS {
+        references.push(serde_json::from_str::<Value>(&std::fs::read_to_string(
+            dir.path().join(format!("{m}.json")),
+        )?)?);
+        specs.push(format!(
+            "{m}=file://{},backend=wasm",
+            dir.path().join(format!("{m}.onnx")).display()
+        ));
+    }
     let mut rows = Vec::new();
     for &t in threads {
-        let native = native(script, dir.path(), t, runs)?;
-        let native_p50 = native["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        let natives = MODELS
+            .iter()
+            .map(|m| native(script, dir.path(), m, t, runs))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         for build in ["plain", "all"] {
             let extra = [
                 "--wasm-threads",
@@ -108,19 +127,25 @@ pub async fn run(bin: &Path, script: &Path, threads: &[u32], runs: usize) -> any
                 build,
                 "--standby-browser",
                 "false",
+                "--page-workers",
+                "1",
             ];
-            let (agent, _) = AgentProcess::start(bin, std::slice::from_ref(&model), &extra).await?;
-            let (times, max_err) = in_page(&agent, &reference, runs).await?;
-            let p50 = pct(&times, 0.5);
-            rows.push(json!({
-                "threads": t,
-                "build": build,
-                "page_p50_ms": p50,
-                "page_p10_ms": pct(&times, 0.1),
-                "native_p50_ms": native_p50,
-                "ratio": p50 / native_p50,
-                "max_abs_error": max_err,
-            }));
+            let (agent, _) = AgentProcess::start(bin, &specs, &extra).await?;
+            for ((m, reference), native) in MODELS.iter().zip(&references).zip(&natives) {
+                let native_p50 = native["p50_ms"].as_f64().unwrap_or(f64::NAN);
+                let (times, max_err) = in_page(&agent, m, reference, runs).await?;
+                let p50 = pct(&times, 0.5);
+                rows.push(json!({
+                    "model": m,
+                    "threads": t,
+                    "build": build,
+                    "page_p50_ms": p50,
+                    "page_p10_ms": pct(&times, 0.1),
+                    "native_p50_ms": native_p50,
+                    "ratio": p50 / native_p50,
+                    "max_abs_error": max_err,
+                }));
+            }
         }
     }
     Ok(json!({"model": made, "runs": runs, "rows": rows}))

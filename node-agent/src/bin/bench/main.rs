@@ -13,10 +13,12 @@
 mod agent_process;
 mod batching;
 mod compute;
+mod ensemble;
 mod faults;
 mod large;
 mod measure;
 mod procs;
+mod quantized;
 mod samples;
 mod workers;
 
@@ -73,6 +75,24 @@ enum Suite {
     },
     /// Latency, throughput, init and recovery (the default).
     Latency,
+    /// The encoder in fp32, fp16, int8 and int4: bytes, load time, memory, latency and
+    /// error, on wasm.
+    Quantized {
+        /// Timed requests per model.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// Two chained models as one ensemble request against two requests.
+    Ensemble {
+        /// Rows and width of the intermediate tensor (float32).
+        #[arg(long, default_value_t = 64)]
+        rows: usize,
+        #[arg(long, default_value_t = 4096)]
+        width: usize,
+        /// Requests of each kind.
+        #[arg(long = "requests", default_value_t = 200)]
+        count: usize,
+    },
     /// One browser's throughput and memory with several page workers.
     Workers {
         /// Page worker counts compared.
@@ -135,6 +155,22 @@ async fn main() -> anyhow::Result<()> {
         let report =
             workers::run(&bin, &args.models, &script, counts, *concurrency, *count).await?;
         workers::print(&report);
+        std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+        println!("\nJSON written to {}", args.json.display());
+        return Ok(());
+    }
+    if let Some(Suite::Ensemble { rows, width, count }) = &args.suite {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let report = ensemble::run(&bin, &fixtures, *rows, *width, *count).await?;
+        ensemble::print(&report);
+        std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+        println!("\nJSON written to {}", args.json.display());
+        return Ok(());
+    }
+    if let Some(Suite::Quantized { runs }) = &args.suite {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let report = quantized::run(&bin, &fixtures, *runs).await?;
+        quantized::print(&report);
         std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
         println!("\nJSON written to {}", args.json.display());
         return Ok(());
@@ -320,12 +356,20 @@ async fn run_compute(
         report["model"]["parameters"], runs
     );
     println!(
-        "{:>7} {:>6} {:>12} {:>12} {:>14} {:>8} {:>10}",
-        "threads", "build", "page p50 ms", "page p10 ms", "native p50 ms", "ratio", "max err"
+        "{:<8} {:>7} {:>6} {:>12} {:>12} {:>14} {:>8} {:>10}",
+        "model",
+        "threads",
+        "build",
+        "page p50 ms",
+        "page p10 ms",
+        "native p50 ms",
+        "ratio",
+        "max err"
     );
     for r in report["rows"].as_array().into_iter().flatten() {
         println!(
-            "{:>7} {:>6} {:>12.2} {:>12.2} {:>14.2} {:>8.2} {:>10.1e}",
+            "{:<8} {:>7} {:>6} {:>12.2} {:>12.2} {:>14.2} {:>8.2} {:>10.1e}",
+            r["model"].as_str().unwrap_or(""),
             r["threads"],
             r["build"].as_str().unwrap_or(""),
             r["page_p50_ms"].as_f64().unwrap_or(f64::NAN),

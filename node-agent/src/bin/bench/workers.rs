@@ -17,12 +17,14 @@ use crate::compute::make_encoder;
 use crate::measure::bench_bridge;
 use crate::procs;
 
-/// (name in the agent, fixture, share of the requests per row: the encoder's requests
-/// take ~100 ms each).
-const MODELS: [(&str, &str, usize); 3] = [
-    ("mlp", "mlp", 1),
-    ("transformer", "transformer", 1),
-    ("encoder", "encoder", 50),
+/// (name in the agent, fixture, backend, share of the requests per row: the encoder's
+/// requests take ~100 ms each). The transformer on WebGPU shows whether requests in
+/// different workers (each with its own onnxruntime-web and GPU device) overlap.
+const MODELS: [(&str, &str, &str, usize); 4] = [
+    ("mlp", "mlp", "wasm", 1),
+    ("transformer", "transformer", "wasm", 1),
+    ("transformer_gpu", "transformer", "webgpu", 4),
+    ("encoder", "encoder", "wasm", 50),
 ];
 
 /// One agent per worker count, both models loaded on wasm; one JSON row per
@@ -46,9 +48,9 @@ pub async fn run(
     };
     let specs: Vec<String> = MODELS
         .iter()
-        .map(|(name, fixture, _)| {
+        .map(|(name, fixture, backend, _)| {
             format!(
-                "{name}=file://{},backend=wasm",
+                "{name}=file://{},backend={backend}",
                 dir_of(fixture).join(format!("{fixture}.onnx")).display()
             )
         })
@@ -71,7 +73,7 @@ pub async fn run(
         let caps = agent.get("/v1/capabilities").await?;
         version = caps["browser"]["version"].clone();
         let threads = caps["page_workers"]["threads_per_worker"].clone();
-        for (name, fixture, share) in MODELS {
+        for (name, fixture, _, share) in MODELS {
             let tensors = one_row(dir_of(fixture), fixture)?;
             for c in [1, concurrency] {
                 let n = if c == 1 { requests / 2 } else { requests } / share;
@@ -120,7 +122,7 @@ pub async fn run(
 #[allow(clippy::print_stdout)]
 pub fn print(report: &Value) {
     println!(
-        "page workers: one browser, wasm, one-row requests over one bridge connection, {} CPUs, {}",
+        "page workers: one browser, wasm (transformer_gpu: webgpu), one-row requests over one bridge connection, {} CPUs, {}",
         report["cpus"],
         report["browser"].as_str().unwrap_or_default()
     );
