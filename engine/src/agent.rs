@@ -83,6 +83,8 @@ pub enum ModelOnAgent {
     Loaded {
         backend: String,
         init_ms: Option<f64>,
+        /// Detected from the model's graph by the agent.
+        precision: Option<webaccel_api::Precision>,
     },
     Failed(String),
 }
@@ -93,6 +95,7 @@ impl ModelOnAgent {
             ModelState::Loaded(m) => Self::Loaded {
                 backend: m.backend.clone(),
                 init_ms: Some(m.init_ms()),
+                precision: m.precision,
             },
             ModelState::Failed { reason } => Self::Failed(reason.clone()),
             // Pending (waiting for a browser) and loading.

@@ -65,6 +65,7 @@ fn replica(pod: &str, state: ReplicaState) -> ReplicaStatus {
         backend: None,
         adapter: None,
         init_ms: None,
+        precision: None,
         reason: None,
     }
 }
@@ -97,10 +98,16 @@ pub fn plan(
     }
     for c in holders.iter().take(want) {
         let mut r = replica(&c.pod, ReplicaState::Loading);
-        if let ModelOnAgent::Loaded { backend, init_ms } = &c.model {
+        if let ModelOnAgent::Loaded {
+            backend,
+            init_ms,
+            precision,
+        } = &c.model
+        {
             r.state = ReplicaState::Loaded;
             r.backend = Some(backend.clone());
             r.init_ms = *init_ms;
+            r.precision = *precision;
             r.adapter = c.adapter.clone().filter(|_| backend.starts_with("webgpu"));
         }
         p.replicas.push(r);
@@ -229,6 +236,7 @@ mod tests {
         let loaded = |b: &str| ModelOnAgent::Loaded {
             backend: b.into(),
             init_ms: Some(12.0),
+            precision: None,
         };
         let cands = [
             browser("a", &[Wasm], loaded("wasm")),
@@ -250,6 +258,7 @@ mod tests {
         let loaded = ModelOnAgent::Loaded {
             backend: "wasm".into(),
             init_ms: None,
+            precision: None,
         };
         let mut draining = browser("old", &[Wasm], loaded);
         draining.usable = false;

@@ -129,11 +129,18 @@ fn apart(
 /// A copy of a stage on a browser another stage has taken, kept (still serving) until
 /// the stage is loaded on browsers of its own.
 fn sharing(c: &Candidate, with: usize) -> ReplicaStatus {
-    let (state, backend, init_ms) = match &c.model {
-        ModelOnAgent::Loaded { backend, init_ms } => {
-            (ReplicaState::Loaded, Some(backend.clone()), *init_ms)
-        }
-        _ => (ReplicaState::Loading, None, None),
+    let (state, backend, init_ms, precision) = match &c.model {
+        ModelOnAgent::Loaded {
+            backend,
+            init_ms,
+            precision,
+        } => (
+            ReplicaState::Loaded,
+            Some(backend.clone()),
+            *init_ms,
+            *precision,
+        ),
+        _ => (ReplicaState::Loading, None, None, None),
     };
     ReplicaStatus {
         pod: c.pod.clone(),
@@ -144,6 +151,7 @@ fn sharing(c: &Candidate, with: usize) -> ReplicaStatus {
             .filter(|_| backend.as_deref().is_some_and(|b| b.starts_with("webgpu"))),
         backend,
         init_ms,
+        precision,
         reason: Some(format!(
             "shares the browser with stage {with}; moves to a browser of its own once one has it loaded"
         )),
@@ -216,6 +224,7 @@ mod tests {
         ModelOnAgent::Loaded {
             backend: "wasm".into(),
             init_ms: Some(5.0),
+            precision: Some(webaccel_api::Precision::Int8),
         }
     }
 

@@ -90,8 +90,13 @@ async fn the_engine_reads_and_drives_a_real_agent() {
         "{first:?}"
     );
     match settled(&agents, &ep, "mlp").await {
-        ModelOnAgent::Loaded { backend, init_ms } => {
+        ModelOnAgent::Loaded {
+            backend,
+            init_ms,
+            precision,
+        } => {
             assert_eq!(backend, "wasm");
+            assert_eq!(precision, Some(webaccel_api::Precision::Fp32));
             assert!(init_ms.unwrap() > 0.0);
         }
         other => panic!("mlp did not load: {other:?}"),

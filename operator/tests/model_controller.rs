@@ -99,6 +99,11 @@ async fn a_model_loads_in_the_background_then_its_browser_is_labelled_and_report
             let s = &b["status"];
             assert_eq!(s["loadedReplicas"], 1);
             assert_eq!(s["backend"], "webgpu");
+            assert_eq!(
+                s["precision"], "fp32",
+                "detected by the agent, shown in status"
+            );
+            assert_eq!(s["replicas"][0]["precision"], "fp32");
             assert_eq!(s["replicas"][0]["initMs"], 40.0);
             assert_eq!(cond(s, "Ready")["status"], "True");
         }),

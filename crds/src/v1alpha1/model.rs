@@ -228,6 +228,10 @@ pub struct ModelDeploymentStatus {
     /// The backend the loaded replicas run on (comma-separated if they differ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The precision the agents detected from the model's graph (comma-separated if
+    /// stages differ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -263,6 +267,9 @@ pub struct ReplicaStatus {
     /// Session creation plus warm-up, as the agent measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_ms: Option<f64>,
+    /// The precision the agent detected from the model's graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

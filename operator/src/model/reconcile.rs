@@ -87,10 +87,15 @@ fn pool_view(ctx: &Context, ns: &str, pool_name: &str) -> Option<(Arc<BrowserPoo
 /// replica `Pending` with the reason, and the load is tried again.
 pub fn replica_after_load(r: &mut ReplicaStatus, result: AgentResult<ModelOnAgent>) {
     match result {
-        Ok(ModelOnAgent::Loaded { backend, init_ms }) => {
+        Ok(ModelOnAgent::Loaded {
+            backend,
+            init_ms,
+            precision,
+        }) => {
             r.state = ReplicaState::Loaded;
             r.backend = Some(backend);
             r.init_ms = init_ms;
+            r.precision = precision;
         }
         Ok(ModelOnAgent::Failed(why)) => {
             // As later looks report it (from the status): the agent's reason, no backend.
@@ -183,6 +188,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
                     backend: None,
                     adapter: None,
                     init_ms: None,
+                    precision: None,
                     reason: s.error.as_ref().map(agent_reason),
                 });
             }
@@ -380,6 +386,7 @@ mod tests {
             backend: None,
             adapter: None,
             init_ms: None,
+            precision: None,
             reason: None,
         }
     }

@@ -46,6 +46,13 @@ pub fn status_of(
         .collect();
     backends.sort();
     backends.dedup();
+    let mut precisions: Vec<&str> = all
+        .iter()
+        .filter(|r| r.state == ReplicaState::Loaded)
+        .filter_map(|r| r.precision.map(webaccel_api::Precision::as_str))
+        .collect();
+    precisions.sort_unstable();
+    precisions.dedup();
     let want = md.spec.replicas;
     let msg = if models.len() > 1 {
         format!(
@@ -102,6 +109,7 @@ pub fn status_of(
         observed_generation: g,
         loaded_replicas: loaded,
         backend: (!backends.is_empty()).then(|| backends.join(",")),
+        precision: (!precisions.is_empty()).then(|| precisions.join(",")),
         conditions: vec![
             make_condition(c, condition::READY, ready, ready_reason, msg, g, now),
             make_condition(

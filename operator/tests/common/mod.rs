@@ -293,6 +293,7 @@ impl AgentApi for FakeAgents {
                 ModelOnAgent::Loaded {
                     backend: req.backend.to_string(),
                     init_ms: Some(40.0),
+                    precision: Some(webaccel_api::Precision::Fp32),
                 },
             );
             Ok(ModelOnAgent::Loading)

@@ -975,6 +975,7 @@ impl AgentApi for Agents {
                 ModelOnAgent::Loaded {
                     backend: "wasm".into(),
                     init_ms: Some(40.0),
+                    precision: Some(webaccel_api::Precision::Fp32),
                 }
             } else {
                 ModelOnAgent::Absent
