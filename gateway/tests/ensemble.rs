@@ -18,7 +18,11 @@ async fn stock_clients_call_an_ensemble_through_the_gateway() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 
     let agent = AgentProc::spawn(&[], &[]);
     agent.wait_ready().await;
@@ -66,11 +70,17 @@ async fn stock_clients_call_an_ensemble_through_the_gateway() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("ok http binary") && stdout.contains("ok grpc"), "{stdout}");
+    assert!(
+        stdout.contains("ok http binary") && stdout.contains("ok grpc"),
+        "{stdout}"
+    );
     // The intermediate never crossed the gateway: one request per call reached the
     // agent, for the ensemble, and none for its steps.
     let stats = agent.get("/v1/stats").await;
     assert_eq!(stats["models"]["pipe"]["requests"], 2, "{stats}");
-    assert!(stats["models"]["first"]["requests"].as_u64().unwrap_or(0) == 0, "{stats}");
+    assert!(
+        stats["models"]["first"]["requests"].as_u64().unwrap_or(0) == 0,
+        "{stats}"
+    );
     gw.running.shutdown().await;
 }
