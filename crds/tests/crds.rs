@@ -90,12 +90,12 @@ fn every_cel_rule_stays_within_the_cost_budget() {
     let unbounded = cel::compile_schema(&json!({"type": "array", "items": {"type": "string"}}));
     assert!(!cel::estimate_rule_cost("self.all(x, self.all(y, x == y))", &unbounded).is_empty());
 
-    // BrowserPool has 6 rules, ModelDeployment 7 (two on the root, model-or-stages on
-    // the spec, backends, stages, and the uri rule of model and of stages' items); all
-    // must be found and checked.
+    // BrowserPool has 6 rules, ModelDeployment 9 (two on the root, one-of model, stages
+    // or ensemble on the spec, backends, stages, the uri rule of model and of stages'
+    // items, ensemble steps and outputs); all must be found and checked.
     for (schema, expected) in [
         (schema_of::<BrowserPool>(), 6),
-        (schema_of::<ModelDeployment>(), 7),
+        (schema_of::<ModelDeployment>(), 9),
     ] {
         let compiled = cel::compile_schema(&schema);
         let mut rules = Vec::new();
@@ -240,12 +240,12 @@ fn stages_are_one_to_sixteen_model_sources_instead_of_model() {
     both["model"] = source(0);
     let both = failures("enc", both);
     assert!(
-        both.contains("exactly one of model (one file) or stages"),
+        both.contains("exactly one of model (one file), stages"),
         "{both}"
     );
     let neither = failures("enc", json!({"poolRef": {"name": "p"}}));
     assert!(
-        neither.contains("exactly one of model (one file) or stages"),
+        neither.contains("exactly one of model (one file), stages"),
         "{neither}"
     );
     let bad_uri = failures(
@@ -305,5 +305,36 @@ fn pool_crd_has_scale_status_and_printer_columns() {
     check(
         &serde_json::to_value(ModelDeployment::crd()).unwrap()["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
         "",
+    );
+}
+
+#[cfg(feature = "validate")]
+#[test]
+fn an_ensemble_chains_other_deployments_instead_of_model() {
+    let failures = |spec: Value| {
+        webaccel_api::v1alpha1::validate::validate(&model("pipe", spec), "test.yaml")
+            .err()
+            .map(|e| e.message)
+            .unwrap_or_default()
+    };
+    let ensemble = |steps: Value, outputs: Value| json!({"poolRef": {"name": "p"}, "ensemble": {"task": "vision", "steps": steps, "outputs": outputs}});
+    let step = json!({"model": "first", "inputMap": {"x": "IN"}, "outputMap": {"y": "OUT"}});
+    assert_eq!(failures(ensemble(json!([step]), json!(["OUT"]))), "");
+    let empty = failures(ensemble(json!([]), json!(["OUT"])));
+    assert!(
+        empty.contains("ensemble.steps needs at least one step"),
+        "{empty}"
+    );
+    let no_outputs = failures(ensemble(json!([step]), json!([])));
+    assert!(
+        no_outputs.contains("ensemble.outputs must name at least one tensor"),
+        "{no_outputs}"
+    );
+    let mut both = ensemble(json!([step]), json!(["OUT"]));
+    both["model"] = json!({"uri": "file:///m.onnx", "task": "vision"});
+    let both = failures(both);
+    assert!(
+        both.contains("exactly one of model (one file), stages"),
+        "{both}"
     );
 }

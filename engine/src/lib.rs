@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod autoscale;
 pub mod command;
+pub mod ensemble;
 pub mod place;
 pub mod pool;
 pub mod stages;

@@ -4,7 +4,7 @@
 use webaccel_api::Backend;
 use webaccel_api::agent::ModelSpec;
 use webaccel_api::v1alpha1::{
-    AgentModel, Batching, ModelDeploymentSpec, ReplicaState, ReplicaStatus,
+    AgentModel, Batching, EnsembleSpec, ModelDeploymentSpec, ReplicaState, ReplicaStatus,
 };
 
 use crate::agent::ModelOnAgent;
@@ -165,7 +165,7 @@ pub fn load_request(
     ModelSpec {
         name: model.name.clone(),
         uri,
-        ensemble: None,
+        ensemble: model.ensemble.map(EnsembleSpec::for_agents),
         sha256: model.source.sha256.clone(),
         backend,
         webnn_device: Default::default(),

@@ -32,7 +32,7 @@ pub use crate::Precision;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.model) != has(self.stages)").message("exactly one of model (one file) or stages (a model cut by `webaccel shard`, in pipeline order) must be set"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.model) ? 1 : 0) + (has(self.stages) ? 1 : 0) + (has(self.ensemble) ? 1 : 0) == 1").message("exactly one of model (one file), stages (a model cut by `webaccel shard`, in pipeline order) or ensemble (other ModelDeployments chained) must be set"))]
 pub struct ModelDeploymentSpec {
     pub pool_ref: PoolRef,
     /// The model file. Exactly one of `model` and `stages` is set.
@@ -47,6 +47,12 @@ pub struct ModelDeploymentSpec {
     #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("stages needs at least one entry: the stage files `webaccel shard` writes, in order"))]
     #[schemars(length(max = 16))]
     pub stages: Option<Vec<ModelSource>>,
+    /// Other ModelDeployments of the same pool chained into one model, after Triton's
+    /// ensemble scheduling: the page runs the steps back to back and intermediate tensors
+    /// never leave it (on WebGPU they stay in GPU buffers). Placed on browsers that hold
+    /// every step; served under this deployment's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleSpec>,
     /// Backends to run on, in order of preference; a browser is chosen for the first one it
     /// can run. `auto` lets the agent measure the candidates and keep the fastest.
     #[serde(default = "auto")]
@@ -71,6 +77,55 @@ pub struct ModelDeploymentSpec {
     pub batching: Option<Batching>,
 }
 
+/// An ensemble of other ModelDeployments (`spec.ensemble`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnsembleSpec {
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("ensemble.steps needs at least one step"))]
+    #[schemars(length(max = 16))]
+    pub steps: Vec<EnsembleStepSpec>,
+    /// Ensemble tensors returned, in this order.
+    #[x_kube(validation = kube::core::Rule::new("size(self) >= 1").message("ensemble.outputs must name at least one tensor"))]
+    #[schemars(length(max = 64))]
+    pub outputs: Vec<String>,
+    /// What the ensemble does, recorded with its metrics.
+    pub task: Task,
+}
+
+/// One step of an ensemble.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnsembleStepSpec {
+    /// A ModelDeployment (with `model`, not `stages`) of the same pool.
+    #[schemars(length(min = 1, max = 63))]
+    pub model: String,
+    /// The step model's input → the ensemble tensor it reads.
+    #[serde(default)]
+    pub input_map: std::collections::BTreeMap<String, String>,
+    /// The step model's output → the ensemble tensor it writes.
+    #[serde(default)]
+    pub output_map: std::collections::BTreeMap<String, String>,
+}
+
+impl EnsembleSpec {
+    /// The agent's form: step models named as the agents know them (a ModelDeployment
+    /// with `model` is loaded under its own name).
+    pub fn for_agents(&self) -> crate::agent::Ensemble {
+        crate::agent::Ensemble {
+            steps: self
+                .steps
+                .iter()
+                .map(|s| crate::agent::EnsembleStep {
+                    model: s.model.clone(),
+                    input_map: s.input_map.clone(),
+                    output_map: s.output_map.clone(),
+                })
+                .collect(),
+            outputs: self.outputs.clone(),
+        }
+    }
+}
+
 /// The most stages a ModelDeployment may have (the schema's `maxItems`).
 pub const MAX_STAGES: usize = 16;
 
@@ -86,7 +141,10 @@ pub fn stage_model_name(deployment: &str, stage: usize) -> String {
 pub struct AgentModel<'a> {
     /// The name on the agents.
     pub name: String,
+    /// The file; for an ensemble, a placeholder with its task (it has no file).
     pub source: &'a ModelSource,
+    /// For an ensemble: its steps, which must be loaded on a browser before it.
+    pub ensemble: Option<&'a EnsembleSpec>,
     /// Its place in the pipeline, for a stage.
     pub stage: Option<usize>,
 }
@@ -103,15 +161,25 @@ impl ModelDeploymentSpec {
                 .map(|(i, source)| AgentModel {
                     name: stage_model_name(name, i),
                     source,
+                    ensemble: None,
                     stage: Some(i),
                 })
                 .collect(),
             (None, Some(source)) => vec![AgentModel {
                 name: name.to_owned(),
                 source,
+                ensemble: None,
                 stage: None,
             }],
-            (None, None) => Vec::new(),
+            (None, None) => match &self.ensemble {
+                Some(e) => vec![AgentModel {
+                    name: name.to_owned(),
+                    source: ensemble_source(e.task),
+                    ensemble: Some(e),
+                    stage: None,
+                }],
+                None => Vec::new(),
+            },
         }
     }
 
@@ -280,4 +348,30 @@ pub enum ReplicaState {
     Loading,
     Loaded,
     FailedToLoad,
+}
+
+/// The placeholder source of an ensemble (it has no file of its own), one per task.
+fn ensemble_source(task: Task) -> &'static ModelSource {
+    const fn source(task: Task) -> ModelSource {
+        ModelSource {
+            uri: String::new(),
+            sha256: None,
+            format: ModelFormat::Onnx,
+            task,
+        }
+    }
+    static SOURCES: [ModelSource; 5] = [
+        source(Task::TextEmbedding),
+        source(Task::Vision),
+        source(Task::Audio),
+        source(Task::TextGeneration),
+        source(Task::Multimodal),
+    ];
+    match task {
+        Task::TextEmbedding => &SOURCES[0],
+        Task::Vision => &SOURCES[1],
+        Task::Audio => &SOURCES[2],
+        Task::TextGeneration => &SOURCES[3],
+        Task::Multimodal => &SOURCES[4],
+    }
 }

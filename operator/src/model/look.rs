@@ -11,7 +11,7 @@ use webaccel_api::v1alpha1::{
 };
 use webaccel_engine::agent::{AgentError, Endpoint, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate, Placement};
-use webaccel_engine::stages;
+use webaccel_engine::{ensemble, stages};
 
 use crate::context::Context;
 use crate::pool::observe::{Browser, PoolView};
@@ -106,6 +106,12 @@ pub async fn ask(
                     failed_before,
                 });
             }
+            for (m, c) in models.iter().zip(candidates.iter_mut()) {
+                if let Some(e) = m.ensemble {
+                    let missing = ensemble::missing_step(ctx.agents.as_ref(), &ep, e).await;
+                    ensemble::require_steps(c, missing.as_deref());
+                }
+            }
             if error.is_some() {
                 for c in &mut candidates {
                     c.usable = false;
@@ -156,7 +162,14 @@ pub fn decide(
         return Decided {
             placements: per_model
                 .iter()
-                .map(|c| place::plan(spec.replicas, &spec.backends, &pool.spec.backends, c))
+                .zip(models)
+                .map(|(c, m)| {
+                    let mut p = place::plan(spec.replicas, &spec.backends, &pool.spec.backends, c);
+                    if let Some(e) = m.ensemble {
+                        ensemble::explain_unplaced(&mut p, e);
+                    }
+                    p
+                })
                 .collect(),
             shared: None,
         };

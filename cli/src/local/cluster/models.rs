@@ -10,7 +10,7 @@ use futures::future::join_all;
 use webaccel_api::v1alpha1::{AgentModel, ModelDeployment, ReplicaState, ReplicaStatus};
 use webaccel_engine::agent::{AgentApi, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate, Placement};
-use webaccel_engine::stages;
+use webaccel_engine::{ensemble, stages};
 
 use super::super::status::{ModelLine, ReplicaLine, StageLine};
 use super::{Desired, Engine, PoolState, resolve_uri};
@@ -64,7 +64,7 @@ impl Engine {
         };
         let models = md.spec.agent_models(name);
         if models.is_empty() {
-            line.note = "neither model nor stages is set".to_owned();
+            line.note = "none of model, stages or ensemble is set".to_owned();
             return line;
         }
         let (Some(pool), Some(state)) = (desired.pools.get(pool_name), self.pools.get(pool_name))
@@ -93,15 +93,24 @@ impl Engine {
                     vec![Some(ModelOnAgent::Absent); models_ref.len()]
                 };
                 let held = b.stats.as_ref().map_or(0, |s| s.models.len());
+                // An ensemble goes only where its steps are loaded.
+                let mut missing = Vec::with_capacity(models_ref.len());
+                for m in models_ref.iter() {
+                    missing.push(match m.ensemble {
+                        Some(e) => ensemble::missing_step(agents, &b.endpoint, e).await,
+                        None => None,
+                    });
+                }
                 models_ref
                     .iter()
                     .zip(answers)
-                    .map(|(m, model)| {
+                    .zip(missing)
+                    .map(|((m, model), missing)| {
                         let failed_before = failures
                             .get(&(m.name.clone(), b.name.clone()))
                             .filter(|(key, _)| key == spec_key_ref)
                             .map(|(_, why)| why.clone());
-                        Some(Candidate {
+                        let mut candidate = Candidate {
                             pod: b.name.clone(),
                             usable: b.is_ready() && b.draining_since.is_none(),
                             backends: b
@@ -113,7 +122,9 @@ impl Engine {
                             model: model?,
                             models_held: held,
                             failed_before,
-                        })
+                        };
+                        ensemble::require_steps(&mut candidate, missing.as_deref());
+                        Some(candidate)
                     })
                     .collect::<Option<Vec<Candidate>>>()
             },
@@ -135,7 +146,15 @@ impl Engine {
         } else {
             let p = per_model
                 .iter()
-                .map(|c| place::plan(md.spec.replicas, &md.spec.backends, &pool.spec.backends, c))
+                .zip(&models)
+                .map(|(c, m)| {
+                    let mut p =
+                        place::plan(md.spec.replicas, &md.spec.backends, &pool.spec.backends, c);
+                    if let Some(e) = m.ensemble {
+                        ensemble::explain_unplaced(&mut p, e);
+                    }
+                    p
+                })
                 .collect();
             (p, None)
         };
