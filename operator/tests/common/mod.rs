@@ -277,7 +277,15 @@ impl AgentApi for FakeAgents {
         req: &'a ModelSpec,
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
-            self.note(format!("load {} {} {}", ep.pod, req.name, req.backend));
+            // An ensemble's load names its steps.
+            let steps = req.ensemble.as_ref().map_or(String::new(), |e| {
+                let names: Vec<&str> = e.steps.iter().map(|s| s.model.as_str()).collect();
+                format!(" ensemble[{}]", names.join(","))
+            });
+            self.note(format!(
+                "load {} {} {}{steps}",
+                ep.pod, req.name, req.backend
+            ));
             let scripted = {
                 let mut l = self.loads.lock().unwrap();
                 l.get_mut(&ep.pod)
