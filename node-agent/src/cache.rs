@@ -64,7 +64,11 @@ impl ModelCache {
             .map_err(|e| format!("cache: {e}"))?;
         f.write_all(format!("{uri}\n").as_bytes())
             .await
-            .map_err(|e| format!("cache: {e}"))
+            .map_err(|e| format!("cache: {e}"))?;
+        // tokio's File hands writes to a blocking task: without a flush the line may not
+        // be written yet when the next `get` reads it (seen in CI as a cache miss for a
+        // file fetched a moment before).
+        f.flush().await.map_err(|e| format!("cache: {e}"))
     }
 
     /// Returns the cached file for `uri`, fetching it if needed. With `expected` set, a
