@@ -141,12 +141,22 @@ pub fn stage_model_name(deployment: &str, stage: usize) -> String {
 pub struct AgentModel<'a> {
     /// The name on the agents.
     pub name: String,
-    /// The file; for an ensemble, a placeholder with its task (it has no file).
-    pub source: &'a ModelSource,
+    /// The file; `None` for an ensemble, which has none.
+    pub source: Option<&'a ModelSource>,
+    /// What it does, recorded with its metrics.
+    pub task: Task,
     /// For an ensemble: its steps, which must be loaded on a browser before it.
     pub ensemble: Option<&'a EnsembleSpec>,
     /// Its place in the pipeline, for a stage.
     pub stage: Option<usize>,
+}
+
+impl AgentModel<'_> {
+    /// Where its file is; empty for an ensemble (the agent's load spec then carries the
+    /// ensemble instead of a URI).
+    pub fn uri(&self) -> &str {
+        self.source.map_or("", |s| s.uri.as_str())
+    }
 }
 
 impl ModelDeploymentSpec {
@@ -160,21 +170,24 @@ impl ModelDeploymentSpec {
                 .enumerate()
                 .map(|(i, source)| AgentModel {
                     name: stage_model_name(name, i),
-                    source,
+                    source: Some(source),
+                    task: source.task,
                     ensemble: None,
                     stage: Some(i),
                 })
                 .collect(),
             (None, Some(source)) => vec![AgentModel {
                 name: name.to_owned(),
-                source,
+                source: Some(source),
+                task: source.task,
                 ensemble: None,
                 stage: None,
             }],
             (None, None) => match &self.ensemble {
                 Some(e) => vec![AgentModel {
                     name: name.to_owned(),
-                    source: ensemble_source(e.task),
+                    source: None,
+                    task: e.task,
                     ensemble: Some(e),
                     stage: None,
                 }],
@@ -348,30 +361,4 @@ pub enum ReplicaState {
     Loading,
     Loaded,
     FailedToLoad,
-}
-
-/// The placeholder source of an ensemble (it has no file of its own), one per task.
-fn ensemble_source(task: Task) -> &'static ModelSource {
-    const fn source(task: Task) -> ModelSource {
-        ModelSource {
-            uri: String::new(),
-            sha256: None,
-            format: ModelFormat::Onnx,
-            task,
-        }
-    }
-    static SOURCES: [ModelSource; 5] = [
-        source(Task::TextEmbedding),
-        source(Task::Vision),
-        source(Task::Audio),
-        source(Task::TextGeneration),
-        source(Task::Multimodal),
-    ];
-    match task {
-        Task::TextEmbedding => &SOURCES[0],
-        Task::Vision => &SOURCES[1],
-        Task::Audio => &SOURCES[2],
-        Task::TextGeneration => &SOURCES[3],
-        Task::Multimodal => &SOURCES[4],
-    }
 }

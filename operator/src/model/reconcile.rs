@@ -137,12 +137,12 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         patch_status(&api, md, not_ready(md, "InvalidSpec", msg, now)).await?;
         return Ok(Action::await_change());
     }
-    if let Some(m) = models.iter().find(|m| relative(&m.source.uri)) {
+    if let Some(m) = models.iter().find(|m| relative(m.uri())) {
         let msg = format!(
             "{} uri {} is relative: only local mode (webaccel up) resolves it; on a cluster use file:///<path in the pod>, http:// or https://",
             m.stage
                 .map_or("model".to_owned(), |i| format!("stages[{i}]")),
-            m.source.uri
+            m.uri()
         );
         patch_status(&api, md, not_ready(md, "InvalidModelURI", msg, now)).await?;
         return Ok(Action::await_change());
@@ -205,7 +205,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             .flat_map(|(i, (m, placement))| {
                 placement.load.iter().filter_map(move |(pod, backend)| {
                     let ep = endpoint_of(pod)?;
-                    let req = place::load_request(m, &md.spec, m.source.uri.clone(), *backend);
+                    let req = place::load_request(m, &md.spec, m.uri().to_owned(), *backend);
                     Some(async move { (i, ep.pod.clone(), ctx.agents.load(ep, &req).await) })
                 })
             });

@@ -210,12 +210,8 @@ impl Engine {
             let Some(b) = state.browsers.iter().find(|b| &b.name == browser) else {
                 continue;
             };
-            let spec = place::load_request(
-                model,
-                &md.spec,
-                resolve_uri(&model.source.uri, base),
-                *backend,
-            );
+            let spec =
+                place::load_request(model, &md.spec, resolve_uri(model.uri(), base), *backend);
             tracing::info!(model = %name, %browser, %backend, "loading the model");
             match self.agents.load(&b.endpoint, &spec).await {
                 Ok(ModelOnAgent::Failed(why)) => {
