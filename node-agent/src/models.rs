@@ -40,6 +40,9 @@ pub struct ModelEntry {
     pub batcher: Arc<Batcher>,
     /// The file's digest once fetched, so reloads read the cache, not the source.
     resolved_sha: RwLock<Option<String>>,
+    /// What the graph of the file with that digest says, read once: a reload after a
+    /// browser restart (the recovery path) does not decode the model again.
+    inspected: RwLock<Option<(String, Arc<Inspection>)>>,
     /// Whether the agent is unready while this model is not loaded: true for models given
     /// on the command line and for any model once it has loaded (so a browser restart that
     /// must reload it makes the pod unready), false for a model loading for the first time
@@ -56,6 +59,7 @@ impl ModelEntry {
             pinned: RwLock::new(None),
             slot: Arc::new(Semaphore::new(runs_at_once.max(1))),
             resolved_sha: RwLock::new(None),
+            inspected: RwLock::new(None),
             gates_readiness: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -290,7 +294,7 @@ async fn load_steps(
         .resolved_sha
         .write()
         .unwrap_or_else(|p| p.into_inner()) = Some(cached.sha256.clone());
-    let inspection = inspect_file(agent, &spec.name, &cached.sha256).await?;
+    let inspection = inspect_file(agent, entry, &cached.sha256).await?;
     let detected = &inspection.precision;
     if let Some(wanted) = spec.precision
         && wanted != detected.precision
@@ -389,15 +393,29 @@ async fn load_steps(
 /// What the cached file `sha256`'s graph says (off the async threads: a large model
 /// takes a moment to decode). A file that is not an ONNX model is refused here with the
 /// parser's reason, before the browser spends time on it.
-async fn inspect_file(agent: &Agent, name: &str, sha256: &str) -> Result<Inspection, AgentError> {
+async fn inspect_file(
+    agent: &Agent,
+    entry: &ModelEntry,
+    sha256: &str,
+) -> Result<Arc<Inspection>, AgentError> {
+    if let Some((sha, seen)) = &*entry.inspected.read().unwrap_or_else(|p| p.into_inner())
+        && sha == sha256
+    {
+        return Ok(seen.clone());
+    }
     let path = agent.cache.path_for(sha256);
-    tokio::task::spawn_blocking(move || {
+    let name = &entry.spec.name;
+    let inspection = tokio::task::spawn_blocking(move || {
         let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
         inspect::inspect(&bytes)
     })
     .await
     .map_err(|e| AgentError::Internal(e.to_string()))?
-    .map_err(|e| AgentError::ModelLoad(format!("model '{name}' was refused: {e}")))
+    .map_err(|e| AgentError::ModelLoad(format!("model '{name}' was refused: {e}")))?;
+    let inspection = Arc::new(inspection);
+    *entry.inspected.write().unwrap_or_else(|p| p.into_inner()) =
+        Some((sha256.to_owned(), inspection.clone()));
+    Ok(inspection)
 }
 
 /// Registers an ensemble in the page: its step models must be loaded here already; the
