@@ -6,32 +6,17 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
+mod common;
 #[path = "../src/bin/up_bench/driver.rs"]
 mod driver;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{repo, run};
 use driver::{Up, loaded, model, model_yaml, pool_yaml};
 use webaccel_api::agent::{ModelList, ModelState};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e} (python3 with numpy, onnx, onnxruntime and tritonclient: pip install -r requirements-test.txt)"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn ensemble_yaml(name: &str, pool: &str, first: &str, second: &str) -> String {
     format!(

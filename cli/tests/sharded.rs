@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
+mod common;
 #[path = "../src/bin/up_bench/driver.rs"]
 mod driver;
 
@@ -15,30 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{repo, run};
 use driver::{Up, browser_names, loaded, model, pool_yaml};
 use serde_json::Value;
 use webaccel_api::agent::{ModelList, ModelState};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn fixture(name: &str) -> PathBuf {
     repo().join("node-agent/tests/fixtures/models").join(name)
-}
-
-/// Runs a command; its stdout, or a failure with what it said.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e} (this test needs python3 with numpy, onnx, onnxruntime and tritonclient: pip install -r requirements-test.txt)"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// `webaccel shard MODEL --stages N --out DIR`; the stage files with their digests.

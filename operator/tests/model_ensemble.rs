@@ -40,14 +40,6 @@ fn world_with(agents: &std::sync::Arc<FakeAgents>, client: kube::Client) -> Worl
     world
 }
 
-fn loads(agents: &FakeAgents) -> Vec<String> {
-    agents
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("load") || c.starts_with("unload"))
-        .collect()
-}
-
 #[tokio::test]
 async fn an_ensemble_goes_only_where_every_step_is_loaded() {
     let md = ensemble();
@@ -77,7 +69,7 @@ async fn an_ensemble_goes_only_where_every_step_is_loaded() {
         .unwrap();
     api.await.unwrap();
     assert_eq!(
-        loads(&agents),
+        agents.load_calls(),
         ["load web-b pipe wasm ensemble[first,second]"]
     );
 }
@@ -113,5 +105,5 @@ async fn without_a_browser_holding_every_step_it_waits_and_says_so() {
         .await
         .unwrap();
     api.await.unwrap();
-    assert!(loads(&agents).is_empty(), "{:?}", agents.calls());
+    assert!(agents.load_calls().is_empty(), "{:?}", agents.calls());
 }

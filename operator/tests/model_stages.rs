@@ -96,14 +96,6 @@ fn labelled(mut p: Pod, labels: &[&str]) -> Pod {
     p
 }
 
-fn loads(agents: &FakeAgents) -> Vec<String> {
-    agents
-        .calls()
-        .into_iter()
-        .filter(|c| c.starts_with("load") || c.starts_with("unload"))
-        .collect()
-}
-
 #[tokio::test]
 async fn each_stage_is_loaded_on_a_browser_of_its_own_and_reported_per_stage() {
     let p = pool("  image: reg/browser:1\n  replicas: 3\n");
@@ -161,14 +153,14 @@ async fn each_stage_is_loaded_on_a_browser_of_its_own_and_reported_per_stage() {
         .await
         .unwrap();
     assert_eq!(
-        loads(&agents),
+        agents.load_calls(),
         ["load web-a enc.stage0 wasm", "load web-b enc.stage1 wasm"]
     );
     reconcile(sink.applied(&md), world.ctx.clone())
         .await
         .unwrap();
     api.await.unwrap();
-    assert_eq!(loads(&agents).len(), 2, "nothing loaded twice");
+    assert_eq!(agents.load_calls().len(), 2, "nothing loaded twice");
 }
 
 #[tokio::test]
@@ -244,7 +236,7 @@ async fn a_pool_too_small_shares_a_browser_and_a_grown_one_moves_the_stage() {
         .await
         .unwrap();
     assert_eq!(
-        loads(&agents),
+        agents.load_calls(),
         ["load web-a enc.stage0 wasm", "load web-a enc.stage1 wasm"]
     );
     reconcile(sink.applied(&md), world.ctx.clone())
@@ -260,12 +252,12 @@ async fn a_pool_too_small_shares_a_browser_and_a_grown_one_moves_the_stage() {
     reconcile(sink.applied(&md), world.ctx.clone())
         .await
         .unwrap();
-    assert_eq!(loads(&agents), ["load web-b enc.stage1 wasm"]);
+    assert_eq!(agents.load_calls(), ["load web-b enc.stage1 wasm"]);
     agents.clear_calls();
     reconcile(sink.applied(&md), world.ctx.clone())
         .await
         .unwrap();
-    assert_eq!(loads(&agents), ["unload web-a enc.stage1"]);
+    assert_eq!(agents.load_calls(), ["unload web-a enc.stage1"]);
     api.await.unwrap();
 }
 

@@ -214,6 +214,14 @@ impl FakeAgents {
         self.calls.lock().unwrap().push(s);
     }
 
+    /// The load and unload calls made, in order.
+    pub fn load_calls(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("load") || c.starts_with("unload"))
+            .collect()
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
