@@ -1,22 +1,11 @@
-//! webaccel's shared vocabulary: the tensor types, the error categories and the binary
-//! wire protocol spoken between clients, the node agent and the in-page runtime.
+//! webaccel's custom resources and the Kubernetes conventions its parts share: the
+//! `webaccel.dev/v1alpha1` types (`BrowserPool`, `ModelDeployment`) from which `crdgen`
+//! writes the CRD YAML, the label, annotation and condition names, and how the operator
+//! and the gateway find and reach a pool's agents ([`pods`]).
 //!
-//! With the `kube` feature it also holds the custom resources (`v1alpha1`) and the label and
-//! condition names the operator and the gateway share. Without it nothing here depends on
-//! Kubernetes, so the agent and external clients use the wire protocol without pulling in kube.
+//! The vocabulary without Kubernetes (tensors, errors, the agent contract) is
+//! `webaccel-api`; the API server's validation, for local mode, is `webaccel-crds-validate`.
 
-pub mod agent;
-pub mod backend;
-pub mod error;
-pub mod kserve;
 pub mod labels;
-pub mod precision;
-pub mod tensor;
-#[cfg(feature = "kube")]
-pub mod v1alpha1;
-pub mod wire;
 
-pub use backend::{Backend, WebNnDevice};
-pub use error::ErrorCategory;
-pub use precision::Precision;
-pub use tensor::{DataType, Tensor, TensorError};
+pub mod v1alpha1;

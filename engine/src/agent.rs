@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use webaccel_api::ErrorCategory;
 use webaccel_api::agent::{AgentStats, Capabilities, ModelDescription, ModelSpec, ModelState};
-use webaccel_api::kserve::ErrorBody;
+use webaccel_api::oip::ErrorBody;
 
 /// Where one agent listens and the token it wants.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! processes, so both run identical agents: only where it listens, where its token and
 //! cache live and what it is called differ ([`AgentSite`]).
 
-use webaccel_api::v1alpha1::{BrowserKind, BrowserPoolSpec};
+use webaccel_crds::v1alpha1::BrowserPoolSpec;
 
 /// The port agents listen on in pods.
 pub const AGENT_PORT: u16 = 8700;
@@ -23,32 +23,12 @@ pub struct AgentSite {
     pub browser_binary: String,
 }
 
-/// The browser binary a pool's kind uses by default, as its images install it.
-pub fn default_browser_binary(kind: BrowserKind) -> &'static str {
-    match kind {
-        BrowserKind::Chromium => "chromium",
-        BrowserKind::Chrome => "google-chrome",
-        BrowserKind::Edge => "microsoft-edge",
-        BrowserKind::Firefox => "firefox-esr",
-    }
-}
-
-/// The agent's `--browser` value for a pool's kind.
-fn browser_arg(kind: BrowserKind) -> &'static str {
-    match kind {
-        BrowserKind::Chromium => "chromium",
-        BrowserKind::Chrome => "chrome",
-        BrowserKind::Edge => "edge",
-        BrowserKind::Firefox => "firefox",
-    }
-}
-
 /// The agent's arguments for one browser of a pool with `spec`.
 pub fn agent_args(spec: &BrowserPoolSpec, site: &AgentSite) -> Vec<String> {
     let mut args = vec![
         format!("--listen={}", site.listen),
         format!("--token-file={}", site.token_file),
-        format!("--browser={}", browser_arg(spec.browser)),
+        format!("--browser={}", spec.browser),
         format!("--browser-binary={}", site.browser_binary),
         format!("--max-in-flight={}", spec.max_in_flight_per_browser),
         format!("--pool={}", site.pool),

@@ -3,7 +3,7 @@
 //! (not read from pod labels), so the operator and local mode decide alike.
 
 use futures::future::join_all;
-use webaccel_api::v1alpha1::EnsembleSpec;
+use webaccel_crds::v1alpha1::EnsembleSpec;
 
 use crate::agent::{AgentApi, Endpoint, ModelOnAgent};
 use crate::place::{Candidate, Placement};

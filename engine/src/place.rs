@@ -3,7 +3,7 @@
 
 use webaccel_api::Backend;
 use webaccel_api::agent::ModelSpec;
-use webaccel_api::v1alpha1::{
+use webaccel_crds::v1alpha1::{
     AgentModel, Batching, EnsembleSpec, ModelDeploymentSpec, ReplicaState, ReplicaStatus,
 };
 

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use webaccel_api::Backend;
-use webaccel_api::v1alpha1::{ReplicaState, ReplicaStatus};
+use webaccel_crds::v1alpha1::{ReplicaState, ReplicaStatus};
 
 use crate::agent::ModelOnAgent;
 use crate::place::{self, Candidate, Placement};

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tower::retry::budget::Budget as _;
 use webaccel_api::ErrorCategory;
-use webaccel_api::kserve::{ModelMetadata, TensorMetadata};
+use webaccel_api::oip::{ModelMetadata, TensorMetadata};
 use webaccel_api::wire::{InferRequest, InferResponse};
 use webaccel_kserve::{ApiError, CallOptions, Inferred};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use webaccel_api::ErrorCategory;
-use webaccel_api::kserve::{ModelMetadata, ModelReady};
+use webaccel_api::oip::{ModelMetadata, ModelReady};
 use webaccel_api::wire::{InferRequest, InferResponse};
 use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
 

@@ -8,7 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use webaccel_api::ErrorCategory;
-use webaccel_api::kserve::{ErrorBody, ModelMetadata, ModelReady};
+use webaccel_api::oip::{ErrorBody, ModelMetadata, ModelReady};
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 /// The request's own deadline and identity, as the client gave them.
@@ -69,8 +69,8 @@ impl ApiError {
     }
 }
 
-impl From<webaccel_api::kserve::ProtocolError> for ApiError {
-    fn from(e: webaccel_api::kserve::ProtocolError) -> Self {
+impl From<webaccel_api::oip::ProtocolError> for ApiError {
+    fn from(e: webaccel_api::oip::ProtocolError) -> Self {
         Self::new(e.category, e.message)
     }
 }

@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use webaccel_api::ErrorCategory;
-use webaccel_api::kserve::{self, ModelMetadata, ServerMetadata};
+use webaccel_api::oip::{self, ModelMetadata, ServerMetadata};
 
 use crate::api::{ApiError, CallOptions, InferenceApi};
 
@@ -77,7 +77,7 @@ async fn server_metadata<A: InferenceApi>(State(api): State<Arc<A>>) -> Json<Ser
     Json(ServerMetadata {
         name: api.server_name().to_owned(),
         version: api.server_version().to_owned(),
-        extensions: kserve::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+        extensions: oip::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
     })
 }
 
@@ -180,15 +180,15 @@ async fn infer<A: InferenceApi>(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let header_length = headers
-        .get(kserve::HEADER_LENGTH)
+        .get(oip::HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("?"));
-    let parsed = kserve::parse_request(&name, &body, header_length, api.max_tensor_bytes())
+    let parsed = oip::parse_request(&name, &body, header_length, api.max_tensor_bytes())
         .map_err(ApiError::from)
         .inspect_err(|e| api.refused(e))?;
     let options = call_options(&headers, parsed.timeout).inspect_err(|e| api.refused(e))?;
     let request_id = options.request_id.clone();
     let inferred = api.infer(parsed.request, options).await?;
-    let encoded = kserve::encode_response(
+    let encoded = oip::encode_response(
         VERSION,
         parsed.id,
         &inferred.response,
@@ -202,7 +202,7 @@ async fn infer<A: InferenceApi>(
         .into_response();
     let h = response.headers_mut();
     if let Some(n) = encoded.header_length {
-        h.insert(kserve::HEADER_LENGTH, HeaderValue::from(n));
+        h.insert(oip::HEADER_LENGTH, HeaderValue::from(n));
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert(REQUEST_ID_HEADER, v);

@@ -4,7 +4,7 @@
 //! `inference.GRPCInferenceService`, as `tritonclient.grpc` uses it) over one trait,
 //! [`InferenceApi`], which each implements once.
 //!
-//! The wire-level body formats live in `webaccel_api::kserve`; this crate is the
+//! The wire-level body formats live in `webaccel_api::oip`; this crate is the
 //! servers: routes, status codes, headers, deadlines and request ids.
 
 pub mod api;

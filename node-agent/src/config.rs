@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 pub use webaccel_api::agent::ModelSpec;
 
 pub use crate::browser::BrowserKind;
@@ -45,7 +46,8 @@ pub struct AgentArgs {
 
     /// The browser to run: `chromium`, `chrome` or `edge` (driven over the DevTools
     /// protocol) or `firefox` (driven over WebDriver BiDi).
-    #[arg(long, env = "WEBACCEL_BROWSER", value_enum, default_value_t = BrowserKind::Chromium)]
+    #[arg(long, env = "WEBACCEL_BROWSER", default_value_t = BrowserKind::Chromium,
+        value_parser = PossibleValuesParser::new(BrowserKind::ALL.map(BrowserKind::as_str)).try_map(|s| s.parse::<BrowserKind>()))]
     pub browser: BrowserKind,
 
     /// The Chromium-family binary (a name on PATH or a path), for `--browser chromium`,

@@ -94,7 +94,7 @@ impl IntoResponse for AgentError {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // `error` is the Open Inference Protocol's field; the others let clients decide
         // without parsing the message.
-        let body = webaccel_api::kserve::ErrorBody {
+        let body = webaccel_api::oip::ErrorBody {
             error: self.to_string(),
             category,
             retryable: category.is_retryable(),

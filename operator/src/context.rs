@@ -16,7 +16,7 @@ use crate::history::PoolHistory;
 use crate::metrics::Metrics;
 use crate::stores::Stores;
 use webaccel_api::agent::{AgentStats, Capabilities};
-use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 use webaccel_engine::agent::{AgentApi, Endpoint};
 pub use webaccel_engine::pool::memory::PoolMemory;
 
@@ -172,7 +172,7 @@ impl Context {
         settings: Settings,
     ) -> Self {
         // The instance is the host name, which in a pod is the pod's name.
-        let reporter = Reporter::from(webaccel_api::labels::FIELD_MANAGER);
+        let reporter = Reporter::from(webaccel_crds::labels::FIELD_MANAGER);
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,

@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use crate::context::Context;
 use crate::pool::observe::{self, AskStats};

@@ -18,8 +18,8 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use crate::context::Context;
 use crate::error::Error;

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus, Secret, Servic
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 /// The kinds the operator caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

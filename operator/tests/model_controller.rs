@@ -11,7 +11,7 @@ use common::*;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use webaccel_api::ErrorCategory;
-use webaccel_api::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
+use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
 use webaccel_engine::agent::ModelOnAgent;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;

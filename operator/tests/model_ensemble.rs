@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use webaccel_api::v1alpha1::ModelDeployment;
+use webaccel_crds::v1alpha1::ModelDeployment;
 use webaccel_engine::agent::ModelOnAgent;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use webaccel_api::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
+use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 use webaccel_operator::poll::{Wake, poll_pool};
 use webaccel_operator::pool::build::template_hash;
 use webaccel_operator::pool::reconcile::reconcile;

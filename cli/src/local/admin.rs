@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use webaccel_api::v1alpha1::validate::{self, Resource};
+use webaccel_crds_validate::{self as validate, Resource};
 
 use super::cluster::Shared;
 

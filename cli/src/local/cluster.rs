@@ -13,7 +13,7 @@ use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 use webaccel_engine::agent::{AgentApi, HttpAgents};
 use webaccel_engine::pool::decide;
 use webaccel_engine::pool::memory::PoolMemory;

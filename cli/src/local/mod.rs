@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
-use webaccel_api::v1alpha1::validate;
+use webaccel_crds_validate as validate;
 
 use cluster::{Desired, Engine, LoopSettings, Shared, WaitingToEngine};
 use process::Launcher;

@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use webaccel_api::agent::{AgentStats, Capabilities};
-use webaccel_api::v1alpha1::BrowserPoolSpec;
+use webaccel_crds::v1alpha1::BrowserPoolSpec;
 use webaccel_engine::agent::Endpoint;
 use webaccel_engine::command::{self, AgentSite};
 use webaccel_engine::pool::browser::BrowserView;
@@ -85,7 +85,7 @@ impl Launcher {
             // A cache folder of its own: its browsers' command lines name it, so they can
             // be found and killed whatever the agent last reported (see `kill_browsers`).
             cache_dir: dir.join("cache").display().to_string(),
-            browser_binary: command::default_browser_binary(spec.browser).to_owned(),
+            browser_binary: spec.browser.default_binary().to_owned(),
         };
         let mut args = command::agent_args(spec, &site);
         if spec.metrics.is_none()

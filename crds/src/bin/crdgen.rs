@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dirs: [PathBuf; 2] = [root.join("yaml"), root.join("../charts/webaccel/crds")];
-    let files = match webaccel_api::v1alpha1::crd_files() {
+    let files = match webaccel_crds::v1alpha1::crd_files() {
         Ok(files) => files,
         Err(e) => {
             eprintln!("crdgen: cannot serialise the CRDs: {e}");
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     }
     if !stale.is_empty() {
         eprintln!(
-            "crdgen: out of date: {}\nrun `cargo run -p webaccel-api --features kube --bin crdgen`",
+            "crdgen: out of date: {}\nrun `cargo run -p webaccel-crds --bin crdgen`",
             stale.join(", ")
         );
         return ExitCode::FAILURE;

@@ -7,8 +7,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Backend;
-pub use crate::Precision;
+use webaccel_api::Backend;
+pub use webaccel_api::Precision;
 
 /// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -110,12 +110,12 @@ pub struct EnsembleStepSpec {
 impl EnsembleSpec {
     /// The agent's form: step models named as the agents know them (a ModelDeployment
     /// with `model` is loaded under its own name).
-    pub fn for_agents(&self) -> crate::agent::Ensemble {
-        crate::agent::Ensemble {
+    pub fn for_agents(&self) -> webaccel_api::agent::Ensemble {
+        webaccel_api::agent::Ensemble {
             steps: self
                 .steps
                 .iter()
-                .map(|s| crate::agent::EnsembleStep {
+                .map(|s| webaccel_api::agent::EnsembleStep {
                     model: s.model.clone(),
                     input_map: s.input_map.clone(),
                     output_map: s.output_map.clone(),

@@ -11,7 +11,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Backend;
+use webaccel_api::Backend;
+pub use webaccel_api::BrowserKind;
 
 /// A pool of browser pods that run models through WebGPU, WebNN or WebAssembly.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -114,27 +115,6 @@ fn all_backends() -> Vec<Backend> {
 
 fn default_max_in_flight() -> i32 {
     64
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BrowserKind {
-    #[default]
-    Chromium,
-    Chrome,
-    Edge,
-    Firefox,
-}
-
-impl BrowserKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chromium => "chromium",
-            Self::Chrome => "chrome",
-            Self::Edge => "edge",
-            Self::Firefox => "firefox",
-        }
-    }
 }
 
 /// Size the pool by load: in-flight plus queued requests per browser, read from each agent.

@@ -2,7 +2,7 @@
 //! the desired size and what the pods and their agents report.
 
 use k8s_openapi::jiff::Timestamp;
-use webaccel_api::v1alpha1::{HealingSpec, RecycleSpec};
+use webaccel_crds::v1alpha1::{HealingSpec, RecycleSpec};
 
 use super::browser::BrowserView;
 

@@ -3,7 +3,7 @@
 //! number of requests waiting for one: scale from zero).
 
 use k8s_openapi::jiff::Timestamp;
-use webaccel_api::v1alpha1::BrowserPoolSpec;
+use webaccel_crds::v1alpha1::BrowserPoolSpec;
 
 use super::browser::BrowserView;
 use super::memory::PoolMemory;

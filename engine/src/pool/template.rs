@@ -3,7 +3,7 @@
 //! autoscaling, healing, recycling) are not part of it.
 
 use sha2::{Digest, Sha256};
-use webaccel_api::v1alpha1::BrowserPoolSpec;
+use webaccel_crds::v1alpha1::BrowserPoolSpec;
 
 /// The hash of `spec`'s browser-shaping fields and the token Secret the browsers read
 /// (`token_secret`: empty where there is none, as in local mode). Ten hex digits.

@@ -17,7 +17,7 @@ use clap::Parser;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use webaccel_api::kserve;
+use webaccel_api::oip;
 use webaccel_api::wire::InferRequest;
 use webaccel_api::{DataType, Tensor};
 use webaccel_gateway::backend::BackendConfig;
@@ -201,8 +201,8 @@ async fn measure(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let json_body = Bytes::from(kserve::encode_request(req, false, &[], Map::new()).body);
-    let binary = kserve::encode_request(
+    let json_body = Bytes::from(oip::encode_request(req, false, &[], Map::new()).body);
+    let binary = oip::encode_request(
         req,
         true,
         &[],
@@ -245,7 +245,7 @@ async fn measure(
                                     .header("content-type", "application/json")
                                     .body(json_body.clone()),
                                 _ => call
-                                    .header(kserve::HEADER_LENGTH, binary_len)
+                                    .header(oip::HEADER_LENGTH, binary_len)
                                     .body(binary_body.clone()),
                             };
                             match call.send().await {
@@ -377,7 +377,7 @@ async fn failover(
 ) -> anyhow::Result<Value> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let url = format!("{}/v2/models/mlp/infer", gateway.http);
-    let body = Bytes::from(kserve::encode_request(req, false, &[], Map::new()).body);
+    let body = Bytes::from(oip::encode_request(req, false, &[], Map::new()).body);
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let (stop, url, body) = (stop.clone(), url.clone(), body.clone());

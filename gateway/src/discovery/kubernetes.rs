@@ -53,8 +53,8 @@ use kube::Api;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use super::{Deployed, Endpoints, Fleet, Pipelines};
 use crate::waiting::{WaitingByModel, WaitingSink};

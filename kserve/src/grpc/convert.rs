@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use webaccel_api::kserve::ModelMetadata;
+use webaccel_api::oip::ModelMetadata;
 use webaccel_api::wire::{InferRequest, InferResponse};
 use webaccel_api::{DataType, ErrorCategory, Tensor, TensorError};
 
@@ -447,7 +447,7 @@ pub fn response_to_proto(
 
 /// Model metadata as the protocol's message (which has no place for parameters).
 pub fn metadata_to_proto(meta: ModelMetadata) -> ModelMetadataResponse {
-    let tensors = |list: Vec<webaccel_api::kserve::TensorMetadata>| {
+    let tensors = |list: Vec<webaccel_api::oip::TensorMetadata>| {
         list.into_iter()
             .map(|t| TensorMetadata {
                 name: t.name,

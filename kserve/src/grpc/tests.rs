@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tonic::Code;
 use tonic::transport::Channel;
-use webaccel_api::kserve::{ModelMetadata, ModelReady, TensorMetadata};
+use webaccel_api::oip::{ModelMetadata, ModelReady, TensorMetadata};
 use webaccel_api::wire::{InferRequest, InferResponse};
 use webaccel_api::{DataType, Tensor};
 

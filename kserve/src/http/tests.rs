@@ -5,7 +5,7 @@ use axum::http::Request;
 use http_body_util::BodyExt as _;
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
-use webaccel_api::kserve::{ModelReady, TensorMetadata};
+use webaccel_api::oip::{ModelReady, TensorMetadata};
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 use super::*;
@@ -122,7 +122,7 @@ async fn json_in_binary_out_with_request_id_and_deadline() {
     .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!(headers["x-request-id"], "abc");
-    let n: usize = headers[kserve::HEADER_LENGTH]
+    let n: usize = headers[oip::HEADER_LENGTH]
         .to_str()
         .unwrap()
         .parse()

@@ -28,77 +28,14 @@ pub use chromium::Chromium;
 pub use firefox::Firefox;
 pub use firefox::parse_pref as firefox_pref;
 
-/// Which browser the agent runs (`--browser`). Chrome and Edge are driven exactly like
-/// Chromium (the same switches and protocol), only from their own binaries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum BrowserKind {
-    #[default]
-    Chromium,
-    Chrome,
-    Edge,
-    Firefox,
-}
+pub use webaccel_api::BrowserKind;
+pub use webaccel_api::browser::Family;
 
-/// How a browser is driven.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// The DevTools protocol.
-    Chromium,
-    /// WebDriver BiDi.
-    Firefox,
-}
-
-impl BrowserKind {
-    /// The name in metric rows, logs and `--browser` (as the BrowserPool's `browser`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chromium => "chromium",
-            Self::Chrome => "chrome",
-            Self::Edge => "edge",
-            Self::Firefox => "firefox",
-        }
-    }
-
-    /// The name in messages.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Self::Chromium => "Chromium",
-            Self::Chrome => "Chrome",
-            Self::Edge => "Edge",
-            Self::Firefox => "Firefox",
-        }
-    }
-
-    pub fn family(self) -> Family {
-        match self {
-            Self::Chromium | Self::Chrome | Self::Edge => Family::Chromium,
-            Self::Firefox => Family::Firefox,
-        }
-    }
-
-    /// The binary looked up on PATH when none is given, as Debian and the vendors'
-    /// packages install them.
-    pub fn default_binary(self) -> &'static str {
-        match self {
-            Self::Chromium => "chromium",
-            Self::Chrome => "google-chrome",
-            Self::Edge => "microsoft-edge",
-            Self::Firefox => "firefox-esr",
-        }
-    }
-
-    /// The options that name this browser's binary, for error messages.
-    pub fn binary_options(self) -> &'static str {
-        match self.family() {
-            Family::Chromium => "--chromium, --browser-binary or WEBACCEL_CHROMIUM",
-            Family::Firefox => "--firefox, --browser-binary or WEBACCEL_FIREFOX",
-        }
-    }
-}
-
-impl std::fmt::Display for BrowserKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The options that name `kind`'s binary, for error messages.
+fn binary_options(kind: BrowserKind) -> &'static str {
+    match kind.family() {
+        Family::Chromium => "--chromium, --browser-binary or WEBACCEL_CHROMIUM",
+        Family::Firefox => "--firefox, --browser-binary or WEBACCEL_FIREFOX",
     }
 }
 
@@ -264,7 +201,7 @@ pub fn resolve_executable(name: &str, kind: BrowserKind) -> Result<PathBuf, Stri
         .ok_or_else(|| {
             format!(
                 "{what} binary '{name}' is not on PATH (set {})",
-                kind.binary_options()
+                binary_options(kind)
             )
         })
 }

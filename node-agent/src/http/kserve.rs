@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use webaccel_api::kserve::{ModelMetadata, ModelReady, TensorMetadata};
+use webaccel_api::oip::{ModelMetadata, ModelReady, TensorMetadata};
 use webaccel_api::wire::InferRequest;
 use webaccel_kserve::http::VERSION;
 use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};

@@ -5,7 +5,7 @@
 
 use futures::future::join_all;
 use kube::ResourceExt;
-use webaccel_api::v1alpha1::{
+use webaccel_crds::v1alpha1::{
     AgentModel, BrowserPool, ModelDeploymentSpec, ModelDeploymentStatus, ReplicaState,
     ReplicaStatus,
 };
@@ -61,7 +61,7 @@ pub async fn ask(
 ) -> Vec<Seen> {
     let labels: Vec<String> = models
         .iter()
-        .map(|m| webaccel_api::labels::model_label(&m.name))
+        .map(|m| webaccel_crds::labels::model_label(&m.name))
         .collect();
     let calls = view.browsers.iter().filter(|b| askable(b)).map(|b| {
         let labels = &labels;

@@ -20,8 +20,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use serde_json::json;
 use tracing::warn;
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{
     BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus,
 };
 use webaccel_engine::agent::{AgentError, AgentResult, ModelOnAgent};

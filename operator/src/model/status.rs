@@ -3,8 +3,8 @@
 //! `Degraded` conditions.
 
 use k8s_openapi::jiff::Timestamp;
-use webaccel_api::labels::condition;
-use webaccel_api::v1alpha1::{
+use webaccel_crds::labels::condition;
+use webaccel_crds::v1alpha1::{
     AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus, StageStatus,
 };
 use webaccel_engine::place::Placement;

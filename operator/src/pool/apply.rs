@@ -14,8 +14,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 
 use super::build;
 use super::observe::PoolView;

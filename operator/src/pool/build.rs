@@ -14,8 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, GpuVendor};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, GpuVendor};
 use webaccel_engine::command;
 
 /// The port the agent listens on in every browser pod, as the engine starts them.
@@ -183,7 +183,7 @@ pub fn pod(pool: &BrowserPool, name: &str, hash: &str) -> Pod {
             pool: pool_name.clone(),
             pod_name: "$(POD_NAME)".into(),
             cache_dir: "/tmp/webaccel-cache".into(),
-            browser_binary: command::default_browser_binary(spec.browser).into(),
+            browser_binary: spec.browser.default_binary().into(),
         },
     );
 

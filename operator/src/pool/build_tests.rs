@@ -1,6 +1,6 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use webaccel_api::v1alpha1::BrowserPool;
+use webaccel_crds::v1alpha1::BrowserPool;
 
 use super::*;
 

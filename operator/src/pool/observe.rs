@@ -8,8 +8,8 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::BrowserPool;
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::BrowserPool;
 
 use crate::context::{Context, EXPECTATION_TTL};
 pub use webaccel_engine::pool::browser::BrowserView;

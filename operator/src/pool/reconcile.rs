@@ -12,7 +12,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 use webaccel_api::Backend;
-use webaccel_api::v1alpha1::{BrowserKind, BrowserPool, BrowserPoolSpec};
+use webaccel_crds::v1alpha1::{BrowserKind, BrowserPool, BrowserPoolSpec};
 
 use super::apply::{apply_owned, apply_plan, patch_status, publish};
 use super::observe::{self, PoolView};

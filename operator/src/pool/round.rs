@@ -8,8 +8,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 use webaccel_engine::pool::decide::{self, Plan};
 use webaccel_engine::pool::size;
 

@@ -3,8 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use webaccel_api::labels::condition;
-use webaccel_api::v1alpha1::{BrowserPool, BrowserPoolStatus, BrowserSummary};
+use webaccel_crds::labels::condition;
+use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus, BrowserSummary};
 
 use super::observe::BrowserView;
 use webaccel_engine::pool::decide::{Plan, Removal};

@@ -14,7 +14,7 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 use webaccel_engine::agent::{AgentApi, AgentError, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::metrics::Metrics;

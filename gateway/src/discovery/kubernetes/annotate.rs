@@ -28,8 +28,8 @@ use kube::{Resource as _, ResourceExt as _};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use super::FIELD_MANAGER;
 use crate::waiting::WaitingByModel;

@@ -10,8 +10,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use webaccel_api::labels;
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::labels;
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use super::{COALESCE, watch};
 use crate::discovery::{Deployed, Endpoint, Endpoints, Pipelines};

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use webaccel_api::kserve;
+use webaccel_api::oip;
 use webaccel_api::wire::{self, InferRequest, Message};
 use webaccel_api::{DataType, Tensor};
 
@@ -76,7 +76,7 @@ async fn over_http(
     } else {
         Map::new()
     };
-    let enc = kserve::encode_request(req, binary, &[], params);
+    let enc = oip::encode_request(req, binary, &[], params);
     let url = format!("{}/v2/models/mlp/infer", agent.base);
     let mut run = Run::new();
     run.request_bytes = enc.body.len();
@@ -84,21 +84,21 @@ async fn over_http(
     for k in 0..n + 2 {
         let mut call = agent.http.post(&url).body(body.clone());
         if let Some(len) = enc.header_length {
-            call = call.header(kserve::HEADER_LENGTH, len);
+            call = call.header(oip::HEADER_LENGTH, len);
         }
         let t = Instant::now();
         let resp = call.send().await?;
         let status = resp.status();
         let header = resp
             .headers()
-            .get(kserve::HEADER_LENGTH)
+            .get(oip::HEADER_LENGTH)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let bytes = resp.bytes().await?;
         if !status.is_success() {
             bail!("HTTP {status}: {}", String::from_utf8_lossy(&bytes));
         }
-        let (meta, outputs) = kserve::parse_response(&bytes, header.as_deref(), LIMIT)?;
+        let (meta, outputs) = oip::parse_response(&bytes, header.as_deref(), LIMIT)?;
         let e2e = t.elapsed().as_secs_f64() * 1e3;
         if k >= 2 {
             run.e2e_ms.push(e2e);

@@ -32,7 +32,7 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
-use webaccel_api::v1alpha1::BrowserPool;
+use webaccel_crds::v1alpha1::BrowserPool;
 use webaccel_engine::agent::{AgentApi, AgentResult, Endpoint, ModelOnAgent};
 
 /// Changes kept for watches that start from an older resourceVersion.

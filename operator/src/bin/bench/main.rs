@@ -17,7 +17,7 @@ use fake_api::{Agents, FakeApi, FleetShape, client, fleet, pool_objects};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
-use webaccel_api::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::metrics::Metrics;
 use webaccel_operator::poll::poll_pool;

@@ -44,7 +44,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 use self::field::{FieldError, go_quote, go_type, go_v};
-use super::{BrowserPool, ModelDeployment, openapi_v3_schema};
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment, openapi_v3_schema};
 
 /// The API group and version of the resources webaccel runs.
 pub const API_VERSION: &str = "webaccel.dev/v1alpha1";

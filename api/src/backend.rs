@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Which onnxruntime-web execution provider runs a model. `Auto` asks the agent to
 /// measure the available ones on the loaded model and keep the fastest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     #[default]
@@ -49,7 +49,7 @@ impl std::fmt::Display for Backend {
 
 /// The WebNN device type a WebNN context is created for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "kube", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum WebNnDevice {
     #[default]

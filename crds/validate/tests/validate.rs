@@ -1,17 +1,16 @@
 //! Client-side validation: valid manifests read into the types with the schema's defaults, and
 //! bad ones are refused with the message `kubectl apply` prints against a v1.33 API server.
-#![cfg(feature = "validate")]
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use webaccel_api::Backend;
-use webaccel_api::v1alpha1::BrowserKind;
-use webaccel_api::v1alpha1::validate::{Resource, parse, parse_files, validate};
+use webaccel_crds::v1alpha1::BrowserKind;
+use webaccel_crds_validate::{Resource, parse, parse_files, validate};
 
 fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
 
 #[test]

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::json;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use webaccel_api::{DataType, Tensor, kserve, wire};
+use webaccel_api::{DataType, Tensor, oip, wire};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -41,11 +41,11 @@ fn decoders_allocate_in_proportion_to_their_input() {
     // Claimed sizes far beyond what was sent.
     let huge_shape = br#"{"inputs": [{"name": "x", "shape": [1099511627776], "datatype": "FP64", "data": [1, 2]}]}"#;
     check("huge shape, JSON data", huge_shape.len(), || {
-        let _ = kserve::parse_request("m", &Bytes::from_static(huge_shape), None, usize::MAX);
+        let _ = oip::parse_request("m", &Bytes::from_static(huge_shape), None, usize::MAX);
     });
     let huge_binary = br#"{"inputs": [{"name": "x", "shape": [536870912], "datatype": "FP32", "parameters": {"binary_data_size": 2147483648}}]}"#;
     check("huge binary_data_size", huge_binary.len(), || {
-        let _ = kserve::parse_request(
+        let _ = oip::parse_request(
             "m",
             &Bytes::from_static(huge_binary),
             Some("110"),
@@ -105,7 +105,7 @@ fn decoders_allocate_in_proportion_to_their_input() {
                 let n = body.len();
                 let body = Bytes::from(body);
                 let bytes = allocated_by(|| {
-                    let _ = kserve::parse_request("m", &body, (mode > 0).then_some(header.as_str()), usize::MAX);
+                    let _ = oip::parse_request("m", &body, (mode > 0).then_some(header.as_str()), usize::MAX);
                     let _ = wire::decode(body.clone());
                 });
                 prop_assert!(bytes <= budget(n), "{} bytes for {} input bytes", bytes, n);

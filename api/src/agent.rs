@@ -3,7 +3,7 @@
 //! the metrics recorder. `/v1/stats` is [`AgentStats`], `/v1/capabilities` is
 //! [`Capabilities`], `/v1/models` is [`ModelList`] of [`ModelDescription`], and a model
 //! load (`POST /v1/models`, or `--model` on the command line) is a [`ModelSpec`]. Errors
-//! are [`crate::kserve::ErrorBody`], whose category says whether to retry.
+//! are [`crate::oip::ErrorBody`], whose category says whether to retry.
 
 use std::collections::BTreeMap;
 

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use webaccel_api::kserve::{self, OutputEncoding};
+use webaccel_api::oip::{self, OutputEncoding};
 use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
 use webaccel_api::{DataType, ErrorCategory, Tensor};
 
@@ -206,7 +206,7 @@ fn input_json() -> impl Strategy<Value = (Value, Vec<u8>)> {
 }
 
 fn check_parsed(body: &Bytes, header: Option<&str>) {
-    match kserve::parse_request("m", body, header, LIMIT) {
+    match oip::parse_request("m", body, header, LIMIT) {
         Ok(p) => {
             assert!(consistent(&p.request.inputs));
             assert!(p.request.inputs.iter().all(|t| t.data.len() <= LIMIT));
@@ -259,9 +259,9 @@ proptest! {
         let outputs: Vec<Tensor> = outputs.into_iter().enumerate().map(|(k, mut t)| { t.name = format!("o{k}"); t }).collect();
         let resp = InferResponse { model: "m".into(), backend: "wasm".into(), compute_ms: 0.0, page_ms: None, outputs };
         let encoding = OutputEncoding { default_binary, per_output: Default::default() };
-        let enc = kserve::encode_response("1", None, &resp, &encoding, Default::default());
+        let enc = oip::encode_response("1", None, &resp, &encoding, Default::default());
         let header = enc.header_length.map(|n| n.to_string());
-        let parsed = kserve::parse_response(&Bytes::from(enc.body), header.as_deref(), LIMIT);
+        let parsed = oip::parse_response(&Bytes::from(enc.body), header.as_deref(), LIMIT);
         if default_binary {
             // Binary keeps every bit, NaN payloads included.
             prop_assert_eq!(parsed.unwrap().1, resp.outputs);
