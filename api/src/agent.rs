@@ -23,6 +23,11 @@ pub use capabilities::{
 pub use ensemble::{Ensemble, EnsembleIo, EnsembleStep};
 pub use spec::ModelSpec;
 
+/// A second header the agent takes its token from (`x-webaccel-token: Bearer <token>`),
+/// for a proxy in between that consumes `authorization` itself: the Kubernetes API
+/// server's pod proxy, through which an operator outside the cluster reaches the agents.
+pub const TOKEN_HEADER: &str = "x-webaccel-token";
+
 /// An input or output of a loaded model, as the runtime reports it. `-1` marks a
 /// dynamic dimension.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

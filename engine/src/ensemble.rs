@@ -5,8 +5,8 @@
 use futures::future::join_all;
 use webaccel_crds::v1alpha1::EnsembleSpec;
 
-use crate::agent::{AgentApi, Endpoint, ModelOnAgent};
 use crate::place::{Candidate, Placement};
+use webaccel_agent_client::{AgentApi, Endpoint, ModelOnAgent};
 
 /// The first step model not loaded on the browser behind `ep`, or `None` when all are.
 pub async fn missing_step<A: AgentApi + ?Sized>(

@@ -8,7 +8,6 @@
 //! [`pool::browser::BrowserView`]s, asks [`pool::decide::plan`] and [`place::plan`] what
 //! to do, and does it its own way (applying pods, starting processes).
 
-pub mod agent;
 pub mod autoscale;
 pub mod command;
 pub mod ensemble;

@@ -7,7 +7,7 @@ use webaccel_crds::v1alpha1::{
     AgentModel, Batching, EnsembleSpec, ModelDeploymentSpec, ReplicaState, ReplicaStatus,
 };
 
-use crate::agent::ModelOnAgent;
+use webaccel_agent_client::ModelOnAgent;
 
 /// One browser of the pool as placement sees it.
 #[derive(Debug, Clone, PartialEq)]

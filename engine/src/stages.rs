@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use webaccel_api::Backend;
 use webaccel_crds::v1alpha1::{ReplicaState, ReplicaStatus};
 
-use crate::agent::ModelOnAgent;
 use crate::place::{self, Candidate, Placement};
+use webaccel_agent_client::ModelOnAgent;
 
 /// What to do for every stage.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tower::retry::budget::{Budget as _, TpsBudget};
+use webaccel_agent_client::HttpAgents;
 use webaccel_api::ErrorCategory;
 use webaccel_api::oip::{ModelMetadata, ModelReady};
 use webaccel_api::wire::{InferRequest, InferResponse};
@@ -60,7 +61,8 @@ pub struct Gateway {
     pub(crate) budget: TpsBudget,
     recorder: Arc<Recorder>,
     preferences: Preferences,
-    metadata: reqwest::Client,
+    /// Asks agents for model metadata.
+    metadata: HttpAgents,
     ready: std::sync::atomic::AtomicBool,
     /// Models deployed (Kubernetes, local mode), beyond those a browser has held.
     deployed: std::sync::RwLock<Arc<crate::discovery::Deployed>>,
@@ -103,10 +105,7 @@ impl Gateway {
             budget,
             recorder,
             preferences,
-            metadata: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            metadata: HttpAgents::new(Duration::from_secs(30)),
             ready: std::sync::atomic::AtomicBool::new(false),
             deployed: std::sync::RwLock::default(),
             pipelines: std::sync::RwLock::default(),
@@ -350,36 +349,34 @@ impl Gateway {
         Err(last)
     }
 
-    /// Model metadata of `name` as the agent at `ep` says it.
+    /// Model metadata of `name` as the agent at `ep` says it within `timeout`. The
+    /// agent's own error keeps its category (the model is gone, or not ready there); no
+    /// answer at all is the browser being unavailable.
     pub(crate) async fn metadata_from(
         &self,
         ep: &Endpoint,
         name: &str,
         timeout: Duration,
     ) -> Result<ModelMetadata, ApiError> {
-        let mut req = self
-            .metadata
-            .get(format!("{}/v2/models/{name}", ep.url))
-            .timeout(timeout);
-        if let Some(t) = &ep.token {
-            req = req.bearer_auth(t);
-        }
-        match req.send().await {
-            Ok(r) if r.status().is_success() => {
-                let mut meta = r.json::<ModelMetadata>().await.map_err(|e| {
-                    ApiError::new(ErrorCategory::BrowserUnavailable, format!("{}: {e}", ep.id))
-                })?;
+        let agent = webaccel_agent_client::Endpoint {
+            pod: ep.id.clone(),
+            base_url: ep.url.clone(),
+            token: ep.token.clone(),
+        };
+        let asked = tokio::time::timeout(timeout, self.metadata.model_metadata(&agent, name));
+        match asked.await {
+            Err(_) => Err(ApiError::new(
+                ErrorCategory::BrowserUnavailable,
+                format!("{}: no metadata within {timeout:?}", ep.id),
+            )),
+            Ok(Ok(mut meta)) => {
                 // Which browser answered is no business of the client's.
                 meta.parameters.remove("backend");
                 Ok(meta)
             }
-            Ok(r) => Err(ApiError::new(
-                ErrorCategory::ModelNotReady,
-                format!("{}: HTTP {}", ep.id, r.status()),
-            )),
-            Err(e) => Err(ApiError::new(
-                ErrorCategory::BrowserUnavailable,
-                e.to_string(),
+            Ok(Err(e)) => Err(ApiError::new(
+                e.category().unwrap_or(ErrorCategory::BrowserUnavailable),
+                format!("{}: {e}", ep.id),
             )),
         }
     }

@@ -68,10 +68,7 @@ impl Tokens {
     }
 }
 
-/// A second header the token may travel in, `x-webaccel-token: Bearer <token>`, for a
-/// proxy in between that consumes `authorization` itself: the Kubernetes API server's pod
-/// proxy, through which an operator outside the cluster reaches the agents.
-pub const TOKEN_HEADER: &str = "x-webaccel-token";
+pub use webaccel_api::agent::TOKEN_HEADER;
 
 /// The token a request presents: its `authorization` header, else `x-webaccel-token`.
 pub fn presented(headers: &axum::http::HeaderMap) -> Option<&str> {

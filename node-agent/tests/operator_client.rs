@@ -1,4 +1,4 @@
-//! The pool engine's agent client (`webaccel_engine::agent::HttpAgents`, which the
+//! The pool engine's agent client (`webaccel_agent_client::HttpAgents`, which the
 //! operator and local mode use) against a real agent and Chromium: what they read (stats,
 //! capabilities, model state) and what they ask (load in the background, unload, drain)
 //! mean the same on both sides, and the agent's refusals keep their category.
@@ -10,9 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Agent, TOKEN, model_uri};
+use webaccel_agent_client::{AgentApi, AgentError, Endpoint, HttpAgents, ModelOnAgent};
 use webaccel_api::agent::ModelSpec;
 use webaccel_api::{Backend, ErrorCategory};
-use webaccel_engine::agent::{AgentApi, AgentError, Endpoint, HttpAgents, ModelOnAgent};
 
 fn spec(name: &str, file: &str) -> ModelSpec {
     ModelSpec {
@@ -53,7 +53,7 @@ async fn the_engine_reads_and_drives_a_real_agent() {
     let ep = Endpoint {
         pod: "p".into(),
         base_url: agent.base.clone(),
-        token: TOKEN.into(),
+        token: Some(TOKEN.into()),
     };
 
     let caps = agents.capabilities(&ep).await.unwrap();
@@ -124,7 +124,7 @@ async fn the_engine_reads_and_drives_a_real_agent() {
 
     // A rotated token is the agent refusing us, not a broken model: its category stays.
     let wrong = Endpoint {
-        token: "wrong".into(),
+        token: Some("wrong".into()),
         ..ep
     };
     let err = agents

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use crate::history::PoolHistory;
 use crate::metrics::Metrics;
 use crate::stores::Stores;
+use webaccel_agent_client::{AgentApi, Endpoint};
 use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
-use webaccel_engine::agent::{AgentApi, Endpoint};
 pub use webaccel_engine::pool::memory::PoolMemory;
 
 /// How the operator reaches the agents in the browser pods.
@@ -346,6 +346,6 @@ pub fn endpoint(
     Some(Endpoint {
         pod: pod.name.clone(),
         base_url,
-        token: token.to_owned(),
+        token: Some(token.to_owned()),
     })
 }

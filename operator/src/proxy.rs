@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::Client;
 use kube::client::Body;
-use webaccel_engine::agent::{AgentRequest, HttpAgents, TOKEN_HEADER, Transport};
+use webaccel_agent_client::{AgentRequest, HttpAgents, TOKEN_HEADER, Transport};
 
 /// The API server's pod proxy as a transport for the agent client.
 #[derive(Clone)]

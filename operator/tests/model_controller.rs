@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::*;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use webaccel_agent_client::ModelOnAgent;
 use webaccel_api::ErrorCategory;
 use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
-use webaccel_engine::agent::ModelOnAgent;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;
 

@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use webaccel_agent_client::ModelOnAgent;
 use webaccel_crds::v1alpha1::ModelDeployment;
-use webaccel_engine::agent::ModelOnAgent;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;
 

@@ -13,8 +13,8 @@ use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use webaccel_agent_client::{AgentApi, HttpAgents};
 use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
-use webaccel_engine::agent::{AgentApi, HttpAgents};
 use webaccel_engine::pool::decide;
 use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::size;
@@ -230,7 +230,7 @@ impl Engine {
                     .filter(|b| b.exited.is_none())
                     .map(|b| AgentRef {
                         url: b.endpoint.base_url.clone(),
-                        token: Some(b.endpoint.token.clone()),
+                        token: b.endpoint.token.clone(),
                         pool: Some(pool.clone()),
                     })
             })

@@ -10,9 +10,9 @@ use k8s_openapi::jiff::Timestamp;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+use webaccel_agent_client::Endpoint;
 use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::v1alpha1::BrowserPoolSpec;
-use webaccel_engine::agent::Endpoint;
 use webaccel_engine::command::{self, AgentSite};
 use webaccel_engine::pool::browser::BrowserView;
 
@@ -114,7 +114,7 @@ impl Launcher {
             endpoint: Endpoint {
                 pod: name.clone(),
                 base_url: format!("http://127.0.0.1:{port}"),
-                token,
+                token: Some(token),
             },
             name,
             template_hash: hash.to_owned(),

@@ -2,13 +2,14 @@
 //! asks each for its state (`/v1/stats`) and models (`/v1/models`) every refresh, and
 //! publishes the fleet when something changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use webaccel_api::agent::{AgentStats, ModelList};
+use webaccel_agent_client::{AgentApi as _, AgentError, HttpAgents};
+use webaccel_api::agent::ModelState;
 
 use super::{Endpoint, Endpoints, Fleet};
 
@@ -21,38 +22,14 @@ pub struct AgentRef {
     pub pool: Option<String>,
 }
 
-/// What one agent said, or that it did not answer.
-async fn probe(http: &reqwest::Client, agent: &AgentRef) -> Endpoint {
-    let get = |path: &str| {
-        let mut req = http.get(format!("{}{path}", agent.url));
-        if let Some(t) = &agent.token {
-            req = req.bearer_auth(t);
-        }
-        req
+/// What one agent said, or that it did not answer (and why, which the caller logs).
+async fn probe(agents: &HttpAgents, agent: &AgentRef) -> (Endpoint, Option<AgentError>) {
+    let ep = webaccel_agent_client::Endpoint {
+        pod: agent.url.clone(),
+        base_url: agent.url.clone(),
+        token: agent.token.clone(),
     };
-    let stats = async {
-        get("/v1/stats")
-            .send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json::<AgentStats>()
-            .await
-            .ok()
-    };
-    let models = async {
-        get("/v1/models")
-            .send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json::<ModelList>()
-            .await
-            .ok()
-    };
-    let (stats, models) = tokio::join!(stats, models);
+    let (stats, models) = tokio::join!(agents.stats(&ep), agents.models(&ep));
     let mut endpoint = Endpoint {
         id: agent.url.clone(),
         url: agent.url.clone(),
@@ -64,51 +41,64 @@ async fn probe(http: &reqwest::Client, agent: &AgentRef) -> Endpoint {
         backends: Default::default(),
         browser: String::new(),
     };
-    if let (Some(stats), Some(models)) = (stats, models) {
-        endpoint.serving = stats.ready && !stats.draining && stats.healthy;
-        if endpoint.pool.is_empty() {
-            endpoint.pool = stats.pool;
-        }
-        endpoint.pod = stats.pod;
-        endpoint.browser = stats.browser.version;
-        endpoint.models = models.loaded().map(str::to_owned).collect();
-        endpoint.backends = models
-            .models
-            .iter()
-            .filter_map(|m| match &m.status {
-                webaccel_api::agent::ModelState::Loaded(l) => {
-                    Some((m.name.clone(), l.backend.clone()))
-                }
-                _ => None,
-            })
-            .collect();
+    let (stats, models) = match (stats, models) {
+        (Ok(stats), Ok(models)) => (stats, models),
+        (Err(e), _) | (_, Err(e)) => return (endpoint, Some(e)),
+    };
+    endpoint.serving = stats.ready && !stats.draining && stats.healthy;
+    if endpoint.pool.is_empty() {
+        endpoint.pool = stats.pool;
     }
-    endpoint
+    endpoint.pod = stats.pod;
+    endpoint.browser = stats.browser.version;
+    endpoint.models = models.loaded().map(str::to_owned).collect();
+    endpoint.backends = models
+        .models
+        .iter()
+        .filter_map(|m| match &m.status {
+            ModelState::Loaded(l) => Some((m.name.clone(), l.backend.clone())),
+            _ => None,
+        })
+        .collect();
+    (endpoint, None)
 }
 
-/// Starts asking `agents` (which the caller may change at any time) every `refresh`;
+/// Logs an agent that stopped answering (once, not every refresh) and one that answers
+/// again; `failing` holds the URLs failing at the last look.
+fn note_failures(failing: &mut BTreeSet<String>, probes: &[(Endpoint, Option<AgentError>)]) {
+    for (ep, error) in probes {
+        match error {
+            Some(e) if failing.insert(ep.id.clone()) => {
+                tracing::warn!(agent = %ep.id, error = %e, "agent does not answer; not routing to it");
+            }
+            Some(e) => tracing::debug!(agent = %ep.id, error = %e, "agent still does not answer"),
+            None if failing.remove(&ep.id) => {
+                tracing::info!(agent = %ep.id, "agent answers again");
+            }
+            None => {}
+        }
+    }
+    failing.retain(|id| probes.iter().any(|(ep, _)| &ep.id == id));
+}
+
+/// Starts asking the agents `refs` lists (which the caller may change at any time) every `refresh`;
 /// the returned fleet follows.
 pub fn start(
-    mut agents: watch::Receiver<Vec<AgentRef>>,
+    mut refs: watch::Receiver<Vec<AgentRef>>,
     refresh: Duration,
     stop: CancellationToken,
 ) -> Fleet {
     let (tx, rx) = watch::channel(Arc::new(Endpoints::new()));
-    let http = reqwest::Client::builder()
-        .timeout(refresh.max(Duration::from_millis(500)))
-        .build()
-        .unwrap_or_default();
+    let agents = HttpAgents::new(refresh.max(Duration::from_millis(500)));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = BTreeSet::new();
         loop {
-            let list = agents.borrow_and_update().clone();
-            let probes = list.iter().map(|a| probe(&http, a));
-            let found: Endpoints = futures::future::join_all(probes)
-                .await
-                .into_iter()
-                .map(|e| (e.id.clone(), e))
-                .collect();
+            let list = refs.borrow_and_update().clone();
+            let probes = futures::future::join_all(list.iter().map(|a| probe(&agents, a))).await;
+            note_failures(&mut failing, &probes);
+            let found: Endpoints = probes.into_iter().map(|(e, _)| (e.id.clone(), e)).collect();
             tx.send_if_modified(|current| {
                 if **current == found {
                     false
@@ -120,7 +110,7 @@ pub fn start(
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {},
-                r = agents.changed() => if r.is_err() { return },
+                r = refs.changed() => if r.is_err() { return },
             }
         }
     });

@@ -5,11 +5,11 @@
 
 use futures::future::join_all;
 use kube::ResourceExt;
+use webaccel_agent_client::{AgentError, Endpoint, ModelOnAgent};
 use webaccel_crds::v1alpha1::{
     AgentModel, BrowserPool, ModelDeploymentSpec, ModelDeploymentStatus, ReplicaState,
     ReplicaStatus,
 };
-use webaccel_engine::agent::{AgentError, Endpoint, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate, Placement};
 use webaccel_engine::{ensemble, stages};
 

@@ -20,11 +20,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use serde_json::json;
 use tracing::warn;
+use webaccel_agent_client::{AgentError, AgentResult, ModelOnAgent};
 use webaccel_crds::labels;
 use webaccel_crds::v1alpha1::{
     BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus,
 };
-use webaccel_engine::agent::{AgentError, AgentResult, ModelOnAgent};
 use webaccel_engine::place;
 
 use super::look;

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use futures::future::join_all;
+use webaccel_agent_client::{AgentApi, ModelOnAgent};
 use webaccel_crds::v1alpha1::{AgentModel, ModelDeployment, ReplicaState, ReplicaStatus};
-use webaccel_engine::agent::{AgentApi, ModelOnAgent};
 use webaccel_engine::place::{self, Candidate, Placement};
 use webaccel_engine::{ensemble, stages};
 

@@ -31,9 +31,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use webaccel_agent_client::{AgentApi, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
 use webaccel_crds::v1alpha1::BrowserPool;
-use webaccel_engine::agent::{AgentApi, AgentResult, Endpoint, ModelOnAgent};
 
 /// Changes kept for watches that start from an older resourceVersion.
 const LOG_LIMIT: usize = 200_000;

@@ -1,0 +1,86 @@
+//! The one client of the node agent's HTTP API: load (`/v1/stats`), capabilities, the
+//! models it holds, model load and unload, drain, and a model's KServe metadata, over
+//! the agent's typed contract ([`webaccel_api::agent`]). The engine, the operator, local
+//! mode, the gateway's discovery and the benches all ask agents through it.
+//!
+//! Requests travel over a [`Transport`]: straight HTTP ([`DirectHttp`], feature
+//! `reqwest`), or whatever a host puts in between (the operator's API-server pod proxy).
+//! [`AgentApi`] is the part the engine decides with, so tests stand in for agents.
+//!
+//! Errors keep the agent's category and `retryable` flag: a 401 (token rotated) or a 503
+//! (browser restarting) is the agent's state, not the model's fault, and must never be
+//! taken for a refused model.
+
+mod client;
+mod error;
+mod transport;
+
+pub use client::HttpAgents;
+pub use error::{AgentError, AgentResult, interpret};
+#[cfg(feature = "reqwest")]
+pub use transport::DirectHttp;
+pub use transport::{AgentRequest, Transport};
+pub use webaccel_api::agent::TOKEN_HEADER;
+
+use futures::future::BoxFuture;
+use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec, ModelState};
+
+/// Where one agent listens and the token it wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The browser it belongs to (a pod's name, a local process's name).
+    pub pod: String,
+    pub base_url: String,
+    /// `None` for an agent that asks for none.
+    pub token: Option<String>,
+}
+
+/// What the agent said about one model on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelOnAgent {
+    Absent,
+    Loading,
+    Loaded {
+        backend: String,
+        init_ms: Option<f64>,
+        /// Detected from the model's graph by the agent.
+        precision: Option<webaccel_api::Precision>,
+    },
+    Failed(String),
+}
+
+impl ModelOnAgent {
+    pub fn from_state(state: &ModelState) -> Self {
+        match state {
+            ModelState::Loaded(m) => Self::Loaded {
+                backend: m.backend.clone(),
+                init_ms: Some(m.init_ms()),
+                precision: m.precision,
+            },
+            ModelState::Failed { reason } => Self::Failed(reason.clone()),
+            // Pending (waiting for a browser) and loading.
+            ModelState::Pending | ModelState::Loading => Self::Loading,
+        }
+    }
+}
+
+/// The agent API as the pool engine uses it.
+pub trait AgentApi: Send + Sync + 'static {
+    fn stats<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<AgentStats>>;
+    fn capabilities<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<Capabilities>>;
+    fn model<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        name: &'a str,
+    ) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
+    /// Starts loading a model and returns at once (the agent loads in the background):
+    /// look again with [`AgentApi::model`]. A model the agent refuses outright (not
+    /// ONNX, bad digest, backend unavailable) comes back as `Failed` with its reason.
+    fn load<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        spec: &'a ModelSpec,
+    ) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
+    fn unload<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<()>>;
+    fn drain<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<()>>;
+}
