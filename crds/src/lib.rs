@@ -1,11 +1,16 @@
 //! webaccel's custom resources and the Kubernetes conventions its parts share: the
 //! `webaccel.dev/v1alpha1` types (`BrowserPool`, `ModelDeployment`) from which `crdgen`
-//! writes the CRD YAML, the label, annotation and condition names, and how the operator
-//! and the gateway find and reach a pool's agents ([`pods`]).
+//! writes the CRD YAML, the label, annotation and condition names, how a pool's agents
+//! run ([`agent`]: their command line and port) and what makes a browser out of date
+//! ([`template`]).
 //!
-//! The vocabulary without Kubernetes (tensors, errors, the agent contract) is
-//! `webaccel-api`; the API server's validation, for local mode, is `webaccel-crds-validate`.
+//! The policies inside the specs (autoscaling, healing, recycling) and the replica
+//! states are the engine's own types (`webaccel-engine`, no Kubernetes), embedded here,
+//! so the engine decides with exactly what the resource says. The vocabulary without
+//! Kubernetes (tensors, errors, the agent contract) is `webaccel-api`; the API server's
+//! validation, for local mode, is `webaccel-crds-validate`.
 
+pub mod agent;
 pub mod labels;
-
+pub mod template;
 pub mod v1alpha1;

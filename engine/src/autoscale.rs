@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use webaccel_crds::v1alpha1::Autoscaling;
+use crate::policy::Autoscaling;
 
 /// What the autoscaler sees at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,7 +3,6 @@
 //! (not read from pod labels), so the operator and local mode decide alike.
 
 use futures::future::join_all;
-use webaccel_crds::v1alpha1::EnsembleSpec;
 
 use crate::place::{Candidate, Placement};
 use webaccel_agent_client::{AgentApi, Endpoint, ModelOnAgent};
@@ -12,15 +11,14 @@ use webaccel_agent_client::{AgentApi, Endpoint, ModelOnAgent};
 pub async fn missing_step<A: AgentApi + ?Sized>(
     agents: &A,
     ep: &Endpoint,
-    ensemble: &EnsembleSpec,
+    steps: &[String],
 ) -> Option<String> {
-    let answers = join_all(ensemble.steps.iter().map(|s| agents.model(ep, &s.model))).await;
-    ensemble
-        .steps
+    let answers = join_all(steps.iter().map(|s| agents.model(ep, s))).await;
+    steps
         .iter()
         .zip(answers)
         .find(|(_, a)| !matches!(a, Ok(ModelOnAgent::Loaded { .. })))
-        .map(|(s, _)| s.model.clone())
+        .map(|(s, _)| s.clone())
 }
 
 /// Takes a browser that lacks a step out of the ensemble's candidates (one that holds
@@ -32,9 +30,8 @@ pub fn require_steps(candidate: &mut Candidate, missing: Option<&str>) {
 }
 
 /// Says why replicas of an ensemble could not be placed: no browser holds its steps.
-pub fn explain_unplaced(placement: &mut Placement, ensemble: &EnsembleSpec) {
+pub fn explain_unplaced(placement: &mut Placement, steps: &[String]) {
     if placement.unplaced > 0 {
-        let steps: Vec<&str> = ensemble.steps.iter().map(|s| s.model.as_str()).collect();
         placement.unplaced_reason = Some(format!(
             "{} replicas wait for browsers holding every step loaded ({})",
             placement.unplaced,

@@ -1,13 +1,10 @@
 //! Placement, pure: which browsers of the pool hold a model, which get it next and on which
 //! backend, which give it up, and what each replica's state is.
 
-use webaccel_api::Backend;
-use webaccel_api::agent::ModelSpec;
-use webaccel_crds::v1alpha1::{
-    AgentModel, Batching, EnsembleSpec, ModelDeploymentSpec, ReplicaState, ReplicaStatus,
-};
-
 use webaccel_agent_client::ModelOnAgent;
+use webaccel_api::Backend;
+
+use crate::replica::{ReplicaState, ReplicaStatus};
 
 /// One browser of the pool as placement sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,18 +55,6 @@ pub fn choose_backend(
     })
 }
 
-fn replica(pod: &str, state: ReplicaState) -> ReplicaStatus {
-    ReplicaStatus {
-        pod: pod.into(),
-        state,
-        backend: None,
-        adapter: None,
-        init_ms: None,
-        precision: None,
-        reason: None,
-    }
-}
-
 pub fn plan(
     replicas: i32,
     requested: &[Backend],
@@ -97,7 +82,7 @@ pub fn plan(
         p.unload.push(extra.pod.clone());
     }
     for c in holders.iter().take(want) {
-        let mut r = replica(&c.pod, ReplicaState::Loading);
+        let mut r = ReplicaStatus::new(&c.pod, ReplicaState::Loading);
         if let ModelOnAgent::Loaded {
             backend,
             init_ms,
@@ -119,7 +104,7 @@ pub fn plan(
             _ => c.failed_before.clone(),
         };
         if let Some(why) = reason {
-            let mut r = replica(&c.pod, ReplicaState::FailedToLoad);
+            let mut r = ReplicaStatus::new(&c.pod, ReplicaState::FailedToLoad);
             r.reason = Some(why);
             p.replicas.push(r);
         }
@@ -134,7 +119,7 @@ pub fn plan(
     fresh.sort_by_key(|(c, _)| (c.models_held, c.pod.clone()));
     for (c, backend) in fresh.into_iter().take(need) {
         p.load.push((c.pod.clone(), backend));
-        let mut r = replica(&c.pod, ReplicaState::Loading);
+        let mut r = ReplicaStatus::new(&c.pod, ReplicaState::Loading);
         r.backend = Some(backend.to_string());
         p.replicas.push(r);
         need -= 1;
@@ -149,32 +134,6 @@ pub fn plan(
         ));
     }
     p
-}
-
-/// What an agent is asked to load for `model` (the deployment's file, or one of its
-/// stages) of `spec` placed on `backend`, the same for pods and local processes; only
-/// where the file is read from (`uri`) is the host's to say (local mode resolves a
-/// relative `file://` against the manifest).
-pub fn load_request(
-    model: &AgentModel<'_>,
-    spec: &ModelDeploymentSpec,
-    uri: String,
-    backend: Backend,
-) -> ModelSpec {
-    let (max_batch_size, max_queue_delay_us) = Batching::agent_settings(spec.batching.as_ref());
-    ModelSpec {
-        name: model.name.clone(),
-        uri,
-        ensemble: model.ensemble.map(EnsembleSpec::for_agents),
-        sha256: model.source.and_then(|s| s.sha256.clone()),
-        backend,
-        webnn_device: Default::default(),
-        warmup: spec.warmup,
-        task: model.task.as_str().into(),
-        precision: spec.precision,
-        max_batch_size,
-        max_queue_delay_us,
-    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 
+use crate::replica::{ReplicaState, ReplicaStatus};
 use webaccel_api::Backend;
-use webaccel_crds::v1alpha1::{ReplicaState, ReplicaStatus};
 
 use crate::place::{self, Candidate, Placement};
 use webaccel_agent_client::ModelOnAgent;

@@ -89,7 +89,7 @@ pub struct LoopSettings {
 
 /// The hash of what a pool's browsers are built from: a change rolls them.
 pub fn template_hash(pool: &BrowserPool) -> String {
-    webaccel_engine::pool::template::template_hash(&pool.spec, "")
+    webaccel_crds::template::template_hash(&pool.spec, "")
 }
 
 /// The models cut into stages among those `up` runs, with their stages' model names:
@@ -316,7 +316,13 @@ impl Engine {
             .filter_map(|(md, _)| waiting.get(&md.metadata.name.clone().unwrap_or_default()))
             .map(|&n| n as u64)
             .sum();
-        let size = size::desired(&pool.spec, &views, &mut state.memory, pool_waiting, now);
+        let size = size::desired(
+            &pool.spec.policy(),
+            &views,
+            &mut state.memory,
+            pool_waiting,
+            now,
+        );
         let previous = state.memory.last_desired.replace(size.desired);
         if previous.is_some_and(|p| p != size.desired) {
             tracing::info!(pool = %name, from = previous.unwrap_or_default(), to = size.desired, reason = %size.reason, "scaling");

@@ -12,8 +12,8 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use webaccel_agent_client::Endpoint;
 use webaccel_api::agent::{AgentStats, Capabilities};
+use webaccel_crds::agent::{self as command, AgentSite};
 use webaccel_crds::v1alpha1::BrowserPoolSpec;
-use webaccel_engine::command::{self, AgentSite};
 use webaccel_engine::pool::browser::BrowserView;
 
 /// How a local browser is started.

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use webaccel_api::Backend;
 pub use webaccel_api::Precision;
+use webaccel_api::agent::ModelSpec;
+pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 
 /// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -124,6 +126,11 @@ impl EnsembleSpec {
             outputs: self.outputs.clone(),
         }
     }
+
+    /// The step models, in order: an ensemble is placed only where all are loaded.
+    pub fn step_models(&self) -> Vec<String> {
+        self.steps.iter().map(|s| s.model.clone()).collect()
+    }
 }
 
 /// The most stages a ModelDeployment may have (the schema's `maxItems`).
@@ -156,6 +163,32 @@ impl AgentModel<'_> {
     /// ensemble instead of a URI).
     pub fn uri(&self) -> &str {
         self.source.map_or("", |s| s.uri.as_str())
+    }
+
+    /// What an agent is asked to load for this model (the deployment's file, or one of
+    /// its stages) of `spec` placed on `backend`, the same for pods and local processes;
+    /// only where the file is read from (`uri`) is the host's to say (local mode resolves
+    /// a relative `file://` against the manifest).
+    pub fn load_request(
+        &self,
+        spec: &ModelDeploymentSpec,
+        uri: String,
+        backend: Backend,
+    ) -> ModelSpec {
+        let (max_batch_size, max_queue_delay_us) = Batching::agent_settings(spec.batching.as_ref());
+        ModelSpec {
+            name: self.name.clone(),
+            uri,
+            ensemble: self.ensemble.map(EnsembleSpec::for_agents),
+            sha256: self.source.and_then(|s| s.sha256.clone()),
+            backend,
+            webnn_device: Default::default(),
+            warmup: spec.warmup,
+            task: self.task.as_str().into(),
+            precision: spec.precision,
+            max_batch_size,
+            max_queue_delay_us,
+        }
     }
 }
 
@@ -333,32 +366,4 @@ pub struct StageStatus {
     pub loaded_replicas: i32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaStatus>,
-}
-
-/// The model on one browser pod.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicaStatus {
-    pub pod: String,
-    pub state: ReplicaState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adapter: Option<String>,
-    /// Session creation plus warm-up, as the agent measured it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init_ms: Option<f64>,
-    /// The precision the agent detected from the model's graph.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision: Option<Precision>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum ReplicaState {
-    Pending,
-    Loading,
-    Loaded,
-    FailedToLoad,
 }

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use webaccel_api::Backend;
 pub use webaccel_api::BrowserKind;
+use webaccel_engine::policy::PoolPolicy;
+pub use webaccel_engine::policy::{Autoscaling, HealingSpec, RecycleSpec};
 
 /// A pool of browser pods that run models through WebGPU, WebNN or WebAssembly.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -69,6 +71,7 @@ pub struct BrowserPoolSpec {
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"))]
     pub autoscaling: Option<Autoscaling>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuSpec>,
@@ -109,48 +112,25 @@ fn one() -> i32 {
     1
 }
 
+impl BrowserPoolSpec {
+    /// What the engine's pool round decides with.
+    pub fn policy(&self) -> PoolPolicy {
+        PoolPolicy {
+            replicas: self.replicas,
+            autoscaling: self.autoscaling.clone(),
+            page_workers: self.page_workers,
+            healing: self.healing.clone().unwrap_or_default(),
+            recycle: self.recycle.clone(),
+        }
+    }
+}
+
 fn all_backends() -> Vec<Backend> {
     vec![Backend::Webgpu, Backend::Webnn, Backend::Wasm]
 }
 
 fn default_max_in_flight() -> i32 {
     64
-}
-
-/// Size the pool by load: in-flight plus queued requests per browser, read from each agent.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"))]
-pub struct Autoscaling {
-    #[serde(default)]
-    pub enabled: bool,
-    /// 0 lets the pool scale to zero when idle; it scales from zero when requests wait (see
-    /// the `webaccel.dev/waiting-requests` annotation).
-    #[serde(default = "one")]
-    #[schemars(range(min = 0, max = 1000))]
-    pub min_replicas: i32,
-    #[schemars(range(min = 1, max = 1000))]
-    pub max_replicas: i32,
-    /// In-flight plus queued requests per browser the autoscaler aims for.
-    #[serde(default = "default_target")]
-    #[schemars(range(min = 1, max = 10000))]
-    pub target_in_flight_per_browser: i32,
-    /// Scale up only to the lowest size recommended over this window (0: at once).
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 3600))]
-    pub scale_up_stabilization_seconds: i32,
-    /// Scale down only to the highest size recommended over this window.
-    #[serde(default = "default_scale_down_window")]
-    #[schemars(range(min = 0, max = 3600))]
-    pub scale_down_stabilization_seconds: i32,
-}
-
-fn default_target() -> i32 {
-    4
-}
-
-fn default_scale_down_window() -> i32 {
-    300
 }
 
 /// GPUs for each browser pod: a resource request plus the node selector and tolerations that
@@ -181,50 +161,6 @@ impl GpuVendor {
             Self::Intel => "gpu.intel.com/i915",
         }
     }
-}
-
-/// Browsers are replaced after serving this many requests or living this long, whichever comes
-/// first; always drained before they go.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RecycleSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub after_requests: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 60))]
-    pub max_lifetime_seconds: Option<i64>,
-}
-
-/// When a browser pod counts as broken and is replaced.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HealingSpec {
-    /// A pod that stays unready this long after it started is replaced.
-    #[serde(default = "default_unready_grace")]
-    #[schemars(range(min = 10, max = 3600))]
-    pub unready_grace_seconds: i32,
-    /// A container that restarted this many times is crash-looping and its pod is replaced.
-    #[serde(default = "default_max_restarts")]
-    #[schemars(range(min = 1, max = 100))]
-    pub max_container_restarts: i32,
-}
-
-impl Default for HealingSpec {
-    fn default() -> Self {
-        Self {
-            unready_grace_seconds: default_unready_grace(),
-            max_container_restarts: default_max_restarts(),
-        }
-    }
-}
-
-fn default_unready_grace() -> i32 {
-    180
-}
-
-fn default_max_restarts() -> i32 {
-    3
 }
 
 /// What of the browser pod a user may set; the rest the operator owns.

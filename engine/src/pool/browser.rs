@@ -1,7 +1,7 @@
 //! One browser of a pool as the engine sees it: what its host (a pod, a local process)
 //! says about it, and what its agent says.
 
-use k8s_openapi::jiff::Timestamp;
+use jiff::Timestamp;
 use webaccel_api::agent::{AgentStats, Capabilities};
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,8 +1,8 @@
 //! The pool's decisions, pure: which browsers to create, drain, delete or replace, given
 //! the desired size and what the pods and their agents report.
 
-use k8s_openapi::jiff::Timestamp;
-use webaccel_crds::v1alpha1::{HealingSpec, RecycleSpec};
+use crate::policy::{HealingSpec, RecycleSpec};
+use jiff::Timestamp;
 
 use super::browser::BrowserView;
 

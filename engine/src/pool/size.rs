@@ -1,13 +1,13 @@
-//! The size a pool steers to: `spec.replicas`, or, with autoscaling on, the autoscaler's
+//! The size a pool steers to: `replicas`, or, with autoscaling on, the autoscaler's
 //! decision from the load its ready browsers report (and, while none is ready, the
 //! number of requests waiting for one: scale from zero).
 
-use k8s_openapi::jiff::Timestamp;
-use webaccel_crds::v1alpha1::BrowserPoolSpec;
+use jiff::Timestamp;
 
 use super::browser::BrowserView;
 use super::memory::PoolMemory;
 use crate::autoscale::LoadSample;
+use crate::policy::PoolPolicy;
 
 /// The size and why, with a bounded cause for metrics (`spec`, `load`, `idle`,
 /// `waiting_requests`, `silent_browsers`).
@@ -21,7 +21,7 @@ pub struct Size {
 /// Decides the pool's size at `now`. `waiting` is the number of requests waiting for a
 /// browser of this pool (only heard while it has none ready).
 pub fn desired(
-    spec: &BrowserPoolSpec,
+    spec: &PoolPolicy,
     browsers: &[BrowserView],
     memory: &mut PoolMemory,
     waiting: u64,

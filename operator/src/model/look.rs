@@ -108,7 +108,8 @@ pub async fn ask(
             }
             for (m, c) in models.iter().zip(candidates.iter_mut()) {
                 if let Some(e) = m.ensemble {
-                    let missing = ensemble::missing_step(ctx.agents.as_ref(), &ep, e).await;
+                    let missing =
+                        ensemble::missing_step(ctx.agents.as_ref(), &ep, &e.step_models()).await;
                     ensemble::require_steps(c, missing.as_deref());
                 }
             }
@@ -166,7 +167,7 @@ pub fn decide(
                 .map(|(c, m)| {
                     let mut p = place::plan(spec.replicas, &spec.backends, &pool.spec.backends, c);
                     if let Some(e) = m.ensemble {
-                        ensemble::explain_unplaced(&mut p, e);
+                        ensemble::explain_unplaced(&mut p, &e.step_models());
                     }
                     p
                 })

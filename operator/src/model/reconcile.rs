@@ -25,7 +25,6 @@ use webaccel_crds::labels;
 use webaccel_crds::v1alpha1::{
     BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus,
 };
-use webaccel_engine::place;
 
 use super::look;
 use super::status::{not_ready, status_of};
@@ -205,7 +204,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             .flat_map(|(i, (m, placement))| {
                 placement.load.iter().filter_map(move |(pod, backend)| {
                     let ep = endpoint_of(pod)?;
-                    let req = place::load_request(m, &md.spec, m.uri().to_owned(), *backend);
+                    let req = m.load_request(&md.spec, m.uri().to_owned(), *backend);
                     Some(async move { (i, ep.pod.clone(), ctx.agents.load(ep, &req).await) })
                 })
             });

@@ -14,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use webaccel_crds::agent as command;
 use webaccel_crds::labels;
 use webaccel_crds::v1alpha1::{BrowserPool, GpuVendor};
-use webaccel_engine::command;
 
 /// The port the agent listens on in every browser pod, as the engine starts them.
 pub const AGENT_PORT: i32 = command::AGENT_PORT as i32;
@@ -75,7 +75,7 @@ fn meta(pool: &BrowserPool, name: String, labels: BTreeMap<String, String>) -> O
 /// whose hash differs from the pool's is rolled. Replicas and autoscaling are left out: they
 /// size the pool, they do not change a pod.
 pub fn template_hash(pool: &BrowserPool) -> String {
-    webaccel_engine::pool::template::template_hash(&pool.spec, &token_secret_name(pool))
+    webaccel_crds::template::template_hash(&pool.spec, &token_secret_name(pool))
 }
 
 fn gpu_node_label(vendor: GpuVendor) -> (&'static str, &'static str) {

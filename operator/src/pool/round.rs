@@ -71,7 +71,7 @@ pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp)
     let browsers = view.views();
     let waiting = waiting_requests(pool, now);
     let size = ctx.with_pool(&key, |m| {
-        size::desired(&pool.spec, &browsers, m, waiting, now)
+        size::desired(&pool.spec.policy(), &browsers, m, waiting, now)
     });
     let held = held_status(ctx, pool, &key);
     let previous = ctx

@@ -97,7 +97,9 @@ impl Engine {
                 let mut missing = Vec::with_capacity(models_ref.len());
                 for m in models_ref.iter() {
                     missing.push(match m.ensemble {
-                        Some(e) => ensemble::missing_step(agents, &b.endpoint, e).await,
+                        Some(e) => {
+                            ensemble::missing_step(agents, &b.endpoint, &e.step_models()).await
+                        }
                         None => None,
                     });
                 }
@@ -151,7 +153,7 @@ impl Engine {
                     let mut p =
                         place::plan(md.spec.replicas, &md.spec.backends, &pool.spec.backends, c);
                     if let Some(e) = m.ensemble {
-                        ensemble::explain_unplaced(&mut p, e);
+                        ensemble::explain_unplaced(&mut p, &e.step_models());
                     }
                     p
                 })
@@ -210,8 +212,7 @@ impl Engine {
             let Some(b) = state.browsers.iter().find(|b| &b.name == browser) else {
                 continue;
             };
-            let spec =
-                place::load_request(model, &md.spec, resolve_uri(model.uri(), base), *backend);
+            let spec = model.load_request(&md.spec, resolve_uri(model.uri(), base), *backend);
             tracing::info!(model = %name, %browser, %backend, "loading the model");
             match self.agents.load(&b.endpoint, &spec).await {
                 Ok(ModelOnAgent::Failed(why)) => {

@@ -2,8 +2,8 @@
 //! from its pool's is out of date and is rolled. Size and policies (replicas,
 //! autoscaling, healing, recycling) are not part of it.
 
+use crate::v1alpha1::BrowserPoolSpec;
 use sha2::{Digest, Sha256};
-use webaccel_crds::v1alpha1::BrowserPoolSpec;
 
 /// The hash of `spec`'s browser-shaping fields and the token Secret the browsers read
 /// (`token_secret`: empty where there is none, as in local mode). Ten hex digits.
