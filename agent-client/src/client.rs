@@ -133,7 +133,7 @@ impl AgentApi for HttpAgents {
                 .get::<ModelDescription>(ep, &format!("/v1/models/{name}"))
                 .await
             {
-                Ok(d) => Ok(ModelOnAgent::from_state(&d.status)),
+                Ok(d) => Ok(ModelOnAgent::from_description(&d)),
                 Err(e) if e.category() == Some(ErrorCategory::ModelNotFound) => {
                     Ok(ModelOnAgent::Absent)
                 }
@@ -153,7 +153,7 @@ impl AgentApi for HttpAgents {
                 .call::<ModelDescription>(ep, Method::POST, path, Some(spec))
                 .await
             {
-                Ok((_, Some(d))) => Ok(ModelOnAgent::from_state(&d.status)),
+                Ok((_, Some(d))) => Ok(ModelOnAgent::from_description(&d)),
                 Ok((_, None)) => Ok(ModelOnAgent::Loading),
                 // Refused because of the model itself (not ONNX, bad digest, backend
                 // unavailable, bad spec): the model's fault, with the agent's reason.

@@ -23,7 +23,7 @@ pub use transport::{AgentRequest, Transport};
 pub use webaccel_api::agent::TOKEN_HEADER;
 
 use futures::future::BoxFuture;
-use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec, ModelState};
+use webaccel_api::agent::{AgentStats, Capabilities, ModelDescription, ModelSpec, ModelState};
 
 /// Where one agent listens and the token it wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,17 +45,24 @@ pub enum ModelOnAgent {
         init_ms: Option<f64>,
         /// Detected from the model's graph by the agent.
         precision: Option<webaccel_api::Precision>,
+        /// What it was loaded from: the load's URI and the file's digest (empty where the
+        /// agent did not say), so a host can tell a copy of a file since replaced.
+        uri: String,
+        sha256: String,
     },
     Failed(String),
 }
 
 impl ModelOnAgent {
-    pub fn from_state(state: &ModelState) -> Self {
-        match state {
+    /// What a model description (`GET /v1/models/{name}`, a load's answer) says.
+    pub fn from_description(d: &ModelDescription) -> Self {
+        match &d.status {
             ModelState::Loaded(m) => Self::Loaded {
                 backend: m.backend.clone(),
                 init_ms: Some(m.init_ms()),
                 precision: m.precision,
+                uri: d.spec.uri.clone(),
+                sha256: m.sha256.clone(),
             },
             ModelState::Failed { reason } => Self::Failed(reason.clone()),
             // Pending (waiting for a browser) and loading.

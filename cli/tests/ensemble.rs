@@ -57,17 +57,17 @@ async fn an_ensemble_deployment_is_placed_with_its_steps_and_served_through_the_
     // Placed where both steps are: the browser holding `first` (second is on both).
     let m = model(&status, "pipe");
     println!("{m:#}");
-    let pipe_on: Vec<String> = m["replicas"]
+    let pipe_on: Vec<String> = m["status"]["replicas"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["browser"].as_str().unwrap_or_default().to_owned())
+        .map(|r| r["pod"].as_str().unwrap_or_default().to_owned())
         .collect();
-    let first_on: Vec<String> = model(&status, "first")["replicas"]
+    let first_on: Vec<String> = model(&status, "first")["status"]["replicas"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["browser"].as_str().unwrap_or_default().to_owned())
+        .map(|r| r["pod"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(pipe_on, first_on, "{status:#}");
     let list: ModelList = up.agent_get(&status, &pipe_on[0], "/v1/models").await;

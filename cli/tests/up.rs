@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use driver::{Load, Up, browser_names, loaded, pool, pool_yaml};
+use driver::{Load, Up, browser_names, browsers, loaded, pool, pool_yaml};
 use serde_json::Value;
 use webaccel_analytics::local::LocalClickHouse;
 
@@ -143,10 +143,11 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
     let run = mlp_load(&up, 8);
     let s = up
         .until("the pool at its maximum", Duration::from_secs(60), |s| {
-            pool(s, "auto")["desired"] == 2 && pool(s, "auto")["ready"] == 2
+            pool(s, "auto")["status"]["desiredReplicas"] == 2
+                && pool(s, "auto")["status"]["readyReplicas"] == 2
         })
         .await;
-    println!("grown: {}", pool(&s, "auto")["reason"]);
+    println!("grown: {}", pool(&s, "auto")["status"]["lastScaleReason"]);
     let (ok, failed) = run.finish().await;
     assert!(
         failed.is_empty(),
@@ -160,12 +161,7 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
     up.until(
         "the pool back at its minimum",
         Duration::from_secs(60),
-        |s| {
-            pool(s, "auto")["desired"] == 1
-                && pool(s, "auto")["browsers"]
-                    .as_array()
-                    .is_some_and(|b| b.len() == 1)
-        },
+        |s| pool(s, "auto")["status"]["desiredReplicas"] == 1 && browsers(s, "auto").len() == 1,
     )
     .await;
     let (ok, failed) = light.finish().await;
@@ -192,7 +188,7 @@ async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() 
         })
         .await;
     // SIGKILL one agent: it is replaced and the model placed again.
-    let victim = pool(&s, "roll")["browsers"][0].clone();
+    let victim = browsers(&s, "roll")[0].clone();
     let pid = i32::try_from(victim["pid"].as_i64().unwrap()).unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -220,12 +216,7 @@ async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let before: Vec<String> = pool(&s, "roll")["browsers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_owned())
-        .collect();
+    let before: Vec<String> = browser_names(&s, "roll");
     // A changed pool (what a browser is built from) rolls, one browser at a time, under load.
     let run = mlp_load(&up, 4);
     let changed = up.manifests().join("changed.yaml");
@@ -333,5 +324,178 @@ async fn nothing_outlives_a_killed_up() {
         "{} processes gone {:?} after SIGKILL of webaccel up",
         before.len(),
         started.elapsed()
+    );
+}
+
+/// `make_quantized.py` into `dir`: the fixture transformer in fp32 and int8 (its
+/// `quantized.json` says which precision each file has).
+fn make_quantized(dir: &std::path::Path) {
+    let out = Command::new("python3")
+        .arg(repo().join("node-agent/tests/fixtures/make_quantized.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make_quantized.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The digest `/v1/models` reports for `model` on every browser of `pool` that holds it
+/// loaded.
+async fn loaded_digests(up: &Up, s: &Value, pool: &str, model: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for browser in browser_names(s, pool) {
+        let list: webaccel_api::agent::ModelList = up.agent_get(s, &browser, "/v1/models").await;
+        for m in list.models.iter().filter(|m| m.name == model) {
+            if let webaccel_api::agent::ModelState::Loaded(l) = &m.status {
+                out.push(l.sha256.clone());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn up_reports_the_operators_status_reloads_a_changed_file_and_unloads_a_deleted_model() {
+    let _serial = SERIAL.lock().await;
+    let files = tempfile::tempdir().unwrap();
+    make_quantized(files.path());
+    let tx = files.path().join("tx.onnx");
+    std::fs::copy(files.path().join("transformer_fp32.onnx"), &tx).unwrap();
+    let up = start(
+        &[
+            ("pool.yaml", pool_yaml("life", "  replicas: 2\n")),
+            ("tx.yaml", driver::model_yaml("tx", "life", &tx, 1)),
+            (
+                "q8.yaml",
+                driver::model_yaml(
+                    "q8",
+                    "life",
+                    &files.path().join("transformer_int8_dynamic.onnx"),
+                    1,
+                ),
+            ),
+        ],
+        None,
+    );
+    let s = up
+        .until("both models loaded", Duration::from_secs(120), |s| {
+            loaded(s, "tx", 1) && loaded(s, "q8", 1)
+        })
+        .await;
+    // The statuses the operator writes: the precision the agents detected, per replica
+    // and for the deployment; the pool's counts and conditions.
+    let q8 = &driver::model(&s, "q8")["status"];
+    assert_eq!(q8["precision"], "int8", "{q8:#}");
+    assert_eq!(q8["replicas"][0]["precision"], "int8", "{q8:#}");
+    assert_eq!(q8["observedGeneration"], 1, "{q8:#}");
+    assert_eq!(driver::model(&s, "tx")["status"]["precision"], "fp32");
+    let life = &pool(&s, "life")["status"];
+    assert_eq!(
+        (
+            life["desiredReplicas"].as_i64(),
+            life["readyReplicas"].as_i64()
+        ),
+        (Some(2), Some(2)),
+        "{life:#}"
+    );
+    assert!(
+        life["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        "{life:#}"
+    );
+    let (ok, text, err) = up.webaccel(&["status"]);
+    assert!(
+        ok && text.contains("q8") && text.contains("Loaded/wasm"),
+        "{text}{err}"
+    );
+
+    // The file under tx changes (same name, same manifest): a copy of the new file is
+    // loaded on the other browser while the old one serves, then the old one goes.
+    let before = loaded_digests(&up, &s, "life", "tx").await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let body: Value = {
+        let reference: Value = serde_json::from_str(
+            &std::fs::read_to_string(files.path().join("transformer_fp32.json")).unwrap(),
+        )
+        .unwrap();
+        serde_json::json!({"inputs": reference["inputs"]})
+    };
+    let run = Load::start(&up.http, "tx", &body, 2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let int8 = files.path().join("transformer_int8_dynamic.onnx");
+    std::fs::copy(&int8, files.path().join("tx.next")).unwrap();
+    std::fs::rename(files.path().join("tx.next"), &tx).unwrap();
+    let s = up
+        .until(
+            "tx reloaded from the new file",
+            Duration::from_secs(90),
+            |s| {
+                let tx = &driver::model(s, "tx")["status"];
+                tx["precision"] == "int8"
+                    && tx["loadedReplicas"] == 1
+                    && tx["replicas"].as_array().is_some_and(|r| r.len() == 1)
+            },
+        )
+        .await;
+    let (served, failed) = run.finish().await;
+    assert!(served > 0);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed during the reload: {:?}",
+        failed.len(),
+        served + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let after = loaded_digests(&up, &s, "life", "tx").await;
+    let want = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&int8).unwrap()))
+    };
+    assert_eq!(after, [want], "one copy, of the new file");
+
+    // Deleting a deployment unloads it everywhere, and the gateway stops serving it.
+    let q8_yaml = up.manifests().join("q8.yaml");
+    let (ok, out, err) = up.webaccel(&["delete", "-f", q8_yaml.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("modeldeployment.webaccel.dev \"q8\" deleted"),
+        "{out}{err}"
+    );
+    let s = up
+        .until("q8 gone from the status", Duration::from_secs(10), |s| {
+            driver::model(s, "q8").is_null()
+        })
+        .await;
+    let started = Instant::now();
+    loop {
+        let held = loaded_digests(&up, &s, "life", "q8").await;
+        let ready = reqwest::get(format!("{}/v2/models/q8/ready", up.http))
+            .await
+            .unwrap()
+            .status();
+        if held.is_empty() && ready != 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "q8 still held {held:?} or ready ({ready}) after its deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let infer = reqwest::Client::new()
+        .post(format!("{}/v2/models/q8/infer", up.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        infer.status(),
+        404,
+        "a deleted model is unknown to the gateway"
     );
 }

@@ -1,11 +1,8 @@
-//! How a pool's agents run: the agent's command line, built in one place for browser pods and for local
-//! processes, so both run identical agents: only where it listens, where its token and
-//! cache live and what it is called differ ([`AgentSite`]).
+//! How a pool's agents run: the agent's command line, built in one place for browser
+//! pods and for local processes, so both run identical agents: only where it listens,
+//! where its token and cache live and what it is called differ ([`AgentSite`]).
 
 use crate::v1alpha1::BrowserPoolSpec;
-
-/// The port agents listen on in pods.
-pub const AGENT_PORT: u16 = 8700;
 
 /// Where one agent runs.
 #[derive(Debug, Clone)]

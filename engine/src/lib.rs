@@ -11,6 +11,7 @@
 //! types the custom resources embed.
 
 pub mod autoscale;
+pub mod deployment;
 pub mod ensemble;
 pub mod place;
 pub mod policy;

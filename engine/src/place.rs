@@ -20,6 +20,9 @@ pub struct Candidate {
     pub models_held: usize,
     /// The load of this model failed on this pod for the current generation.
     pub failed_before: Option<String>,
+    /// It holds a copy of a file since replaced (another digest or URI than the
+    /// deployment's now): renewed one copy at a time (see [`plan`]).
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -55,6 +58,53 @@ pub fn choose_backend(
     })
 }
 
+/// The order holders are kept in: a current loaded copy first, then one loading, then a
+/// copy of a file since replaced (kept only while nothing else can serve).
+fn keep_rank(c: &Candidate) -> u8 {
+    match c.model {
+        ModelOnAgent::Loaded { .. } if !c.stale => 0,
+        ModelOnAgent::Loaded { .. } => 2,
+        _ => 1,
+    }
+}
+
+fn is_loaded(c: &Candidate) -> bool {
+    matches!(c.model, ModelOnAgent::Loaded { .. })
+}
+
+/// The replica a holder reports.
+fn held_replica(c: &Candidate) -> ReplicaStatus {
+    let mut r = ReplicaStatus::new(&c.pod, ReplicaState::Loading);
+    if let ModelOnAgent::Loaded {
+        backend,
+        init_ms,
+        precision,
+        ..
+    } = &c.model
+    {
+        r.state = ReplicaState::Loaded;
+        r.backend = Some(backend.clone());
+        r.init_ms = *init_ms;
+        r.precision = *precision;
+        r.adapter = c.adapter.clone().filter(|_| backend.starts_with("webgpu"));
+    }
+    if c.stale {
+        r.reason = Some(STALE.to_owned());
+    }
+    r
+}
+
+/// Why a replica holds an old copy.
+const STALE: &str = "holds the model's previous file: reloaded once the other copies are loaded";
+
+/// Where `replicas` copies of a model go among `candidates` (every browser of the pool as
+/// this model sees it), on the first of the `requested` backends the pool `allowed` and
+/// the browser detected.
+///
+/// A copy of a file since replaced (`Candidate::stale`) is renewed like a rolling update,
+/// one copy at a time and only while every other copy is loaded: a new copy is loaded on
+/// a browser without one if there is such a browser (the old one serves until the new one
+/// is loaded, then is given up), else the old copy is reloaded where it is.
 pub fn plan(
     replicas: i32,
     requested: &[Backend],
@@ -64,38 +114,28 @@ pub fn plan(
     let want = replicas.max(0) as usize;
     let mut p = Placement::default();
 
-    // Holders: loaded first, then loading; a draining browser still holds its copy until it
-    // goes, but a replacement is placed now.
+    // Holders: current loaded copies first, then loading ones, then old ones; a draining
+    // browser still holds its copy until it goes, but a replacement is placed now.
     let mut holders: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| {
             c.usable && matches!(c.model, ModelOnAgent::Loaded { .. } | ModelOnAgent::Loading)
         })
         .collect();
-    holders.sort_by_key(|c| {
-        (
-            !matches!(c.model, ModelOnAgent::Loaded { .. }),
-            c.pod.clone(),
-        )
-    });
+    holders.sort_by_key(|c| (keep_rank(c), c.pod.clone()));
+    let kept = &holders[..want.min(holders.len())];
+    let kept_loaded = kept.iter().all(|c| is_loaded(c));
     for extra in holders.iter().skip(want) {
-        p.unload.push(extra.pod.clone());
-    }
-    for c in holders.iter().take(want) {
-        let mut r = ReplicaStatus::new(&c.pod, ReplicaState::Loading);
-        if let ModelOnAgent::Loaded {
-            backend,
-            init_ms,
-            precision,
-        } = &c.model
-        {
-            r.state = ReplicaState::Loaded;
-            r.backend = Some(backend.clone());
-            r.init_ms = *init_ms;
-            r.precision = *precision;
-            r.adapter = c.adapter.clone().filter(|_| backend.starts_with("webgpu"));
+        if extra.stale && is_loaded(extra) && !kept_loaded {
+            // Still the only loaded copy of its slot: it serves until the copy taking its
+            // place is loaded.
+            p.replicas.push(held_replica(extra));
+        } else {
+            p.unload.push(extra.pod.clone());
         }
-        p.replicas.push(r);
+    }
+    for c in kept {
+        p.replicas.push(held_replica(c));
     }
 
     for c in candidates {
@@ -117,6 +157,33 @@ pub fn plan(
         .filter_map(|c| choose_backend(requested, allowed, &c.backends).map(|b| (c, b)))
         .collect();
     fresh.sort_by_key(|(c, _)| (c.models_held, c.pod.clone()));
+    let renew = kept
+        .iter()
+        .find(|c| c.stale)
+        .filter(|_| need == 0 && kept_loaded && holders.len() <= want);
+    if let Some(old) = renew {
+        match fresh.first() {
+            // One more copy, of the new file, beside the old one.
+            Some(&(c, backend)) => {
+                p.load.push((c.pod.clone(), backend));
+                let mut r = ReplicaStatus::new(&c.pod, ReplicaState::Loading);
+                r.backend = Some(backend.to_string());
+                p.replicas.push(r);
+            }
+            // No browser without a copy: the old copy is reloaded where it is.
+            None => {
+                if let Some(backend) = choose_backend(requested, allowed, &old.backends) {
+                    p.load.push((old.pod.clone(), backend));
+                    if let Some(r) = p.replicas.iter_mut().find(|r| r.pod == old.pod) {
+                        r.state = ReplicaState::Loading;
+                        r.backend = Some(backend.to_string());
+                        r.reason = Some("reloading: the model's file changed".to_owned());
+                    }
+                }
+            }
+        }
+        return p;
+    }
     for (c, backend) in fresh.into_iter().take(need) {
         p.load.push((c.pod.clone(), backend));
         let mut r = ReplicaStatus::new(&c.pod, ReplicaState::Loading);
@@ -150,6 +217,7 @@ mod tests {
             model,
             models_held: 0,
             failed_before: None,
+            stale: false,
         }
     }
 
@@ -196,6 +264,8 @@ mod tests {
             backend: b.into(),
             init_ms: Some(12.0),
             precision: None,
+            uri: String::new(),
+            sha256: String::new(),
         };
         let cands = [
             browser("a", &[Wasm], loaded("wasm")),
@@ -218,6 +288,8 @@ mod tests {
             backend: "wasm".into(),
             init_ms: None,
             precision: None,
+            uri: String::new(),
+            sha256: String::new(),
         };
         let mut draining = browser("old", &[Wasm], loaded);
         draining.usable = false;
@@ -245,5 +317,75 @@ mod tests {
                 .unwrap()
                 .starts_with("1 replicas cannot be placed")
         );
+    }
+
+    fn old_copy(pod: &str) -> Candidate {
+        let mut c = browser(
+            pod,
+            &[Wasm],
+            ModelOnAgent::Loaded {
+                backend: "wasm".into(),
+                init_ms: None,
+                precision: None,
+                uri: "file:///m.onnx".into(),
+                sha256: "aa".into(),
+            },
+        );
+        c.stale = true;
+        c
+    }
+
+    #[test]
+    fn a_changed_file_gets_a_new_copy_beside_the_old_one_which_serves_until_it_is_loaded() {
+        // Round 1: the one copy is old and a browser is free: a new copy goes there.
+        let free = browser("b", &[Wasm], ModelOnAgent::Absent);
+        let p = plan(1, &[Wasm], &ALL, &[old_copy("a"), free]);
+        assert_eq!(p.load, [("b".into(), Wasm)]);
+        assert!(p.unload.is_empty());
+        let a = p.replicas.iter().find(|r| r.pod == "a").unwrap();
+        assert_eq!(a.state, ReplicaState::Loaded, "the old copy still serves");
+        // Round 2: the new copy is loading: the old one keeps serving.
+        let loading = browser("b", &[Wasm], ModelOnAgent::Loading);
+        let p = plan(1, &[Wasm], &ALL, &[old_copy("a"), loading]);
+        assert!(p.load.is_empty() && p.unload.is_empty(), "{p:?}");
+        assert_eq!(p.replicas.len(), 2);
+        // Round 3: the new copy is loaded: the old one goes.
+        let loaded = browser(
+            "b",
+            &[Wasm],
+            ModelOnAgent::Loaded {
+                backend: "wasm".into(),
+                init_ms: None,
+                precision: None,
+                uri: "file:///m.onnx".into(),
+                sha256: "bb".into(),
+            },
+        );
+        let p = plan(1, &[Wasm], &ALL, &[old_copy("a"), loaded]);
+        assert_eq!(p.unload, ["a"]);
+        assert!(p.load.is_empty());
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_in_place_one_copy_at_a_time_without_a_free_browser() {
+        let p = plan(2, &[Wasm], &ALL, &[old_copy("a"), old_copy("b")]);
+        assert_eq!(p.load, [("a".into(), Wasm)], "one at a time");
+        let states: Vec<_> = p
+            .replicas
+            .iter()
+            .map(|r| (r.pod.as_str(), r.state))
+            .collect();
+        assert_eq!(
+            states,
+            [("a", ReplicaState::Loading), ("b", ReplicaState::Loaded)]
+        );
+        // While a's new copy loads, b waits.
+        let p = plan(
+            2,
+            &[Wasm],
+            &ALL,
+            &[browser("a", &[Wasm], ModelOnAgent::Loading), old_copy("b")],
+        );
+        assert!(p.load.is_empty() && p.unload.is_empty(), "{p:?}");
     }
 }

@@ -134,6 +134,7 @@ fn sharing(c: &Candidate, with: usize) -> ReplicaStatus {
             backend,
             init_ms,
             precision,
+            ..
         } => (
             ReplicaState::Loaded,
             Some(backend.clone()),
@@ -217,6 +218,7 @@ mod tests {
             model: ModelOnAgent::Absent,
             models_held: 0,
             failed_before: None,
+            stale: false,
         }
     }
 
@@ -225,6 +227,8 @@ mod tests {
             backend: "wasm".into(),
             init_ms: Some(5.0),
             precision: Some(webaccel_api::Precision::Int8),
+            uri: String::new(),
+            sha256: String::new(),
         }
     }
 

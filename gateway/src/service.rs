@@ -64,8 +64,8 @@ pub struct Gateway {
     /// Asks agents for model metadata.
     metadata: HttpAgents,
     ready: std::sync::atomic::AtomicBool,
-    /// Models deployed (Kubernetes, local mode), beyond those a browser has held.
-    deployed: std::sync::RwLock<Arc<crate::discovery::Deployed>>,
+    /// Models deployed, when the discovery source knows them (Kubernetes, local mode).
+    deployed: std::sync::RwLock<Option<Arc<crate::discovery::Deployed>>>,
     /// Models cut into stages, served as pipelines (see [`crate::pipeline`]).
     pub(crate) pipelines: std::sync::RwLock<Arc<crate::discovery::Pipelines>>,
     /// Each stage's metadata (its inputs pick what it is fed), as a browser holding it
@@ -115,25 +115,26 @@ impl Gateway {
 
     /// Notes the models the discovery source says are deployed.
     pub fn set_deployed(&self, deployed: Arc<crate::discovery::Deployed>) {
-        *self.deployed.write().unwrap_or_else(|p| p.into_inner()) = deployed;
+        *self.deployed.write().unwrap_or_else(|p| p.into_inner()) = Some(deployed);
     }
 
-    /// Whether requests for `model` may wait for a browser: it is deployed (or a stage
-    /// of a deployed pipeline), or a browser has held it. Any other model is unknown
-    /// (404 at once).
+    /// Whether requests for `model` may wait for a browser. Where the discovery source
+    /// knows the deployments, a model is known while it is deployed (or a stage of a
+    /// deployed pipeline) or a browser serves it: a deleted deployment is unknown at
+    /// once. Without that knowledge (agents given by URL), a model any browser has held
+    /// stays known. Any other model is unknown (404 at once).
     fn is_known(&self, model: &str) -> bool {
-        self.metrics.is_known(model)
-            || self
-                .deployed
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(model)
-            || self
-                .pipelines
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .any(|stages| stages.iter().any(|s| s == model))
+        let staged = self
+            .pipelines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|stages| stages.iter().any(|s| s == model));
+        staged
+            || match &*self.deployed.read().unwrap_or_else(|p| p.into_inner()) {
+                Some(deployed) => deployed.contains(model) || self.backends.serves(model),
+                None => self.metrics.is_known(model),
+            }
     }
 
     /// Marks the gateway ready (discovery has reported the fleet once).

@@ -94,10 +94,15 @@ async fn the_engine_reads_and_drives_a_real_agent() {
             backend,
             init_ms,
             precision,
+            uri,
+            sha256,
         } => {
             assert_eq!(backend, "wasm");
             assert_eq!(precision, Some(webaccel_api::Precision::Fp32));
             assert!(init_ms.unwrap() > 0.0);
+            // What it was loaded from, so a changed file can be told apart.
+            assert_eq!(uri, spec("mlp", "mlp.onnx").uri);
+            assert_eq!(sha256.len(), 64, "{sha256}");
         }
         other => panic!("mlp did not load: {other:?}"),
     }

@@ -19,6 +19,7 @@ use webaccel_agent_client::{AgentApi, Endpoint};
 use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 pub use webaccel_engine::pool::memory::PoolMemory;
+use webaccel_engine::pool::round::Pacing;
 
 /// How the operator reaches the agents in the browser pods.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -254,9 +255,9 @@ impl Context {
     /// The agents' token of `pool`: from the Secret's watch cache, else as last read.
     pub fn token_of(&self, pool: &BrowserPool) -> Option<String> {
         let ns = pool.namespace()?;
-        let name = crate::pool::build::token_secret_name(pool);
+        let name = webaccel_crds::pods::token_secret_name(pool);
         if let Some(s) = self.stores.secret(&ns, &name) {
-            return crate::pool::build::token_of(&s);
+            return webaccel_crds::pods::token_in(&s);
         }
         lock(&self.tokens)
             .get(&format!("{ns}/{name}"))
@@ -290,21 +291,13 @@ impl Context {
         }
     }
 
-    /// Whether pool `key` may replace broken pods at `now`.
-    pub fn may_heal(&self, key: &str, now: Timestamp) -> bool {
-        self.with_pool(key, |m| m.may_heal(now))
-    }
-
-    /// Records what pool `key`'s `plan` did about broken pods (see
-    /// [`webaccel_engine::pool::memory::PoolMemory::record_heals`]).
-    pub fn record_heals(
-        &self,
-        key: &str,
-        plan: &webaccel_engine::pool::decide::Plan,
-        now: Timestamp,
-    ) {
-        let (base, max) = (self.settings.heal_backoff, self.settings.heal_backoff_max);
-        self.with_pool(key, |m| m.record_heals(plan, now, base, max));
+    /// How pool changes are paced: the engine's view of the settings.
+    pub fn pacing(&self) -> Pacing {
+        Pacing {
+            drain_timeout: self.settings.drain_timeout,
+            heal_backoff: self.settings.heal_backoff,
+            heal_backoff_max: self.settings.heal_backoff_max,
+        }
     }
 
     /// Where the agent of pod `pod` in `ns` is reached, with `token`.
@@ -325,23 +318,12 @@ pub fn endpoint(
     pod: &crate::pool::observe::BrowserView,
     token: &str,
 ) -> Option<Endpoint> {
-    let port = crate::pool::build::AGENT_PORT;
+    let ip = pod.ip.as_ref()?;
     let base_url = match access {
-        AgentAccess::Direct => {
-            let ip = pod.ip.as_ref()?;
-            let host = if ip.contains(':') {
-                format!("[{ip}]")
-            } else {
-                ip.clone()
-            };
-            format!("http://{host}:{port}")
-        }
+        AgentAccess::Direct => webaccel_crds::pods::agent_url(ip),
         // The kube client adds the API server's address; the pod needs an IP all the same
         // (the proxy forwards to it).
-        AgentAccess::ApiserverProxy => {
-            pod.ip.as_ref()?;
-            format!("/api/v1/namespaces/{ns}/pods/{}:{port}/proxy", pod.name)
-        }
+        AgentAccess::ApiserverProxy => webaccel_crds::pods::agent_proxy_path(ns, &pod.name),
     };
     Some(Endpoint {
         pod: pod.name.clone(),

@@ -17,11 +17,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
+use webaccel_crds::pods;
 use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use crate::context::Context;
 use crate::pool::observe::{self, AskStats};
-use crate::pool::{build, reconcile, round};
+use crate::pool::{build, round};
 
 /// Pools polled at once.
 const CONCURRENCY: usize = 64;
@@ -44,7 +45,7 @@ pub struct Wake {
 
 /// Polls `pool`'s agents once and says whom to wake.
 pub async fn poll_pool(ctx: &Context, pool: &BrowserPool) -> Wake {
-    if pool.metadata.deletion_timestamp.is_some() || reconcile::validate(&pool.spec).is_err() {
+    if pool.metadata.deletion_timestamp.is_some() || pool.spec.validate().is_err() {
         return Wake::default();
     }
     let ns = pool.namespace().unwrap_or_default();
@@ -55,7 +56,7 @@ pub async fn poll_pool(ctx: &Context, pool: &BrowserPool) -> Wake {
     let round = round::build(ctx, pool, &view, now);
     let work = round::work(ctx, pool, &view, &round);
     let refused =
-        asked.refused_token && ctx.forget_refused_token(&ns, &build::token_secret_name(pool));
+        asked.refused_token && ctx.forget_refused_token(&ns, &pods::token_secret_name(pool));
     // A missing token is the reconcile's to fetch, on watch events and its own requeue:
     // waking it for that every poll would read the Secret every second.
     let pool_wake = refused || work.service || work.pdb || work.pods || work.status;

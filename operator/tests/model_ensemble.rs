@@ -27,6 +27,8 @@ fn loaded() -> ModelOnAgent {
         backend: "wasm".into(),
         init_ms: Some(5.0),
         precision: None,
+        uri: String::new(),
+        sha256: String::new(),
     }
 }
 

@@ -64,29 +64,38 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<Resource>, PathBuf), R
         })
 }
 
+/// What applying an object over `old` does, and the generation it then has: as the API
+/// server counts it, 1 when created, one more whenever the spec changes.
+fn applied<S: PartialEq>(old: Option<(&S, Option<i64>)>, spec: &S) -> (&'static str, i64) {
+    match old {
+        None => ("created", 1),
+        Some((old, generation)) if old == spec => ("unchanged", generation.unwrap_or(1)),
+        Some((_, generation)) => ("configured", generation.unwrap_or(1) + 1),
+    }
+}
+
 /// Applies resources to the desired state (created, configured or unchanged).
 pub fn apply_all(shared: &Shared, resources: Vec<Resource>, base: &std::path::Path) -> Vec<String> {
     let mut lines = Vec::new();
     shared.update(|d| {
         for r in resources {
             match r {
-                Resource::BrowserPool(p) => {
+                Resource::BrowserPool(mut p) => {
                     let name = p.metadata.name.clone().unwrap_or_default();
-                    let verb = match d.pools.get(&name) {
-                        None => "created",
-                        Some(old) if old.spec == p.spec => "unchanged",
-                        Some(_) => "configured",
-                    };
+                    let old = d.pools.get(&name).map(|o| (&o.spec, o.metadata.generation));
+                    let (verb, generation) = applied(old, &p.spec);
+                    p.metadata.generation = Some(generation);
                     lines.push(format!("browserpool.webaccel.dev/{name} {verb}"));
                     d.pools.insert(name, p);
                 }
-                Resource::ModelDeployment(m) => {
+                Resource::ModelDeployment(mut m) => {
                     let name = m.metadata.name.clone().unwrap_or_default();
-                    let verb = match d.models.get(&name) {
-                        None => "created",
-                        Some((old, _)) if old.spec == m.spec => "unchanged",
-                        Some(_) => "configured",
-                    };
+                    let old = d
+                        .models
+                        .get(&name)
+                        .map(|(o, _)| (&o.spec, o.metadata.generation));
+                    let (verb, generation) = applied(old, &m.spec);
+                    m.metadata.generation = Some(generation);
                     lines.push(format!("modeldeployment.webaccel.dev/{name} {verb}"));
                     d.models.insert(name, (m, base.to_owned()));
                 }

@@ -21,8 +21,9 @@ use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
 use webaccel_crds_validate as validate;
 
-use cluster::{Desired, Engine, LoopSettings, Shared, WaitingToEngine};
+use cluster::{Desired, Engine, Shared, WaitingToEngine};
 use process::Launcher;
+use webaccel_engine::pool::round::Pacing;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -291,7 +292,7 @@ pub async fn up(
     let engine = Engine::new(
         shared.clone(),
         launcher,
-        LoopSettings {
+        Pacing {
             drain_timeout: args.drain_timeout,
             heal_backoff: Duration::from_secs(2),
             heal_backoff_max: Duration::from_secs(60),

@@ -16,6 +16,8 @@ use webaccel_crds::agent::{self as command, AgentSite};
 use webaccel_crds::v1alpha1::BrowserPoolSpec;
 use webaccel_engine::pool::browser::BrowserView;
 
+use super::status::Process;
+
 /// How a local browser is started.
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -245,8 +247,25 @@ impl LocalBrowser {
         let _ = self.child.wait().await;
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
+    /// The process as `webaccel status` lists it.
+    pub fn process(&self, pool: &str) -> Process {
+        let state = if self.exited.is_some() {
+            "exited"
+        } else if self.draining_since.is_some() {
+            "draining"
+        } else if self.is_ready() {
+            "ready"
+        } else {
+            "starting"
+        };
+        Process {
+            name: self.name.clone(),
+            pool: pool.to_owned(),
+            state: state.to_owned(),
+            url: self.endpoint.base_url.clone(),
+            pid: self.pid,
+            log: self.log.display().to_string(),
+        }
     }
 }
 

@@ -1,13 +1,22 @@
-//! What a running `webaccel up` shows: its pools and models, as `kubectl get bpool,mdep`
-//! would (desired, ready, backends, each replica's state, per stage for a model cut into
-//! stages), for `webaccel status` and the `up` terminal; JSON with `--json`.
+//! What a running `webaccel up` shows: its `BrowserPool` and `ModelDeployment` objects with
+//! the statuses the operator would write for them (built by the same code,
+//! `webaccel_crds::status`), the local processes behind the browsers, and where the
+//! gateway and the metrics are. `webaccel status --json` prints it; `webaccel status` and
+//! the `up` terminal render it as tables, as `kubectl get bpool,mdep` would.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::{Deserialize, Serialize};
+use webaccel_crds::labels::condition;
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment, ReplicaStatus};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    pub pools: Vec<PoolLine>,
-    pub models: Vec<ModelLine>,
+    /// The pools, each with its status.
+    pub pools: Vec<BrowserPool>,
+    /// The deployments, each with its status.
+    pub models: Vec<ModelDeployment>,
+    /// The processes behind the browsers (the statuses name them as pods).
+    pub browsers: Vec<Process>,
     pub gateway: Gateway,
     /// Where metric rows go (or why nowhere).
     pub clickhouse: String,
@@ -19,63 +28,52 @@ pub struct Gateway {
     pub grpc: String,
 }
 
+/// One browser's agent process.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PoolLine {
+pub struct Process {
     pub name: String,
-    pub browser: String,
-    pub desired: i32,
-    pub current: i32,
-    pub ready: i32,
-    pub backends: Vec<String>,
-    /// Why the size is what it is.
-    pub reason: String,
-    pub browsers: Vec<BrowserLine>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BrowserLine {
-    pub name: String,
+    pub pool: String,
     /// `starting`, `ready`, `draining` or `exited`.
     pub state: String,
     pub url: String,
     pub pid: i32,
-    pub load: Option<u64>,
+    /// The agent's log file.
+    pub log: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ModelLine {
-    pub name: String,
-    pub pool: String,
-    pub desired: i32,
-    /// Complete copies: for a model cut into stages, the fewest loaded of any stage.
-    pub loaded: i32,
-    pub replicas: Vec<ReplicaLine>,
-    /// For a model cut into stages: each stage's replicas, in pipeline order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stages: Vec<StageLine>,
-    /// Why replicas are missing (or stages share browsers), when they are.
-    pub note: String,
+/// What is wrong, as the `Degraded` condition says it; empty when nothing is.
+fn trouble(conditions: &[Condition]) -> String {
+    conditions
+        .iter()
+        .find(|c| c.type_ == condition::DEGRADED && c.status == "True")
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
-/// One stage of a model cut into stages.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StageLine {
-    /// Its model name on the agents: `<deployment>.stage<i>`.
-    pub model: String,
-    pub loaded: i32,
-    pub replicas: Vec<ReplicaLine>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaLine {
-    pub browser: String,
-    /// `Pending`, `Loading`, `Loaded` or `FailedToLoad`.
-    pub state: String,
-    pub backend: Option<String>,
-    pub reason: Option<String>,
+fn replica_cells(list: &[ReplicaStatus]) -> String {
+    let cells: Vec<String> = list
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{:?}{}",
+                r.pod,
+                r.state,
+                r.backend
+                    .as_ref()
+                    .map(|b| format!("/{b}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    cells.join(" ")
 }
 
 impl Status {
+    /// The processes of pool `pool`.
+    pub fn browsers_of<'a>(&'a self, pool: &'a str) -> impl Iterator<Item = &'a Process> {
+        self.browsers.iter().filter(move |b| b.pool == pool)
+    }
+
     /// The tables, as text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -84,22 +82,19 @@ impl Status {
             "BROWSERPOOL", "BROWSER", "DESIRED", "READY", "BACKENDS", "BROWSERS"
         ));
         for p in &self.pools {
-            let browsers: Vec<String> = p
-                .browsers
-                .iter()
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let status = p.status.clone().unwrap_or_default();
+            let browsers: Vec<String> = self
+                .browsers_of(&name)
                 .map(|b| format!("{}({})", b.name, b.state))
                 .collect();
             out.push_str(&format!(
                 "{:<16} {:<9} {:>7} {:>5} {:<22} {}\n",
-                p.name,
-                p.browser,
-                p.desired,
-                p.ready,
-                if p.backends.is_empty() {
-                    "-".to_owned()
-                } else {
-                    p.backends.join(",")
-                },
+                name,
+                p.spec.browser,
+                status.desired_replicas,
+                status.ready_replicas,
+                status.backends.as_deref().unwrap_or("-"),
                 browsers.join(" ")
             ));
         }
@@ -109,43 +104,32 @@ impl Status {
             "MODELDEPLOYMENT", "POOL", "DESIRED", "LOADED", "REPLICAS"
         ));
         for m in &self.models {
-            let replicas = |list: &[ReplicaLine]| -> String {
-                let cells: Vec<String> = list
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{}:{}{}",
-                            r.browser,
-                            r.state,
-                            r.backend
-                                .as_ref()
-                                .map(|b| format!("/{b}"))
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect();
-                cells.join(" ")
-            };
-            let mut tail = if m.stages.is_empty() {
-                replicas(&m.replicas)
+            let status = m.status.clone().unwrap_or_default();
+            let mut tail = if status.stages.is_empty() {
+                replica_cells(&status.replicas)
             } else {
                 // stage0[a:Loaded/wasm] stage1[b:Loading/wasm] ...
-                let stages: Vec<String> = m
+                let stages: Vec<String> = status
                     .stages
                     .iter()
                     .map(|s| {
                         let short = s.model.rsplit('.').next().unwrap_or(&s.model);
-                        format!("{short}[{}]", replicas(&s.replicas))
+                        format!("{short}[{}]", replica_cells(&s.replicas))
                     })
                     .collect();
                 stages.join(" ")
             };
-            if !m.note.is_empty() {
-                tail = format!("{tail} ({})", m.note);
+            let note = trouble(&status.conditions);
+            if !note.is_empty() {
+                tail = format!("{tail} ({note})");
             }
             out.push_str(&format!(
                 "{:<16} {:<16} {:>7} {:>6} {}\n",
-                m.name, m.pool, m.desired, m.loaded, tail
+                m.metadata.name.as_deref().unwrap_or_default(),
+                m.spec.pool_ref.name,
+                m.spec.replicas,
+                status.loaded_replicas,
+                tail
             ));
         }
         if !self.gateway.http.is_empty() {

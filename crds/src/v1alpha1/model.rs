@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use webaccel_api::Backend;
 pub use webaccel_api::Precision;
 use webaccel_api::agent::ModelSpec;
+use webaccel_engine::deployment::Unit;
 pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 
 /// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool.
@@ -163,6 +164,17 @@ impl AgentModel<'_> {
     /// ensemble instead of a URI).
     pub fn uri(&self) -> &str {
         self.source.map_or("", |s| s.uri.as_str())
+    }
+
+    /// The model as the engine places it.
+    pub fn unit(&self) -> Unit {
+        Unit {
+            name: self.name.clone(),
+            steps: self
+                .ensemble
+                .map(EnsembleSpec::step_models)
+                .unwrap_or_default(),
+        }
     }
 
     /// What an agent is asked to load for this model (the deployment's file, or one of
@@ -354,6 +366,21 @@ pub struct ModelDeploymentStatus {
     /// then the fewest loaded of any stage (complete pipelines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageStatus>,
+}
+
+impl ModelDeploymentStatus {
+    /// The replicas this status reports for `model` (the deployment's own file, or one of
+    /// its stages).
+    pub fn replicas_of(&self, model: &AgentModel<'_>) -> &[ReplicaStatus] {
+        match model.stage {
+            None => &self.replicas,
+            Some(_) => self
+                .stages
+                .iter()
+                .find(|s| s.model == model.name)
+                .map_or(&[], |s| &s.replicas),
+        }
+    }
 }
 
 /// One stage of a deployment with `spec.stages`.

@@ -112,7 +112,30 @@ fn one() -> i32 {
     1
 }
 
+/// What the schema cannot refuse in a `BrowserPool` but the hosts must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PoolSpecError {
+    #[error(
+        "browser firefox has no WebNN (navigator.ml), the only backend this pool allows: \
+         allow webgpu or wasm too, or use chromium, chrome or edge"
+    )]
+    FirefoxWithoutWebnn,
+}
+
 impl BrowserPoolSpec {
+    /// Checks what the schema cannot. Every browser kind is accepted (the agent drives the
+    /// Chromium family over the DevTools protocol and Firefox over WebDriver BiDi); only a
+    /// pool whose browser can run none of the backends it allows is refused: Firefox has
+    /// no WebNN.
+    pub fn validate(&self) -> Result<(), PoolSpecError> {
+        if self.browser == BrowserKind::Firefox
+            && self.backends.iter().all(|b| *b == Backend::Webnn)
+        {
+            return Err(PoolSpecError::FirefoxWithoutWebnn);
+        }
+        Ok(())
+    }
+
     /// What the engine's pool round decides with.
     pub fn policy(&self) -> PoolPolicy {
         PoolPolicy {
@@ -272,4 +295,37 @@ pub struct BrowserSummary {
     /// Why the operator is draining or replacing it, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_browser_is_accepted_but_firefox_not_with_webnn_alone() {
+        let spec = |v: serde_json::Value| -> BrowserPoolSpec { serde_json::from_value(v).unwrap() };
+        for browser in ["chromium", "chrome", "edge", "firefox"] {
+            assert!(
+                spec(serde_json::json!({"image": "i", "browser": browser}))
+                    .validate()
+                    .is_ok()
+            );
+            let wasm = serde_json::json!({"image": "i", "browser": browser, "backends": ["wasm"]});
+            assert!(spec(wasm).validate().is_ok());
+        }
+        let webnn = |browser: &str| {
+            spec(serde_json::json!({"image": "i", "browser": browser, "backends": ["webnn"]}))
+                .validate()
+        };
+        assert!(webnn("chromium").is_ok());
+        assert!(
+            webnn("firefox")
+                .unwrap_err()
+                .to_string()
+                .contains("no WebNN")
+        );
+        let mixed =
+            serde_json::json!({"image": "i", "browser": "firefox", "backends": ["webnn", "wasm"]});
+        assert!(spec(mixed).validate().is_ok());
+    }
 }

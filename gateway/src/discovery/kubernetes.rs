@@ -59,7 +59,7 @@ use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 use super::{Deployed, Endpoints, Fleet, Pipelines};
 use crate::waiting::{WaitingByModel, WaitingSink};
 
-pub use fleet::{AGENT_PORT, endpoint, loaded_models, token_in, token_secret_name};
+pub use fleet::{endpoint, loaded_models};
 
 /// How long the fleet waits after a watch event for more to come before it recomputes.
 pub const COALESCE: Duration = Duration::from_millis(100);

@@ -1,8 +1,9 @@
 //! One `ModelDeployment` reconcile: validate, build (the pool and its browsers from the watch
-//! caches; what each ready browser's agent holds and can run; placement, see [`look`]),
-//! apply (start loads, unload extras, label the pods that hold it), update the status if
-//! it changed; unload on delete. A deployment with `stages` is several models to the
-//! agents (`<name>.stage<i>`), each placed, labelled and reported on its own.
+//! caches, as seats for the engine), place (the engine's round: what each ready browser's
+//! agent holds and can run, where each model goes, the loads and unloads started), apply
+//! (label the pods that hold it), update the status if it changed; unload on delete. A
+//! deployment with `stages` is several models to the agents (`<name>.stage<i>`), each
+//! placed, labelled and reported on its own.
 //!
 //! Only ready browsers are asked anything: a pod is Running well before its agent's browser
 //! is up. A load starts in the background on the agent (`?wait=false`) and is looked at
@@ -11,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -20,18 +20,18 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Error as FinalizerError, Event as Finalizer, finalizer};
 use serde_json::json;
 use tracing::warn;
-use webaccel_agent_client::{AgentError, AgentResult, ModelOnAgent};
 use webaccel_crds::labels;
+use webaccel_crds::pods;
+use webaccel_crds::status::model::{not_ready, status_of};
 use webaccel_crds::v1alpha1::{
-    BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus,
+    AgentModel, BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaStatus,
 };
+use webaccel_engine::deployment::{self, Call, Deployment, Seat, Unit};
 
-use super::look;
-use super::status::{not_ready, status_of};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::pool::build;
-use crate::pool::observe::{self, AskStats, PoolView};
+use crate::pool::observe::{self, AskStats, Browser, PoolView};
 
 pub const CONTROLLER: &str = "modeldeployment";
 
@@ -79,43 +79,6 @@ fn pool_view(ctx: &Context, ns: &str, pool_name: &str) -> Option<(Arc<BrowserPoo
     Some((pool, view))
 }
 
-/// A replica's state from what a load request brought. Only the model's own failure (the
-/// agent refused the model: not ONNX, bad digest, backend unavailable) is `FailedToLoad`,
-/// which keeps that browser out for this generation. An agent that cannot be reached,
-/// refuses the token (401/403: rotated) or is restarting its browser (503) leaves the
-/// replica `Pending` with the reason, and the load is tried again.
-pub fn replica_after_load(r: &mut ReplicaStatus, result: AgentResult<ModelOnAgent>) {
-    match result {
-        Ok(ModelOnAgent::Loaded {
-            backend,
-            init_ms,
-            precision,
-        }) => {
-            r.state = ReplicaState::Loaded;
-            r.backend = Some(backend);
-            r.init_ms = init_ms;
-            r.precision = precision;
-        }
-        Ok(ModelOnAgent::Failed(why)) => {
-            // As later looks report it (from the status): the agent's reason, no backend.
-            r.state = ReplicaState::FailedToLoad;
-            r.backend = None;
-            r.reason = Some(why);
-        }
-        Ok(ModelOnAgent::Loading | ModelOnAgent::Absent) => r.state = ReplicaState::Loading,
-        Err(e) => {
-            r.state = ReplicaState::Pending;
-            r.reason = Some(agent_reason(&e));
-        }
-    }
-}
-
-/// Why a replica waits on its agent, with the error's category first (`unauthorized`,
-/// `browser_unavailable`, `unreachable`, ...).
-fn agent_reason(e: &AgentError) -> String {
-    format!("agent {}: {e}", e.label())
-}
-
 /// A URI only local mode can read (relative to the manifest's folder).
 fn relative(uri: &str) -> bool {
     uri.starts_with("file://") && !uri.starts_with("file:///")
@@ -158,116 +121,92 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
 
-    // Build: what every ready browser can run and holds, and where each model goes.
+    // Build: the pool's browsers as the engine's seats.
     let asked = observe::ask_agents(ctx, ns, &mut view, AskStats::Skip).await;
     if asked.refused_token {
-        ctx.forget_refused_token(ns, &build::token_secret_name(&pool));
+        ctx.forget_refused_token(ns, &pods::token_secret_name(&pool));
     }
     let old = md.status.clone().unwrap_or_default();
-    let same_generation = old.observed_generation == md.metadata.generation;
-    let seen = look::ask(ctx, ns, &view, &token, &models, &old, same_generation).await;
-    if seen
+    let units: Vec<Unit> = models.iter().map(AgentModel::unit).collect();
+    let previous: Vec<Vec<ReplicaStatus>> =
+        models.iter().map(|m| old.replicas_of(m).to_vec()).collect();
+    let own_labels: Vec<String> = models
         .iter()
-        .any(|s| s.error.as_ref().is_some_and(AgentError::unauthorized))
-    {
-        ctx.forget_refused_token(ns, &build::token_secret_name(&pool));
+        .map(|m| labels::model_label(&m.name))
+        .collect();
+    let seats: Vec<Seat<'_>> = view
+        .browsers
+        .iter()
+        .map(|b| Seat {
+            name: &b.view.name,
+            endpoint: ctx.endpoint(ns, &b.view, &token),
+            askable: askable(b),
+            draining: b.view.is_draining(),
+            leaving: b.view.terminating,
+            capabilities: b.view.capabilities.as_ref(),
+            models_held: other_models_held(b, &own_labels),
+        })
+        .collect();
+    let deployment = Deployment {
+        units: &units,
+        staged: md.spec.stages.is_some(),
+        replicas: md.spec.replicas,
+        backends: &md.spec.backends,
+        pool_backends: &pool.spec.backends,
+        pool_desired: pool.status.as_ref().map_or(0, |s| s.desired_replicas),
+        previous: &previous,
+        same_spec: old.observed_generation == md.metadata.generation,
+    };
+
+    // Place: the engine asks the agents, decides, and starts the loads and unloads.
+    let request =
+        |i: usize, backend| models[i].load_request(&md.spec, models[i].uri().to_owned(), backend);
+    let placed = deployment::place(ctx.agents.as_ref(), &deployment, &seats, &request).await;
+    if placed.unauthorized {
+        ctx.forget_refused_token(ns, &pods::token_secret_name(&pool));
     }
-    let mut decided = look::decide(&md.spec, &pool, &view, &models, &seen);
-    // A browser that held or was loading a model and whose agent cannot answer now
-    // (restarting its browser, refusing a rotated token) is reported, not forgotten.
-    for (m, placement) in models.iter().zip(&mut decided.placements) {
-        for s in seen.iter().filter(|s| s.error.is_some()) {
-            let held = look::old_replicas(&old, m).iter().any(|r| {
-                r.pod == s.ep.pod && matches!(r.state, ReplicaState::Loaded | ReplicaState::Loading)
-            });
-            if held && !placement.replicas.iter().any(|r| r.pod == s.ep.pod) {
-                placement.replicas.push(ReplicaStatus {
-                    pod: s.ep.pod.clone(),
-                    state: ReplicaState::Pending,
-                    backend: None,
-                    adapter: None,
-                    init_ms: None,
-                    precision: None,
-                    reason: s.error.as_ref().map(agent_reason),
-                });
-            }
+    for (call, model, pod, e) in &placed.failed_calls {
+        if *call == Call::Unload {
+            warn!(%model, %pod, error = %e, "unload failed");
         }
     }
 
-    // Apply: loads start in the background on the agents.
-    let endpoint_of = |pod: &str| seen.iter().find(|s| s.ep.pod == pod).map(|s| &s.ep);
-    let loads =
-        models
-            .iter()
-            .zip(&decided.placements)
-            .enumerate()
-            .flat_map(|(i, (m, placement))| {
-                placement.load.iter().filter_map(move |(pod, backend)| {
-                    let ep = endpoint_of(pod)?;
-                    let req = m.load_request(&md.spec, m.uri().to_owned(), *backend);
-                    Some(async move { (i, ep.pod.clone(), ctx.agents.load(ep, &req).await) })
-                })
-            });
-    for (i, pod, result) in join_all(loads).await {
-        if result.as_ref().is_err_and(AgentError::unauthorized) {
-            ctx.forget_refused_token(ns, &build::token_secret_name(&pool));
-        }
-        if let Some(r) = decided.placements[i]
-            .replicas
-            .iter_mut()
-            .find(|r| r.pod == pod)
-        {
-            replica_after_load(r, result);
-        }
-    }
-    for (m, placement) in models.iter().zip(&decided.placements) {
-        for pod in &placement.unload {
-            if let Some(ep) = endpoint_of(pod)
-                && let Err(e) = ctx.agents.unload(ep, &m.name).await
-            {
-                warn!(model = %m.name, %pod, error = %e, "unload failed");
-            }
-        }
-    }
-    let holders: Vec<(String, Vec<&str>)> = models
-        .iter()
-        .zip(&decided.placements)
-        .map(|(m, p)| {
-            let loaded = p
-                .replicas
-                .iter()
-                .filter(|r| r.state == ReplicaState::Loaded)
-                .map(|r| r.pod.as_str())
-                .collect();
-            (labels::model_label(&m.name), loaded)
-        })
-        .collect();
+    // Apply: the pods that hold each model carry its label.
+    let holders: Vec<(String, Vec<&str>)> = own_labels.into_iter().zip(placed.holders()).collect();
     label_holders(ctx, ns, &view, &holders).await?;
 
     // Status.
     let status = status_of(
         md,
         &models,
-        &decided.placements,
-        decided.shared.as_deref(),
+        &placed.placements,
+        placed.shared.as_deref(),
         now,
     );
-    let busy = status
-        .replicas
-        .iter()
-        .chain(status.stages.iter().flat_map(|s| &s.replicas))
-        .any(|r| matches!(r.state, ReplicaState::Loading | ReplicaState::Pending));
-    // A ready browser whose capabilities are still unknown may yet take the model.
-    let unknown = view
-        .browsers
-        .iter()
-        .any(|b| look::askable(b) && b.view.capabilities.is_none());
     patch_status(&api, md, status).await?;
-    Ok(Action::requeue(if busy || unknown {
-        LOADING_REQUEUE
-    } else {
-        ctx.settings.resync
-    }))
+    Ok(Action::requeue(
+        if placed.busy() || placed.capabilities_unknown {
+            LOADING_REQUEUE
+        } else {
+            ctx.settings.resync
+        },
+    ))
+}
+
+/// Whether a browser may be asked about models: ready, reachable and staying.
+fn askable(b: &Browser) -> bool {
+    let v = &b.view;
+    v.ready && v.phase == "Running" && !v.terminating && v.ip.is_some() && !b.uid.is_empty()
+}
+
+/// How many models of other deployments the pod holds (its labels say), to spread them.
+fn other_models_held(b: &Browser, own_labels: &[String]) -> usize {
+    b.pod.as_ref().map_or(0, |p| {
+        p.labels()
+            .keys()
+            .filter(|k| k.starts_with("webaccel.dev/model.") && !own_labels.contains(k))
+            .count()
+    })
 }
 
 /// Pods that hold a model carry its label; the others do not. `holders` lists, per label
@@ -346,23 +285,20 @@ async fn cleanup(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action
         .map(|m| m.name)
         .collect();
     if let Some((_, view)) = pool_view(ctx, ns, &md.spec.pool_ref.name) {
-        for b in &view.browsers {
-            let Some(ep) = view
-                .token
-                .as_deref()
-                .and_then(|t| ctx.endpoint(ns, &b.view, t))
-            else {
-                continue;
-            };
-            if b.view.phase != "Running" || b.view.terminating {
-                continue;
-            }
-            for model in &models {
-                if let Err(e) = ctx.agents.unload(&ep, model).await {
-                    // A browser that cannot be reached loses the model when it goes anyway.
-                    warn!(%model, pod = %b.view.name, error = %e, "unload failed");
-                }
-            }
+        let endpoints: Vec<_> = view
+            .browsers
+            .iter()
+            .filter(|b| b.view.phase == "Running" && !b.view.terminating)
+            .filter_map(|b| {
+                let token = view.token.as_deref()?;
+                ctx.endpoint(ns, &b.view, token)
+            })
+            .collect();
+        for (pod, model, e) in
+            deployment::unload_everywhere(ctx.agents.as_ref(), &endpoints, &models).await
+        {
+            // A browser that cannot be reached loses the model when it goes anyway.
+            warn!(%model, %pod, error = %e, "unload failed");
         }
         let none: Vec<(String, Vec<&str>)> = models
             .iter()
@@ -371,49 +307,4 @@ async fn cleanup(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action
         label_holders(ctx, ns, &view, &none).await?;
     }
     Ok(Action::await_change())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use webaccel_api::ErrorCategory;
-
-    fn replica() -> ReplicaStatus {
-        ReplicaStatus {
-            pod: "p".into(),
-            state: ReplicaState::Loading,
-            backend: None,
-            adapter: None,
-            init_ms: None,
-            precision: None,
-            reason: None,
-        }
-    }
-
-    #[test]
-    fn only_the_models_own_failure_is_failed_to_load() {
-        let refused = |status, category| AgentError::Refused {
-            path: "/v1/models".into(),
-            status,
-            category,
-            message: "no".into(),
-        };
-        for e in [
-            refused(401, ErrorCategory::Unauthorized),
-            refused(403, ErrorCategory::Unauthorized),
-            refused(503, ErrorCategory::BrowserUnavailable),
-            AgentError::Unreachable {
-                path: "/v1/models".into(),
-                message: "connection refused".into(),
-            },
-        ] {
-            let mut r = replica();
-            replica_after_load(&mut r, Err(e.clone()));
-            assert_eq!(r.state, ReplicaState::Pending, "{e}");
-            assert!(r.reason.unwrap().contains(e.label()));
-        }
-        let mut r = replica();
-        replica_after_load(&mut r, Ok(ModelOnAgent::Failed("sha256 mismatch".into())));
-        assert_eq!(r.state, ReplicaState::FailedToLoad);
-    }
 }

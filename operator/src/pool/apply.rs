@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use webaccel_crds::labels;
+use webaccel_crds::pods;
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 
 use super::build;
@@ -37,7 +38,7 @@ pub async fn apply_owned(
     let mut token = None;
     if work.token != TokenWork::None {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-        let secret_name = build::token_secret_name(pool);
+        let secret_name = pods::token_secret_name(pool);
         let mut secret = None;
         if work.token == TokenWork::Create {
             let value = Alphanumeric.sample_string(&mut rand::rng(), 40);
@@ -54,7 +55,7 @@ pub async fn apply_owned(
         if token.is_none() {
             secret = secrets.get_opt(&secret_name).await?;
         }
-        if let Some(t) = secret.as_ref().and_then(build::token_of) {
+        if let Some(t) = secret.as_ref().and_then(pods::token_in) {
             token = Some(t);
         }
         if let Some(t) = &token {
@@ -114,7 +115,7 @@ pub async fn apply_plan(
     round: &Round,
     now: Timestamp,
 ) -> Result<()> {
-    let (ns, name, plan, desired) = (&round.ns, &round.name, &round.plan, round.desired);
+    let (ns, name, plan, desired) = (&round.ns, &round.name, round.plan(), round.desired());
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let pool_ref = pool.object_ref(&());
     for (pod, removal) in &plan.delete {

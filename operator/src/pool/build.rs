@@ -16,46 +16,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use webaccel_crds::agent as command;
 use webaccel_crds::labels;
+use webaccel_crds::pods::{self, selector_labels, token_secret_name};
 use webaccel_crds::v1alpha1::{BrowserPool, GpuVendor};
 
-/// The port the agent listens on in every browser pod, as the engine starts them.
-pub const AGENT_PORT: i32 = command::AGENT_PORT as i32;
+/// The port the agent listens on in every browser pod, as a container port.
+const AGENT_PORT: i32 = pods::AGENT_PORT as i32;
 /// Where the token Secret is mounted.
 const TOKEN_DIR: &str = "/var/run/webaccel/token";
 /// The agent drains for up to 30 s on SIGTERM; the kubelet must wait longer than that.
 const TERMINATION_GRACE_SECONDS: i64 = 45;
-
-/// Labels every object of the pool carries, and the pods' selector.
-pub fn selector_labels(pool: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            labels::MANAGED_BY.to_owned(),
-            labels::MANAGED_BY_VALUE.to_owned(),
-        ),
-        (labels::POOL.to_owned(), pool.to_owned()),
-    ])
-}
-
-/// `key=value,...` form of [`selector_labels`], for list calls and `status.selector`.
-pub fn selector_string(pool: &str) -> String {
-    selector_labels(pool)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub fn token_secret_name(pool: &BrowserPool) -> String {
-    pool.spec
-        .token_secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-agent-token", pool.name_any()))
-}
-
-/// Whether the operator creates the token Secret (it does unless the user named one).
-pub fn owns_token_secret(pool: &BrowserPool) -> bool {
-    pool.spec.token_secret_name.is_none()
-}
 
 fn owner(pool: &BrowserPool) -> Vec<OwnerReference> {
     pool.controller_owner_ref(&()).into_iter().collect()
@@ -349,22 +318,6 @@ pub fn pdb(pool: &BrowserPool) -> PodDisruptionBudget {
         }),
         status: None,
     }
-}
-
-/// The token a token Secret holds (`data.token`, or `stringData.token` as just written).
-pub fn token_of(secret: &Secret) -> Option<String> {
-    if let Some(v) = secret.data.as_ref().and_then(|d| d.get("token")) {
-        return String::from_utf8(v.0.clone())
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
-    }
-    secret
-        .string_data
-        .as_ref()
-        .and_then(|d| d.get("token"))
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
 }
 
 /// The agents' bearer token, when the user gave none.

@@ -3,6 +3,7 @@ use serde_json::{Value, json};
 use webaccel_crds::v1alpha1::BrowserPool;
 
 use super::*;
+use webaccel_crds::pods::{owns_token_secret, selector_string};
 
 fn pool(yaml: &str) -> BrowserPool {
     let mut p: BrowserPool = serde_yaml_ng::from_str(yaml).unwrap();

@@ -5,4 +5,3 @@ pub mod build;
 pub mod observe;
 pub mod reconcile;
 pub mod round;
-pub mod status;

@@ -11,33 +11,17 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
-use webaccel_api::Backend;
-use webaccel_crds::v1alpha1::{BrowserKind, BrowserPool, BrowserPoolSpec};
+use webaccel_crds::v1alpha1::BrowserPool;
 
 use super::apply::{apply_owned, apply_plan, patch_status, publish};
 use super::observe::{self, PoolView};
 use super::round::{self, Round, TokenWork};
-use super::status;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::history::PoolEvent;
+use webaccel_crds::status::pool as status;
 
 pub const CONTROLLER: &str = "browserpool";
-
-/// What the schema cannot refuse but the operator must. Every browser kind is accepted
-/// (the agent drives the Chromium family over the DevTools protocol and Firefox over
-/// WebDriver BiDi); only a pool whose browser can run none of the backends it allows is
-/// refused: Firefox has no WebNN.
-pub fn validate(spec: &BrowserPoolSpec) -> Result<(), String> {
-    if spec.browser == BrowserKind::Firefox && spec.backends.iter().all(|b| *b == Backend::Webnn) {
-        return Err(
-            "browser firefox has no WebNN (navigator.ml), the only backend this pool allows: \
-             allow webgpu or wasm too, or use chromium, chrome or edge"
-                .into(),
-        );
-    }
-    Ok(())
-}
 
 pub async fn reconcile(pool: Arc<BrowserPool>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
@@ -69,7 +53,8 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     }
 
     // Validate.
-    if let Err(reason) = validate(&pool.spec) {
+    if let Err(e) = pool.spec.validate() {
+        let reason = e.to_string();
         let status = status::invalid(pool, &reason, now);
         if round::status_needs_write(ctx, pool, &key, &status) {
             warn!(pool = %key, %reason, "refusing spec");
@@ -111,7 +96,7 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
     ctx.metrics.pool_sizes(
         &round.ns,
         &round.name,
-        round.desired,
+        round.desired(),
         status.replicas,
         status.ready_replicas,
     );
@@ -125,14 +110,20 @@ async fn reconcile_inner(pool: &BrowserPool, ctx: &Context) -> Result<Action> {
 /// The size decision and the heal round, in this process's memory, and a size change as a
 /// metric, a history row and an Event.
 async fn remember_decisions(ctx: &Context, pool: &BrowserPool, round: &Round, now: Timestamp) {
-    let desired = round.desired;
-    ctx.with_pool(&round.key, |m| m.last_desired = Some(desired));
-    ctx.record_heals(&round.key, &round.plan, now);
-    if let Some(reason) = round.scaled() {
-        let from = round.previous.unwrap_or_default();
+    let desired = round.desired();
+    let pacing = ctx.pacing();
+    ctx.with_pool(&round.key, |m| {
+        webaccel_engine::pool::round::remember(m, &round.decided, &pacing, now);
+    });
+    if let Some(reason) = round.decided.scaled() {
+        let from = round.decided.previous.unwrap_or_default();
         info!(pool = %round.key, from, desired, %reason, "scaling");
-        ctx.metrics
-            .scaled(&round.ns, &round.name, desired > from, round.scale_cause);
+        ctx.metrics.scaled(
+            &round.ns,
+            &round.name,
+            desired > from,
+            round.decided.size.cause,
+        );
         ctx.history.record(
             &round.ns,
             &round.name,
@@ -140,7 +131,7 @@ async fn remember_decisions(ctx: &Context, pool: &BrowserPool, round: &Round, no
             "",
             from,
             desired,
-            &reason,
+            reason,
         );
         publish(
             ctx,
@@ -159,7 +150,7 @@ async fn remember_decisions(ctx: &Context, pool: &BrowserPool, round: &Round, no
 /// watch events wake it when an object does, so a settled pool is only looked at every
 /// `resync`; a changing one sooner.
 fn requeue(ctx: &Context, round: &Round, view: &PoolView, token_missing: bool) -> Action {
-    let p = &round.plan;
+    let p = round.plan();
     let moving = p.create > 0
         || !p.drain.is_empty()
         || !p.delete.is_empty()
@@ -176,30 +167,4 @@ fn requeue(ctx: &Context, round: &Round, view: &PoolView, token_missing: bool) -
     } else {
         ctx.settings.resync
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_browser_is_accepted_but_firefox_not_with_webnn_alone() {
-        let spec = |v: serde_json::Value| -> BrowserPoolSpec { serde_json::from_value(v).unwrap() };
-        for browser in ["chromium", "chrome", "edge", "firefox"] {
-            assert!(validate(&spec(serde_json::json!({"image": "i", "browser": browser}))).is_ok());
-            let wasm = serde_json::json!({"image": "i", "browser": browser, "backends": ["wasm"]});
-            assert!(validate(&spec(wasm)).is_ok());
-        }
-        assert!(validate(&spec(serde_json::json!({"image": "i"}))).is_ok());
-        let webnn = |browser: &str| {
-            validate(&spec(
-                serde_json::json!({"image": "i", "browser": browser, "backends": ["webnn"]}),
-            ))
-        };
-        assert!(webnn("chromium").is_ok());
-        assert!(webnn("firefox").unwrap_err().contains("no WebNN"));
-        let mixed =
-            serde_json::json!({"image": "i", "browser": "firefox", "backends": ["webnn", "wasm"]});
-        assert!(validate(&spec(mixed)).is_ok());
-    }
 }

@@ -9,13 +9,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use webaccel_crds::labels;
+use webaccel_crds::pods;
+use webaccel_crds::status::pool::{self as status, Outcome};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
-use webaccel_engine::pool::decide::{self, Plan};
-use webaccel_engine::pool::size;
+use webaccel_engine::pool::decide::Plan;
+use webaccel_engine::pool::round as engine_round;
 
 use super::build;
 use super::observe::PoolView;
-use super::status::{self, Outcome};
 use crate::context::{Context, EXPECTATION_TTL};
 
 #[derive(Debug, Clone)]
@@ -24,24 +25,22 @@ pub struct Round {
     pub ns: String,
     pub name: String,
     pub hash: String,
-    pub desired: i32,
-    /// The size steered to before: this process's memory, else what the status said.
-    pub previous: Option<i32>,
-    pub scale_reason: String,
-    /// Bounded, for the metric label.
-    pub scale_cause: &'static str,
-    pub plan: Plan,
+    /// What the engine decided: the size (with its reason and the size before) and the
+    /// plan; remembered once applied.
+    pub decided: engine_round::Round,
     pub service: Service,
     pub pdb: PodDisruptionBudget,
     pub status: BrowserPoolStatus,
 }
 
 impl Round {
-    /// The reason, when this round changes the size.
-    pub fn scaled(&self) -> Option<String> {
-        self.previous
-            .filter(|&p| p != self.desired)
-            .map(|_| self.scale_reason.clone())
+    /// The size steered to.
+    pub fn desired(&self) -> i32 {
+        self.decided.size.desired
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.decided.plan
     }
 }
 
@@ -70,38 +69,31 @@ pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp)
     let hash = build::template_hash(pool);
     let browsers = view.views();
     let waiting = waiting_requests(pool, now);
-    let size = ctx.with_pool(&key, |m| {
-        size::desired(&pool.spec.policy(), &browsers, m, waiting, now)
-    });
     let held = held_status(ctx, pool, &key);
-    let previous = ctx
-        .with_pool(&key, |m| m.last_desired)
-        .or(held.as_ref().map(|s| s.desired_replicas));
-    let healing = pool.spec.healing.clone().unwrap_or_default();
-    let plan = decide::plan(
-        &browsers,
-        &decide::Inputs {
-            desired: size.desired,
-            template_hash: &hash,
-            healing: &healing,
-            recycle: pool.spec.recycle.as_ref(),
+    let reported = held.as_ref().map(|s| s.desired_replicas);
+    let pacing = ctx.pacing();
+    let decided = ctx.with_pool(&key, |m| {
+        engine_round::decide(
+            &pool.spec.policy(),
+            &hash,
+            &browsers,
+            m,
+            waiting,
+            reported,
+            &pacing,
             now,
-            may_heal: ctx.may_heal(&key, now),
-            drain_timeout_s: ctx.settings.drain_timeout.as_secs() as i64,
-        },
-    );
-    let scaled = previous
-        .filter(|&p| p != size.desired)
-        .map(|_| size.reason.clone());
+        )
+    });
+    let scaled = decided.scaled().map(str::to_owned);
     let status = status::build(
         pool,
         held.as_ref(),
         &browsers,
         &Outcome {
-            desired: size.desired,
+            desired: decided.size.desired,
             template_hash: &hash,
-            selector: build::selector_string(&name),
-            plan: &plan,
+            selector: pods::selector_string(&name),
+            plan: &decided.plan,
             scaled,
         },
         now,
@@ -113,12 +105,8 @@ pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp)
         ns,
         name,
         hash,
-        desired: size.desired,
-        previous,
-        scale_reason: size.reason,
-        scale_cause: size.cause,
-        plan,
         status,
+        decided,
     }
 }
 
@@ -137,11 +125,11 @@ pub fn status_after(
         held_status(ctx, pool, &round.key).as_ref(),
         &view.views(),
         &Outcome {
-            desired: round.desired,
+            desired: round.desired(),
             template_hash: &round.hash,
-            selector: build::selector_string(&round.name),
-            plan: &round.plan,
-            scaled: round.scaled(),
+            selector: pods::selector_string(&round.name),
+            plan: round.plan(),
+            scaled: round.decided.scaled().map(str::to_owned),
         },
         now,
     )
@@ -279,17 +267,17 @@ pub fn work(ctx: &Context, pool: &BrowserPool, view: &PoolView, round: &Round) -
         TokenWork::None
     } else if ctx
         .stores
-        .secret(&round.ns, &build::token_secret_name(pool))
+        .secret(&round.ns, &pods::token_secret_name(pool))
         .is_some()
     {
         // There, but without a token: nothing to write; the status says so.
         TokenWork::None
-    } else if build::owns_token_secret(pool) {
+    } else if pods::owns_token_secret(pool) {
         TokenWork::Create
     } else {
         TokenWork::Read
     };
-    let p = &round.plan;
+    let p = round.plan();
     Work {
         token,
         service: needs_apply(

@@ -310,6 +310,8 @@ impl AgentApi for FakeAgents {
                     backend: req.backend.to_string(),
                     init_ms: Some(40.0),
                     precision: Some(webaccel_api::Precision::Fp32),
+                    uri: req.uri.clone(),
+                    sha256: req.sha256.clone().unwrap_or_default(),
                 },
             );
             Ok(ModelOnAgent::Loading)

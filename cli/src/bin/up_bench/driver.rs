@@ -148,11 +148,10 @@ impl Up {
         browser: &str,
         path: &str,
     ) -> T {
-        let url = status["pools"]
+        let url = status["browsers"]
             .as_array()
             .into_iter()
             .flatten()
-            .flat_map(|p| p["browsers"].as_array().into_iter().flatten())
             .find(|b| b["name"] == browser)
             .and_then(|b| b["url"].as_str())
             .unwrap_or_else(|| panic!("no browser {browser} in {status}"))
@@ -191,34 +190,53 @@ impl Drop for Up {
     }
 }
 
+/// The `BrowserPool` named `name`, with its status, as `webaccel status --json` shows it.
 pub fn pool<'a>(s: &'a Value, name: &str) -> &'a Value {
     s["pools"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .and_then(|p| p.iter().find(|p| p["metadata"]["name"] == name))
         .unwrap_or(&Value::Null)
 }
 
+/// The `ModelDeployment` named `name`, with its status.
 pub fn model<'a>(s: &'a Value, name: &str) -> &'a Value {
     s["models"]
         .as_array()
-        .and_then(|p| p.iter().find(|p| p["name"] == name))
+        .and_then(|p| p.iter().find(|p| p["metadata"]["name"] == name))
         .unwrap_or(&Value::Null)
 }
 
+/// Whether deployment `name` reports `n` loaded replicas.
 pub fn loaded(s: &Value, name: &str, n: i64) -> bool {
-    model(s, name)["loaded"].as_i64() == Some(n)
+    model(s, name)["status"]["loadedReplicas"].as_i64() == Some(n)
+}
+
+/// Whether an object's `Degraded` condition holds.
+pub fn degraded(object: &Value) -> bool {
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Degraded" && c["status"] == "True")
+}
+
+/// A pool's browser processes (name, state, url, pid, log).
+pub fn browsers(s: &Value, pool_name: &str) -> Vec<Value> {
+    s["browsers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["pool"] == pool_name)
+        .cloned()
+        .collect()
 }
 
 /// The names of a pool's browsers.
 pub fn browser_names(s: &Value, pool_name: &str) -> Vec<String> {
-    pool(s, pool_name)["browsers"]
-        .as_array()
-        .map(|b| {
-            b.iter()
-                .filter_map(|b| b["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    browsers(s, pool_name)
+        .iter()
+        .filter_map(|b| b["name"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Clients sending `body` to `model` back to back through the gateway until stopped.

@@ -115,7 +115,7 @@ async fn scale_up(binary: &Path, model: &Path, clients: usize) -> Value {
     let step = Instant::now();
     let load = Load::start(&up.http, "mlp", &request(), clients);
     up.until("the decision", Duration::from_secs(60), |s| {
-        pool(s, "auto")["desired"] == 2
+        pool(s, "auto")["status"]["desiredReplicas"] == 2
     })
     .await;
     let decided = step.elapsed();

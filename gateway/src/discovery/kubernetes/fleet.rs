@@ -11,44 +11,11 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use webaccel_crds::labels;
+use webaccel_crds::pods::{self, token_in, token_secret_name};
 use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 
 use super::{COALESCE, watch};
 use crate::discovery::{Deployed, Endpoint, Endpoints, Pipelines};
-
-/// The port the agent listens on in every browser pod (the operator's `AGENT_PORT`).
-pub const AGENT_PORT: u16 = 8700;
-
-/// The data key of the token in a pool's token Secret (what the operator writes).
-const TOKEN_KEY: &str = "token";
-
-/// The Secret holding the agents' bearer token of `pool`: `spec.tokenSecretName`, else the
-/// one the operator creates, `<pool>-agent-token`.
-pub fn token_secret_name(pool: &BrowserPool) -> String {
-    pool.spec
-        .token_secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-agent-token", pool.name_any()))
-}
-
-/// The token in a token Secret (key `token`, surrounding whitespace dropped, as the agent
-/// reads its file), if there is a non-empty one.
-pub fn token_in(secret: &Secret) -> Option<String> {
-    let from_data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(TOKEN_KEY))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok());
-    let token = from_data.or_else(|| {
-        secret
-            .string_data
-            .as_ref()
-            .and_then(|d| d.get(TOKEN_KEY))
-            .cloned()
-    })?;
-    let token = token.trim();
-    (!token.is_empty()).then(|| token.to_owned())
-}
 
 /// The models a pod holds: its `webaccel.dev/model.<name>=loaded` labels.
 pub fn loaded_models(pod: &Pod) -> BTreeSet<String> {
@@ -67,20 +34,12 @@ fn draining(pod: &Pod) -> bool {
     pod.annotations().contains_key(labels::DRAINING) || pod.labels().contains_key(labels::DRAINING)
 }
 
-/// The PodReady condition is `True`.
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// The pod's IP while it may take requests: Running, Ready, not being deleted, not
 /// draining, with an IP.
 fn serving_ip(pod: &Pod) -> Option<&str> {
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running")
-        || !ready(pod)
+        || !pods::pod_ready(pod)
         || pod.metadata.deletion_timestamp.is_some()
         || draining(pod)
     {
@@ -93,15 +52,10 @@ fn serving_ip(pod: &Pod) -> Option<&str> {
 /// requests now.
 pub fn endpoint(pod: &Pod, pool: &str, token: &str) -> Option<Endpoint> {
     let ip = serving_ip(pod)?;
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_owned()
-    };
     let name = pod.name_any();
     Some(Endpoint {
         id: format!("{}/{name}", pod.namespace().unwrap_or_default()),
-        url: format!("http://{host}:{AGENT_PORT}"),
+        url: pods::agent_url(ip),
         token: Some(token.to_owned()),
         pool: pool.to_owned(),
         pod: name,

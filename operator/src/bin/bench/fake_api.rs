@@ -976,6 +976,8 @@ impl AgentApi for Agents {
                     backend: "wasm".into(),
                     init_ms: Some(40.0),
                     precision: Some(webaccel_api::Precision::Fp32),
+                    uri: String::new(),
+                    sha256: String::new(),
                 }
             } else {
                 ModelOnAgent::Absent

@@ -1,40 +1,17 @@
-//! The pool's status, pure: counts, per-browser summaries and the Ready, Progressing and
-//! Degraded conditions, keeping each condition's transition time while it holds.
+//! A `BrowserPool`'s status from a round, pure: counts, per-browser summaries and the
+//! Ready, Progressing and Degraded conditions, keeping each condition's transition time
+//! while it holds.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use webaccel_crds::labels::condition;
-use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus, BrowserSummary};
-
-use super::observe::BrowserView;
+use webaccel_engine::pool::browser::BrowserView;
 use webaccel_engine::pool::decide::{Plan, Removal};
 
-/// A condition, carrying over `lastTransitionTime` from `old` when the status did not change.
-pub fn condition(
-    old: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Condition {
-    let status = if status { "True" } else { "False" }.to_owned();
-    let since = old
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or(Time(now), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: since,
-    }
-}
+use super::condition;
+use crate::labels::condition as kind;
+use crate::v1alpha1::{BrowserPool, BrowserPoolStatus, BrowserSummary};
 
-/// What the reconcile decided, for the status.
+/// What the round decided, for the status.
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
     pub desired: i32,
@@ -193,7 +170,7 @@ pub fn build(
     let conditions = vec![
         condition(
             c,
-            condition::READY,
+            kind::READY,
             !below,
             ready_reason,
             ready_msg,
@@ -202,7 +179,7 @@ pub fn build(
         ),
         condition(
             c,
-            condition::PROGRESSING,
+            kind::PROGRESSING,
             progressing,
             progress_reason,
             progress_msg,
@@ -211,7 +188,7 @@ pub fn build(
         ),
         condition(
             c,
-            condition::DEGRADED,
+            kind::DEGRADED,
             degraded,
             degraded_reason,
             degraded_msg,
@@ -247,9 +224,10 @@ pub fn invalid(pool: &BrowserPool, reason: &str, now: Timestamp) -> BrowserPoolS
     BrowserPoolStatus {
         observed_generation: g,
         conditions: vec![
+            condition(c, kind::READY, false, "InvalidSpec", reason.into(), g, now),
             condition(
                 c,
-                condition::READY,
+                kind::PROGRESSING,
                 false,
                 "InvalidSpec",
                 reason.into(),
@@ -258,16 +236,7 @@ pub fn invalid(pool: &BrowserPool, reason: &str, now: Timestamp) -> BrowserPoolS
             ),
             condition(
                 c,
-                condition::PROGRESSING,
-                false,
-                "InvalidSpec",
-                reason.into(),
-                g,
-                now,
-            ),
-            condition(
-                c,
-                condition::DEGRADED,
+                kind::DEGRADED,
                 true,
                 "InvalidSpec",
                 reason.into(),

@@ -3,13 +3,13 @@
 //! `Degraded` conditions.
 
 use k8s_openapi::jiff::Timestamp;
-use webaccel_crds::labels::condition;
-use webaccel_crds::v1alpha1::{
-    AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus, StageStatus,
-};
 use webaccel_engine::place::Placement;
 
-use crate::pool::status::condition as make_condition;
+use super::condition as make_condition;
+use crate::labels::condition;
+use crate::v1alpha1::{
+    AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus, StageStatus,
+};
 
 fn loaded_count(replicas: &[ReplicaStatus]) -> i32 {
     let n = replicas
@@ -19,7 +19,7 @@ fn loaded_count(replicas: &[ReplicaStatus]) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// The status after this reconcile: `placements` (with the replicas' states after the
+/// The status after a placement round: `placements` (with the replicas' states after the
 /// loads started) are in the order of `models`; `shared` says why stages share browsers.
 pub fn status_of(
     md: &ModelDeployment,
