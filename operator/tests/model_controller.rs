@@ -445,3 +445,72 @@ async fn a_second_queued_cleanup_of_a_deleted_model_is_a_success() {
     assert_eq!(action, Action::await_change());
     api.await.unwrap();
 }
+
+/// The deployment with `sha256` for its file (a new generation when it changes).
+fn model_with_digest(sha256: &str, generation: i64) -> ModelDeployment {
+    serde_yaml_ng::from_str(&format!(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: minilm, namespace: ml, uid: m-1, generation: {generation}, finalizers: [webaccel.dev/unload-model]}}\nspec:\n  poolRef: {{name: web}}\n  model: {{uri: 'https://h/m.onnx', sha256: '{sha256}', task: text-embedding}}\n  backends: [wasm]\n  replicas: 1\n"
+    ))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_digest_loads_a_copy_beside_the_old_one_which_goes_once_the_new_one_is_loaded() {
+    let (old_sha, new_sha) = ("a".repeat(64), "b".repeat(64));
+    let p = pool("  image: reg/browser:1\n  replicas: 2\n  backends: [wasm]\n");
+    let hash = template_hash(&p);
+    let md = model_with_digest(&new_sha, 3);
+    let agents = FakeAgents::with_loads(&[]);
+    // web-a holds the file of the previous generation.
+    agents.models.lock().unwrap().insert(
+        ("web-a".into(), "minilm".into()),
+        ModelOnAgent::Loaded {
+            backend: "wasm".into(),
+            init_ms: Some(40.0),
+            precision: None,
+            uri: "https://h/m.onnx".into(),
+            sha256: old_sha,
+        },
+    );
+    let sink = Sink::default();
+    let steps = vec![
+        // The old copy serves (and is labelled) while the new one loads on web-b.
+        label_step("web-a", &hash, json!("loaded")),
+        sink.step(&md, |b| {
+            let replicas = &b["status"]["replicas"];
+            let states: Vec<(&str, &str)> = replicas
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r["pod"].as_str().unwrap(), r["state"].as_str().unwrap()))
+                .collect();
+            assert_eq!(states, [("web-a", "Loaded"), ("web-b", "Loading")], "{b}");
+            assert_eq!(b["status"]["loadedReplicas"], 1, "still served");
+        }),
+        // The new copy is loaded: it is labelled, the old one is unloaded.
+        label_step("web-b", &hash, json!("loaded")),
+        sink.step(&md, |b| {
+            let s = &b["status"];
+            assert_eq!(s["replicas"].as_array().unwrap().len(), 1, "{b}");
+            assert_eq!(s["replicas"][0]["pod"], "web-b");
+            assert_eq!(s["replicas"][0]["state"], "Loaded");
+        }),
+    ];
+    let (client, api) = mock_api(steps);
+    let mut world = World::new(client, agents.clone());
+    world.pool_with_owned(&p);
+    world.pod(pod("web-a", &hash, "Running", true, "10.0.0.1"));
+    world.pod(pod("web-b", &hash, "Running", true, "10.0.0.2"));
+    reconcile(Arc::new(md.clone()), world.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(agents.load_calls(), ["load web-b minilm wasm"]);
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
+        .await
+        .unwrap();
+    api.await.unwrap();
+    assert_eq!(
+        agents.load_calls(),
+        ["load web-b minilm wasm", "unload web-a minilm"]
+    );
+}
