@@ -19,21 +19,35 @@ pub use progress::Stall;
 pub use run::supervise;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::WebSocket;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Fuse, FusedFuture as _};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use webaccel_api::agent::{BrowserStatus, Capabilities};
 
 use crate::browser::{BrowserProcess, LaunchConfig, LaunchTimeouts};
+use crate::models::Loader;
 use crate::page::PageLink;
 use crate::reaper::Reaper;
+use crate::recorder::Recorder;
+use crate::stats::Stats;
 use progress::Progress;
 pub use webaccel_api::agent::BrowserState;
+
+/// What the supervisor's loops need from the rest of the agent: the models to load
+/// into every browser that takes over (and to preload into the standby), and where a
+/// browser's start, loss and restart are reported.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub loader: Loader,
+    pub recorder: Arc<Recorder>,
+    pub stats: Arc<Stats>,
+}
 
 /// What the supervisor knows about the current browser, as reported by `/v1/stats` and
 /// `/v1/capabilities`.
@@ -201,14 +215,12 @@ impl BrowserSupervisor {
         self.state.send_replace(state);
     }
 
-    fn lock_info(&self) -> std::sync::MutexGuard<'_, BrowserInfo> {
-        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_info(&self) -> MutexGuard<'_, BrowserInfo> {
+        self.info.lock()
     }
 
-    fn lock_pages(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Option<oneshot::Sender<WebSocket>>>> {
-        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_pages(&self) -> MutexGuard<'_, HashMap<String, Option<oneshot::Sender<WebSocket>>>> {
+        self.pages.lock()
     }
 
     /// Whether `s` belongs to a live (or starting) page.
