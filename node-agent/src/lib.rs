@@ -122,10 +122,9 @@ async fn termination(with_parent: bool) {
 /// Runs the agent until SIGTERM (or Ctrl-C), then drains and exits.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let web_root = args.web_root();
-    check_web_root(&web_root).map_err(anyhow::Error::msg)?;
+    check_web_root(&web_root)?;
     let token = read_token(&args)?;
-    let executable =
-        resolve_executable(&args.browser_binary(), args.browser).map_err(anyhow::Error::msg)?;
+    let executable = resolve_executable(&args.browser_binary(), args.browser)?;
     let cache = ModelCache::new(args.cache_dir())
         .with_context(|| format!("creating the model cache {}", args.cache_dir().display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -20,6 +20,17 @@ use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 use super::protocol::{self, Call, CallError, CallResult, PageEvent};
 use crate::error::AgentError;
 
+/// Why a page's connection could not be taken over: it must open with a hello.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    #[error("page closed or sent no hello: {0}")]
+    NoHello(String),
+    #[error("first page message was not a hello: {0}")]
+    NotHello(String),
+    #[error("the page's hello is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
 /// What a waiting caller gets back from the page.
 #[derive(Debug)]
 enum Reply {
@@ -60,15 +71,14 @@ impl PageLink {
     pub async fn accept(
         socket: WebSocket,
         secret: String,
-    ) -> Result<(std::sync::Arc<Self>, Capabilities), String> {
+    ) -> Result<(std::sync::Arc<Self>, Capabilities), HelloError> {
         let (mut sink, mut stream) = socket.split();
         let capabilities = match stream.next().await {
-            Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<PageEvent>(&t) {
-                Ok(PageEvent::Hello { capabilities }) => *capabilities,
-                Ok(_) => return Err(format!("first page message was not a hello: {t}")),
-                Err(e) => return Err(format!("the page's hello is malformed: {e}")),
+            Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<PageEvent>(&t)? {
+                PageEvent::Hello { capabilities } => *capabilities,
+                _ => return Err(HelloError::NotHello(t.to_string())),
             },
-            other => return Err(format!("page closed or sent no hello: {other:?}")),
+            other => return Err(HelloError::NoHello(format!("{other:?}"))),
         };
         let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
         let link = std::sync::Arc::new(Self {

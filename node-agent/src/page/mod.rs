@@ -5,4 +5,4 @@
 pub mod link;
 pub mod protocol;
 
-pub use link::PageLink;
+pub use link::{HelloError, PageLink};

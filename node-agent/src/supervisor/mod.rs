@@ -30,9 +30,9 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use webaccel_api::agent::{BrowserStatus, Capabilities};
 
-use crate::browser::{BrowserProcess, LaunchConfig, LaunchTimeouts};
+use crate::browser::{BrowserProcess, LaunchConfig, LaunchError, LaunchTimeouts};
 use crate::models::Loader;
-use crate::page::PageLink;
+use crate::page::{HelloError, PageLink};
 use crate::reaper::Reaper;
 use crate::recorder::Recorder;
 use crate::stats::Stats;
@@ -47,6 +47,25 @@ pub struct Host {
     pub loader: Loader,
     pub recorder: Arc<Recorder>,
     pub stats: Arc<Stats>,
+}
+
+/// Why a browser could not be started and serving: it failed to launch, or its page
+/// did not connect back and say hello.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("the page's socket was dropped")]
+    SocketDropped,
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error("the runtime page did not say hello within {0:?}")]
+    NoHello(Duration),
+    #[error("{browser} exited before its page said hello ({status})")]
+    ExitedBeforeHello {
+        browser: &'static str,
+        status: String,
+    },
 }
 
 /// What the supervisor knows about the current browser, as reported by `/v1/stats` and
@@ -246,7 +265,7 @@ impl BrowserSupervisor {
 
     /// Launches a browser and waits for its page to say hello (its runtime started).
     /// Every step is bounded; on failure nothing of the browser is left running.
-    async fn start(&self, base_url: &str, progress: &Progress) -> Result<Browser, String> {
+    async fn start(&self, base_url: &str, progress: &Progress) -> Result<Browser, StartError> {
         let started = Instant::now();
         let secret = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
@@ -265,24 +284,18 @@ impl BrowserSupervisor {
             let process = BrowserProcess::launch(&self.launch, &url, &self.reaper, *launch).await?;
             progress.enter("waiting for the page", self.timing.hello_timeout);
             let hello = async {
-                let socket = rx
-                    .await
-                    .map_err(|_| "the page's socket was dropped".to_owned())?;
-                PageLink::accept(socket, secret.clone()).await
+                let socket = rx.await.map_err(|_| StartError::SocketDropped)?;
+                Ok(PageLink::accept(socket, secret.clone()).await?)
             };
             let outcome = tokio::select! {
                 r = tokio::time::timeout(self.timing.hello_timeout, hello) => match r {
                     Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "the runtime page did not say hello within {:?}",
-                        self.timing.hello_timeout
-                    )),
+                    Err(_) => Err(StartError::NoHello(self.timing.hello_timeout)),
                 },
-                e = process.exited() => Err(format!(
-                    "{} exited before its page said hello ({})",
-                    self.launch.kind.display_name(),
-                    e.map_or_else(|| "unknown status".to_owned(), |e| e.to_string())
-                )),
+                e = process.exited() => Err(StartError::ExitedBeforeHello {
+                    browser: self.launch.kind.display_name(),
+                    status: e.map_or_else(|| "unknown status".to_owned(), |e| e.to_string()),
+                }),
             };
             match outcome {
                 Ok((link, capabilities)) => Ok(Browser {

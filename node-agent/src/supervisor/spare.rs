@@ -180,7 +180,7 @@ async fn run(
                 tracing::error!(error = %e, failed_launches, "browser launch failed");
                 let mut info = sup.lock_info();
                 info.failed_launches = failed_launches;
-                info.last_launch_error = Some(e);
+                info.last_launch_error = Some(e.to_string());
                 continue;
             }
         };
