@@ -10,10 +10,10 @@
 //! ([`SessionEnd`]), or no other can be opened until the browser restarts.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{SinkExt as _, StreamExt as _};
+use parking_lot::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -305,8 +305,8 @@ impl BiDi {
     }
 }
 
-fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, Option<HashMap<u64, WaiterTx>>> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(w: &Waiters) -> MutexGuard<'_, Option<HashMap<u64, WaiterTx>>> {
+    w.lock()
 }
 
 type WaiterTx = oneshot::Sender<Result<Value, BiDiError>>;
