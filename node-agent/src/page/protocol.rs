@@ -191,6 +191,8 @@ pub enum PageEvent {
 pub struct CallResult {
     #[serde(default)]
     pub req: u64,
+    /// Absent counts as a refusal, as an error always is.
+    #[serde(default)]
     pub ok: bool,
     /// The reply, whose type depends on the call `req` numbers and so is not known
     /// until the waiting caller takes it ([`CallResult::reply`]).
@@ -221,7 +223,7 @@ impl CallResult {
             ));
         }
         let value = self.value.unwrap_or(serde_json::Value::Null);
-        serde_json::from_value(value.clone()).map_err(|e| {
+        C::Reply::deserialize(&value).map_err(|e| {
             CallError::Failed(crate::error::AgentError::Internal(format!(
                 "the page sent a malformed reply ({e}): {value}"
             )))
