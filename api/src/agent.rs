@@ -62,11 +62,28 @@ pub struct LoadedModel {
     pub steady_ms: Option<f64>,
     /// With `backend=auto`: every candidate measured, and why the others lost or failed.
     #[serde(default)]
-    pub candidates: Option<serde_json::Value>,
+    pub candidates: Option<Vec<BackendCandidate>>,
     /// Whether requests are joined into batches, when the spec asks for batching.
     /// (Boxed: it is rare, and `ModelState` carries this struct inline.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Box<BatchingStatus>>,
+}
+
+/// One backend `backend=auto` tried on a model: what it measured, or why it could not
+/// run the model (`ok` false, `error` says why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendCandidate {
+    /// `wasm`, `webgpu` or `webnn:<device>`.
+    pub backend: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Dynamic batching of a loaded model, when its spec asks for it (`max_batch_size` > 1).
@@ -235,13 +252,6 @@ pub struct PageWorker {
     pub busy: bool,
     /// Started with every model loaded (false while a replacement loads them).
     pub ready: bool,
-}
-
-/// The page's answer to a heartbeat ping.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PagePong {
-    #[serde(default)]
-    pub workers: Vec<PageWorker>,
 }
 
 impl AgentStats {

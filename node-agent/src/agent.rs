@@ -14,7 +14,8 @@ use crate::batcher::RunnerContext;
 use crate::cache::ModelCache;
 use crate::config::{AgentArgs, ModelSpec};
 use crate::error::AgentError;
-use crate::models::{self, LoadedModel, ModelRegistry};
+use crate::models::{LoadedModel, Loader, ModelRegistry};
+use crate::page::protocol::{CallError, Unload};
 use crate::recorder::{InferenceRecord, Recorder};
 use crate::stats::Stats;
 use crate::supervisor::BrowserSupervisor;
@@ -23,13 +24,14 @@ use crate::validate::check_request;
 #[derive(Debug)]
 pub struct Agent {
     pub args: AgentArgs,
-    pub browser: BrowserSupervisor,
-    pub models: ModelRegistry,
+    /// Shared with the supervisor's loops, which run on their own tasks.
+    pub browser: Arc<BrowserSupervisor>,
+    pub models: Arc<ModelRegistry>,
     pub cache: ModelCache,
     pub admission: Admission,
     pub stats: Arc<Stats>,
     /// Rows for ClickHouse (disabled without `--clickhouse-url`).
-    pub recorder: Recorder,
+    pub recorder: Arc<Recorder>,
     /// Bearer tokens accepted (the one from `--token-file`); none disables
     /// authentication.
     pub tokens: webaccel_kserve::auth::Tokens,
@@ -61,6 +63,16 @@ fn rows_of(req: &InferRequest) -> u32 {
 }
 
 impl Agent {
+    /// What loading models needs from the agent (see [`Loader`]).
+    pub fn loader(&self) -> Loader {
+        Loader {
+            models: self.models.clone(),
+            cache: self.cache.clone(),
+            stats: self.stats.clone(),
+            timeout: self.args.load_timeout,
+        }
+    }
+
     /// Runs one inference request end to end, within `timeout` (queueing included).
     pub async fn infer(
         &self,
@@ -204,7 +216,7 @@ impl Agent {
         spec.validate().map_err(AgentError::BadRequest)?;
         let entry = self.models.insert(spec);
         match self.browser.link() {
-            Some(link) => models::load_into(self, &link, &entry).await.map(Some),
+            Some(link) => self.loader().load_into(&link, &entry).await.map(Some),
             None => Ok(None),
         }
     }
@@ -215,9 +227,13 @@ impl Agent {
             .remove(name)
             .ok_or_else(|| AgentError::ModelNotFound(name.to_owned()))?;
         if let Some(link) = self.browser.link() {
-            link.control(serde_json::json!({"op": "unload", "name": name}))
-                .await?
-                .map_err(AgentError::Internal)?;
+            let unload = Unload {
+                name: name.to_owned(),
+            };
+            link.call(unload).await.map_err(|e| match e {
+                CallError::Refused(reason) => AgentError::Internal(reason),
+                CallError::Failed(e) => e,
+            })?;
         }
         Ok(())
     }

@@ -17,10 +17,11 @@
 //! takes other callers' answers with it.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use webaccel_api::agent::{BatchingStatus, IoMeta, ModelSpec};
@@ -182,8 +183,8 @@ impl Batcher {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        self.queue.lock()
     }
 
     /// Queues `req` and waits for its answer, running batches whenever this caller gets

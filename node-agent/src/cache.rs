@@ -12,6 +12,36 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+/// Why a model file could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The cache's own directory failed (full disk, permissions).
+    #[error("cache: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cache: {0}")]
+    Persist(#[from] tempfile::PersistError),
+    #[error("reading {} failed: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("fetching {uri} failed: {source}")]
+    Fetch { uri: String, source: reqwest::Error },
+    #[error("fetching {uri} failed: HTTP {status}")]
+    Status {
+        uri: String,
+        status: reqwest::StatusCode,
+    },
+    #[error("fetching {uri} failed mid-way: {source}")]
+    Body { uri: String, source: reqwest::Error },
+    #[error("sha256 mismatch for {uri}: expected {expected}, the file has {actual}")]
+    Mismatch {
+        uri: String,
+        expected: String,
+        actual: String,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelCache {
     dir: PathBuf,
@@ -52,7 +82,7 @@ impl ModelCache {
             .is_ok_and(|s| s.lines().any(|l| l == uri))
     }
 
-    async fn remember_source(&self, sha256: &str, uri: &str) -> Result<(), String> {
+    async fn remember_source(&self, sha256: &str, uri: &str) -> Result<(), CacheError> {
         if self.fetched_from(sha256, uri).await {
             return Ok(());
         }
@@ -60,20 +90,17 @@ impl ModelCache {
             .create(true)
             .append(true)
             .open(self.sources_path(sha256))
-            .await
-            .map_err(|e| format!("cache: {e}"))?;
-        f.write_all(format!("{uri}\n").as_bytes())
-            .await
-            .map_err(|e| format!("cache: {e}"))?;
+            .await?;
+        f.write_all(format!("{uri}\n").as_bytes()).await?;
         // tokio's File hands writes to a blocking task: without a flush the line may not
         // be written yet when the next `get` reads it (seen in CI as a cache miss for a
         // file fetched a moment before).
-        f.flush().await.map_err(|e| format!("cache: {e}"))
+        Ok(f.flush().await?)
     }
 
     /// Returns the cached file for `uri`, fetching it if needed. With `expected` set, a
     /// cached copy is used without fetching, and a fetched file must match it.
-    pub async fn get(&self, uri: &str, expected: Option<&str>) -> Result<CachedModel, String> {
+    pub async fn get(&self, uri: &str, expected: Option<&str>) -> Result<CachedModel, CacheError> {
         if let Some(sha) = expected
             && self.fetched_from(sha, uri).await
         {
@@ -92,7 +119,7 @@ impl ModelCache {
                 let _ = tokio::fs::remove_file(&path).await;
             }
         }
-        let tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(|e| format!("cache: {e}"))?;
+        let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         let (sha256, bytes) = if let Some(path) = uri.strip_prefix("file://") {
             copy_hashing(Path::new(path), tmp.path()).await?
         } else {
@@ -101,12 +128,14 @@ impl ModelCache {
         if let Some(want) = expected
             && want != sha256
         {
-            return Err(format!(
-                "sha256 mismatch for {uri}: expected {want}, the file has {sha256}"
-            ));
+            return Err(CacheError::Mismatch {
+                uri: uri.to_owned(),
+                expected: want.to_owned(),
+                actual: sha256,
+            });
         }
         let path = self.path_for(&sha256);
-        tmp.persist(&path).map_err(|e| format!("cache: {e}"))?;
+        tmp.persist(&path)?;
         self.remember_source(&sha256, uri).await?;
         Ok(CachedModel {
             sha256,
@@ -116,31 +145,36 @@ impl ModelCache {
         })
     }
 
-    async fn download_hashing(&self, uri: &str, to: &Path) -> Result<(String, u64), String> {
+    async fn download_hashing(&self, uri: &str, to: &Path) -> Result<(String, u64), CacheError> {
         let resp = self
             .http
             .get(uri)
             .send()
             .await
-            .map_err(|e| format!("fetching {uri} failed: {e}"))?;
+            .map_err(|source| CacheError::Fetch {
+                uri: uri.to_owned(),
+                source,
+            })?;
         if !resp.status().is_success() {
-            return Err(format!("fetching {uri} failed: HTTP {}", resp.status()));
+            return Err(CacheError::Status {
+                uri: uri.to_owned(),
+                status: resp.status(),
+            });
         }
-        let mut file = tokio::fs::File::create(to)
-            .await
-            .map_err(|e| format!("cache: {e}"))?;
+        let mut file = tokio::fs::File::create(to).await?;
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("fetching {uri} failed mid-way: {e}"))?;
+            let chunk = chunk.map_err(|source| CacheError::Body {
+                uri: uri.to_owned(),
+                source,
+            })?;
             hasher.update(&chunk);
             bytes += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| format!("cache: {e}"))?;
+            file.write_all(&chunk).await?;
         }
-        file.flush().await.map_err(|e| format!("cache: {e}"))?;
+        file.flush().await?;
         Ok((hex::encode(hasher.finalize()), bytes))
     }
 }
@@ -150,13 +184,14 @@ async fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(Sha256::digest(&data)), data.len() as u64))
 }
 
-async fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), String> {
+async fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), CacheError> {
     let data = tokio::fs::read(from)
         .await
-        .map_err(|e| format!("reading {} failed: {e}", from.display()))?;
-    tokio::fs::write(to, &data)
-        .await
-        .map_err(|e| format!("cache: {e}"))?;
+        .map_err(|source| CacheError::Read {
+            path: from.to_owned(),
+            source,
+        })?;
+    tokio::fs::write(to, &data).await?;
     Ok((hex::encode(Sha256::digest(&data)), data.len() as u64))
 }
 
@@ -190,7 +225,8 @@ mod tests {
         let err = cache
             .get(&format!("file://{}", other.display()), Some(sha))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sha256 mismatch"), "{err}");
     }
 
@@ -206,12 +242,14 @@ mod tests {
                 Some(&"0".repeat(64)),
             )
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("sha256 mismatch"), "{err}");
         let err = cache
             .get("file:///does/not/exist.onnx", None)
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("reading /does/not/exist.onnx failed"), "{err}");
     }
 }

@@ -217,7 +217,7 @@ impl WasmBuild {
     }
 }
 
-fn parse_firefox_pref(s: &str) -> Result<String, String> {
+fn parse_firefox_pref(s: &str) -> Result<String, crate::browser::LaunchError> {
     crate::browser::firefox_pref(s).map(|_| s.to_owned())
 }
 

@@ -13,8 +13,6 @@ use webaccel_api::wire::ErrorFrame;
 pub enum AgentError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
     #[error("unknown model '{0}'")]
     ModelNotFound(String),
     #[error("model '{name}' is not ready ({state})")]
@@ -45,7 +43,6 @@ impl AgentError {
     pub fn category(&self) -> ErrorCategory {
         match self {
             Self::BadRequest(_) => ErrorCategory::BadRequest,
-            Self::Unauthorized => ErrorCategory::Unauthorized,
             Self::ModelNotFound(_) => ErrorCategory::ModelNotFound,
             Self::ModelNotReady { .. } => ErrorCategory::ModelNotReady,
             Self::ModelLoad(_) => ErrorCategory::ModelLoadFailed,
@@ -99,13 +96,6 @@ impl IntoResponse for AgentError {
             category,
             retryable: category.is_retryable(),
         };
-        let mut resp = (status, Json(body)).into_response();
-        if matches!(self, Self::Unauthorized) {
-            resp.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
-        }
-        resp
+        (status, Json(body)).into_response()
     }
 }

@@ -38,7 +38,7 @@ pub use crate::config::AgentArgs;
 use crate::models::ModelRegistry;
 use crate::recorder::{Origin, Recorder};
 use crate::stats::Stats;
-use crate::supervisor::{BrowserSupervisor, SupervisorTiming};
+use crate::supervisor::{BrowserSupervisor, Host, SupervisorTiming};
 use webaccel_analytics::ClickHouseSettings;
 
 fn read_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
@@ -122,10 +122,9 @@ async fn termination(with_parent: bool) {
 /// Runs the agent until SIGTERM (or Ctrl-C), then drains and exits.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let web_root = args.web_root();
-    check_web_root(&web_root).map_err(anyhow::Error::msg)?;
+    check_web_root(&web_root)?;
     let token = read_token(&args)?;
-    let executable =
-        resolve_executable(&args.browser_binary(), args.browser).map_err(anyhow::Error::msg)?;
+    let executable = resolve_executable(&args.browser_binary(), args.browser)?;
     let cache = ModelCache::new(args.cache_dir())
         .with_context(|| format!("creating the model cache {}", args.cache_dir().display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -170,7 +169,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         disk_cache_dir: args.cache_dir().join("chromium-http-cache"),
     };
     let agent = Arc::new(Agent {
-        browser: BrowserSupervisor::new(
+        browser: Arc::new(BrowserSupervisor::new(
             launch,
             SupervisorTiming {
                 heartbeat_interval: args.heartbeat_interval,
@@ -185,12 +184,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 standby: args.standby_browser,
             },
             reaper,
-        ),
-        models: ModelRegistry::new(workers as usize),
+        )),
+        models: Arc::new(ModelRegistry::new(workers as usize)),
         cache,
         admission: Admission::new(args.max_in_flight),
         stats: Arc::new(Stats::default()),
-        recorder,
+        recorder: Arc::new(recorder),
         tokens: webaccel_kserve::auth::Tokens::new(token),
         args,
     });
@@ -203,8 +202,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let agent = agent.clone();
         tokio::spawn(async move { agent.recorder.migrate_until_done().await })
     };
+    let host = Host {
+        loader: agent.loader(),
+        recorder: agent.recorder.clone(),
+        stats: agent.stats.clone(),
+    };
     let supervisor = tokio::spawn(supervisor::supervise(
-        agent.clone(),
+        agent.browser.clone(),
+        host,
         base_url,
         shutdown.clone(),
     ));

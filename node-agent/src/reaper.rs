@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -103,8 +105,8 @@ impl Reaper {
         Ok((Pid::from_raw(pid), ExitWatch(rx)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, watch::Sender<Option<Exit>>>> {
-        self.watched.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, watch::Sender<Option<Exit>>>> {
+        self.watched.lock()
     }
 
     /// Collects every child that has exited.

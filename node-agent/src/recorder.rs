@@ -3,9 +3,9 @@
 //! being down, or not yet migrated, never stops the agent: rows spool to disk and are
 //! replayed once it answers.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde_json::{Value, json};
 use webaccel_analytics::rows::{BrowserConnectionRow, InferenceRow, new_row_id, now_ms};
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
@@ -111,12 +111,12 @@ impl Recorder {
             match webaccel_analytics::schema::migrate(&s.settings).await {
                 Ok(report) => {
                     tracing::info!(applied = ?report.applied, server = ?report.features.version, "ClickHouse schema ready");
-                    *s.migration.lock().unwrap_or_else(|p| p.into_inner()) = Ok(());
+                    *s.migration.lock() = Ok(());
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?MIGRATION_RETRY, "ClickHouse is not usable yet; metrics are spooled to disk meanwhile");
-                    *s.migration.lock().unwrap_or_else(|p| p.into_inner()) = Err(e.to_string());
+                    *s.migration.lock() = Err(e.to_string());
                 }
             }
             tokio::time::sleep(MIGRATION_RETRY).await;
@@ -133,7 +133,7 @@ impl Recorder {
                 "hardware"
             }
         });
-        *self.browser.lock().unwrap_or_else(|p| p.into_inner()) = BrowserLabels {
+        *self.browser.lock() = BrowserLabels {
             name: name.to_owned(),
             version: version.to_owned(),
             // The same label the pool's status shows.
@@ -143,10 +143,7 @@ impl Recorder {
     }
 
     fn browser(&self) -> BrowserLabels {
-        self.browser
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.browser.lock().clone()
     }
 
     pub fn inference(&self, r: &InferenceRecord<'_>) {
@@ -229,11 +226,7 @@ impl Recorder {
         let Some(s) = &self.sinks else {
             return json!({"enabled": false});
         };
-        let migration = s
-            .migration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let migration = s.migration.lock().clone();
         let inference = s.inference.snapshot();
         let browser = s.browser.snapshot();
         json!({
@@ -269,7 +262,7 @@ impl Recorder {
     /// Writes (or spools) what is pending; call before exit.
     pub async fn shutdown(&self) {
         let Some(s) = &self.sinks else { return };
-        let writers = s.writers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writers = s.writers.lock().take();
         if let Some((a, b)) = writers {
             a.shutdown().await;
             b.shutdown().await;

@@ -3,10 +3,10 @@
 //! latency, errors by category).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,9 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use webaccel_api::ErrorCategory;
+use webaccel_api::agent::LoadedModel;
 pub use webaccel_api::agent::ModelStats;
-
-use crate::models::LoadedModel;
 
 /// Latencies kept per model for percentiles in `/v1/stats`.
 const WINDOW: usize = 1024;
@@ -204,7 +203,7 @@ impl Stats {
                 model: model.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut windows = self.windows.lock();
         let w = windows.entry(model.to_owned()).or_default();
         w.requests += 1;
         match result {
@@ -227,12 +226,7 @@ impl Stats {
                 category: category.as_str().to_owned(),
             })
             .inc();
-        *self
-            .errors_by_category
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(category)
-            .or_default() += 1;
+        *self.errors_by_category.lock().entry(category).or_default() += 1;
     }
 
     pub fn browser_restarted(&self, reason: &str) {
@@ -245,10 +239,7 @@ impl Stats {
 
     /// Brings the metric-row counters up to the writer's totals (called at scrape).
     pub fn observe_metric_rows(&self, table: &str, totals: &[(&str, u64)]) {
-        let mut seen = self
-            .metric_rows_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.metric_rows_seen.lock();
         for &(state, total) in totals {
             let last = seen
                 .entry((table.to_owned(), state.to_owned()))
@@ -271,7 +262,7 @@ impl Stats {
         let n = requests as u64;
         self.batches.get_or_create(&label).inc();
         self.batched_requests.get_or_create(&label).inc_by(n);
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut windows = self.windows.lock();
         let w = windows.entry(model.to_owned()).or_default();
         w.batches += 1;
         w.batched_requests += n;
@@ -287,7 +278,7 @@ impl Stats {
     }
 
     pub fn per_model(&self) -> BTreeMap<String, ModelStats> {
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let windows = self.windows.lock();
         windows
             .iter()
             .map(|(name, w)| {
@@ -309,10 +300,7 @@ impl Stats {
     }
 
     pub fn errors_by_category(&self) -> BTreeMap<ErrorCategory, u64> {
-        self.errors_by_category
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.errors_by_category.lock().clone()
     }
 
     /// Prometheus text exposition.

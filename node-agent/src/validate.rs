@@ -3,10 +3,10 @@
 
 use std::collections::HashSet;
 
+use webaccel_api::agent::LoadedModel;
 use webaccel_api::wire::InferRequest;
 
 use crate::error::AgentError;
-use crate::models::LoadedModel;
 
 /// Validates names, datatypes, shapes and sizes of `req` against `model`.
 pub fn check_request(
@@ -94,7 +94,7 @@ mod tests {
     use webaccel_api::{DataType, Tensor};
 
     use super::*;
-    use crate::models::IoMeta;
+    use webaccel_api::agent::IoMeta;
 
     fn model() -> LoadedModel {
         let io = |name: &str, shape: Vec<i64>| IoMeta {

@@ -10,10 +10,10 @@
 //! ([`SessionEnd`]), or no other can be opened until the browser restarts.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{SinkExt as _, StreamExt as _};
+use parking_lot::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -175,7 +175,7 @@ impl Command for Evaluate {
 }
 
 /// Why a command failed.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum BiDiError {
     #[error("the WebDriver BiDi connection is closed")]
     Closed,
@@ -184,6 +184,11 @@ pub enum BiDiError {
     Command { error: String, message: String },
     #[error("malformed WebDriver BiDi message: {0}")]
     Malformed(String),
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tokio_tungstenite::tungstenite::Error,
+    },
 }
 
 /// One message from the browser: a command's success or error, or an event.
@@ -226,10 +231,13 @@ impl Drop for BiDi {
 
 impl BiDi {
     /// Connects to `url` (`ws://127.0.0.1:PORT/session`). The caller bounds the time.
-    pub async fn connect(url: &str) -> Result<Self, String> {
+    pub async fn connect(url: &str) -> Result<Self, BiDiError> {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
-            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+            .map_err(|source| BiDiError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         let (mut sink, mut stream) = socket.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let waiters: std::sync::Arc<Waiters> =
@@ -297,8 +305,8 @@ impl BiDi {
     }
 }
 
-fn lock(w: &Waiters) -> std::sync::MutexGuard<'_, Option<HashMap<u64, WaiterTx>>> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(w: &Waiters) -> MutexGuard<'_, Option<HashMap<u64, WaiterTx>>> {
+    w.lock()
 }
 
 type WaiterTx = oneshot::Sender<Result<Value, BiDiError>>;

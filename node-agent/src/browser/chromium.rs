@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::group::{AbortOnDrop, Group};
-use super::{BrowserKind, LaunchConfig, LaunchTimeouts, bounded, describe};
+use super::{
+    BrowserKind, LaunchConfig, LaunchError, LaunchTimeouts, ScriptError, bounded, describe,
+};
 use crate::reaper::Reaper;
 
 /// Switches every launch gets.
@@ -74,12 +76,12 @@ impl Chromium {
         url: &str,
         reaper: &Arc<Reaper>,
         timeouts: LaunchTimeouts,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LaunchError> {
         let name = cfg.kind.display_name();
         let profile = tempfile::Builder::new()
             .prefix(&format!("webaccel-{}-", cfg.kind))
             .tempdir()
-            .map_err(|e| format!("cannot create a profile directory: {e}"))?;
+            .map_err(LaunchError::Profile)?;
         let mut cmd = Command::new(&cfg.executable);
         cmd.args(BASE_ARGS)
             .arg(format!("--user-data-dir={}", profile.path().display()))
@@ -90,12 +92,12 @@ impl Chromium {
             cmd.args(["--no-sandbox", "--disable-setuid-sandbox"]);
         }
         let group = Group::spawn(cmd, profile.path().join("browser.log"), reaper, name)?;
-        let fail = |what: String| group.explain(what);
+        let fail = |e: LaunchError| group.explain(e);
 
         let ws_url = tokio::select! {
             url = devtools_url(name, profile.path(), timeouts.endpoint) => url.map_err(fail)?,
             e = group.exited() => {
-                return Err(fail(format!("{name} exited during start ({})", describe(e))));
+                return Err(fail(LaunchError::ExitedDuringStart { browser: name, status: describe(e) }));
             }
         };
         let config = HandlerConfig {
@@ -172,12 +174,9 @@ impl Chromium {
     }
 
     /// Evaluates `expression` in the runtime page.
-    pub async fn evaluate(&self, expression: &str) -> Result<(), String> {
-        self.page
-            .evaluate_expression(expression)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub async fn evaluate(&self, expression: &str) -> Result<(), ScriptError> {
+        self.page.evaluate_expression(expression).await?;
+        Ok(())
     }
 
     /// SIGKILLs the whole process group and waits (bounded) until it is reaped.
@@ -190,7 +189,11 @@ impl Chromium {
 
 /// Waits for the browser to write the DevTools endpoint into the profile's
 /// `DevToolsActivePort` (port on the first line, browser path on the second).
-async fn devtools_url(name: &str, profile: &Path, limit: Duration) -> Result<String, String> {
+async fn devtools_url(
+    name: &'static str,
+    profile: &Path,
+    limit: Duration,
+) -> Result<String, LaunchError> {
     let file = profile.join("DevToolsActivePort");
     let started = Instant::now();
     loop {
@@ -204,9 +207,11 @@ async fn devtools_url(name: &str, profile: &Path, limit: Duration) -> Result<Str
             }
         }
         if started.elapsed() > limit {
-            return Err(format!(
-                "{name} announced no DevTools endpoint within {limit:?}"
-            ));
+            return Err(LaunchError::NoEndpoint {
+                browser: name,
+                protocol: "DevTools",
+                limit,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

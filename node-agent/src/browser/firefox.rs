@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::bidi::{self, BiDi};
 use super::group::Group;
-use super::{LaunchConfig, LaunchTimeouts, bounded, describe};
+use super::{LaunchConfig, LaunchError, LaunchTimeouts, ScriptError, bounded, describe};
 use crate::reaper::Reaper;
 
 const NAME: &str = "Firefox";
@@ -86,11 +86,11 @@ impl Firefox {
         url: &str,
         reaper: &Arc<Reaper>,
         timeouts: LaunchTimeouts,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LaunchError> {
         let profile = tempfile::Builder::new()
             .prefix("webaccel-firefox-")
             .tempdir()
-            .map_err(|e| format!("cannot create a profile directory: {e}"))?;
+            .map_err(LaunchError::Profile)?;
         write_user_js(profile.path(), &cfg.firefox_prefs)?;
         let mut cmd = Command::new(&cfg.executable);
         cmd.args(["--headless", "--no-remote", "--profile"])
@@ -101,12 +101,12 @@ impl Firefox {
             .env("MOZ_CRASHREPORTER_DISABLE", "1")
             .env("MOZ_DISABLE_AUTO_SAFE_MODE", "1");
         let group = Group::spawn(cmd, profile.path().join("browser.log"), reaper, NAME)?;
-        let fail = |what: String| group.explain(what);
+        let fail = |e: LaunchError| group.explain(e);
 
         let ws_url = tokio::select! {
             url = bidi_url(group.log(), timeouts.endpoint) => url.map_err(fail)?,
             e = group.exited() => {
-                return Err(fail(format!("{NAME} exited during start ({})", describe(e))));
+                return Err(fail(LaunchError::ExitedDuringStart { browser: NAME, status: describe(e) }));
             }
         };
         let bidi = bounded(
@@ -131,10 +131,11 @@ impl Firefox {
         if let Some(pid) = caps.moz_process_id
             && pid != group.pid()
         {
-            return Err(fail(format!(
-                "{NAME}'s main process is {pid}, not the process started ({})",
-                group.pid()
-            )));
+            return Err(fail(LaunchError::ForeignProcess {
+                browser: NAME,
+                answering: pid,
+                started: group.pid(),
+            }));
         }
         let tree = bounded(
             NAME,
@@ -151,7 +152,7 @@ impl Firefox {
             .find(|c| c.url.starts_with(page))
             .or_else(|| tree.contexts.first())
             .map(|c| c.context.clone())
-            .ok_or_else(|| fail(format!("{NAME} has no tab open")))?;
+            .ok_or_else(|| fail(LaunchError::NoTab { browser: NAME }))?;
         Ok(Self {
             group,
             bidi,
@@ -183,7 +184,7 @@ impl Firefox {
     }
 
     /// Evaluates `expression` in the runtime page.
-    pub async fn evaluate(&self, expression: &str) -> Result<(), String> {
+    pub async fn evaluate(&self, expression: &str) -> Result<(), ScriptError> {
         let evaluate = bidi::Evaluate {
             expression: expression.to_owned(),
             target: bidi::Target {
@@ -191,9 +192,11 @@ impl Firefox {
             },
             await_promise: false,
         };
-        match self.bidi.send(&evaluate).await.map_err(|e| e.to_string())? {
+        match self.bidi.send(&evaluate).await? {
             bidi::EvaluateResult::Success { .. } => Ok(()),
-            bidi::EvaluateResult::Exception { exception_details } => Err(exception_details.text),
+            bidi::EvaluateResult::Exception { exception_details } => {
+                Err(ScriptError::Threw(exception_details.text))
+            }
         }
     }
 
@@ -215,7 +218,7 @@ impl Firefox {
 /// Writes the profile's `user.js`: [`PREFS`], then `extra` (`NAME=VALUE`, which wins).
 /// A value that is `true`, `false` or a number is written as is, anything else as a
 /// string.
-fn write_user_js(profile: &Path, extra: &[String]) -> Result<(), String> {
+fn write_user_js(profile: &Path, extra: &[String]) -> Result<(), LaunchError> {
     let mut text = String::from("// Written by webaccel-agent for one launch.\n");
     for (name, value) in PREFS {
         text.push_str(&format!("user_pref(\"{name}\", {value});\n"));
@@ -225,15 +228,15 @@ fn write_user_js(profile: &Path, extra: &[String]) -> Result<(), String> {
         text.push_str(&format!("user_pref({name}, {value});\n"));
     }
     let path = profile.join("user.js");
-    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    std::fs::write(&path, text).map_err(|source| LaunchError::WriteProfile { path, source })
 }
 
 /// `NAME=VALUE` as JavaScript literals for `user_pref`.
-pub fn parse_pref(pref: &str) -> Result<(String, String), String> {
+pub fn parse_pref(pref: &str) -> Result<(String, String), LaunchError> {
     let (name, value) = pref
         .split_once('=')
         .filter(|(n, _)| !n.trim().is_empty())
-        .ok_or_else(|| format!("Firefox preference '{pref}' is not NAME=VALUE"))?;
+        .ok_or_else(|| LaunchError::BadPreference(pref.to_owned()))?;
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     let value = value.trim();
     let literal = if value == "true" || value == "false" || value.parse::<i64>().is_ok() {
@@ -245,7 +248,7 @@ pub fn parse_pref(pref: &str) -> Result<(String, String), String> {
 }
 
 /// Waits for Firefox to announce its BiDi endpoint on stderr (in `log`).
-async fn bidi_url(log: &Path, limit: Duration) -> Result<String, String> {
+async fn bidi_url(log: &Path, limit: Duration) -> Result<String, LaunchError> {
     const ANNOUNCE: &str = "WebDriver BiDi listening on ";
     let started = Instant::now();
     loop {
@@ -261,9 +264,11 @@ async fn bidi_url(log: &Path, limit: Duration) -> Result<String, String> {
             }
         }
         if started.elapsed() > limit {
-            return Err(format!(
-                "{NAME} announced no WebDriver BiDi endpoint within {limit:?}"
-            ));
+            return Err(LaunchError::NoEndpoint {
+                browser: NAME,
+                protocol: "WebDriver BiDi",
+                limit,
+            });
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use super::LaunchError;
 use crate::reaper::{Exit, ExitWatch, Reaper};
 
 /// How long a killed browser's main process may take to be reaped.
@@ -49,22 +50,22 @@ impl Group {
         log: PathBuf,
         reaper: &Arc<Reaper>,
         name: &'static str,
-    ) -> Result<Self, String> {
-        let file = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
-        let out = file
-            .try_clone()
-            .map_err(|e| format!("cannot share the log file: {e}"))?;
+    ) -> Result<Self, LaunchError> {
+        let file = std::fs::File::create(&log).map_err(|source| LaunchError::CreateLog {
+            path: log.clone(),
+            source,
+        })?;
+        let out = file.try_clone().map_err(LaunchError::ShareLog)?;
         cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(file);
-        let (pid, exit) = reaper.spawn(&mut cmd).map_err(|e| {
-            format!(
-                "launching {} failed: {e}",
-                Path::new(cmd.get_program()).display()
-            )
-        })?;
+        let (pid, exit) = reaper
+            .spawn(&mut cmd)
+            .map_err(|source| LaunchError::Spawn {
+                program: Path::new(cmd.get_program()).display().to_string(),
+                source,
+            })?;
         Ok(Self {
             pid,
             exit,
@@ -93,15 +94,18 @@ impl Group {
         &self.log
     }
 
-    /// `what` followed by the last lines the browser logged, to explain a failed launch.
-    pub(super) fn explain(&self, what: impl std::fmt::Display) -> String {
+    /// `error` with the last lines the browser logged, to explain a failed launch.
+    pub(super) fn explain(&self, error: LaunchError) -> LaunchError {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         if lines.is_empty() {
-            return what.to_string();
+            return error;
         }
-        let tail = lines[lines.len().saturating_sub(5)..].join("\n");
-        format!("{what}; {}'s last output:\n{tail}", self.name)
+        LaunchError::WithOutput {
+            error: Box::new(error),
+            browser: self.name,
+            tail: lines[lines.len().saturating_sub(5)..].join("\n"),
+        }
     }
 
     /// SIGKILLs the whole process group and waits (bounded) until the main process is

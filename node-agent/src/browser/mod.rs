@@ -16,6 +16,7 @@
 
 pub mod bidi;
 mod chromium;
+mod error;
 mod firefox;
 mod group;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use crate::reaper::{Exit, Reaper};
 pub use chromium::Chromium;
+pub use error::{LaunchError, ScriptError};
 pub use firefox::Firefox;
 pub use firefox::parse_pref as firefox_pref;
 
@@ -95,7 +97,7 @@ impl BrowserProcess {
         url: &str,
         reaper: &Arc<Reaper>,
         timeouts: LaunchTimeouts,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LaunchError> {
         match cfg.kind.family() {
             Family::Chromium => Ok(Self::Chromium(Box::new(
                 Chromium::launch(cfg, url, reaper, timeouts).await?,
@@ -158,7 +160,7 @@ impl BrowserProcess {
     }
 
     /// Starts a busy loop in the page, for fault-injection tests.
-    pub async fn inject_hang(&self) -> Result<(), String> {
+    pub async fn inject_hang(&self) -> Result<(), ScriptError> {
         match self {
             Self::Chromium(b) => b.evaluate(HANG_SCRIPT).await,
             Self::Firefox(b) => b.evaluate(HANG_SCRIPT).await,
@@ -178,7 +180,7 @@ impl BrowserProcess {
 
 /// Finds an executable by name on PATH, or checks a path. `kind` names the browser in
 /// the error.
-pub fn resolve_executable(name: &str, kind: BrowserKind) -> Result<PathBuf, String> {
+pub fn resolve_executable(name: &str, kind: BrowserKind) -> Result<PathBuf, LaunchError> {
     let what = kind.display_name();
     let what = if kind.family() == Family::Chromium && kind != BrowserKind::Chromium {
         format!("{what} (Chromium family)")
@@ -190,7 +192,10 @@ pub fn resolve_executable(name: &str, kind: BrowserKind) -> Result<PathBuf, Stri
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(format!("{what} binary '{name}' does not exist"))
+            Err(LaunchError::BinaryMissing {
+                what,
+                name: name.to_owned(),
+            })
         };
     }
     std::env::var_os("PATH")
@@ -198,16 +203,15 @@ pub fn resolve_executable(name: &str, kind: BrowserKind) -> Result<PathBuf, Stri
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "{what} binary '{name}' is not on PATH (set {})",
-                binary_options(kind)
-            )
+        .ok_or_else(|| LaunchError::BinaryNotOnPath {
+            what,
+            name: name.to_owned(),
+            options: binary_options(kind),
         })
 }
 
 /// Where the runtime's files are, checked up front so a bad install fails loudly.
-pub fn check_web_root(root: &Path) -> Result<(), String> {
+pub fn check_web_root(root: &Path) -> Result<(), LaunchError> {
     let needed = [
         "src/runtime.js",
         "node_modules/onnxruntime-web/dist/ort.all.min.mjs",
@@ -215,27 +219,34 @@ pub fn check_web_root(root: &Path) -> Result<(), String> {
     ];
     for file in needed {
         if !root.join(file).is_file() {
-            return Err(format!(
-                "{} is missing: run `npm ci` in {} (or point --web-root at a built runtime)",
-                root.join(file).display(),
-                root.display()
-            ));
+            return Err(LaunchError::WebRootIncomplete {
+                file: root.join(file),
+                root: root.to_owned(),
+            });
         }
     }
     Ok(())
 }
 
 /// Runs `fut` within `limit`, naming the step and the browser in the error.
-async fn bounded<T, E: std::fmt::Display>(
-    browser: &str,
+async fn bounded<T, E: std::error::Error + Send + Sync + 'static>(
+    browser: &'static str,
     limit: Duration,
-    what: &str,
+    step: &'static str,
     fut: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, LaunchError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{browser} failed {what}: {e}")),
-        Err(_) => Err(format!("{browser} did not finish {what} within {limit:?}")),
+        Ok(Err(e)) => Err(LaunchError::Step {
+            browser,
+            step,
+            source: Box::new(e),
+        }),
+        Err(_) => Err(LaunchError::StepTimedOut {
+            browser,
+            step,
+            limit,
+        }),
     }
 }
 
@@ -258,15 +269,21 @@ mod tests {
 
     #[test]
     fn a_missing_binary_names_the_browser_and_the_options() {
-        let e = resolve_executable("/nonexistent/chromium", BrowserKind::Chromium).unwrap_err();
+        let e = resolve_executable("/nonexistent/chromium", BrowserKind::Chromium)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "Chromium binary '/nonexistent/chromium' does not exist");
-        let e = resolve_executable("no-such-firefox-xyz", BrowserKind::Firefox).unwrap_err();
+        let e = resolve_executable("no-such-firefox-xyz", BrowserKind::Firefox)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("Firefox binary 'no-such-firefox-xyz' is not on PATH"),
             "{e}"
         );
         assert!(e.contains("--firefox"), "{e}");
-        let e = resolve_executable("no-such-chrome-xyz", BrowserKind::Chrome).unwrap_err();
+        let e = resolve_executable("no-such-chrome-xyz", BrowserKind::Chrome)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("Chrome (Chromium family) binary"), "{e}");
     }
 }

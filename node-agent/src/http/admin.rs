@@ -17,6 +17,7 @@ use webaccel_api::agent::{AgentStats, BrowserSummary, Capabilities, ModelDescrip
 use crate::agent::Agent;
 use crate::config::ModelSpec;
 use crate::error::AgentError;
+use crate::page::protocol::{CallError, HangWorker};
 
 /// Launch failures in a row after which the agent calls itself unhealthy, so the
 /// kubelet restarts the pod instead of leaving it to retry forever.
@@ -213,7 +214,7 @@ async fn load_model(
             let background = agent.clone();
             tokio::spawn(async move {
                 // The outcome lands in the model's state (loaded, or failed with why).
-                let _ = crate::models::load_into(&background, &link, &entry).await;
+                let _ = background.loader().load_into(&link, &entry).await;
             });
         }
         return Ok((
@@ -273,12 +274,9 @@ async fn debug_hang_worker(State(agent): State<Arc<Agent>>, Path(index): Path<u3
         )
         .into_response();
     };
-    match link
-        .control(json!({"op": "hang_worker", "index": index}))
-        .await
-    {
-        Ok(Ok(v)) => Json(v).into_response(),
-        Ok(Err(message)) => AgentError::BadRequest(message).into_response(),
-        Err(e) => e.into_response(),
+    match link.call(HangWorker { index }).await {
+        Ok(hanging) => Json(hanging).into_response(),
+        Err(CallError::Refused(message)) => AgentError::BadRequest(message).into_response(),
+        Err(CallError::Failed(e)) => e.into_response(),
     }
 }

@@ -6,7 +6,7 @@
 //! than buffered without bound.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -16,6 +16,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use futures::{SinkExt, StreamExt};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,10 +40,8 @@ async fn upgrade(
         .on_upgrade(move |socket| serve(agent, socket, shutdown))
 }
 
-fn lock(
-    m: &Mutex<HashMap<u64, AbortHandle>>,
-) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(m: &Mutex<HashMap<u64, AbortHandle>>) -> MutexGuard<'_, HashMap<u64, AbortHandle>> {
+    m.lock()
 }
 
 fn error_frame(id: u64, category: ErrorCategory, message: impl Into<String>) -> WsMessage {

@@ -4,6 +4,7 @@
 mod admin;
 mod bridge;
 mod kserve;
+mod page;
 
 use webaccel_kserve::http as v2;
 
@@ -29,10 +30,7 @@ pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
         .merge(protected)
         .with_state(agent.clone())
         .layer(DefaultBodyLimit::max(agent.args.max_body_bytes))
-        .merge(crate::page::server::routes(
-            agent.clone(),
-            agent.args.web_root(),
-        ))
+        .merge(page::routes(agent.clone(), agent.args.web_root()))
 }
 
 /// The bearer token, from `authorization`, or from `x-webaccel-token` when a proxy in

@@ -1,30 +1,41 @@
 //! The agent's end of the loopback WebSocket the page opens back to the agent: tensors
-//! travel as binary wire frames, control messages (load, unload, ping) as JSON text.
+//! travel as binary wire frames, control messages (load, unload, ping) as JSON text
+//! ([`super::protocol`]).
 //!
 //! A link belongs to one browser generation. When it dies every request waiting on it is
 //! failed at once with a retryable category, so nothing hangs on a dead browser.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::Value;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use webaccel_api::ErrorCategory;
-use webaccel_api::agent::{Capabilities, PagePong, PageWorker};
+use webaccel_api::agent::{Capabilities, PageWorker};
 use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 
+use super::protocol::{self, Call, CallError, CallResult, PageEvent};
 use crate::error::AgentError;
+
+/// Why a page's connection could not be taken over: it must open with a hello.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    #[error("page closed or sent no hello: {0}")]
+    NoHello(String),
+    #[error("first page message was not a hello: {0}")]
+    NotHello(String),
+    #[error("the page's hello is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
 
 /// What a waiting caller gets back from the page.
 #[derive(Debug)]
 enum Reply {
     Frame(Message),
-    Control(Result<Value, String>),
+    Control(CallResult),
     Failed(AgentError),
 }
 
@@ -50,6 +61,8 @@ pub struct PageLink {
     controls_in_progress: AtomicUsize,
     /// The page's secret, which the URLs it fetches (model bytes) must carry.
     secret: String,
+    /// What the page reported it can run, in its hello.
+    capabilities: Capabilities,
 }
 
 impl PageLink {
@@ -58,16 +71,15 @@ impl PageLink {
     pub async fn accept(
         socket: WebSocket,
         secret: String,
-    ) -> Result<(std::sync::Arc<Self>, Capabilities), String> {
+    ) -> Result<(std::sync::Arc<Self>, Capabilities), HelloError> {
         let (mut sink, mut stream) = socket.split();
-        let hello = match stream.next().await {
-            Some(Ok(WsMessage::Text(t))) => serde_json::from_str::<Value>(&t)
-                .map_err(|e| format!("page hello is not JSON: {e}"))?,
-            other => return Err(format!("page closed or sent no hello: {other:?}")),
+        let capabilities = match stream.next().await {
+            Some(Ok(WsMessage::Text(t))) => match serde_json::from_str::<PageEvent>(&t)? {
+                PageEvent::Hello { capabilities } => *capabilities,
+                _ => return Err(HelloError::NotHello(t.to_string())),
+            },
+            other => return Err(HelloError::NoHello(format!("{other:?}"))),
         };
-        if hello["op"] != "hello" {
-            return Err(format!("first page message was not a hello: {hello}"));
-        }
         let (out, mut out_rx) = mpsc::unbounded_channel::<WsMessage>();
         let link = std::sync::Arc::new(Self {
             out,
@@ -81,6 +93,7 @@ impl PageLink {
             gpu_lost: watch::channel(None).0,
             controls_in_progress: AtomicUsize::new(0),
             secret,
+            capabilities: capabilities.clone(),
         });
         tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -99,8 +112,6 @@ impl PageLink {
                 "the browser's page connection closed while the request was in flight",
             ));
         });
-        let capabilities = serde_json::from_value(hello["capabilities"].clone())
-            .map_err(|e| format!("the page's capability report is malformed: {e}"))?;
         Ok((link, capabilities))
     }
 
@@ -122,58 +133,36 @@ impl PageLink {
     }
 
     fn on_control(&self, text: &str) {
-        let Ok(v) = serde_json::from_str::<Value>(text) else {
-            tracing::error!(%text, "page sent a control message that is not JSON");
-            return;
+        let event = match serde_json::from_str::<PageEvent>(text) {
+            Ok(event) => event,
+            Err(e) => {
+                // The page is ours: a message the agent cannot read is a bug.
+                tracing::error!(%text, error = %e, "page sent a malformed or unknown control message");
+                return;
+            }
         };
-        match v["op"].as_str() {
-            Some("pong") => {
+        match event {
+            PageEvent::Pong { workers } => {
                 let now = Instant::now();
-                *self.last_pong.lock().unwrap_or_else(|p| p.into_inner()) = now;
-                if let Some(sent) = self
-                    .ping_sent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                {
+                *self.last_pong.lock() = now;
+                if let Some(sent) = self.ping_sent.lock().take() {
                     let rtt = u64::try_from((now - sent).as_micros()).unwrap_or(u64::MAX);
                     self.last_rtt_us.store(rtt, Ordering::Relaxed);
                 }
-                match PagePong::deserialize(&v) {
-                    Ok(pong) => {
-                        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = pong.workers;
-                    }
-                    Err(e) => tracing::error!(error = %e, "the page's pong is malformed"),
-                }
+                *self.workers.lock() = workers;
             }
-            Some("result") => {
-                let id = v["req"].as_u64().unwrap_or(0);
-                let result = if v["ok"] == true {
-                    Ok(v["value"].clone())
-                } else {
-                    Err(v["error"].as_str().unwrap_or("unknown error").to_owned())
-                };
-                self.resolve(id, Reply::Control(result));
+            PageEvent::Result(result) => self.resolve(result.req, Reply::Control(result)),
+            PageEvent::GpuLost { message } => {
+                tracing::warn!(reason = %message, "the page lost its WebGPU device");
+                self.gpu_lost.send_replace(Some(message));
             }
-            Some("gpu_lost") => {
-                let reason = v["message"].as_str().unwrap_or_default().to_owned();
-                tracing::warn!(%reason, "the page lost its WebGPU device");
-                self.gpu_lost.send_replace(Some(reason));
-            }
-            Some("log") => {
-                tracing::info!(target: "page", "{}", v["message"].as_str().unwrap_or_default())
-            }
-            _ => tracing::warn!(%text, "unknown control message from page"),
+            PageEvent::Log { message } => tracing::info!(target: "page", "{message}"),
+            PageEvent::Hello { .. } => tracing::warn!("the page said hello twice"),
         }
     }
 
     fn resolve(&self, id: u64, reply: Reply) {
-        let waiter = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-            .and_then(|m| m.remove(&id));
+        let waiter = self.pending.lock().as_mut().and_then(|m| m.remove(&id));
         if let Some(tx) = waiter {
             let _ = tx.send(reply);
         }
@@ -181,11 +170,7 @@ impl PageLink {
 
     /// Marks the link dead and fails everyone waiting on it with `err`.
     pub fn fail_all(&self, err: AgentError) {
-        let waiters = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let waiters = self.pending.lock().take();
         for (_, tx) in waiters.into_iter().flatten() {
             let _ = tx.send(Reply::Failed(err.clone()));
         }
@@ -211,7 +196,7 @@ impl PageLink {
     fn register(&self) -> Result<(u64, oneshot::Receiver<Reply>), AgentError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending.lock();
         match pending.as_mut() {
             Some(map) => {
                 map.insert(id, tx);
@@ -260,35 +245,38 @@ impl PageLink {
         }
     }
 
-    /// Sends a control operation (`{"op": ...}`) and waits for its result.
-    pub async fn control(&self, mut op: Value) -> Result<Result<Value, String>, AgentError> {
+    /// Sends a call to the page and waits for its reply: [`CallError::Refused`] with
+    /// the page's reason when it could not do it.
+    pub async fn call<C: Call>(&self, call: C) -> Result<C::Reply, CallError> {
         let (id, rx) = self.register()?;
-        op["req"] = id.into();
-        let text = Utf8Bytes::from(op.to_string());
+        let text = serde_json::to_string(&call.command(id))
+            .map_err(|e| AgentError::Internal(format!("encoding a page command: {e}")))?;
         self.controls_in_progress.fetch_add(1, Ordering::AcqRel);
-        let reply = self.wait(id, rx, WsMessage::Text(text)).await;
+        let reply = self.wait(id, rx, WsMessage::Text(text.into())).await;
         self.controls_in_progress.fetch_sub(1, Ordering::AcqRel);
         match reply? {
-            Reply::Control(result) => Ok(result),
-            other => Err(AgentError::Internal(format!(
-                "unexpected reply from page: {other:?}"
-            ))),
+            Reply::Control(result) => result.reply::<C>(),
+            other => {
+                Err(AgentError::Internal(format!("unexpected reply from page: {other:?}")).into())
+            }
         }
     }
 
     /// Sends a heartbeat ping; the page answers with a pong that updates `since_pong`.
     pub fn ping(&self) {
-        self.ping_sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Instant::now);
+        self.ping_sent.lock().get_or_insert_with(Instant::now);
         let _ = self
             .out
-            .send(WsMessage::Text(Utf8Bytes::from_static(r#"{"op":"ping"}"#)));
+            .send(WsMessage::Text(Utf8Bytes::from_static(protocol::PING)));
     }
 
     pub fn secret(&self) -> &str {
         &self.secret
+    }
+
+    /// What the page reported it can run, in its hello.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
     }
 
     /// Pings and waits up to `limit` for the answer.
@@ -313,10 +301,7 @@ impl PageLink {
 
     /// The page's workers as its last heartbeat reported them.
     pub fn page_workers(&self) -> Vec<PageWorker> {
-        self.workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.workers.lock().clone()
     }
 
     /// Whether the page is busy with a control operation (a model load).
@@ -326,18 +311,11 @@ impl PageLink {
 
     /// Time since the page last answered a ping.
     pub fn since_pong(&self) -> Duration {
-        self.last_pong
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        self.last_pong.lock().elapsed()
     }
 
     /// Requests waiting on the page right now.
     pub fn pending_count(&self) -> usize {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, HashMap::len)
+        self.pending.lock().as_ref().map_or(0, HashMap::len)
     }
 }

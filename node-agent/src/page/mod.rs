@@ -1,7 +1,8 @@
-//! The page side of the agent: the routes that serve the in-page runtime and the
-//! loopback WebSocket it opens back to the agent.
+//! The agent's side of the in-page runtime: the link to a page over the loopback
+//! WebSocket it opens back to the agent, and the control protocol spoken on it. (The
+//! routes that serve the page are in `http::page`.)
 
 pub mod link;
-pub mod server;
+pub mod protocol;
 
-pub use link::PageLink;
+pub use link::{HelloError, PageLink};

@@ -19,21 +19,54 @@ pub use progress::Stall;
 pub use run::supervise;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::WebSocket;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Fuse, FusedFuture as _};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use webaccel_api::agent::{BrowserStatus, Capabilities};
 
-use crate::browser::{BrowserProcess, LaunchConfig, LaunchTimeouts};
-use crate::page::PageLink;
+use crate::browser::{BrowserProcess, LaunchConfig, LaunchError, LaunchTimeouts};
+use crate::models::Loader;
+use crate::page::{HelloError, PageLink};
 use crate::reaper::Reaper;
+use crate::recorder::Recorder;
+use crate::stats::Stats;
 use progress::Progress;
 pub use webaccel_api::agent::BrowserState;
+
+/// What the supervisor's loops need from the rest of the agent: the models to load
+/// into every browser that takes over (and to preload into the standby), and where a
+/// browser's start, loss and restart are reported.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub loader: Loader,
+    pub recorder: Arc<Recorder>,
+    pub stats: Arc<Stats>,
+}
+
+/// Why a browser could not be started and serving: it failed to launch, or its page
+/// did not connect back and say hello.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("the page's socket was dropped")]
+    SocketDropped,
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error("the runtime page did not say hello within {0:?}")]
+    NoHello(Duration),
+    #[error("{browser} exited before its page said hello ({status})")]
+    ExitedBeforeHello {
+        browser: &'static str,
+        status: String,
+    },
+}
 
 /// What the supervisor knows about the current browser, as reported by `/v1/stats` and
 /// `/v1/capabilities`.
@@ -201,14 +234,12 @@ impl BrowserSupervisor {
         self.state.send_replace(state);
     }
 
-    fn lock_info(&self) -> std::sync::MutexGuard<'_, BrowserInfo> {
-        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_info(&self) -> MutexGuard<'_, BrowserInfo> {
+        self.info.lock()
     }
 
-    fn lock_pages(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Option<oneshot::Sender<WebSocket>>>> {
-        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_pages(&self) -> MutexGuard<'_, HashMap<String, Option<oneshot::Sender<WebSocket>>>> {
+        self.pages.lock()
     }
 
     /// Whether `s` belongs to a live (or starting) page.
@@ -234,7 +265,7 @@ impl BrowserSupervisor {
 
     /// Launches a browser and waits for its page to say hello (its runtime started).
     /// Every step is bounded; on failure nothing of the browser is left running.
-    async fn start(&self, base_url: &str, progress: &Progress) -> Result<Browser, String> {
+    async fn start(&self, base_url: &str, progress: &Progress) -> Result<Browser, StartError> {
         let started = Instant::now();
         let secret = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
@@ -253,24 +284,18 @@ impl BrowserSupervisor {
             let process = BrowserProcess::launch(&self.launch, &url, &self.reaper, *launch).await?;
             progress.enter("waiting for the page", self.timing.hello_timeout);
             let hello = async {
-                let socket = rx
-                    .await
-                    .map_err(|_| "the page's socket was dropped".to_owned())?;
-                PageLink::accept(socket, secret.clone()).await
+                let socket = rx.await.map_err(|_| StartError::SocketDropped)?;
+                Ok(PageLink::accept(socket, secret.clone()).await?)
             };
             let outcome = tokio::select! {
                 r = tokio::time::timeout(self.timing.hello_timeout, hello) => match r {
                     Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "the runtime page did not say hello within {:?}",
-                        self.timing.hello_timeout
-                    )),
+                    Err(_) => Err(StartError::NoHello(self.timing.hello_timeout)),
                 },
-                e = process.exited() => Err(format!(
-                    "{} exited before its page said hello ({})",
-                    self.launch.kind.display_name(),
-                    e.map_or_else(|| "unknown status".to_owned(), |e| e.to_string())
-                )),
+                e = process.exited() => Err(StartError::ExitedBeforeHello {
+                    browser: self.launch.kind.display_name(),
+                    status: e.map_or_else(|| "unknown status".to_owned(), |e| e.to_string()),
+                }),
             };
             match outcome {
                 Ok((link, capabilities)) => Ok(Browser {

@@ -1,9 +1,9 @@
 //! The supervisor's watchdog: each loop says which step it is in and how long that step
 //! may take; a loop found past that bound (plus a grace) is stuck, and `/healthz` says so.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, MutexGuard};
 use serde::Serialize;
 
 /// Where a loop is and until when it is expected to move on.
@@ -45,8 +45,8 @@ impl Progress {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Step> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Step> {
+        self.0.lock()
     }
 
     /// Enters a step that must end within `bound`.

@@ -8,8 +8,7 @@ use tokio_util::sync::CancellationToken;
 use webaccel_api::ErrorCategory;
 
 use super::spare::{QUICK_FAILURE, Spares, restart_backoff};
-use super::{Browser, BrowserState, Exit, Role};
-use crate::agent::Agent;
+use super::{Browser, BrowserState, BrowserSupervisor, Exit, Host, Role};
 use crate::error::AgentError;
 
 /// Bound on waiting for a browser from the spare loop: a launch (at most 45 s), a page
@@ -18,14 +17,14 @@ const BROWSER_WAIT: Duration = Duration::from_secs(120);
 
 /// Loads the models into `browser` and watches it until it fails or the agent stops.
 async fn serve(
-    agent: &Agent,
+    sup: &BrowserSupervisor,
+    host: &Host,
     browser: &mut Browser,
     shutdown: &CancellationToken,
     down_since: &mut Option<Instant>,
 ) -> Exit {
-    let sup = &agent.browser;
     let link = browser.link.clone();
-    let mut reload = std::pin::pin!(agent.models.reload_all(agent, &link));
+    let mut reload = std::pin::pin!(host.loader.reload_all(&link));
     let mut reloaded = false;
     let mut watch = std::pin::pin!(sup.watch(browser, Role::Active, shutdown));
     loop {
@@ -63,10 +62,14 @@ fn in_flight_error(exit: Exit, hang_timeout: Duration) -> AgentError {
 }
 
 /// The supervisor's loop; runs until `shutdown` is cancelled.
-pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: CancellationToken) {
-    let sup = &agent.browser;
+pub async fn supervise(
+    sup: Arc<BrowserSupervisor>,
+    host: Host,
+    base_url: String,
+    shutdown: CancellationToken,
+) {
     let progress = &sup.active_progress;
-    let spares = Spares::start(agent.clone(), base_url, shutdown.clone());
+    let spares = Spares::start(sup.clone(), host.loader.clone(), base_url, shutdown.clone());
     let mut quick_failures: u32 = 0;
     let mut down_since: Option<Instant> = None;
     while !shutdown.is_cancelled() {
@@ -93,19 +96,18 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
         }
         sup.set_state(BrowserState::LoadingModels);
         tracing::info!(generation, pid = browser.process.pid(), version = %browser.process.version(), "browser serving");
-        agent.recorder.set_browser(
+        host.recorder.set_browser(
             browser.process.kind().as_str(),
             browser.process.version(),
             &browser.capabilities,
         );
-        agent
-            .recorder
+        host.recorder
             .browser_event("started", "", browser.start_ms, &browser.capabilities);
         let capabilities = browser.capabilities.clone();
         sup.link.send_replace(Some(browser.link.clone()));
         let up_since = Instant::now();
 
-        let exit = serve(&agent, &mut browser, &shutdown, &mut down_since).await;
+        let exit = serve(&sup, &host, &mut browser, &shutdown, &mut down_since).await;
         sup.link.send_replace(None);
         let detected = Instant::now();
         browser
@@ -118,8 +120,8 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             Exit::Hung => "hung",
             Exit::Shutdown => "stopped",
         };
-        agent.recorder.browser_event(event, "", 0.0, &capabilities);
-        agent.models.mark_for_reload();
+        host.recorder.browser_event(event, "", 0.0, &capabilities);
+        host.loader.models.mark_for_reload();
         if exit == Exit::Shutdown {
             break;
         }
@@ -130,7 +132,7 @@ pub async fn supervise(agent: Arc<Agent>, base_url: String, shutdown: Cancellati
             0
         };
         tracing::warn!(generation, reason = event, "browser lost; replacing it");
-        agent.stats.browser_restarted(event);
+        host.stats.browser_restarted(event);
         let mut info = sup.lock_info();
         info.restarts += 1;
         info.last_restart_reason = Some(event.to_owned());

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Browser, BrowserState, Exit, Role};
-use crate::agent::Agent;
+use super::{Browser, BrowserState, BrowserSupervisor, Exit, Role};
+use crate::models::Loader;
 
 /// A standby page must answer a ping this fast to be trusted with traffic.
 const STANDBY_CHECK: Duration = Duration::from_millis(500);
@@ -58,9 +58,14 @@ pub(super) struct Spares {
 }
 
 impl Spares {
-    pub(super) fn start(agent: Arc<Agent>, base_url: String, shutdown: CancellationToken) -> Self {
+    pub(super) fn start(
+        sup: Arc<BrowserSupervisor>,
+        loader: Loader,
+        base_url: String,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (requests, rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(agent, base_url, rx, shutdown));
+        let task = tokio::spawn(run(sup, loader, base_url, rx, shutdown));
         Self { requests, task }
     }
 
@@ -109,12 +114,12 @@ async fn while_taking_requests<T>(
 }
 
 async fn run(
-    agent: Arc<Agent>,
+    sup: Arc<BrowserSupervisor>,
+    loader: Loader,
     base_url: String,
     mut requests: mpsc::Receiver<Request>,
     shutdown: CancellationToken,
 ) {
-    let sup = &agent.browser;
     let progress = &sup.spare_progress;
     let keep_standby = sup.timing.standby;
     let mut waiting: Option<Request> = None;
@@ -175,17 +180,14 @@ async fn run(
                 tracing::error!(error = %e, failed_launches, "browser launch failed");
                 let mut info = sup.lock_info();
                 info.failed_launches = failed_launches;
-                info.last_launch_error = Some(e);
+                info.last_launch_error = Some(e.to_string());
                 continue;
             }
         };
         if waiting.is_none() {
             // A standby: compile the serving models now, so switching to it is instant.
-            progress.enter(
-                "preloading models into the standby",
-                agent.args.load_timeout * 2,
-            );
-            let preload = agent.models.preload(&agent, &browser.link);
+            progress.enter("preloading models into the standby", loader.timeout * 2);
+            let preload = loader.preload(&browser.link);
             if while_taking_requests(preload, &mut requests, &mut waiting, &shutdown)
                 .await
                 .is_none()

@@ -1,3 +1,4 @@
+// @ts-check
 // Honest capability detection: what this browser can really run, and why not where it
 // cannot. Nothing here is assumed from the user agent string.
 
@@ -8,6 +9,10 @@ const SIMD_PROBE = new Uint8Array([
   253, 15, 253, 98, 11,
 ]);
 
+// WebGPU's and WebNN's interfaces are not in TypeScript's DOM library (and no typings
+// package for them is installed): the page reads them untyped.
+const nav = /** @type {any} */ (navigator);
+
 // Adapters that are CPU rasterisers rather than GPUs, by architecture or description.
 const SOFTWARE_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|warp|microsoft basic render/i;
 
@@ -17,7 +22,7 @@ export async function detectWebGpu() {
   }
   let adapter;
   try {
-    adapter = await navigator.gpu.requestAdapter();
+    adapter = await nav.gpu.requestAdapter();
   } catch (e) {
     return { available: false, reason: `requestAdapter() threw: ${e}` };
   }
@@ -58,7 +63,7 @@ export async function detectWebNn() {
       continue;
     }
     try {
-      const ctx = await navigator.ml.createContext({ deviceType });
+      const ctx = await nav.ml.createContext({ deviceType });
       devices[deviceType] = { available: true };
       ctx.destroy?.();
     } catch (e) {

@@ -1,4 +1,5 @@
-// Runs an ensemble (crds/src/agent/ensemble.rs): its steps back to back in this
+// @ts-check
+// Runs an ensemble (api/src/agent/ensemble.rs): its steps back to back in this
 // onnxruntime-web instance, each step's outputs kept where the step left them (typed
 // arrays for wasm, GPU buffers for webgpu sessions, which return their outputs on the
 // GPU) and handed to the next step as they are. Only the ensemble's outputs are read

@@ -1,16 +1,30 @@
+// @ts-check
 // Where the page's requests run: a LocalExecutor holds an onnxruntime-web instance in the
 // page's own thread; a WorkerExecutor holds one in a dedicated Web Worker (worker.js) and
-// replaces the worker when it stops answering. Both take the same calls
-// (`init`, `load`, `unload`, `retain`, `infer`) and run one request at a time.
+// replaces the worker when it stops answering. Both take the same calls (protocol.js's
+// runtimeCalls, and `init` for a worker) and run one request at a time.
 
-import { createSessions, now } from './sessions.js';
+import { now } from './clock.js';
+import { Op, callFor, runtimeCalls } from './protocol.js';
+import { createSessions } from './sessions.js';
+
+/** @typedef {import('./page.js').Hooks} Hooks */
+/**
+ * @typedef {{threads: number, build: string, workers: number, hangMs: number,
+ *   loadHangMs: number}} Config
+ */
 
 class Executor {
+  /**
+   * @param {number} index
+   * @param {Hooks} hooks
+   */
   constructor(index, hooks) {
     this.index = index;
     this.hooks = hooks;
     this.ready = false;
     // The request running here, if any (set and cleared by the page's dispatcher).
+    /** @type {object | null} */
     this.current = null;
     this.runs = 0;
     this.restarts = 0;
@@ -24,32 +38,49 @@ class Executor {
 }
 
 export class LocalExecutor extends Executor {
+  /**
+   * @param {number} index
+   * @param {Config} config
+   * @param {any} capabilities
+   * @param {Hooks} hooks
+   */
   constructor(index, config, capabilities, hooks) {
     super(index, hooks);
+    /** @type {'local'} */
+    this.kind = 'local';
     this.runtime = createSessions({ ...config, capabilities, onGpuLost: hooks.onGpuLost });
+    this.calls = runtimeCalls(() => this.runtime);
     this.started = this.runtime.start();
     this.started.then(() => { this.ready = true; }, () => {});
   }
 
   // A busy loop here would freeze the whole page, which the agent's own heartbeat
   // catches; nothing to watch.
-  async call(op, data) {
-    switch (op) {
-      case 'load': return this.runtime.load(data.msg, data.bytes);
-      case 'unload': return this.runtime.unload(data.name);
-      case 'retain': return this.runtime.retain(data.names);
-      case 'ensemble': return this.runtime.ensemble(data.msg);
-      case 'infer': return this.runtime.infer(data.buf, data.received);
-      default: throw new Error(`unknown call '${op}'`);
-    }
+  /**
+   * @param {string} op
+   * @param {object} [data]
+   */
+  async call(op, data = {}) {
+    return callFor(this.calls, op)(data);
   }
 }
 
 export class WorkerExecutor extends Executor {
+  /**
+   * @param {number} index
+   * @param {Config} config
+   * @param {any} capabilities
+   * @param {Hooks} hooks
+   */
   constructor(index, config, capabilities, hooks) {
     super(index, hooks);
+    /** @type {'worker'} */
+    this.kind = 'worker';
     this.config = config;
     this.capabilities = capabilities;
+    /** @type {Map<number, {resolve: (v: any) => void, reject: (e: Error) => void, op: string, sent: number}>} */
+    this.calls = new Map();
+    this.seq = 0;
     this.spawn();
   }
 
@@ -67,14 +98,15 @@ export class WorkerExecutor extends Executor {
       this.replace(`page worker ${this.index} failed: ${ev.message ?? 'error event'}`);
     };
     const { threads, build } = this.config;
+    /** @type {Promise<{start_ms: number, ort_version: string | null}>} */
     this.started = (async () => {
-      const info = await this.post('init', { threads, build, capabilities: this.capabilities });
+      const info = await this.post(Op.init, { threads, build, capabilities: this.capabilities });
       const all = [...this.hooks.models()];
       // Models first, then the ensembles made of them.
-      for (const msg of all.filter((m) => m.op !== 'ensemble')) {
-        await this.post('load', { msg, bytes: await this.hooks.fetchModel(msg.url) });
+      for (const msg of all.filter((m) => m.op !== Op.ensemble)) {
+        await this.post(Op.load, { msg, bytes: await this.hooks.fetchModel(msg.url) });
       }
-      for (const msg of all.filter((m) => m.op === 'ensemble')) await this.post('ensemble', { msg });
+      for (const msg of all.filter((m) => m.op === Op.ensemble)) await this.post(Op.ensemble, { msg });
       return info;
     })();
     this.started.then(() => {
@@ -83,9 +115,10 @@ export class WorkerExecutor extends Executor {
     }, () => {});
   }
 
+  /** @param {{seq: number, ok: boolean, value?: any, error?: string} | {event: string, message: string}} data */
   onReply(data) {
-    if (data.event === 'gpu_lost') {
-      this.hooks.onGpuLost(data.message);
+    if ('event' in data) {
+      if (data.event === Op.gpuLost) this.hooks.onGpuLost(data.message);
       return;
     }
     const call = this.calls.get(data.seq);
@@ -95,6 +128,12 @@ export class WorkerExecutor extends Executor {
     else call.reject(new Error(data.error));
   }
 
+  /**
+   * @param {string} op
+   * @param {object} [data]
+   * @param {Transferable[]} [transfer]
+   * @returns {Promise<any>}
+   */
   post(op, data = {}, transfer = []) {
     const seq = ++this.seq;
     return new Promise((resolve, reject) => {
@@ -105,6 +144,11 @@ export class WorkerExecutor extends Executor {
 
   // A call once this worker has started (a replaced worker's calls wait for its
   // replacement).
+  /**
+   * @param {string} op
+   * @param {object} [data]
+   * @param {Transferable[]} [transfer]
+   */
   async call(op, data = {}, transfer = []) {
     await this.started;
     return this.post(op, data, transfer);
@@ -116,7 +160,7 @@ export class WorkerExecutor extends Executor {
   checkHung() {
     const t = now();
     for (const call of this.calls.values()) {
-      const bound = call.op === 'load' || call.op === 'init' ? this.config.loadHangMs : this.config.hangMs;
+      const bound = call.op === Op.load || call.op === Op.init ? this.config.loadHangMs : this.config.hangMs;
       if (t - call.sent > bound) {
         this.replace(`page worker ${this.index} did not answer a '${call.op}' call for ${Math.round(t - call.sent)} ms: replaced`);
         return;
@@ -126,6 +170,7 @@ export class WorkerExecutor extends Executor {
 
   // Terminates the worker, fails what it was doing (retryable for requests: the page
   // answers them as browser_crashed) and starts another in its place.
+  /** @param {string} reason */
   replace(reason) {
     this.worker.terminate();
     this.ready = false;

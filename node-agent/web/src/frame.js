@@ -1,5 +1,7 @@
-// The binary frame format of webaccel's wire protocol; the Rust side is
-// crds/src/wire.rs, which documents the layout. Kept byte-for-byte in step with it.
+// @ts-check
+// The binary frame format of webaccel's wire protocol; the Rust side is api/src/wire.rs,
+// which documents the layout. Kept byte for byte in step with it: test/golden/frames/
+// holds frames both sides' tests read and write.
 
 const MAGIC = [0x57, 0x41, 0x46, 0x31]; // "WAF1"
 const PREFIX_LEN = 20;
@@ -7,6 +9,9 @@ const ALIGN = 8;
 export const KIND_REQUEST = 1;
 export const KIND_RESPONSE = 2;
 export const KIND_ERROR = 3;
+// A model the page answers by sending the request's tensors straight back (ECHO_MODEL in
+// api/src/wire.rs): the bridge's floor, for benchmarks.
+export const ECHO_MODEL = '__echo__';
 
 const SIZES = {
   BOOL: 1, UINT8: 1, INT8: 1, UINT16: 2, INT16: 2, FP16: 2,
@@ -21,15 +26,29 @@ const ORT_TYPES = {
 };
 const FROM_ORT = Object.fromEntries(Object.entries(ORT_TYPES).map(([k, [o]]) => [o, k]));
 
+/** @type {(datatype: string) => string | undefined} */
 export const ortType = (datatype) => ORT_TYPES[datatype]?.[0];
+/** @type {(ortName: string) => string | undefined} */
 export const datatypeOf = (ortName) => FROM_ORT[ortName];
 
+/** @typedef {{name: string, datatype: string, shape: number[]}} TensorHeader */
+/**
+ * A tensor of a frame: its data a typed array (BigInt64Array for INT64, Uint16Array of
+ * IEEE half bits for FP16, Uint8Array for BOOL).
+ * @typedef {TensorHeader & {data: ArrayBufferView}} FrameTensor
+ */
+
+/** @param {number} n */
 const alignUp = (n) => Math.ceil(n / ALIGN) * ALIGN;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-// Decodes a frame into {kind, id, header, tensors: [{name, datatype, shape, data}]} where
-// data is a typed array viewing the frame's buffer (no copy: tensors are 8-aligned).
+/**
+ * Decodes a frame into {kind, id, header, tensors} where each tensor's data is a typed
+ * array viewing the frame's buffer (no copy: tensors are 8-aligned).
+ * @param {ArrayBuffer} buf
+ * @returns {{kind: number, id: bigint, header: any, tensors: FrameTensor[]}}
+ */
 export function decodeFrame(buf) {
   const view = new DataView(buf);
   if (buf.byteLength < PREFIX_LEN) throw new Error('frame shorter than its prefix');
@@ -40,7 +59,7 @@ export function decodeFrame(buf) {
   const header = JSON.parse(decoder.decode(new Uint8Array(buf, PREFIX_LEN, headerLen)));
   let cursor = PREFIX_LEN + headerLen;
   const list = kind === KIND_REQUEST ? header.inputs : kind === KIND_RESPONSE ? header.outputs : [];
-  const tensors = list.map((t) => {
+  const tensors = list.map((/** @type {TensorHeader} */ t) => {
     const count = t.shape.reduce((a, b) => a * b, 1);
     const start = alignUp(cursor);
     const bytes = count * SIZES[t.datatype];
@@ -52,7 +71,14 @@ export function decodeFrame(buf) {
   return { kind, id, header, tensors };
 }
 
-// Encodes a frame; tensors are [{name, datatype, shape, data: TypedArray}].
+/**
+ * Encodes a frame; the header lists the tensors, whose data follows in this order.
+ * @param {number} kind
+ * @param {bigint | number} id
+ * @param {object} header
+ * @param {{data: ArrayBufferView}[]} tensors
+ * @returns {ArrayBuffer}
+ */
 export function encodeFrame(kind, id, header, tensors = []) {
   const headerBytes = encoder.encode(JSON.stringify(header));
   let size = PREFIX_LEN + headerBytes.length;
@@ -73,4 +99,32 @@ export function encodeFrame(kind, id, header, tensors = []) {
     bytes.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), offsets[i]);
   });
   return buf;
+}
+
+/**
+ * A response frame: what ran the request, how long it took (`compute_ms` in the runtime,
+ * `page_ms` in the page from receiving the request), and the outputs.
+ * @param {bigint | number} id
+ * @param {{model: string, backend: string, compute_ms: number, page_ms: number}} run
+ * @param {FrameTensor[]} outputs
+ */
+export function responseFrame(id, { model, backend, compute_ms: computeMs, page_ms: pageMs }, outputs) {
+  const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
+  return encodeFrame(KIND_RESPONSE, id, {
+    model, backend, compute_ms: computeMs, page_ms: pageMs, outputs: meta,
+  }, outputs);
+}
+
+// The categories the page answers with that a client may retry (ErrorCategory's
+// is_retryable in api/src/error.rs, for the categories the page uses).
+const RETRYABLE = new Set(['model_not_ready', 'browser_crashed']);
+
+/**
+ * An error frame answering request `id`.
+ * @param {bigint | number} id
+ * @param {'model_not_ready' | 'browser_crashed' | 'inference_failed'} category
+ * @param {string} message
+ */
+export function errorFrame(id, category, message) {
+  return encodeFrame(KIND_ERROR, id, { category, message, retryable: RETRYABLE.has(category) });
 }

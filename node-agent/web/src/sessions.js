@@ -1,13 +1,25 @@
+// @ts-check
 // One onnxruntime-web instance and the sessions it holds: loads models, runs request
 // frames, releases sessions. The page's main thread uses one of these directly when it
 // runs a single worker; with page workers each Web Worker (worker.js) holds its own, so
 // several requests compute at once, each on its own wasm instance and threads.
 
-import * as ortWasm from './ort/ort.wasm.min.mjs';
+// The agent serves onnxruntime-web's dist/ folder as ./ort/ (http/page.rs); its types are
+// the package's.
+// @ts-ignore: resolved by the agent's routes, not on disk under src/
+import * as ortWasmModule from './ort/ort.wasm.min.mjs';
+import { now } from './clock.js';
 import { readBack, release, runEnsemble } from './ensemble.js';
-import {
-  KIND_ERROR, KIND_RESPONSE, datatypeOf, decodeFrame, encodeFrame, ortType,
-} from './frame.js';
+import { datatypeOf, decodeFrame, errorFrame, ortType, responseFrame } from './frame.js';
+
+/** @typedef {typeof import('onnxruntime-web')} Ort */
+/** @typedef {import('./protocol.js').LoadCommand} LoadCommand */
+/** @typedef {import('./protocol.js').EnsembleCommand} EnsembleCommand */
+/** @typedef {import('./protocol.js').SessionLoad} SessionLoad */
+/** @typedef {import('./protocol.js').BackendCandidate} BackendCandidate */
+/** @typedef {import('./protocol.js').Runtime} Runtime */
+
+const ortWasm = /** @type {Ort} */ (ortWasmModule);
 
 // A one-node model (Identity over one float), serialised by onnx.helper (opset 17,
 // IR 8). Running it before serving compiles and starts onnxruntime's wasm, the slowest
@@ -28,10 +40,6 @@ for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
     else original(...args);
   };
 }
-
-// Milliseconds on a clock the page and its workers share: each has its own
-// `performance.now()` origin, `timeOrigin` puts them on one.
-export const now = () => performance.timeOrigin + performance.now();
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -99,11 +107,6 @@ export function refusal(capabilities, backend, webnnDevice) {
   return null;
 }
 
-export function errorFrame(id, category, message) {
-  const retryable = category === 'model_not_ready' || category === 'browser_crashed';
-  return encodeFrame(KIND_ERROR, id, { category, message, retryable });
-}
-
 // `threads`: wasm threads of this instance (0: onnxruntime-web's default). `build`:
 // 'all' puts wasm sessions on the WebGPU build too (the agent's --wasm-build all).
 // `capabilities`: the page's report. `onGpuLost(message)`: called once if the WebGPU
@@ -124,6 +127,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
   let ortAllLoading = null;
   const ortFor = (backend) => {
     if (backend === 'wasm' && build !== 'all') return Promise.resolve(ortWasm);
+    // @ts-ignore: resolved by the agent's routes, like ./ort/ort.wasm.min.mjs above
     ortAllLoading ??= import('./ort/ort.all.min.mjs').then(configure);
     return ortAllLoading;
   };
@@ -134,7 +138,13 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
   // onnxruntime-web allows one asynchronous operation (create, run, release) at a time
   // per instance, across all its sessions: a second one throws "Session already
   // started". Every call into this instance goes through this queue.
+  /** @type {Promise<unknown>} */
   let queue = Promise.resolve();
+  /**
+   * @template T
+   * @param {() => T | PromiseLike<T>} fn
+   * @returns {Promise<T>}
+   */
   const exclusive = (fn) => {
     const p = queue.then(fn);
     queue = p.catch(() => {});
@@ -356,10 +366,8 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
           }
         }
         const computeMs = performance.now() - t0;
-        const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
-        return encodeFrame(KIND_RESPONSE, id, {
-          model: header.model, backend: entry.backend, compute_ms: computeMs,
-          page_ms: now() - received, outputs: meta,
+        return responseFrame(id, {
+          model: header.model, backend: entry.backend, compute_ms: computeMs, page_ms: now() - received,
         }, outputs);
       } catch (e) {
         const message = String(e?.message ?? e);

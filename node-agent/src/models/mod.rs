@@ -1,0 +1,180 @@
+//! The models this agent serves: their specs and their load state ([`ModelRegistry`]),
+//! and loading them into a page, again after every browser restart ([`Loader`]).
+
+mod load;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::Semaphore;
+use webaccel_api::agent::BackendCandidate;
+pub use webaccel_api::agent::{BatchingStatus, IoMeta, LoadedModel, ModelDescription, ModelState};
+use webaccel_api::{Backend, WebNnDevice};
+
+pub use load::Loader;
+
+use crate::batcher::Batcher;
+use crate::config::ModelSpec;
+use crate::error::AgentError;
+use crate::inspect::Inspection;
+
+/// What `auto` chose for a model: the backend, the WebNN device if any, and the
+/// measurements behind the choice.
+#[derive(Debug, Clone)]
+struct PinnedBackend {
+    backend: Backend,
+    webnn_device: Option<WebNnDevice>,
+    candidates: Option<Vec<BackendCandidate>>,
+}
+
+#[derive(Debug)]
+pub struct ModelEntry {
+    pub spec: ModelSpec,
+    state: RwLock<ModelState>,
+    /// The backend `auto` picked, reused after a restart instead of measuring again.
+    pinned: RwLock<Option<PinnedBackend>>,
+    /// As many runs at once in the page per model as it has workers (onnxruntime-web
+    /// instances: each runs one at a time); the rest queue here.
+    pub slot: Arc<Semaphore>,
+    /// The dynamic batching queue, used when the model loaded with batching enabled.
+    pub batcher: Arc<Batcher>,
+    /// The file's digest once fetched, so reloads read the cache, not the source.
+    resolved_sha: RwLock<Option<String>>,
+    /// What the graph of the file with that digest says, read once: a reload after a
+    /// browser restart (the recovery path) does not decode the model again.
+    inspected: RwLock<Option<(String, Arc<Inspection>)>>,
+    /// Whether the agent is unready while this model is not loaded: true for models given
+    /// on the command line and for any model once it has loaded (so a browser restart that
+    /// must reload it makes the pod unready), false for a model loading for the first time
+    /// at run time, which must not take the models already served out of rotation.
+    gates_readiness: std::sync::atomic::AtomicBool,
+}
+
+impl ModelEntry {
+    fn new(spec: ModelSpec, runs_at_once: usize) -> Self {
+        Self {
+            batcher: Arc::new(Batcher::new(&spec)),
+            spec,
+            state: RwLock::new(ModelState::Pending),
+            pinned: RwLock::new(None),
+            slot: Arc::new(Semaphore::new(runs_at_once.max(1))),
+            resolved_sha: RwLock::new(None),
+            inspected: RwLock::new(None),
+            gates_readiness: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.state.read().clone()
+    }
+
+    /// Makes readiness wait for this model (see `gates_readiness`).
+    pub fn gate_readiness(&self) {
+        self.gates_readiness
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn gates_readiness(&self) -> bool {
+        self.gates_readiness
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Shows the model as loading (a background load is about to start).
+    pub fn mark_loading(&self) {
+        self.set_state(ModelState::Loading);
+    }
+
+    fn set_state(&self, s: ModelState) {
+        *self.state.write() = s;
+    }
+
+    pub fn loaded(&self) -> Result<LoadedModel, AgentError> {
+        match self.state() {
+            ModelState::Loaded(m) => Ok(*m),
+            other => Err(AgentError::ModelNotReady {
+                name: self.spec.name.clone(),
+                state: other.name().into(),
+            }),
+        }
+    }
+
+    pub fn describe(&self) -> ModelDescription {
+        ModelDescription {
+            name: self.spec.name.clone(),
+            spec: self.spec.clone(),
+            status: self.state(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ModelRegistry {
+    entries: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    /// Runs of one model the page takes at once: its workers (`--page-workers`).
+    runs_at_once: usize,
+}
+
+impl ModelRegistry {
+    pub fn new(runs_at_once: usize) -> Self {
+        Self {
+            entries: RwLock::default(),
+            runs_at_once,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.entries.read().get(name).cloned()
+    }
+
+    /// The model called `name`, or the 404 error naming it.
+    pub fn require(&self, name: &str) -> Result<Arc<ModelEntry>, AgentError> {
+        self.get(name)
+            .ok_or_else(|| AgentError::ModelNotFound(name.to_owned()))
+    }
+
+    pub fn all(&self) -> Vec<Arc<ModelEntry>> {
+        self.entries.read().values().cloned().collect()
+    }
+
+    /// Adds (or replaces) a model in the pending state; the supervisor or the caller
+    /// loads it.
+    pub fn insert(&self, spec: ModelSpec) -> Arc<ModelEntry> {
+        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once));
+        self.entries
+            .write()
+            .insert(entry.spec.name.clone(), entry.clone());
+        entry
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.entries.write().remove(name)
+    }
+
+    /// After a browser is lost its sessions are gone: loaded (and loading) models go
+    /// back to pending, to be loaded into the next browser.
+    pub fn mark_for_reload(&self) {
+        for e in self.all() {
+            if matches!(e.state(), ModelState::Loaded(_) | ModelState::Loading) {
+                e.set_state(ModelState::Pending);
+            }
+        }
+    }
+
+    /// Every model, ensembles after the models they are made of.
+    fn in_load_order(&self) -> Vec<Arc<ModelEntry>> {
+        let (ensembles, models): (Vec<_>, Vec<_>) = self
+            .all()
+            .into_iter()
+            .partition(|e| e.spec.ensemble.is_some());
+        models.into_iter().chain(ensembles).collect()
+    }
+
+    /// Whether any model is still on its way in.
+    /// A model readiness waits for is not loaded yet (or again).
+    pub fn any_loading(&self) -> bool {
+        self.all().iter().any(|e| {
+            e.gates_readiness() && matches!(e.state(), ModelState::Pending | ModelState::Loading)
+        })
+    }
+}
