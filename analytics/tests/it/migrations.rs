@@ -1,0 +1,77 @@
+//! Migrations against a real ClickHouse server (Debian's 18.16 here): the tables come
+//! out with the types this server supports, and running them twice changes nothing.
+
+use webaccel_analytics::schema::migrate;
+
+#[tokio::test]
+async fn migrations_apply_once_and_adapt_to_the_server() {
+    let ch = crate::common::start().await;
+    let settings = ch.settings("webaccel_test");
+
+    let first = migrate(&settings).await.unwrap();
+    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6]);
+    assert!(first.already.is_empty());
+    let second = migrate(&settings).await.unwrap();
+    assert!(second.applied.is_empty());
+    assert_eq!(second.already, [1, 2, 3, 4, 5, 6]);
+
+    let tables = crate::common::query(
+        &ch,
+        "SELECT name FROM system.tables WHERE database = 'webaccel_test' ORDER BY name",
+    )
+    .await;
+    assert_eq!(
+        tables.lines().collect::<Vec<_>>(),
+        [
+            "browser_connections",
+            "gateway_requests",
+            "inference_performance",
+            "pool_events",
+            "regressions",
+            "schema_migrations"
+        ]
+    );
+    assert_eq!(
+        crate::common::query(&ch, "SELECT count() FROM webaccel_test.schema_migrations").await,
+        "6"
+    );
+
+    let version = crate::common::query(&ch, "SELECT version()").await;
+    let event_time = crate::common::query(&ch, "SELECT type FROM system.columns WHERE database = 'webaccel_test' AND table = 'inference_performance' AND name = 'event_time'")
+        .await;
+    let model = crate::common::query(&ch, "SELECT type FROM system.columns WHERE database = 'webaccel_test' AND table = 'inference_performance' AND name = 'model'")
+        .await;
+    if first.features.datetime64 {
+        assert_eq!(event_time, "DateTime64(3)", "server {version}");
+    } else {
+        assert_eq!(event_time, "Int64", "server {version}");
+    }
+    if first.features.low_cardinality {
+        assert_eq!(model, "LowCardinality(String)");
+    } else {
+        assert_eq!(model, "String", "server {version}");
+    }
+
+    // Migration 6 added dynamic_batch_size, which reads as batch_size where unwritten.
+    crate::common::query(
+        &ch,
+        "INSERT INTO webaccel_test.inference_performance (row_id, batch_size) VALUES (1, 3)",
+    )
+    .await;
+    assert_eq!(
+        crate::common::query(
+            &ch,
+            "SELECT dynamic_batch_size FROM webaccel_test.inference_performance WHERE row_id = 1"
+        )
+        .await,
+        "3"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_clear_error() {
+    let settings =
+        webaccel_analytics::ClickHouseSettings::new("http://127.0.0.1:9", "db", "test").unwrap();
+    let err = migrate(&settings).await.unwrap_err().to_string();
+    assert!(err.contains("http://127.0.0.1:9"), "{err}");
+}
