@@ -127,11 +127,33 @@ bins_for() {
   done | sort -u
 }
 
+# The Containerfile of an image: chrome and edge share vendor/Containerfile (a
+# Chromium-family browser from its vendor's apt repository).
+containerfile_of() {
+  case $1 in
+    chrome | edge) echo browser-images/vendor/Containerfile ;;
+    *) echo "browser-images/$1/Containerfile" ;;
+  esac
+}
+
+# The build arguments an image's defaults file gives (vendor/<image>.args), one
+# --build-arg each; the caller's own arguments come after and win.
+default_build_args() {
+  local f=browser-images/vendor/$1.args line
+  [[ -f $f ]] || return 0
+  while IFS= read -r line; do
+    [[ -z $line || $line == \#* ]] || printf '%s\n' --build-arg "$line"
+  done <"$f"
+}
+
 build_one() {
   local image=$1 ctx=$2
   shift 2
-  local file=browser-images/$image/Containerfile
+  local file
+  file=$(containerfile_of "$image")
   [[ -f $file ]] || { echo "images: no $file" >&2; return 1; }
+  local -a defaults
+  mapfile -t defaults < <(default_build_args "$image")
   local log=$ctx.log start old
   start=$(now)
   old=$(podman image inspect --format '{{.Id}}' "$(image_ref "$image")" 2>/dev/null || true)
@@ -148,7 +170,7 @@ build_one() {
     local -a tags=(-t "$(image_ref "$image")" -t "$(local_ref "$image")")
     [[ -n $stage ]] && tags=(--target "$stage" -t "localhost/webaccel/$(repo_name "$image")-stage-$stage:cache")
     if ! timeout 1800 podman build --layers --pull=never --network host \
-      --build-arg BASE="$base_image" -f "$file" "${tags[@]}" "$@" "$ctx" >>"$log" 2>&1; then
+      --build-arg BASE="$base_image" "${defaults[@]}" -f "$file" "${tags[@]}" "$@" "$ctx" >>"$log" 2>&1; then
       echo "images: building $image${stage:+ (stage $stage)} failed; the end of podman's output:" >&2
       tail -n 60 "$log" >&2
       return 1
@@ -277,7 +299,7 @@ cmd_test() {
   local t0 fixtures=node-agent/tests/fixtures/models image
   t0=$(now)
   for image in "${images[@]}"; do
-    [[ -f browser-images/$image/Containerfile ]] || { echo "images: no image $image" >&2; return 1; }
+    [[ -f $(containerfile_of "$image") ]] || { echo "images: no image $image" >&2; return 1; }
     podman image exists "$(image_ref "$image")" ||
       { echo "images: $(image_ref "$image") missing: run scripts/images.sh build $image" >&2; return 1; }
   done
