@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, global = true)]
     agent: Option<PathBuf>,
     /// Folder with the test models (`mlp.onnx`, `mlp.json`).
-    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models"))]
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../node-agent/tests/fixtures/models"))]
     models: PathBuf,
     /// Requests per configuration (after warm-up).
     #[arg(long, default_value_t = 2000)]
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     }) = &args.suite
     {
         let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_encoder.py");
+            webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures/make_encoder.py");
         let report =
             workers::run(&bin, &args.models, &script, counts, *concurrency, *count).await?;
         workers::print(&report);
@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(Suite::Ensemble { rows, width, count }) = &args.suite {
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let fixtures = webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures");
         let report = ensemble::run(&bin, &fixtures, *rows, *width, *count).await?;
         ensemble::print(&report);
         std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(Suite::Quantized { runs }) = &args.suite {
-        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let fixtures = webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures");
         let report = quantized::run(&bin, &fixtures, *runs).await?;
         quantized::print(&report);
         std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
@@ -348,7 +348,7 @@ async fn run_compute(
     runs: usize,
 ) -> anyhow::Result<()> {
     let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_encoder.py");
+        webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures/make_encoder.py");
     let report = compute::run(bin, &script, threads, runs).await?;
     println!(
         "in-page compute vs native onnxruntime: encoder {} parameters, {} runs each",
