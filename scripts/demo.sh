@@ -2,10 +2,12 @@
 # The main job, on one machine: `webaccel up` with its built-in example (a Chromium
 # BrowserPool of one to two browsers serving a small MLP, examples/local/), then one
 # inference through the gateway's KServe v2 HTTP API, `webaccel status`, and a stop with
-# SIGTERM (browsers drained, nothing left running).
+# SIGTERM (browsers drained, nothing left running). The machine must be set up first:
+# scripts/setup.sh installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+command -v chromium >/dev/null && [[ -d node-agent/web/node_modules ]] ||
+  { echo "demo: run scripts/setup.sh first (chromium and the in-page runtime's packages are missing)" >&2; exit 1; }
 cargo build --release --locked -p webaccel-cli -p webaccel-node-agent
 bin=${CARGO_TARGET_DIR:-target}/release
 data=$(mktemp -d /tmp/webaccel-demo.XXXXXX)
