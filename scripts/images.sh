@@ -74,7 +74,7 @@ stage_web() {
   fi
   mkdir -p "$out/web/node_modules/onnxruntime-web/dist"
   cp -r "$web/src" "$out/web/src"
-  # The two builds the page imports (runtime.js) and the wasm each of them names.
+  # The two builds the page imports (sessions.js) and the wasm each of them names.
   local -a files=(ort.all.min.mjs ort.wasm.min.mjs)
   local m bundle
   for bundle in ort.all.min.mjs ort.wasm.min.mjs; do
