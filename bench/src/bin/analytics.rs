@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use webaccel_analytics::local::LocalClickHouse;
+use webaccel_bench::pct;
 use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
 use webaccel_analytics::schema::migrate;
 use webaccel_analytics::spool::Spool;
@@ -48,18 +49,6 @@ fn row(k: u64) -> InferenceRow {
         )
     }
 }
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[i - 1]
-}
-
 async fn count(ch: &LocalClickHouse, db: &str) -> anyhow::Result<u64> {
     Ok(ch
         .query(&format!(
@@ -133,10 +122,11 @@ async fn main() -> anyhow::Result<()> {
     writer.shutdown().await;
     let stored = count(&ch, "bench_throughput").await?;
     let throughput = args.rows as f64 / elapsed.as_secs_f64();
+    handoff_us.sort_by(f64::total_cmp);
     let (p50, p99, max) = (
-        pct(&mut handoff_us, 0.5),
-        pct(&mut handoff_us, 0.99),
-        pct(&mut handoff_us, 1.0),
+        pct(&handoff_us, 0.5),
+        pct(&handoff_us, 0.99),
+        pct(&handoff_us, 1.0),
     );
 
     // Spool write and replay rates.

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use webaccel_api::oip;
 use webaccel_api::wire::InferRequest;
 use webaccel_api::{DataType, Tensor};
+use webaccel_bench::pct;
 use webaccel_gateway::backend::BackendConfig;
 use webaccel_gateway::breaker::BreakerConfig;
 use webaccel_gateway::discovery::static_list::{self, AgentRef};
@@ -227,20 +228,6 @@ async fn measure(
     lat.sort_by(f64::total_cmp);
     Ok((lat, errors, wall))
 }
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 async fn start_gateway(
     agents: Vec<AgentRef>,
     stop: &CancellationToken,

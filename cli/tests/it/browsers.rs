@@ -186,6 +186,7 @@ struct Figures {
 
 #[tokio::test]
 async fn recommend_picks_the_faster_of_chromium_and_firefox_on_the_same_model() {
+    let _machine = webaccel_testkit::alone().await;
     let firefox = firefox();
     let _ = webaccel_testkit::agent::agent_binary();
     let ch = LocalClickHouse::start().await.unwrap();

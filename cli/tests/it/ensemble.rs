@@ -22,6 +22,7 @@ fn ensemble_yaml(name: &str, pool: &str, first: &str, second: &str) -> String {
 
 #[tokio::test]
 async fn an_ensemble_deployment_is_placed_with_its_steps_and_served_through_the_gateway() {
+    let _machine = webaccel_testkit::alone().await;
     let dir = tempfile::tempdir().unwrap();
     run(
         Command::new("python3")

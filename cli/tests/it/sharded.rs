@@ -79,6 +79,7 @@ async fn holdings(up: &Up, status: &Value) -> BTreeMap<String, Vec<(String, u64)
 
 #[tokio::test]
 async fn a_model_cut_in_two_and_in_three_is_served_as_one_through_the_gateway() {
+    let _machine = webaccel_testkit::alone().await;
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let whole = dir.path().join("transformer.onnx");

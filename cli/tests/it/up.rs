@@ -12,8 +12,6 @@ use webaccel_testkit::up::{
     self as driver, Load, Up, browser_names, browsers, loaded, pool, pool_yaml,
 };
 
-/// The scenarios start browsers; one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn model_yaml(name: &str, pool: &str, file: &str, replicas: i32) -> String {
     driver::model_yaml(name, pool, &fixture(file), replicas)
 }
@@ -44,7 +42,7 @@ fn mlp_body() -> Value {
 
 #[tokio::test]
 async fn up_serves_every_model_through_the_gateway_and_records_rows() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let ch = LocalClickHouse::start().await.unwrap();
     let manifests = [
         ("pool.yaml", pool_yaml("cpu", "  replicas: 1\n")),
@@ -97,7 +95,7 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
 
 #[tokio::test]
 async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let spec = "  autoscaling:\n    enabled: true\n    minReplicas: 1\n    maxReplicas: 2\n    targetInFlightPerBrowser: 2\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 5\n";
     let up = start(
         &[
@@ -141,7 +139,7 @@ async fn load_grows_the_pool_idle_shrinks_it_and_no_request_fails() {
 
 #[tokio::test]
 async fn a_killed_agent_is_replaced_and_a_changed_pool_rolls_without_failures() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let up = start(
         &[
             (
@@ -246,7 +244,7 @@ async fn bad_manifests_are_refused_with_the_api_servers_messages() {
 
 #[tokio::test]
 async fn nothing_outlives_a_killed_up() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let mut up = start(
         &[
             ("pool.yaml", pool_yaml("p", "  replicas: 1\n")),
@@ -314,7 +312,7 @@ async fn loaded_digests(up: &Up, s: &Value, pool: &str, model: &str) -> Vec<Stri
 
 #[tokio::test]
 async fn up_reports_the_operators_status_reloads_a_changed_file_and_unloads_a_deleted_model() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let files = tempfile::tempdir().unwrap();
     make_quantized(files.path());
     let tx = files.path().join("tx.onnx");

@@ -13,6 +13,7 @@ use crate::support::{READY, agent_ref, gateway, settings, spawn_agent, wait_mode
 
 #[tokio::test]
 async fn stock_clients_call_an_ensemble_through_the_gateway() {
+    let _machine = webaccel_testkit::beside().await;
     let dir = tempfile::tempdir().unwrap();
     let made = std::process::Command::new("python3")
         .arg(repo().join("node-agent/tests/fixtures/make_ensemble.py"))

@@ -16,12 +16,9 @@ use crate::support::{
     self, READY, agent_ref, gateway, mlp_body, mlp_expected, settings, spawn_agent, wait_model,
 };
 
-/// The browsers in these tests load the machine; one scenario at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[tokio::test]
 async fn stock_clients_through_the_gateway_get_onnxruntime_answers() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let models = ["mlp", "cnn", "transformer", "types"];
     let (a, b) = (spawn_agent(&models, &[]), spawn_agent(&models, &[]));
     a.wait_standby(READY).await;
@@ -122,7 +119,7 @@ async fn two_agents_and_a_gateway() -> (AgentProcess, AgentProcess, support::Tes
 
 #[tokio::test]
 async fn a_killed_browser_or_agent_costs_no_client_request() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let (a, b, gw) = two_agents_and_a_gateway().await;
     let url = format!("{}/v2/models/mlp/infer", gw.http());
 
@@ -159,7 +156,7 @@ async fn a_killed_browser_or_agent_costs_no_client_request() {
 
 #[tokio::test]
 async fn a_frozen_browser_opens_its_breaker_and_traffic_moves() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let (a, b, gw) = two_agents_and_a_gateway().await;
     let url = format!("{}/v2/models/mlp/infer", gw.http());
     let admin = format!("http://{}", gw.running.admin.unwrap());
@@ -214,7 +211,7 @@ async fn a_frozen_browser_opens_its_breaker_and_traffic_moves() {
 
 #[tokio::test]
 async fn a_full_queue_is_429_a_deadline_is_504_and_a_gone_client_frees_its_place() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let a = spawn_agent(
         &["mlp"],
         &["--enable-debug-endpoints", "--hang-timeout", "20s"],
@@ -289,7 +286,7 @@ async fn a_full_queue_is_429_a_deadline_is_504_and_a_gone_client_frees_its_place
 
 #[tokio::test]
 async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appears() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let stop = tokio_util::sync::CancellationToken::new();
     let (agents_tx, agents_rx) = tokio::sync::watch::channel(Vec::new());
     let (_deployed_tx, deployed_rx) = tokio::sync::watch::channel(Arc::new(

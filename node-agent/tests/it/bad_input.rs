@@ -24,6 +24,7 @@ async fn expect(agent: &Agent, path: &str, body: Value, status: u16, category: &
 
 #[tokio::test]
 async fn http_requests_are_validated_and_the_agent_keeps_serving() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &["--max-tensor-bytes", "1024"],
@@ -168,6 +169,7 @@ async fn http_requests_are_validated_and_the_agent_keeps_serving() {
 
 #[tokio::test]
 async fn bad_model_files_are_refused_with_the_reason() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(&[], &[]).await;
     let (code, body) = agent
         .post(
@@ -252,6 +254,7 @@ async fn serve_fixtures() -> String {
 
 #[tokio::test]
 async fn models_load_over_http_with_digest_checks() {
+    let _machine = webaccel_testkit::beside().await;
     let base = serve_fixtures().await;
     let agent = Agent::start(&[format!("boot={base}/mlp.onnx,backend=wasm")], &[]).await;
     assert_eq!(agent.infer_reference("boot", "mlp").await.0, 200);
@@ -301,6 +304,7 @@ async fn models_load_over_http_with_digest_checks() {
 
 #[tokio::test]
 async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &[],
@@ -362,6 +366,7 @@ async fn malformed_bridge_frames_get_error_frames_and_hurt_no_one() {
 
 #[tokio::test]
 async fn too_many_in_flight_is_429_and_a_hung_page_fails_them_retryably() {
+    let _machine = webaccel_testkit::alone().await;
     let agent = Agent::start(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &["--max-in-flight", "1", "--enable-debug-endpoints"],
@@ -415,6 +420,7 @@ async fn too_many_in_flight_is_429_and_a_hung_page_fails_them_retryably() {
 /// a cancel frame drops a request that is still queued.
 #[tokio::test]
 async fn bridge_deadlines_and_cancels_are_honoured() {
+    let _machine = webaccel_testkit::alone().await;
     let agent = Agent::start(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &[

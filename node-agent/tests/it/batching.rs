@@ -79,6 +79,7 @@ fn check(model: &str, file: &str, requests: &[Vec<Value>], answers: &[Value]) ->
 
 #[tokio::test]
 async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
+    let _machine = webaccel_testkit::beside().await;
     let batched = "backend=wasm,max_batch_size=8,max_queue_delay_us=20000";
     let models = [
         format!("mlp={},{batched}", model_uri("mlp.onnx")),

@@ -6,6 +6,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn a_drained_agent_turns_unready_and_refuses_new_work_as_retryable() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &[],
@@ -37,6 +38,7 @@ async fn a_drained_agent_turns_unready_and_refuses_new_work_as_retryable() {
 /// ready while it loads. The slow load is `auto` on the cnn, which times every backend.
 #[tokio::test]
 async fn a_first_time_runtime_load_keeps_the_agent_ready() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &[],

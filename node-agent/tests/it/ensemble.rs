@@ -45,6 +45,7 @@ fn renamed(tensors: &Value, name: &str) -> Value {
 
 #[tokio::test]
 async fn chained_models_answer_like_onnxruntime_on_wasm_webgpu_and_across() {
+    let _machine = webaccel_testkit::beside().await;
     let dir = tempfile::tempdir().unwrap();
     let reference = make_ensemble(dir.path());
     let agent = Agent::start(&[], &["--page-workers=2", "--wasm-threads=1"]).await;

@@ -19,9 +19,6 @@ use webaccel_api::wire::Message;
 const WASM_ABS: f64 = 1e-5;
 const WASM_REL: f64 = 1e-4;
 
-/// Each agent runs two Firefox processes (active and standby): one agent at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn start_firefox_agent(models: &[String]) -> Agent {
     let binary = crate::common::firefox();
     Agent::start(models, &["--browser", "firefox", "--firefox", &binary]).await
@@ -60,7 +57,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 
 #[tokio::test]
 async fn firefox_serves_onnxruntime_answers_and_reports_its_capabilities() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let started = Instant::now();
     let agent = start_firefox_agent(&[wasm_model("mlp", "mlp"), wasm_model("cnn", "cnn")]).await;
     let ready_after = started.elapsed();
@@ -158,7 +155,7 @@ const RETRYABLE: [&str; 4] = [
 
 #[tokio::test]
 async fn killed_firefox_main_process_is_replaced_and_no_request_hangs() {
-    let _serial = SERIAL.lock().await;
+    let _machine = webaccel_testkit::alone().await;
     let agent = start_firefox_agent(&[wasm_model("mlp", "mlp"), wasm_model("cnn", "cnn")]).await;
     // The agent's default: a standby Firefox (started once the first one serves, models
     // preloaded) is what a crash switches to.

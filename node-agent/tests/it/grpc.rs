@@ -11,6 +11,7 @@ use crate::common::{Agent, free_port, model_uri};
 
 #[tokio::test]
 async fn tritonclient_grpc_with_its_defaults_gets_onnxruntime_answers() {
+    let _machine = webaccel_testkit::beside().await;
     let models: Vec<String> = ["mlp", "cnn", "transformer", "types"]
         .iter()
         .map(|m| format!("{m}={},backend=wasm", model_uri(&format!("{m}.onnx"))))

@@ -19,6 +19,7 @@ async fn rows(ch: &LocalClickHouse, sql: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn every_request_and_browser_event_becomes_a_row() {
+    let _machine = webaccel_testkit::beside().await;
     let ch = LocalClickHouse::start().await.unwrap();
     let url = ch.url();
     let mut agent = Agent::start(
@@ -105,6 +106,7 @@ async fn every_request_and_browser_event_becomes_a_row() {
 
 #[tokio::test]
 async fn clickhouse_down_at_start_spools_and_delivers_later() {
+    let _machine = webaccel_testkit::beside().await;
     let port = crate::common::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut agent = Agent::start(

@@ -15,6 +15,7 @@ const GPU_REL: f64 = 1e-3;
 
 #[tokio::test]
 async fn every_model_matches_onnxruntime_on_wasm_and_webgpu() {
+    let _machine = webaccel_testkit::beside().await;
     let mut models = Vec::new();
     for m in ["mlp", "cnn", "transformer", "types"] {
         models.push(format!(
@@ -77,6 +78,7 @@ async fn every_model_matches_onnxruntime_on_wasm_and_webgpu() {
 
 #[tokio::test]
 async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(&[format!("tr={}", model_uri("transformer.onnx"))], &[]).await;
 
     // Capabilities are what the browser really has: SwiftShader is software.
@@ -163,6 +165,7 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
 /// BYTES tensor is refused with a 400 naming it.
 #[tokio::test]
 async fn tritonclient_with_its_defaults_gets_onnxruntime_answers() {
+    let _machine = webaccel_testkit::beside().await;
     let models: Vec<String> = ["mlp", "cnn", "transformer", "types"]
         .iter()
         .map(|m| format!("{m}={},backend=wasm", model_uri(&format!("{m}.onnx"))))

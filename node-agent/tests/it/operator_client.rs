@@ -44,6 +44,7 @@ async fn settled(agents: &HttpAgents, ep: &Endpoint, name: &str) -> ModelOnAgent
 
 #[tokio::test]
 async fn the_engine_reads_and_drives_a_real_agent() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(&[], &[]).await;
     let agents = HttpAgents::new(Duration::from_secs(5));
     let ep = Endpoint {

@@ -36,11 +36,13 @@ async fn infer(agent: &Agent, model: &str, inputs: &[Value]) -> (u16, Value) {
 
 #[tokio::test]
 async fn two_workers_share_the_requests_and_answer_like_onnxruntime() {
+    let _machine = webaccel_testkit::alone().await;
     two_workers_share_the_requests(&[]).await;
 }
 
 #[tokio::test]
 async fn two_workers_in_firefox() {
+    let _machine = webaccel_testkit::alone().await;
     let binary = crate::common::firefox();
     two_workers_share_the_requests(&["--browser", "firefox", "--firefox", &binary]).await;
 }
@@ -102,6 +104,7 @@ async fn two_workers_share_the_requests(browser: &[&str]) {
 
 #[tokio::test]
 async fn a_spinning_worker_is_replaced_and_no_request_hangs() {
+    let _machine = webaccel_testkit::alone().await;
     let models = [format!("mlp={},backend=wasm", model_uri("mlp.onnx"))];
     let agent = Agent::start(
         &models,

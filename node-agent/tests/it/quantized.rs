@@ -43,6 +43,7 @@ fn tolerance(precision: &str) -> (f64, f64) {
 
 #[tokio::test]
 async fn quantized_models_run_on_wasm_with_their_precision_detected() {
+    let _machine = webaccel_testkit::beside().await;
     let dir = tempfile::tempdir().unwrap();
     let summary = make_quantized(dir.path());
     let variants: Vec<(String, String)> = summary["models"]
@@ -136,6 +137,7 @@ async fn quantized_models_run_on_wasm_with_their_precision_detected() {
 
 #[tokio::test]
 async fn on_webgpu_whole_block_int4_runs_and_what_it_cannot_run_right_is_refused() {
+    let _machine = webaccel_testkit::beside().await;
     let dir = tempfile::tempdir().unwrap();
     make_quantized(dir.path());
     let agent = Agent::start(&[], &[]).await;

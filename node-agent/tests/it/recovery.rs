@@ -20,6 +20,7 @@ const RETRYABLE: [&str; 4] = [
 
 #[tokio::test]
 async fn killed_browser_fails_in_flight_retryably_and_recovers() {
+    let _machine = webaccel_testkit::alone().await;
     let agent = Agent::start(
         &[
             format!("mlp={},backend=wasm", model_uri("mlp.onnx")),
@@ -148,6 +149,7 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_work_then_exits() {
+    let _machine = webaccel_testkit::alone().await;
     let mut agent = Agent::start(
         &[format!("cnn={},backend=webgpu", model_uri("cnn.onnx"))],
         &["--bridge-window", "64"],
@@ -191,6 +193,7 @@ async fn sigterm_finishes_in_flight_work_then_exits() {
 
 #[tokio::test]
 async fn concurrent_requests_on_several_models_all_get_their_answers() {
+    let _machine = webaccel_testkit::alone().await;
     let agent = Agent::start(
         &[
             format!("mlp={},backend=wasm", model_uri("mlp.onnx")),

@@ -9,6 +9,7 @@ use crate::common::{Agent, model_uri};
 
 #[tokio::test]
 async fn capabilities_are_a_retryable_503_until_the_browser_reports_them() {
+    let _machine = webaccel_testkit::beside().await;
     let agent = Agent::spawn(
         &[format!("mlp={},backend=wasm", model_uri("mlp.onnx"))],
         &[],
@@ -51,6 +52,7 @@ async fn capabilities_are_a_retryable_503_until_the_browser_reports_them() {
 
 #[tokio::test]
 async fn a_browser_that_cannot_start_makes_the_agent_unhealthy_with_the_reason() {
+    let _machine = webaccel_testkit::beside().await;
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("chromium");
     std::fs::write(&fake, "#!/bin/sh\necho 'cannot open display' >&2\nexit 3\n").unwrap();

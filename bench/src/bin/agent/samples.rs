@@ -3,20 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-
-pub fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
+pub use webaccel_bench::pct;
 #[derive(Default)]
 pub struct Samples {
     e2e_ms: Vec<f64>,

@@ -17,6 +17,7 @@ use fleet::{Agents, bench_api, bench_options};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
+use webaccel_bench::pct;
 use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::metrics::Metrics;
@@ -75,14 +76,6 @@ fn rss_mib() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// The fake API server in a child process; its base URL.
 async fn spawn_fake(shape: FleetShape) -> anyhow::Result<(tokio::process::Child, String)> {
     use tokio::io::AsyncBufReadExt;
@@ -378,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let total_s = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    let (p50, p99) = (pct(&latencies, 0.5), pct(&latencies, 0.99));
     println!(
         "reconcile ({} pools × {} browsers, steady state): p50 {p50:.3} ms, p99 {p99:.3} ms, max {:.3} ms; {requests_steady} API requests for {} settled reconciles",
         args.pools,
@@ -456,7 +449,7 @@ async fn main() -> anyhow::Result<()> {
     }
     reactions.sort_by(f64::total_cmp);
     let (r50, rmax) = (
-        percentile(&reactions, 0.5),
+        pct(&reactions, 0.5),
         reactions.last().copied().unwrap_or(f64::NAN),
     );
     println!(

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use webaccel_api::agent::{AgentStats, ModelList};
 
+use webaccel_bench::pct;
 use webaccel_testkit::procs;
 use webaccel_testkit::up::{Up, browser_names, loaded, pool_yaml};
 
@@ -84,20 +85,6 @@ fn run(cmd: &mut Command, what: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    (sorted[i.min(sorted.len() - 1)] * 100.0).round() / 100.0
-}
-
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
@@ -164,8 +151,8 @@ async fn measure(
     let times = sorted(times);
     let latency_c1 = Latency {
         requests: times.len(),
-        p50_ms: percentile(&times, 0.5),
-        p99_ms: percentile(&times, 0.99),
+        p50_ms: hundredths(pct(&times, 0.5)),
+        p99_ms: hundredths(pct(&times, 0.99)),
     };
 
     // Eight clients back to back for a fixed time.
@@ -203,8 +190,8 @@ async fn measure(
         requests: all.len(),
         failed,
         per_second,
-        p50_ms: percentile(&all, 0.5),
-        p99_ms: percentile(&all, 0.99),
+        p50_ms: hundredths(pct(&all, 0.5)),
+        p99_ms: hundredths(pct(&all, 0.99)),
     };
 
     // Memory after the runs: what serving the model costs each browser.
@@ -396,4 +383,9 @@ pub fn table(f: &Figures) -> String {
         ));
     }
     out
+}
+
+/// A figure rounded to hundredths, as the report shows it.
+fn hundredths(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }
