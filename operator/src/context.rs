@@ -18,6 +18,7 @@ use crate::stores::Stores;
 use webaccel_agent_client::{AgentApi, Endpoint};
 use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_engine::pool::browser::BrowserView;
 pub use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::round::Pacing;
 
@@ -301,23 +302,13 @@ impl Context {
     }
 
     /// Where the agent of pod `pod` in `ns` is reached, with `token`.
-    pub fn endpoint(
-        &self,
-        ns: &str,
-        pod: &crate::pool::observe::BrowserView,
-        token: &str,
-    ) -> Option<Endpoint> {
+    pub fn endpoint(&self, ns: &str, pod: &BrowserView, token: &str) -> Option<Endpoint> {
         endpoint(self.settings.agent_access, ns, pod, token)
     }
 }
 
 /// Where the agent of a browser pod is reached.
-pub fn endpoint(
-    access: AgentAccess,
-    ns: &str,
-    pod: &crate::pool::observe::BrowserView,
-    token: &str,
-) -> Option<Endpoint> {
+pub fn endpoint(access: AgentAccess, ns: &str, pod: &BrowserView, token: &str) -> Option<Endpoint> {
     let ip = pod.ip.as_ref()?;
     let base_url = match access {
         AgentAccess::Direct => webaccel_crds::pods::agent_url(ip),
