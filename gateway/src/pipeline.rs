@@ -6,23 +6,22 @@
 //! answer. Tensors go from stage to stage as they came back over the bridge (binary
 //! frames, never JSON).
 //!
-//! Each stage is a request of its own to the routing of [`Gateway::call_model`]: power
-//! of two choices, breakers, retries of retryable failures on another browser within the
-//! retry budget, waiting (in the deployment's queue, so the scale-from-zero signal names
-//! the deployment) while no browser holds the stage. One deadline spans every stage.
-//! There is no lock per request: stage 1 of one request runs while stage 0 runs the
-//! next, so concurrent requests fill the pipeline.
+//! Each stage is a request of its own to the gateway's routing (the `Route` the
+//! gateway's service is): power of two choices, breakers, retries of retryable failures
+//! on another browser within the retry budget, waiting (in the deployment's queue, so the
+//! scale-from-zero signal names the deployment) while no browser holds the stage. One
+//! deadline spans every stage. There is no lock per request: stage 1 of one request runs
+//! while stage 0 runs the next, so concurrent requests fill the pipeline.
 //!
 //! What a stage is fed is chosen by its inputs, from its metadata (asked once of a
 //! browser holding it, then cached until the pipelines change or the stage refuses a
 //! request as malformed).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use tower::retry::budget::Budget as _;
 use webaccel_api::ErrorCategory;
 use webaccel_api::oip::{ModelMetadata, TensorMetadata};
 use webaccel_api::wire::{InferRequest, InferResponse};
@@ -31,11 +30,40 @@ use webaccel_kserve::{ApiError, CallOptions, Inferred};
 use crate::backend::conn::CallError;
 use crate::discovery::{Endpoint, Pipelines};
 use crate::record::Trace;
-use crate::service::{Feed, Gateway};
+
+/// What a pipeline needs of the gateway: one model's request routed through the fleet,
+/// and a model's metadata as a browser holding it says it. The pipeline stays apart from
+/// the routing, which in turn feeds each stage through [`Stages::fed`].
+pub(crate) trait Route: Sync {
+    /// Runs the stage request `req` on a browser holding `req.model`, fed with the
+    /// inputs that model names, waiting in `queue_as`'s queue while none can take it.
+    fn call_stage(
+        &self,
+        req: &InferRequest,
+        queue_as: &str,
+        deadline: Instant,
+        options: &CallOptions,
+        trace: &mut Trace,
+    ) -> impl Future<Output = Result<InferResponse, ApiError>> + Send;
+
+    /// The metadata of `name` as the agent at `ep` says it within `timeout`.
+    fn metadata_at(
+        &self,
+        ep: &Endpoint,
+        name: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ModelMetadata, ApiError>> + Send;
+
+    /// The metadata of `name` as any browser holding it says it.
+    fn metadata_of_any(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<ModelMetadata, ApiError>> + Send;
+}
 
 /// Stage metadata, by the stage's model name.
 #[derive(Debug, Default)]
-pub struct MetadataCache(Mutex<HashMap<String, Arc<ModelMetadata>>>);
+struct MetadataCache(Mutex<HashMap<String, Arc<ModelMetadata>>>);
 
 impl MetadataCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ModelMetadata>>> {
@@ -52,7 +80,7 @@ impl MetadataCache {
         meta
     }
 
-    pub fn forget(&self, model: &str) {
+    fn forget(&self, model: &str) {
         self.lock().remove(model);
     }
 
@@ -85,19 +113,27 @@ fn pipeline_inputs(stages: &[Arc<ModelMetadata>]) -> Vec<TensorMetadata> {
     inputs
 }
 
-impl Gateway {
+/// The models cut into stages that the discovery source publishes, and each stage's
+/// metadata (its inputs pick what it is fed), as a browser holding it said.
+#[derive(Debug, Default)]
+pub struct Stages {
+    pipelines: RwLock<Arc<Pipelines>>,
+    metadata: MetadataCache,
+}
+
+impl Stages {
     /// Follows the models cut into stages the discovery source publishes.
-    pub fn set_pipelines(&self, pipelines: Arc<Pipelines>) {
+    pub fn set(&self, pipelines: Arc<Pipelines>) {
         let mut current = self.pipelines.write().unwrap_or_else(|p| p.into_inner());
         if **current != *pipelines {
             // A stage of the same name may now be another file.
-            self.stage_metadata.clear();
+            self.metadata.clear();
             *current = pipelines;
         }
     }
 
     /// The stages of `model`, when it is cut into stages.
-    pub fn pipeline(&self, model: &str) -> Option<Vec<String>> {
+    pub fn of(&self, model: &str) -> Option<Vec<String>> {
         self.pipelines
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -105,35 +141,57 @@ impl Gateway {
             .cloned()
     }
 
+    /// Whether `model` is a stage of some pipeline.
+    pub fn is_stage(&self, model: &str) -> bool {
+        self.pipelines
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|stages| stages.iter().any(|s| s == model))
+    }
+
+    /// Forgets the metadata of stage `model` (it refused a request as malformed: its
+    /// inputs may have changed under the same name).
+    pub fn forget_metadata(&self, model: &str) {
+        self.metadata.forget(model);
+    }
+
     /// The metadata of stage `model`: cached, else asked of `ep` (a browser holding it)
     /// or, without one, of any browser holding it.
-    async fn stage_meta(
+    async fn stage_meta<R: Route>(
         &self,
+        route: &R,
         model: &str,
         ep: Option<&Endpoint>,
         timeout: Duration,
     ) -> Result<Arc<ModelMetadata>, ApiError> {
-        if let Some(meta) = self.stage_metadata.get(model) {
+        if let Some(meta) = self.metadata.get(model) {
             return Ok(meta);
         }
         let meta = match ep {
-            Some(ep) => self.metadata_from(ep, model, timeout).await?,
-            None => self.holder_metadata(model).await?,
+            Some(ep) => route.metadata_at(ep, model, timeout).await?,
+            None => route.metadata_of_any(model).await?,
         };
-        Ok(self.stage_metadata.put(model, meta))
+        Ok(self.metadata.put(model, meta))
     }
 
     /// `req` with only the inputs its model names, for the browser at `ep` (which is
     /// asked for the model's metadata when it is not known yet). A failure to ask is the
     /// browser's (retryable elsewhere).
-    pub(crate) async fn fed(
+    pub(crate) async fn fed<R: Route>(
         &self,
+        route: &R,
         req: &InferRequest,
         ep: &Endpoint,
         timeout: Duration,
     ) -> Result<InferRequest, CallError> {
         let meta = self
-            .stage_meta(&req.model, Some(ep), timeout.min(Duration::from_secs(5)))
+            .stage_meta(
+                route,
+                &req.model,
+                Some(ep),
+                timeout.min(Duration::from_secs(5)),
+            )
             .await
             .map_err(|e| CallError {
                 category: ErrorCategory::BrowserUnavailable,
@@ -153,16 +211,15 @@ impl Gateway {
     }
 
     /// Runs `req` through `stages` in turn within one deadline.
-    pub(crate) async fn infer_pipeline(
+    pub(crate) async fn infer<R: Route>(
         &self,
+        route: &R,
         req: &InferRequest,
         stages: &[String],
+        deadline: Instant,
         options: &CallOptions,
         trace: &mut Trace,
     ) -> Result<Inferred, ApiError> {
-        let timeout = options.timeout_within(self.policy.request_timeout);
-        let deadline = Instant::now() + timeout;
-        self.budget.deposit();
         if stages.is_empty() {
             return Err(ApiError::new(
                 ErrorCategory::Internal,
@@ -195,15 +252,8 @@ impl Gateway {
                 timeout_ms: None,
                 request_id: None,
             };
-            let response = self
-                .call_model(
-                    &stage_req,
-                    &req.model,
-                    Feed::Named,
-                    deadline,
-                    options,
-                    trace,
-                )
+            let response = route
+                .call_stage(&stage_req, &req.model, deadline, options, trace)
                 .await
                 .map_err(|e| at_stage(i, stage, e))?;
             given = response.outputs;
@@ -236,15 +286,16 @@ impl Gateway {
 
     /// A pipeline's metadata: its name, the inputs a client gives (stage 0's, and any of
     /// its own inputs a later stage reads), the last stage's outputs.
-    pub(crate) async fn pipeline_metadata(
+    pub(crate) async fn metadata<R: Route>(
         &self,
+        route: &R,
         name: &str,
         stages: &[String],
     ) -> Result<ModelMetadata, ApiError> {
         let mut metas = Vec::with_capacity(stages.len());
         for (i, stage) in stages.iter().enumerate() {
             let meta = self
-                .stage_meta(stage, None, Duration::from_secs(5))
+                .stage_meta(route, stage, None, Duration::from_secs(5))
                 .await
                 .map_err(|e| at_stage(i, stage, e))?;
             metas.push(meta);

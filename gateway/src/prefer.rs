@@ -4,13 +4,23 @@
 //! choice among free browsers and never makes a request wait (see `Backends::pick`).
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use webaccel_analytics::ClickHouseSettings;
 use webaccel_analytics::queries::{self, Recommendation, Scope};
 
-use crate::service::{Preference, Preferences};
+/// Which browsers ClickHouse history recommends per model (browser kind and backend),
+/// refreshed in the background by [`spawn_refresh`].
+pub type Preferences = Arc<RwLock<HashMap<String, Preference>>>;
+
+/// The browser kind and backend the history recommends for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preference {
+    pub browser: String,
+    pub backend: String,
+}
 
 /// How far back the history is read, and how many successful requests each choice needs.
 const WINDOW: Duration = Duration::from_secs(3600);

@@ -4,7 +4,7 @@
 //! browser after an exponential backoff with full jitter, as long as the retry budget
 //! and the request's deadline allow. Non-retryable errors pass through as the agent
 //! said them. A model cut into stages goes through each stage that way in turn
-//! ([`crate::pipeline`]).
+//! ([`crate::pipeline`], to which the gateway is the `Route` each stage takes).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,10 @@ use crate::backend::conn::CallError;
 use crate::backend::{Backends, Lease, Pick};
 use crate::discovery::Endpoint;
 use crate::metrics::Metrics;
+use crate::pipeline::{Route, Stages};
+use crate::prefer::browser_matches;
+/// The routing preferences [`Gateway::new`] takes (kept by [`crate::prefer`]).
+pub use crate::prefer::{Preference, Preferences};
 use crate::queue::Queues;
 use crate::record::{Recorder, RequestRecord, Trace};
 
@@ -42,16 +46,6 @@ pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
-/// Which browsers ClickHouse history recommends per model (browser kind and backend),
-/// refreshed in the background by [`crate::prefer`].
-pub type Preferences = Arc<std::sync::RwLock<std::collections::HashMap<String, Preference>>>;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Preference {
-    pub browser: String,
-    pub backend: String,
-}
-
 #[derive(Debug)]
 pub struct Gateway {
     pub(crate) backends: Arc<Backends>,
@@ -67,15 +61,12 @@ pub struct Gateway {
     /// Models deployed, when the discovery source knows them (Kubernetes, local mode).
     deployed: std::sync::RwLock<Option<Arc<crate::discovery::Deployed>>>,
     /// Models cut into stages, served as pipelines (see [`crate::pipeline`]).
-    pub(crate) pipelines: std::sync::RwLock<Arc<crate::discovery::Pipelines>>,
-    /// Each stage's metadata (its inputs pick what it is fed), as a browser holding it
-    /// said.
-    pub(crate) stage_metadata: crate::pipeline::MetadataCache,
+    stages: Stages,
 }
 
 /// How the request to one model is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Feed {
+enum Feed {
     /// Every input, as the client sent them.
     All,
     /// The inputs the model names among those given (a pipeline stage: the client's
@@ -108,9 +99,18 @@ impl Gateway {
             metadata: HttpAgents::new(Duration::from_secs(30)),
             ready: std::sync::atomic::AtomicBool::new(false),
             deployed: std::sync::RwLock::default(),
-            pipelines: std::sync::RwLock::default(),
-            stage_metadata: crate::pipeline::MetadataCache::default(),
+            stages: Stages::default(),
         }
+    }
+
+    /// Follows the models cut into stages the discovery source publishes.
+    pub fn set_pipelines(&self, pipelines: Arc<crate::discovery::Pipelines>) {
+        self.stages.set(pipelines);
+    }
+
+    /// The stages of `model`, when it is cut into stages.
+    pub fn pipeline(&self, model: &str) -> Option<Vec<String>> {
+        self.stages.of(model)
     }
 
     /// Notes the models the discovery source says are deployed.
@@ -124,13 +124,7 @@ impl Gateway {
     /// once. Without that knowledge (agents given by URL), a model any browser has held
     /// stays known. Any other model is unknown (404 at once).
     fn is_known(&self, model: &str) -> bool {
-        let staged = self
-            .pipelines
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|stages| stages.iter().any(|s| s == model));
-        staged
+        self.stages.is_stage(model)
             || match &*self.deployed.read().unwrap_or_else(|p| p.into_inner()) {
                 Some(deployed) => deployed.contains(model) || self.backends.serves(model),
                 None => self.metrics.is_known(model),
@@ -152,7 +146,7 @@ impl Gateway {
             .cloned();
         move |ep: &Endpoint| {
             preference.as_ref().is_some_and(|p| {
-                crate::prefer::browser_matches(&p.browser, &ep.browser)
+                browser_matches(&p.browser, &ep.browser)
                     && ep.backends.get(&model) == Some(&p.backend)
             })
         }
@@ -261,7 +255,7 @@ impl Gateway {
     /// the budget and `deadline` allow. With [`Feed::Named`], the request carries the
     /// inputs the model names among `req.inputs` (its metadata, asked of the browser
     /// chosen the first time).
-    pub(crate) async fn call_model(
+    async fn call_model(
         &self,
         req: &InferRequest,
         queue_as: &str,
@@ -281,7 +275,7 @@ impl Gateway {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let request = match feed {
                 Feed::All => Ok(req.clone()),
-                Feed::Named => self.fed(req, &ep, remaining).await,
+                Feed::Named => self.stages.fed(self, req, &ep, remaining).await,
             };
             let result = match request {
                 Ok(mut request) => {
@@ -303,7 +297,7 @@ impl Gateway {
                 Err(e) => {
                     if feed == Feed::Named && e.category == ErrorCategory::BadRequest {
                         // Its inputs may have changed under the same name.
-                        self.stage_metadata.forget(&req.model);
+                        self.stages.forget_metadata(&req.model);
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !e.retryable() || attempt >= self.policy.max_attempts || left.is_zero() {
@@ -328,8 +322,24 @@ impl Gateway {
         }
     }
 
+    /// Runs `req` through `stages` in turn within one deadline.
+    async fn infer_pipeline(
+        &self,
+        req: &InferRequest,
+        stages: &[String],
+        options: &CallOptions,
+        trace: &mut Trace,
+    ) -> Result<Inferred, ApiError> {
+        let timeout = options.timeout_within(self.policy.request_timeout);
+        let deadline = Instant::now() + timeout;
+        self.budget.deposit();
+        self.stages
+            .infer(self, req, stages, deadline, options, trace)
+            .await
+    }
+
     /// Model metadata as a browser holding `name` says it, asked of each in turn.
-    pub(crate) async fn holder_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
+    async fn holder_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
         let holders: Vec<Endpoint> = self
             .backends
             .all()
@@ -353,7 +363,7 @@ impl Gateway {
     /// Model metadata of `name` as the agent at `ep` says it within `timeout`. The
     /// agent's own error keeps its category (the model is gone, or not ready there); no
     /// answer at all is the browser being unavailable.
-    pub(crate) async fn metadata_from(
+    async fn metadata_from(
         &self,
         ep: &Endpoint,
         name: &str,
@@ -383,6 +393,33 @@ impl Gateway {
     }
 }
 
+impl Route for Gateway {
+    async fn call_stage(
+        &self,
+        req: &InferRequest,
+        queue_as: &str,
+        deadline: Instant,
+        options: &CallOptions,
+        trace: &mut Trace,
+    ) -> Result<InferResponse, ApiError> {
+        self.call_model(req, queue_as, Feed::Named, deadline, options, trace)
+            .await
+    }
+
+    async fn metadata_at(
+        &self,
+        ep: &Endpoint,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<ModelMetadata, ApiError> {
+        self.metadata_from(ep, name, timeout).await
+    }
+
+    async fn metadata_of_any(&self, name: &str) -> Result<ModelMetadata, ApiError> {
+        self.holder_metadata(name).await
+    }
+}
+
 impl InferenceApi for Gateway {
     fn server_name(&self) -> &str {
         "webaccel-gateway"
@@ -402,7 +439,7 @@ impl InferenceApi for Gateway {
 
     async fn model_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
         match self.pipeline(name) {
-            Some(stages) => self.pipeline_metadata(name, &stages).await,
+            Some(stages) => self.stages.metadata(self, name, &stages).await,
             // Any browser holding the model knows its inputs and outputs.
             None => self.holder_metadata(name).await,
         }
