@@ -41,7 +41,28 @@ pub enum ErrorCategory {
 }
 
 impl ErrorCategory {
+    /// Every category, in declaration order.
+    pub const ALL: [Self; 14] = [
+        Self::BadRequest,
+        Self::Unauthorized,
+        Self::ModelNotFound,
+        Self::ModelNotReady,
+        Self::ModelLoadFailed,
+        Self::PayloadTooLarge,
+        Self::Overloaded,
+        Self::BrowserCrashed,
+        Self::BrowserHung,
+        Self::BrowserUnavailable,
+        Self::ShuttingDown,
+        Self::DeadlineExceeded,
+        Self::InferenceFailed,
+        Self::Internal,
+    ];
+
     /// Whether the same request may succeed if sent again (to this or another browser).
+    /// The one retry policy: every `retryable` flag on the wire, in HTTP and gRPC error
+    /// bodies and in the page's error frames (its `categories.js` is generated from this)
+    /// says what this says.
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
@@ -53,6 +74,15 @@ impl ErrorCategory {
                 | Self::ModelNotReady
                 | Self::DeadlineExceeded
         )
+    }
+
+    /// Whether a router holding a request may try it again on another browser within
+    /// the same request's deadline: what [`Self::is_retryable`] allows, except a passed
+    /// deadline (the request's own deadline is gone too), and also a model the browser
+    /// does not hold (it was unloaded there since the router looked; another browser may
+    /// well hold it).
+    pub fn is_retryable_elsewhere(self) -> bool {
+        self.is_retryable() && self != Self::DeadlineExceeded || self == Self::ModelNotFound
     }
 
     /// The HTTP status that carries this category.
@@ -113,6 +143,45 @@ mod tests {
         ] {
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+    }
+
+    #[test]
+    fn all_lists_every_category_once() {
+        let names: std::collections::BTreeSet<&str> =
+            ErrorCategory::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), ErrorCategory::ALL.len());
+        // A category added to the enum stops this match compiling: the reminder to add
+        // it to ALL as well.
+        for c in ErrorCategory::ALL {
+            match c {
+                ErrorCategory::BadRequest
+                | ErrorCategory::Unauthorized
+                | ErrorCategory::ModelNotFound
+                | ErrorCategory::ModelNotReady
+                | ErrorCategory::ModelLoadFailed
+                | ErrorCategory::PayloadTooLarge
+                | ErrorCategory::Overloaded
+                | ErrorCategory::BrowserCrashed
+                | ErrorCategory::BrowserHung
+                | ErrorCategory::BrowserUnavailable
+                | ErrorCategory::ShuttingDown
+                | ErrorCategory::DeadlineExceeded
+                | ErrorCategory::InferenceFailed
+                | ErrorCategory::Internal => {}
+            }
+        }
+    }
+
+    #[test]
+    fn retrying_elsewhere_is_retrying_but_within_the_deadline_and_for_a_model_moved() {
+        for c in ErrorCategory::ALL {
+            let want = match c {
+                ErrorCategory::DeadlineExceeded => false,
+                ErrorCategory::ModelNotFound => true,
+                c => c.is_retryable(),
+            };
+            assert_eq!(c.is_retryable_elsewhere(), want, "{c}");
         }
     }
 

@@ -52,11 +52,10 @@ impl CallError {
         }
     }
 
+    /// Whether the request may go to another browser (the one policy on
+    /// [`ErrorCategory`]).
     pub fn retryable(&self) -> bool {
-        // A model the agent does not hold (it was unloaded since discovery looked) may
-        // well be held by another browser.
-        self.category.is_retryable() && self.category != ErrorCategory::DeadlineExceeded
-            || self.category == ErrorCategory::ModelNotFound
+        self.category.is_retryable_elsewhere()
     }
 }
 

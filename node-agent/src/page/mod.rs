@@ -2,6 +2,8 @@
 //! WebSocket it opens back to the agent, and the control protocol spoken on it. (The
 //! routes that serve the page are in `http::page`.)
 
+#[cfg(test)]
+mod categories;
 pub mod link;
 pub mod protocol;
 

@@ -3,6 +3,8 @@
 // which documents the layout. Kept byte for byte in step with it: test/golden/frames/
 // holds frames both sides' tests read and write.
 
+import { RETRYABLE } from './categories.js';
+
 const MAGIC = [0x57, 0x41, 0x46, 0x31]; // "WAF1"
 const PREFIX_LEN = 20;
 const ALIGN = 8;
@@ -115,16 +117,13 @@ export function responseFrame(id, { model, backend, compute_ms: computeMs, page_
   }, outputs);
 }
 
-// The categories the page answers with that a client may retry (ErrorCategory's
-// is_retryable in api/src/error.rs, for the categories the page uses).
-const RETRYABLE = new Set(['model_not_ready', 'browser_crashed']);
-
 /**
- * An error frame answering request `id`.
+ * An error frame answering request `id`, retryable as the agent's retry policy says
+ * (categories.js, generated from ErrorCategory::is_retryable).
  * @param {bigint | number} id
  * @param {'model_not_ready' | 'browser_crashed' | 'inference_failed'} category
  * @param {string} message
  */
 export function errorFrame(id, category, message) {
-  return encodeFrame(KIND_ERROR, id, { category, message, retryable: RETRYABLE.has(category) });
+  return encodeFrame(KIND_ERROR, id, { category, message, retryable: RETRYABLE[category] === true });
 }
