@@ -1,6 +1,6 @@
 //! webaccel's shared vocabulary, with no Kubernetes in it: the error categories, tensors,
 //! the binary bridge wire format, the agent's HTTP contract, the KServe v2 / Open
-//! Inference Protocol messages and the one [`BrowserKind`].
+//! Inference Protocol messages, the one [`BrowserKind`] and the one [`Backoff`].
 //!
 //! Everything that crosses a process boundary is one serde type here, used by both
 //! sides: the agent writes what the operator, the gateway and local mode read. The
@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod backoff;
 pub mod browser;
 pub mod error;
 pub mod oip;
@@ -16,6 +17,7 @@ pub mod tensor;
 pub mod wire;
 
 pub use backend::{Backend, WebNnDevice};
+pub use backoff::Backoff;
 pub use browser::BrowserKind;
 pub use error::ErrorCategory;
 pub use precision::Precision;

@@ -8,6 +8,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use webaccel_api::Backoff;
+
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
     pub consecutive: u32,
@@ -31,17 +33,18 @@ impl Default for BreakerConfig {
     }
 }
 
+/// `reopened` counts the probes that failed in a row: the cool-down's backoff step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed,
     Open {
         until: Instant,
-        cooldown: Duration,
+        reopened: u32,
     },
     /// One probe is out (since `since`); its outcome decides.
     HalfOpen {
         since: Instant,
-        cooldown: Duration,
+        reopened: u32,
     },
 }
 
@@ -79,17 +82,17 @@ impl Breaker {
     pub fn admit(&mut self, now: Instant) -> Admit {
         match self.state {
             State::Closed => Admit::Yes,
-            State::Open { until, cooldown } if now >= until => {
+            State::Open { until, reopened } if now >= until => {
                 self.state = State::HalfOpen {
                     since: now,
-                    cooldown,
+                    reopened,
                 };
                 Admit::Probe
             }
-            State::HalfOpen { since, cooldown } if now >= since + PROBE_TIMEOUT => {
+            State::HalfOpen { since, reopened } if now >= since + PROBE_TIMEOUT => {
                 self.state = State::HalfOpen {
                     since: now,
-                    cooldown,
+                    reopened,
                 };
                 Admit::Probe
             }
@@ -137,19 +140,8 @@ impl Breaker {
         }
         self.consecutive_failures += 1;
         match self.state {
-            State::HalfOpen { cooldown, .. } => {
-                let cooldown = (cooldown * 2).min(self.cfg.max_cooldown);
-                self.state = State::Open {
-                    until: now + cooldown,
-                    cooldown,
-                };
-            }
-            State::Closed if self.should_open() => {
-                self.state = State::Open {
-                    until: now + self.cfg.cooldown,
-                    cooldown: self.cfg.cooldown,
-                };
-            }
+            State::HalfOpen { reopened, .. } => self.reopen(now, reopened),
+            State::Closed if self.should_open() => self.open(now),
             _ => {}
         }
     }
@@ -158,21 +150,29 @@ impl Breaker {
     /// altogether (requests outstanding, no answer for too long).
     pub fn trip(&mut self, now: Instant) {
         match self.state {
-            State::Closed => {
-                self.state = State::Open {
-                    until: now + self.cfg.cooldown,
-                    cooldown: self.cfg.cooldown,
-                };
-            }
-            State::HalfOpen { cooldown, .. } => {
-                let cooldown = (cooldown * 2).min(self.cfg.max_cooldown);
-                self.state = State::Open {
-                    until: now + cooldown,
-                    cooldown,
-                };
-            }
+            State::Closed => self.open(now),
+            State::HalfOpen { reopened, .. } => self.reopen(now, reopened),
             State::Open { .. } => {}
         }
+    }
+
+    /// Opens a closed circuit for the first cool-down.
+    fn open(&mut self, now: Instant) {
+        self.state = State::Open {
+            until: now + self.cfg.cooldown,
+            reopened: 0,
+        };
+    }
+
+    /// Opens the circuit again after a failed probe, the cool-down doubled per failed
+    /// probe in a row up to `max_cooldown`.
+    fn reopen(&mut self, now: Instant, reopened: u32) {
+        let reopened = reopened.saturating_add(1);
+        let cooldown = Backoff::new(self.cfg.cooldown, self.cfg.max_cooldown).delay(reopened);
+        self.state = State::Open {
+            until: now + cooldown,
+            reopened,
+        };
     }
 
     fn should_open(&self) -> bool {

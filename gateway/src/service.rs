@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use webaccel_agent_client::HttpAgents;
-use webaccel_api::ErrorCategory;
 use webaccel_api::oip::{ModelMetadata, ModelReady};
 use webaccel_api::wire::{InferRequest, InferResponse};
+use webaccel_api::{Backoff, ErrorCategory};
 use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
 
 use crate::backend::conn::CallError;
@@ -37,13 +37,6 @@ pub struct Policy {
     /// First backoff step (doubled per attempt, full jitter) and its cap.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
-}
-
-/// Pause before attempt `attempt + 1`: uniformly random up to `base * 2^attempt`,
-/// capped (exponential backoff with full jitter).
-pub fn full_jitter(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let ceiling = base.saturating_mul(1u32 << attempt.min(16)).min(cap);
-    ceiling.mul_f64(rand::random::<f64>())
 }
 
 #[derive(Debug)]
@@ -310,12 +303,10 @@ impl Gateway {
                     self.metrics.retry(&req.model, e.category.as_str());
                     tracing::debug!(request_id = %options.request_id, model = %req.model, browser = %ep.id, error = %e.message, attempt, "retrying on another browser");
                     tried.push(ep.id);
-                    let pause = full_jitter(
-                        attempt - 1,
-                        self.policy.backoff_base,
-                        self.policy.backoff_cap,
-                    )
-                    .min(left);
+                    // Before attempt `attempt + 1`: up to `base * 2^(attempt - 1)`, capped.
+                    let pause = Backoff::new(self.policy.backoff_base, self.policy.backoff_cap)
+                        .full_jitter(attempt - 1)
+                        .min(left);
                     tokio::time::sleep(pause).await;
                 }
             }

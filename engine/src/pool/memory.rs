@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
+use webaccel_api::Backoff;
 
 use crate::autoscale::Autoscaler;
 use crate::pool::decide::Plan;
@@ -39,7 +40,7 @@ impl PoolMemory {
     /// to `max`) while rounds keep finding broken browsers, and resets after a clean one.
     pub fn heal_round(&mut self, now: Timestamp, healed: bool, base: Duration, max: Duration) {
         if healed {
-            let wait = base.saturating_mul(1 << self.heal_streak.min(16)).min(max);
+            let wait = Backoff::new(base, max).delay(self.heal_streak);
             self.heal_streak += 1;
             self.next_heal_at = now.checked_add(wait).ok();
         } else if self.may_heal(now) {

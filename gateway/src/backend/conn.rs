@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
-use webaccel_api::ErrorCategory;
 use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
+use webaccel_api::{Backoff, ErrorCategory};
 
 /// Why a call to an agent failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,9 +78,10 @@ pub struct AgentConn {
 }
 
 /// Reconnect pauses: 50 ms doubling to 5 s, with full jitter.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+
 fn reconnect_delay(failures: u32) -> Duration {
-    let cap = Duration::from_millis(50u64 << failures.min(7)).min(Duration::from_secs(5));
-    cap.mul_f64(rand::random::<f64>())
+    RECONNECT.full_jitter(failures)
 }
 
 fn lock(p: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use webaccel_api::Backoff;
 
 use super::{Browser, BrowserState, BrowserSupervisor, Exit, Role};
 use crate::models::Loader;
@@ -29,18 +30,20 @@ pub(super) const QUICK_FAILURE: Duration = Duration::from_secs(10);
 /// crash loop does not spin while service still resumes within seconds once it ends
 /// (a cold start with its model loads takes about 4 s on two cores).
 pub(super) fn restart_backoff(quick_failures: u32) -> Duration {
+    const RESTART: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_millis(500));
     match quick_failures {
         0 | 1 => Duration::ZERO,
-        n => Duration::from_millis(125u64 << (n - 1).min(2)),
+        n => RESTART.delay(n - 2),
     }
 }
 
 /// Pause before the next attempt after `failed` launches in a row failed (a missing or
 /// broken browser): doubling from 0.5 s up to 30 s.
 fn launch_backoff(failed: u32) -> Duration {
+    const LAUNCH: Backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     match failed {
         0 => Duration::ZERO,
-        n => Duration::from_millis(250 * 2u64.pow(n.min(7))).min(Duration::from_secs(30)),
+        n => LAUNCH.delay(n - 1),
     }
 }
 
