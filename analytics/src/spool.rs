@@ -7,8 +7,8 @@ use std::fs;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -69,10 +69,6 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Stores a batch. Returns `Ok(false)` when the spool is full and the batch was
     /// dropped.
     pub fn append(&self, rows: &[T]) -> std::io::Result<bool> {
@@ -84,7 +80,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             serde_json::to_writer(&mut buf, r)?;
             buf.push(b'\n');
         }
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         if st.bytes + buf.len() as u64 > self.max_bytes {
             return Ok(false);
         }
@@ -122,13 +118,13 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         let path = self.dir.join(format!("{seq:020}.jsonl"));
         let len = fs::metadata(&path)?.len();
         fs::remove_file(path)?;
-        let mut st = self.lock();
+        let mut st = self.state.lock();
         st.bytes = st.bytes.saturating_sub(len);
         Ok(())
     }
 
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.state.lock().bytes
     }
 
     pub fn is_empty(&self) -> bool {

@@ -58,7 +58,7 @@ pub struct WriterStats {
     pub failures: AtomicU64,
     /// Whether the last attempt to reach ClickHouse succeeded.
     pub healthy: AtomicBool,
-    pub last_error: std::sync::Mutex<Option<String>>,
+    pub last_error: parking_lot::Mutex<Option<String>>,
 }
 
 /// A point-in-time copy of [`WriterStats`], with the spool's size.
@@ -86,20 +86,20 @@ pub struct WriterHandle<T: TableRow> {
 /// Rows that found the channel full, gathered so they reach the spool as batches (a
 /// file and an fsync per row would make the overflow path the slow one).
 #[derive(Debug)]
-struct Overflow<T>(std::sync::Mutex<Vec<T>>);
+struct Overflow<T>(parking_lot::Mutex<Vec<T>>);
 
 /// Overflowed rows written to the spool at once.
 const OVERFLOW_BATCH: usize = 1_000;
 
 impl<T: TableRow> Overflow<T> {
     fn push(&self, row: T) -> Option<Vec<T>> {
-        let mut rows = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = self.0.lock();
         rows.push(row);
         (rows.len() >= OVERFLOW_BATCH).then(|| std::mem::take(&mut *rows))
     }
 
     fn take(&self) -> Vec<T> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.0.lock())
     }
 }
 
@@ -166,11 +166,7 @@ impl<T: TableRow> WriterHandle<T> {
             dropped: s.dropped.load(Ordering::Relaxed),
             failures: s.failures.load(Ordering::Relaxed),
             healthy: s.healthy.load(Ordering::Relaxed),
-            last_error: s
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: s.last_error.lock().clone(),
             spool_bytes: self.spool.bytes(),
         }
     }
@@ -195,7 +191,7 @@ impl<T: TableRow> Writer<T> {
         // Healthy until an attempt fails.
         stats.healthy.store(true, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(config.channel_capacity);
-        let overflow = Arc::new(Overflow(std::sync::Mutex::new(Vec::new())));
+        let overflow = Arc::new(Overflow(parking_lot::Mutex::new(Vec::new())));
         let task = Task {
             client: settings.client(true),
             config,
@@ -313,11 +309,7 @@ impl<T: TableRow> Task<T> {
         self.down_since = Some(Instant::now());
         self.stats.healthy.store(false, Ordering::Relaxed);
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        *self
-            .stats
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {e}"));
+        *self.stats.last_error.lock() = Some(format!("{what}: {e}"));
     }
 
     fn succeeded(&mut self) {

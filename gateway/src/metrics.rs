@@ -4,9 +4,9 @@
 //! Model labels are bounded: a model no browser has ever held is counted as `unknown`.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -114,7 +114,7 @@ impl Default for Metrics {
             "Requests waiting because no ready browser holds the model (scale from zero)",
             m.waiting_for_browser.clone(),
         );
-        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        *m.registry.lock() = r;
         m
     }
 }
@@ -122,19 +122,11 @@ impl Default for Metrics {
 impl Metrics {
     /// Whether a browser has ever held `model`.
     pub fn is_known(&self, model: &str) -> bool {
-        self.known
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(model)
+        self.known.read().contains(model)
     }
 
     fn model_label(&self, model: &str) -> String {
-        if self
-            .known
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(model)
-        {
+        if self.known.read().contains(model) {
             model.to_owned()
         } else {
             "unknown".to_owned()
@@ -143,7 +135,7 @@ impl Metrics {
 
     /// Notes models that browsers hold, so they get their own label.
     pub fn learn_models<'a>(&self, models: impl Iterator<Item = &'a String>) {
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.known.write();
         for m in models {
             if !known.contains(m) {
                 known.insert(m.clone());
@@ -213,7 +205,7 @@ impl Metrics {
                 .set(i64::try_from(w.for_browser).unwrap_or(i64::MAX));
         }
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let registry = self.registry.lock();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out

@@ -18,9 +18,10 @@
 //! request as malformed).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 use webaccel_api::ErrorCategory;
 use webaccel_api::oip::{ModelMetadata, TensorMetadata};
@@ -66,26 +67,22 @@ pub(crate) trait Route: Sync {
 struct MetadataCache(Mutex<HashMap<String, Arc<ModelMetadata>>>);
 
 impl MetadataCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ModelMetadata>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn get(&self, model: &str) -> Option<Arc<ModelMetadata>> {
-        self.lock().get(model).cloned()
+        self.0.lock().get(model).cloned()
     }
 
     fn put(&self, model: &str, meta: ModelMetadata) -> Arc<ModelMetadata> {
         let meta = Arc::new(meta);
-        self.lock().insert(model.to_owned(), meta.clone());
+        self.0.lock().insert(model.to_owned(), meta.clone());
         meta
     }
 
     fn forget(&self, model: &str) {
-        self.lock().remove(model);
+        self.0.lock().remove(model);
     }
 
     fn clear(&self) {
-        self.lock().clear();
+        self.0.lock().clear();
     }
 }
 
@@ -124,7 +121,7 @@ pub struct Stages {
 impl Stages {
     /// Follows the models cut into stages the discovery source publishes.
     pub fn set(&self, pipelines: Arc<Pipelines>) {
-        let mut current = self.pipelines.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.pipelines.write();
         if **current != *pipelines {
             // A stage of the same name may now be another file.
             self.metadata.clear();
@@ -134,18 +131,13 @@ impl Stages {
 
     /// The stages of `model`, when it is cut into stages.
     pub fn of(&self, model: &str) -> Option<Vec<String>> {
-        self.pipelines
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(model)
-            .cloned()
+        self.pipelines.read().get(model).cloned()
     }
 
     /// Whether `model` is a stage of some pipeline.
     pub fn is_stage(&self, model: &str) -> bool {
         self.pipelines
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
             .any(|stages| stages.iter().any(|s| s == model))
     }

@@ -4,9 +4,10 @@
 //! choice among free browsers and never makes a request wait (see `Backends::pick`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 use webaccel_analytics::ClickHouseSettings;
 use webaccel_analytics::queries::{self, Recommendation, Scope};
@@ -84,7 +85,7 @@ pub fn spawn_refresh(
             match result {
                 Ok(recs) => {
                     let next = from_recommendations(&recs);
-                    let mut current = preferences.write().unwrap_or_else(|p| p.into_inner());
+                    let mut current = preferences.write();
                     if *current != next {
                         tracing::info!(preferences = ?next, "routing preferences from ClickHouse history");
                         *current = next;

@@ -3,7 +3,9 @@
 //! holds can be published as the scale-from-zero signal.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Waiting {
@@ -32,13 +34,9 @@ impl Queues {
         self.limit
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Waiting>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Takes a place in `model`'s queue; `None` when it is full.
     pub fn enter(self: &Arc<Self>, model: &str) -> Option<WaitGuard> {
-        let mut waiting = self.lock();
+        let mut waiting = self.waiting.lock();
         let w = waiting.entry(model.to_owned()).or_default();
         if w.total >= self.limit {
             return None;
@@ -53,7 +51,7 @@ impl Queues {
 
     /// Every model with requests waiting.
     pub fn snapshot(&self) -> BTreeMap<String, Waiting> {
-        self.lock().clone()
+        self.waiting.lock().clone()
     }
 }
 
@@ -73,7 +71,7 @@ impl WaitGuard {
         if yes == self.for_browser {
             return;
         }
-        let mut waiting = self.queues.lock();
+        let mut waiting = self.queues.waiting.lock();
         if let Some(w) = waiting.get_mut(&self.model) {
             if yes {
                 w.for_browser += 1;
@@ -87,7 +85,7 @@ impl WaitGuard {
 
 impl Drop for WaitGuard {
     fn drop(&mut self) {
-        let mut waiting = self.queues.lock();
+        let mut waiting = self.queues.waiting.lock();
         if let Some(w) = waiting.get_mut(&self.model) {
             w.total = w.total.saturating_sub(1);
             if self.for_browser {

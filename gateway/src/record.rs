@@ -2,9 +2,9 @@
 //! without waiting: batched, spooled to disk while ClickHouse is unreachable, replayed.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use webaccel_analytics::rows::{GatewayRequestRow, new_row_id, now_ms};
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
 use webaccel_api::wire::InferRequest;
@@ -155,7 +155,7 @@ impl Recorder {
 
     /// Writes (or spools) what is left; at shutdown.
     pub async fn shutdown(&self) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().take();
         if let Some(w) = writer {
             w.shutdown().await;
         }

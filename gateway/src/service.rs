@@ -52,7 +52,7 @@ pub struct Gateway {
     metadata: HttpAgents,
     ready: std::sync::atomic::AtomicBool,
     /// Models deployed, when the discovery source knows them (Kubernetes, local mode).
-    deployed: std::sync::RwLock<Option<Arc<crate::discovery::Deployed>>>,
+    deployed: parking_lot::RwLock<Option<Arc<crate::discovery::Deployed>>>,
     /// Models cut into stages, served as pipelines (see [`crate::pipeline`]).
     stages: Stages,
 }
@@ -91,7 +91,7 @@ impl Gateway {
             preferences,
             metadata: HttpAgents::new(Duration::from_secs(30)),
             ready: std::sync::atomic::AtomicBool::new(false),
-            deployed: std::sync::RwLock::default(),
+            deployed: parking_lot::RwLock::default(),
             stages: Stages::default(),
         }
     }
@@ -108,7 +108,7 @@ impl Gateway {
 
     /// Notes the models the discovery source says are deployed.
     pub fn set_deployed(&self, deployed: Arc<crate::discovery::Deployed>) {
-        *self.deployed.write().unwrap_or_else(|p| p.into_inner()) = Some(deployed);
+        *self.deployed.write() = Some(deployed);
     }
 
     /// Whether requests for `model` may wait for a browser. Where the discovery source
@@ -118,7 +118,7 @@ impl Gateway {
     /// stays known. Any other model is unknown (404 at once).
     fn is_known(&self, model: &str) -> bool {
         self.stages.is_stage(model)
-            || match &*self.deployed.read().unwrap_or_else(|p| p.into_inner()) {
+            || match &*self.deployed.read() {
                 Some(deployed) => deployed.contains(model) || self.backends.serves(model),
                 None => self.metrics.is_known(model),
             }
@@ -131,12 +131,7 @@ impl Gateway {
 
     fn prefers(&self, model: &str) -> impl Fn(&Endpoint) -> bool + use<> {
         let model = model.to_owned();
-        let preference = self
-            .preferences
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&model)
-            .cloned();
+        let preference = self.preferences.read().get(&model).cloned();
         move |ep: &Endpoint| {
             preference.as_ref().is_some_and(|p| {
                 browser_matches(&p.browser, &ep.browser)

@@ -3,13 +3,14 @@
 //! history, heal backoff, writes not yet seen in the caches) and what the agents last said.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::ResourceExt;
 use kube::runtime::events::{Recorder, Reporter};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::history::PoolHistory;
@@ -161,10 +162,6 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Context {
     pub fn new(
         client: Client,
@@ -203,14 +200,14 @@ impl Context {
 
     /// Runs `f` on everything remembered about pool `key`.
     pub fn with_state<T>(&self, key: &str, f: impl FnOnce(&mut PoolState) -> T) -> T {
-        let mut pools = lock(&self.pools);
+        let mut pools = self.pools.lock();
         f(pools.entry(key.to_owned()).or_default())
     }
 
     /// Drops the memory and the metric series of pools that no longer exist; `exists` gets
     /// `namespace/name`. Without this a deleted pool's gauges would stay at their last value.
     pub fn forget_pools_except(&self, exists: impl Fn(&str) -> bool) {
-        let mut pools = lock(&self.pools);
+        let mut pools = self.pools.lock();
         pools.retain(|key, _| {
             let keep = exists(key);
             if !keep && let Some((ns, name)) = key.split_once('/') {
@@ -222,29 +219,30 @@ impl Context {
 
     /// Drops what agents said of pods that no longer exist (`live` has their UIDs).
     pub fn forget_pods_except(&self, live: impl Fn(&str) -> bool) {
-        lock(&self.seen).retain(|uid, _| live(uid));
-        lock(&self.capabilities).retain(|uid, _| live(uid));
+        self.seen.lock().retain(|uid, _| live(uid));
+        self.capabilities.lock().retain(|uid, _| live(uid));
     }
 
     pub fn cached_capabilities(&self, uid: &str) -> Option<Capabilities> {
-        lock(&self.capabilities).get(uid).cloned()
+        self.capabilities.lock().get(uid).cloned()
     }
 
     pub fn cache_capabilities(&self, uid: &str, caps: Capabilities) {
-        lock(&self.capabilities).insert(uid.to_owned(), caps);
+        self.capabilities.lock().insert(uid.to_owned(), caps);
     }
 
     /// What the agent of pod `uid` said last, if recent enough to stand in for asking.
     pub fn fresh_seen(&self, uid: &str) -> Option<Seen> {
         let ttl = self.settings.observation_ttl();
-        lock(&self.seen)
+        self.seen
+            .lock()
             .get(uid)
             .filter(|s| s.at.elapsed() <= ttl)
             .cloned()
     }
 
     pub fn record_seen(&self, uid: &str, stats: Option<AgentStats>) {
-        lock(&self.seen).insert(
+        self.seen.lock().insert(
             uid.to_owned(),
             Seen {
                 stats,
@@ -260,7 +258,8 @@ impl Context {
         if let Some(s) = self.stores.secret(&ns, &name) {
             return webaccel_crds::pods::token_in(&s);
         }
-        lock(&self.tokens)
+        self.tokens
+            .lock()
             .get(&format!("{ns}/{name}"))
             .filter(|t| t.at.elapsed() <= TOKEN_TTL)
             .map(|t| t.token.clone())
@@ -268,7 +267,7 @@ impl Context {
 
     /// Remembers a token read from Secret `ns/name`.
     pub fn remember_token(&self, ns: &str, name: &str, token: String) {
-        lock(&self.tokens).insert(
+        self.tokens.lock().insert(
             format!("{ns}/{name}"),
             FetchedToken {
                 token,
@@ -281,7 +280,7 @@ impl Context {
     /// Secret the agents disagree with is then not read again every second). True if it
     /// was forgotten, so that a reconcile reads it again.
     pub fn forget_refused_token(&self, ns: &str, name: &str) -> bool {
-        let mut tokens = lock(&self.tokens);
+        let mut tokens = self.tokens.lock();
         let key = format!("{ns}/{name}");
         match tokens.get(&key) {
             Some(t) if t.at.elapsed() >= Duration::from_secs(60) => {

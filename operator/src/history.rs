@@ -2,9 +2,9 @@
 //! roll and recycle, with its reason, through webaccel-analytics' writer. It never blocks a
 //! reconcile; with ClickHouse down, rows spool to disk and are replayed later.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use webaccel_analytics::rows::{PoolEventRow, new_row_id, now_ms};
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
 
@@ -99,7 +99,7 @@ impl PoolHistory {
 
     /// Writes (or spools) what was recorded and stops the writer.
     pub async fn shutdown(&self) {
-        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().take();
         if let Some(w) = writer {
             w.shutdown().await;
         }

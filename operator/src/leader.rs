@@ -11,7 +11,6 @@
 //!   a rolling update hands over immediately instead of after the Lease's duration.
 //! - Writes carry the Lease's resourceVersion, so two candidates cannot both win a takeover.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,6 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -54,10 +54,6 @@ pub struct Elector {
     mine: Mutex<Option<Lease>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Elector {
     pub fn new(client: Client, s: LeaseSettings) -> Self {
         Self {
@@ -85,7 +81,7 @@ impl Elector {
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.filter(|h| !h.is_empty());
         let duration = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(0) as u64);
-        let mut observed = lock(&self.observed);
+        let mut observed = self.observed.lock();
         let same = observed
             .as_ref()
             .is_some_and(|o| o.holder == holder && o.renew_time == spec.renew_time);
@@ -104,7 +100,8 @@ impl Elector {
 
     /// How long until the Lease as last seen expires (zero if it has).
     fn until_expiry(&self) -> Option<Duration> {
-        lock(&self.observed)
+        self.observed
+            .lock()
             .as_ref()
             .map(|o| (o.changed_at + o.duration).saturating_duration_since(Instant::now()))
     }
@@ -118,7 +115,7 @@ impl Elector {
     /// delivered it) instead of reading it, if given.
     async fn try_hold_seen(&self, seen: Option<Lease>) -> Result<bool, kube::Error> {
         let now = Timestamp::now();
-        let own = lock(&self.mine).clone();
+        let own = self.mine.lock().clone();
         let current = match own.or(seen) {
             Some(l) => Some(l),
             None => self.api.get_opt(&self.s.name).await?,
@@ -134,7 +131,7 @@ impl Elector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(l) => {
                     self.observe(&l);
-                    *lock(&self.mine) = Some(l);
+                    *self.mine.lock() = Some(l);
                     Ok(true)
                 }
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
@@ -161,16 +158,16 @@ impl Elector {
                     info!(lease = %self.s.name, previous = ?holder, "took over the lease");
                 }
                 self.observe(&written);
-                *lock(&self.mine) = Some(written);
+                *self.mine.lock() = Some(written);
                 Ok(true)
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 // Someone else wrote it: read it afresh next time.
-                *lock(&self.mine) = None;
+                *self.mine.lock() = None;
                 Ok(false)
             }
             Err(e) => {
-                *lock(&self.mine) = None;
+                *self.mine.lock() = None;
                 Err(e)
             }
         }
@@ -237,7 +234,7 @@ impl Elector {
     /// Gives the Lease up (no holder, one second left), so a waiting replica takes over at
     /// once. Only when this replica holds it; a failure is logged (the Lease then expires).
     pub async fn release(&self) {
-        let Some(mut lease) = lock(&self.mine).take() else {
+        let Some(mut lease) = self.mine.lock().take() else {
             return;
         };
         let spec = lease.spec.clone().unwrap_or_default();

@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use webaccel_agent_client::HttpAgents;
@@ -61,14 +62,11 @@ impl Shared {
     }
 
     pub fn desired(&self) -> Desired {
-        self.desired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.desired.lock().clone()
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Desired)) {
-        f(&mut self.desired.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut self.desired.lock());
         self.changed.notify_one();
     }
 }
@@ -79,7 +77,7 @@ pub struct WaitingToEngine(pub Arc<Shared>);
 
 impl WaitingSink for WaitingToEngine {
     fn publish(&self, waiting: &WaitingByModel) {
-        *self.0.waiting.lock().unwrap_or_else(|p| p.into_inner()) = waiting.clone();
+        *self.0.waiting.lock() = waiting.clone();
         self.0.changed.notify_one();
     }
 }
@@ -208,12 +206,7 @@ impl Engine {
                 }
             }
         }
-        let waiting = self
-            .shared
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let waiting = self.shared.waiting.lock().clone();
         let mut pools = Vec::new();
         for (name, pool) in &desired.pools {
             let status = self.reconcile_pool(name, pool, &desired, &waiting).await;

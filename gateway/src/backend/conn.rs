@@ -65,7 +65,7 @@ type Pending = HashMap<u64, oneshot::Sender<Result<InferResponse, CallError>>>;
 #[derive(Debug, Clone)]
 struct Live {
     tx: mpsc::Sender<WsMessage>,
-    pending: Arc<std::sync::Mutex<Pending>>,
+    pending: Arc<parking_lot::Mutex<Pending>>,
 }
 
 #[derive(Debug)]
@@ -82,10 +82,6 @@ const RECONNECT: Backoff = Backoff::new(Duration::from_millis(50), Duration::fro
 
 fn reconnect_delay(failures: u32) -> Duration {
     RECONNECT.full_jitter(failures)
-}
-
-fn lock(p: &std::sync::Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AgentConn {
@@ -136,7 +132,7 @@ impl AgentConn {
         .map_err(|e| format!("{}: {e}", self.url))?;
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::channel::<WsMessage>(256);
-        let pending: Arc<std::sync::Mutex<Pending>> = Arc::default();
+        let pending: Arc<parking_lot::Mutex<Pending>> = Arc::default();
         let reader_pending = pending.clone();
         let session = Box::pin(async move {
             let writer = async {
@@ -160,7 +156,7 @@ impl AgentConn {
                                     "the agent sent an unexpected frame: {other:?}"
                                 ))),
                             };
-                            if let Some(waiter) = lock(&reader_pending).remove(&id) {
+                            if let Some(waiter) = reader_pending.lock().remove(&id) {
                                 let _ = waiter.send(result);
                             }
                         }
@@ -192,7 +188,7 @@ impl AgentConn {
                     }
                     let Some(this) = conn.upgrade() else { return };
                     this.live.send_replace(None);
-                    for (_, waiter) in lock(&pending).drain() {
+                    for (_, waiter) in pending.lock().drain() {
                         let _ = waiter.send(Err(CallError::connection(
                             "the connection to the agent was lost while the request was in flight",
                         )));
@@ -226,7 +222,7 @@ impl AgentConn {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
         let (tx, rx) = oneshot::channel();
-        lock(&live.pending).insert(id, tx);
+        live.pending.lock().insert(id, tx);
         let mut guard = CancelOnDrop {
             live: &live,
             id,
@@ -235,7 +231,7 @@ impl AgentConn {
         let frame = wire::encode(id, &Message::Request(req));
         if live.tx.send(WsMessage::Binary(frame.into())).await.is_err() {
             guard.armed = false;
-            lock(&live.pending).remove(&id);
+            live.pending.lock().remove(&id);
             return Err(CallError::connection("the agent's bridge closed"));
         }
         let started = Instant::now();
@@ -277,7 +273,7 @@ impl Drop for CancelOnDrop<'_> {
         if !self.armed {
             return;
         }
-        lock(&self.live.pending).remove(&self.id);
+        self.live.pending.lock().remove(&self.id);
         let frame = wire::encode(self.id, &Message::Cancel);
         let _ = self.live.tx.try_send(WsMessage::Binary(frame.into()));
     }

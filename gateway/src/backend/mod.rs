@@ -6,12 +6,13 @@
 pub mod conn;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tower::Service;
 use tower::load::Load;
@@ -91,10 +92,6 @@ struct Activity {
     latency_ms: f64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Backend {
     fn new(endpoint: Endpoint, cfg: &BackendConfig) -> Self {
         Self {
@@ -120,7 +117,7 @@ impl Backend {
         if self.outstanding() == 0 {
             return None;
         }
-        let a = *lock(&self.activity);
+        let a = *self.activity.lock();
         let waiting = now.duration_since(a.last_answer.max(a.busy_since));
         let bound = cfg
             .stall_after
@@ -129,18 +126,11 @@ impl Backend {
     }
 
     pub fn endpoint(&self) -> Endpoint {
-        self.endpoint
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.endpoint.read().clone()
     }
 
     pub fn id(&self) -> String {
-        self.endpoint
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .id
-            .clone()
+        self.endpoint.read().id.clone()
     }
 
     pub fn outstanding(&self) -> usize {
@@ -152,21 +142,21 @@ impl Backend {
     }
 
     pub fn breaker_state(&self) -> (&'static str, i64) {
-        let b = lock(&self.breaker);
+        let b = self.breaker.lock();
         (b.state_name(), b.state_code())
     }
 
     fn holds(&self, model: &str) -> bool {
-        let ep = self.endpoint.read().unwrap_or_else(|p| p.into_inner());
+        let ep = self.endpoint.read();
         ep.serving
             && ep.models.contains(model)
             && !self.draining.load(Ordering::Acquire)
-            && !lock(&self.missing).contains(model)
+            && !self.missing.lock().contains(model)
     }
 
     /// How many requests it may have outstanding now (slow start).
     fn limit(&self, cfg: &BackendConfig, now: Instant) -> usize {
-        let age = now.duration_since(*lock(&self.serving_since));
+        let age = now.duration_since(*self.serving_since.lock());
         if cfg.slow_start.is_zero() || age >= cfg.slow_start {
             return cfg.max_outstanding;
         }
@@ -181,7 +171,7 @@ impl Backend {
     }
 
     fn with_route<R>(&self, model: &str, f: impl FnOnce(&mut Timed) -> R) -> R {
-        let mut routes = lock(&self.routes);
+        let mut routes = self.routes.lock();
         let route = routes.entry(model.to_owned()).or_insert_with(|| {
             PeakEwma::new(
                 Route(self.conn.clone()),
@@ -222,7 +212,7 @@ impl Lease {
         let fut = self.backend.with_route(&model, |r| r.call((req, timeout)));
         let result = fut.await;
         {
-            let mut a = lock(&self.backend.activity);
+            let mut a = self.backend.activity.lock();
             a.last_answer = Instant::now();
             let ms = started.elapsed().as_secs_f64() * 1e3;
             a.latency_ms = if a.latency_ms == 0.0 {
@@ -235,10 +225,10 @@ impl Lease {
             Ok(_) => true,
             Err(e) => !e.health,
         };
-        lock(&self.backend.breaker).record(Instant::now(), healthy);
+        self.backend.breaker.lock().record(Instant::now(), healthy);
         match &result {
             Err(e) if e.category == webaccel_api::ErrorCategory::ModelNotFound => {
-                lock(&self.backend.missing).insert(model);
+                self.backend.missing.lock().insert(model);
             }
             Err(e) if e.category == webaccel_api::ErrorCategory::ShuttingDown => {
                 self.backend.draining.store(true, Ordering::Release);
@@ -296,29 +286,24 @@ impl Backends {
     }
 
     pub fn all(&self) -> Vec<Arc<Backend>> {
-        self.map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.map.read().values().cloned().collect()
     }
 
     /// Follows the fleet: connects to new agents, forgets gone ones (their connection
     /// closes once the last request on it ends), updates the rest.
     pub fn sync(&self, fleet: &Endpoints) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.write();
         map.retain(|id, _| fleet.contains_key(id));
         for (id, ep) in fleet {
             match map.get(id) {
                 Some(b) if b.endpoint().url == ep.url && b.endpoint().token == ep.token => {
-                    let mut current = b.endpoint.write().unwrap_or_else(|p| p.into_inner());
+                    let mut current = b.endpoint.write();
                     if ep.serving && !current.serving {
-                        *lock(&b.serving_since) = Instant::now();
+                        *b.serving_since.lock() = Instant::now();
                         b.draining.store(false, Ordering::Release);
                     }
                     if current.models != ep.models {
-                        lock(&b.missing).clear();
+                        b.missing.lock().clear();
                     }
                     *current = ep.clone();
                 }
@@ -337,7 +322,7 @@ impl Backends {
         let now = Instant::now();
         for b in self.all() {
             if let Some(waited) = b.stalled_for(&self.cfg, now) {
-                let mut breaker = lock(&b.breaker);
+                let mut breaker = b.breaker.lock();
                 if breaker.state_name() == "closed" {
                     breaker.trip(now);
                     tracing::warn!(browser = %b.id(), outstanding = b.outstanding(), ?waited, "a browser answered nothing; its circuit opens");
@@ -374,7 +359,7 @@ impl Backends {
             return Pick::NoBrowser;
         }
         let available = |b: &&Arc<Backend>| {
-            b.outstanding() < b.limit(&self.cfg, now) && lock(&b.breaker).would_admit(now)
+            b.outstanding() < b.limit(&self.cfg, now) && b.breaker.lock().would_admit(now)
         };
         let fresh: Vec<&Arc<Backend>> = holders
             .iter()
@@ -400,15 +385,15 @@ impl Backends {
             // latency estimate still remembers the failure and would starve it.
             let chosen = pool
                 .iter()
-                .position(|b| lock(&b.breaker).probe_due(now))
+                .position(|b| b.breaker.lock().probe_due(now))
                 .unwrap_or_else(|| p2c(&pool, |b| b.load(model)));
             let b = pool.swap_remove(chosen).clone();
-            let admit = lock(&b.breaker).admit(now);
+            let admit = b.breaker.lock().admit(now);
             if admit == Admit::No {
                 continue;
             }
             if b.outstanding.fetch_add(1, Ordering::AcqRel) == 0 {
-                lock(&b.activity).busy_since = now;
+                b.activity.lock().busy_since = now;
             }
             return Pick::Chosen(Lease {
                 backend: b,
