@@ -6,14 +6,6 @@ use thiserror::Error;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("agent {pod}: {reason}")]
-    Agent { pod: String, reason: String },
-    #[error("serialising {what}: {source}")]
-    Serialise {
-        what: &'static str,
-        #[source]
-        source: serde_json::Error,
-    },
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("{0} has no namespace")]
@@ -27,8 +19,6 @@ impl Error {
             Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
             Self::Kube(kube::Error::Api(_)) => "api",
             Self::Kube(_) => "client",
-            Self::Agent { .. } => "agent",
-            Self::Serialise { .. } => "serialise",
             Self::Finalizer(_) => "finalizer",
             Self::NoNamespace(_) => "no_namespace",
         }
