@@ -83,9 +83,9 @@ impl HttpAgents {
             self.transport
                 .send(req)
                 .await
-                .map_err(|message| AgentError::Unreachable {
+                .map_err(|e| AgentError::Unreachable {
                     path: path.to_owned(),
-                    message,
+                    message: e.to_string(),
                 })?;
         interpret(path, status, &bytes)
     }

@@ -19,7 +19,7 @@ pub use client::HttpAgents;
 pub use error::{AgentError, AgentResult, interpret};
 #[cfg(feature = "reqwest")]
 pub use transport::DirectHttp;
-pub use transport::{AgentRequest, Transport};
+pub use transport::{AgentRequest, Transport, TransportError};
 pub use webaccel_api::agent::TOKEN_HEADER;
 
 use futures::future::BoxFuture;

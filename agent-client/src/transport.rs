@@ -2,6 +2,8 @@
 //! through something in between that a host provides (the Kubernetes API server's pod
 //! proxy, when the operator runs outside the cluster).
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 
 /// One request to an agent, as a [`Transport`] carries it.
@@ -17,9 +19,32 @@ pub struct AgentRequest<'a> {
     pub path: &'a str,
 }
 
+/// Why no answer came back over a [`Transport`] (the client reports it as the agent
+/// being unreachable, in these words).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Nothing came back within the transport's own deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The request could not be sent or its answer read (connection refused or reset,
+    /// TLS, a malformed request): the underlying client's error.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl TransportError {
+    /// The underlying client's error.
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Failed(Box::new(e))
+    }
+}
+
 /// Carries [`AgentRequest`]s: answers the status and body, or why nothing came.
 pub trait Transport: Send + Sync + 'static {
-    fn send<'a>(&'a self, req: AgentRequest<'a>) -> BoxFuture<'a, Result<(u16, Vec<u8>), String>>;
+    fn send<'a>(
+        &'a self,
+        req: AgentRequest<'a>,
+    ) -> BoxFuture<'a, Result<(u16, Vec<u8>), TransportError>>;
 }
 
 /// Agents reached over HTTP at their own address.
@@ -32,10 +57,10 @@ pub struct DirectHttp {
 #[cfg(feature = "reqwest")]
 impl DirectHttp {
     /// Every call bounded by `timeout`.
-    pub fn new(timeout: std::time::Duration) -> Self {
+    pub fn new(timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .unwrap_or_default();
         Self { http }
@@ -44,7 +69,10 @@ impl DirectHttp {
 
 #[cfg(feature = "reqwest")]
 impl Transport for DirectHttp {
-    fn send<'a>(&'a self, req: AgentRequest<'a>) -> BoxFuture<'a, Result<(u16, Vec<u8>), String>> {
+    fn send<'a>(
+        &'a self,
+        req: AgentRequest<'a>,
+    ) -> BoxFuture<'a, Result<(u16, Vec<u8>), TransportError>> {
         Box::pin(async move {
             let mut r = self.http.request(req.method, req.url).headers(req.headers);
             if let Some(body) = req.body {
@@ -52,9 +80,9 @@ impl Transport for DirectHttp {
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .body(body);
             }
-            let resp = r.send().await.map_err(|e| e.to_string())?;
+            let resp = r.send().await.map_err(TransportError::failed)?;
             let status = resp.status().as_u16();
-            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            let bytes = resp.bytes().await.map_err(TransportError::failed)?;
             Ok((status, bytes.to_vec()))
         })
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kube::Client;
 use kube::client::Body;
-use webaccel_agent_client::{AgentRequest, HttpAgents, TOKEN_HEADER, Transport};
+use webaccel_agent_client::{AgentRequest, HttpAgents, TOKEN_HEADER, Transport, TransportError};
 
 /// The API server's pod proxy as a transport for the agent client.
 #[derive(Clone)]
@@ -40,7 +40,10 @@ impl ApiServerProxy {
 }
 
 impl Transport for ApiServerProxy {
-    fn send<'a>(&'a self, req: AgentRequest<'a>) -> BoxFuture<'a, Result<(u16, Vec<u8>), String>> {
+    fn send<'a>(
+        &'a self,
+        req: AgentRequest<'a>,
+    ) -> BoxFuture<'a, Result<(u16, Vec<u8>), TransportError>> {
         Box::pin(async move {
             let mut builder = http::Request::builder()
                 .method(req.method)
@@ -55,20 +58,24 @@ impl Transport for ApiServerProxy {
                 }
                 None => Body::from(Vec::new()),
             };
-            let request = builder.body(body).map_err(|e| e.to_string())?;
+            let request = builder.body(body).map_err(TransportError::failed)?;
             let exchange = async {
-                let resp = self.client.send(request).await.map_err(|e| e.to_string())?;
+                let resp = self
+                    .client
+                    .send(request)
+                    .await
+                    .map_err(TransportError::failed)?;
                 let status = resp.status().as_u16();
                 let bytes = resp
                     .into_body()
                     .collect_bytes()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(TransportError::failed)?;
                 Ok((status, bytes.to_vec()))
             };
             tokio::time::timeout(self.timeout, exchange)
                 .await
-                .map_err(|_| format!("no answer within {:?}", self.timeout))?
+                .map_err(|_| TransportError::Timeout(self.timeout))?
         })
     }
 }
