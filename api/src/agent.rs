@@ -20,8 +20,8 @@ pub use capabilities::{
     Adapter, BrowserSummary, Capabilities, PageWorkers, RuntimeStart, WasmSupport, WebGpuSupport,
     WebNnSupport,
 };
-pub use ensemble::{Ensemble, EnsembleIo, EnsembleStep};
-pub use spec::ModelSpec;
+pub use ensemble::{Ensemble, EnsembleError, EnsembleIo, EnsembleStep};
+pub use spec::{ModelSpec, SpecError};
 
 /// A second header the agent takes its token from (`x-webaccel-token: Bearer <token>`),
 /// for a proxy in between that consumes `authorization` itself: the Kubernetes API

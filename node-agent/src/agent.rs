@@ -213,7 +213,8 @@ impl Agent {
     /// Adds a model at run time and loads it into the current browser (or leaves it
     /// pending if the browser is restarting; the supervisor will load it).
     pub async fn load_model(&self, spec: ModelSpec) -> Result<Option<LoadedModel>, AgentError> {
-        spec.validate().map_err(AgentError::BadRequest)?;
+        spec.validate()
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let entry = self.models.insert(spec);
         match self.browser.link() {
             Some(link) => self.loader().load_into(&link, &entry).await.map(Some),

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::IoMeta;
+use crate::DataType;
 
 /// The most steps an ensemble may have.
 pub const MAX_STEPS: usize = 16;
@@ -42,17 +43,67 @@ pub struct EnsembleIo {
     pub intermediates: Vec<String>,
 }
 
+/// Why an ensemble's steps do not make an ensemble (the agent refuses its load with
+/// this message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnsembleError {
+    #[error("an ensemble needs 1 to {MAX_STEPS} steps, not {0}")]
+    StepCount(usize),
+    #[error("an ensemble must name at least one output")]
+    NoOutputs,
+    #[error("step {step} ({model}): the model has no input '{input}'")]
+    NoSuchInput {
+        step: usize,
+        model: String,
+        input: String,
+    },
+    #[error(
+        "step {step} ({model}): input '{input}' takes {takes:?} but tensor '{tensor}' is {is:?}"
+    )]
+    InputType {
+        step: usize,
+        model: String,
+        input: String,
+        tensor: String,
+        takes: Option<DataType>,
+        is: Option<DataType>,
+    },
+    #[error("ensemble input '{tensor}' is read as {first:?} and as {then:?}")]
+    InputReadAsTwoTypes {
+        tensor: String,
+        first: Option<DataType>,
+        then: Option<DataType>,
+    },
+    #[error("step {step} ({model}): model input '{input}' is not in input_map")]
+    Unmapped {
+        step: usize,
+        model: String,
+        input: String,
+    },
+    #[error("step {step} ({model}): the model has no output '{output}'")]
+    NoSuchOutput {
+        step: usize,
+        model: String,
+        output: String,
+    },
+    #[error("step {step} ({model}): tensor '{tensor}' is written twice")]
+    WrittenTwice {
+        step: usize,
+        model: String,
+        tensor: String,
+    },
+    #[error("ensemble output '{0}' is written by no step")]
+    OutputUnwritten(String),
+}
+
 impl Ensemble {
     /// Checks the shape of the graph without the step models: step count, outputs named.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), EnsembleError> {
         if self.steps.is_empty() || self.steps.len() > MAX_STEPS {
-            return Err(format!(
-                "an ensemble needs 1 to {MAX_STEPS} steps, not {}",
-                self.steps.len()
-            ));
+            return Err(EnsembleError::StepCount(self.steps.len()));
         }
         if self.outputs.is_empty() {
-            return Err("an ensemble must name at least one output".into());
+            return Err(EnsembleError::NoOutputs);
         }
         Ok(())
     }
@@ -60,33 +111,42 @@ impl Ensemble {
     /// The ensemble's inputs and outputs from its step models' metadata (`models`: the
     /// inputs and outputs of each step's model, in step order), or why the steps do not
     /// fit together.
-    pub fn plan(&self, models: &[(&[IoMeta], &[IoMeta])]) -> Result<EnsembleIo, String> {
+    pub fn plan(&self, models: &[(&[IoMeta], &[IoMeta])]) -> Result<EnsembleIo, EnsembleError> {
         self.validate()?;
         let mut written: BTreeMap<&str, &IoMeta> = BTreeMap::new();
         let mut inputs: Vec<IoMeta> = Vec::new();
         let mut read: BTreeSet<&str> = BTreeSet::new();
         for (i, (step, (model_inputs, model_outputs))) in self.steps.iter().zip(models).enumerate()
         {
-            let label = format!("step {i} ({})", step.model);
+            let model = || step.model.clone();
             for (model_input, tensor) in &step.input_map {
                 let meta = model_inputs
                     .iter()
                     .find(|m| &m.name == model_input)
-                    .ok_or_else(|| format!("{label}: the model has no input '{model_input}'"))?;
+                    .ok_or_else(|| EnsembleError::NoSuchInput {
+                        step: i,
+                        model: model(),
+                        input: model_input.clone(),
+                    })?;
                 read.insert(tensor);
                 if let Some(source) = written.get(tensor.as_str()) {
                     if source.datatype != meta.datatype {
-                        return Err(format!(
-                            "{label}: input '{model_input}' takes {:?} but tensor '{tensor}' is {:?}",
-                            meta.datatype, source.datatype
-                        ));
+                        return Err(EnsembleError::InputType {
+                            step: i,
+                            model: model(),
+                            input: model_input.clone(),
+                            tensor: tensor.clone(),
+                            takes: meta.datatype,
+                            is: source.datatype,
+                        });
                     }
                 } else if let Some(seen) = inputs.iter().find(|m| &m.name == tensor) {
                     if seen.datatype != meta.datatype {
-                        return Err(format!(
-                            "ensemble input '{tensor}' is read as {:?} and as {:?}",
-                            seen.datatype, meta.datatype
-                        ));
+                        return Err(EnsembleError::InputReadAsTwoTypes {
+                            tensor: tensor.clone(),
+                            first: seen.datatype,
+                            then: meta.datatype,
+                        });
                     }
                 } else {
                     inputs.push(IoMeta {
@@ -99,19 +159,28 @@ impl Ensemble {
                 .iter()
                 .find(|m| !step.input_map.contains_key(&m.name))
             {
-                return Err(format!(
-                    "{label}: model input '{}' is not in input_map",
-                    unmapped.name
-                ));
+                return Err(EnsembleError::Unmapped {
+                    step: i,
+                    model: model(),
+                    input: unmapped.name.clone(),
+                });
             }
             for (model_output, tensor) in &step.output_map {
                 let meta = model_outputs
                     .iter()
                     .find(|m| &m.name == model_output)
-                    .ok_or_else(|| format!("{label}: the model has no output '{model_output}'"))?;
+                    .ok_or_else(|| EnsembleError::NoSuchOutput {
+                        step: i,
+                        model: model(),
+                        output: model_output.clone(),
+                    })?;
                 if written.contains_key(tensor.as_str()) || inputs.iter().any(|m| &m.name == tensor)
                 {
-                    return Err(format!("{label}: tensor '{tensor}' is written twice"));
+                    return Err(EnsembleError::WrittenTwice {
+                        step: i,
+                        model: model(),
+                        tensor: tensor.clone(),
+                    });
                 }
                 written.insert(tensor, meta);
             }
@@ -126,7 +195,7 @@ impl Ensemble {
                         name: name.clone(),
                         ..(*m).clone()
                     })
-                    .ok_or_else(|| format!("ensemble output '{name}' is written by no step"))
+                    .ok_or_else(|| EnsembleError::OutputUnwritten(name.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let intermediates = written
@@ -217,6 +286,7 @@ mod tests {
             }
             .plan(&models)
             .unwrap_err()
+            .to_string()
         };
         let err = plan(
             vec![
@@ -240,7 +310,8 @@ mod tests {
             outputs: vec!["Y".into()],
         }
         .validate()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("1 to 16 steps"), "{err}");
     }
 }

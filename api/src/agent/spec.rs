@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Ensemble;
+use super::{Ensemble, EnsembleError};
 use crate::Precision;
 use crate::backend::{Backend, WebNnDevice};
 
@@ -61,9 +61,33 @@ fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
+/// Why a model spec is refused before anything is fetched (the agent answers 400 with
+/// this message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("model name '{0}' must be 1-128 characters of letters, digits, '-', '_' or '.'")]
+    Name(String),
+    #[error("model '{0}' is an ensemble: it has no uri")]
+    EnsembleWithUri(String),
+    #[error("ensembles are not batched: max_batch_size must be 0")]
+    BatchedEnsemble,
+    #[error(transparent)]
+    Ensemble(#[from] EnsembleError),
+    #[error("model URI '{0}' must start with file://, http:// or https://")]
+    Scheme(String),
+    #[error("sha256 '{0}' must be 64 hexadecimal digits")]
+    Digest(String),
+    #[error("max_batch_size {0} is more than {MAX_BATCH_SIZE}")]
+    BatchSize(u32),
+    #[error("max_queue_delay_us {0} is more than {MAX_QUEUE_DELAY_US} (one second)")]
+    QueueDelay(u64),
+    #[error("backend=auto measures the backends by running the model, so warmup cannot be false")]
+    AutoWithoutWarmup,
+}
+
 impl ModelSpec {
     /// Checks what can be checked without fetching: name, URI scheme, digest form.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SpecError> {
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 128
             && self
@@ -71,53 +95,38 @@ impl ModelSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            return Err(format!(
-                "model name '{}' must be 1-128 characters of letters, digits, '-', '_' or '.'",
-                self.name
-            ));
+            return Err(SpecError::Name(self.name.clone()));
         }
         if let Some(ensemble) = &self.ensemble {
             if !self.uri.is_empty() {
-                return Err(format!(
-                    "model '{}' is an ensemble: it has no uri",
-                    self.name
-                ));
+                return Err(SpecError::EnsembleWithUri(self.name.clone()));
             }
             if self.max_batch_size > 1 {
-                return Err("ensembles are not batched: max_batch_size must be 0".into());
+                return Err(SpecError::BatchedEnsemble);
             }
-            return ensemble.validate();
+            return Ok(ensemble.validate()?);
         }
         if !["file://", "http://", "https://"]
             .iter()
             .any(|s| self.uri.starts_with(s))
         {
-            return Err(format!(
-                "model URI '{}' must start with file://, http:// or https://",
-                self.uri
-            ));
+            return Err(SpecError::Scheme(self.uri.clone()));
         }
         if let Some(sha) = &self.sha256
             && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
         {
-            return Err(format!("sha256 '{sha}' must be 64 hexadecimal digits"));
+            return Err(SpecError::Digest(sha.clone()));
         }
         if self.max_batch_size > MAX_BATCH_SIZE {
-            return Err(format!(
-                "max_batch_size {} is more than {MAX_BATCH_SIZE}",
-                self.max_batch_size
-            ));
+            return Err(SpecError::BatchSize(self.max_batch_size));
         }
         if self.max_queue_delay_us > MAX_QUEUE_DELAY_US {
-            return Err(format!(
-                "max_queue_delay_us {} is more than {MAX_QUEUE_DELAY_US} (one second)",
-                self.max_queue_delay_us
-            ));
+            return Err(SpecError::QueueDelay(self.max_queue_delay_us));
         }
         if self.warmup || self.backend != Backend::Auto {
             Ok(())
         } else {
-            Err("backend=auto measures the backends by running the model, so warmup cannot be false".into())
+            Err(SpecError::AutoWithoutWarmup)
         }
     }
 }
@@ -180,7 +189,7 @@ impl FromStr for ModelSpec {
                 }
             }
         }
-        spec.validate()?;
+        spec.validate().map_err(|e| e.to_string())?;
         Ok(spec)
     }
 }

@@ -206,7 +206,8 @@ async fn load_model(
         .map_err(|e| AgentError::BadRequest(format!("invalid model spec: {e}")))?;
     let name = spec.name.clone();
     if !query.wait {
-        spec.validate().map_err(AgentError::BadRequest)?;
+        spec.validate()
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let entry = agent.models.insert(spec);
         // Without a browser up the model stays pending: the supervisor loads it.
         if let Some(link) = agent.browser.link() {

@@ -272,7 +272,7 @@ impl Loader {
                     .map(|m| (&m.inputs[..], &m.outputs[..]))
                     .collect::<Vec<_>>(),
             )
-            .map_err(refused)?;
+            .map_err(|e| refused(e.to_string()))?;
         // The steps' backends, in order and once each: `wasm`, or `wasm+webgpu`.
         let mut backends: Vec<&str> = Vec::new();
         for m in &steps {
