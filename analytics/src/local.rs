@@ -17,7 +17,7 @@ pub struct LocalClickHouse {
     interserver_port: u16,
 }
 
-/// Why a local server could not be started.
+/// Why a local server could not be started, or could not run a query.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     #[error("clickhouse-server is not installed (scripts/setup.sh installs Debian's package)")]
@@ -26,6 +26,12 @@ pub enum LocalError {
     Io(#[from] std::io::Error),
     #[error("clickhouse-server did not answer within 60 s; its log is {0}")]
     NoAnswer(String),
+    /// A query got no answer over HTTP.
+    #[error(transparent)]
+    Query(#[from] reqwest::Error),
+    /// The server refused a query: the query and the server's words.
+    #[error("{sql}: {answer}")]
+    Refused { sql: String, answer: String },
 }
 
 /// Where the server keeps its data: a temporary directory (tests) or one that outlives
@@ -167,19 +173,21 @@ impl LocalClickHouse {
     }
 
     /// Runs a query over HTTP and returns its text output, or the server's error.
-    pub async fn query(&self, sql: &str) -> Result<String, String> {
+    pub async fn query(&self, sql: &str) -> Result<String, LocalError> {
         let r = reqwest::Client::new()
             .post(self.url())
             .body(sql.to_owned())
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = r.status();
-        let text = r.text().await.map_err(|e| e.to_string())?;
+        let text = r.text().await?;
         if status.is_success() {
             Ok(text.trim().to_owned())
         } else {
-            Err(format!("{sql}: {text}"))
+            Err(LocalError::Refused {
+                sql: sql.to_owned(),
+                answer: text,
+            })
         }
     }
 }
