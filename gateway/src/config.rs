@@ -124,6 +124,28 @@ pub struct GatewayArgs {
     pub use_recommendations: bool,
 }
 
+/// Why the agents given on the command line cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticAgentError {
+    #[error("agent '{0}': the URL must start with http:// or https://")]
+    Url(String),
+    #[error("agent '{agent}': unknown option '{option}' (expected token-file=PATH)")]
+    UnknownOption { agent: String, option: String },
+    #[error("reading the token file {}: {source}", path.display())]
+    ReadToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {} is empty", path.display())]
+    EmptyToken { path: PathBuf },
+    /// `--agents-file` could not be read.
+    #[error("reading {}: {source}", path.display())]
+    ReadList {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// An agent given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticAgent {
@@ -133,7 +155,7 @@ pub struct StaticAgent {
 }
 
 impl FromStr for StaticAgent {
-    type Err = String;
+    type Err = StaticAgentError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
@@ -143,9 +165,7 @@ impl FromStr for StaticAgent {
             .trim()
             .trim_end_matches('/');
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(format!(
-                "agent '{s}': the URL must start with http:// or https://"
-            ));
+            return Err(StaticAgentError::Url(s.to_owned()));
         }
         let mut token_file = None;
         for part in parts {
@@ -154,9 +174,10 @@ impl FromStr for StaticAgent {
                     token_file = Some(PathBuf::from(path.trim()));
                 }
                 _ => {
-                    return Err(format!(
-                        "agent '{s}': unknown option '{part}' (expected token-file=PATH)"
-                    ));
+                    return Err(StaticAgentError::UnknownOption {
+                        agent: s.to_owned(),
+                        option: part.to_owned(),
+                    });
                 }
             }
         }
@@ -169,7 +190,7 @@ impl FromStr for StaticAgent {
 
 impl StaticAgent {
     /// Reads `--agents-file`: one agent per line, `#` starts a comment.
-    pub fn parse_file(text: &str) -> Result<Vec<Self>, String> {
+    pub fn parse_file(text: &str) -> Result<Vec<Self>, StaticAgentError> {
         text.lines()
             .map(|l| l.split('#').next().unwrap_or_default().trim())
             .filter(|l| !l.is_empty())
@@ -178,16 +199,19 @@ impl StaticAgent {
     }
 
     /// The token from `token-file`, if any.
-    pub fn token(&self) -> Result<Option<String>, String> {
+    pub fn token(&self) -> Result<Option<String>, StaticAgentError> {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
         let token = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading the token file {}: {e}", path.display()))?
+            .map_err(|source| StaticAgentError::ReadToken {
+                path: path.clone(),
+                source,
+            })?
             .trim()
             .to_owned();
         if token.is_empty() {
-            return Err(format!("the token file {} is empty", path.display()));
+            return Err(StaticAgentError::EmptyToken { path: path.clone() });
         }
         Ok(Some(token))
     }
@@ -208,12 +232,14 @@ mod tests {
             "h:1"
                 .parse::<StaticAgent>()
                 .unwrap_err()
+                .to_string()
                 .contains("http://")
         );
         assert!(
             "http://h:1,tok=x"
                 .parse::<StaticAgent>()
                 .unwrap_err()
+                .to_string()
                 .contains("unknown option")
         );
         let list = StaticAgent::parse_file("# fleet\nhttp://a:1\n\nhttp://b:2 # second\n").unwrap();

@@ -12,6 +12,7 @@ use webaccel_agent_client::{AgentApi as _, AgentError, HttpAgents};
 use webaccel_api::agent::ModelState;
 
 use super::{Endpoint, Endpoints, Fleet};
+use crate::config::StaticAgentError;
 
 /// An agent to ask.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +131,13 @@ pub fn fixed(agents: Vec<AgentRef>, refresh: Duration, stop: CancellationToken) 
 }
 
 /// The agents of `--agent` and `--agents-file`, with their tokens read.
-pub fn from_args(args: &crate::GatewayArgs) -> Result<Vec<AgentRef>, String> {
+pub fn from_args(args: &crate::GatewayArgs) -> Result<Vec<AgentRef>, StaticAgentError> {
     let mut list = args.agents.clone();
     if let Some(path) = &args.agents_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| StaticAgentError::ReadList {
+            path: path.clone(),
+            source,
+        })?;
         list.extend(crate::config::StaticAgent::parse_file(&text)?);
     }
     let mut seen = BTreeMap::new();
