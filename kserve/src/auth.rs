@@ -2,7 +2,7 @@
 //! must carry one of the accepted tokens (compared in constant time). An empty set
 //! accepts everyone (the caller says so in its log).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -15,6 +15,18 @@ use crate::api::ApiError;
 
 #[derive(Clone, Default)]
 pub struct Tokens(Vec<String>);
+
+/// Why a token file gives no tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("reading the token file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {} holds no token", path.display())]
+    Empty { path: PathBuf },
+}
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -33,12 +45,16 @@ impl Tokens {
     }
 
     /// Reads a token file: one token per line, blank lines ignored.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Self, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let tokens = Self::new(text.lines().map(|l| l.trim().to_owned()));
         if tokens.0.is_empty() {
-            return Err(format!("the token file {} holds no token", path.display()));
+            return Err(TokenFileError::Empty {
+                path: path.to_owned(),
+            });
         }
         Ok(tokens)
     }
