@@ -8,6 +8,20 @@ use webaccel_api::Precision;
 use webaccel_api::agent::Capabilities;
 use webaccel_onnx::{ModelProto, PrecisionReport, int_attr};
 
+/// Why a model file is refused before a browser sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// The cached file could not be read.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// The parser's reason the bytes are no usable model.
+    #[error("not a usable ONNX model: {0}")]
+    Parse(#[source] webaccel_onnx::Error),
+    /// The graph's precision could not be told.
+    #[error("{0}")]
+    Precision(#[source] webaccel_onnx::Error),
+}
+
 /// What the graph says about a model.
 #[derive(Debug, Clone)]
 pub struct Inspection {
@@ -36,9 +50,9 @@ impl Inspection {
 
 /// Reads the model at `bytes` (a file that is not an ONNX model is refused with the
 /// parser's reason).
-pub fn inspect(bytes: &[u8]) -> Result<Inspection, String> {
-    let model = webaccel_onnx::parse(bytes).map_err(|e| format!("not a usable ONNX model: {e}"))?;
-    let precision = webaccel_onnx::detect(&model).map_err(|e| e.to_string())?;
+pub fn inspect(bytes: &[u8]) -> Result<Inspection, InspectError> {
+    let model = webaccel_onnx::parse(bytes).map_err(InspectError::Parse)?;
+    let precision = webaccel_onnx::detect(&model).map_err(InspectError::Precision)?;
     Ok(Inspection {
         precision,
         webgpu_defect: webgpu_defect(&model),

@@ -223,7 +223,7 @@ impl Loader {
         let path = self.cache.path_for(sha256);
         let name = &entry.spec.name;
         let inspection = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(&path)?;
             inspect::inspect(&bytes)
         })
         .await
