@@ -12,11 +12,11 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use webaccel_analytics::local::LocalClickHouse;
-use webaccel_bench::pct;
 use webaccel_analytics::rows::{InferenceRow, new_row_id, now_ms};
 use webaccel_analytics::schema::migrate;
 use webaccel_analytics::spool::Spool;
 use webaccel_analytics::{Writer, WriterConfig, WriterHandle};
+use webaccel_bench::pct;
 
 #[derive(Debug, Parser)]
 #[command(
