@@ -45,11 +45,11 @@ pub fn routes() -> Router<Arc<Agent>> {
 /// Why the agent is not live (the kubelet should restart it), if it is not.
 pub(crate) fn unhealthy_reason(agent: &Agent) -> Option<String> {
     let info = agent.browser.info();
-    if info.failed_launches >= UNHEALTHY_AFTER_FAILED_LAUNCHES {
+    if info.status.failed_launches >= UNHEALTHY_AFTER_FAILED_LAUNCHES {
         return Some(format!(
             "{} browser launches failed in a row; last error: {}",
-            info.failed_launches,
-            info.last_launch_error.unwrap_or_default()
+            info.status.failed_launches,
+            info.status.last_launch_error.unwrap_or_default()
         ));
     }
     agent
@@ -83,8 +83,8 @@ pub(crate) fn readiness(agent: &Agent) -> (bool, Value) {
     let detail = json!({
         "ready": ready,
         "draining": agent.admission.is_draining(),
-        "browser": info.state,
-        "last_launch_error": info.last_launch_error,
+        "browser": info.status.state,
+        "last_launch_error": info.status.last_launch_error,
         "models": models,
         "metrics": agent.recorder.status(),
     });
@@ -112,9 +112,9 @@ async fn capabilities(State(agent): State<Arc<Agent>>) -> Result<Json<Capabiliti
     };
     let info = agent.browser.info();
     caps.browser = Some(BrowserSummary {
-        version: info.version,
-        pid: info.pid,
-        state: info.state,
+        version: info.status.version,
+        pid: info.status.pid,
+        state: info.status.state,
     });
     Ok(Json(caps))
 }
@@ -147,7 +147,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
             .into_iter()
             .map(|(c, n)| (c.as_str().to_owned(), n))
             .collect(),
-        browser: info.status(),
+        browser: info.status,
         metrics: agent.recorder.status(),
     })
 }

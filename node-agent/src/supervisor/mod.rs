@@ -68,49 +68,13 @@ enum StartError {
     },
 }
 
-/// What the supervisor knows about the current browser, as reported by `/v1/stats` and
-/// `/v1/capabilities`.
-#[derive(Debug, Clone)]
+/// What the supervisor knows about the current browser, as reported by `/v1/stats`
+/// (`status`) and `/v1/capabilities`.
+#[derive(Debug, Clone, Default)]
 pub struct BrowserInfo {
-    pub state: BrowserState,
-    pub generation: u64,
-    pub pid: Option<u32>,
-    pub version: String,
+    pub status: BrowserStatus,
     /// Served by `/v1/capabilities`; `None` until a page has reported them.
     pub capabilities: Option<Capabilities>,
-    pub restarts: u64,
-    pub last_restart_reason: Option<String>,
-    /// From detecting a failure to serving again, for the last restart.
-    pub last_recovery_ms: Option<f64>,
-    /// From launching the first browser to its page connecting back.
-    pub cold_start_ms: Option<f64>,
-    /// Launch attempts that failed in a row (0 when the browser is up).
-    pub failed_launches: u32,
-    pub last_launch_error: Option<String>,
-    /// The standby browser's process, when one is ready.
-    pub standby_pid: Option<u32>,
-    /// Standby browsers that died while waiting and were replaced.
-    pub standby_replacements: u64,
-}
-
-impl BrowserInfo {
-    /// The browser as `/v1/stats` reports it.
-    pub fn status(&self) -> BrowserStatus {
-        BrowserStatus {
-            state: self.state,
-            generation: self.generation,
-            pid: self.pid,
-            version: self.version.clone(),
-            restarts: self.restarts,
-            last_restart_reason: self.last_restart_reason.clone(),
-            last_recovery_ms: self.last_recovery_ms,
-            cold_start_ms: self.cold_start_ms,
-            failed_launches: self.failed_launches,
-            last_launch_error: self.last_launch_error.clone(),
-            standby_pid: self.standby_pid,
-            standby_replacements: self.standby_replacements,
-        }
-    }
 }
 
 /// A started browser whose page has connected back.
@@ -180,21 +144,7 @@ impl BrowserSupervisor {
             link: watch::channel(None).0,
             state: watch::channel(BrowserState::Starting).0,
             pages: Mutex::new(HashMap::new()),
-            info: Mutex::new(BrowserInfo {
-                state: BrowserState::Starting,
-                generation: 0,
-                pid: None,
-                version: String::new(),
-                capabilities: None,
-                restarts: 0,
-                last_restart_reason: None,
-                last_recovery_ms: None,
-                cold_start_ms: None,
-                failed_launches: 0,
-                last_launch_error: None,
-                standby_pid: None,
-                standby_replacements: 0,
-            }),
+            info: Mutex::new(BrowserInfo::default()),
             hang_request: Notify::new(),
             active_progress: Progress::new("starting"),
             spare_progress: Progress::new("starting"),
@@ -230,7 +180,7 @@ impl BrowserSupervisor {
     }
 
     fn set_state(&self, state: BrowserState) {
-        self.lock_info().state = state;
+        self.lock_info().status.state = state;
         self.state.send_replace(state);
     }
 

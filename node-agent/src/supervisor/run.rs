@@ -33,7 +33,7 @@ async fn serve(
                 reloaded = true;
                 sup.set_state(BrowserState::Ready);
                 if let Some(t) = down_since.take() {
-                    sup.lock_info().last_recovery_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+                    sup.lock_info().status.last_recovery_ms = Some(t.elapsed().as_secs_f64() * 1e3);
                 }
             }
             exit = &mut watch => return exit,
@@ -75,8 +75,8 @@ pub async fn supervise(
     while !shutdown.is_cancelled() {
         let generation = {
             let mut info = sup.lock_info();
-            info.generation += 1;
-            info.generation
+            info.status.generation += 1;
+            info.status.generation
         };
         sup.set_state(if generation == 1 {
             BrowserState::Starting
@@ -89,10 +89,10 @@ pub async fn supervise(
         };
         {
             let mut info = sup.lock_info();
-            info.pid = Some(browser.process.pid());
-            info.version = browser.process.version().to_owned();
+            info.status.pid = Some(browser.process.pid());
+            info.status.version = browser.process.version().to_owned();
             info.capabilities = Some(browser.capabilities.clone());
-            info.cold_start_ms.get_or_insert(browser.start_ms);
+            info.status.cold_start_ms.get_or_insert(browser.start_ms);
         }
         sup.set_state(BrowserState::LoadingModels);
         tracing::info!(generation, pid = browser.process.pid(), version = %browser.process.version(), "browser serving");
@@ -134,9 +134,9 @@ pub async fn supervise(
         tracing::warn!(generation, reason = event, "browser lost; replacing it");
         host.stats.browser_restarted(event);
         let mut info = sup.lock_info();
-        info.restarts += 1;
-        info.last_restart_reason = Some(event.to_owned());
-        info.pid = None;
+        info.status.restarts += 1;
+        info.status.last_restart_reason = Some(event.to_owned());
+        info.status.pid = None;
     }
     progress.idle("stopped");
     spares.stop().await;

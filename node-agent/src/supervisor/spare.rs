@@ -175,15 +175,15 @@ async fn run(
         let mut browser = match result {
             Ok(b) => {
                 failed_launches = 0;
-                sup.lock_info().failed_launches = 0;
+                sup.lock_info().status.failed_launches = 0;
                 b
             }
             Err(e) => {
                 failed_launches += 1;
                 tracing::error!(error = %e, failed_launches, "browser launch failed");
                 let mut info = sup.lock_info();
-                info.failed_launches = failed_launches;
-                info.last_launch_error = Some(e.to_string());
+                info.status.failed_launches = failed_launches;
+                info.status.last_launch_error = Some(e.to_string());
                 continue;
             }
         };
@@ -202,7 +202,7 @@ async fn run(
         let up_since = Instant::now();
         loop {
             if let Some(request) = waiting.take() {
-                sup.lock_info().standby_pid = None;
+                sup.lock_info().status.standby_pid = None;
                 match request.reply.send(browser) {
                     Ok(()) => continue 'outer,
                     // The supervisor stopped waiting (shutdown): keep it as a standby.
@@ -213,7 +213,7 @@ async fn run(
                 sup.stop(browser, progress).await;
                 continue 'outer;
             }
-            sup.lock_info().standby_pid = Some(browser.process.pid());
+            sup.lock_info().status.standby_pid = Some(browser.process.pid());
             progress.idle("standby ready");
             tokio::select! {
                 r = requests.recv() => match r {
@@ -223,7 +223,7 @@ async fn run(
                         progress.enter("checking the standby", STANDBY_CHECK * 2);
                         if !browser.link.responsive(STANDBY_CHECK).await {
                             tracing::warn!("the standby browser does not answer; starting a fresh one");
-                            sup.lock_info().standby_pid = None;
+                            sup.lock_info().status.standby_pid = None;
                             sup.stop(browser, progress).await;
                             continue 'outer;
                         }
@@ -241,8 +241,8 @@ async fn run(
                     tracing::warn!(?exit, "the standby browser was lost; replacing it");
                     {
                         let mut info = sup.lock_info();
-                        info.standby_pid = None;
-                        info.standby_replacements += 1;
+                        info.status.standby_pid = None;
+                        info.status.standby_replacements += 1;
                     }
                     sup.stop(browser, progress).await;
                     quick_deaths = if up_since.elapsed() < QUICK_FAILURE { quick_deaths + 1 } else { 0 };
@@ -251,7 +251,7 @@ async fn run(
             }
         }
     }
-    sup.lock_info().standby_pid = None;
+    sup.lock_info().status.standby_pid = None;
     progress.idle("stopped");
 }
 
