@@ -61,7 +61,7 @@ fi
 
 # The reference runtime (onnxruntime), the model builder, and chdb for modern SQL.
 req=requirements-test.txt
-if ! python3 -c 'import onnx, onnx_ir, onnxruntime, numpy, chdb, tritonclient.http, tritonclient.grpc' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
+if ! python3 -c 'import onnx, onnx_ir, onnxruntime, numpy, chdb, tritonclient.http, tritonclient.grpc, tokenizers, openai' 2>/dev/null || ! pip freeze 2>/dev/null | grep -qxF "$(grep onnxruntime== $req)"; then
   echo "setup: pip install -r $req"
   # Debian's own python3 refuses system-wide installs (PEP 668) unless told.
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check -r $req 2>&1 | grep -v "Running pip as the 'root' user" || true
@@ -69,4 +69,5 @@ fi
 
 # Test models and reference outputs, computed by onnxruntime (never by webaccel).
 python3 node-agent/tests/fixtures/make_models.py >/dev/null
+python3 node-agent/tests/fixtures/make_decoder.py >/dev/null
 echo "setup: done"
