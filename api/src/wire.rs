@@ -7,7 +7,7 @@
 //! offset  size  field
 //! 0       4     magic "WAF1"
 //! 4       1     kind: 1 = inference request, 2 = inference response, 3 = error,
-//!               4 = cancel
+//!               4 = cancel, 5 = generate request, 6 = generation event
 //! 5       3     reserved, zero
 //! 8       8     request id, chosen by the sender of the request and echoed in its reply
 //! 16      4     header length H
@@ -28,7 +28,12 @@
 //!   request from receiving its frame to encoding the reply, queueing included
 //! - error: `{"category": "bad_request", "message": "...", "retryable": false}`
 //! - cancel (kind 4, client to agent): `{}`; the request with this id is no longer
-//!   wanted. No reply follows.
+//!   wanted. No reply follows (a generation stops at its next step).
+//! - generate request (kind 5, client to agent): a [`GenerateRequest`], no tensors. It is
+//!   answered by any number of generation events with its id, the last an `end` event,
+//!   or by an error frame, which also ends it.
+//! - generation event (kind 6, agent to client): a [`GenerationEvent`] (tokens, or the
+//!   end), no tensors.
 //!
 //! A request header may also carry `"timeout_ms"` (how long its sender waits) and
 //! `"request_id"` (for logs across hops).
@@ -42,6 +47,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCategory;
+use crate::generate::{GenerateRequest, GenerationEvent};
 use crate::tensor::{DataType, Tensor, TensorError};
 
 pub const MAGIC: &[u8; 4] = b"WAF1";
@@ -63,6 +69,8 @@ pub enum Kind {
     Response = 2,
     Error = 3,
     Cancel = 4,
+    Generate = 5,
+    Generation = 6,
 }
 
 /// Name, type and shape of a tensor, as listed in a frame header.
@@ -124,6 +132,10 @@ pub enum Message {
     /// The sender of request `id` no longer wants the answer (it gave up or its client
     /// went away): work not started yet is dropped. No reply is sent.
     Cancel,
+    /// Generate text; answered by [`Message::Generation`] events (the last an end) or an
+    /// error.
+    Generate(GenerateRequest),
+    Generation(GenerationEvent),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -199,6 +211,8 @@ pub fn encode(id: u64, msg: &Message) -> Vec<u8> {
         ),
         Message::Error(e) => (Kind::Error, to_json(e), &[]),
         Message::Cancel => (Kind::Cancel, to_json(&CancelHeader {}), &[]),
+        Message::Generate(r) => (Kind::Generate, to_json(r), &[]),
+        Message::Generation(e) => (Kind::Generation, to_json(e), &[]),
     };
     let data_len: usize = tensors.iter().map(|t| align_up(t.data.len())).sum();
     let mut buf = Vec::with_capacity(align_up(PREFIX_LEN + header.len()) + data_len);
@@ -313,6 +327,8 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
             let _: CancelHeader = parse_header(header).map_err(fail)?;
             Message::Cancel
         }
+        5 => Message::Generate(parse_header(header).map_err(fail)?),
+        6 => Message::Generation(parse_header(header).map_err(fail)?),
         k => return Err(fail(format!("unknown frame kind {k}"))),
     };
     if align_up(cursor) < frame.len() {

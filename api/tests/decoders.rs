@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use webaccel_api::generate::{GenerateInput, GenerateParams, GenerateRequest};
 use webaccel_api::oip::{self, OutputEncoding};
 use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
 use webaccel_api::{DataType, ErrorCategory, Tensor};
@@ -72,6 +73,13 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         ".{0,40}".prop_map(|m| Message::Error(ErrorFrame::new(ErrorCategory::Internal, m))),
         Just(Message::Cancel),
+        ".{0,40}".prop_map(|text| Message::Generate(GenerateRequest {
+            model: "m".into(),
+            input: GenerateInput::Text { text },
+            params: GenerateParams::default(),
+            timeout_ms: None,
+            request_id: None,
+        })),
     ]
 }
 
@@ -85,7 +93,10 @@ fn check_decoded(frame: Vec<u8>) {
     match wire::decode(Bytes::from(frame)) {
         Ok((_, Message::Request(r))) => assert!(consistent(&r.inputs)),
         Ok((_, Message::Response(r))) => assert!(consistent(&r.outputs)),
-        Ok((_, Message::Error(_) | Message::Cancel)) => {}
+        Ok((
+            _,
+            Message::Error(_) | Message::Cancel | Message::Generate(_) | Message::Generation(_),
+        )) => {}
         Err(e) => assert!(!e.reason.is_empty()),
     }
 }

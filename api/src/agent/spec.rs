@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ensemble, EnsembleError};
 use crate::Precision;
+use crate::generate::{GenerationSpec, GenerationSpecError};
 use crate::backend::{Backend, WebNnDevice};
 
 /// One model to serve: where it comes from and how to run it.
@@ -45,6 +46,10 @@ pub struct ModelSpec {
     /// its batch. 0: take only what is already waiting, never wait for more.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_queue_delay_us: u64,
+    /// A decoder served for text generation: its tokenizer, KV cache and batching.
+    /// (Its KServe `infer` stays one forward pass.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSpec>,
 }
 
 /// The largest `max_batch_size` a spec may ask for.
@@ -83,6 +88,12 @@ pub enum SpecError {
     QueueDelay(u64),
     #[error("backend=auto measures the backends by running the model, so warmup cannot be false")]
     AutoWithoutWarmup,
+    #[error(transparent)]
+    Generation(#[from] GenerationSpecError),
+    #[error("model '{0}' is an ensemble: it cannot generate text")]
+    GeneratingEnsemble(String),
+    #[error("a text-generation model batches its sequences itself (continuous batching): max_batch_size must be 0")]
+    BatchedGeneration,
 }
 
 impl ModelSpec {
@@ -96,6 +107,15 @@ impl ModelSpec {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
             return Err(SpecError::Name(self.name.clone()));
+        }
+        if let Some(generation) = &self.generation {
+            if self.ensemble.is_some() {
+                return Err(SpecError::GeneratingEnsemble(self.name.clone()));
+            }
+            if self.max_batch_size > 1 {
+                return Err(SpecError::BatchedGeneration);
+            }
+            generation.validate()?;
         }
         if let Some(ensemble) = &self.ensemble {
             if !self.uri.is_empty() {
@@ -152,6 +172,7 @@ impl FromStr for ModelSpec {
             precision: None,
             max_batch_size: 0,
             max_queue_delay_us: 0,
+            generation: None,
         };
         for kv in parts {
             let (k, v) = kv
@@ -176,6 +197,30 @@ impl FromStr for ModelSpec {
                         )
                     })?
                 }
+                "tokenizer" => {
+                    spec.generation =
+                        Some(GenerationSpec::with_tokenizer(v.trim()))
+                }
+                "kv_cache" | "max_sequences" | "context_length" | "continuous_batching" => {
+                    let generation = spec.generation.as_mut().ok_or_else(|| {
+                        format!("option '{}' needs tokenizer=URI before it", k.trim())
+                    })?;
+                    let v = v.trim();
+                    let number = || {
+                        v.parse::<u32>()
+                            .map_err(|_| format!("{} must be a whole number, got '{v}'", k.trim()))
+                    };
+                    match k.trim() {
+                        "kv_cache" => generation.kv_cache = v.parse()?,
+                        "max_sequences" => generation.max_sequences = number()?,
+                        "context_length" => generation.context_length = Some(number()?),
+                        _ => {
+                            generation.continuous_batching = v.parse().map_err(|_| {
+                                format!("continuous_batching must be true or false, got '{v}'")
+                            })?
+                        }
+                    }
+                }
                 "warmup" => {
                     spec.warmup = v
                         .trim()
@@ -184,7 +229,7 @@ impl FromStr for ModelSpec {
                 }
                 other => {
                     return Err(format!(
-                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task, precision, max_batch_size or max_queue_delay_us)"
+                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task, precision, max_batch_size, max_queue_delay_us, tokenizer, kv_cache, max_sequences, context_length or continuous_batching)"
                     ));
                 }
             }

@@ -200,6 +200,7 @@ impl AgentModel<'_> {
             precision: spec.precision,
             max_batch_size,
             max_queue_delay_us,
+            generation: None,
         }
     }
 }

@@ -23,6 +23,7 @@ fn spec(name: &str, file: &str) -> ModelSpec {
         precision: Some(webaccel_api::Precision::Fp32),
         max_batch_size: 0,
         max_queue_delay_us: 0,
+        generation: None,
     }
 }
 

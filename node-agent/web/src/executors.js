@@ -28,10 +28,14 @@ class Executor {
     this.current = null;
     this.runs = 0;
     this.restarts = 0;
+    // Generations running here (counted by the page's dispatcher).
+    this.sequences = 0;
   }
 
   report() {
-    return { runs: this.runs, restarts: this.restarts, busy: this.current !== null, ready: this.ready };
+    return {
+      runs: this.runs, restarts: this.restarts, busy: this.current !== null, ready: this.ready, sequences: this.sequences,
+    };
   }
 
   checkHung() {}
@@ -48,7 +52,7 @@ export class LocalExecutor extends Executor {
     super(index, hooks);
     /** @type {'local'} */
     this.kind = 'local';
-    this.runtime = createSessions({ ...config, capabilities, onGpuLost: hooks.onGpuLost });
+    this.runtime = createSessions({ ...config, capabilities, onGpuLost: hooks.onGpuLost, onTokens: hooks.onTokens });
     this.calls = runtimeCalls(() => this.runtime);
     this.started = this.runtime.start();
     this.started.then(() => { this.ready = true; }, () => {});
@@ -81,6 +85,7 @@ export class WorkerExecutor extends Executor {
     /** @type {Map<number, {resolve: (v: any) => void, reject: (e: Error) => void, op: string, sent: number}>} */
     this.calls = new Map();
     this.seq = 0;
+    this.heard = now();
     this.spawn();
   }
 
@@ -104,7 +109,8 @@ export class WorkerExecutor extends Executor {
       const all = [...this.hooks.models()];
       // Models first, then the ensembles made of them.
       for (const msg of all.filter((m) => m.op !== Op.ensemble)) {
-        await this.post(Op.load, { msg, bytes: await this.hooks.fetchModel(msg.url) });
+        const [bytes, external] = await Promise.all([this.hooks.fetchModel(msg.url), this.hooks.fetchExternal(msg)]);
+        await this.post(Op.load, { msg, bytes, external });
       }
       for (const msg of all.filter((m) => m.op === Op.ensemble)) await this.post(Op.ensemble, { msg });
       return info;
@@ -115,10 +121,14 @@ export class WorkerExecutor extends Executor {
     }, () => {});
   }
 
-  /** @param {{seq: number, ok: boolean, value?: any, error?: string} | {event: string, message: string}} data */
+  /** @param {{seq: number, ok: boolean, value?: any, error?: string} | {event: string, message?: string, step?: any}} data */
   onReply(data) {
+    // Anything the worker says shows it is not hung: a generation's call stays open
+    // for as long as the sequence runs, its steps are the worker's sign of life.
+    this.heard = now();
     if ('event' in data) {
-      if (data.event === Op.gpuLost) this.hooks.onGpuLost(data.message);
+      if (data.event === Op.gpuLost) this.hooks.onGpuLost(data.message ?? '');
+      if (data.event === Op.tokens) this.hooks.onTokens(data.step);
       return;
     }
     const call = this.calls.get(data.seq);
@@ -161,8 +171,10 @@ export class WorkerExecutor extends Executor {
     const t = now();
     for (const call of this.calls.values()) {
       const bound = call.op === Op.load || call.op === Op.init ? this.config.loadHangMs : this.config.hangMs;
-      if (t - call.sent > bound) {
-        this.replace(`page worker ${this.index} did not answer a '${call.op}' call for ${Math.round(t - call.sent)} ms: replaced`);
+      // A generation is silent between its steps only: measured from the last word.
+      const since = call.op === Op.generate ? Math.max(call.sent, this.heard) : call.sent;
+      if (t - since > bound) {
+        this.replace(`page worker ${this.index} did not answer a '${call.op}' call for ${Math.round(t - since)} ms: replaced`);
         return;
       }
     }

@@ -24,6 +24,7 @@ import { Op } from './protocol.js';
  *   ready: boolean,
  *   current: object | null,
  *   runs: number,
+ *   sequences: number,
  *   started: Promise<{start_ms: number, ort_version: string | null}>,
  *   call: (op: string, data?: object, transfer?: Transferable[]) => Promise<any>,
  *   report: () => WorkerReport,
@@ -36,10 +37,12 @@ import { Op } from './protocol.js';
  * replaced worker.
  * @typedef {{
  *   onGpuLost: (message: string) => void,
+ *   onTokens: (step: Omit<import('./protocol.js').TokensEvent, 'op'>) => void,
  *   onLog: (message: string) => void,
  *   onReady: () => void,
  *   models: () => Iterable<ModelCommand>,
  *   fetchModel: (url: string) => Promise<Uint8Array>,
+ *   fetchExternal: (msg: LoadCommand) => Promise<import('./protocol.js').ExternalData[]>,
  * }} Hooks
  */
 
@@ -66,14 +69,25 @@ export function createPage({ send, sendFrame, fetchModel, workers, threads, now 
   /** @type {{id: bigint, buf: ArrayBuffer, received: number}[]} */
   const waiting = [];
   let nextExecutor = 0;
+  // The executor running each generation, by its request number (for cancels).
+  /** @type {Map<number, Executor>} */
+  const generating = new Map();
+
+  // A model's external data files, fetched from the agent.
+  /** @param {LoadCommand} msg */
+  const fetchExternal = (msg) => Promise.all((msg.external_data ?? []).map(async ({ path, url }) => ({
+    path, data: await fetchModel(url),
+  })));
 
   /** @type {Hooks} */
   const hooks = {
     onGpuLost: (message) => send({ op: Op.gpuLost, message }),
+    onTokens: (step) => send({ op: Op.tokens, ...step }),
     onLog: (message) => send({ op: Op.log, message }),
     onReady: () => pump(),
     models: () => models.values(),
     fetchModel,
+    fetchExternal,
   };
 
   // The load message with the backend `auto` chose, so the other executors (and replaced
@@ -95,12 +109,12 @@ export function createPage({ send, sendFrame, fetchModel, workers, threads, now 
   /** @param {LoadCommand} msg */
   async function load(msg) {
     const t0 = now();
-    const bytes = await fetchModel(msg.url);
+    const [bytes, external] = await Promise.all([fetchModel(msg.url), fetchExternal(msg)]);
     const fetchMs = now() - t0;
     /** @type {SessionLoad} */
-    const first = await executors[0].call(Op.load, { msg, bytes });
+    const first = await executors[0].call(Op.load, { msg, bytes, external });
     const rest = pinned(msg, first.backend);
-    await Promise.all(executors.slice(1).map((e) => e.call(Op.load, { msg: rest, bytes })));
+    await Promise.all(executors.slice(1).map((e) => e.call(Op.load, { msg: rest, bytes, external })));
     models.set(msg.name, rest);
     return { ...first, fetch_ms: fetchMs };
   }
@@ -129,6 +143,30 @@ export function createPage({ send, sendFrame, fetchModel, workers, threads, now 
     return { released: [...new Set(results.flatMap((r) => r.released))] };
   }
 
+  // A generation goes to the ready executor generating the fewest sequences: with page
+  // workers, sequences spread over them (each worker batches its own).
+  /** @param {import('./protocol.js').GenerateCommand} msg */
+  async function generate(msg) {
+    if (!models.has(msg.model)) throw new Error(`model '${msg.model}' is not loaded in this page`);
+    const ready = executors.filter((e) => e.ready);
+    const e = (ready.length ? ready : executors).reduce((a, b) => (b.sequences < a.sequences ? b : a));
+    generating.set(msg.req, e);
+    e.sequences += 1;
+    try {
+      return await e.call(Op.generate, { msg });
+    } finally {
+      e.sequences -= 1;
+      generating.delete(msg.req);
+    }
+  }
+
+  /** @param {number} req */
+  async function cancel(req) {
+    const e = generating.get(req);
+    if (!e) return { cancelled: false };
+    return e.call(Op.cancel, { req });
+  }
+
   // Fault injection (debug endpoint): worker `index` spins forever, as a runaway kernel
   // would; the hang watchdog must replace it.
   /** @param {number} index */
@@ -145,6 +183,8 @@ export function createPage({ send, sendFrame, fetchModel, workers, threads, now 
     [Op.unload, (msg) => unload(msg.name)],
     [Op.retain, (msg) => retain(msg.names)],
     [Op.ensemble, ensemble],
+    [Op.generate, generate],
+    [Op.cancel, (msg) => cancel(msg.generation)],
     [Op.hangWorker, (msg) => hangWorker(msg.index)],
   ]));
 

@@ -11,6 +11,8 @@ import * as ortWasmModule from './ort/ort.wasm.min.mjs';
 import { now } from './clock.js';
 import { readBack, release, runEnsemble } from './ensemble.js';
 import { datatypeOf, decodeFrame, errorFrame, ortType, responseFrame } from './frame.js';
+import { createDecoder } from './generation/decoder.js';
+import { relayoutOnGpu } from './generation/kv.js';
 
 /** @typedef {typeof import('onnxruntime-web')} Ort */
 /** @typedef {import('./protocol.js').LoadCommand} LoadCommand */
@@ -18,6 +20,8 @@ import { datatypeOf, decodeFrame, errorFrame, ortType, responseFrame } from './f
 /** @typedef {import('./protocol.js').SessionLoad} SessionLoad */
 /** @typedef {import('./protocol.js').BackendCandidate} BackendCandidate */
 /** @typedef {import('./protocol.js').Runtime} Runtime */
+/** @typedef {import('./protocol.js').ExternalData} ExternalData */
+/** @typedef {import('./generation/decoder.js').GenerationConfig} GenerationConfig */
 
 const ortWasm = /** @type {Ort} */ (ortWasmModule);
 
@@ -67,8 +71,10 @@ function metadata(list) {
 }
 
 // Zero-filled inputs shaped like the model's (symbolic dims as 1), for warm-up and the
-// auto measurement.
-function syntheticFeeds(ort, session) {
+// auto measurement. A decoder gets a short prompt with an empty cache instead (its mask
+// must cover past and new positions).
+function syntheticFeeds(ort, session, generation) {
+  if (generation) return prefillFeeds(ort, generation.layout, 4);
   const feeds = {};
   for (const m of session.inputMetadata) {
     if (!m.isTensor) throw new Error(`input '${m.name}' is not a tensor; cannot warm up`);
@@ -80,14 +86,53 @@ function syntheticFeeds(ort, session) {
   return feeds;
 }
 
-function sessionOptions(backend, webnnDevice) {
+// A prefill of `n` tokens (ids 0..n-1) with an empty cache, as a decoder's warm-up.
+function prefillFeeds(ort, layout, n) {
+  const Ids = layout.ids_type === 'int32' ? Int32Array : BigInt64Array;
+  const seq = (/** @type {(i: number) => number} */ f) => (Ids === Int32Array
+    ? Int32Array.from({ length: n }, (_, i) => f(i))
+    : BigInt64Array.from({ length: n }, (_, i) => BigInt(f(i))));
+  const feeds = {
+    input_ids: new ort.Tensor(layout.ids_type, seq((i) => i), [1, n]),
+    attention_mask: new ort.Tensor(layout.ids_type, seq(() => 1), [1, n]),
+  };
+  if (layout.position_ids) feeds.position_ids = new ort.Tensor(layout.ids_type, seq((i) => i), [1, n]);
+  for (let i = 0; i < layout.layers; i++) {
+    for (const kind of ['key', 'value']) {
+      feeds[`past_key_values.${i}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [1, layout.kv_heads, 0, layout.head_dim]);
+    }
+  }
+  return feeds;
+}
+
+/**
+ * @param {string} backend
+ * @param {string} webnnDevice
+ * @param {{external?: ExternalData[], generation?: GenerationConfig}} [model] the
+ * model's external data files, and how it generates if it does
+ */
+function sessionOptions(backend, webnnDevice, { external = [], generation } = {}) {
   const ep = backend === 'webnn' ? { name: 'webnn', deviceType: webnnDevice } : backend;
+  // WebGPU outputs stay in GPU buffers: an ensemble's next step reads them there, and
+  // only what a response needs is read back (ensemble.js). A decoder's cache stays
+  // there between steps; its logits come back every step, so they are read back at once.
+  let location = {};
+  if (backend === 'webgpu') {
+    location = { preferredOutputLocation: 'gpu-buffer' };
+    if (generation) {
+      const outputs = { logits: 'cpu' };
+      for (let i = 0; i < generation.layout.layers; i++) {
+        outputs[`present.${i}.key`] = 'gpu-buffer';
+        outputs[`present.${i}.value`] = 'gpu-buffer';
+      }
+      location = { preferredOutputLocation: outputs };
+    }
+  }
   return {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
-    // WebGPU outputs stay in GPU buffers: an ensemble's next step reads them there, and
-    // only what a response needs is read back (ensemble.js).
-    ...(backend === 'webgpu' ? { preferredOutputLocation: 'gpu-buffer' } : {}),
+    ...location,
+    ...(external.length ? { externalData: external } : {}),
     // Without this onnxruntime silently places nodes the chosen provider cannot run on
     // its CPU provider; webaccel reports one backend per model, so a model that does not
     // fit the provider whole is refused instead.
@@ -111,7 +156,8 @@ export function refusal(capabilities, backend, webnnDevice) {
 // 'all' puts wasm sessions on the WebGPU build too (the agent's --wasm-build all).
 // `capabilities`: the page's report. `onGpuLost(message)`: called once if the WebGPU
 // device this instance holds is lost.
-export function createSessions({ threads, build, capabilities, onGpuLost }) {
+// `onTokens(step)`: called with each step of text generation (decoder.js's StepEvent).
+export function createSessions({ threads, build, capabilities, onGpuLost, onTokens }) {
   function configure(ort) {
     ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
     if (threads > 0) ort.env.wasm.numThreads = threads;
@@ -132,7 +178,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     return ortAllLoading;
   };
 
-  // name -> {session, ort (the build that made it), backend, key, result}
+  // name -> {session, ort (the build that made it), backend, key, result, decoder?}
   const sessions = new Map();
 
   // onnxruntime-web allows one asynchronous operation (create, run, release) at a time
@@ -184,11 +230,11 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
   // CPU provider: onnxruntime's own refusal (fallback disabled) does not name them, so the
   // session is created once more with fallback allowed and onnxruntime's verbose log of
   // node placements captured from the console.
-  async function unplacedNodes(ort, bytes, backend, webnnDevice) {
+  async function unplacedNodes(ort, bytes, backend, webnnDevice, model) {
     const lines = [];
     consoleCapture = lines;
     try {
-      const options = { ...sessionOptions(backend, webnnDevice), extra: {}, logSeverityLevel: 0, logVerbosityLevel: 0 };
+      const options = { ...sessionOptions(backend, webnnDevice, model), extra: {}, logSeverityLevel: 0, logVerbosityLevel: 0 };
       const session = await exclusive(() => ort.InferenceSession.create(bytes, options));
       await exclusive(() => session.release());
     } catch (e) {
@@ -214,17 +260,18 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
   }
 
   // Creates a session on one backend and measures it: creation, first run, steady runs.
-  async function tryBackend(bytes, backend, webnnDevice, warmup, runs) {
+  // `model`: its external data and generation config (sessionOptions).
+  async function tryBackend(bytes, backend, webnnDevice, warmup, runs, model) {
     const why = refusal(capabilities, backend, webnnDevice);
     if (why) throw new Error(why);
     const ort = await ortFor(backend);
     let created;
     try {
-      created = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice))));
+      created = await timed(() => exclusive(() => ort.InferenceSession.create(bytes, sessionOptions(backend, webnnDevice, model))));
     } catch (e) {
       const message = String(e?.message ?? e);
       if (backend !== 'wasm' && message.includes('fallback to CPU EP has been explicitly disabled')) {
-        const ops = await unplacedNodes(ort, bytes, backend, webnnDevice);
+        const ops = await unplacedNodes(ort, bytes, backend, webnnDevice, model);
         if (ops.length) {
           throw new Error(`backend ${backend} cannot run these operators of the model (onnxruntime-web ${ortWasm.env.versions?.web ?? ''} has no ${backend} kernel for them; they would fall back to the CPU): ${ops.join(', ')}`);
         }
@@ -236,7 +283,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     const result = { session, ort, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
     if (!warmup) return result;
     try {
-      const feeds = syntheticFeeds(ort, session);
+      const feeds = syntheticFeeds(ort, session, model.generation);
       // A run whose outputs are dropped (GPU buffers freed), timed.
       const once = () => exclusive(async () => {
         const [outputs, ms] = await timed(() => session.run(feeds));
@@ -256,11 +303,13 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
 
   // Loads `bytes` as model `msg.name` on `msg.backend` ('auto' measures every backend
   // this browser has and keeps the fastest).
-  async function load(msg, bytes) {
+  // `external`: the model's external data files, fetched by the page.
+  async function load(msg, bytes, external = []) {
     const { name, url, backend, webnn_device: webnnDevice = 'cpu', warmup = true } = msg;
+    const model = { external, generation: msg.generation ?? undefined };
     // A standby page preloads the serving models; when it takes over, the same load
     // finds the session ready.
-    const key = JSON.stringify([url.split('?')[0], backend, webnnDevice, warmup]);
+    const key = JSON.stringify([url.split('?')[0], backend, webnnDevice, warmup, msg.generation ?? null]);
     const existing = sessions.get(name);
     if (existing?.key === key) return existing.result;
     let chosen;
@@ -277,7 +326,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
           continue;
         }
         try {
-          const r = await tryBackend(bytes, b, d, true, 5);
+          const r = await tryBackend(bytes, b, d, true, 5, model);
           candidates.push({ backend: label, ok: true, create_ms: r.create_ms, warmup_ms: r.warmup_ms, steady_ms: r.steady_ms });
           if (!chosen || r.steady_ms < chosen.steady_ms) {
             if (chosen) await exclusive(() => chosen.session.release());
@@ -291,7 +340,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
       }
       if (!chosen) throw new Error(`no backend could run the model: ${JSON.stringify(candidates)}`);
     } else {
-      const r = await tryBackend(bytes, backend, webnnDevice, warmup, 3);
+      const r = await tryBackend(bytes, backend, webnnDevice, warmup, 3, model);
       chosen = { ...r, label: backend === 'webnn' ? `webnn:${webnnDevice}` : backend };
     }
     const result = {
@@ -304,8 +353,19 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
       outputs: metadata(chosen.session.outputMetadata),
     };
     const old = sessions.get(name);
-    sessions.set(name, { session: chosen.session, ort: chosen.ort, backend: chosen.label, key, result });
-    if (old) exclusive(() => old.session.release());
+    const decoder = msg.generation ? createDecoder({
+      ort: chosen.ort,
+      session: chosen.session,
+      exclusive,
+      config: msg.generation,
+      emit: (step) => onTokens({ ...step, model: name }),
+      relayoutGpu: (sources, heads, dim, width) => relayoutOnGpu(chosen.ort, sources, heads, dim, width),
+    }) : null;
+    sessions.set(name, { session: chosen.session, ort: chosen.ort, backend: chosen.label, key, result, decoder });
+    if (old) {
+      old.decoder?.close();
+      exclusive(() => old.session.release());
+    }
     return result;
   }
 
@@ -313,6 +373,7 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     const entry = sessions.get(name);
     if (!entry) return { unloaded: false };
     sessions.delete(name);
+    entry.decoder?.close();
     if (entry.session) await exclusive(() => entry.session.release());
     return { unloaded: true };
   }
@@ -379,5 +440,25 @@ export function createSessions({ threads, build, capabilities, onGpuLost }) {
     });
   }
 
-  return { start, load, unload, retain, ensemble, infer, has: (name) => sessions.has(name) };
+  // Generates text with decoder model `msg.model`: its steps go out through `onTokens`
+  // as they are made; resolves with how the generation ended.
+  async function generate(msg) {
+    const entry = sessions.get(msg.model);
+    if (!entry) throw new Error(`model '${msg.model}' is not loaded in this page`);
+    if (!entry.decoder) throw new Error(`model '${msg.model}' was not loaded for text generation`);
+    try {
+      return { ...(await entry.decoder.generate(msg)), backend: entry.backend };
+    } catch (e) {
+      if (await failedForGpuLoss(entry)) throw new Error(`the GPU device was lost (${gpuLost}): ${e?.message ?? e}`);
+      throw e;
+    }
+  }
+
+  // Stops generation `req` (whichever model runs it) before its next step.
+  function cancel(req) {
+    for (const entry of sessions.values()) if (entry.decoder?.cancel(req)) return { cancelled: true };
+    return { cancelled: false };
+  }
+
+  return { start, load, unload, retain, ensemble, infer, generate, cancel, has: (name) => sessions.has(name) };
 }

@@ -22,6 +22,7 @@ calls.set(Op.init, ({ threads, build, capabilities }) => {
   runtime = createSessions({
     threads, build, capabilities,
     onGpuLost: (message) => post({ event: Op.gpuLost, message }),
+    onTokens: (step) => post({ event: Op.tokens, step }),
   });
   return runtime.start();
 });

@@ -59,7 +59,7 @@ function decoderWith(overrides = {}) {
     session,
     exclusive,
     config: {
-      layout, kv_cache: 'float32', continuous_batching: true, max_batch: 16, context_length: 256, pad_token_id: 0,
+      layout, kv_cache: 'fp32', continuous_batching: true, max_batch: 16, context_length: 256, pad_token_id: 0,
       ...overrides,
     },
     emit: (step) => steps.push(step),

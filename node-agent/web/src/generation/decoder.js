@@ -26,7 +26,7 @@ import { now } from '../clock.js';
  */
 /**
  * How a deployment generates (the load command's `generation`).
- * @typedef {{layout: DecoderLayout, kv_cache: 'float32' | 'int8' | 'int4',
+ * @typedef {{layout: DecoderLayout, kv_cache: 'fp32' | 'int8' | 'int4',
  *   continuous_batching: boolean, max_batch: number, context_length: number,
  *   pad_token_id: number}} GenerationConfig
  */

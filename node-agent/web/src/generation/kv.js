@@ -193,3 +193,42 @@ export class QuantizedRow {
     }
   }
 }
+
+/**
+ * `relayout` for cache tensors held in GPU buffers (WebGPU sessions keep their presents
+ * there): the rows are copied buffer to buffer on onnxruntime-web's device, nothing is
+ * read back. The presents' commands are already submitted: the run read its logits back,
+ * which flushes onnxruntime-web's command encoder, and the queue keeps submission order.
+ * @param {any} ort the build that made the session (its env holds the device)
+ * @param {{tensor: any, row: number, n: number}[]} sources
+ * @param {number} heads
+ * @param {number} dim
+ * @param {number} len
+ */
+export async function relayoutOnGpu(ort, sources, heads, dim, len) {
+  /** @type {any} */
+  const device = await ort.env.webgpu.device;
+  const rowBytes = heads * len * dim * 4;
+  // @ts-ignore: GPUBufferUsage exists where WebGPU does
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  // Buffers start zeroed; a zero-sized one is not allowed.
+  const buffer = device.createBuffer({ size: Math.max(16, Math.ceil((sources.length * rowBytes) / 16) * 16), usage });
+  const encoder = device.createCommandEncoder();
+  sources.forEach((src, i) => {
+    const from = src.tensor.gpuBuffer;
+    const srcLen = src.tensor.dims[2];
+    if (src.n > len) throw new Error(`a row of ${src.n} positions does not fit ${len}`);
+    if (!src.n) return;
+    for (let h = 0; h < heads; h++) {
+      const at = ((src.row * heads + h) * srcLen + (srcLen - src.n)) * dim * 4;
+      const to = ((i * heads + h) * len + (len - src.n)) * dim * 4;
+      encoder.copyBufferToBuffer(from, at, buffer, to, src.n * dim * 4);
+    }
+  });
+  device.queue.submit([encoder.finish()]);
+  return ort.Tensor.fromGpuBuffer(buffer, {
+    dataType: 'float32',
+    dims: [sources.length, heads, len, dim],
+    dispose: () => buffer.destroy(),
+  });
+}
