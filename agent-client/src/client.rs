@@ -103,9 +103,9 @@ impl HttpAgents {
         })
     }
 
-    /// Every model the agent holds, in any state (`GET /v1/models`).
+    /// Every model the agent holds, in any state (`GET /v1/repository/models`).
     pub async fn models(&self, ep: &Endpoint) -> AgentResult<ModelList> {
-        self.get(ep, "/v1/models").await
+        self.get(ep, "/v1/repository/models").await
     }
 
     /// A model's KServe v2 metadata (`GET /v2/models/{name}`): its inputs and outputs.
@@ -130,7 +130,7 @@ impl AgentApi for HttpAgents {
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
             match self
-                .get::<ModelDescription>(ep, &format!("/v1/models/{name}"))
+                .get::<ModelDescription>(ep, &format!("/v1/repository/models/{name}"))
                 .await
             {
                 Ok(d) => Ok(ModelOnAgent::from_description(&d)),
@@ -148,7 +148,7 @@ impl AgentApi for HttpAgents {
         spec: &'a ModelSpec,
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>> {
         Box::pin(async move {
-            let path = "/v1/models?wait=false";
+            let path = "/v1/repository/models?wait=false";
             match self
                 .call::<ModelDescription>(ep, Method::POST, path, Some(spec))
                 .await
@@ -169,7 +169,7 @@ impl AgentApi for HttpAgents {
 
     fn unload<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<()>> {
         Box::pin(async move {
-            let path = format!("/v1/models/{name}");
+            let path = format!("/v1/repository/models/{name}");
             match self
                 .call::<serde_json::Value>(ep, Method::DELETE, &path, None)
                 .await

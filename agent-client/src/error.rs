@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn only_transient_agent_states_are_retryable() {
         let refused = |category| AgentError::Refused {
-            path: "/v1/models".into(),
+            path: "/v1/repository/models".into(),
             status: 503,
             category,
             message: "x".into(),
@@ -128,7 +128,7 @@ mod tests {
         let e = interpret::<()>("/v1/stats", 502, b"<html>bad gateway</html>").unwrap_err();
         assert_eq!(e.category(), Some(ErrorCategory::BrowserUnavailable));
         let body = br#"{"error":"no such model","category":"model_not_found","retryable":false}"#;
-        let e = interpret::<()>("/v1/models/m", 404, body).unwrap_err();
+        let e = interpret::<()>("/v1/repository/models/m", 404, body).unwrap_err();
         assert_eq!(e.category(), Some(ErrorCategory::ModelNotFound));
         assert!(e.to_string().contains("no such model"), "{e}");
     }

@@ -54,7 +54,7 @@ pub enum ModelOnAgent {
 }
 
 impl ModelOnAgent {
-    /// What a model description (`GET /v1/models/{name}`, a load's answer) says.
+    /// What a model description (`GET /v1/repository/models/{name}`, a load's answer) says.
     pub fn from_description(d: &ModelDescription) -> Self {
         match &d.status {
             ModelState::Loaded(m) => Self::Loaded {

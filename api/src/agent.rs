@@ -1,8 +1,8 @@
 //! The agent's HTTP contract, one serde type per message, shared by the agent (which
 //! writes them) and everyone who reads them: the operator, the gateway, local mode and
 //! the metrics recorder. `/v1/stats` is [`AgentStats`], `/v1/capabilities` is
-//! [`Capabilities`], `/v1/models` is [`ModelList`] of [`ModelDescription`], and a model
-//! load (`POST /v1/models`, or `--model` on the command line) is a [`ModelSpec`]. Errors
+//! [`Capabilities`], `/v1/repository/models` is [`ModelList`] of [`ModelDescription`], and a model
+//! load (`POST /v1/repository/models`, or `--model` on the command line) is a [`ModelSpec`]. Errors
 //! are [`crate::oip::ErrorBody`], whose category says whether to retry.
 
 use std::collections::BTreeMap;
@@ -129,7 +129,7 @@ impl ModelState {
     }
 }
 
-/// One model on an agent: `GET /v1/models/{name}`, and the answer to a load.
+/// One model on an agent: `GET /v1/repository/models/{name}`, and the answer to a load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelDescription {
     pub name: String,
@@ -137,7 +137,7 @@ pub struct ModelDescription {
     pub status: ModelState,
 }
 
-/// `GET /v1/models`.
+/// `GET /v1/repository/models`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelList {
     pub models: Vec<ModelDescription>,
@@ -171,6 +171,30 @@ pub struct ModelStats {
     /// The most requests one run has joined so far (0 before any batch).
     #[serde(default)]
     pub max_batch_requests: u64,
+    /// For a model that generates text: its generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationStats>,
+}
+
+/// A text-generating model's figures in `/v1/stats`: generations since the agent
+/// started, the sequences running now, and recent times (the last 1024 generations).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStats {
+    pub generations: u64,
+    pub errors: u64,
+    /// Ended because their client went away or cancelled.
+    pub cancelled: u64,
+    /// Running in the page now.
+    pub sequences: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+    /// The median gap between tokens, per generation; the median and 99th percentile of
+    /// those.
+    pub inter_token_p50_ms: Option<f64>,
+    pub inter_token_p99_ms: Option<f64>,
+    pub tokens_per_s_p50: Option<f64>,
 }
 
 /// Where the agent's browser is in its life.
@@ -252,6 +276,9 @@ pub struct PageWorker {
     pub busy: bool,
     /// Started with every model loaded (false while a replacement loads them).
     pub ready: bool,
+    /// Text generations it is running.
+    #[serde(default)]
+    pub sequences: u32,
 }
 
 impl AgentStats {

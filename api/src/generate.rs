@@ -6,6 +6,8 @@
 //! Tokenization happens on the agent that holds the model's tokenizer: requests carry
 //! text (or chat messages), events carry token ids with their text.
 
+pub mod triton;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Precision;
@@ -342,7 +344,10 @@ mod tests {
         let spec: GenerationSpec =
             serde_json::from_str(r#"{"tokenizer":{"uri":"file:///m/tokenizer.json"}}"#)
                 .expect("spec");
-        assert_eq!(spec, GenerationSpec::with_tokenizer("file:///m/tokenizer.json"));
+        assert_eq!(
+            spec,
+            GenerationSpec::with_tokenizer("file:///m/tokenizer.json")
+        );
         assert!(spec.validate().is_ok());
         let bad = GenerationSpec {
             max_sequences: 0,

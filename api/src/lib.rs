@@ -14,6 +14,7 @@ pub mod browser;
 pub mod error;
 pub mod generate;
 pub mod oip;
+pub mod openai;
 pub mod precision;
 pub mod tensor;
 pub mod wire;

@@ -195,7 +195,7 @@ async fn a_changed_digest_renews_the_copy_beside_the_old_one() {
 async fn an_agent_that_cannot_answer_keeps_its_replica_reported_pending() {
     let agents = Table::default();
     *agents.refuse.lock().unwrap() = Some(AgentError::Refused {
-        path: "/v1/models/m".into(),
+        path: "/v1/repository/models/m".into(),
         status: 401,
         category: ErrorCategory::Unauthorized,
         message: "invalid bearer token".into(),
@@ -303,7 +303,7 @@ fn a_copy_is_stale_when_its_digest_or_uri_differs_from_the_wanted_one() {
 #[test]
 fn only_the_models_own_failure_is_failed_to_load() {
     let refused = |status, category| AgentError::Refused {
-        path: "/v1/models".into(),
+        path: "/v1/repository/models".into(),
         status,
         category,
         message: "no".into(),
@@ -313,7 +313,7 @@ fn only_the_models_own_failure_is_failed_to_load() {
         refused(403, ErrorCategory::Unauthorized),
         refused(503, ErrorCategory::BrowserUnavailable),
         AgentError::Unreachable {
-            path: "/v1/models".into(),
+            path: "/v1/repository/models".into(),
             message: "connection refused".into(),
         },
     ] {

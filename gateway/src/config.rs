@@ -27,7 +27,7 @@ pub struct GatewayArgs {
     pub admin: SocketAddr,
 
     /// A static agent: `URL[,token-file=PATH]`. Repeatable. The agent's models and
-    /// readiness are read from it (`/v1/models`, `/v1/stats`).
+    /// readiness are read from it (`/v1/repository/models`, `/v1/stats`).
     #[arg(long = "agent", value_name = "URL[,token-file=PATH]")]
     pub agents: Vec<StaticAgent>,
 

@@ -81,7 +81,7 @@ async fn server_metadata<A: InferenceApi>(State(api): State<Arc<A>>) -> Json<Ser
     })
 }
 
-fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
+pub(crate) fn check_version(name: &str, version: &str) -> Result<(), ApiError> {
     if version == VERSION {
         Ok(())
     } else {

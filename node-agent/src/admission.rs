@@ -28,6 +28,19 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// [`Admitted`] that owns its way back: held by a generation's own task, which outlives
+/// the call that admitted it.
+#[derive(Debug)]
+pub struct OwnedAdmitted(std::sync::Arc<Admission>);
+
+impl Drop for OwnedAdmitted {
+    fn drop(&mut self) {
+        if self.0.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 impl Admission {
     pub fn new(limit: usize) -> Self {
         Self {
@@ -49,6 +62,13 @@ impl Admission {
             return Err(AgentError::Overloaded { limit: self.limit });
         }
         Ok(guard)
+    }
+
+    /// [`Admission::admit`] for work that goes on in a task of its own.
+    pub fn admit_owned(self: &std::sync::Arc<Self>) -> Result<OwnedAdmitted, AgentError> {
+        let admitted = self.admit()?;
+        std::mem::forget(admitted);
+        Ok(OwnedAdmitted(self.clone()))
     }
 
     pub fn outstanding(&self) -> usize {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use webaccel_api::ErrorCategory;
+use webaccel_api::generate::{GenerateRequest, GenerationEvent};
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 use crate::admission::Admission;
@@ -28,7 +30,7 @@ pub struct Agent {
     pub browser: Arc<BrowserSupervisor>,
     pub models: Arc<ModelRegistry>,
     pub cache: ModelCache,
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     pub stats: Arc<Stats>,
     /// Rows for ClickHouse (disabled without `--clickhouse-url`).
     pub recorder: Arc<Recorder>,
@@ -208,6 +210,87 @@ impl Agent {
             bytes_out: response.map_or(0, |r| r.outputs.iter().map(|t| t.data.len() as u64).sum()),
             error: category,
         });
+    }
+
+    /// Starts a generation: it is checked and tokenized now (a bad request fails here,
+    /// as does one the agent cannot take), then runs on a task of its own that sends its
+    /// events (tokens as they come, then the end, or an error that ends it) on the
+    /// returned channel. Dropping the channel stops the generation at the page's next
+    /// step and frees its place.
+    pub fn generate(
+        self: &Arc<Self>,
+        req: GenerateRequest,
+        timeout: Duration,
+    ) -> Result<mpsc::Receiver<Result<GenerationEvent, AgentError>>, AgentError> {
+        let started = Instant::now();
+        let result = self.start_generation(req.clone(), started, timeout);
+        if let Err(e) = &result {
+            match e {
+                AgentError::ModelNotFound(_) => self.stats.error(e.category()),
+                _ => self.stats.generation_refused(&req.model, e.category()),
+            }
+        }
+        result
+    }
+
+    fn start_generation(
+        self: &Arc<Self>,
+        req: GenerateRequest,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<mpsc::Receiver<Result<GenerationEvent, AgentError>>, AgentError> {
+        let admitted = self.admission.admit_owned()?;
+        let entry = self.models.require(&req.model)?;
+        entry.loaded()?;
+        let generator = entry.generator().ok_or_else(|| {
+            AgentError::BadRequest(format!(
+                "model '{}' does not generate text: it was loaded without a tokenizer (a text-generation deployment names one)",
+                req.model
+            ))
+        })?;
+        let prepared = generator.prepare(&req)?;
+        let timeout = req
+            .timeout_ms
+            .map(Duration::from_millis)
+            .map_or(timeout, |t| t.min(timeout));
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        // Room for a few steps' events: a slow client slows its own stream only.
+        let (events, rx) = mpsc::channel(64);
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let model = req.model.clone();
+            let waited = tokio::select! {
+                permit = generator.slots.clone().acquire_owned() => permit.ok(),
+                () = events.closed() => None,
+                () = tokio::time::sleep_until(deadline) => {
+                    let _ = events.send(Err(AgentError::Deadline(timeout))).await;
+                    None
+                }
+            };
+            let Some(_slot) = waited else { return };
+            let Some(link) = agent.browser.link() else {
+                let e = AgentError::browser(
+                    ErrorCategory::BrowserUnavailable,
+                    "the browser is restarting",
+                );
+                agent.stats.generation_refused(&model, e.category());
+                let _ = events.send(Err(e)).await;
+                return;
+            };
+            let _running = agent.stats.sequence_started(&model);
+            let outcome = crate::generation::run::stream(
+                generator.clone(),
+                link,
+                prepared,
+                started,
+                deadline,
+                &events,
+            )
+            .await;
+            agent.stats.generation_finished(&model, &outcome);
+        });
+        Ok(rx)
     }
 
     /// Adds a model at run time and loads it into the current browser (or leaves it

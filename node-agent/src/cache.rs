@@ -42,6 +42,38 @@ pub enum CacheError {
     },
 }
 
+impl CacheError {
+    /// Whether the file is simply not there (an optional file beside a model may not
+    /// be).
+    pub fn is_missing(&self) -> bool {
+        match self {
+            Self::Read { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            Self::Status { status, .. } => *status == reqwest::StatusCode::NOT_FOUND,
+            _ => false,
+        }
+    }
+}
+
+/// The URI of the file `name` in the folder of `uri` (query strings dropped), as a
+/// model's external data, tokenizer configuration and `config.json` sit beside it.
+/// `name` may climb one folder (`../config.json`).
+pub fn sibling(uri: &str, name: &str) -> String {
+    let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    let (mut folder, _) = path.rsplit_once('/').unwrap_or((path, ""));
+    let mut name = name;
+    while let Some(rest) = name.strip_prefix("../") {
+        // Never above the scheme's root (`file:///`, `https://host/`).
+        match folder.rsplit_once('/') {
+            Some((up, _)) if !up.ends_with(':') && !up.ends_with(":/") && !up.ends_with("//") => {
+                folder = up
+            }
+            _ => {}
+        }
+        name = rest;
+    }
+    format!("{folder}/{name}")
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelCache {
     dir: PathBuf,
@@ -198,6 +230,26 @@ async fn copy_hashing(from: &Path, to: &Path) -> Result<(String, u64), CacheErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn siblings_sit_in_the_models_folder() {
+        assert_eq!(
+            sibling("file:///m/llm/model.onnx", "model.onnx.data"),
+            "file:///m/llm/model.onnx.data"
+        );
+        assert_eq!(
+            sibling("https://h/repo/onnx/model.onnx?sig=1", "../config.json"),
+            "https://h/repo/config.json"
+        );
+        assert_eq!(
+            sibling("https://h/model.onnx", "../config.json"),
+            "https://h/config.json"
+        );
+        assert_eq!(
+            sibling("file:///model.onnx", "../config.json"),
+            "file:///config.json"
+        );
+    }
 
     #[tokio::test]
     async fn file_uri_is_cached_by_digest_and_checked() {

@@ -118,6 +118,11 @@ pub struct AgentArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Deadline for one text generation, from its arrival to its last token (a
+    /// request's own timeout may be shorter).
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    pub generation_timeout: Duration,
+
     /// Deadline for fetching and compiling one model (auto measurement included).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub load_timeout: Duration,

@@ -8,6 +8,9 @@ use webaccel_api::Precision;
 use webaccel_api::agent::Capabilities;
 use webaccel_onnx::{ModelProto, PrecisionReport, int_attr};
 
+use crate::generation::graph::{GraphError, decoder_layout};
+use crate::page::protocol::DecoderLayout;
+
 /// Why a model file is refused before a browser sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -20,6 +23,9 @@ pub enum InspectError {
     /// The graph's precision could not be told.
     #[error("{0}")]
     Precision(#[source] webaccel_onnx::Error),
+    /// The graph names external data files it may not (outside the model's folder).
+    #[error("{0}")]
+    ExternalData(#[source] webaccel_onnx::Error),
 }
 
 /// What the graph says about a model.
@@ -28,6 +34,10 @@ pub struct Inspection {
     pub precision: PrecisionReport,
     /// Why WebGPU would compute this model wrongly, if it would.
     pub webgpu_defect: Option<String>,
+    /// The files beside the model holding tensors its graph keeps outside it.
+    pub external_data: Vec<String>,
+    /// The graph as a decoder for text generation, or why it is not one.
+    pub decoder: Result<DecoderLayout, GraphError>,
 }
 
 impl Inspection {
@@ -51,11 +61,14 @@ impl Inspection {
 /// Reads the model at `bytes` (a file that is not an ONNX model is refused with the
 /// parser's reason).
 pub fn inspect(bytes: &[u8]) -> Result<Inspection, InspectError> {
-    let model = webaccel_onnx::parse(bytes).map_err(InspectError::Parse)?;
+    let model = webaccel_onnx::parse_with_external_data(bytes).map_err(InspectError::Parse)?;
     let precision = webaccel_onnx::detect(&model).map_err(InspectError::Precision)?;
     Ok(Inspection {
         precision,
         webgpu_defect: webgpu_defect(&model),
+        external_data: webaccel_onnx::external_data_files(&model)
+            .map_err(InspectError::ExternalData)?,
+        decoder: decoder_layout(&model),
     })
 }
 

@@ -13,6 +13,7 @@ pub mod browser;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod http;
 pub mod inspect;
 pub mod models;
@@ -187,7 +188,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         )),
         models: Arc::new(ModelRegistry::new(workers as usize)),
         cache,
-        admission: Admission::new(args.max_in_flight),
+        admission: Arc::new(Admission::new(args.max_in_flight)),
         stats: Arc::new(Stats::default()),
         recorder: Arc::new(recorder),
         tokens: webaccel_kserve::auth::Tokens::new(token),

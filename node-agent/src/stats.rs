@@ -15,7 +15,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use webaccel_api::ErrorCategory;
 use webaccel_api::agent::LoadedModel;
-pub use webaccel_api::agent::ModelStats;
+pub use webaccel_api::agent::{GenerationStats, ModelStats};
+
+use crate::generation::run::Outcome;
 
 /// Latencies kept per model for percentiles in `/v1/stats`.
 const WINDOW: usize = 1024;
@@ -56,6 +58,21 @@ struct ModelWindow {
     batches: u64,
     batched_requests: u64,
     max_batch_requests: u64,
+    generation: Option<GenerationWindow>,
+}
+
+/// A generating model's recent figures.
+#[derive(Debug, Default)]
+struct GenerationWindow {
+    generations: u64,
+    errors: u64,
+    abandoned: u64,
+    sequences: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    ttft_ms: VecDeque<f64>,
+    inter_token_ms: VecDeque<f64>,
+    tokens_per_s: VecDeque<f64>,
 }
 
 #[derive(Debug)]
@@ -75,6 +92,33 @@ pub struct Stats {
     metric_rows_seen: Mutex<BTreeMap<(String, String), u64>>,
     windows: Mutex<BTreeMap<String, ModelWindow>>,
     errors_by_category: Mutex<BTreeMap<ErrorCategory, u64>>,
+    generations: Family<RequestLabels, Counter>,
+    generated_tokens: Family<ModelLabel, Counter>,
+    ttft: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    inter_token: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    pub sequences: Gauge,
+}
+
+/// Counts a sequence running in the page while it lives.
+#[derive(Debug)]
+pub struct RunningSequence<'a> {
+    stats: &'a Stats,
+    model: String,
+}
+
+impl Drop for RunningSequence<'_> {
+    fn drop(&mut self) {
+        self.stats.sequences.dec();
+        if let Some(g) = self
+            .stats
+            .windows
+            .lock()
+            .get_mut(&self.model)
+            .and_then(|w| w.generation.as_mut())
+        {
+            g.sequences = g.sequences.saturating_sub(1);
+        }
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -147,6 +191,40 @@ impl Default for Stats {
             "Requests accepted and waiting for their model",
             queued.clone(),
         );
+        let generations = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "generations",
+            "Text generations by model and outcome (ok, cancelled, or the error category)",
+            generations.clone(),
+        );
+        let generated_tokens = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "generated_tokens",
+            "Tokens generated, by model",
+            generated_tokens.clone(),
+        );
+        let ttft = Family::<ModelLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "From a generation's arrival to its first token",
+            ttft.clone(),
+        );
+        let inter_token = Family::<ModelLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register(
+            "inter_token_seconds",
+            "Median time between a generation's tokens, one observation per generation",
+            inter_token.clone(),
+        );
+        let sequences = Gauge::default();
+        registry.register(
+            "sequences",
+            "Text generations running in the page",
+            sequences.clone(),
+        );
         Self {
             registry,
             requests,
@@ -162,6 +240,11 @@ impl Default for Stats {
             metric_rows_seen: Mutex::default(),
             windows: Mutex::default(),
             errors_by_category: Mutex::default(),
+            generations,
+            generated_tokens,
+            ttft,
+            inter_token,
+            sequences,
         }
     }
 }
@@ -269,6 +352,86 @@ impl Stats {
         w.max_batch_requests = w.max_batch_requests.max(n);
     }
 
+    fn generation_window<R>(&self, model: &str, f: impl FnOnce(&mut GenerationWindow) -> R) -> R {
+        let mut windows = self.windows.lock();
+        let w = windows.entry(model.to_owned()).or_default();
+        f(w.generation.get_or_insert_with(GenerationWindow::default))
+    }
+
+    fn count_generation(&self, model: &str, outcome: &str) {
+        self.generations
+            .get_or_create(&RequestLabels {
+                model: model.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A generation of `model` refused before it ran (a bad request, overload, no
+    /// browser).
+    pub fn generation_refused(&self, model: &str, category: ErrorCategory) {
+        self.count_generation(model, category.as_str());
+        self.generation_window(model, |g| {
+            g.generations += 1;
+            g.errors += 1;
+        });
+        self.error(category);
+    }
+
+    /// A sequence of `model` starts running in the page; it counts until the guard
+    /// drops.
+    pub fn sequence_started(&self, model: &str) -> RunningSequence<'_> {
+        self.sequences.inc();
+        self.generation_window(model, |g| g.sequences += 1);
+        RunningSequence {
+            stats: self,
+            model: model.to_owned(),
+        }
+    }
+
+    /// A generation of `model` ended: its tokens and times.
+    pub fn generation_finished(&self, model: &str, outcome: &Outcome) {
+        let label = ModelLabel {
+            model: model.to_owned(),
+        };
+        let name = match (&outcome.end, outcome.error) {
+            (_, Some(c)) => c.as_str(),
+            _ if outcome.abandoned => "cancelled",
+            _ => "ok",
+        };
+        self.count_generation(model, name);
+        if let Some(c) = outcome.error {
+            self.error(c);
+        }
+        if let Some(end) = &outcome.end {
+            self.generated_tokens
+                .get_or_create(&label)
+                .inc_by(u64::from(end.usage.completion_tokens));
+            self.ttft
+                .get_or_create(&label)
+                .observe(end.timings.ttft_ms / 1e3);
+            if end.usage.completion_tokens > 1 {
+                self.inter_token
+                    .get_or_create(&label)
+                    .observe(end.timings.inter_token_p50_ms / 1e3);
+            }
+        }
+        self.generation_window(model, |g| {
+            g.generations += 1;
+            g.errors += u64::from(outcome.error.is_some());
+            g.abandoned += u64::from(outcome.abandoned);
+            if let Some(end) = &outcome.end {
+                g.prompt_tokens += u64::from(end.usage.prompt_tokens);
+                g.completion_tokens += u64::from(end.usage.completion_tokens);
+                push(&mut g.ttft_ms, end.timings.ttft_ms);
+                if end.usage.completion_tokens > 1 {
+                    push(&mut g.inter_token_ms, end.timings.inter_token_p50_ms);
+                    push(&mut g.tokens_per_s, end.timings.tokens_per_s);
+                }
+            }
+        });
+    }
+
     pub fn model_loaded(&self, model: &str, m: &LoadedModel) {
         self.model_init
             .get_or_create(&ModelLabel {
@@ -293,6 +456,19 @@ impl Stats {
                         batches: w.batches,
                         batched_requests: w.batched_requests,
                         max_batch_requests: w.max_batch_requests,
+                        generation: w.generation.as_ref().map(|g| GenerationStats {
+                            generations: g.generations,
+                            errors: g.errors,
+                            cancelled: g.abandoned,
+                            sequences: g.sequences,
+                            prompt_tokens: g.prompt_tokens,
+                            completion_tokens: g.completion_tokens,
+                            ttft_p50_ms: percentile(&g.ttft_ms, 0.5),
+                            ttft_p99_ms: percentile(&g.ttft_ms, 0.99),
+                            inter_token_p50_ms: percentile(&g.inter_token_ms, 0.5),
+                            inter_token_p99_ms: percentile(&g.inter_token_ms, 0.99),
+                            tokens_per_s_p50: percentile(&g.tokens_per_s, 0.5),
+                        }),
                     },
                 )
             })

@@ -7,8 +7,10 @@
 //! - [`shard::shard`] cuts a model into contiguous stages, each a valid model, for
 //!   running one model across several browsers as a pipeline.
 //!
-//! Models whose tensors live in external data files are refused: the bytes of one
-//! `.onnx` file are all this crate reads.
+//! Models whose tensors live in external data files are read by
+//! [`parse_with_external_data`] (their precision is told from types and dims, and
+//! [`external_data_files`] names the files beside them); cutting stages needs every
+//! tensor's bytes, so [`parse`] and [`shard`] refuse them.
 
 pub mod precision;
 pub mod shard;
@@ -48,6 +50,13 @@ pub enum Error {
          save_as_external_data=False), if it is under 2 GB)"
     )]
     ExternalData(String),
+    #[error("tensor '{0}' keeps its data in an external file but names no location")]
+    ExternalWithoutLocation(String),
+    #[error(
+        "tensor '{tensor}' keeps its data in '{location}', which is not a file name beside \
+         the model (no absolute paths, no '..')"
+    )]
+    ExternalLocation { tensor: String, location: String },
 }
 
 /// Reads a model from the bytes of an `.onnx` file. Refuses bytes that are not a model,
@@ -58,6 +67,77 @@ pub fn parse(bytes: &[u8]) -> Result<ModelProto, Error> {
     Ok(model)
 }
 
+/// Reads a model whose tensors may live in external data files beside it (only the
+/// graph file's bytes are read; [`external_data_files`] names the others).
+pub fn parse_with_external_data(bytes: &[u8]) -> Result<ModelProto, Error> {
+    let model = ModelProto::decode(bytes)?;
+    graph_of(&model)?;
+    Ok(model)
+}
+
+/// The external data files `model`'s tensors name, each once, in the order first named:
+/// paths relative to the model file (onnxruntime reads them from beside it).
+pub fn external_data_files(model: &ModelProto) -> Result<Vec<String>, Error> {
+    let mut files: Vec<String> = Vec::new();
+    for g in tensor::graphs(graph_of(model)?) {
+        let sparse = g
+            .sparse_initializer
+            .iter()
+            .flat_map(|s| s.values.iter().chain(s.indices.iter()));
+        for t in g.initializer.iter().chain(sparse) {
+            if !tensor::is_external(t) {
+                continue;
+            }
+            let location = t
+                .external_data
+                .iter()
+                .find(|e| e.key() == "location")
+                .map(|e| e.value().to_owned())
+                .ok_or_else(|| Error::ExternalWithoutLocation(t.name().to_owned()))?;
+            let safe = !location.is_empty()
+                && !location.starts_with('/')
+                && !location.contains('\\')
+                && !location
+                    .split('/')
+                    .any(|part| part == ".." || part.is_empty());
+            if !safe {
+                return Err(Error::ExternalLocation {
+                    tensor: t.name().to_owned(),
+                    location,
+                });
+            }
+            if !files.contains(&location) {
+                files.push(location);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// The graph's inputs (initializers excluded: older exporters list them as inputs too)
+/// and outputs, as declared.
+pub fn boundary(model: &ModelProto) -> Result<(Vec<TensorInfo>, Vec<TensorInfo>), Error> {
+    let graph = graph_of(model)?;
+    let initialized: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name()).collect();
+    let inputs = graph
+        .input
+        .iter()
+        .filter(|i| !initialized.contains(i.name()))
+        .map(TensorInfo::from_value_info)
+        .collect();
+    let outputs = graph
+        .output
+        .iter()
+        .map(TensorInfo::from_value_info)
+        .collect();
+    Ok((inputs, outputs))
+}
+
+pub(crate) fn graph_of(model: &ModelProto) -> Result<&proto::GraphProto, Error> {
+    model.graph.as_ref().ok_or(Error::NoGraph)
+}
+
 /// The bytes of an `.onnx` file holding `model`.
 pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()
@@ -65,7 +145,7 @@ pub fn encode(model: &ModelProto) -> Vec<u8> {
 
 /// The model's graph, checked to hold all its data.
 pub(crate) fn main_graph(model: &ModelProto) -> Result<&proto::GraphProto, Error> {
-    let graph = model.graph.as_ref().ok_or(Error::NoGraph)?;
+    let graph = graph_of(model)?;
     match tensor::find_external(graph) {
         Some(name) => Err(Error::ExternalData(name)),
         None => Ok(graph),
@@ -88,7 +168,8 @@ pub struct ParameterSummary {
 
 /// The parameters of `model`: its initializers, counted from their dims and types.
 pub fn parameters(model: &ModelProto) -> Result<ParameterSummary, Error> {
-    let graph = main_graph(model)?;
+    // Dims and types only: tensors kept in external files count as well.
+    let graph = graph_of(model)?;
     let mut summary = ParameterSummary::default();
     for g in tensor::graphs(graph) {
         let sparse = g

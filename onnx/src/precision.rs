@@ -208,7 +208,7 @@ fn qdq_phrase(tally: &Tally<String>, types: &[String]) -> Option<String> {
 
 /// Detects the precision of `model` from its operators and initializers.
 pub fn detect(model: &ModelProto) -> Result<PrecisionReport, Error> {
-    let graph = crate::main_graph(model)?;
+    let graph = crate::graph_of(model)?;
     let weight_bytes_by_type = parameters(model)?.bytes_by_type;
     let mut evidence = Evidence::default();
     collect(graph, &mut evidence);

@@ -1,4 +1,4 @@
-//! What a model load asks for: `POST /v1/models` on an agent, `--model` on its command
+//! What a model load asks for: `POST /v1/repository/models` on an agent, `--model` on its command
 //! line, and what the operator and local mode send.
 
 use std::str::FromStr;
@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ensemble, EnsembleError};
 use crate::Precision;
-use crate::generate::{GenerationSpec, GenerationSpecError};
 use crate::backend::{Backend, WebNnDevice};
+use crate::generate::{GenerationSpec, GenerationSpecError};
 
 /// One model to serve: where it comes from and how to run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,7 +92,9 @@ pub enum SpecError {
     Generation(#[from] GenerationSpecError),
     #[error("model '{0}' is an ensemble: it cannot generate text")]
     GeneratingEnsemble(String),
-    #[error("a text-generation model batches its sequences itself (continuous batching): max_batch_size must be 0")]
+    #[error(
+        "a text-generation model batches its sequences itself (continuous batching): max_batch_size must be 0"
+    )]
     BatchedGeneration,
 }
 
@@ -197,10 +199,7 @@ impl FromStr for ModelSpec {
                         )
                     })?
                 }
-                "tokenizer" => {
-                    spec.generation =
-                        Some(GenerationSpec::with_tokenizer(v.trim()))
-                }
+                "tokenizer" => spec.generation = Some(GenerationSpec::with_tokenizer(v.trim())),
                 "kv_cache" | "max_sequences" | "context_length" | "continuous_batching" => {
                     let generation = spec.generation.as_mut().ok_or_else(|| {
                         format!("option '{}' needs tokenizer=URI before it", k.trim())

@@ -250,7 +250,7 @@ async fn recommend_picks_the_faster_of_chromium_and_firefox_on_the_same_model() 
         let stats = agent.get("/v1/stats").await;
         let browser = &stats["browser"];
         assert_eq!(browser["restarts"], 0, "{}: {browser}", agent.browser);
-        let models = agent.get("/v1/models").await;
+        let models = agent.get("/v1/repository/models").await;
         let status = &models["models"]
             .as_array()
             .unwrap()

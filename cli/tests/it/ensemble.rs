@@ -67,7 +67,9 @@ async fn an_ensemble_deployment_is_placed_with_its_steps_and_served_through_the_
         .map(|r| r["pod"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(pipe_on, first_on, "{status:#}");
-    let list: ModelList = up.agent_get(&status, &pipe_on[0], "/v1/models").await;
+    let list: ModelList = up
+        .agent_get(&status, &pipe_on[0], "/v1/repository/models")
+        .await;
     let pipe = list.models.iter().find(|d| d.name == "pipe").unwrap();
     assert!(pipe.spec.ensemble.is_some(), "{pipe:?}");
     assert!(

@@ -63,7 +63,7 @@ fn staged_yaml(name: &str, pool: &str, stages: &[(PathBuf, String)]) -> String {
 async fn holdings(up: &Up, status: &Value) -> BTreeMap<String, Vec<(String, u64)>> {
     let mut out = BTreeMap::new();
     for name in browser_names(status, "trio") {
-        let list: ModelList = up.agent_get(status, &name, "/v1/models").await;
+        let list: ModelList = up.agent_get(status, &name, "/v1/repository/models").await;
         let held = list
             .models
             .iter()

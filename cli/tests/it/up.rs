@@ -295,12 +295,13 @@ fn make_quantized(dir: &std::path::Path) {
     );
 }
 
-/// The digest `/v1/models` reports for `model` on every browser of `pool` that holds it
+/// The digest `/v1/repository/models` reports for `model` on every browser of `pool` that holds it
 /// loaded.
 async fn loaded_digests(up: &Up, s: &Value, pool: &str, model: &str) -> Vec<String> {
     let mut out = Vec::new();
     for browser in browser_names(s, pool) {
-        let list: webaccel_api::agent::ModelList = up.agent_get(s, &browser, "/v1/models").await;
+        let list: webaccel_api::agent::ModelList =
+            up.agent_get(s, &browser, "/v1/repository/models").await;
         for m in list.models.iter().filter(|m| m.name == model) {
             if let webaccel_api::agent::ModelState::Loaded(l) = &m.status {
                 out.push(l.sha256.clone());

@@ -1,5 +1,5 @@
 //! Agents given by URL (`--agent`, `--agents-file`, or local mode's engine): the gateway
-//! asks each for its state (`/v1/stats`) and models (`/v1/models`) every refresh, and
+//! asks each for its state (`/v1/stats`) and models (`/v1/repository/models`) every refresh, and
 //! publishes the fleet when something changed.
 
 use std::collections::{BTreeMap, BTreeSet};

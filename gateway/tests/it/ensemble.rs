@@ -31,7 +31,7 @@ async fn stock_clients_call_an_ensemble_through_the_gateway() {
     let http = reqwest::Client::new();
     let load = |body: serde_json::Value| {
         let req = http
-            .post(format!("{}/v1/models", agent.base))
+            .post(format!("{}/v1/repository/models", agent.base))
             .bearer_auth(TOKEN)
             .json(&body);
         async move {

@@ -34,8 +34,11 @@ pub fn routes() -> Router<Arc<Agent>> {
     Router::new()
         .route("/v1/capabilities", get(capabilities))
         .route("/v1/stats", get(stats))
-        .route("/v1/models", get(list_models).post(load_model))
-        .route("/v1/models/{name}", get(get_model).delete(unload_model))
+        .route("/v1/repository/models", get(list_models).post(load_model))
+        .route(
+            "/v1/repository/models/{name}",
+            get(get_model).delete(unload_model),
+        )
         .route("/v1/drain", post(drain))
         .route("/v1/debug/hang", post(debug_hang))
         .route("/v1/debug/hang-worker/{index}", post(debug_hang_worker))
@@ -183,7 +186,7 @@ async fn get_model(
 #[derive(Debug, serde::Deserialize)]
 struct LoadQuery {
     /// `false`: answer 202 at once and load in the background (look again with
-    /// `GET /v1/models/{name}`); the default waits for the load.
+    /// `GET /v1/repository/models/{name}`); the default waits for the load.
     #[serde(default = "yes")]
     wait: bool,
 }
@@ -192,7 +195,7 @@ fn yes() -> bool {
     true
 }
 
-/// `POST /v1/models` with a model spec as JSON: `{"name", "uri", "sha256"?, "backend"?,
+/// `POST /v1/repository/models` with a model spec as JSON: `{"name", "uri", "sha256"?, "backend"?,
 /// "webnn_device"?, "warmup"?}`. Answers once the model is loaded (201), or refused
 /// (4xx with the reason); 202 if the browser is restarting and will load it, or at once
 /// with `?wait=false` (the load goes on in the background; its outcome is the model's

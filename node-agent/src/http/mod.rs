@@ -3,6 +3,7 @@
 
 mod admin;
 mod bridge;
+mod generate;
 mod kserve;
 mod page;
 
@@ -21,6 +22,8 @@ use crate::agent::Agent;
 pub fn router(agent: Arc<Agent>, shutdown: CancellationToken) -> Router {
     let protected = Router::new()
         .merge(v2::routes::<Agent>())
+        .merge(webaccel_kserve::generate::routes::<Agent>())
+        .merge(webaccel_kserve::openai::routes::<Agent>())
         .merge(admin::routes())
         .merge(bridge::routes(shutdown))
         .layer(middleware::from_fn_with_state(agent.clone(), require_token));

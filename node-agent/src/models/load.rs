@@ -13,7 +13,7 @@ use crate::cache::ModelCache;
 use crate::error::AgentError;
 use crate::inspect::{self, Inspection};
 use crate::page::PageLink;
-use crate::page::protocol::{CallError, Load, RegisterEnsemble, Retain};
+use crate::page::protocol::{CallError, ExternalDataFile, Load, RegisterEnsemble, Retain};
 use crate::stats::Stats;
 
 /// What loading models into a page needs, and no more: the registry (an ensemble reads
@@ -163,6 +163,42 @@ impl Loader {
             }
             avoid.insert("webgpu".to_owned(), defect);
         }
+        // Weights kept beside the graph come through the cache as well.
+        let mut external_data = Vec::with_capacity(inspection.external_data.len());
+        for file in &inspection.external_data {
+            let uri = crate::cache::sibling(&spec.uri, file);
+            let data = self.cache.get(&uri, None).await.map_err(|e| {
+                AgentError::ModelLoad(format!(
+                    "model '{}': its external data file '{file}': {e}",
+                    spec.name
+                ))
+            })?;
+            external_data.push(ExternalDataFile {
+                path: file.clone(),
+                url: format!("/page/models/{}?s={}", data.sha256, link.secret()),
+            });
+        }
+        let generator = match &spec.generation {
+            None => None,
+            Some(generation) => {
+                let layout = inspection.decoder.clone().map_err(|e| {
+                    AgentError::ModelLoad(format!(
+                        "model '{}' cannot generate text: {e}",
+                        spec.name
+                    ))
+                })?;
+                let made =
+                    crate::generation::load::generator(&self.cache, &spec.uri, layout, generation)
+                        .await
+                        .map_err(|e| {
+                            AgentError::ModelLoad(format!(
+                                "model '{}' cannot generate text: {e}",
+                                spec.name
+                            ))
+                        })?;
+                Some(Arc::new(made))
+            }
+        };
         let load = Load {
             name: spec.name.clone(),
             url: format!("/page/models/{}?s={}", cached.sha256, link.secret()),
@@ -170,6 +206,8 @@ impl Loader {
             webnn_device,
             warmup: spec.warmup,
             avoid,
+            external_data,
+            generation: generator.as_ref().map(|g| g.page_config()),
         };
         let reply = link.call(load).await.map_err(|e| match e {
             CallError::Refused(reason) => AgentError::ModelLoad(format!(
@@ -178,6 +216,7 @@ impl Loader {
             )),
             CallError::Failed(e) => e,
         })?;
+        *entry.generator.write() = generator;
         let batching = batcher::status_for(spec, &reply.inputs, &reply.outputs).map(Box::new);
         let model = LoadedModel {
             sha256: cached.sha256,

@@ -17,6 +17,7 @@ pub use load::Loader;
 use crate::batcher::Batcher;
 use crate::config::ModelSpec;
 use crate::error::AgentError;
+use crate::generation::Generator;
 use crate::inspect::Inspection;
 
 /// What `auto` chose for a model: the backend, the WebNN device if any, and the
@@ -49,6 +50,8 @@ pub struct ModelEntry {
     /// must reload it makes the pod unready), false for a model loading for the first time
     /// at run time, which must not take the models already served out of rotation.
     gates_readiness: std::sync::atomic::AtomicBool,
+    /// For a decoder loaded for text generation: its tokenizer and layout.
+    pub(crate) generator: RwLock<Option<Arc<Generator>>>,
 }
 
 impl ModelEntry {
@@ -62,7 +65,13 @@ impl ModelEntry {
             resolved_sha: RwLock::new(None),
             inspected: RwLock::new(None),
             gates_readiness: std::sync::atomic::AtomicBool::new(false),
+            generator: RwLock::new(None),
         }
+    }
+
+    /// The model's generator, when it is loaded for text generation.
+    pub fn generator(&self) -> Option<Arc<Generator>> {
+        self.generator.read().clone()
     }
 
     pub fn state(&self) -> ModelState {

@@ -17,7 +17,7 @@ use webaccel_api::ErrorCategory;
 use webaccel_api::agent::{Capabilities, PageWorker};
 use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 
-use super::protocol::{self, Call, CallError, CallResult, PageEvent};
+use super::protocol::{self, Call, CallError, CallResult, Generate, PageEvent, StepToken};
 use crate::error::AgentError;
 
 /// Why a page's connection could not be taken over: it must open with a hello.
@@ -63,6 +63,48 @@ pub struct PageLink {
     secret: String,
     /// What the page reported it can run, in its hello.
     capabilities: Capabilities,
+    /// The generations running in the page, by call number: where their tokens go.
+    generations: Mutex<HashMap<u64, mpsc::UnboundedSender<PageStep>>>,
+}
+
+/// One token of a generation, with the step that made it.
+#[derive(Debug, Clone)]
+pub struct PageStep {
+    pub token: StepToken,
+    /// When the page sent it (milliseconds since the Unix epoch).
+    pub t: f64,
+    pub step_ms: f64,
+    pub run_ms: f64,
+    pub batch: u32,
+    pub prefill: bool,
+}
+
+/// A generation running in the page: its call number (to cancel it), its tokens as
+/// they come, and its end.
+#[derive(Debug)]
+pub struct PageGeneration {
+    pub id: u64,
+    pub steps: mpsc::UnboundedReceiver<PageStep>,
+    reply: oneshot::Receiver<Reply>,
+}
+
+impl PageGeneration {
+    /// How the generation ended: after this resolves, every token is in `steps` (the
+    /// page sends them before its answer, on one ordered socket).
+    pub async fn finished(&mut self) -> Result<protocol::GenerateReply, CallError> {
+        match (&mut self.reply).await {
+            Ok(Reply::Control(result)) => result.reply::<Generate>(),
+            Ok(Reply::Failed(e)) => Err(e.into()),
+            Ok(Reply::Frame(other)) => {
+                Err(AgentError::Internal(format!("unexpected reply from page: {other:?}")).into())
+            }
+            Err(_) => Err(AgentError::browser(
+                ErrorCategory::BrowserCrashed,
+                "the browser's page connection closed",
+            )
+            .into()),
+        }
+    }
 }
 
 impl PageLink {
@@ -94,6 +136,7 @@ impl PageLink {
             controls_in_progress: AtomicUsize::new(0),
             secret,
             capabilities: capabilities.clone(),
+            generations: Mutex::default(),
         });
         tokio::spawn(async move {
             while let Some(msg) = out_rx.recv().await {
@@ -151,7 +194,25 @@ impl PageLink {
                 }
                 *self.workers.lock() = workers;
             }
-            PageEvent::Result(result) => self.resolve(result.req, Reply::Control(result)),
+            PageEvent::Result(result) => {
+                self.generations.lock().remove(&result.req);
+                self.resolve(result.req, Reply::Control(result));
+            }
+            PageEvent::Tokens(step) => {
+                let generations = self.generations.lock();
+                for token in step.tokens {
+                    if let Some(tx) = generations.get(&token.req) {
+                        let _ = tx.send(PageStep {
+                            token,
+                            t: step.t,
+                            step_ms: step.step_ms,
+                            run_ms: step.run_ms,
+                            batch: step.batch,
+                            prefill: step.prefill,
+                        });
+                    }
+                }
+            }
             PageEvent::GpuLost { message } => {
                 tracing::warn!(reason = %message, "the page lost its WebGPU device");
                 self.gpu_lost.send_replace(Some(message));
@@ -170,6 +231,7 @@ impl PageLink {
 
     /// Marks the link dead and fails everyone waiting on it with `err`.
     pub fn fail_all(&self, err: AgentError) {
+        self.generations.lock().clear();
         let waiters = self.pending.lock().take();
         for (_, tx) in waiters.into_iter().flatten() {
             let _ = tx.send(Reply::Failed(err.clone()));
@@ -260,6 +322,30 @@ impl PageLink {
                 Err(AgentError::Internal(format!("unexpected reply from page: {other:?}")).into())
             }
         }
+    }
+
+    /// Starts a generation in the page; its tokens arrive in the returned
+    /// [`PageGeneration`]'s `steps` as the page makes them.
+    pub fn generate(&self, call: Generate) -> Result<PageGeneration, AgentError> {
+        let (id, reply) = self.register()?;
+        let (tx, steps) = mpsc::unbounded_channel();
+        self.generations.lock().insert(id, tx);
+        let text = serde_json::to_string(&Call::command(call, id))
+            .map_err(|e| AgentError::Internal(format!("encoding a page command: {e}")))?;
+        if self.out.send(WsMessage::Text(text.into())).is_err() {
+            self.generations.lock().remove(&id);
+            self.resolve(id, Reply::Failed(AgentError::Internal(String::new())));
+            return Err(AgentError::browser(
+                ErrorCategory::BrowserCrashed,
+                "the browser's page connection is gone",
+            ));
+        }
+        Ok(PageGeneration { id, steps, reply })
+    }
+
+    /// Generations running in the page now.
+    pub fn generations(&self) -> usize {
+        self.generations.lock().len()
     }
 
     /// Sends a heartbeat ping; the page answers with a pong that updates `since_pong`.

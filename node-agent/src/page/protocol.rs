@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use webaccel_api::agent::{BackendCandidate, Capabilities, EnsembleStep, IoMeta, PageWorker};
-use webaccel_api::{Backend, WebNnDevice};
+use webaccel_api::generate::FinishReason;
+use webaccel_api::{Backend, Precision, WebNnDevice};
 
 /// A message from the agent to the page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +31,8 @@ pub enum PageCommand {
     Unload(Request<Unload>),
     Retain(Request<Retain>),
     Ensemble(Request<RegisterEnsemble>),
+    Generate(Request<Generate>),
+    Cancel(Request<Cancel>),
     HangWorker(Request<HangWorker>),
 }
 
@@ -65,6 +68,8 @@ call!(Load => Load, LoadReply);
 call!(Unload => Unload, UnloadReply);
 call!(Retain => Retain, RetainReply);
 call!(RegisterEnsemble => Ensemble, EnsembleReply);
+call!(Generate => Generate, GenerateReply);
+call!(Cancel => Cancel, CancelReply);
 call!(HangWorker => HangWorker, HangWorkerReply);
 
 /// Creates a model's session in every instance of the page, from model bytes the page
@@ -82,6 +87,140 @@ pub struct Load {
     /// Backends (`webgpu`, `webnn:gpu`, ...) that `auto` must skip, and why: they would
     /// compute this model wrongly.
     pub avoid: BTreeMap<String, String>,
+    /// The files of the model's weights kept outside its graph.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_data: Vec<ExternalDataFile>,
+    /// A decoder served for text generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<PageGeneration>,
+}
+
+/// A file of weights beside a model's graph: `path` as the graph names it, `url` where
+/// the page fetches it from the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalDataFile {
+    pub path: String,
+    pub url: String,
+}
+
+/// How the page generates with a decoder (`web/src/generation/decoder.js`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageGeneration {
+    pub layout: DecoderLayout,
+    /// fp32, int8 or int4.
+    pub kv_cache: Precision,
+    pub continuous_batching: bool,
+    /// Sequences one instance of the page decodes at once.
+    pub max_batch: u32,
+    /// Positions the model attends over.
+    pub context_length: u32,
+    /// The token under the left padding of a batched prefill (masked).
+    pub pad_token_id: u32,
+}
+
+/// What the agent read from a decoder's graph (`crate::generation::graph`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecoderLayout {
+    pub layers: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+    pub vocab: u32,
+    /// `int64` or `int32`: the type of `input_ids`, `attention_mask` and `position_ids`.
+    pub ids_type: String,
+    /// Whether the graph takes `position_ids`.
+    pub position_ids: bool,
+}
+
+/// Sampling as the page applies it: `temperature` 0 is greedy, `top_k` 0 and `top_p` 1
+/// keep every token, `repetition_penalty` 1 is off.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed: u32,
+    pub repetition_penalty: f32,
+}
+
+/// Generates from `prompt` with decoder `model`: the page answers when the sequence
+/// ends, and sends its tokens before that, step by step, in [`PageEvent::Tokens`]
+/// (each token carrying this call's `req`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generate {
+    pub model: String,
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: u32,
+    pub sampling: Sampling,
+    /// Tokens that end the sequence (the model's end-of-sequence tokens among them).
+    pub stop_token_ids: Vec<u32>,
+    /// Each token's log-probability and this many top alternatives; `None`: neither.
+    pub logprobs: Option<u32>,
+    /// Each token's whole logits row (tests and accuracy measurements).
+    pub logits: bool,
+}
+
+/// How a generation ended in the page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateReply {
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Milliseconds waiting for a place in a batch, in the prompt's run, and decoding.
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    /// The most sequences a step of this one ran with.
+    pub max_batch: u32,
+    /// Bytes of its KV cache at the end, and per position.
+    pub kv_bytes: f64,
+    pub kv_bytes_per_token: f64,
+    pub backend: String,
+}
+
+/// Stops generation `generation` (a [`Generate`] call's `req`) before its next step and
+/// frees its cache; its call then answers with `cancelled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub cancelled: bool,
+}
+
+/// One token of a generation step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepToken {
+    /// The [`Generate`] call it belongs to.
+    pub req: u64,
+    pub id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprob: Option<f64>,
+    /// The most likely tokens and their log-probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<(u32, f64)>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<Vec<f32>>,
+    /// Set on a sequence's last token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<FinishReason>,
+}
+
+/// One step of generation with `model`: the token each of its sequences made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokensEvent {
+    pub model: String,
+    /// When the page sent them, in milliseconds since the Unix epoch.
+    pub t: f64,
+    /// The whole step and the model's run in it, in milliseconds.
+    pub step_ms: f64,
+    pub run_ms: f64,
+    /// Sequences the step ran.
+    pub batch: u32,
+    /// The prompts' run (each sequence's first token).
+    pub prefill: bool,
+    pub tokens: Vec<StepToken>,
 }
 
 /// What the page made of a [`Load`].
@@ -173,6 +312,8 @@ pub enum PageEvent {
         workers: Vec<PageWorker>,
     },
     Result(CallResult),
+    /// A generation step's tokens.
+    Tokens(TokensEvent),
     /// The page's WebGPU device was lost (the GPU process died): its WebGPU sessions
     /// are unusable.
     GpuLost {

@@ -173,7 +173,7 @@ async fn bad_model_files_are_refused_with_the_reason() {
     let agent = Agent::start(&[], &[]).await;
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "bad", "uri": model_uri("invalid.onnx"), "backend": "wasm"}),
         )
         .await;
@@ -190,7 +190,7 @@ async fn bad_model_files_are_refused_with_the_reason() {
 
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "tampered", "uri": model_uri("mlp.onnx"), "sha256": "0".repeat(64), "backend": "wasm"}),
         )
         .await;
@@ -202,7 +202,7 @@ async fn bad_model_files_are_refused_with_the_reason() {
 
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "x", "uri": "ftp://host/m.onnx"}),
         )
         .await;
@@ -218,14 +218,14 @@ async fn bad_model_files_are_refused_with_the_reason() {
         .next()
         .unwrap();
     let (code, body) = agent
-        .post("/v1/models", &json!({"name": "good", "uri": model_uri("mlp.onnx"), "sha256": sha, "backend": "wasm"}))
+        .post("/v1/repository/models", &json!({"name": "good", "uri": model_uri("mlp.onnx"), "sha256": sha, "backend": "wasm"}))
         .await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["status"]["sha256"], sha);
     assert_eq!(agent.infer_reference("good", "mlp").await.0, 200);
     let r = agent
         .http
-        .delete(format!("{}/v1/models/good", agent.base))
+        .delete(format!("{}/v1/repository/models/good", agent.base))
         .send()
         .await
         .unwrap();
@@ -268,7 +268,7 @@ async fn models_load_over_http_with_digest_checks() {
         .next()
         .unwrap();
     let (code, body) = agent
-        .post("/v1/models", &json!({"name": "cnn", "uri": format!("{base}/cnn.onnx"), "sha256": sha, "backend": "wasm"}))
+        .post("/v1/repository/models", &json!({"name": "cnn", "uri": format!("{base}/cnn.onnx"), "sha256": sha, "backend": "wasm"}))
         .await;
     assert_eq!(code, 201, "{body}");
     let (code, body) = agent.infer_reference("cnn", "cnn").await;
@@ -277,7 +277,7 @@ async fn models_load_over_http_with_digest_checks() {
 
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "missing", "uri": format!("{base}/nope.onnx")}),
         )
         .await;
@@ -288,7 +288,7 @@ async fn models_load_over_http_with_digest_checks() {
     );
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "wrong", "uri": format!("{base}/types.onnx"), "sha256": sha}),
         )
         .await;

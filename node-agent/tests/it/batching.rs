@@ -90,13 +90,13 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
     let agent = Agent::start(&models, &[]).await;
 
     // The load reports what batching does for each model.
-    let (_, mlp) = agent.get("/v1/models/mlp").await;
+    let (_, mlp) = agent.get("/v1/repository/models/mlp").await;
     let status = &mlp["status"]["batching"];
     assert_eq!(status["enabled"], true, "{mlp}");
     assert_eq!(status["max_batch_size"], 8);
     assert_eq!(status["max_queue_delay_us"], 20000);
     assert_eq!(mlp["spec"]["max_batch_size"], 8);
-    let (_, tf) = agent.get("/v1/models/tf").await;
+    let (_, tf) = agent.get("/v1/repository/models/tf").await;
     assert_eq!(tf["status"]["state"], "loaded", "{tf}");
     assert_eq!(tf["status"]["batching"]["enabled"], false, "{tf}");
     let reason = tf["status"]["batching"]["reason"].as_str().unwrap();

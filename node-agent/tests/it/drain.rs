@@ -45,7 +45,7 @@ async fn a_first_time_runtime_load_keeps_the_agent_ready() {
     )
     .await;
     let spec = json!({"name": "cnn", "uri": model_uri("cnn.onnx"), "backend": "auto"});
-    let (load, seen) = tokio::join!(agent.post("/v1/models", &spec), async {
+    let (load, seen) = tokio::join!(agent.post("/v1/repository/models", &spec), async {
         let mut seen_loading = 0;
         let mut unready = Vec::new();
         for _ in 0..400 {

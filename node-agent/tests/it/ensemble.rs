@@ -58,7 +58,7 @@ async fn chained_models_answer_like_onnxruntime_on_wasm_webgpu_and_across() {
         let uri = format!("file://{}", dir.path().join(file).display());
         let (status, body) = agent
             .post(
-                "/v1/models",
+                "/v1/repository/models",
                 &json!({"name": name, "uri": uri, "backend": backend}),
             )
             .await;
@@ -75,7 +75,7 @@ async fn chained_models_answer_like_onnxruntime_on_wasm_webgpu_and_across() {
     ] {
         let (status, body) = agent
             .post(
-                "/v1/models",
+                "/v1/repository/models",
                 &json!({"name": name, "ensemble": pipeline(first, second, &["OUTPUT"])}),
             )
             .await;
@@ -112,7 +112,7 @@ async fn chained_models_answer_like_onnxruntime_on_wasm_webgpu_and_across() {
     // The intermediate tensor can be an output too.
     let (status, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "pipe_both", "ensemble": pipeline("first_gpu", "second_gpu", &["OUTPUT", "hidden"])}),
         )
         .await;
@@ -142,7 +142,7 @@ async fn chained_models_answer_like_onnxruntime_on_wasm_webgpu_and_across() {
     .enumerate()
     {
         let (status, body) = agent
-            .post("/v1/models", &json!({"name": format!("bad{i}"), "ensemble": ensemble}))
+            .post("/v1/repository/models", &json!({"name": format!("bad{i}"), "ensemble": ensemble}))
             .await;
         assert_eq!(status, 422, "{body}");
         assert!(body["error"].as_str().unwrap().contains(why), "{body}");

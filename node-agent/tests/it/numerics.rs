@@ -110,7 +110,7 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
 
     // auto: every candidate is listed with a timing or the reason it could not run, and
     // the chosen backend is the fastest measured one.
-    let (_, model) = agent.get("/v1/models/tr").await;
+    let (_, model) = agent.get("/v1/repository/models/tr").await;
     let status = &model["status"];
     assert_eq!(status["state"], "loaded", "{model}");
     let candidates = status["candidates"].as_array().unwrap();
@@ -143,7 +143,7 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
     // Asking for WebNN where the browser has none is refused with the detected reason.
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "nn", "uri": model_uri("mlp.onnx"), "backend": "webnn"}),
         )
         .await;
@@ -154,7 +154,7 @@ async fn auto_measures_backends_and_webnn_is_refused_with_its_reason() {
         assert_eq!(body["category"], "model_load_failed");
         let reason = webnn_cpu["reason"].as_str().unwrap();
         assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
-        let (_, state) = agent.get("/v1/models/nn").await;
+        let (_, state) = agent.get("/v1/repository/models/nn").await;
         assert_eq!(state["status"]["state"], "failed");
         assert_eq!(agent.infer_reference("nn", "mlp").await.0, 503);
     }

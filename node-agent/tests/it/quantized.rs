@@ -71,7 +71,7 @@ async fn quantized_models_run_on_wasm_with_their_precision_detected() {
     let agent = Agent::start(&specs, &[]).await;
 
     for (stem, precision) in &variants {
-        let (status, model) = agent.get(&format!("/v1/models/{stem}")).await;
+        let (status, model) = agent.get(&format!("/v1/repository/models/{stem}")).await;
         assert_eq!(status, 200, "{model}");
         let loaded = &model["status"];
         assert_eq!(loaded["state"], "loaded", "{model}");
@@ -104,7 +104,7 @@ async fn quantized_models_run_on_wasm_with_their_precision_detected() {
     // A spec that names the wrong precision is refused, with what the file is.
     let (status, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({
                 "name": "claims_int8",
                 "uri": format!("file://{}", dir.path().join("transformer_fp32.onnx").display()),
@@ -122,7 +122,7 @@ async fn quantized_models_run_on_wasm_with_their_precision_detected() {
     // The right claim loads.
     let (status, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({
                 "name": "claims_int4",
                 "uri": format!("file://{}", dir.path().join("transformer_int4.onnx").display()),
@@ -150,7 +150,7 @@ async fn on_webgpu_whole_block_int4_runs_and_what_it_cannot_run_right_is_refused
         async move {
             agent
                 .post(
-                    "/v1/models",
+                    "/v1/repository/models",
                     &json!({"name": stem, "uri": uri, "backend": "webgpu"}),
                 )
                 .await
@@ -195,7 +195,7 @@ async fn on_webgpu_whole_block_int4_runs_and_what_it_cannot_run_right_is_refused
     );
     let (status, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "k16_auto", "uri": uri, "backend": "auto"}),
         )
         .await;

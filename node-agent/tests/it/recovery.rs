@@ -32,21 +32,21 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
     // A model added at run time and one removed must survive the switch correctly.
     let (code, body) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "extra", "uri": model_uri("transformer.onnx"), "backend": "wasm"}),
         )
         .await;
     assert_eq!(code, 201, "{body}");
     let (code, _) = agent
         .post(
-            "/v1/models",
+            "/v1/repository/models",
             &json!({"name": "gone", "uri": model_uri("types.onnx"), "backend": "wasm"}),
         )
         .await;
     assert_eq!(code, 201);
     let r = agent
         .http
-        .delete(format!("{}/v1/models/gone", agent.base))
+        .delete(format!("{}/v1/repository/models/gone", agent.base))
         .send()
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn killed_browser_fails_in_flight_retryably_and_recovers() {
         Some("crashed")
     );
     assert_ne!(stats.browser.pid.map(i64::from), Some(i64::from(pid)));
-    let (_, models) = agent.get("/v1/models").await;
+    let (_, models) = agent.get("/v1/repository/models").await;
     let names: Vec<_> = models["models"]
         .as_array()
         .unwrap()

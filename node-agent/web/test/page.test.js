@@ -45,8 +45,11 @@ function fakeExecutor(index, replies = {}, { kind = 'worker', start_ms = 30 } = 
       if (reply instanceof Error) throw reply;
       return typeof reply === 'function' ? reply(data) : reply;
     },
+    sequences: 0,
     report() {
-      return { runs: this.runs, restarts: this.restarts, busy: this.current !== null, ready: this.ready };
+      return {
+        runs: this.runs, restarts: this.restarts, busy: this.current !== null, ready: this.ready, sequences: this.sequences,
+      };
     },
     checkHung() {},
   };
@@ -123,6 +126,7 @@ test('ping is answered with the workers as they are', async () => {
   const { page, sent } = await pageWith([busy, idle]);
   busy.runs = 3;
   busy.current = {};
+  busy.sequences = 1;
   idle.runs = 2;
   await page.onControl(control('ping'));
   assert.deepEqual(sent, [control('pong')]);
@@ -267,4 +271,71 @@ test('a malformed frame is dropped and logged', async () => {
   page.onFrame(new ArrayBuffer(3));
   assert.deepEqual(sent, [{ op: Op.log, message: 'dropped a malformed frame from the agent: Error: frame shorter than its prefix' }]);
   assert.deepEqual(frames, []);
+});
+
+test('a decoder load fetches its external data and every executor gets it', async () => {
+  const want = control('load_decoder_result');
+  const { fetch_ms: _f, ...chosen } = want.value;
+  const executors = [0, 1].map((i) => fakeExecutor(i, { [Op.load]: chosen }));
+  const { page, sent, fetched } = await pageWith(executors);
+  const load = control('load_decoder');
+  await page.onControl(load);
+  assert.deepEqual(sent, [want]);
+  assert.deepEqual(fetched, [load.url, load.external_data[0].url]);
+  for (const e of executors) {
+    assert.deepEqual(e.calls[0].data.external, [{ path: 'model.onnx.data', data: new Uint8Array([8, 8]) }]);
+    assert.deepEqual(e.calls[0].data.msg.generation, load.generation);
+  }
+});
+
+test('generations go to the executor with the fewest sequences; tokens and results reach the agent', async () => {
+  const want = control('generate_result');
+  /** @type {Map<number, (v: any) => void>} */
+  const finish = new Map();
+  const executors = [0, 1].map((i) => fakeExecutor(i, {
+    [Op.load]: { backend: 'wasm' },
+    [Op.generate]: (/** @type {any} */ { msg }) => new Promise((resolve) => finish.set(msg.req, resolve)),
+    [Op.cancel]: (/** @type {any} */ { req }) => ({ cancelled: finish.has(req) }),
+  }));
+  const { page, sent } = await pageWith(executors);
+  await page.onControl(control('load_decoder'));
+  sent.length = 0;
+  const generate = control('generate');
+  const a = page.onControl(generate);
+  const b = page.onControl({ ...generate, req: 15 });
+  await settle();
+  assert.deepEqual(executors.map((e) => e.calls.filter((c) => c.op === Op.generate).length), [1, 1]);
+  assert.deepEqual(executors.map((e) => e.sequences), [1, 1]);
+  // A third goes where a sequence ends first.
+  finish.get(15)?.(want.value);
+  await b;
+  const c = page.onControl({ ...generate, req: 16 });
+  await settle();
+  assert.equal(executors[1].calls.filter((x) => x.op === Op.generate).length, 2);
+  // The page forwards the executors' steps as they come.
+  const step = control('tokens');
+  const { op: _op, ...event } = step;
+  page.hooks.onTokens(event);
+  // A cancel reaches the executor running that generation; one unknown is answered.
+  await page.onControl(control('cancel'));
+  await page.onControl({ ...control('cancel'), req: 17, generation: 99 });
+  assert.deepEqual(executors[0].calls.at(-1), { op: Op.cancel, data: { req: 13 }, transfer: undefined });
+  finish.get(13)?.(want.value);
+  finish.get(16)?.(want.value);
+  await Promise.all([a, c]);
+  assert.deepEqual(sent, [
+    { ...want, req: 15 },
+    step,
+    control('cancel_result'),
+    { op: Op.result, req: 17, ok: true, value: { cancelled: false } },
+    want,
+    { ...want, req: 16 },
+  ]);
+  assert.deepEqual(executors.map((e) => e.sequences), [0, 0]);
+});
+
+test('a generation for a model the page has not loaded is refused with the reason', async () => {
+  const { page, sent } = await pageWith([fakeExecutor(0)]);
+  await page.onControl(control('generate'));
+  assert.deepEqual(sent, [{ op: Op.result, req: 13, ok: false, error: "model 'llm' is not loaded in this page" }]);
 });

@@ -39,9 +39,14 @@ test("an executor's calls reach its runtime, and an unknown one is named", async
   await callFor(calls, Op.retain)({ names: ['m'] });
   await callFor(calls, Op.ensemble)({ msg: control('ensemble') });
   await callFor(calls, Op.infer)({ buf, received: 1.5 });
+  const decoder = control('load_decoder');
+  const external = [{ path: 'model.onnx.data', data: new Uint8Array(2) }];
+  await callFor(calls, Op.load)({ msg: decoder, bytes: 'b', external });
+  await callFor(calls, Op.generate)({ msg: control('generate') });
+  await callFor(calls, Op.cancel)({ req: 13 });
   assert.deepEqual(seen, [
-    ['load', msg, 'b'], ['unload', 'm'], ['retain', ['m']], ['ensemble', control('ensemble')],
-    ['infer', buf, 1.5],
+    ['load', msg, 'b', undefined], ['unload', 'm'], ['retain', ['m']], ['ensemble', control('ensemble')],
+    ['infer', buf, 1.5], ['load', decoder, 'b', external], ['generate', control('generate')], ['cancel', 13],
   ]);
   assert.throws(() => callFor(calls, 'toString'), /unknown call 'toString'/);
   assert.throws(() => callFor(calls, Op.hang), /unknown call 'hang'/);

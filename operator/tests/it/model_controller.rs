@@ -243,9 +243,13 @@ async fn a_refused_token_or_a_restarting_browser_is_pending_and_tried_again() {
     agents.loads.lock().unwrap().insert(
         "web-a".into(),
         vec![
-            Err(refused("/v1/models", 401, ErrorCategory::Unauthorized)),
             Err(refused(
-                "/v1/models",
+                "/v1/repository/models",
+                401,
+                ErrorCategory::Unauthorized,
+            )),
+            Err(refused(
+                "/v1/repository/models",
                 503,
                 ErrorCategory::BrowserUnavailable,
             )),

@@ -27,10 +27,10 @@ pub async fn start(
     Ok((agent, started.elapsed()))
 }
 
-/// Loads a model (`POST /v1/models` with `spec`); fails unless it loaded. Returns the
+/// Loads a model (`POST /v1/repository/models` with `spec`); fails unless it loaded. Returns the
 /// agent's description of it.
 pub async fn load(agent: &AgentProcess, spec: &Value) -> anyhow::Result<Value> {
-    let (_, r) = agent.post("/v1/models", spec).await;
+    let (_, r) = agent.post("/v1/repository/models", spec).await;
     if r["status"]["state"] != "loaded" {
         bail!("{} did not load: {r}", spec["name"]);
     }

@@ -215,7 +215,7 @@ pub async fn init_times(
             let t = Instant::now();
             let r = agent
                 .http
-                .post(format!("{}/v1/models", agent.base))
+                .post(format!("{}/v1/repository/models", agent.base))
                 .json(&spec)
                 .send()
                 .await?;
@@ -248,7 +248,7 @@ pub async fn init_times(
             }
             agent
                 .http
-                .delete(format!("{}/v1/models/{name}", agent.base))
+                .delete(format!("{}/v1/repository/models/{name}", agent.base))
                 .send()
                 .await?;
         }

@@ -205,7 +205,7 @@ async fn measure(
             .unwrap_or_else(|| panic!("{name}: its agent reports no browser process"));
         #[allow(clippy::cast_precision_loss)]
         let pss_mib = (procs::browser_pss_kib(pid) as f64 / 1024.0 * 10.0).round() / 10.0;
-        let models: ModelList = up.agent_get(&status, &name, "/v1/models").await;
+        let models: ModelList = up.agent_get(&status, &name, "/v1/repository/models").await;
         let memory = BrowserMemory {
             browser: name,
             models: models.loaded().map(str::to_owned).collect(),

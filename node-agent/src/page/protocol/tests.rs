@@ -17,8 +17,9 @@ use webaccel_api::agent::{
     Adapter, BackendCandidate, Capabilities, EnsembleStep, IoMeta, PageWorker, PageWorkers,
     RuntimeStart, WasmSupport, WebGpuSupport, WebNnSupport,
 };
+use webaccel_api::generate::FinishReason;
 use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
-use webaccel_api::{Backend, DataType, ErrorCategory, Tensor, WebNnDevice};
+use webaccel_api::{Backend, DataType, ErrorCategory, Precision, Tensor, WebNnDevice};
 
 use super::*;
 
@@ -60,9 +61,62 @@ fn commands() -> Vec<(&'static str, PageCommand)> {
                     "webgpu".into(),
                     "fp16 weights need the shader-f16 feature".into(),
                 )]),
+                external_data: Vec::new(),
+                generation: None,
             }
             .command(7),
         ),
+        (
+            "load_decoder",
+            Load {
+                name: "llm".into(),
+                url: format!("/page/models/{}?s=5ec2e7", "cd".repeat(32)),
+                backend: Backend::Wasm,
+                webnn_device: WebNnDevice::Cpu,
+                warmup: true,
+                avoid: BTreeMap::new(),
+                external_data: vec![ExternalDataFile {
+                    path: "model.onnx.data".into(),
+                    url: format!("/page/models/{}?s=5ec2e7", "ef".repeat(32)),
+                }],
+                generation: Some(PageGeneration {
+                    layout: DecoderLayout {
+                        layers: 2,
+                        kv_heads: 2,
+                        head_dim: 16,
+                        vocab: 384,
+                        ids_type: "int64".into(),
+                        position_ids: true,
+                    },
+                    kv_cache: Precision::Int8,
+                    continuous_batching: true,
+                    max_batch: 16,
+                    context_length: 256,
+                    pad_token_id: 4,
+                }),
+            }
+            .command(12),
+        ),
+        (
+            "generate",
+            Generate {
+                model: "llm".into(),
+                prompt: vec![0, 72, 101],
+                max_new_tokens: 8,
+                sampling: Sampling {
+                    temperature: 0.5,
+                    top_k: 40,
+                    top_p: 0.875,
+                    seed: 1234,
+                    repetition_penalty: 1.25,
+                },
+                stop_token_ids: vec![1, 4],
+                logprobs: Some(2),
+                logits: false,
+            }
+            .command(13),
+        ),
+        ("cancel", Cancel { generation: 13 }.command(14)),
         ("unload", Unload { name: "mlp".into() }.command(8)),
         (
             "retain",
@@ -187,6 +241,7 @@ fn events() -> Vec<(&'static str, PageEvent)> {
         restarts: 0,
         busy,
         ready: true,
+        sequences: u32::from(busy),
     };
     vec![
         (
@@ -217,6 +272,59 @@ fn events() -> Vec<(&'static str, PageEvent)> {
                 error: Some("no page worker 1 (the page runs no workers)".into()),
             }),
         ),
+        (
+            "load_decoder_result",
+            result(12, serde_json::to_value(load_reply()).unwrap()),
+        ),
+        (
+            "tokens",
+            PageEvent::Tokens(TokensEvent {
+                model: "llm".into(),
+                t: 1_765_000_000_123.5,
+                step_ms: 2.5,
+                run_ms: 2.25,
+                batch: 2,
+                prefill: false,
+                tokens: vec![
+                    StepToken {
+                        req: 13,
+                        id: 104,
+                        logprob: Some(-0.5),
+                        top: Some(vec![(104, -0.5), (9, -1.25)]),
+                        logits: None,
+                        finish: None,
+                    },
+                    StepToken {
+                        req: 15,
+                        id: 4,
+                        logprob: None,
+                        top: None,
+                        logits: None,
+                        finish: Some(FinishReason::Stop),
+                    },
+                ],
+            }),
+        ),
+        (
+            "generate_result",
+            result(
+                13,
+                serde_json::to_value(GenerateReply {
+                    finish_reason: FinishReason::Length,
+                    prompt_tokens: 3,
+                    completion_tokens: 8,
+                    queue_ms: 0.5,
+                    prefill_ms: 3.5,
+                    decode_ms: 17.25,
+                    max_batch: 2,
+                    kv_bytes: 1392.0,
+                    kv_bytes_per_token: 130.0,
+                    backend: "wasm".into(),
+                })
+                .unwrap(),
+            ),
+        ),
+        ("cancel_result", result(14, json!({"cancelled": true}))),
         (
             "gpu_lost",
             PageEvent::GpuLost {
@@ -283,6 +391,14 @@ fn each_reply_reads_as_its_calls_reply_type() {
             .registered,
         "pipe"
     );
+    assert_eq!(
+        reply("generate_result")
+            .reply::<Generate>()
+            .unwrap()
+            .completion_tokens,
+        8
+    );
+    assert!(reply("cancel_result").reply::<Cancel>().unwrap().cancelled);
     assert!(matches!(
         reply("hang_worker_result").reply::<HangWorker>(),
         Err(CallError::Refused(r)) if r == "no page worker 1 (the page runs no workers)"

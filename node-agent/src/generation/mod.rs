@@ -1,0 +1,182 @@
+//! Text generation on this agent. At load a decoder's graph is checked against the
+//! convention ([`graph`]) and its tokenizer read ([`text`]); a loaded decoder keeps a
+//! [`Generator`]. A request is tokenized and checked here ([`Generator::prepare`]:
+//! context, limits, sampling), then runs in the page, which streams its tokens back
+//! ([`run`]); text goes out as characters complete, stop strings cut it ([`stop`]).
+
+pub mod graph;
+pub mod load;
+pub mod run;
+pub mod stop;
+pub mod text;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use webaccel_api::generate::{
+    GenerateInput, GenerateParams, GenerateRequest, GenerationSpec, MAX_TOP_LOGPROBS,
+};
+
+use crate::error::AgentError;
+use crate::page::protocol::{DecoderLayout, Generate, PageGeneration, Sampling};
+use text::TextCodec;
+
+/// A decoder loaded for generation: what the page was told, and what turns requests
+/// into page calls and tokens into text.
+#[derive(Debug)]
+pub struct Generator {
+    pub codec: Arc<TextCodec>,
+    pub layout: DecoderLayout,
+    /// Positions the model attends over.
+    pub context_length: u32,
+    pub spec: GenerationSpec,
+    /// Sequences the page runs at once (`maxSequences`); the others wait here.
+    pub slots: Arc<Semaphore>,
+}
+
+/// A request made ready for the page: its prompt tokens and the call.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub call: Generate,
+    /// Strings that end the text.
+    pub stop: Vec<String>,
+}
+
+fn bad(message: impl Into<String>) -> AgentError {
+    AgentError::BadRequest(message.into())
+}
+
+impl Generator {
+    /// What the page generates with for this decoder.
+    pub fn page_config(&self) -> PageGeneration {
+        PageGeneration {
+            layout: self.layout.clone(),
+            kv_cache: self.spec.kv_cache,
+            continuous_batching: self.spec.continuous_batching,
+            max_batch: self.spec.max_sequences,
+            context_length: self.context_length,
+            pad_token_id: self.codec.pad_id(),
+        }
+    }
+
+    /// Tokenizes `req` and checks it against the model: a clear 400 for a prompt that
+    /// fills the context, limits out of range, or a chat the template refuses.
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<Prepared, AgentError> {
+        let prompt = match &req.input {
+            GenerateInput::Text { text } => self.codec.encode_text(text),
+            GenerateInput::Chat {
+                messages,
+                add_generation_prompt,
+            } => {
+                if messages.is_empty() {
+                    return Err(bad("messages must hold at least one message"));
+                }
+                self.codec.encode_chat(messages, *add_generation_prompt)
+            }
+            GenerateInput::Tokens { ids } => {
+                if let Some(id) = ids.iter().find(|&&id| id >= self.layout.vocab) {
+                    return Err(bad(format!(
+                        "token id {id} is outside the model's vocabulary of {}",
+                        self.layout.vocab
+                    )));
+                }
+                Ok(ids.clone())
+            }
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        if prompt.is_empty() {
+            return Err(bad("the prompt is empty: it has no tokens"));
+        }
+        let p = &req.params;
+        let context = self.context_length;
+        let prompt_len = u32::try_from(prompt.len()).unwrap_or(u32::MAX);
+        if prompt_len >= context {
+            return Err(bad(format!(
+                "this model's maximum context length is {context} tokens, and the prompt has {prompt_len}: it leaves no room for a new token"
+            )));
+        }
+        let room = context - prompt_len;
+        let max_new = match p.max_tokens.or(self.spec.defaults.max_tokens) {
+            Some(0) => return Err(bad("max_tokens must be at least 1")),
+            Some(n) if p.max_tokens.is_some() && n > room => {
+                return Err(bad(format!(
+                    "this model's maximum context length is {context} tokens; you asked for {} ({prompt_len} in the prompt and {n} for the completion): lower max_tokens to at most {room}",
+                    u64::from(prompt_len) + u64::from(n)
+                )));
+            }
+            // A deployment default never fails a request: it is cut to the room left.
+            Some(n) => n.min(room),
+            None => room,
+        };
+        let sampling = self.sampling(p)?;
+        if let Some(n) = p.logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return Err(bad(format!(
+                "logprobs asks for {n} alternatives; at most {MAX_TOP_LOGPROBS}"
+            )));
+        }
+        if let Some(id) = p.stop_token_ids.iter().find(|&&id| id >= self.layout.vocab) {
+            return Err(bad(format!(
+                "stop token id {id} is outside the model's vocabulary of {}",
+                self.layout.vocab
+            )));
+        }
+        let mut stop_token_ids = p.stop_token_ids.clone();
+        if !p.ignore_eos {
+            stop_token_ids.extend_from_slice(self.codec.eos_ids());
+        }
+        stop_token_ids.sort_unstable();
+        stop_token_ids.dedup();
+        Ok(Prepared {
+            call: Generate {
+                model: req.model.clone(),
+                prompt,
+                max_new_tokens: max_new,
+                sampling,
+                stop_token_ids,
+                logprobs: p.logprobs,
+                logits: false,
+            },
+            stop: p.stop.clone(),
+        })
+    }
+
+    /// The request's sampling, defaults filled in from the deployment and then as the
+    /// OpenAI API has them (temperature 1, top_p 1); a request without a seed gets a
+    /// random one.
+    fn sampling(&self, p: &GenerateParams) -> Result<Sampling, AgentError> {
+        let d = &self.spec.defaults;
+        let temperature = p.temperature.or(d.temperature).unwrap_or(1.0);
+        let top_p = p.top_p.or(d.top_p).unwrap_or(1.0);
+        let top_k = p.top_k.or(d.top_k).unwrap_or(0);
+        let repetition_penalty = p.repetition_penalty.or(d.repetition_penalty).unwrap_or(1.0);
+        if !(0.0..=100.0).contains(&temperature) {
+            return Err(bad(format!(
+                "temperature must be between 0 and 100, not {temperature}"
+            )));
+        }
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(bad(format!(
+                "top_p must be above 0 and at most 1, not {top_p}"
+            )));
+        }
+        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+            return Err(bad(format!(
+                "repetition_penalty must be above 0, not {repetition_penalty}"
+            )));
+        }
+        // The page's generator takes 32 bits: a 64-bit seed folds its halves together.
+        #[allow(clippy::cast_possible_truncation)]
+        let seed = p
+            .seed
+            .map_or_else(rand::random::<u32>, |s| (s ^ (s >> 32)) as u32);
+        Ok(Sampling {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            repetition_penalty,
+        })
+    }
+}
