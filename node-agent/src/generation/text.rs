@@ -170,9 +170,12 @@ impl TextCodec {
         })
     }
 
-    /// Tokens the tokenizer knows, its added (special) tokens included.
+    /// One past the highest id the tokenizer can produce, its added (special) tokens
+    /// included: the logits a model must cover. (Not the count of tokens: an added
+    /// token may take an id far past the rest.)
     pub fn vocab_size(&self) -> u32 {
-        u32::try_from(self.tokenizer.get_vocab_size(true)).unwrap_or(u32::MAX)
+        let highest = self.tokenizer.get_vocab(true).into_values().max();
+        highest.map_or(0, |id| id.saturating_add(1))
     }
 
     /// Ids that end a sequence.

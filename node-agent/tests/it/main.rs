@@ -10,6 +10,7 @@ mod common;
 mod drain;
 mod ensemble;
 mod firefox;
+mod generation;
 mod grpc;
 mod metrics;
 mod numerics;
