@@ -108,6 +108,15 @@ impl HttpAgents {
         self.get(ep, "/v1/repository/models").await
     }
 
+    /// The models that generate text there, as the OpenAI API lists them
+    /// (`GET /v1/models`).
+    pub async fn generation_models(
+        &self,
+        ep: &Endpoint,
+    ) -> AgentResult<webaccel_api::openai::ModelList> {
+        self.get(ep, "/v1/models").await
+    }
+
     /// A model's KServe v2 metadata (`GET /v2/models/{name}`): its inputs and outputs.
     pub async fn model_metadata(&self, ep: &Endpoint, name: &str) -> AgentResult<ModelMetadata> {
         self.get(ep, &format!("/v2/models/{name}")).await

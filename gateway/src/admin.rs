@@ -19,8 +19,10 @@ use crate::service::Gateway;
 
 /// KServe v2 on the client port.
 pub fn kserve_router(gateway: Arc<Gateway>, tokens: Arc<Tokens>) -> Router {
-    let protected =
-        v2::routes::<Gateway>().layer(middleware::from_fn_with_state(tokens, auth::require));
+    let protected = v2::routes::<Gateway>()
+        .merge(webaccel_kserve::generate::routes::<Gateway>())
+        .merge(webaccel_kserve::openai::routes::<Gateway>())
+        .layer(middleware::from_fn_with_state(tokens, auth::require));
     Router::new()
         .merge(v2::probe_routes::<Gateway>())
         .merge(protected)

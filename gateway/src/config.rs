@@ -53,6 +53,11 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 
+    /// Deadline of one text generation, its whole stream included; a client may ask
+    /// for less, as for a request.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub generation_timeout: Duration,
+
     /// Requests that may wait per model for a browser; past it the answer is 429.
     #[arg(long, default_value_t = 256)]
     pub queue_size: usize,

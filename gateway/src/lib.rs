@@ -6,7 +6,7 @@
 //! breaker and a peak-EWMA latency per model, and picks one by power of two choices;
 //! [`service`] is the request path (bounded wait queue, retries with backoff and a
 //! budget, deadlines); [`pipeline`] serves a model cut into stages as one, stage after
-//! stage on browsers holding each; [`waiting`] publishes how many requests wait for a
+//! stage on browsers holding each; [`generate`] streams text generations through; [`waiting`] publishes how many requests wait for a
 //! model no browser holds (scale from zero); [`metrics`], [`record`] and [`admin`] are what
 //! operators see. The HTTP and gRPC servers are the ones the agent uses
 //! (`webaccel-kserve`), over [`service::Gateway`].
@@ -16,6 +16,7 @@ pub mod backend;
 pub mod breaker;
 pub mod config;
 pub mod discovery;
+pub mod generate;
 pub mod metrics;
 pub mod pipeline;
 pub mod prefer;
@@ -80,6 +81,7 @@ impl Settings {
             admin: Some(args.admin),
             policy: Policy {
                 request_timeout: args.request_timeout,
+                generation_timeout: args.generation_timeout,
                 max_attempts: args.max_attempts.max(1),
                 max_tensor_bytes: args.max_tensor_bytes,
                 backoff_base: Duration::from_millis(25),

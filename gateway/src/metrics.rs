@@ -55,6 +55,9 @@ pub struct Metrics {
     outstanding: Family<BrowserLabel, Gauge>,
     queued: Family<ModelLabel, Gauge>,
     waiting_for_browser: Family<ModelLabel, Gauge>,
+    generations: Family<Outcome, Counter>,
+    time_to_first_token: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    generated_tokens: Family<ModelLabel, Counter>,
     /// Models ever seen on a browser: the only model label values used.
     known: RwLock<BTreeSet<String>>,
 }
@@ -72,6 +75,9 @@ impl Default for Metrics {
             outstanding: Family::default(),
             queued: Family::default(),
             waiting_for_browser: Family::default(),
+            generations: Family::default(),
+            time_to_first_token: Family::new_with_constructor(latency_histogram),
+            generated_tokens: Family::default(),
             known: RwLock::default(),
         };
         r.register(
@@ -114,6 +120,21 @@ impl Default for Metrics {
             "Requests waiting because no ready browser holds the model (scale from zero)",
             m.waiting_for_browser.clone(),
         );
+        r.register(
+            "generations",
+            "Text generations streamed, by model and outcome (ok, cancelled, or the error category)",
+            m.generations.clone(),
+        );
+        r.register(
+            "time_to_first_token_seconds",
+            "From a generation's arrival at the gateway to its first token leaving it",
+            m.time_to_first_token.clone(),
+        );
+        r.register(
+            "generated_tokens",
+            "Tokens streamed through the gateway, by model",
+            m.generated_tokens.clone(),
+        );
         *m.registry.lock() = r;
         m
     }
@@ -155,6 +176,35 @@ impl Metrics {
             self.latency
                 .get_or_create(&ModelLabel { model })
                 .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// A generation ended (or was refused: no first token, no tokens).
+    pub fn generation_finished(
+        &self,
+        model: &str,
+        outcome: &str,
+        first_token: Option<Duration>,
+        tokens: u64,
+    ) {
+        let model = self.model_label(model);
+        self.generations
+            .get_or_create(&Outcome {
+                model: model.clone(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if let Some(t) = first_token {
+            self.time_to_first_token
+                .get_or_create(&ModelLabel {
+                    model: model.clone(),
+                })
+                .observe(t.as_secs_f64());
+        }
+        if tokens > 0 {
+            self.generated_tokens
+                .get_or_create(&ModelLabel { model })
+                .inc_by(tokens);
         }
     }
 

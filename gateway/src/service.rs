@@ -32,6 +32,8 @@ use crate::record::{Recorder, RequestRecord, Trace};
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     pub request_timeout: Duration,
+    /// Deadline of one text generation, its whole stream included.
+    pub generation_timeout: Duration,
     pub max_attempts: u32,
     pub max_tensor_bytes: usize,
     /// First backoff step (doubled per attempt, full jitter) and its cap.
@@ -49,7 +51,7 @@ pub struct Gateway {
     recorder: Arc<Recorder>,
     preferences: Preferences,
     /// Asks agents for model metadata.
-    metadata: HttpAgents,
+    pub(crate) metadata: HttpAgents,
     ready: std::sync::atomic::AtomicBool,
     /// Models deployed, when the discovery source knows them (Kubernetes, local mode).
     deployed: parking_lot::RwLock<Option<Arc<crate::discovery::Deployed>>>,
@@ -67,7 +69,7 @@ enum Feed {
     Named,
 }
 
-fn api_error(e: CallError) -> ApiError {
+pub(crate) fn api_error(e: CallError) -> ApiError {
     ApiError::new(e.category, e.message)
 }
 
@@ -143,7 +145,7 @@ impl Gateway {
     /// A browser for `model`, waiting (within the deadline) while none can take the
     /// request. Waiting takes a place in the model's bounded queue: when it is full, the
     /// answer is 429 with Retry-After.
-    async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         model: &str,
         queue_as: &str,

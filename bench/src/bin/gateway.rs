@@ -238,6 +238,7 @@ async fn start_gateway(
         admin: None,
         policy: Policy {
             request_timeout: Duration::from_secs(30),
+            generation_timeout: Duration::from_secs(60),
             max_attempts: 3,
             max_tensor_bytes: 16 << 20,
             backoff_base: Duration::from_millis(25),

@@ -2,6 +2,8 @@
 //! multiplexed by id, reconnected with exponential backoff and jitter when it drops.
 //! Everything waiting on a connection that drops fails at once as retryable, so the
 //! router can send it elsewhere; a call whose caller goes away sends a cancel frame.
+//! A generation is a call answered by a stream of events ([`Generating`]); dropped
+//! before its end, it sends a cancel frame, which stops it in the page.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
+use webaccel_api::generate::{GenerateRequest, GenerationEvent};
 use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
 use webaccel_api::{Backoff, ErrorCategory};
 
@@ -29,7 +32,7 @@ pub struct CallError {
 }
 
 impl CallError {
-    fn connection(message: impl Into<String>) -> Self {
+    pub(crate) fn connection(message: impl Into<String>) -> Self {
         Self {
             category: ErrorCategory::BrowserUnavailable,
             message: message.into(),
@@ -61,11 +64,102 @@ impl CallError {
 
 type Pending = HashMap<u64, oneshot::Sender<Result<InferResponse, CallError>>>;
 
-/// The live half of a connection: where frames go.
+/// A generation's events as they arrive. Unbounded, so that a slow client never stalls
+/// the connection's reader (and every other request on it): a generation's events are
+/// bounded by its token limit.
+type EventSender = mpsc::UnboundedSender<Result<GenerationEvent, CallError>>;
+
+/// The live half of a connection: where frames go, and who waits for what comes back.
 #[derive(Debug, Clone)]
 struct Live {
     tx: mpsc::Sender<WsMessage>,
     pending: Arc<parking_lot::Mutex<Pending>>,
+    generations: Arc<parking_lot::Mutex<HashMap<u64, EventSender>>>,
+}
+
+impl Live {
+    /// Hands a frame from the agent to whoever waits for `id`.
+    fn deliver(&self, id: u64, reply: Message) {
+        match reply {
+            Message::Generation(event) => {
+                let last = matches!(event, GenerationEvent::End(_));
+                let mut generations = self.generations.lock();
+                if let Some(tx) = generations.get(&id) {
+                    let _ = tx.send(Ok(event));
+                }
+                if last {
+                    generations.remove(&id);
+                }
+            }
+            reply => {
+                let result = match reply {
+                    Message::Response(r) => Ok(r),
+                    Message::Error(e) => Err(CallError::from_frame(e)),
+                    other => Err(CallError::connection(format!(
+                        "the agent sent an unexpected frame: {other:?}"
+                    ))),
+                };
+                // An error may end a generation as well as a request.
+                if let Some(waiter) = self.pending.lock().remove(&id) {
+                    let _ = waiter.send(result);
+                } else if let (Some(tx), Err(e)) = (self.generations.lock().remove(&id), result) {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Fails everything waiting: the connection is gone.
+    fn fail_all(&self) {
+        let lost = "the connection to the agent was lost while the request was in flight";
+        for (_, waiter) in self.pending.lock().drain() {
+            let _ = waiter.send(Err(CallError::connection(lost)));
+        }
+        for (_, tx) in self.generations.lock().drain() {
+            let _ = tx.send(Err(CallError::connection(lost)));
+        }
+    }
+}
+
+/// A generation running on an agent: its events in order, the last an end or an
+/// error. Dropped before that, it tells the agent to stop the generation.
+#[derive(Debug)]
+pub struct Generating {
+    live: Live,
+    id: u64,
+    events: mpsc::UnboundedReceiver<Result<GenerationEvent, CallError>>,
+    deadline: tokio::time::Instant,
+    ended: bool,
+}
+
+impl Generating {
+    /// The next event; `None` after the last. Nothing by the deadline is an error
+    /// (the agent holds its own deadline too; this one holds when the agent is frozen).
+    pub async fn next(&mut self) -> Option<Result<GenerationEvent, CallError>> {
+        if self.ended {
+            return None;
+        }
+        let event = match tokio::time::timeout_at(self.deadline, self.events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => Err(CallError::connection("the agent's bridge closed")),
+            Err(_) => Err(CallError {
+                category: ErrorCategory::DeadlineExceeded,
+                message: "the generation's deadline passed before its end".into(),
+                health: false,
+            }),
+        };
+        self.ended = !matches!(event, Ok(GenerationEvent::Tokens(_)));
+        Some(event)
+    }
+}
+
+impl Drop for Generating {
+    fn drop(&mut self) {
+        if self.live.generations.lock().remove(&self.id).is_some() || !self.ended {
+            let frame = wire::encode(self.id, &Message::Cancel);
+            let _ = self.live.tx.try_send(WsMessage::Binary(frame.into()));
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -132,8 +226,12 @@ impl AgentConn {
         .map_err(|e| format!("{}: {e}", self.url))?;
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::channel::<WsMessage>(256);
-        let pending: Arc<parking_lot::Mutex<Pending>> = Arc::default();
-        let reader_pending = pending.clone();
+        let live = Live {
+            tx,
+            pending: Arc::default(),
+            generations: Arc::default(),
+        };
+        let reader_live = live.clone();
         let session = Box::pin(async move {
             let writer = async {
                 while let Some(msg) = rx.recv().await {
@@ -148,18 +246,7 @@ impl AgentConn {
                         continue;
                     };
                     match wire::decode(buf) {
-                        Ok((id, reply)) => {
-                            let result = match reply {
-                                Message::Response(r) => Ok(r),
-                                Message::Error(e) => Err(CallError::from_frame(e)),
-                                other => Err(CallError::connection(format!(
-                                    "the agent sent an unexpected frame: {other:?}"
-                                ))),
-                            };
-                            if let Some(waiter) = reader_pending.lock().remove(&id) {
-                                let _ = waiter.send(result);
-                            }
-                        }
+                        Ok((id, reply)) => reader_live.deliver(id, reply),
                         Err(e) => tracing::warn!(error = %e, "malformed frame from an agent"),
                     }
                 }
@@ -169,7 +256,7 @@ impl AgentConn {
                 () = reader => {},
             }
         });
-        Ok((Live { tx, pending }, session))
+        Ok((live, session))
     }
 
     async fn run(conn: std::sync::Weak<Self>, stop: CancellationToken) {
@@ -179,7 +266,7 @@ impl AgentConn {
             match this.connect().await {
                 Ok((live, session)) => {
                     failures = 0;
-                    let pending = live.pending.clone();
+                    let waiting = live.clone();
                     this.live.send_replace(Some(live));
                     drop(this);
                     tokio::select! {
@@ -188,11 +275,7 @@ impl AgentConn {
                     }
                     let Some(this) = conn.upgrade() else { return };
                     this.live.send_replace(None);
-                    for (_, waiter) in pending.lock().drain() {
-                        let _ = waiter.send(Err(CallError::connection(
-                            "the connection to the agent was lost while the request was in flight",
-                        )));
-                    }
+                    waiting.fail_all();
                     tracing::info!(url = %this.url, "agent bridge disconnected");
                 }
                 Err(e) => {
@@ -252,6 +335,42 @@ impl AgentConn {
             .as_ref()
             .is_err_and(|e| e.category == ErrorCategory::DeadlineExceeded);
         result
+    }
+}
+
+impl AgentConn {
+    /// Starts a generation; its events follow on the returned [`Generating`], for up to
+    /// `timeout` in all.
+    pub async fn generate(
+        &self,
+        mut req: GenerateRequest,
+        timeout: Duration,
+    ) -> Result<Generating, CallError> {
+        let Some(live) = self.live.borrow().clone() else {
+            return Err(CallError::connection("the agent's bridge is not connected"));
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let (tx, events) = mpsc::unbounded_channel();
+        live.generations.lock().insert(id, tx);
+        let frame = wire::encode(id, &Message::Generate(req));
+        let generating = Generating {
+            live,
+            id,
+            events,
+            deadline: tokio::time::Instant::now() + timeout,
+            ended: false,
+        };
+        if generating
+            .live
+            .tx
+            .send(WsMessage::Binary(frame.into()))
+            .await
+            .is_err()
+        {
+            return Err(CallError::connection("the agent's bridge closed"));
+        }
+        Ok(generating)
     }
 }
 

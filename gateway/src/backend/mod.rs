@@ -18,11 +18,12 @@ use tower::Service;
 use tower::load::Load;
 use tower::load::completion::CompleteOnResponse;
 use tower::load::peak_ewma::PeakEwma;
+use webaccel_api::generate::{GenerateRequest, GenerationEvent};
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 use crate::breaker::{Admit, Breaker, BreakerConfig};
 use crate::discovery::{Endpoint, Endpoints};
-use conn::{AgentConn, CallError};
+use conn::{AgentConn, CallError, Generating};
 
 /// How the gateway treats each browser.
 #[derive(Debug, Clone, Copy)]
@@ -47,18 +48,48 @@ const DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 struct Route(Arc<AgentConn>);
 
-impl Service<(InferRequest, Duration)> for Route {
-    type Response = InferResponse;
+/// What a route is asked: a request, or a generation.
+enum RouteCall {
+    Infer(InferRequest, Duration),
+    Generate(GenerateRequest, Duration),
+}
+
+/// A route's answer. A generation answers at its first event, so that its time to
+/// first token is what the latency estimate learns (the rest of a stream is the
+/// client's length, not the browser's speed).
+enum Answer {
+    Inferred(InferResponse),
+    Generating(GenerationEvent, Generating),
+}
+
+impl Service<RouteCall> for Route {
+    type Response = Answer;
     type Error = CallError;
-    type Future = BoxFuture<'static, Result<InferResponse, CallError>>;
+    type Future = BoxFuture<'static, Result<Answer, CallError>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, (req, timeout): (InferRequest, Duration)) -> Self::Future {
+    fn call(&mut self, call: RouteCall) -> Self::Future {
         let conn = self.0.clone();
-        Box::pin(async move { conn.call(req, timeout).await })
+        Box::pin(async move {
+            match call {
+                RouteCall::Infer(req, timeout) => {
+                    conn.call(req, timeout).await.map(Answer::Inferred)
+                }
+                RouteCall::Generate(req, timeout) => {
+                    let mut generating = conn.generate(req, timeout).await?;
+                    match generating.next().await {
+                        Some(Ok(first)) => Ok(Answer::Generating(first, generating)),
+                        Some(Err(e)) => Err(e),
+                        None => Err(CallError::connection(
+                            "the generation ended before it began",
+                        )),
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -208,8 +239,51 @@ impl Lease {
         timeout: Duration,
     ) -> Result<InferResponse, CallError> {
         let model = req.model.clone();
+        let answer = self.route(&model, RouteCall::Infer(req, timeout)).await;
+        match answer {
+            Ok(Answer::Inferred(response)) => Ok(response),
+            Ok(Answer::Generating(..)) => {
+                Err(CallError::connection("a request answered as a generation"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts a generation and waits for its first event (the rest follow on the
+    /// returned [`Generating`]); the time to it feeds the latency estimate, the outcome
+    /// the breaker. Keep the lease while the stream runs: it is one of the browser's
+    /// outstanding requests until then.
+    pub async fn generate(
+        &self,
+        req: GenerateRequest,
+        timeout: Duration,
+    ) -> Result<(GenerationEvent, Generating), CallError> {
+        let model = req.model.clone();
+        match self.route(&model, RouteCall::Generate(req, timeout)).await {
+            Ok(Answer::Generating(first, rest)) => Ok((first, rest)),
+            Ok(Answer::Inferred(_)) => {
+                Err(CallError::connection("a generation answered as a request"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Notes that the browser answered (an event of a stream): it is not stalled.
+    pub fn heard(&self) {
+        self.backend.activity.lock().last_answer = Instant::now();
+    }
+
+    /// A generation's stream failed after its start: a health failure counts against
+    /// the browser's breaker as a failed request would.
+    pub fn stream_failed(&self, e: &CallError) {
+        if e.health {
+            self.backend.breaker.lock().record(Instant::now(), false);
+        }
+    }
+
+    async fn route(&self, model: &str, call: RouteCall) -> Result<Answer, CallError> {
         let started = Instant::now();
-        let fut = self.backend.with_route(&model, |r| r.call((req, timeout)));
+        let fut = self.backend.with_route(model, |r| r.call(call));
         let result = fut.await;
         {
             let mut a = self.backend.activity.lock();
@@ -228,7 +302,7 @@ impl Lease {
         self.backend.breaker.lock().record(Instant::now(), healthy);
         match &result {
             Err(e) if e.category == webaccel_api::ErrorCategory::ModelNotFound => {
-                self.backend.missing.lock().insert(model);
+                self.backend.missing.lock().insert(model.to_owned());
             }
             Err(e) if e.category == webaccel_api::ErrorCategory::ShuttingDown => {
                 self.backend.draining.store(true, Ordering::Release);

@@ -5,6 +5,7 @@
 
 mod ensemble;
 mod fleet;
+mod generation;
 mod kubernetes;
 mod kubernetes_stages;
 mod support;

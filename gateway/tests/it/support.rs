@@ -86,6 +86,7 @@ pub fn settings(f: impl FnOnce(&mut Settings)) -> Settings {
         admin: Some("127.0.0.1:0".parse().unwrap()),
         policy: Policy {
             request_timeout: Duration::from_secs(20),
+            generation_timeout: Duration::from_secs(60),
             max_attempts: 3,
             max_tensor_bytes: 16 << 20,
             backoff_base: Duration::from_millis(25),

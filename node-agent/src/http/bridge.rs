@@ -4,6 +4,10 @@
 //! Backpressure: a connection may have `--bridge-window` requests outstanding; past
 //! that the agent stops reading its socket, so a fast client is slowed by TCP rather
 //! than buffered without bound.
+//!
+//! A generate frame (kind 5) is answered by generation events (kind 6) under its id as
+//! its tokens come, the last an end, or by an error frame that ends it; a cancel frame
+//! under its id stops it at the page's next step. It holds its window place until then.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +25,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use webaccel_api::ErrorCategory;
+use webaccel_api::generate::{GenerateRequest, GenerationEvent};
 use webaccel_api::wire::{self, ErrorFrame, Message};
 
 use crate::agent::Agent;
@@ -119,6 +124,17 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                 });
                 lock(&running).insert(id, task.abort_handle());
             }
+            Ok((id, Message::Generate(req))) => {
+                let task = tokio::spawn(relay_generation(
+                    agent.clone(),
+                    id,
+                    req,
+                    tx.clone(),
+                    running.clone(),
+                    permit,
+                ));
+                lock(&running).insert(id, task.abort_handle());
+            }
             Ok((id, Message::Cancel)) => {
                 // Dropping the task releases its queue place (work already in the page
                 // finishes there, and its answer is discarded). No reply.
@@ -133,7 +149,7 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                     .send(error_frame(
                         id,
                         ErrorCategory::BadRequest,
-                        "clients may only send request (kind 1) and cancel (kind 4) frames",
+                        "clients may only send request (kind 1), cancel (kind 4) and generate (kind 5) frames",
                     ))
                     .await;
             }
@@ -155,4 +171,38 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
         .await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// Runs generation `id` and sends its events as they come; aborted (a cancel frame, or
+/// the connection gone), it drops the agent's channel, which stops the generation.
+async fn relay_generation(
+    agent: Arc<Agent>,
+    id: u64,
+    req: GenerateRequest,
+    tx: mpsc::Sender<WsMessage>,
+    running: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let frame = |msg: &Message| WsMessage::Binary(wire::encode(id, msg).into());
+    match agent.generate(req, agent.args.generation_timeout) {
+        Err(e) => {
+            let _ = tx.send(frame(&Message::Error(e.to_frame()))).await;
+        }
+        Ok(mut events) => {
+            while let Some(event) = events.recv().await {
+                let (msg, last) = match event {
+                    Ok(e) => {
+                        let last = matches!(e, GenerationEvent::End(_));
+                        (Message::Generation(e), last)
+                    }
+                    Err(e) => (Message::Error(e.to_frame()), true),
+                };
+                if tx.send(frame(&msg)).await.is_err() || last {
+                    break;
+                }
+            }
+        }
+    }
+    lock(&running).remove(&id);
+    drop(permit);
 }

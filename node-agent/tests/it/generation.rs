@@ -97,7 +97,8 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
     let want = story["completion"].as_str().unwrap();
     let n = reference()["max_new_tokens"].as_u64().unwrap();
     for model in ["llm", "llm-external"] {
-        let body = json!({"text_input": story["text"], "parameters": {"max_tokens": n, "temperature": 0}});
+        let body =
+            json!({"text_input": story["text"], "parameters": {"max_tokens": n, "temperature": 0}});
         let (status, answer) = agent
             .post(&format!("/v2/models/{model}/generate"), &body)
             .await;
@@ -158,10 +159,7 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
 async fn graphs_and_tokenizers_that_cannot_generate_are_refused_with_the_reason() {
     let _machine = webaccel_testkit::beside().await;
     let agent = Agent::start(&[], &[]).await;
-    let tokenizer = format!(
-        "file://{}",
-        fixture("decoder/tokenizer.json").display()
-    );
+    let tokenizer = format!("file://{}", fixture("decoder/tokenizer.json").display());
     let load = |name: &str, uri: String, tokenizer: &str| {
         json!({
             "name": name, "uri": uri, "backend": "wasm",
@@ -188,10 +186,9 @@ async fn graphs_and_tokenizers_that_cannot_generate_are_refused_with_the_reason(
     // A tokenizer whose ids go past the model's vocabulary is refused: its tokens would
     // index logits the model does not have.
     let dir = tempfile::tempdir().unwrap();
-    let mut wide: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("decoder/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
+    let mut wide: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("decoder/tokenizer.json")).unwrap())
+            .unwrap();
     // (In the BPE model's own vocabulary: tokenizers renumbers an added token past the
     // last id instead.)
     wide["model"]["vocab"]["far"] = json!(500);
@@ -308,10 +305,7 @@ async fn a_client_gone_frees_its_sequence_and_a_killed_browser_ends_the_stream()
     let error: Value = serde_json::from_str(last).unwrap();
     assert!(error["error"]["message"].is_string(), "{text}");
     assert_eq!(error["error"]["code"], "browser_crashed", "{text}");
-    println!(
-        "stream ended {:?} after the kill: {last}",
-        start.elapsed()
-    );
+    println!("stream ended {:?} after the kill: {last}", start.elapsed());
 
     // The agent's next browser takes the model, and generation goes on.
     agent.wait_ready(Duration::from_secs(60)).await;
