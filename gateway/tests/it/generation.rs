@@ -160,7 +160,7 @@ async fn generations_stream_through_the_gateway_and_fail_over_before_their_first
         .unwrap()
         .generations;
     assert!(
-        after >= before + 1,
+        after > before,
         "the survivor took none: {before} → {after}"
     );
 
