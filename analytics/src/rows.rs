@@ -65,6 +65,47 @@ impl TableRow for InferenceRow {
     const TABLE: &'static str = "inference_performance";
 }
 
+/// One text generation on an agent (`generation_performance`, migration 7).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct GenerationRow {
+    pub event_time: i64,
+    pub row_id: u64,
+    pub pool: String,
+    pub pod: String,
+    pub browser: String,
+    pub browser_version: String,
+    pub model: String,
+    pub backend: String,
+    pub adapter: String,
+    pub adapter_kind: String,
+    /// The KV cache's precision in the page: `fp32`, `int8` or `int4`.
+    pub kv_cache: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// Waiting for a place among the browser's sequences.
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    /// From arrival at the agent to the first token.
+    pub ttft_ms: f64,
+    pub inter_token_p50_ms: f64,
+    pub inter_token_p99_ms: f64,
+    /// Completion tokens per second after the first.
+    pub tokens_per_s: f64,
+    /// The most sequences decoded together in one step while it ran.
+    pub max_batch: u32,
+    /// Its KV cache's size in the page at the end.
+    pub kv_bytes: u64,
+    /// `stop`, `length`, `cancelled`; empty when it failed.
+    pub finish_reason: String,
+    /// `ok` or `error`.
+    pub outcome: String,
+    pub error_category: String,
+}
+
+impl TableRow for GenerationRow {
+    const TABLE: &'static str = "generation_performance";
+}
+
 impl InferenceRow {
     /// A successful request of `model` on `browser`/`backend` with the given latency and
     /// neutral values elsewhere: the starting point of synthetic data in tests,

@@ -21,6 +21,8 @@ enum Col {
 }
 
 struct TableDef {
+    /// Its creation's migration number.
+    version: u32,
     name: &'static str,
     columns: &'static [(&'static str, Col)],
     /// Sorting key after `event_time`-independent leading columns.
@@ -29,6 +31,7 @@ struct TableDef {
 
 const TABLES: &[TableDef] = &[
     TableDef {
+        version: 1,
         name: "inference_performance",
         columns: &[
             ("event_time", Col::Time),
@@ -55,6 +58,7 @@ const TABLES: &[TableDef] = &[
         order_by: &["model", "browser", "backend", "event_time", "row_id"],
     },
     TableDef {
+        version: 2,
         name: "browser_connections",
         columns: &[
             ("event_time", Col::Time),
@@ -73,6 +77,7 @@ const TABLES: &[TableDef] = &[
         order_by: &["pool", "pod", "event_time", "row_id"],
     },
     TableDef {
+        version: 3,
         name: "pool_events",
         columns: &[
             ("event_time", Col::Time),
@@ -88,6 +93,7 @@ const TABLES: &[TableDef] = &[
         order_by: &["namespace", "pool", "event_time", "row_id"],
     },
     TableDef {
+        version: 4,
         name: "regressions",
         columns: &[
             ("event_time", Col::Time),
@@ -108,6 +114,7 @@ const TABLES: &[TableDef] = &[
     },
     // Migration 5: one row per request the gateway answered.
     TableDef {
+        version: 5,
         name: "gateway_requests",
         columns: &[
             ("event_time", Col::Time),
@@ -125,6 +132,38 @@ const TABLES: &[TableDef] = &[
             ("error_category", Col::Label),
         ],
         order_by: &["model", "event_time", "row_id"],
+    },
+    // Migration 7: one row per text generation an agent ran.
+    TableDef {
+        version: 7,
+        name: "generation_performance",
+        columns: &[
+            ("event_time", Col::Time),
+            ("row_id", Col::Id),
+            ("pool", Col::Label),
+            ("pod", Col::Label),
+            ("browser", Col::Label),
+            ("browser_version", Col::Label),
+            ("model", Col::Label),
+            ("backend", Col::Label),
+            ("adapter", Col::Label),
+            ("adapter_kind", Col::Label),
+            ("kv_cache", Col::Label),
+            ("prompt_tokens", Col::U32),
+            ("completion_tokens", Col::U32),
+            ("queue_ms", Col::F64),
+            ("prefill_ms", Col::F64),
+            ("ttft_ms", Col::F64),
+            ("inter_token_p50_ms", Col::F64),
+            ("inter_token_p99_ms", Col::F64),
+            ("tokens_per_s", Col::F64),
+            ("max_batch", Col::U32),
+            ("kv_bytes", Col::U64),
+            ("finish_reason", Col::Label),
+            ("outcome", Col::Label),
+            ("error_category", Col::Label),
+        ],
+        order_by: &["model", "browser", "backend", "event_time", "row_id"],
     },
 ];
 
@@ -200,11 +239,10 @@ fn create_table(f: Features, t: &TableDef) -> String {
 
 /// Every migration, in order, as DDL for servers with `f`.
 pub fn migrations(f: Features) -> Vec<Migration> {
-    TABLES
+    let mut all: Vec<Migration> = TABLES
         .iter()
-        .enumerate()
-        .map(|(i, t)| Migration {
-            version: u32::try_from(i + 1).unwrap_or(u32::MAX),
+        .map(|t| Migration {
+            version: t.version,
             name: format!("create {}", t.name),
             sql: create_table(f, t),
             adds_column: None,
@@ -218,7 +256,9 @@ pub fn migrations(f: Features) -> Vec<Migration> {
             ),
             adds_column: Some((a.table.to_owned(), a.column.to_owned())),
         }))
-        .collect()
+        .collect();
+    all.sort_by_key(|m| m.version);
+    all
 }
 
 /// What a migration run did.
@@ -352,6 +392,7 @@ mod tests {
                 (4, "create regressions"),
                 (5, "create gateway_requests"),
                 (6, "add inference_performance.dynamic_batch_size"),
+                (7, "create generation_performance"),
             ]
         );
         // The creations keep their DDL: the new column comes only from migration 6.

@@ -18,8 +18,11 @@ use crate::Precision;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TokenizerSource {
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 2048)))]
     pub uri: String,
+    /// Hex SHA-256 of `tokenizer.json`; a download that does not match is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^[0-9a-fA-F]{64}$")))]
     pub sha256: Option<String>,
 }
 
@@ -41,21 +44,32 @@ pub struct GenerationDefaults {
 }
 
 /// How a decoder model generates text: part of its load when its task is text
-/// generation.
+/// generation. On the wire the settings sit beside the tokenizer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GenerationSpec {
     pub tokenizer: TokenizerSource,
+    #[serde(flatten)]
+    pub settings: GenerationSettings,
+}
+
+/// How a deployment generates, beside its tokenizer: a ModelDeployment's
+/// `spec.generation`, every field optional.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct GenerationSettings {
     /// A Jinja chat template used instead of the one in `tokenizer_config.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
     /// Positions the model attends over (prompt and generated tokens). Absent: the
     /// `max_position_embeddings` of the `config.json` beside the model file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 2)))]
     pub context_length: Option<u32>,
     /// Sequences one browser generates at once; more wait for a place.
     #[serde(default = "default_max_sequences")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 256)))]
     pub max_sequences: u32,
     /// The KV cache's precision in the page: fp32, or int8 / int4 quantized per head and
     /// block of 32 positions (less memory per token, a little accuracy).
@@ -65,8 +79,22 @@ pub struct GenerationSpec {
     /// per run, taking turns.
     #[serde(default = "default_true")]
     pub continuous_batching: bool,
+    /// Sampling settings where a request gives none.
     #[serde(default, skip_serializing_if = "is_default")]
     pub defaults: GenerationDefaults,
+}
+
+impl Default for GenerationSettings {
+    fn default() -> Self {
+        Self {
+            chat_template: None,
+            context_length: None,
+            max_sequences: default_max_sequences(),
+            kv_cache: default_kv_cache(),
+            continuous_batching: true,
+            defaults: GenerationDefaults::default(),
+        }
+    }
 }
 
 fn default_max_sequences() -> u32 {
@@ -103,23 +131,7 @@ pub enum GenerationSpecError {
     TokenizerDigest(String),
 }
 
-impl GenerationSpec {
-    /// A spec for the tokenizer at `uri`, everything else as defaulted.
-    pub fn with_tokenizer(uri: impl Into<String>) -> Self {
-        Self {
-            tokenizer: TokenizerSource {
-                uri: uri.into(),
-                sha256: None,
-            },
-            chat_template: None,
-            context_length: None,
-            max_sequences: default_max_sequences(),
-            kv_cache: default_kv_cache(),
-            continuous_batching: true,
-            defaults: GenerationDefaults::default(),
-        }
-    }
-
+impl GenerationSettings {
     pub fn validate(&self) -> Result<(), GenerationSpecError> {
         if !(1..=MAX_SEQUENCES).contains(&self.max_sequences) {
             return Err(GenerationSpecError::MaxSequences(self.max_sequences));
@@ -130,6 +142,24 @@ impl GenerationSpec {
         if self.context_length.is_some_and(|c| c < 2) {
             return Err(GenerationSpecError::ContextLength);
         }
+        Ok(())
+    }
+}
+
+impl GenerationSpec {
+    /// A spec for the tokenizer at `uri`, everything else as defaulted.
+    pub fn with_tokenizer(uri: impl Into<String>) -> Self {
+        Self {
+            tokenizer: TokenizerSource {
+                uri: uri.into(),
+                sha256: None,
+            },
+            settings: GenerationSettings::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), GenerationSpecError> {
+        self.settings.validate()?;
         let uri = &self.tokenizer.uri;
         if !["file://", "http://", "https://"]
             .iter()
@@ -349,18 +379,14 @@ mod tests {
             GenerationSpec::with_tokenizer("file:///m/tokenizer.json")
         );
         assert!(spec.validate().is_ok());
-        let bad = GenerationSpec {
-            max_sequences: 0,
-            ..spec.clone()
-        };
+        let mut bad = spec.clone();
+        bad.settings.max_sequences = 0;
         assert_eq!(
             bad.validate().unwrap_err().to_string(),
             "generation.maxSequences must be 1 to 256, not 0"
         );
-        let fp16 = GenerationSpec {
-            kv_cache: Precision::Fp16,
-            ..spec
-        };
+        let mut fp16 = spec;
+        fp16.settings.kv_cache = Precision::Fp16;
         assert!(fp16.validate().is_err());
     }
 

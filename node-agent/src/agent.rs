@@ -18,7 +18,7 @@ use crate::config::{AgentArgs, ModelSpec};
 use crate::error::AgentError;
 use crate::models::{LoadedModel, Loader, ModelRegistry};
 use crate::page::protocol::{CallError, Unload};
-use crate::recorder::{InferenceRecord, Recorder};
+use crate::recorder::{GenerationRecord, InferenceRecord, Recorder};
 use crate::stats::Stats;
 use crate::supervisor::BrowserSupervisor;
 use crate::validate::check_request;
@@ -289,6 +289,16 @@ impl Agent {
             )
             .await;
             agent.stats.generation_finished(&model, &outcome);
+            agent.recorder.generation(&GenerationRecord {
+                model: &model,
+                backend: outcome
+                    .end
+                    .as_ref()
+                    .map_or("", |e| e.timings.backend.as_str()),
+                end: outcome.end.as_ref(),
+                error: outcome.error.map(ErrorCategory::as_str),
+                abandoned: outcome.abandoned,
+            });
         });
         Ok(rx)
     }

@@ -1,5 +1,5 @@
-//! Where the agent's figures go: one row per inference request and one per browser
-//! start or failure, handed to webaccel-analytics' writer without waiting. ClickHouse
+//! Where the agent's figures go: one row per inference request, one per text
+//! generation and one per browser start or failure, handed to webaccel-analytics' writer without waiting. ClickHouse
 //! being down, or not yet migrated, never stops the agent: rows spool to disk and are
 //! replayed once it answers.
 
@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use webaccel_analytics::rows::{BrowserConnectionRow, InferenceRow, new_row_id, now_ms};
+use webaccel_analytics::rows::{
+    BrowserConnectionRow, GenerationRow, InferenceRow, new_row_id, now_ms,
+};
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
 use webaccel_api::agent::Capabilities;
 
@@ -25,9 +27,29 @@ pub struct Origin {
 struct Sinks {
     settings: ClickHouseSettings,
     inference: WriterHandle<InferenceRow>,
+    generation: WriterHandle<GenerationRow>,
     browser: WriterHandle<BrowserConnectionRow>,
-    writers: Mutex<Option<(Writer<InferenceRow>, Writer<BrowserConnectionRow>)>>,
+    writers: Mutex<Option<Writers>>,
     migration: Mutex<Result<(), String>>,
+}
+
+type Writers = (
+    Writer<InferenceRow>,
+    Writer<GenerationRow>,
+    Writer<BrowserConnectionRow>,
+);
+
+/// One finished text generation, as the agent saw it.
+#[derive(Debug)]
+pub struct GenerationRecord<'a> {
+    pub model: &'a str,
+    /// What it ran on; empty when it failed before the page.
+    pub backend: &'a str,
+    pub end: Option<&'a webaccel_api::generate::GenerationEnd>,
+    /// `None` on success (or when the client left), the error category otherwise.
+    pub error: Option<&'a str>,
+    /// The client left before the end.
+    pub abandoned: bool,
 }
 
 /// One finished inference request, as the agent saw it.
@@ -90,14 +112,16 @@ impl Recorder {
         origin: Origin,
     ) -> std::io::Result<Self> {
         let inference = Writer::start(&settings, WriterConfig::new(spool_dir.clone()))?;
+        let generation = Writer::start(&settings, WriterConfig::new(spool_dir.clone()))?;
         let browser = Writer::start(&settings, WriterConfig::new(spool_dir))?;
         Ok(Self {
             origin,
             sinks: Some(Sinks {
                 settings,
                 inference: inference.handle.clone(),
+                generation: generation.handle.clone(),
                 browser: browser.handle.clone(),
-                writers: Mutex::new(Some((inference, browser))),
+                writers: Mutex::new(Some((inference, generation, browser))),
                 migration: Mutex::new(Err("not attempted yet".into())),
             }),
             browser: Mutex::default(),
@@ -184,6 +208,53 @@ impl Recorder {
         });
     }
 
+    pub fn generation(&self, r: &GenerationRecord<'_>) {
+        let Some(s) = &self.sinks else { return };
+        let BrowserLabels {
+            name,
+            version,
+            adapter,
+            adapter_kind: kind,
+        } = self.browser();
+        let (adapter, adapter_kind) = match r.backend {
+            "webgpu" => (adapter, kind),
+            _ => (String::new(), "none".to_owned()),
+        };
+        let timings = r.end.map(|e| e.timings.clone()).unwrap_or_default();
+        let usage = r.end.map(|e| e.usage).unwrap_or_default();
+        let finish_reason = match (r.end, r.abandoned) {
+            (Some(e), _) => e.finish_reason.as_str(),
+            (None, true) => "cancelled",
+            (None, false) => "",
+        };
+        s.generation.write(GenerationRow {
+            event_time: now_ms(),
+            row_id: new_row_id(),
+            pool: self.origin.pool.clone(),
+            pod: self.origin.pod.clone(),
+            browser: name,
+            browser_version: version,
+            model: r.model.to_owned(),
+            backend: r.backend.to_owned(),
+            adapter,
+            adapter_kind,
+            kv_cache: timings.kv_cache.map_or("", |p| p.as_str()).to_owned(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            queue_ms: timings.queue_ms,
+            prefill_ms: timings.prefill_ms,
+            ttft_ms: timings.ttft_ms,
+            inter_token_p50_ms: timings.inter_token_p50_ms,
+            inter_token_p99_ms: timings.inter_token_p99_ms,
+            tokens_per_s: timings.tokens_per_s,
+            max_batch: timings.max_batch,
+            kv_bytes: timings.kv_bytes,
+            finish_reason: finish_reason.to_owned(),
+            outcome: if r.error.is_some() { "error" } else { "ok" }.into(),
+            error_category: r.error.unwrap_or_default().to_owned(),
+        });
+    }
+
     /// A browser started (`start_ms` set), crashed, hung or stopped.
     pub fn browser_event(
         &self,
@@ -228,14 +299,16 @@ impl Recorder {
         };
         let migration = s.migration.lock().clone();
         let inference = s.inference.snapshot();
+        let generation = s.generation.snapshot();
         let browser = s.browser.snapshot();
         json!({
             "enabled": true,
             "url": s.settings.url,
             "database": s.settings.database,
             "schema": match &migration { Ok(()) => "ready".to_owned(), Err(e) => e.clone() },
-            "healthy": migration.is_ok() && inference.healthy && browser.healthy,
+            "healthy": migration.is_ok() && inference.healthy && generation.healthy && browser.healthy,
             "inference_performance": inference,
+            "generation_performance": generation,
             "browser_connections": browser,
         })
     }
@@ -255,6 +328,7 @@ impl Recorder {
         };
         vec![
             ("inference_performance", row(s.inference.snapshot())),
+            ("generation_performance", row(s.generation.snapshot())),
             ("browser_connections", row(s.browser.snapshot())),
         ]
     }
@@ -263,9 +337,10 @@ impl Recorder {
     pub async fn shutdown(&self) {
         let Some(s) = &self.sinks else { return };
         let writers = s.writers.lock().take();
-        if let Some((a, b)) = writers {
-            a.shutdown().await;
-            b.shutdown().await;
+        if let Some((inference, generation, browser)) = writers {
+            inference.shutdown().await;
+            generation.shutdown().await;
+            browser.shutdown().await;
         }
     }
 }

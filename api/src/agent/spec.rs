@@ -210,11 +210,11 @@ impl FromStr for ModelSpec {
                             .map_err(|_| format!("{} must be a whole number, got '{v}'", k.trim()))
                     };
                     match k.trim() {
-                        "kv_cache" => generation.kv_cache = v.parse()?,
-                        "max_sequences" => generation.max_sequences = number()?,
-                        "context_length" => generation.context_length = Some(number()?),
+                        "kv_cache" => generation.settings.kv_cache = v.parse()?,
+                        "max_sequences" => generation.settings.max_sequences = number()?,
+                        "context_length" => generation.settings.context_length = Some(number()?),
                         _ => {
-                            generation.continuous_batching = v.parse().map_err(|_| {
+                            generation.settings.continuous_batching = v.parse().map_err(|_| {
                                 format!("continuous_batching must be true or false, got '{v}'")
                             })?
                         }

@@ -453,3 +453,54 @@ async fn up_reports_the_operators_status_reloads_a_changed_file_and_unloads_a_de
         "a deleted model is unknown to the gateway"
     );
 }
+
+/// The generation example's ModelDeployment, with its files at their absolute paths.
+fn llm_yaml() -> String {
+    let example = std::fs::read_to_string(repo().join("examples/generation/llm.yaml")).unwrap();
+    example.replace(
+        "file://../../node-agent/tests/fixtures/models/decoder/",
+        &format!("file://{}/", fixture("decoder").display()),
+    )
+}
+
+#[tokio::test]
+async fn up_serves_text_generation_to_the_openai_client_and_records_each_generation() {
+    let _machine = webaccel_testkit::alone().await;
+    let ch = LocalClickHouse::start().await.unwrap();
+    let pool = std::fs::read_to_string(repo().join("examples/generation/pool.yaml")).unwrap();
+    let up = start(
+        &[("pool.yaml", pool), ("llm.yaml", llm_yaml())],
+        Some(&ch.url()),
+    );
+    up.until("llm loaded", Duration::from_secs(120), |s| {
+        loaded(s, "llm", 1)
+    })
+    .await;
+    // The stock OpenAI client on the gateway, beside KServe v2, against onnxruntime.
+    let out = python_client("openai_generate.py", &up.http).await;
+    assert!(out.contains("all checks passed"), "{out}");
+    // One row per generation landed, with its figures.
+    let started = Instant::now();
+    loop {
+        let rows = ch
+            .query(
+                "SELECT count(), sum(completion_tokens), min(ttft_ms) > 0, any(kv_cache) \
+                 FROM up_test.generation_performance \
+                 WHERE model = 'llm' AND outcome = 'ok' AND finish_reason = 'length' FORMAT TSV",
+            )
+            .await
+            .unwrap_or_default();
+        let fields: Vec<&str> = rows.split_whitespace().collect();
+        if fields.first().and_then(|n| n.parse::<u64>().ok()) >= Some(10) {
+            assert_eq!(fields[2], "1", "{rows}");
+            assert_eq!(fields[3], "fp32", "{rows}");
+            assert!(fields[1].parse::<u64>().unwrap() >= 10 * 24, "{rows}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "generation rows: {rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use webaccel_api::Backend;
 pub use webaccel_api::Precision;
 use webaccel_api::agent::ModelSpec;
+use webaccel_api::generate::{GenerationSettings, GenerationSpec, TokenizerSource};
 use webaccel_engine::deployment::Unit;
 pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 
@@ -36,6 +37,11 @@ pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("(has(self.model) ? 1 : 0) + (has(self.stages) ? 1 : 0) + (has(self.ensemble) ? 1 : 0) == 1").message("exactly one of model (one file), stages (a model cut by `webaccel shard`, in pipeline order) or ensemble (other ModelDeployments chained) must be set"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.tokenizer) == (has(self.model) && self.model.task == 'text-generation')").message("a text-generation model (model.task: text-generation) needs a tokenizer (tokenizer.uri: its tokenizer.json), and only such a model takes one"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.generation) || has(self.tokenizer)").message("generation settings apply to a text-generation model with a tokenizer"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.tokenizer) || !has(self.batching)").message("a text-generation model batches its sequences itself (continuous batching, generation.maxSequences): batching must not be set"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.tokenizer) || self.tokenizer.uri.startsWith('https://') || self.tokenizer.uri.startsWith('http://') || self.tokenizer.uri.startsWith('file://')").message("tokenizer.uri must start with https://, http:// or file://"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.generation) || !has(self.generation.kvCache) || self.generation.kvCache != 'fp16'").message("generation.kvCache must be fp32, int8 or int4"))]
 pub struct ModelDeploymentSpec {
     pub pool_ref: PoolRef,
     /// The model file. Exactly one of `model` and `stages` is set.
@@ -78,6 +84,17 @@ pub struct ModelDeploymentSpec {
     /// (only for models whose inputs and outputs have a dynamic leading dimension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
+    /// The tokenizer of a text-generation model (`model.task: text-generation`, which
+    /// needs one): a Hugging Face `tokenizer.json`, read with the `tokenizer_config.json`
+    /// (chat template, special tokens) and `config.json` (context length) beside it, as
+    /// in a Hugging Face repository. Same URI rules as the model file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerSource>,
+    /// How a text-generation model generates: concurrent sequences per browser, context
+    /// length, the KV cache's precision, continuous batching, a chat template and
+    /// sampling defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSettings>,
 }
 
 /// An ensemble of other ModelDeployments (`spec.ensemble`).
@@ -200,7 +217,16 @@ impl AgentModel<'_> {
             precision: spec.precision,
             max_batch_size,
             max_queue_delay_us,
-            generation: None,
+            // Only a deployment's one model file generates (the schema allows a tokenizer
+            // with `model` alone).
+            generation: spec
+                .tokenizer
+                .as_ref()
+                .filter(|_| self.ensemble.is_none())
+                .map(|tokenizer| GenerationSpec {
+                    tokenizer: tokenizer.clone(),
+                    settings: spec.generation.clone().unwrap_or_default(),
+                }),
         }
     }
 }

@@ -159,10 +159,7 @@ async fn generations_stream_through_the_gateway_and_fail_over_before_their_first
         .clone()
         .unwrap()
         .generations;
-    assert!(
-        after > before,
-        "the survivor took none: {before} → {after}"
-    );
+    assert!(after > before, "the survivor took none: {before} → {after}");
 
     let metrics = http
         .get(format!(

@@ -68,7 +68,7 @@ pub async fn generator(
             break;
         }
     }
-    let template = spec.chat_template.clone();
+    let template = spec.settings.chat_template.clone();
     let config = model_config.clone();
     // A large vocabulary takes a moment to read: off the async threads.
     let codec = tokio::task::spawn_blocking(move || {
@@ -90,6 +90,7 @@ pub async fn generator(
         });
     }
     let context_length = spec
+        .settings
         .context_length
         .or_else(|| model_config.and_then(|c| c.max_position_embeddings))
         .ok_or(SetupError::NoContextLength)?;
@@ -98,7 +99,7 @@ pub async fn generator(
         layout,
         context_length,
         spec: spec.clone(),
-        slots: Arc::new(Semaphore::new(spec.max_sequences as usize)),
+        slots: Arc::new(Semaphore::new(spec.settings.max_sequences as usize)),
     })
 }
 

@@ -51,9 +51,9 @@ impl Generator {
     pub fn page_config(&self) -> PageGeneration {
         PageGeneration {
             layout: self.layout.clone(),
-            kv_cache: self.spec.kv_cache,
-            continuous_batching: self.spec.continuous_batching,
-            max_batch: self.spec.max_sequences,
+            kv_cache: self.spec.settings.kv_cache,
+            continuous_batching: self.spec.settings.continuous_batching,
+            max_batch: self.spec.settings.max_sequences,
             context_length: self.context_length,
             pad_token_id: self.codec.pad_id(),
         }
@@ -96,7 +96,7 @@ impl Generator {
             )));
         }
         let room = context - prompt_len;
-        let max_new = match p.max_tokens.or(self.spec.defaults.max_tokens) {
+        let max_new = match p.max_tokens.or(self.spec.settings.defaults.max_tokens) {
             Some(0) => return Err(bad("max_tokens must be at least 1")),
             Some(n) if p.max_tokens.is_some() && n > room => {
                 return Err(bad(format!(
@@ -146,7 +146,7 @@ impl Generator {
     /// OpenAI API has them (temperature 1, top_p 1); a request without a seed gets a
     /// random one.
     fn sampling(&self, p: &GenerateParams) -> Result<Sampling, AgentError> {
-        let d = &self.spec.defaults;
+        let d = &self.spec.settings.defaults;
         let temperature = p.temperature.or(d.temperature).unwrap_or(1.0);
         let top_p = p.top_p.or(d.top_p).unwrap_or(1.0);
         let top_k = p.top_k.or(d.top_k).unwrap_or(0);

@@ -142,7 +142,7 @@ impl Output<'_> {
                 inter_token_p50_ms: percentile(&gaps, 0.5),
                 inter_token_p99_ms: percentile(&gaps, 0.99),
                 tokens_per_s,
-                kv_cache: Some(self.generator.spec.kv_cache),
+                kv_cache: Some(self.generator.spec.settings.kv_cache),
                 kv_bytes: reply.map_or(0, |r| r.kv_bytes as u64),
                 kv_bytes_per_token: reply.map_or(0.0, |r| r.kv_bytes_per_token),
                 max_batch: reply.map_or(0, |r| r.max_batch),

@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use webaccel_api::agent::GenerationStats;

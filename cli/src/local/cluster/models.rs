@@ -129,6 +129,10 @@ impl Engine {
         let request = |i: usize, backend| {
             let mut spec = models[i].load_request(&md.spec, uris[i].clone(), backend);
             spec.sha256.clone_from(&digests[i]);
+            // A relative tokenizer is beside the manifest too.
+            if let Some(generation) = &mut spec.generation {
+                generation.tokenizer.uri = resolve_uri(&generation.tokenizer.uri, base);
+            }
             spec
         };
         let placed = deployment::place(&self.agents, &round, &seats, &request).await;

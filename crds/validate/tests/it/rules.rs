@@ -198,3 +198,67 @@ fn an_ensemble_chains_other_deployments_instead_of_model() {
         "{both}"
     );
 }
+
+#[test]
+fn a_text_generation_model_needs_a_tokenizer_and_only_it_takes_one() {
+    let source = |task: &str| json!({"uri": "https://m/model.onnx", "task": task});
+    let tokenizer = json!({"uri": "https://m/tokenizer.json"});
+    let needs = "a text-generation model (model.task: text-generation) needs a tokenizer (tokenizer.uri: its tokenizer.json), and only such a model takes one";
+    let llm = |extra: Value| {
+        let mut spec = json!({"poolRef": {"name": "p"}, "model": source("text-generation"), "tokenizer": tokenizer});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        model("llm", spec)
+    };
+    assert!(cel_failures(&llm(json!({}))).is_empty());
+    assert!(
+        cel_failures(&llm(
+            json!({"generation": {"maxSequences": 8, "kvCache": "int8", "contextLength": 2048}})
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        cel_failures(&model(
+            "llm",
+            json!({"poolRef": {"name": "p"}, "model": source("text-generation")})
+        )),
+        [needs]
+    );
+    assert_eq!(
+        cel_failures(&model(
+            "enc",
+            json!({"poolRef": {"name": "p"}, "model": source("vision"), "tokenizer": tokenizer})
+        )),
+        [needs]
+    );
+    assert_eq!(
+        cel_failures(&llm(json!({"batching": {"maxBatchSize": 8}}))),
+        [
+            "a text-generation model batches its sequences itself (continuous batching, generation.maxSequences): batching must not be set"
+        ]
+    );
+    assert_eq!(
+        cel_failures(&llm(json!({"tokenizer": {"uri": "s3://m/tokenizer.json"}}))),
+        ["tokenizer.uri must start with https://, http:// or file://"]
+    );
+    assert_eq!(
+        cel_failures(&llm(json!({"generation": {"kvCache": "fp16"}}))),
+        ["generation.kvCache must be fp32, int8 or int4"]
+    );
+    assert_eq!(
+        cel_failures(&model(
+            "m",
+            json!({"poolRef": {"name": "p"}, "model": source("vision"), "generation": {"maxSequences": 4}})
+        )),
+        ["generation settings apply to a text-generation model with a tokenizer"]
+    );
+    // Out-of-range numbers are the schema's, before the rules.
+    let err = webaccel_crds_validate::validate(
+        &llm(json!({"generation": {"maxSequences": 0}})),
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("spec.generation.maxSequences"), "{err}");
+}

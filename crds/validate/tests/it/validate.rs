@@ -37,6 +37,19 @@ fn every_example_passes() {
     );
 }
 
+#[test]
+fn the_local_examples_pass() {
+    for (dir, kinds) in [("local", 2), ("generation", 2)] {
+        let yaml: Vec<PathBuf> = std::fs::read_dir(examples().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        let resources = parse_files(&yaml).unwrap();
+        assert_eq!(resources.len(), kinds, "examples/{dir}");
+    }
+}
+
 const POOL: &str = "apiVersion: webaccel.dev/v1alpha1
 kind: BrowserPool
 metadata:
