@@ -188,6 +188,8 @@ pub struct FakeAgents {
     pub models: Mutex<HashMap<(String, String), ModelOnAgent>>,
     /// Load answers per pod, used up in order; then `Loading` (and the model loads).
     pub loads: Mutex<HashMap<String, Vec<AgentResult<ModelOnAgent>>>>,
+    /// Every load asked for, as the agent received it.
+    pub load_specs: Mutex<Vec<ModelSpec>>,
 }
 
 /// An agent's error answer, as the typed client returns it.
@@ -305,6 +307,7 @@ impl AgentApi for FakeAgents {
                 "load {} {} {}{steps}",
                 ep.pod, req.name, req.backend
             ));
+            self.load_specs.lock().unwrap().push(req.clone());
             let scripted = {
                 let mut l = self.loads.lock().unwrap();
                 l.get_mut(&ep.pod)

@@ -140,6 +140,41 @@ async fn a_model_loads_in_the_background_then_its_browser_is_labelled_and_report
     );
 }
 
+/// A text-generation deployment is placed like any other model; its load carries the
+/// tokenizer and the generation settings of the spec.
+#[tokio::test]
+async fn a_text_generation_model_is_loaded_with_its_tokenizer_and_settings() {
+    let p = pool("  image: reg/browser:1\n  replicas: 1\n  backends: [wasm]\n");
+    let md: ModelDeployment = serde_yaml_ng::from_str(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: minilm, namespace: ml, uid: m-1, generation: 2, finalizers: [webaccel.dev/unload-model]}\nspec:\n  poolRef: {name: web}\n  model: {uri: 'https://h/llm/model.onnx', task: text-generation}\n  tokenizer: {uri: 'https://h/llm/tokenizer.json'}\n  backends: [wasm]\n  replicas: 1\n  generation: {maxSequences: 8, kvCache: int8, contextLength: 1024, defaults: {maxTokens: 32}}\n",
+    )
+    .unwrap();
+    let hash = template_hash(&p);
+    let steps = vec![status_step(&md, |b| {
+        assert_eq!(b["status"]["replicas"][0]["state"], "Loading");
+    })];
+    let agents = FakeAgents::with_loads(&[]);
+    let (client, api) = mock_api(steps);
+    let mut world = World::new(client, agents.clone());
+    world.pool_with_owned(&p);
+    world.pod(pod("web-a", &hash, "Running", true, "10.0.0.1"));
+    reconcile(Arc::new(md), world.ctx.clone()).await.unwrap();
+    api.await.unwrap();
+    let specs = agents.load_specs.lock().unwrap().clone();
+    assert_eq!(specs.len(), 1, "{specs:?}");
+    let generation = specs[0].generation.as_ref().expect("a generation spec");
+    assert_eq!(generation.tokenizer.uri, "https://h/llm/tokenizer.json");
+    assert_eq!(generation.settings.max_sequences, 8);
+    assert_eq!(generation.settings.kv_cache, webaccel_api::Precision::Int8);
+    assert_eq!(generation.settings.context_length, Some(1024));
+    assert_eq!(generation.settings.defaults.max_tokens, Some(32));
+    assert_eq!(specs[0].task, "text-generation");
+    assert_eq!(
+        specs[0].max_batch_size, 0,
+        "the page batches sequences itself"
+    );
+}
+
 /// The finding from a real cluster: a model applied with its pool. The kubelet reports the
 /// pod Running long before Ready; the agent answers 503 for its capabilities until its
 /// browser is up. Nothing is asked of an unready pod, a failed answer is never cached, and
