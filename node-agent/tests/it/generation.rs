@@ -16,8 +16,12 @@ use webaccel_testkit::procs;
 use crate::common::{Agent, TOKEN, fixture, signal};
 
 fn decoder_spec(name: &str, dir: &str) -> String {
+    decoder_on(name, dir, "wasm")
+}
+
+fn decoder_on(name: &str, dir: &str, backend: &str) -> String {
     format!(
-        "{name}=file://{},tokenizer=file://{},backend=wasm",
+        "{name}=file://{},tokenizer=file://{},backend={backend}",
         fixture(&format!("{dir}/model.onnx")).display(),
         fixture("decoder/tokenizer.json").display()
     )
@@ -62,32 +66,39 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
         &[
             decoder_spec("llm", "decoder"),
             decoder_spec("llm-external", "decoder_external"),
+            // WebGPU (SwiftShader here): the KV cache stays in GPU buffers between steps.
+            decoder_on("llm-gpu", "decoder", "webgpu"),
         ],
         &[],
     )
     .await;
+    let (_, gpu) = agent.get("/v1/repository/models/llm-gpu").await;
+    assert_eq!(gpu["status"]["backend"], "webgpu", "{gpu}");
 
     // The stock OpenAI client: greedy, streamed, chat, logprobs, seeds, stop strings,
-    // concurrent streams and refusals, against onnxruntime's generations.
+    // concurrent streams and refusals, against onnxruntime's generations; on wasm and
+    // on WebGPU.
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/openai_generate.py"
     );
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&agent.base)
-        .arg(fixture(""))
-        .args(["--token", TOKEN, "--model", "llm"])
-        .output()
-        .await
-        .expect("python3 with the test requirements (openai, from requirements-test.txt)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai_generate.py: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    for model in ["llm", "llm-gpu"] {
+        let out = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(&agent.base)
+            .arg(fixture(""))
+            .args(["--token", TOKEN, "--model", model])
+            .output()
+            .await
+            .expect("python3 with the test requirements (openai, from requirements-test.txt)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "openai_generate.py on {model}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("all checks passed"), "{stdout}");
+    }
 
     // Triton's generate extension (tritonclient has no client for it: plain HTTP, as
     // Triton's own documentation drives it), from the one-file graph and from the graph

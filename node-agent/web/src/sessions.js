@@ -135,10 +135,22 @@ function sessionOptions(backend, webnnDevice, { external = [], generation } = {}
     ...(external.length ? { externalData: external } : {}),
     // Without this onnxruntime silently places nodes the chosen provider cannot run on
     // its CPU provider; webaccel reports one backend per model, so a model that does not
-    // fit the provider whole is refused instead.
-    extra: backend === 'wasm' ? {} : { session: { disable_cpu_ep_fallback: '1' } },
+    // fit the provider whole is refused instead. A decoder on WebGPU is let through and
+    // checked node by node after (shapeOnlyOnCpu): its attention-mask and position
+    // arithmetic is int64 shape work that onnxruntime keeps on the CPU by design.
+    extra: backend === 'wasm' || (backend === 'webgpu' && generation)
+      ? {} : { session: { disable_cpu_ep_fallback: '1' } },
   };
 }
+
+// Operators onnxruntime-web's WebGPU provider leaves to the CPU in a decoder when they
+// only compute shapes, indices and masks (int64): cheap, and read back by design. Any
+// other operator on the CPU is real compute off the GPU, and refused.
+const SHAPE_OPS = new Set([
+  'Shape', 'Gather', 'Range', 'Unsqueeze', 'Squeeze', 'Sub', 'Add', 'Mul', 'Div', 'Equal',
+  'Less', 'LessOrEqual', 'Greater', 'GreaterOrEqual', 'Cast', 'Concat', 'Slice', 'Reshape',
+  'Expand', 'ConstantOfShape', 'Where', 'And', 'Or', 'Not', 'ReduceSum', 'CumSum',
+]);
 
 // Why `backend` cannot run here, from the page's capability report, or null.
 export function refusal(capabilities, backend, webnnDevice) {
@@ -279,6 +291,14 @@ export function createSessions({ threads, build, capabilities, onGpuLost, onToke
       throw e;
     }
     const [session, createMs] = created;
+    if (backend === 'webgpu' && model.generation) {
+      const onCpu = await unplacedNodes(ort, bytes, backend, webnnDevice, model);
+      const compute = onCpu.filter((n) => !SHAPE_OPS.has(n.split(' ')[0]));
+      if (compute.length) {
+        await exclusive(() => session.release());
+        throw new Error(`backend webgpu cannot run these operators of the model (onnxruntime-web ${ortWasm.env.versions?.web ?? ''} has no webgpu kernel for them; they would fall back to the CPU): ${compute.join(', ')}`);
+      }
+    }
     if (backend === 'webgpu') watchGpuDevice(ort);
     const result = { session, ort, backend, create_ms: createMs, warmup_ms: null, steady_ms: null };
     if (!warmup) return result;

@@ -8,13 +8,15 @@
 //! recovery; the agent's RSS (the browser's processes not counted).
 //!
 //! `faults` runs the browser fault classes under load instead (see `faults.rs`);
-//! `batching` compares dynamic batching off and on (see `batching.rs`).
+//! `batching` compares dynamic batching off and on (see `batching.rs`); `generate`
+//! measures text generation (see `generate.rs`).
 
 mod agent_process;
 mod batching;
 mod compute;
 mod ensemble;
 mod faults;
+mod generate;
 mod large;
 mod measure;
 
@@ -105,6 +107,17 @@ enum Suite {
         #[arg(long = "requests", default_value_t = 2000)]
         count: usize,
     },
+    /// Text generation: time to first token, inter-token latency, tokens/s with and
+    /// without continuous batching, the page's decode step against native onnxruntime,
+    /// the quantized KV cache, and WebGPU.
+    Generate {
+        /// Concurrent streams compared.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        streams: Vec<usize>,
+        /// Tokens per stream.
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
+    },
     /// Browser faults under load: time to serving again, failed and hung requests.
     Faults {
         /// Scenarios to run (default: all): active-kill, all-kill, renderer-kill,
@@ -170,6 +183,14 @@ async fn main() -> anyhow::Result<()> {
         let fixtures = webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures");
         let report = quantized::run(&bin, &fixtures, *runs).await?;
         quantized::print(&report);
+        std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+        println!("\nJSON written to {}", args.json.display());
+        return Ok(());
+    }
+    if let Some(Suite::Generate { streams, tokens }) = &args.suite {
+        let fixtures = webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures");
+        let report = generate::run(&bin, &fixtures, streams, *tokens).await?;
+        generate::print(&report);
         std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
         println!("\nJSON written to {}", args.json.display());
         return Ok(());
