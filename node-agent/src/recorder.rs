@@ -170,19 +170,30 @@ impl Recorder {
         self.browser.lock().clone()
     }
 
+    /// The browser's labels for a row of work run on `backend`: the WebGPU adapter only
+    /// where WebGPU ran it.
+    fn labels_for(&self, backend: &str) -> BrowserLabels {
+        let browser = self.browser();
+        let (adapter, adapter_kind) = match backend {
+            "webgpu" => (browser.adapter, browser.adapter_kind),
+            b if b.starts_with("webnn") => (b.to_owned(), "unknown".to_owned()),
+            _ => (String::new(), "none".to_owned()),
+        };
+        BrowserLabels {
+            adapter,
+            adapter_kind,
+            ..browser
+        }
+    }
+
     pub fn inference(&self, r: &InferenceRecord<'_>) {
         let Some(s) = &self.sinks else { return };
         let BrowserLabels {
             name,
             version,
             adapter,
-            adapter_kind: kind,
-        } = self.browser();
-        let (adapter, adapter_kind) = match r.backend {
-            "webgpu" => (adapter, kind),
-            b if b.starts_with("webnn") => (b.to_owned(), "unknown".to_owned()),
-            _ => (String::new(), "none".to_owned()),
-        };
+            adapter_kind,
+        } = self.labels_for(r.backend);
         s.inference.write(InferenceRow {
             event_time: now_ms(),
             row_id: new_row_id(),
@@ -214,12 +225,8 @@ impl Recorder {
             name,
             version,
             adapter,
-            adapter_kind: kind,
-        } = self.browser();
-        let (adapter, adapter_kind) = match r.backend {
-            "webgpu" => (adapter, kind),
-            _ => (String::new(), "none".to_owned()),
-        };
+            adapter_kind,
+        } = self.labels_for(r.backend);
         let timings = r.end.map(|e| e.timings.clone()).unwrap_or_default();
         let usage = r.end.map(|e| e.usage).unwrap_or_default();
         let finish_reason = match (r.end, r.abandoned) {

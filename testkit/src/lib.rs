@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod fixtures;
+pub mod generation;
 pub mod kube;
 pub mod procs;
 pub mod rbac;

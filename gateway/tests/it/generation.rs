@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use webaccel_testkit::fixtures::fixture;
+use webaccel_testkit::generation::{decoder_prompt, last_event, long_stream};
 use webaccel_testkit::{AgentProcess, Launch, procs};
 
 use crate::support::{READY, agent_ref, gateway, settings, wait_model};
@@ -23,11 +24,7 @@ fn decoder_agent() -> AgentProcess {
 }
 
 fn story() -> (String, String) {
-    let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("decoder/reference.json")).unwrap())
-            .unwrap();
-    let p = &reference["prompts"][0];
-    assert_eq!(p["name"], "story");
+    let p = decoder_prompt("story");
     (
         p["text"].as_str().unwrap().to_owned(),
         p["completion"].as_str().unwrap().to_owned(),
@@ -38,23 +35,6 @@ async fn sequences(agent: &AgentProcess) -> (u64, u64) {
     let stats = agent.stats().await;
     let g = stats.models["llm"].generation.clone().unwrap_or_default();
     (g.sequences, g.cancelled)
-}
-
-/// A long streamed completion through `base`, returned once its first chunk came.
-async fn long_stream(http: &reqwest::Client, base: &str) -> reqwest::Response {
-    let mut response = http
-        .post(format!("{base}/v1/completions"))
-        .json(&json!({
-            "model": "llm", "prompt": "A browser", "max_tokens": 240,
-            "temperature": 0, "stream": true, "ignore_eos": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let first = response.chunk().await.unwrap().unwrap();
-    assert!(first.starts_with(b"data: "), "{first:?}");
-    response
 }
 
 #[tokio::test]
@@ -91,8 +71,7 @@ async fn generations_stream_through_the_gateway_and_fail_over_before_their_first
     let http = reqwest::Client::new();
 
     // A client gone mid-stream: the gateway cancels, the page frees the sequence.
-    let response = long_stream(&http, &gw.http()).await;
-    drop(response);
+    drop(long_stream(&http, &gw.http()).await);
     let start = Instant::now();
     loop {
         let (sa, ca) = sequences(&a).await;
@@ -126,14 +105,11 @@ async fn generations_stream_through_the_gateway_and_fail_over_before_their_first
         body.extend_from_slice(&chunk);
     }
     let text = String::from_utf8(body).unwrap();
-    let last: Value = serde_json::from_str(
-        text.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .rfind(|d| *d != "[DONE]")
-            .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(last["error"]["code"], "browser_crashed", "{text}");
+    assert_eq!(
+        last_event(&text)["error"]["code"],
+        "browser_crashed",
+        "{text}"
+    );
 
     let (prompt, want) = story();
     let before = survivor.stats().await.models["llm"]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use webaccel_api::agent::GenerationStats;
+use webaccel_testkit::generation::{decoder_prompt, decoder_reference, last_event, long_stream};
 use webaccel_testkit::procs;
 
 use crate::common::{Agent, TOKEN, fixture, signal};
@@ -25,21 +26,6 @@ fn decoder_on(name: &str, dir: &str, backend: &str) -> String {
         fixture(&format!("{dir}/model.onnx")).display(),
         fixture("decoder/tokenizer.json").display()
     )
-}
-
-fn reference() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture("decoder/reference.json")).unwrap())
-        .unwrap()
-}
-
-fn prompt(name: &str) -> Value {
-    reference()["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap()
-        .clone()
 }
 
 async fn generation_stats(agent: &Agent, model: &str) -> GenerationStats {
@@ -103,9 +89,9 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
     // Triton's generate extension (tritonclient has no client for it: plain HTTP, as
     // Triton's own documentation drives it), from the one-file graph and from the graph
     // with its weights in an external data file.
-    let story = prompt("story");
+    let story = decoder_prompt("story");
     let want = story["completion"].as_str().unwrap();
-    let n = reference()["max_new_tokens"].as_u64().unwrap();
+    let n = decoder_reference()["max_new_tokens"].as_u64().unwrap();
     for model in ["llm", "llm-external"] {
         let body =
             json!({"text_input": story["text"], "parameters": {"max_tokens": n, "temperature": 0}});
@@ -243,24 +229,6 @@ async fn graphs_and_tokenizers_that_cannot_generate_are_refused_with_the_reason(
     assert_eq!(status, 404, "{body}");
 }
 
-/// Starts a long streamed completion (past end-of-sequence tokens) and returns the
-/// response once its first token has arrived, with the rest of its body.
-async fn long_stream(agent: &Agent) -> (reqwest::Response, Vec<u8>) {
-    let mut response = agent
-        .http
-        .post(format!("{}/v1/completions", agent.base))
-        .json(&json!({
-            "model": "llm", "prompt": "A browser", "max_tokens": 240,
-            "temperature": 0, "stream": true, "ignore_eos": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let first = response.chunk().await.unwrap().unwrap();
-    (response, first.to_vec())
-}
-
 #[tokio::test]
 async fn a_client_gone_frees_its_sequence_and_a_killed_browser_ends_the_stream() {
     let _machine = webaccel_testkit::beside().await;
@@ -270,7 +238,7 @@ async fn a_client_gone_frees_its_sequence_and_a_killed_browser_ends_the_stream()
     // The browser frozen after the first token, the client goes away: the agent cancels
     // the sequence in the page, which frees it once the page runs again.
     let pid = agent.browser_pid().await;
-    let (response, _) = long_stream(&agent).await;
+    let response = long_stream(&agent.http, &agent.base).await;
     let renderers = procs::of_kind(pid, "renderer");
     assert!(!renderers.is_empty(), "no renderer under browser {pid}");
     renderers.iter().for_each(|r| signal(*r, Signal::SIGSTOP));
@@ -293,12 +261,12 @@ async fn a_client_gone_frees_its_sequence_and_a_killed_browser_ends_the_stream()
 
     // The browser killed mid-stream (frozen first, so the stream is surely unfinished):
     // the stream ends, soon, with an error that says to retry; nothing hangs.
-    let (mut response, first) = long_stream(&agent).await;
+    let mut response = long_stream(&agent.http, &agent.base).await;
     let renderers = procs::of_kind(pid, "renderer");
     renderers.iter().for_each(|r| signal(*r, Signal::SIGSTOP));
     procs::signal_group(pid, Signal::SIGKILL);
     let start = Instant::now();
-    let mut body = first;
+    let mut body = Vec::new();
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), response.chunk())
         .await
         .expect("the stream hangs after its browser was killed")
@@ -307,19 +275,14 @@ async fn a_client_gone_frees_its_sequence_and_a_killed_browser_ends_the_stream()
         body.extend_from_slice(&chunk);
     }
     let text = String::from_utf8(body).unwrap();
-    let last = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .rfind(|d| *d != "[DONE]")
-        .unwrap();
-    let error: Value = serde_json::from_str(last).unwrap();
+    let error = last_event(&text);
     assert!(error["error"]["message"].is_string(), "{text}");
     assert_eq!(error["error"]["code"], "browser_crashed", "{text}");
-    println!("stream ended {:?} after the kill: {last}", start.elapsed());
+    println!("stream ended {:?} after the kill: {error}", start.elapsed());
 
     // The agent's next browser takes the model, and generation goes on.
     agent.wait_ready(Duration::from_secs(60)).await;
-    let story = prompt("story");
+    let story = decoder_prompt("story");
     let (status, answer) = agent
         .post(
             "/v2/models/llm/generate",
