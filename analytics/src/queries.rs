@@ -1,6 +1,7 @@
 //! The questions webaccel asks of its history, as typed functions: which browser and
 //! backend to use (recommendations), what got slower (regressions), and how latency
-//! moves over time (trends). The SQL runs on ClickHouse 18.16 and current releases;
+//! moves over time (trends). Each is asked of every [`Measure`]: a request's latency,
+//! and for text generation the time to first token and the time between tokens. The SQL runs on ClickHouse 18.16 and current releases;
 //! the statistics that SQL cannot do portably are done here on its aggregates.
 
 use std::time::Duration;
@@ -23,6 +24,58 @@ struct Aggregate {
     sigma: f64,
     samples: u64,
     rows_per_s: f64,
+    /// Generations' median tokens per second (0 for requests).
+    tokens_per_s: f64,
+}
+
+/// What is compared: each a time, lower is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// A request's latency at the agent (`inference_performance.latency_ms`).
+    Latency,
+    /// A generation's time to first token (`generation_performance.ttft_ms`).
+    TimeToFirstToken,
+    /// A generation's median time between tokens
+    /// (`generation_performance.inter_token_p50_ms`).
+    InterToken,
+}
+
+impl Measure {
+    pub const ALL: [Self; 3] = [Self::Latency, Self::TimeToFirstToken, Self::InterToken];
+
+    fn table(self) -> &'static str {
+        match self {
+            Self::Latency => "inference_performance",
+            Self::TimeToFirstToken | Self::InterToken => "generation_performance",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Self::Latency => "latency_ms",
+            Self::TimeToFirstToken => "ttft_ms",
+            Self::InterToken => "inter_token_p50_ms",
+        }
+    }
+
+    /// Its name in the `regressions` table's `metric` column and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Latency => "latency_p50_ms",
+            Self::TimeToFirstToken => "ttft_p50_ms",
+            Self::InterToken => "inter_token_p50_ms",
+        }
+    }
+
+    /// The grouping key's SQL: generations have no task column (they are all text
+    /// generation).
+    fn key_sql(self, key: &str) -> String {
+        match (self, key) {
+            (Self::TimeToFirstToken | Self::InterToken, "task") => "'text-generation'".into(),
+            _ => key.to_owned(),
+        }
+    }
 }
 
 /// What a recommendation is for: one model, or every model of a task.
@@ -36,10 +89,15 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Recommendation {
     pub key: String,
+    /// What the pick is fastest at: latency for models that answer requests, time to
+    /// first token for models that generate text.
+    pub measure: Measure,
     pub browser: String,
     pub backend: String,
     pub p50_ms: f64,
     pub throughput_rps: f64,
+    /// For text generation: the pick's median tokens per second.
+    pub tokens_per_s: Option<f64>,
     pub samples: u64,
     /// The next best choice, if any, and its p50.
     pub runner_up: Option<(String, String, f64)>,
@@ -83,13 +141,31 @@ fn z_of(a: (f64, f64, u64), b: (f64, f64, u64)) -> f64 {
 /// Per-(key, browser, backend) p50, spread and volume of successful requests between
 /// two times (seconds since the epoch). Public so other engines can check the SQL.
 pub fn aggregate_sql(f: Features, key: &str, filter: &str, from_s: u64, to_s: u64) -> String {
+    measure_sql(f, Measure::Latency, key, filter, from_s, to_s)
+}
+
+/// [`aggregate_sql`] of any measure.
+pub fn measure_sql(
+    f: Features,
+    measure: Measure,
+    key: &str,
+    filter: &str,
+    from_s: u64,
+    to_s: u64,
+) -> String {
     let t = f.time_seconds("event_time");
+    let (table, m, key) = (measure.table(), measure.column(), measure.key_sql(key));
+    let tokens = match measure {
+        Measure::Latency => "toFloat64(0)",
+        Measure::TimeToFirstToken | Measure::InterToken => "quantileExact(0.5)(tokens_per_s)",
+    };
     format!(
-        "SELECT {key} AS key, browser, backend, quantileExact(0.5)(latency_ms) AS p50, \
-         (quantileExact(0.75)(latency_ms) - quantileExact(0.25)(latency_ms)) / 1.349 AS sigma, \
+        "SELECT {key} AS key, browser, backend, quantileExact(0.5)({m}) AS p50, \
+         (quantileExact(0.75)({m}) - quantileExact(0.25)({m})) / 1.349 AS sigma, \
          count() AS samples, \
-         count() / greatest(1, toUInt32(max({t})) - toUInt32(min({t})) + 1) AS rows_per_s \
-         FROM inference_performance \
+         count() / greatest(1, toUInt32(max({t})) - toUInt32(min({t})) + 1) AS rows_per_s, \
+         {tokens} AS tokens_per_s \
+         FROM {table} \
          WHERE outcome = 'ok' AND {filter} AND toUInt32({t}) >= {from_s} AND toUInt32({t}) < {to_s} \
          GROUP BY key, browser, backend ORDER BY key, p50"
     )
@@ -99,8 +175,9 @@ fn now_s() -> u64 {
     u64::try_from(now_ms() / 1000).unwrap_or(0)
 }
 
-/// The best browser and backend per model (or task) by p50 latency over the last
-/// `window`, among those with at least `min_samples` successful requests.
+/// The best browser and backend per model (or task) over the last `window`, among
+/// those with at least `min_samples` successful requests: by p50 latency, and for
+/// models that generate text by p50 time to first token.
 pub async fn recommend(
     client: &clickhouse::Client,
     f: Features,
@@ -113,12 +190,23 @@ pub async fn recommend(
         Scope::Task => "task",
     };
     let now = now_s();
-    let sql = aggregate_sql(f, key, "1", now.saturating_sub(window.as_secs()), now + 1);
-    let rows: Vec<Aggregate> = client.query(&sql).fetch_all().await?;
-    Ok(pick_best(rows, min_samples))
+    let mut out = Vec::new();
+    for measure in [Measure::Latency, Measure::TimeToFirstToken] {
+        let sql = measure_sql(
+            f,
+            measure,
+            key,
+            "1",
+            now.saturating_sub(window.as_secs()),
+            now + 1,
+        );
+        let rows: Vec<Aggregate> = client.query(&sql).fetch_all().await?;
+        out.extend(pick_best(rows, min_samples, measure));
+    }
+    Ok(out)
 }
 
-fn pick_best(rows: Vec<Aggregate>, min_samples: u64) -> Vec<Recommendation> {
+fn pick_best(rows: Vec<Aggregate>, min_samples: u64, measure: Measure) -> Vec<Recommendation> {
     let mut out: Vec<Recommendation> = Vec::new();
     let mut i = 0;
     while i < rows.len() {
@@ -137,10 +225,12 @@ fn pick_best(rows: Vec<Aggregate>, min_samples: u64) -> Vec<Recommendation> {
         });
         out.push(Recommendation {
             key,
+            measure,
             browser: best.browser.clone(),
             backend: best.backend.clone(),
             p50_ms: best.p50,
             throughput_rps: best.rows_per_s,
+            tokens_per_s: (measure != Measure::Latency).then_some(best.tokens_per_s),
             samples: best.samples,
             runner_up: runner.map(|r| (r.browser.clone(), r.backend.clone(), r.p50)),
             confidence,
@@ -182,6 +272,8 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Regression {
     pub model: String,
+    /// What got slower.
+    pub measure: Measure,
     pub browser: String,
     pub backend: String,
     pub baseline_p50: f64,
@@ -202,7 +294,7 @@ impl Regression {
             model: self.model.clone(),
             browser: self.browser.clone(),
             backend: self.backend.clone(),
-            metric: "latency_p50_ms".into(),
+            metric: self.measure.as_str().into(),
             baseline_p50: self.baseline_p50,
             recent_p50: self.recent_p50,
             change_pct: self.change_pct,
@@ -237,7 +329,8 @@ impl Default for RegressionParams {
     }
 }
 
-/// Compares the recent window with the baseline per model, browser and backend.
+/// Compares the recent window with the baseline per model, browser and backend, in
+/// every [`Measure`].
 pub async fn detect_regressions(
     client: &clickhouse::Client,
     f: Features,
@@ -246,18 +339,32 @@ pub async fn detect_regressions(
     let now = now_s();
     let split = now.saturating_sub(p.recent.as_secs());
     let start = split.saturating_sub(p.baseline.as_secs());
-    let base: Vec<Aggregate> = client
-        .query(&aggregate_sql(f, "model", "1", start, split))
-        .fetch_all()
-        .await?;
-    let recent: Vec<Aggregate> = client
-        .query(&aggregate_sql(f, "model", "1", split, now + 1))
-        .fetch_all()
-        .await?;
-    Ok(compare(&base, &recent, p))
+    let mut out = Vec::new();
+    for measure in Measure::ALL {
+        let base: Vec<Aggregate> = client
+            .query(&measure_sql(f, measure, "model", "1", start, split))
+            .fetch_all()
+            .await?;
+        let recent: Vec<Aggregate> = client
+            .query(&measure_sql(f, measure, "model", "1", split, now + 1))
+            .fetch_all()
+            .await?;
+        out.extend(compare(&base, &recent, p, measure));
+    }
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.change_pct.total_cmp(&a.change_pct))
+    });
+    Ok(out)
 }
 
-fn compare(base: &[Aggregate], recent: &[Aggregate], p: RegressionParams) -> Vec<Regression> {
+fn compare(
+    base: &[Aggregate],
+    recent: &[Aggregate],
+    p: RegressionParams,
+    measure: Measure,
+) -> Vec<Regression> {
     let mut out = Vec::new();
     for r in recent {
         let Some(b) = base
@@ -279,6 +386,7 @@ fn compare(base: &[Aggregate], recent: &[Aggregate], p: RegressionParams) -> Vec
         if let Some(severity) = severity {
             out.push(Regression {
                 model: r.key.clone(),
+                measure,
                 browser: r.browser.clone(),
                 backend: r.backend.clone(),
                 baseline_p50: b.p50,
@@ -368,6 +476,7 @@ mod tests {
             sigma,
             samples,
             rows_per_s: 1.0,
+            tokens_per_s: 0.0,
         }
     }
 
@@ -386,6 +495,7 @@ mod tests {
                 agg("chromium", "webgpu", 3.0, 0.3, 500),
             ],
             10,
+            Measure::Latency,
         );
         assert_eq!(
             (picks[0].backend.as_str(), picks[0].p50_ms),
@@ -398,6 +508,7 @@ mod tests {
                 agg("b", "wasm", 5.1, 2.0, 20),
             ],
             10,
+            Measure::Latency,
         );
         assert!(picks[0].confidence < 0.7, "{picks:?}");
         let picks = pick_best(
@@ -406,6 +517,7 @@ mod tests {
                 agg("b", "wasm", 2.0, 0.1, 500),
             ],
             10,
+            Measure::Latency,
         );
         assert_eq!(picks[0].browser, "b", "too few samples cannot win");
     }
@@ -420,19 +532,22 @@ mod tests {
             &[agg("c", "wasm", 10.0, 1.0, 1000)],
             &[agg("c", "wasm", 16.0, 1.0, 200)],
             p,
+            Measure::Latency,
         );
         assert_eq!(found[0].severity, Severity::Critical);
         let found = compare(
             &[agg("c", "wasm", 10.0, 1.0, 1000)],
             &[agg("c", "wasm", 12.5, 1.0, 200)],
             p,
+            Measure::Latency,
         );
         assert_eq!(found[0].severity, Severity::Major);
         assert!(
             compare(
                 &[agg("c", "wasm", 10.0, 1.0, 1000)],
                 &[agg("c", "wasm", 10.05, 1.0, 200)],
-                p
+                p,
+                Measure::Latency
             )
             .is_empty()
         );
@@ -441,7 +556,8 @@ mod tests {
             compare(
                 &[agg("c", "wasm", 10.0, 30.0, 12)],
                 &[agg("c", "wasm", 16.0, 30.0, 12)],
-                p
+                p,
+                Measure::Latency
             )
             .is_empty()
         );

@@ -30,6 +30,15 @@ def main() -> int:
         "INSERT INTO inference_performance "
         "(event_time, row_id, model, task, browser, backend, latency_ms, batch_size, outcome) VALUES " + values
     )
+    generations = ",".join(
+        f"(now64(3) - INTERVAL {k} SECOND, {k + 1}, 'g{k % 2}', 'wasm', 'fp32', 16, 64, {10.0 + k}, 2.0, 500.0, 'ok')"
+        for k in range(20)
+    )
+    s.query(
+        "INSERT INTO generation_performance (event_time, row_id, model, backend, kv_cache, "
+        "prompt_tokens, completion_tokens, ttft_ms, inter_token_p50_ms, tokens_per_s, outcome) VALUES "
+        + generations
+    )
     counts = []
     for sql in spec["queries"]:
         try:

@@ -58,21 +58,35 @@ pub async fn run(cli: Cli, command: Analysis) -> anyhow::Result<()> {
                     humantime::format_duration(window)
                 );
             } else {
+                // Models that answer requests by latency; models that generate text by
+                // time to first token, with their tokens/s.
                 println!(
-                    "{:<24} {:<10} {:<10} {:>9} {:>9} {:>8} {:>10}  runner-up",
-                    "key", "browser", "backend", "p50 ms", "req/s", "samples", "confidence"
+                    "{:<24} {:<18} {:<10} {:<10} {:>9} {:>9} {:>8} {:>10}  runner-up",
+                    "key",
+                    "measure",
+                    "browser",
+                    "backend",
+                    "p50 ms",
+                    "req/s",
+                    "samples",
+                    "confidence"
                 );
                 for r in recs {
                     let runner = r
                         .runner_up
                         .map_or_else(|| "-".into(), |(b, k, p)| format!("{b}/{k} {p:.3} ms"));
+                    let rate = r.tokens_per_s.map_or_else(
+                        || format!("{:.1}", r.throughput_rps),
+                        |t| format!("{t:.0} tok/s"),
+                    );
                     println!(
-                        "{:<24} {:<10} {:<10} {:>9.3} {:>9.1} {:>8} {:>10.3}  {runner}",
+                        "{:<24} {:<18} {:<10} {:<10} {:>9.3} {:>9} {:>8} {:>10.3}  {runner}",
                         r.key,
+                        r.measure.as_str(),
                         r.browser,
                         r.backend,
                         r.p50_ms,
-                        r.throughput_rps,
+                        rate,
                         r.samples,
                         r.confidence
                     );
@@ -114,9 +128,10 @@ pub async fn run(cli: Cli, command: Analysis) -> anyhow::Result<()> {
                 );
             } else {
                 println!(
-                    "{:<9} {:<24} {:<10} {:<10} {:>10} {:>10} {:>8} {:>9}",
+                    "{:<9} {:<24} {:<18} {:<10} {:<10} {:>10} {:>10} {:>8} {:>9}",
                     "severity",
                     "model",
+                    "measure",
                     "browser",
                     "backend",
                     "base p50",
@@ -126,9 +141,10 @@ pub async fn run(cli: Cli, command: Analysis) -> anyhow::Result<()> {
                 );
                 for r in found {
                     println!(
-                        "{:<9} {:<24} {:<10} {:<10} {:>10.3} {:>10.3} {:>7.1}% {:>9.1e}",
+                        "{:<9} {:<24} {:<18} {:<10} {:<10} {:>10.3} {:>10.3} {:>7.1}% {:>9.1e}",
                         r.severity.as_str(),
                         r.model,
+                        r.measure.as_str(),
                         r.browser,
                         r.backend,
                         r.baseline_p50,

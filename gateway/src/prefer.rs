@@ -110,14 +110,17 @@ pub fn spawn_refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use webaccel_analytics::queries::Measure;
 
     fn rec(key: &str, browser: &str, confidence: f64, rival: bool) -> Recommendation {
         Recommendation {
             key: key.into(),
+            measure: Measure::Latency,
             browser: browser.into(),
             backend: "wasm".into(),
             p50_ms: 1.0,
             throughput_rps: 1.0,
+            tokens_per_s: None,
             samples: 100,
             runner_up: rival.then(|| ("firefox".into(), "wasm".into(), 2.0)),
             confidence,

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use scraper::{Html, Selector};
 
 use super::*;
-use crate::queries::Severity;
+use crate::queries::{Measure, Severity};
 
 /// A name that breaks Markdown tables and HTML unless escaped.
 const HOSTILE: &str = "evil|<script>alert('x')</script>&*";
@@ -31,20 +31,24 @@ fn fixture() -> ReportData {
         recommendations: vec![
             Recommendation {
                 key: "m1".into(),
+                measure: Measure::Latency,
                 browser: "chromium".into(),
                 backend: "webgpu".into(),
                 p50_ms: 3.0,
                 throughput_rps: 12.5,
+                tokens_per_s: None,
                 samples: 400,
                 runner_up: Some(("chromium".into(), "wasm".into(), 5.0)),
                 confidence: 0.9999,
             },
             Recommendation {
                 key: HOSTILE.into(),
+                measure: Measure::Latency,
                 browser: "edge".into(),
                 backend: "wasm".into(),
                 p50_ms: 8.0,
                 throughput_rps: 2.0,
+                tokens_per_s: None,
                 samples: 40,
                 runner_up: None,
                 confidence: 1.0,
@@ -52,6 +56,7 @@ fn fixture() -> ReportData {
         ],
         regressions: vec![Regression {
             model: "m2".into(),
+            measure: Measure::Latency,
             browser: "chromium".into(),
             backend: "wasm".into(),
             baseline_p50: 10.0,

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use webaccel_analytics::overview::{latency_sql, summary_sql, throughput_sql};
-use webaccel_analytics::queries::{aggregate_sql, trends_sql};
+use webaccel_analytics::queries::{Measure, aggregate_sql, measure_sql, trends_sql};
 use webaccel_analytics::schema::migrations;
 use webaccel_analytics::server::Features;
 
@@ -77,7 +77,7 @@ fn grafana_dashboard_queries_run_on_the_modern_schema() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
-    assert!(panels.len() >= 6);
+    assert!(panels.len() >= 10);
     let queries: Vec<String> = panels
         .iter()
         .map(|p| {
@@ -111,6 +111,15 @@ fn modern_ddl_and_queries_run_in_chdb() {
         summary_sql(f, now - 3600),
         latency_sql(f, now - 3600, Duration::from_secs(60), false),
         throughput_sql(f, now - 3600, false),
+        measure_sql(
+            f,
+            Measure::TimeToFirstToken,
+            "model",
+            "1",
+            now - 3600,
+            now + 1,
+        ),
+        measure_sql(f, Measure::InterToken, "task", "1", now - 3600, now + 1),
     ]);
     // Two models x two backends, one task x two backends, and some trend buckets;
     // one summary row, latency buckets of both models, one browser x two backends.
@@ -119,4 +128,6 @@ fn modern_ddl_and_queries_run_in_chdb() {
     assert_eq!(rows[3], 1, "{rows:?}");
     assert!(rows[4] >= 2, "{rows:?}");
     assert_eq!(rows[5], 2, "{rows:?}");
+    // Generations: two models on one backend; all of them one task.
+    assert_eq!(rows[6..], [2, 1], "{rows:?}");
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use webaccel_analytics::overview;
-use webaccel_analytics::queries::{self, RegressionParams, Scope, Severity};
-use webaccel_analytics::rows::{InferenceRow, now_ms};
+use webaccel_analytics::queries::{self, Measure, RegressionParams, Scope, Severity};
+use webaccel_analytics::rows::{GenerationRow, InferenceRow, now_ms};
 use webaccel_analytics::schema::migrate;
 use webaccel_analytics::server;
 
@@ -276,5 +276,144 @@ async fn overview_figures_have_the_known_answers() {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A successful generation of `model` on `backend`, `ago_s` seconds ago (spread over a
+/// minute), with the given time to first token and inter-token time.
+fn generation(
+    model: &str,
+    backend: &str,
+    ago_s: i64,
+    k: usize,
+    ttft: f64,
+    inter: f64,
+) -> GenerationRow {
+    GenerationRow {
+        event_time: now_ms() - ago_s * 1000 - (k as i64 % 60) * 1000,
+        row_id: rand_id(k as u64, ago_s as u64),
+        pool: "p".into(),
+        pod: "a".into(),
+        browser: "chromium".into(),
+        browser_version: "Chrome/156".into(),
+        model: model.into(),
+        backend: backend.into(),
+        adapter: String::new(),
+        adapter_kind: "none".into(),
+        kv_cache: "fp32".into(),
+        prompt_tokens: 16,
+        completion_tokens: 64,
+        queue_ms: 0.0,
+        prefill_ms: ttft / 2.0,
+        ttft_ms: ttft,
+        inter_token_p50_ms: inter,
+        inter_token_p99_ms: inter * 3.0,
+        tokens_per_s: 1000.0 / inter,
+        max_batch: 1,
+        kv_bytes: 64 * 512,
+        finish_reason: "length".into(),
+        outcome: "ok".into(),
+        error_category: String::new(),
+    }
+}
+
+fn rand_id(a: u64, b: u64) -> u64 {
+    a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+}
+
+#[tokio::test]
+async fn generations_are_recommended_by_first_token_and_their_slowdowns_found() {
+    let ch = crate::common::start().await;
+    let settings = ch.settings("webaccel_generation_test");
+    migrate(&settings).await.unwrap();
+    let client = settings.client(true);
+    let features = server::detect(&client).await.unwrap();
+    let mut rng = Lcg(7);
+    let mut rows = Vec::new();
+    for k in 0..100 {
+        // llm: WebGPU's first token comes sooner.
+        rows.push(generation("llm", "webgpu", 300, k, 20.0 + rng.next(), 2.0));
+        rows.push(generation("llm", "wasm", 300, k, 40.0 + rng.next(), 1.0));
+    }
+    for k in 0..300 {
+        // chat: its tokens came 50 % slower in the last half hour; its first ones did not.
+        rows.push(generation(
+            "chat",
+            "wasm",
+            7200,
+            k,
+            30.0 + rng.next(),
+            2.0 + 0.1 * rng.next(),
+        ));
+    }
+    for k in 0..200 {
+        rows.push(generation(
+            "chat",
+            "wasm",
+            600,
+            k,
+            30.0 + rng.next(),
+            3.0 + 0.1 * rng.next(),
+        ));
+    }
+    let mut insert = client
+        .insert::<GenerationRow>("generation_performance")
+        .await
+        .unwrap();
+    for r in &rows {
+        insert.write(r).await.unwrap();
+    }
+    insert.end().await.unwrap();
+
+    let recs = queries::recommend(
+        &client,
+        features,
+        Scope::Model,
+        Duration::from_secs(3600),
+        30,
+    )
+    .await
+    .unwrap();
+    let llm = recs.iter().find(|r| r.key == "llm").unwrap();
+    assert_eq!(llm.measure, Measure::TimeToFirstToken, "{recs:?}");
+    assert_eq!(llm.backend, "webgpu", "{recs:?}");
+    assert!((llm.p50_ms - 20.0).abs() < 1.0, "{llm:?}");
+    assert!((llm.tokens_per_s.unwrap() - 500.0).abs() < 1.0, "{llm:?}");
+    assert!(llm.confidence > 0.999, "{llm:?}");
+    let by_task = queries::recommend(
+        &client,
+        features,
+        Scope::Task,
+        Duration::from_secs(3600),
+        30,
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_task.len(), 1, "{by_task:?}");
+    assert_eq!(by_task[0].key, "text-generation");
+
+    let params = RegressionParams {
+        recent: Duration::from_secs(1800),
+        baseline: Duration::from_secs(3 * 3600),
+        min_samples: 30,
+        alpha: 0.01,
+    };
+    let found = queries::detect_regressions(&client, features, params)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (found[0].model.as_str(), found[0].measure, found[0].severity),
+        ("chat", Measure::InterToken, Severity::Critical),
+        "{found:?}"
+    );
+    queries::record_regressions(&client, &found).await.unwrap();
+    assert_eq!(
+        crate::common::query(
+            &ch,
+            "SELECT model, metric FROM webaccel_generation_test.regressions"
+        )
+        .await,
+        "chat\tinter_token_p50_ms"
     );
 }
