@@ -187,13 +187,15 @@ test('a cancelled sequence leaves at the next step and frees its cache', async (
   while (tokensOf(ra.req).length < 5) await new Promise((r) => setTimeout(r, 1));
   const before = decoder.report();
   assert.equal(before.sequences, 2);
+  const atCancel = tokensOf(ra.req).length;
   assert.ok(decoder.cancel(ra.req));
   const summary = await pa;
   assert.equal(summary.finish_reason, 'cancelled');
   const made = tokensOf(ra.req).length;
   const stepsAtCancel = steps.length;
-  // Gone within one step: at most one more token after the cancel.
-  assert.ok(made <= 6, `${made} tokens`);
+  // Gone within one step: at most one more token after the cancel (the step running
+  // when it came).
+  assert.ok(made <= atCancel + 1, `${made} tokens, ${atCancel} at the cancel`);
   const after = decoder.report();
   assert.equal(after.sequences, 1);
   assert.ok(after.kv_bytes < before.kv_bytes);
