@@ -4,7 +4,10 @@
 //! gateway (in this process, static discovery), over HTTP with JSON tensors, HTTP with
 //! binary tensors, and gRPC, at several concurrencies. Then throughput with one and two
 //! agents, and a failover run (a browser killed, then an agent killed, under load).
-//! Prints a table and writes JSON; nothing is asserted.
+//! Then text generation (the fixture decoder) straight and through the gateway (see
+//! `generate.rs`). Prints a table and writes JSON; nothing is asserted.
+
+mod generate;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,9 +58,17 @@ struct AgentProc {
 
 async fn start_agent(bin: &std::path::Path, model: &std::path::Path) -> anyhow::Result<AgentProc> {
     let grpc = format!("127.0.0.1:{}", free_port());
-    let mut launch = Launch::new(&[format!("mlp=file://{},backend=wasm", model.display())])
-        .binary(bin)
-        .args(&["--grpc-listen", &grpc]);
+    let decoder = model.with_file_name("decoder");
+    let mut launch = Launch::new(&[
+        format!("mlp=file://{},backend=wasm", model.display()),
+        format!(
+            "llm=file://{},tokenizer=file://{},backend=wasm",
+            decoder.join("model.onnx").display(),
+            decoder.join("tokenizer.json").display()
+        ),
+    ])
+    .binary(bin)
+    .args(&["--grpc-listen", &grpc]);
     "error".clone_into(&mut launch.rust_log);
     let agent = AgentProcess::launch(launch, Duration::from_secs(90)).await;
     agent.wait_standby(Duration::from_secs(90)).await;
@@ -435,6 +446,8 @@ async fn main() -> anyhow::Result<()> {
             json!({"agents": agents, "rps": rps, "p50_ms": pct(&lat, 0.5), "errors": errors}),
         );
     }
+    // Text generation, straight to agent A and through the gateway that has only it.
+    let generation = generate::compare((&a.url, Some(TOKEN)), &through.http, &[1, 8]).await;
     gw1.shutdown().await;
     // 3. Failover: a browser of agent A killed (all its processes), then agent A killed.
     let a_stats: Value = reqwest::Client::new()
@@ -465,7 +478,7 @@ async fn main() -> anyhow::Result<()> {
     );
     gw2.shutdown().await;
     stop.cancel();
-    let report = json!({"added_latency": rows, "throughput": throughput, "failover": {"browser_kill": browser_kill, "agent_kill": agent_kill}});
+    let report = json!({"added_latency": rows, "throughput": throughput, "generation": generation, "failover": {"browser_kill": browser_kill, "agent_kill": agent_kill}});
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("JSON written to {}", args.json.display());
     drop((a, b));
