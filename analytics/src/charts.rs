@@ -11,6 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::overview::{LatencyPoint, Throughput};
+use crate::queries::Measure;
 
 /// Image formats a chart can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +183,8 @@ fn time_label(secs: i64, with_date: bool) -> String {
 }
 
 struct LatencyChart<'a> {
+    /// What the times are (`Latency`, `Time to first token`, ...).
+    label: &'static str,
     /// Per model, its points in time order; busiest models first.
     panels: Vec<(&'a str, Vec<&'a LatencyPoint>)>,
     omitted: usize,
@@ -209,7 +212,7 @@ fn runs<'p>(pts: &[&'p LatencyPoint], bucket: i64) -> Vec<Vec<&'p LatencyPoint>>
 }
 
 impl<'a> LatencyChart<'a> {
-    fn new(points: &'a [LatencyPoint], bucket: std::time::Duration) -> Self {
+    fn new(points: &'a [LatencyPoint], bucket: std::time::Duration, label: &'static str) -> Self {
         let mut by_model: BTreeMap<&str, Vec<&LatencyPoint>> = BTreeMap::new();
         for p in points {
             by_model.entry(&p.model).or_default().push(p);
@@ -224,6 +227,7 @@ impl<'a> LatencyChart<'a> {
         panels.truncate(MAX_LATENCY_PANELS);
         let bucket = i64::try_from(bucket.as_secs().max(1)).unwrap_or(i64::MAX);
         Self {
+            label,
             panels,
             omitted,
             bucket,
@@ -272,12 +276,13 @@ impl Draw for LatencyChart<'_> {
         let with_date = hi - lo > 24 * 3600;
         let title = if self.omitted > 0 {
             format!(
-                "Latency (ms), the {} busiest models ({} more not shown)",
+                "{} (ms), the {} busiest models ({} more not shown)",
+                self.label,
                 self.panels.len(),
                 self.omitted
             )
         } else {
-            "Latency percentiles (ms), time in UTC".to_owned()
+            format!("{} percentiles (ms), time in UTC", self.label)
         };
         // One legend for every panel, in the title strip, where it hides no data.
         let (head, body) = root.split_vertically(40);
@@ -341,10 +346,30 @@ pub fn latency_chart(
     format: ChartFormat,
     size: (u32, u32),
 ) -> Result<Vec<u8>, ChartError> {
+    measure_chart(points, Measure::Latency, bucket, format, size)
+}
+
+/// [`latency_chart`] of any measure (points from `overview::measured`).
+pub fn measure_chart(
+    points: &[LatencyPoint],
+    measure: Measure,
+    bucket: std::time::Duration,
+    format: ChartFormat,
+    size: (u32, u32),
+) -> Result<Vec<u8>, ChartError> {
     if points.is_empty() {
-        return Err(ChartError::Empty("no successful requests in the window"));
+        return Err(ChartError::Empty(match measure {
+            Measure::Latency => "no successful requests in the window",
+            Measure::TimeToFirstToken | Measure::InterToken => {
+                "no successful generations in the window"
+            }
+        }));
     }
-    render(&LatencyChart::new(points, bucket), format, size)
+    render(
+        &LatencyChart::new(points, bucket, measure.label()),
+        format,
+        size,
+    )
 }
 
 struct ThroughputChart<'a>(&'a [Throughput]);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::queries::Measure;
 use crate::rows::now_ms;
 use crate::server::Features;
 
@@ -82,14 +83,27 @@ pub struct LatencyPoint {
 /// Per-model latency p50/p90/p99 per `bucket` since `from_s`; with `model_filter`
 /// the SQL takes the model as one bound parameter (`?`).
 pub fn latency_sql(f: Features, from_s: u64, bucket: Duration, model_filter: bool) -> String {
+    measure_sql(f, Measure::Latency, from_s, bucket, model_filter)
+}
+
+/// [`latency_sql`] of any measure (for text generation: time to first token, time
+/// between tokens; `requests` then counts generations).
+pub fn measure_sql(
+    f: Features,
+    measure: Measure,
+    from_s: u64,
+    bucket: Duration,
+    model_filter: bool,
+) -> String {
     let t = f.time_seconds("event_time");
     let b = bucket.as_secs().max(1);
     let m = model_clause(model_filter);
+    let (table, c) = (measure.table(), measure.column());
     format!(
         "SELECT toUInt32(intDiv(toUInt32({t}), {b}) * {b}) AS bucket, model, \
-         quantileExact(0.5)(latency_ms) AS p50, quantileExact(0.9)(latency_ms) AS p90, \
-         quantileExact(0.99)(latency_ms) AS p99, count() AS requests \
-         FROM inference_performance \
+         quantileExact(0.5)({c}) AS p50, quantileExact(0.9)({c}) AS p90, \
+         quantileExact(0.99)({c}) AS p99, count() AS requests \
+         FROM {table} \
          WHERE outcome = 'ok' AND toUInt32({t}) >= {from_s}{m} \
          GROUP BY bucket, model ORDER BY model, bucket"
     )
@@ -104,8 +118,20 @@ pub async fn latency(
     bucket: Duration,
     model: Option<&str>,
 ) -> Result<Vec<LatencyPoint>, clickhouse::error::Error> {
+    measured(client, f, Measure::Latency, window, bucket, model).await
+}
+
+/// [`latency`] of any measure.
+pub async fn measured(
+    client: &clickhouse::Client,
+    f: Features,
+    measure: Measure,
+    window: Duration,
+    bucket: Duration,
+    model: Option<&str>,
+) -> Result<Vec<LatencyPoint>, clickhouse::error::Error> {
     let from = now_s().saturating_sub(window.as_secs());
-    let mut q = client.query(&latency_sql(f, from, bucket, model.is_some()));
+    let mut q = client.query(&measure_sql(f, measure, from, bucket, model.is_some()));
     if let Some(m) = model {
         q = q.bind(m);
     }

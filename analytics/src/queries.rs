@@ -44,14 +44,23 @@ pub enum Measure {
 impl Measure {
     pub const ALL: [Self; 3] = [Self::Latency, Self::TimeToFirstToken, Self::InterToken];
 
-    fn table(self) -> &'static str {
+    /// What it is, for chart titles.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Latency => "Latency",
+            Self::TimeToFirstToken => "Time to first token",
+            Self::InterToken => "Time between tokens",
+        }
+    }
+
+    pub(crate) fn table(self) -> &'static str {
         match self {
             Self::Latency => "inference_performance",
             Self::TimeToFirstToken | Self::InterToken => "generation_performance",
         }
     }
 
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             Self::Latency => "latency_ms",
             Self::TimeToFirstToken => "ttft_ms",

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use webaccel_analytics::charts::{self, ChartFormat, THROUGHPUT_HEIGHT};
 use webaccel_analytics::overview;
-use webaccel_analytics::queries::RegressionParams;
+use webaccel_analytics::queries::{Measure, RegressionParams};
 use webaccel_analytics::report::{self, ChartEmbed, ReportChart, ReportParams};
 use webaccel_analytics::server::Features;
 
@@ -160,6 +160,10 @@ pub async fn report(
 pub enum ChartKind {
     /// p50/p90/p99 over time, one panel per model.
     Latency,
+    /// Text generation's time to first token, p50/p90/p99 over time per model.
+    Ttft,
+    /// Text generation's time between tokens, p50/p90/p99 over time per model.
+    InterToken,
     /// Successful requests per second per browser and backend.
     Throughput,
 }
@@ -220,22 +224,28 @@ pub async fn chart(
         .map_or_else(String::new, |m| format!(", model '{m}'"));
     let within = format!("last {}{scope}", humantime::format_duration(args.window));
     let model = args.model.as_deref();
+    let measure = match args.kind {
+        ChartKind::Latency | ChartKind::Throughput => Measure::Latency,
+        ChartKind::Ttft => Measure::TimeToFirstToken,
+        ChartKind::InterToken => Measure::InterToken,
+    };
     let (bytes, height, series) = match args.kind {
-        ChartKind::Latency => {
+        ChartKind::Latency | ChartKind::Ttft | ChartKind::InterToken => {
             let bucket = args
                 .bucket
                 .unwrap_or_else(|| overview::auto_bucket(args.window, 60));
             let points = with_progress(
                 "querying ClickHouse",
                 progress,
-                overview::latency(client, features, args.window, bucket, model),
+                overview::measured(client, features, measure, args.window, bucket, model),
             )
             .await?;
             let height = args
                 .height
                 .unwrap_or_else(|| charts::latency_height(&points));
-            let bytes = charts::latency_chart(&points, bucket, format, (args.width, height))
-                .with_context(|| within.clone())?;
+            let bytes =
+                charts::measure_chart(&points, measure, bucket, format, (args.width, height))
+                    .with_context(|| within.clone())?;
             let models: std::collections::BTreeSet<&str> =
                 points.iter().map(|p| p.model.as_str()).collect();
             (bytes, height, models.len())
@@ -257,6 +267,8 @@ pub async fn chart(
         .with_context(|| format!("writing {}", args.output.display()))?;
     let kind = match args.kind {
         ChartKind::Latency => "latency",
+        ChartKind::Ttft => "ttft",
+        ChartKind::InterToken => "inter-token",
         ChartKind::Throughput => "throughput",
     };
     let format = match format {

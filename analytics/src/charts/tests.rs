@@ -54,7 +54,7 @@ fn busiest_models_get_the_panels() {
         })
         .collect();
     pts.push(point(0, "m7", 2.0));
-    let chart = LatencyChart::new(&pts, MINUTE);
+    let chart = LatencyChart::new(&pts, MINUTE, "Latency");
     assert_eq!(chart.omitted, 2);
     assert_eq!(chart.panels[0].0, "m7");
     assert_eq!(

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use scraper::{Html, Selector};
 use webaccel_analytics::local::LocalClickHouse;
-use webaccel_analytics::rows::{InferenceRow, now_ms};
+use webaccel_analytics::rows::{GenerationRow, InferenceRow, now_ms};
 use webaccel_analytics::schema::migrate;
 
 const DB: &str = "report_test";
@@ -33,8 +33,12 @@ fn series(
 }
 
 fn webaccel(ch: &LocalClickHouse, args: &[&str]) -> (bool, String, String) {
+    webaccel_in(ch, DB, args)
+}
+
+fn webaccel_in(ch: &LocalClickHouse, db: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_webaccel"))
-        .args(["--clickhouse-url", &ch.url(), "--clickhouse-database", DB])
+        .args(["--clickhouse-url", &ch.url(), "--clickhouse-database", db])
         .args(args)
         .output()
         .unwrap();
@@ -229,4 +233,89 @@ async fn reports_and_charts_from_real_metrics() {
     assert!(!Path::new(&path("x.png")).exists());
     let (ok, _, err) = webaccel(&ch, &["chart", "-o", &path("x.jpg")]);
     assert!(!ok && err.contains("give --format png|svg"), "{err}");
+}
+
+#[tokio::test]
+async fn text_generation_charts_show_first_token_and_inter_token_times() {
+    let ch = LocalClickHouse::start().await.unwrap();
+    let settings = ch.settings("chart_generation_test");
+    migrate(&settings).await.unwrap();
+    let client = settings.client(true);
+    let mut insert = client
+        .insert::<GenerationRow>("generation_performance")
+        .await
+        .unwrap();
+    for k in 0..60u64 {
+        insert
+            .write(&GenerationRow {
+                event_time: now_ms() - i64::try_from(k * 20_000).unwrap(),
+                row_id: k + 1,
+                pool: "p".into(),
+                pod: "a".into(),
+                browser: "chromium".into(),
+                browser_version: "Chrome/156".into(),
+                model: "llm".into(),
+                backend: "wasm".into(),
+                adapter: String::new(),
+                adapter_kind: "none".into(),
+                kv_cache: "int8".into(),
+                prompt_tokens: 16,
+                completion_tokens: 64,
+                queue_ms: 0.0,
+                prefill_ms: 5.0,
+                ttft_ms: 12.0,
+                inter_token_p50_ms: 2.0,
+                inter_token_p99_ms: 6.0,
+                tokens_per_s: 500.0,
+                max_batch: 4,
+                kv_bytes: 8256,
+                finish_reason: "length".into(),
+                outcome: "ok".into(),
+                error_category: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    insert.end().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, title) in [
+        ("ttft", "Time to first token percentiles (ms), time in UTC"),
+        (
+            "inter-token",
+            "Time between tokens percentiles (ms), time in UTC",
+        ),
+    ] {
+        let out_path = dir.path().join(format!("{kind}.svg")).display().to_string();
+        let (ok, out, err) = webaccel_in(
+            &ch,
+            "chart_generation_test",
+            &[
+                "chart", "--kind", kind, "--window", "1h", "-o", &out_path, "--json",
+            ],
+        );
+        assert!(ok, "{kind}: {err}");
+        let meta: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (meta["kind"].as_str(), meta["series"].as_u64()),
+            (Some(kind), Some(1))
+        );
+        let labels = svg_texts(&std::fs::read_to_string(&out_path).unwrap());
+        assert!(labels.iter().any(|l| l == title), "{labels:?}");
+        assert!(labels.iter().any(|l| l == "llm"), "{labels:?}");
+    }
+    // Without generations the chart says so.
+    let (ok, _, err) = webaccel_in(
+        &ch,
+        "chart_generation_test",
+        &[
+            "chart",
+            "--kind",
+            "ttft",
+            "--model",
+            "nope",
+            "-o",
+            &dir.path().join("x.svg").display().to_string(),
+        ],
+    );
+    assert!(!ok && err.contains("no successful generations"), "{err}");
 }
