@@ -429,7 +429,23 @@ pub async fn run(
     )?;
     let native_p50 = pct(&native, 0.5);
     let page_p50 = single["page_step_p50_ms"].as_f64().unwrap_or(f64::NAN);
-    let prompts: Vec<Vec<u32>> = [16, 40, 64].iter().map(|&l| prompt(l)).collect();
+    // The cache's accuracy on the reference's own prompts (text through the tokenizer,
+    // a chat through its template), where make_decoder.py measured its scheme too.
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dec.join("reference.json"))?)?;
+    let prompts: Vec<Vec<u32>> = reference["prompts"]
+        .as_array()
+        .context("reference prompts")?
+        .iter()
+        .map(|p| {
+            p["input_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()))
+                .collect()
+        })
+        .collect();
     let kv = kv_cache(&agent, 128, &prompts).await?;
     let sse = openai_stream(&agent, tokens, 5).await?;
     drop(agent);
