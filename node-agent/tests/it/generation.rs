@@ -54,6 +54,15 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
             decoder_spec("llm-external", "decoder_external"),
             // WebGPU (SwiftShader here): the KV cache stays in GPU buffers between steps.
             decoder_on("llm-gpu", "decoder", "webgpu"),
+            // The int8 cache, quantized in the page, on wasm and on WebGPU.
+            format!(
+                "{},kv_cache=int8",
+                decoder_on("llm-int8", "decoder", "wasm")
+            ),
+            format!(
+                "{},kv_cache=int8",
+                decoder_on("llm-gpu-int8", "decoder", "webgpu")
+            ),
         ],
         &[],
     )
@@ -120,6 +129,20 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
         assert!(events.len() as u64 >= n, "one event per token: {events:?}");
         assert_eq!(events.last().unwrap()["finish_reason"], "length");
     }
+
+    // The int8 cache gives the same tokens on WebGPU as on wasm (the node tests hold
+    // the wasm one token-exact against onnxruntime's reference running the scheme).
+    let long = json!({"text_input": story["text"], "parameters": {"max_tokens": 96, "temperature": 0, "ignore_eos": true}});
+    let mut texts = Vec::new();
+    for model in ["llm-int8", "llm-gpu-int8"] {
+        let (status, answer) = agent
+            .post(&format!("/v2/models/{model}/generate"), &long)
+            .await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        assert_eq!(answer["completion_tokens"], 96, "{answer}");
+        texts.push(answer["text_output"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(texts[0], texts[1], "int8 cache: wasm and WebGPU differ");
 
     // The figures: every sequence has ended, and the tokens were counted.
     let stats = generation_stats(&agent, "llm").await;
