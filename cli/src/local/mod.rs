@@ -358,7 +358,7 @@ pub async fn up(
         })?,
     )?;
     println!(
-        "webaccel up: gateway on http://{} (KServe v2 HTTP) and {} (gRPC); `webaccel status` shows progress; Ctrl-C stops",
+        "webaccel up: gateway on http://{} (KServe v2 HTTP; OpenAI /v1 for text generation) and {} (gRPC); `webaccel status` shows progress; Ctrl-C stops",
         gateway.http, gateway.grpc
     );
 
