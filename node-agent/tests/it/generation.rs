@@ -316,3 +316,58 @@ async fn a_client_gone_frees_its_sequence_and_a_killed_browser_ends_the_stream()
     assert_eq!(answer["text_output"], story["completion"]);
     assert_eq!(generation_stats(&agent, "llm").await.sequences, 0);
 }
+
+#[tokio::test]
+async fn with_page_workers_sequences_spread_over_them_and_keep_their_tokens() {
+    let _machine = webaccel_testkit::beside().await;
+    let agent = Agent::start(
+        &[decoder_spec("llm", "decoder")],
+        // Frequent pings: /v1/stats shows each worker's sequences as of the last pong.
+        &["--page-workers=2", "--wasm-threads=1", "--heartbeat-interval=20ms"],
+    )
+    .await;
+    let body = json!({"model": "llm", "prompt": "A browser", "max_tokens": 200,
+                      "temperature": 0, "ignore_eos": true});
+    let complete = |body: Value| {
+        let (http, base) = (agent.http.clone(), agent.base.clone());
+        async move {
+            let r: Value = http
+                .post(format!("{base}/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+                .to_owned()
+        }
+    };
+    let alone = complete(body.clone()).await;
+    // Six at once: while they run, both workers hold some.
+    let runs: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(complete(body.clone())))
+        .collect();
+    let mut seen = [false, false];
+    while !runs.iter().all(tokio::task::JoinHandle::is_finished) {
+        for (i, w) in agent.stats().await.page_workers.iter().enumerate().take(2) {
+            seen[i] |= w.sequences > 0;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for run in runs {
+        assert_eq!(
+            run.await.unwrap(),
+            alone,
+            "a sequence's tokens changed in company"
+        );
+    }
+    assert_eq!(
+        seen,
+        [true, true],
+        "the sequences did not spread over both workers"
+    );
+}
