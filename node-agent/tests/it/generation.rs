@@ -323,7 +323,11 @@ async fn with_page_workers_sequences_spread_over_them_and_keep_their_tokens() {
     let agent = Agent::start(
         &[decoder_spec("llm", "decoder")],
         // Frequent pings: /v1/stats shows each worker's sequences as of the last pong.
-        &["--page-workers=2", "--wasm-threads=1", "--heartbeat-interval=20ms"],
+        &[
+            "--page-workers=2",
+            "--wasm-threads=1",
+            "--heartbeat-interval=20ms",
+        ],
     )
     .await;
     let body = json!({"model": "llm", "prompt": "A browser", "max_tokens": 200,
