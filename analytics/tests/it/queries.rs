@@ -84,14 +84,7 @@ async fn recommendations_regressions_and_trends_have_the_known_answers() {
     }
     all.extend(tailed);
     all.extend(rows("m4", "chromium", "wasm", 300, 200, 2.5, 0.2, &mut rng));
-    let mut insert = client
-        .insert::<InferenceRow>("inference_performance")
-        .await
-        .unwrap();
-    for r in &all {
-        insert.write(r).await.unwrap();
-    }
-    insert.end().await.unwrap();
+    crate::common::insert_rows(&client, &all).await;
 
     let recs = queries::recommend(
         &client,
@@ -356,14 +349,7 @@ async fn generations_are_recommended_by_first_token_and_their_slowdowns_found() 
             3.0 + 0.1 * rng.next(),
         ));
     }
-    let mut insert = client
-        .insert::<GenerationRow>("generation_performance")
-        .await
-        .unwrap();
-    for r in &rows {
-        insert.write(r).await.unwrap();
-    }
-    insert.end().await.unwrap();
+    crate::common::insert_rows(&client, &rows).await;
 
     let recs = queries::recommend(
         &client,
