@@ -238,6 +238,18 @@ impl AgentProcess {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The Prometheus exposition (`GET /metrics`), as text.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// KServe v2 inference with the reference inputs of `fixture_model`.
     pub async fn infer_reference(&self, name: &str, fixture_model: &str) -> (u16, Value) {
         let inputs = reference(fixture_model)["inputs"].clone();

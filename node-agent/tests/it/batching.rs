@@ -200,15 +200,7 @@ async fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
     assert!(m.max_batch_requests <= 8, "{m:?}");
     assert_eq!(m.requests, 16 + 1 + 6, "{m:?}");
     assert_eq!(stats.models["tf"].batches, 0);
-    let metrics = agent
-        .http
-        .get(format!("{}/metrics", agent.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = agent.metrics().await;
     assert!(
         metrics.contains(r#"webaccel_agent_batches_total{model="tb"}"#),
         "{metrics}"

@@ -157,15 +157,7 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
         generation_stats(&agent, "llm-external").await.generations,
         2
     );
-    let metrics = agent
-        .http
-        .get(format!("{}/metrics", agent.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = agent.metrics().await;
     for family in [
         "webaccel_agent_generated_tokens_total",
         "webaccel_agent_time_to_first_token_seconds",

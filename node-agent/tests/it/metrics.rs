@@ -54,15 +54,7 @@ async fn every_request_and_browser_event_becomes_a_row() {
         r#"webaccel_agent_metric_rows_total{table="inference_performance",state="written"} 12"#;
     let start = Instant::now();
     loop {
-        let text = agent
-            .http
-            .get(format!("{}/metrics", agent.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = agent.metrics().await;
         if text.contains(want) {
             break;
         }
