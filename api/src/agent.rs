@@ -158,6 +158,11 @@ impl ModelList {
 pub struct ModelStats {
     /// Requests since the agent started.
     pub requests: u64,
+    /// Requests of this model inside the agent now: running, queued for a run, or (for
+    /// a text-generation model) generating or waiting for a place in the page. The
+    /// per-model autoscaler sizes the model's replicas by it.
+    #[serde(default)]
+    pub outstanding: u64,
     pub errors: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod labels;
 pub mod pods;
+pub mod scale;
 pub mod status;
 pub mod template;
 pub mod v1alpha1;

@@ -13,6 +13,7 @@
 pub mod autoscale;
 pub mod deployment;
 pub mod ensemble;
+pub mod model_scale;
 pub mod place;
 pub mod policy;
 pub mod pool;

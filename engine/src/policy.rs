@@ -105,3 +105,60 @@ pub struct PoolPolicy {
     pub healing: HealingSpec,
     pub recycle: Option<RecycleSpec>,
 }
+
+/// Size a model's replicas by its own demand (`ModelDeployment.spec.autoscaling`), after
+/// Knative's KPA: the average concurrency over a stable window sets the size; a burst
+/// that the short panic window sees at twice what the ready replicas are meant to hold
+/// scales up at once and holds off scale-down until the stable window has passed; an
+/// idle model goes to zero after a grace period when `minReplicas` is 0, and the first
+/// request held at the gateway brings it back.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ModelAutoscaling {
+    /// 0 lets the model go to zero replicas while idle.
+    #[serde(default = "one")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 1000)))]
+    pub min_replicas: i32,
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
+    pub max_replicas: i32,
+    /// The concurrency one replica is meant to hold: requests in flight and queued on
+    /// it, for a text-generation model its active sequences. Unset: 4, or a generation
+    /// model's `generation.maxSequences`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 10000)))]
+    pub target_per_replica: Option<i32>,
+    /// The average over this window sets the size.
+    #[serde(default = "default_stable_window")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 6, max = 3600)))]
+    pub stable_window_seconds: i32,
+    /// A burst seen over this (shorter) window scales up at once.
+    #[serde(default = "default_panic_window")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 600)))]
+    pub panic_window_seconds: i32,
+    /// Panic when the panic window asks for this percentage of the ready replicas.
+    #[serde(default = "default_panic_threshold")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 110, max = 1000)))]
+    pub panic_threshold_percent: i32,
+    /// With `minReplicas: 0`, how long nothing must be in flight or waiting before the
+    /// last replica goes.
+    #[serde(default = "default_scale_to_zero_grace")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 3600)))]
+    pub scale_to_zero_grace_seconds: i32,
+}
+
+fn default_stable_window() -> i32 {
+    60
+}
+
+fn default_panic_window() -> i32 {
+    6
+}
+
+fn default_panic_threshold() -> i32 {
+    200
+}
+
+fn default_scale_to_zero_grace() -> i32 {
+    30
+}

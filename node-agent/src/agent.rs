@@ -109,6 +109,7 @@ impl Agent {
     async fn infer_inner(&self, req: InferRequest, timeout: Duration) -> Result<Ran, AgentError> {
         let _admitted = self.admission.admit()?;
         let entry = self.models.require(&req.model)?;
+        let _held = entry.hold();
         let loaded = entry.loaded()?;
         check_request(&req.model, &loaded, &req, self.args.max_tensor_bytes)?;
         let batching = loaded.batching.as_ref().is_some_and(|b| b.enabled);
@@ -241,6 +242,7 @@ impl Agent {
     ) -> Result<mpsc::Receiver<Result<GenerationEvent, AgentError>>, AgentError> {
         let admitted = self.admission.admit_owned()?;
         let entry = self.models.require(&req.model)?;
+        let held = entry.hold();
         entry.loaded()?;
         let generator = entry.generator().ok_or_else(|| {
             AgentError::BadRequest(format!(
@@ -259,6 +261,7 @@ impl Agent {
         let agent = self.clone();
         tokio::spawn(async move {
             let _admitted = admitted;
+            let _held = held;
             let model = req.model.clone();
             let waited = tokio::select! {
                 permit = generator.slots.clone().acquire_owned() => permit.ok(),

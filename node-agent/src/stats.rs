@@ -449,6 +449,7 @@ impl Stats {
                     name.clone(),
                     ModelStats {
                         requests: w.requests,
+                        outstanding: 0,
                         errors: w.errors,
                         latency_p50_ms: percentile(&w.latency_ms, 0.5),
                         latency_p99_ms: percentile(&w.latency_ms, 0.99),

@@ -19,6 +19,7 @@ use crate::stores::Stores;
 use webaccel_agent_client::{AgentApi, Endpoint};
 use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_engine::model_scale::ModelScaler;
 use webaccel_engine::pool::browser::BrowserView;
 pub use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::round::Pacing;
@@ -145,6 +146,8 @@ pub struct Context {
     /// Scale, heal, drain, roll and recycle rows for ClickHouse (disabled by default).
     pub history: PoolHistory,
     pools: Mutex<HashMap<String, PoolState>>,
+    /// Each autoscaled ModelDeployment's autoscaler memory, by `namespace/name`.
+    model_scalers: Mutex<HashMap<String, ModelScaler>>,
     /// Capabilities never change for a running browser pod; keyed by pod UID. Only real
     /// answers are kept: an agent still starting its browser answers 503 and is asked again.
     capabilities: Mutex<HashMap<String, Capabilities>>,
@@ -181,6 +184,7 @@ impl Context {
             settings,
             history: PoolHistory::disabled(),
             pools: Mutex::default(),
+            model_scalers: Mutex::default(),
             capabilities: Mutex::default(),
             seen: Mutex::default(),
             tokens: Mutex::default(),
@@ -194,6 +198,16 @@ impl Context {
     }
 
     /// Runs `f` on the memory of pool `key` (`namespace/name`).
+    /// Runs `f` with the autoscaler memory of the ModelDeployment `key`.
+    pub fn with_model_scaler<T>(&self, key: &str, f: impl FnOnce(&mut ModelScaler) -> T) -> T {
+        f(self.model_scalers.lock().entry(key.to_owned()).or_default())
+    }
+
+    /// Forgets the autoscaler memory of a deleted ModelDeployment.
+    pub fn forget_model(&self, key: &str) {
+        self.model_scalers.lock().remove(key);
+    }
+
     pub fn with_pool<T>(&self, key: &str, f: impl FnOnce(&mut PoolMemory) -> T) -> T {
         self.with_state(key, |s| f(&mut s.memory))
     }

@@ -176,6 +176,13 @@ impl Stores {
         self.pdbs.get(&ObjectRef::new(name).within(ns))
     }
 
+    /// The ModelDeployments placed on pool `pool` in `ns`, whole.
+    pub fn deployments_in(&self, ns: &str, pool: &str) -> Vec<Arc<ModelDeployment>> {
+        self.models.state_filter(|m| {
+            m.metadata.namespace.as_deref() == Some(ns) && m.spec.pool_ref.name == pool
+        })
+    }
+
     /// The ModelDeployments placed on pool `pool` in `ns`.
     pub fn models_of(&self, ns: &str, pool: &str) -> Vec<ObjectRef<ModelDeployment>> {
         self.models

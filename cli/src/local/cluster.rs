@@ -19,6 +19,7 @@ use webaccel_agent_client::HttpAgents;
 use webaccel_crds::v1alpha1::{
     BrowserPool, BrowserPoolStatus, ModelDeployment, ModelDeploymentStatus,
 };
+use webaccel_engine::model_scale::ModelScaler;
 use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::round::Pacing;
 use webaccel_gateway::discovery::Pipelines;
@@ -121,6 +122,8 @@ struct DeploymentState {
     pool: String,
     models: Vec<String>,
     status: ModelDeploymentStatus,
+    /// The per-model autoscaler's memory (with `spec.autoscaling`).
+    scaler: ModelScaler,
 }
 
 pub struct Engine {
@@ -217,7 +220,10 @@ impl Engine {
         self.unload_deleted(&desired).await;
         let mut models = Vec::new();
         for (name, (md, base)) in &desired.models {
-            let status = self.reconcile_model(name, md, base, &desired).await;
+            let waiting = waiting.get(name).map_or(0, |&n| n as u64);
+            let status = self
+                .reconcile_model(name, md, base, &desired, waiting)
+                .await;
             let mut shown = md.clone();
             shown.status = Some(status);
             models.push(shown);

@@ -127,7 +127,7 @@ impl Status {
                 "{:<16} {:<16} {:>7} {:>6} {}\n",
                 m.metadata.name.as_deref().unwrap_or_default(),
                 m.spec.pool_ref.name,
-                m.spec.replicas,
+                status.desired_replicas,
                 status.loaded_replicas,
                 tail
             ));

@@ -7,6 +7,7 @@ use webaccel_engine::place::Placement;
 
 use super::condition as make_condition;
 use crate::labels::condition;
+use crate::scale::Wanted;
 use crate::v1alpha1::{
     AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus, StageStatus,
 };
@@ -20,9 +21,11 @@ fn loaded_count(replicas: &[ReplicaStatus]) -> i32 {
 }
 
 /// The status after a placement round: `placements` (with the replicas' states after the
-/// loads started) are in the order of `models`; `shared` says why stages share browsers.
+/// loads started) are in the order of `models`; `shared` says why stages share browsers;
+/// `wanted` is how many replicas the round placed for.
 pub fn status_of(
     md: &ModelDeployment,
+    wanted: Wanted,
     models: &[AgentModel<'_>],
     placements: &[Placement],
     shared: Option<&str>,
@@ -53,7 +56,7 @@ pub fn status_of(
         .collect();
     precisions.sort_unstable();
     precisions.dedup();
-    let want = md.spec.replicas;
+    let want = wanted.desired;
     let msg = if models.len() > 1 {
         format!(
             "{loaded}/{want} replicas of every one of {} stages loaded",
@@ -108,6 +111,8 @@ pub fn status_of(
     ModelDeploymentStatus {
         observed_generation: g,
         loaded_replicas: loaded,
+        desired_replicas: wanted.desired,
+        autoscaler: wanted.autoscaler,
         backend: (!backends.is_empty()).then(|| backends.join(",")),
         precision: (!precisions.is_empty()).then(|| precisions.join(",")),
         conditions: vec![

@@ -12,9 +12,12 @@ pub use webaccel_api::Precision;
 use webaccel_api::agent::ModelSpec;
 use webaccel_api::generate::{GenerationSettings, GenerationSpec, TokenizerSource};
 use webaccel_engine::deployment::Unit;
+use webaccel_engine::model_scale::DEFAULT_TARGET;
+pub use webaccel_engine::policy::ModelAutoscaling;
 pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 
-/// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool.
+/// A model that webaccel-operator keeps loaded on `replicas` browsers of a pool, or on as
+/// many as its demand asks for (`autoscaling`).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "webaccel.dev",
@@ -30,7 +33,7 @@ pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
     validation = kube::core::Rule::new("!has(self.spec.stages) || size(self.metadata.name) <= 49").message("a ModelDeployment with stages has a name of at most 49 characters, so that the pod labels webaccel.dev/model.<name>.stage<i> are valid"),
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.poolRef.name"),
     printcolumn(name = "Task", type_ = "string", json_path = ".spec.model.task"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
     printcolumn(name = "Loaded", type_ = "integer", json_path = ".status.loadedReplicas"),
     printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -42,6 +45,7 @@ pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 #[x_kube(validation = kube::core::Rule::new("!has(self.tokenizer) || !has(self.batching)").message("a text-generation model batches its sequences itself (continuous batching, generation.maxSequences): batching must not be set"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.tokenizer) || self.tokenizer.uri.startsWith('https://') || self.tokenizer.uri.startsWith('http://') || self.tokenizer.uri.startsWith('file://')").message("tokenizer.uri must start with https://, http:// or file://"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.generation) || !has(self.generation.kvCache) || self.generation.kvCache != 'fp16'").message("generation.kvCache must be fp32, int8 or int4"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.replicas) || !has(self.autoscaling)").message("set replicas (a fixed number) or autoscaling (replicas that follow the model's demand), not both"))]
 pub struct ModelDeploymentSpec {
     pub pool_ref: PoolRef,
     /// The model file. Exactly one of `model` and `stages` is set.
@@ -68,10 +72,19 @@ pub struct ModelDeploymentSpec {
     #[x_kube(validation = kube::core::Rule::new("size(self) > 0").message("backends needs at least one entry: auto, webgpu, webnn or wasm"))]
     #[schemars(length(max = 4))]
     pub backends: Vec<Backend>,
-    /// Browsers that hold the model.
-    #[serde(default = "one")]
+    /// Browsers that hold the model, a fixed number (1 when neither this nor
+    /// `autoscaling` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
-    pub replicas: i32,
+    pub replicas: Option<i32>,
+    /// Replicas that follow the model's own demand (requests in flight and queued on its
+    /// replicas, for text generation its active sequences, plus requests the gateway
+    /// holds for it), down to zero with `minReplicas: 0`; the pool's browsers follow the
+    /// replicas when the pool autoscales.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+    #[x_kube(validation = kube::core::Rule::new("self.panicWindowSeconds <= self.stableWindowSeconds").message("autoscaling.panicWindowSeconds must not exceed autoscaling.stableWindowSeconds"))]
+    pub autoscaling: Option<ModelAutoscaling>,
     /// The precision the model file must have (fp32, fp16, int8, int4). The agent detects
     /// a model's precision from its graph and refuses a file that disagrees; unset takes
     /// what the file is. Status shows what was detected.
@@ -232,6 +245,29 @@ impl AgentModel<'_> {
 }
 
 impl ModelDeploymentSpec {
+    /// The replicas when the number is fixed (`autoscaling` unset).
+    pub fn fixed_replicas(&self) -> Option<i32> {
+        match self.autoscaling {
+            Some(_) => None,
+            None => Some(self.replicas.unwrap_or(1)),
+        }
+    }
+
+    /// The concurrency one replica is meant to hold when autoscaling: the spec's, else a
+    /// text-generation model's concurrent sequences, else the engine's default.
+    pub fn target_per_replica(&self) -> i32 {
+        let generation = self.tokenizer.as_ref().map(|_| {
+            let settings = self.generation.clone().unwrap_or_default();
+            i32::try_from(settings.max_sequences).unwrap_or(i32::MAX)
+        });
+        self.autoscaling
+            .as_ref()
+            .and_then(|a| a.target_per_replica)
+            .or(generation)
+            .unwrap_or(DEFAULT_TARGET)
+            .max(1)
+    }
+
     /// The models agents load for the deployment named `name`: `[name]` for `model`,
     /// `[name.stage0, name.stage1, ...]` for `stages`. Empty only for a spec the schema
     /// refuses (neither set).
@@ -309,10 +345,6 @@ fn auto() -> Vec<Backend> {
     vec![Backend::Auto]
 }
 
-fn one() -> i32 {
-    1
-}
-
 fn yes() -> bool {
     true
 }
@@ -378,6 +410,12 @@ pub struct ModelDeploymentStatus {
     pub observed_generation: Option<i64>,
     #[serde(default)]
     pub loaded_replicas: i32,
+    /// The replicas wanted: `spec.replicas`, or what the autoscaler decided.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// With `spec.autoscaling`: the autoscaler's last decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<ModelAutoscalerStatus>,
     /// The backend the loaded replicas run on (comma-separated if they differ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
@@ -393,6 +431,25 @@ pub struct ModelDeploymentStatus {
     /// then the fewest loaded of any stage (complete pipelines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageStatus>,
+}
+
+/// What the per-model autoscaler saw and decided last.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelAutoscalerStatus {
+    /// Requests of this model in flight and queued on its replicas.
+    pub in_flight: u64,
+    /// Requests the gateway holds for it (no replica serves it).
+    pub waiting: u64,
+    /// Panic mode: a burst scaled up at once and scale-down is held.
+    #[serde(default)]
+    pub panicking: bool,
+    pub reason: String,
+    /// When the desired replicas last changed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
 }
 
 impl ModelDeploymentStatus {

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use super::browser::BrowserView;
 use super::decide::{self, Plan};
 use super::memory::PoolMemory;
-use super::size::{self, Size};
+use super::size::{self, Demand, Size};
 use crate::policy::PoolPolicy;
 
 /// The host's pacing of a pool's changes.
@@ -45,8 +45,8 @@ impl Round {
 }
 
 /// Decides the pool's size and plan at `now` from `browsers`. `template_hash` is what
-/// current browsers are built from; `waiting` counts requests waiting for a browser of
-/// this pool; `reported` is the size the host last reported (a status), which stands in
+/// current browsers are built from; `demand` is what the gateway (requests waiting for a
+/// browser of this pool) and the autoscaled models ask of it; `reported` is the size the host last reported (a status), which stands in
 /// for the memory of a process that just started.
 #[allow(clippy::too_many_arguments)]
 pub fn decide(
@@ -54,12 +54,12 @@ pub fn decide(
     template_hash: &str,
     browsers: &[BrowserView],
     memory: &mut PoolMemory,
-    waiting: u64,
+    demand: Demand,
     reported: Option<i32>,
     pacing: &Pacing,
     now: Timestamp,
 ) -> Round {
-    let size = size::desired(policy, browsers, memory, waiting, now);
+    let size = size::desired(policy, browsers, memory, demand, now);
     let plan = decide::plan(
         browsers,
         &decide::Inputs {
@@ -124,7 +124,7 @@ mod tests {
             "h",
             &[broken("p-1")],
             &mut memory,
-            0,
+            Demand::default(),
             Some(1),
             &PACING,
             t0,
@@ -149,7 +149,7 @@ mod tests {
             "h",
             &[broken("p-2")],
             &mut memory,
-            0,
+            Demand::default(),
             None,
             &PACING,
             t0 + Duration::from_secs(1),

@@ -1,6 +1,8 @@
 //! The size a pool steers to: `replicas`, or, with autoscaling on, the autoscaler's
 //! decision from the load its ready browsers report (and, while none is ready, the
-//! number of requests waiting for one: scale from zero).
+//! number of requests waiting for one: scale from zero), raised to the browsers its
+//! autoscaled models' replicas need ([`Demand::model_browsers`]): the browsers follow
+//! the models.
 
 use jiff::Timestamp;
 
@@ -18,15 +20,25 @@ pub struct Size {
     pub cause: &'static str,
 }
 
-/// Decides the pool's size at `now`. `waiting` is the number of requests waiting for a
-/// browser of this pool (only heard while it has none ready).
+/// What is asked of a pool besides its browsers' own load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Requests waiting for a browser of this pool (only heard while it has none ready).
+    pub waiting: u64,
+    /// Browsers the pool's autoscaled models need for the replicas they want: a browser
+    /// holds one replica of a model, so the most any one model wants (per stage).
+    pub model_browsers: i32,
+}
+
+/// Decides the pool's size at `now`.
 pub fn desired(
     spec: &PoolPolicy,
     browsers: &[BrowserView],
     memory: &mut PoolMemory,
-    waiting: u64,
+    demand: Demand,
     now: Timestamp,
 ) -> Size {
+    let waiting = demand.waiting;
     let Some(policy) = spec.autoscaling.as_ref().filter(|a| a.enabled) else {
         return Size {
             desired: spec.replicas,
@@ -66,9 +78,71 @@ pub fn desired(
     #[allow(clippy::cast_precision_loss)]
     let now_s = now.as_millisecond() as f64 / 1000.0;
     let d = memory.autoscaler.decide(policy, now_s, current, sample);
+    let for_models = demand
+        .model_browsers
+        .clamp(policy.min_replicas, policy.max_replicas);
+    if for_models > d.desired {
+        return Size {
+            desired: for_models,
+            reason: format!(
+                "the models' replicas need {} browsers (load alone: {}) → {for_models}",
+                demand.model_browsers, d.desired
+            ),
+            cause: "model_replicas",
+        };
+    }
     Size {
         desired: d.desired,
         reason: d.reason,
         cause: d.cause,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Autoscaling;
+
+    fn ready(name: &str) -> BrowserView {
+        BrowserView {
+            name: name.into(),
+            phase: "Running".into(),
+            ready: true,
+            // Answering, with nothing in flight.
+            stats: Some(webaccel_api::agent::AgentStats::default()),
+            ..BrowserView::default()
+        }
+    }
+
+    #[test]
+    fn the_browsers_follow_the_models_replicas_within_the_pools_bounds() {
+        let spec = PoolPolicy {
+            autoscaling: Some(Autoscaling {
+                enabled: true,
+                min_replicas: 0,
+                max_replicas: 5,
+                target_in_flight_per_browser: 4,
+                scale_up_stabilization_seconds: 0,
+                scale_down_stabilization_seconds: 0,
+            }),
+            ..PoolPolicy::default()
+        };
+        let now = Timestamp::from_second(1_800_000_000).unwrap_or_default();
+        let size = |model_browsers, browsers: &[BrowserView]| {
+            let mut memory = PoolMemory::default();
+            let demand = Demand {
+                waiting: 0,
+                model_browsers,
+            };
+            desired(&spec, browsers, &mut memory, demand, now)
+        };
+        // Idle browsers, but a model wants 3 replicas: 3 browsers.
+        let s = size(3, &[ready("a")]);
+        assert_eq!((s.desired, s.cause), (3, "model_replicas"), "{}", s.reason);
+        // Within the pool's max.
+        assert_eq!(size(9, &[ready("a")]).desired, 5);
+        // No model wants anything and nothing is in flight: down to the pool's min.
+        let s = size(0, &[ready("a"), ready("b")]);
+        assert_eq!((s.desired, s.cause), (0, "idle"));
     }
 }

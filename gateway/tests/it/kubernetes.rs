@@ -22,6 +22,7 @@ use webaccel_gateway::waiting::{WaitingByModel, WaitingSink as _};
 const LIMIT: Duration = Duration::from_secs(60);
 const SELECTOR: &str = "app.kubernetes.io/managed-by=webaccel-operator,webaccel.dev/pool";
 const POOLS: &str = "/apis/webaccel.dev/v1alpha1/namespaces/ml/browserpools";
+const MODELS: &str = "/apis/webaccel.dev/v1alpha1/namespaces/ml/modeldeployments";
 
 struct Scenario {
     api: ApiServer,
@@ -82,10 +83,25 @@ impl Scenario {
     }
 
     /// Waits until the API server has seen `n` PATCH requests.
+    /// The patches of one kind of object (`POOLS` or `MODELS`) so far.
+    fn patches_of(&self, kind: &str) -> Vec<Call> {
+        self.api
+            .patches()
+            .into_iter()
+            .filter(|c| c.path.starts_with(kind))
+            .collect()
+    }
+
+    /// Waits for `n` patches of pools.
     async fn patches(&self, n: usize) -> Vec<Call> {
+        self.patches_n(POOLS, n).await
+    }
+
+    /// Waits for `n` patches of `kind`.
+    async fn patches_n(&self, kind: &str, n: usize) -> Vec<Call> {
         let wait = async {
             loop {
-                let p = self.api.patches();
+                let p = self.patches_of(kind);
                 if p.len() >= n {
                     return p;
                 }
@@ -440,7 +456,7 @@ async fn the_token_comes_from_the_pools_secret() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn waiting_requests_are_written_on_the_models_pool_and_cleared() {
+async fn waiting_requests_are_written_on_the_model_and_its_pool_and_cleared() {
     let mut s = start(
         vec![
             pool("ml", "web", None),
@@ -459,8 +475,15 @@ async fn waiting_requests_are_written_on_the_models_pool_and_cleared() {
     };
     tokio::time::timeout(LIMIT, wait).await.unwrap();
 
-    // Requests wait for bert (and for a model nobody deployed): bert's pool gets the count.
+    // Requests wait for bert (and for a model nobody deployed): bert's deployment (which
+    // wakes the model from zero replicas) and its pool (from zero browsers) get the count.
     s.sink.publish(&waiting(&[("bert", 3), ("ghost", 1)]));
+    let m = s.patches_n(MODELS, 1).await;
+    assert_eq!(m[0].path, format!("{MODELS}/bert"));
+    assert_eq!(
+        m[0].body["metadata"]["annotations"]["webaccel.dev/waiting-requests"],
+        "3"
+    );
     let p = s.patches(1).await;
     assert_eq!(p[0].path, format!("{POOLS}/web"));
     assert_eq!(p[0].content_type, "application/merge-patch+json");
@@ -487,7 +510,7 @@ async fn waiting_requests_are_written_on_the_models_pool_and_cleared() {
     // The same count again (the waiting loop republishes): no write until the refresh.
     s.sink.publish(&waiting(&[("bert", 5)]));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(s.api.patches().len(), 2);
+    assert_eq!(s.patches_of(POOLS).len(), 2);
     // While requests still wait, the signal is refreshed before the operator's TTL.
     let p = s.patches(3).await;
     assert!(p[2].at - p[1].at >= kubernetes_refresh());
@@ -516,9 +539,17 @@ async fn waiting_requests_are_written_on_the_models_pool_and_cleared() {
         stored["metadata"]["annotations"]["webaccel.dev/waiting-requests"],
         "0"
     );
+    let m = s.patches_n(MODELS, 4).await;
+    assert_eq!(m[3].content_type, "application/json-patch+json");
+    let stored = s.api.get(&model("ml", "bert", "web")).unwrap();
+    assert_eq!(
+        stored["metadata"]["annotations"]["webaccel.dev/waiting-requests"],
+        "0"
+    );
     s.sink.publish(&WaitingByModel::new());
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(s.api.patches().len(), 4, "nothing more to write");
+    assert_eq!(s.patches_of(POOLS).len(), 4, "nothing more to write");
+    assert_eq!(s.patches_of(MODELS).len(), 4);
 
     // clip waits: its own pool. Then another gateway replica writes its count over ours;
     // when our requests are gone, we must not clear theirs.
@@ -540,12 +571,17 @@ async fn waiting_requests_are_written_on_the_models_pool_and_cleared() {
         "7"
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(s.api.patches().len(), 6, "a failed test is not retried");
+    assert_eq!(s.patches_of(POOLS).len(), 6, "a failed test is not retried");
 
-    // A model whose pool does not exist: nothing to write.
+    // A model whose pool does not exist: its deployment gets the count, no pool does.
     s.sink.publish(&waiting(&[("orphan", 4)]));
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(s.api.patches().len(), 6);
+    assert_eq!(s.patches_of(POOLS).len(), 6);
+    assert!(
+        s.patches_of(MODELS)
+            .iter()
+            .any(|c| c.path == format!("{MODELS}/orphan"))
+    );
 
     // Only the four watches and the patches: no GET of a pool before writing it.
     let reads: Vec<String> = s

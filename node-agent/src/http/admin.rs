@@ -126,6 +126,16 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
     let info = agent.browser.info();
     let unhealthy = unhealthy_reason(&agent);
     let gauge = |g: i64| u64::try_from(g).unwrap_or(0);
+    let mut models = agent.stats.per_model();
+    for entry in agent.models.all() {
+        let n = entry.outstanding();
+        if n > 0 || models.contains_key(&entry.spec.name) {
+            models
+                .entry(entry.spec.name.clone())
+                .or_default()
+                .outstanding = n;
+        }
+    }
     Json(AgentStats {
         healthy: unhealthy.is_none(),
         unhealthy_reason: unhealthy,
@@ -143,7 +153,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
             .link()
             .map(|l| l.page_workers())
             .unwrap_or_default(),
-        models: agent.stats.per_model(),
+        models,
         errors_by_category: agent
             .stats
             .errors_by_category()

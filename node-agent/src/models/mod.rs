@@ -5,6 +5,7 @@ mod load;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use tokio::sync::Semaphore;
@@ -49,9 +50,23 @@ pub struct ModelEntry {
     /// on the command line and for any model once it has loaded (so a browser restart that
     /// must reload it makes the pod unready), false for a model loading for the first time
     /// at run time, which must not take the models already served out of rotation.
-    gates_readiness: std::sync::atomic::AtomicBool,
+    gates_readiness: AtomicBool,
     /// For a decoder loaded for text generation: its tokenizer and layout.
     pub(crate) generator: RwLock<Option<Arc<Generator>>>,
+    /// Requests of this model inside the agent now (see [`Outstanding`]).
+    outstanding: Arc<AtomicU64>,
+}
+
+/// One request of a model counted while it is inside the agent: running, queued for a
+/// run or a place in the page, or generating. What the per-model autoscaler sizes by
+/// (`ModelStats::outstanding`).
+#[derive(Debug)]
+pub struct Outstanding(Arc<AtomicU64>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ModelEntry {
@@ -64,9 +79,21 @@ impl ModelEntry {
             slot: Arc::new(Semaphore::new(runs_at_once.max(1))),
             resolved_sha: RwLock::new(None),
             inspected: RwLock::new(None),
-            gates_readiness: std::sync::atomic::AtomicBool::new(false),
+            gates_readiness: AtomicBool::new(false),
             generator: RwLock::new(None),
+            outstanding: Arc::default(),
         }
+    }
+
+    /// Counts a request of this model until the guard is dropped.
+    pub fn hold(&self) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        Outstanding(self.outstanding.clone())
+    }
+
+    /// Requests of this model inside the agent now.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding.load(Ordering::Acquire)
     }
 
     /// The model's generator, when it is loaded for text generation.
@@ -80,13 +107,11 @@ impl ModelEntry {
 
     /// Makes readiness wait for this model (see `gates_readiness`).
     pub fn gate_readiness(&self) {
-        self.gates_readiness
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.gates_readiness.store(true, Ordering::Release);
     }
 
     fn gates_readiness(&self) -> bool {
-        self.gates_readiness
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.gates_readiness.load(Ordering::Acquire)
     }
 
     /// Shows the model as loading (a background load is about to start).

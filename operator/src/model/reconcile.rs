@@ -22,6 +22,7 @@ use serde_json::json;
 use tracing::warn;
 use webaccel_crds::labels;
 use webaccel_crds::pods;
+use webaccel_crds::scale;
 use webaccel_crds::status::model::{not_ready, status_of};
 use webaccel_crds::v1alpha1::{
     AgentModel, BrowserPool, ModelDeployment, ModelDeploymentStatus, ReplicaStatus,
@@ -37,6 +38,8 @@ pub const CONTROLLER: &str = "modeldeployment";
 
 /// How soon a model is looked at again while a replica loads or waits for its agent.
 const LOADING_REQUEUE: Duration = Duration::from_secs(2);
+/// How often an autoscaled model's demand is sampled (Knative's KPA ticks every 2 s).
+const AUTOSCALE_TICK: Duration = Duration::from_secs(2);
 
 pub async fn reconcile(md: Arc<ModelDeployment>, ctx: Arc<Context>) -> Result<Action> {
     let started = std::time::Instant::now();
@@ -121,8 +124,15 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
 
-    // Build: the pool's browsers as the engine's seats.
-    let asked = observe::ask_agents(ctx, ns, &mut view, AskStats::Skip).await;
+    // Build: the pool's browsers as the engine's seats; with autoscaling, what their
+    // agents report (the poller's recent answers, or asked now) decides the replicas.
+    let autoscaled = md.spec.autoscaling.is_some();
+    let ask = if autoscaled {
+        AskStats::Missing
+    } else {
+        AskStats::Skip
+    };
+    let asked = observe::ask_agents(ctx, ns, &mut view, ask).await;
     if asked.refused_token {
         ctx.forget_refused_token(ns, &pods::token_secret_name(&pool));
     }
@@ -147,10 +157,24 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             models_held: other_models_held(b, &own_labels),
         })
         .collect();
+    let answers: Vec<scale::Answer<'_>> = view
+        .browsers
+        .iter()
+        .map(|b| (b.view.name.as_str(), b.view.stats.as_ref()))
+        .collect();
+    let waiting = scale::waiting_requests(md.annotations(), now);
+    let wanted = ctx.with_model_scaler(&format!("{ns}/{name}"), |scaler| {
+        scale::wanted(md, scaler, &answers, waiting, now)
+    });
+    if let Some(a) = &wanted.autoscaler
+        && wanted.desired != old.desired_replicas
+    {
+        tracing::info!(model = %name, from = old.desired_replicas, to = wanted.desired, reason = %a.reason, "scaling the model");
+    }
     let deployment = Deployment {
         units: &units,
         staged: md.spec.stages.is_some(),
-        replicas: md.spec.replicas,
+        replicas: wanted.desired,
         backends: &md.spec.backends,
         pool_backends: &pool.spec.backends,
         pool_desired: pool.status.as_ref().map_or(0, |s| s.desired_replicas),
@@ -178,6 +202,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     // Status.
     let status = status_of(
         md,
+        wanted,
         &models,
         &placed.placements,
         placed.shared.as_deref(),
@@ -187,6 +212,8 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     Ok(Action::requeue(
         if placed.busy() || placed.capabilities_unknown {
             LOADING_REQUEUE
+        } else if autoscaled {
+            AUTOSCALE_TICK
         } else {
             ctx.settings.resync
         },
@@ -278,6 +305,7 @@ async fn patch_status(
 /// the pod labels.
 async fn cleanup(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> {
     let name = md.name_any();
+    ctx.forget_model(&format!("{ns}/{name}"));
     let models: Vec<String> = md
         .spec
         .agent_models(&name)

@@ -8,12 +8,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
-use webaccel_crds::labels;
 use webaccel_crds::pods;
+use webaccel_crds::scale;
 use webaccel_crds::status::pool::{self as status, Outcome};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 use webaccel_engine::pool::decide::Plan;
 use webaccel_engine::pool::round as engine_round;
+use webaccel_engine::pool::size::Demand;
 
 use super::build;
 use super::observe::PoolView;
@@ -44,22 +45,6 @@ impl Round {
     }
 }
 
-/// Requests waiting for a pool with no ready browser, from the annotation, if still fresh.
-fn waiting_requests(pool: &BrowserPool, now: Timestamp) -> u64 {
-    let a = pool.annotations();
-    let Some(n) = a
-        .get(labels::WAITING_REQUESTS)
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    else {
-        return 0;
-    };
-    let fresh = a
-        .get(labels::WAITING_REQUESTS_AT)
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .is_none_or(|t| now.as_second() - t.as_second() <= labels::WAITING_REQUESTS_TTL_SECONDS);
-    if fresh { n } else { 0 }
-}
-
 /// The round for `pool` as `view` shows it at `now`. Feeds the autoscaler (its windows
 /// want every sample) but changes nothing else this process remembers.
 pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp) -> Round {
@@ -68,7 +53,13 @@ pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp)
     let key = format!("{ns}/{name}");
     let hash = build::template_hash(pool);
     let browsers = view.views();
-    let waiting = waiting_requests(pool, now);
+    let demand = Demand {
+        // Requests waiting for a pool with no ready browser.
+        waiting: scale::waiting_requests(pool.annotations(), now),
+        model_browsers: scale::browsers_needed(
+            ctx.stores.deployments_in(&ns, &name).iter().map(|m| &**m),
+        ),
+    };
     let held = held_status(ctx, pool, &key);
     let reported = held.as_ref().map(|s| s.desired_replicas);
     let pacing = ctx.pacing();
@@ -78,7 +69,7 @@ pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp)
             &hash,
             &browsers,
             m,
-            waiting,
+            demand,
             reported,
             &pacing,
             now,

@@ -7,11 +7,24 @@
 use std::path::Path;
 
 use k8s_openapi::jiff::Timestamp;
+use webaccel_crds::scale;
 use webaccel_crds::status::model::{not_ready, status_of};
 use webaccel_crds::v1alpha1::{AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaStatus};
 use webaccel_engine::deployment::{self, Call, Deployment, Seat, Unit};
+use webaccel_engine::model_scale::ModelScaler;
 
 use super::{DeploymentState, Desired, Engine, resolve_uri};
+
+impl DeploymentState {
+    fn new(pool: &str) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            models: Vec::new(),
+            status: ModelDeploymentStatus::default(),
+            scaler: ModelScaler::default(),
+        }
+    }
+}
 
 impl Engine {
     /// Unloads the deployments that are gone from every live browser of the pool they
@@ -51,6 +64,7 @@ impl Engine {
         md: &ModelDeployment,
         base: &Path,
         desired: &Desired,
+        waiting: u64,
     ) -> ModelDeploymentStatus {
         let now = Timestamp::now();
         let models = md.spec.agent_models(name);
@@ -104,10 +118,28 @@ impl Engine {
                 }),
             })
             .collect();
+        // How many: fixed, or what the model's demand asks for (its agents' answers from
+        // the pool's round, and what the gateway holds for it).
+        let answers: Vec<scale::Answer<'_>> = state
+            .browsers
+            .iter()
+            .map(|b| (b.name.as_str(), b.stats.as_ref()))
+            .collect();
+        let scaler = &mut self
+            .deployments
+            .entry(name.to_owned())
+            .or_insert_with(|| DeploymentState::new(pool_name))
+            .scaler;
+        let wanted = scale::wanted(&shown, scaler, &answers, waiting, now);
+        if let Some(a) = &wanted.autoscaler
+            && wanted.desired != old.desired_replicas
+        {
+            tracing::info!(model = %name, from = old.desired_replicas, to = wanted.desired, reason = %a.reason, "scaling the model");
+        }
         let round = Deployment {
             units: &units,
             staged: md.spec.stages.is_some(),
-            replicas: md.spec.replicas,
+            replicas: wanted.desired,
             backends: &md.spec.backends,
             pool_backends: &pool.spec.backends,
             pool_desired: state.memory.last_desired.unwrap_or(0),
@@ -146,6 +178,7 @@ impl Engine {
         }
         let status = status_of(
             &shown,
+            wanted,
             &models,
             &placed.placements,
             placed.shared.as_deref(),
@@ -165,11 +198,7 @@ impl Engine {
         let state = self
             .deployments
             .entry(name.to_owned())
-            .or_insert_with(|| DeploymentState {
-                pool: pool.to_owned(),
-                models: Vec::new(),
-                status: ModelDeploymentStatus::default(),
-            });
+            .or_insert_with(|| DeploymentState::new(pool));
         state.pool = pool.to_owned();
         // Names its spec no longer has (fewer stages) are kept until the deployment is
         // deleted, so a deletion unloads everything it placed in its pool.

@@ -5,10 +5,12 @@
 use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use webaccel_agent_client::AgentApi as _;
+use webaccel_crds::scale;
 use webaccel_crds::status::pool::{self as status, Outcome};
-use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
+use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus, ModelDeployment};
 use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::round;
+use webaccel_engine::pool::size::Demand;
 use webaccel_gateway::waiting::WaitingByModel;
 
 use super::{Desired, Engine, PoolState, template_hash};
@@ -23,6 +25,19 @@ impl Engine {
         waiting: &WaitingByModel,
     ) -> BrowserPoolStatus {
         let now = Timestamp::now();
+        // The browsers the pool's deployments want for their replicas (as their last
+        // round decided).
+        let deployed: Vec<ModelDeployment> = desired
+            .models
+            .iter()
+            .filter(|(_, (md, _))| md.spec.pool_ref.name == name)
+            .map(|(model, (md, _))| {
+                let mut shown = md.clone();
+                shown.status = self.deployments.get(model).map(|d| d.status.clone());
+                shown
+            })
+            .collect();
+        let model_browsers = scale::browsers_needed(&deployed);
         let state = self
             .pools
             .entry(name.to_owned())
@@ -76,13 +91,17 @@ impl Engine {
             .filter_map(|(model, _)| waiting.get(model))
             .map(|&n| n as u64)
             .sum();
+        let demand = Demand {
+            waiting: pool_waiting,
+            model_browsers,
+        };
         let hash = template_hash(pool);
         let decided = round::decide(
             &pool.spec.policy(),
             &hash,
             &views,
             &mut state.memory,
-            pool_waiting,
+            demand,
             state.status.as_ref().map(|s| s.desired_replicas),
             &self.pacing,
             now,

@@ -346,14 +346,17 @@ fn schema_defaults_apply_and_nullable_fields_take_null() {
     let Resource::ModelDeployment(model) = validate(
         &with(
             MODEL,
-            json!({"spec": {"replicas": Value::Null, "precision": Value::Null}}),
+            json!({"spec": {"warmup": Value::Null, "replicas": Value::Null, "precision": Value::Null}}),
         ),
         "m.yaml",
     )
     .unwrap() else {
         panic!("not a model");
     };
-    assert_eq!(model.spec.replicas, 1);
+    assert!(model.spec.warmup);
+    // `replicas` is nullable (it and `autoscaling` are one or the other): unset is 1.
+    assert_eq!(model.spec.replicas, None);
+    assert_eq!(model.spec.fixed_replicas(), Some(1));
     assert_eq!(
         model.spec.precision, None,
         "unset: the file's own precision"

@@ -1,17 +1,20 @@
-//! The scale-from-zero signal on the pools: `webaccel.dev/waiting-requests=<n>` and
-//! `webaccel.dev/waiting-requests-at=<RFC 3339>` on each BrowserPool that a model with
-//! waiting requests is deployed to (through its ModelDeployments, in every watched
-//! namespace, found by the model's name), written by a task of its own.
+//! The scale-from-zero signal: `webaccel.dev/waiting-requests=<n>` and
+//! `webaccel.dev/waiting-requests-at=<RFC 3339>` on each ModelDeployment named after a
+//! model with waiting requests (in every watched namespace), and on each BrowserPool such
+//! a deployment is placed on, written by a task of its own. The deployment's count wakes
+//! that model from zero replicas (its autoscaler); the pool's, the pool from zero
+//! browsers.
 //!
-//! - A pool's count is the sum over the waiting models deployed to it. It is written when
-//!   it changes, and rewritten every [`REFRESH`] while requests wait, so that the operator
-//!   (which ignores a signal older than two minutes) keeps seeing it.
-//! - When nothing waits for a pool any more, its count is set to `0` (the operator reads
+//! - A deployment's count is its model's; a pool's is the sum over the waiting models
+//!   deployed to it. Each is written when it changes, and rewritten every [`REFRESH`]
+//!   while requests wait, so that the operator (which ignores a signal older than two
+//!   minutes) keeps seeing it.
+//! - When nothing waits for an object any more, its count is set to `0` (the operator reads
 //!   `0` and an absent annotation alike). That write is a JSON Patch that first tests that
 //!   `waiting-requests-at` is still the time this gateway wrote: with several gateway
 //!   replicas, one replica never clears a count another replica has written since (the
 //!   test fails, and the other replica clears its own count in turn).
-//! - Each pool is written at most once per [`MIN_INTERVAL`]; a failed write is retried
+//! - Each object is written at most once per [`MIN_INTERVAL`]; a failed write is retried
 //!   after [`RETRY`] and logged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,7 +37,7 @@ use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
 use super::FIELD_MANAGER;
 use crate::waiting::WaitingByModel;
 
-/// Least time between two writes to one pool.
+/// Least time between two writes to one object.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// A count that has not changed is written again after this long while requests wait
 /// (the operator's TTL is two minutes).
@@ -45,25 +48,60 @@ pub const RETRY: Duration = Duration::from_secs(5);
 /// ModelDeployment may appear after its first request).
 const TICK: Duration = Duration::from_secs(1);
 
-/// `(namespace, pool)`.
-pub type PoolKey = (String, String);
+/// An object the signal is written on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// `(namespace, name)` of a BrowserPool.
+    Pool(String, String),
+    /// `(namespace, name)` of a ModelDeployment.
+    Model(String, String),
+}
 
-/// Requests waiting per pool: each waiting model's count, added to every pool one of its
-/// ModelDeployments (same name as the model, any namespace) points to. ModelDeployments
-/// being deleted do not count.
-pub fn waiting_per_pool(
+impl Target {
+    fn ns_name(&self) -> (&str, &str) {
+        match self {
+            Self::Pool(ns, name) | Self::Model(ns, name) => (ns, name),
+        }
+    }
+
+    fn url_path(&self) -> String {
+        let (ns, _) = self.ns_name();
+        match self {
+            Self::Pool(..) => BrowserPool::url_path(&(), Some(ns)),
+            Self::Model(..) => ModelDeployment::url_path(&(), Some(ns)),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Self::Pool(..) => "browserpool",
+            Self::Model(..) => "modeldeployment",
+        };
+        let (ns, name) = self.ns_name();
+        write!(f, "{kind} {ns}/{name}")
+    }
+}
+
+/// Requests waiting per object: each waiting model's count on every ModelDeployment of
+/// that name (any namespace), and added to every pool one of them points to.
+/// ModelDeployments being deleted do not count.
+pub fn waiting_targets(
     waiting: &WaitingByModel,
     models: &[Arc<ModelDeployment>],
-) -> BTreeMap<PoolKey, usize> {
+) -> BTreeMap<Target, usize> {
     let mut out = BTreeMap::new();
     for m in models {
         if m.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let (Some(n), Some(ns)) = (waiting.get(&m.name_any()), m.namespace()) else {
+        let (Some(&n), Some(ns)) = (waiting.get(&m.name_any()), m.namespace()) else {
             continue;
         };
-        *out.entry((ns, m.spec.pool_ref.name.clone())).or_insert(0) += n;
+        out.insert(Target::Model(ns.clone(), m.name_any()), n);
+        *out.entry(Target::Pool(ns, m.spec.pool_ref.name.clone()))
+            .or_insert(0) += n;
     }
     out
 }
@@ -123,17 +161,17 @@ pub fn patch_body(write: &Write, at: &str) -> (Value, &'static str) {
 
 async fn send(
     client: &kube::Client,
-    pool: &PoolKey,
+    target: &Target,
     write: &Write,
     at: &str,
 ) -> Result<(), Failure> {
-    let (ns, name) = pool;
+    let (_, name) = target.ns_name();
     let (body, content_type) = patch_body(write, at);
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let request = kube::core::Request::new(BrowserPool::url_path(&(), Some(ns)))
+    let request = kube::core::Request::new(target.url_path())
         .patch(name, &params, &Patch::Merge(&body))
         .map(|mut r| {
             // kube builds merge patches; a JSON Patch differs only in its content type.
@@ -144,7 +182,7 @@ async fn send(
         .map_err(|e| Failure::Retry(kube::Error::BuildRequest(e)))?;
     match client.request_text(request).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(Failure::Moot("the pool is gone".into())),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Failure::Moot("it is gone".into())),
         // A failed JSON Patch test (422), or a conflict: another writer came first.
         Err(kube::Error::Api(s))
             if matches!(write, Write::Clear { .. }) && (s.code == 422 || s.code == 409) =>
@@ -158,7 +196,7 @@ async fn send(
     }
 }
 
-/// Writes the waiting counts `rx` receives on the pools until `stop`.
+/// Writes the waiting counts `rx` receives on the deployments and pools until `stop`.
 pub(super) async fn run(
     client: kube::Client,
     models: Store<ModelDeployment>,
@@ -166,13 +204,13 @@ pub(super) async fn run(
     mut rx: tokio::sync::watch::Receiver<Arc<WaitingByModel>>,
     stop: CancellationToken,
 ) {
-    let mut written: HashMap<PoolKey, Written> = HashMap::new();
-    let mut not_before: HashMap<PoolKey, Instant> = HashMap::new();
+    let mut written: HashMap<Target, Written> = HashMap::new();
+    let mut not_before: HashMap<Target, Instant> = HashMap::new();
     let mut unknown_before: BTreeSet<String> = BTreeSet::new();
     loop {
         let waiting = rx.borrow_and_update().clone();
         let deployed = models.state();
-        let desired = waiting_per_pool(&waiting, &deployed);
+        let desired = waiting_targets(&waiting, &deployed);
 
         let known: BTreeSet<String> = deployed.iter().map(|m| m.name_any()).collect();
         let unknown: BTreeSet<String> = waiting
@@ -189,7 +227,7 @@ pub(super) async fn run(
         not_before.retain(|_, t| *t > now);
         let mut due = Vec::new();
         let mut wake: Option<Instant> = None;
-        let keys: BTreeSet<PoolKey> = desired.keys().chain(written.keys()).cloned().collect();
+        let keys: BTreeSet<Target> = desired.keys().chain(written.keys()).cloned().collect();
         for key in keys {
             let want = desired.get(&key).copied().unwrap_or(0);
             let write = match (want, written.get(&key)) {
@@ -198,14 +236,24 @@ pub(super) async fn run(
                 (n, Some(w)) if w.count == n && now.duration_since(w.when) < REFRESH => continue,
                 (n, _) => Write::Set(n),
             };
-            if pools
-                .get(&ObjectRef::<BrowserPool>::new(&key.1).within(&key.0))
-                .is_none()
-                && pools.wait_until_ready().now_or_never().is_some()
-            {
-                // No such pool (any more): nothing to scale, nothing to clear.
+            let exists = match &key {
+                Target::Pool(ns, name) => {
+                    pools
+                        .get(&ObjectRef::<BrowserPool>::new(name).within(ns))
+                        .is_some()
+                        || pools.wait_until_ready().now_or_never().is_none()
+                }
+                Target::Model(ns, name) => {
+                    models
+                        .get(&ObjectRef::<ModelDeployment>::new(name).within(ns))
+                        .is_some()
+                        || models.wait_until_ready().now_or_never().is_none()
+                }
+            };
+            if !exists {
+                // No such object (any more): nothing to scale, nothing to clear.
                 if written.remove(&key).is_none() {
-                    tracing::debug!(pool = %format!("{}/{}", key.0, key.1), "requests wait for a pool that does not exist");
+                    tracing::debug!(target = %key, "requests wait for an object that does not exist");
                 }
                 continue;
             }
@@ -225,10 +273,10 @@ pub(super) async fn run(
         let now = Instant::now();
         for ((key, write), result) in due.into_iter().zip(results) {
             not_before.insert(key.clone(), now + MIN_INTERVAL);
-            let pool = format!("{}/{}", key.0, key.1);
+            let object = key.to_string();
             match (result, write) {
                 (Ok(()), Write::Set(count)) => {
-                    tracing::debug!(%pool, count, "waiting requests written on the pool");
+                    tracing::debug!(%object, count, "waiting requests written");
                     written.insert(
                         key,
                         Written {
@@ -239,15 +287,15 @@ pub(super) async fn run(
                     );
                 }
                 (Ok(()), Write::Clear { .. }) => {
-                    tracing::debug!(%pool, "waiting requests cleared on the pool");
+                    tracing::debug!(%object, "waiting requests cleared");
                     written.remove(&key);
                 }
                 (Err(Failure::Moot(why)), _) => {
-                    tracing::debug!(%pool, %why, "waiting requests: nothing to write");
+                    tracing::debug!(%object, %why, "waiting requests: nothing to write");
                     written.remove(&key);
                 }
                 (Err(Failure::Retry(e)), _) => {
-                    tracing::warn!(%pool, error = %e, "writing the waiting requests on the pool failed; retrying");
+                    tracing::warn!(%object, error = %e, "writing the waiting requests failed; retrying");
                     let t = now + RETRY;
                     not_before.insert(key, t);
                     wake = Some(wake.map_or(t, |w| w.min(t)));
@@ -292,12 +340,17 @@ mod tests {
         ];
         let waiting =
             WaitingByModel::from([("bert".into(), 3), ("clip".into(), 2), ("nope".into(), 9)]);
-        let per_pool = waiting_per_pool(&waiting, &models);
+        let per_target = waiting_targets(&waiting, &models);
+        let pool = |ns: &str, name: &str| Target::Pool(ns.into(), name.into());
+        let model = |ns: &str, name: &str| Target::Model(ns.into(), name.into());
         assert_eq!(
-            per_pool,
+            per_target,
             BTreeMap::from([
-                (("a".into(), "cpu".into()), 5),
-                (("b".into(), "gpu".into()), 3),
+                (pool("a", "cpu"), 5),
+                (pool("b", "gpu"), 3),
+                (model("a", "bert"), 3),
+                (model("b", "bert"), 3),
+                (model("a", "clip"), 2),
             ])
         );
     }
