@@ -262,3 +262,59 @@ fn a_text_generation_model_needs_a_tokenizer_and_only_it_takes_one() {
     .to_string();
     assert!(err.contains("spec.generation.maxSequences"), "{err}");
 }
+
+#[test]
+fn a_model_has_fixed_replicas_or_autoscaling_within_sane_bounds() {
+    let spec = |extra: Value| {
+        let mut spec = json!({"poolRef": {"name": "p"}, "model": {"uri": "https://m/model.onnx", "task": "vision"}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        model("m", spec)
+    };
+    let auto = json!({"minReplicas": 0, "maxReplicas": 4});
+    assert!(cel_failures(&spec(json!({"replicas": 2}))).is_empty());
+    assert!(cel_failures(&spec(json!({"autoscaling": auto}))).is_empty());
+    assert_eq!(
+        cel_failures(&spec(json!({"replicas": 2, "autoscaling": auto}))),
+        [
+            "set replicas (a fixed number) or autoscaling (replicas that follow the model's demand), not both"
+        ]
+    );
+    assert_eq!(
+        cel_failures(&spec(
+            json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 4}})
+        )),
+        ["autoscaling.minReplicas must not exceed autoscaling.maxReplicas"]
+    );
+    assert_eq!(
+        cel_failures(&spec(
+            json!({"autoscaling": {"maxReplicas": 4, "stableWindowSeconds": 10, "panicWindowSeconds": 20}})
+        )),
+        ["autoscaling.panicWindowSeconds must not exceed autoscaling.stableWindowSeconds"]
+    );
+    // The defaults fill in (KPA's 60 s stable and 6 s panic windows), and a missing
+    // maxReplicas is the schema's refusal.
+    let Ok(webaccel_crds_validate::Resource::ModelDeployment(m)) = webaccel_crds_validate::validate(
+        &spec(json!({"autoscaling": {"maxReplicas": 3}})),
+        "m.yaml",
+    ) else {
+        panic!("refused");
+    };
+    let a = m.spec.autoscaling.unwrap();
+    assert_eq!(
+        (
+            a.min_replicas,
+            a.stable_window_seconds,
+            a.panic_window_seconds
+        ),
+        (1, 60, 6)
+    );
+    let err = webaccel_crds_validate::validate(&spec(json!({"autoscaling": {}})), "m.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.autoscaling.maxReplicas: Required value"),
+        "{err}"
+    );
+}
