@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
 mod analysis;
+mod autoscale;
 mod browsers;
 mod common;
 mod ensemble;

@@ -1,0 +1,109 @@
+//! Per-model autoscaling end to end in `webaccel up`, with real agents and Chromium: a
+//! model at zero replicas on a pool at zero browsers is woken by its first request (held
+//! at the gateway meanwhile), grows with its own load, and the browsers follow; idle, it
+//! goes back to zero and so do the browsers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use webaccel_testkit::fixtures::fixture;
+use webaccel_testkit::up::{Load, Up, browsers, model, pool, pool_yaml};
+
+fn model_status(s: &Value) -> &Value {
+    &model(s, "mlp")["status"]
+}
+
+/// One request through the gateway; how long its answer took.
+async fn one_request(up: &Up, body: &Value) -> Duration {
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/models/mlp/infer", up.http))
+        .json(body)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_model_scales_from_zero_with_its_demand_and_the_browsers_follow() {
+    let _machine = webaccel_testkit::alone().await;
+    let pool_spec = "  autoscaling:\n    enabled: true\n    minReplicas: 0\n    maxReplicas: 2\n    targetInFlightPerBrowser: 4\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 20\n";
+    let model = format!(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: mlp\nspec:\n  poolRef: {{name: auto}}\n  model:\n    uri: file://{}\n    task: vision\n  backends: [wasm]\n  autoscaling:\n    minReplicas: 0\n    maxReplicas: 2\n    targetPerReplica: 2\n    stableWindowSeconds: 6\n    panicWindowSeconds: 2\n    scaleToZeroGraceSeconds: 2\n",
+        fixture("mlp.onnx").display()
+    );
+    let up = Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
+        &[
+            ("pool.yaml", pool_yaml("auto", pool_spec)),
+            ("mlp.yaml", model),
+        ],
+        &["--no-clickhouse".to_owned()],
+    );
+    // At rest: no replica, no browser, and the deployment is fine with that.
+    up.until("the model at zero", Duration::from_secs(30), |s| {
+        model_status(s)["desiredReplicas"] == 0 && model_status(s)["autoscaler"].is_object()
+    })
+    .await;
+    let s = up.status().await;
+    assert!(browsers(&s, "auto").is_empty(), "{s:#}");
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
+    let body = serde_json::json!({"inputs": fixture["inputs"]});
+
+    // The first request waits at the gateway while a browser starts and loads the model.
+    let cold = one_request(&up, &body).await;
+    let s = up.status().await;
+    assert_eq!(model_status(&s)["desiredReplicas"], 1, "{s:#}");
+    let reason = model_status(&s)["autoscaler"]["lastScaleReason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    println!("from zero, no browser running: first answer after {cold:?} ({reason})");
+    assert!(reason.contains("requests waiting"), "{reason}");
+
+    // Its own load grows the model to two replicas; the pool follows with a second browser.
+    let run = Load::start(&up.http, "mlp", &body, 8);
+    let s = up
+        .until("two replicas on two browsers", Duration::from_secs(90), |s| {
+            model_status(s)["loadedReplicas"] == 2 && browsers(s, "auto").len() == 2
+        })
+        .await;
+    println!(
+        "grown: model {}; pool {}",
+        model_status(&s)["autoscaler"]["lastScaleReason"],
+        pool(&s, "auto")["status"]["lastScaleReason"]
+    );
+    let (ok, failed) = run.finish().await;
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    // Idle: the model goes to zero (6 s window, 2 s grace) while the browsers stay a while
+    // (the pool's 20 s down window); a request then loads it on a running browser.
+    up.until("the model back at zero", Duration::from_secs(60), |s| {
+        model_status(s)["desiredReplicas"] == 0 && model_status(s)["loadedReplicas"] == 0
+    })
+    .await;
+    let s = up.status().await;
+    if !browsers(&s, "auto").is_empty() {
+        let warm = one_request(&up, &body).await;
+        println!("from zero, a browser running: first answer after {warm:?}");
+    }
+    // And idle again, the browsers go too.
+    up.until("no browser left", Duration::from_secs(120), |s| {
+        model_status(s)["desiredReplicas"] == 0
+            && pool(s, "auto")["status"]["desiredReplicas"] == 0
+            && browsers(s, "auto").is_empty()
+    })
+    .await;
+}
