@@ -70,9 +70,11 @@ async fn a_model_scales_from_zero_with_its_demand_and_the_browsers_follow() {
     // Its own load grows the model to two replicas; the pool follows with a second browser.
     let run = Load::start(&up.http, "mlp", &body, 8);
     let s = up
-        .until("two replicas on two browsers", Duration::from_secs(90), |s| {
-            model_status(s)["loadedReplicas"] == 2 && browsers(s, "auto").len() == 2
-        })
+        .until(
+            "two replicas on two browsers",
+            Duration::from_secs(90),
+            |s| model_status(s)["loadedReplicas"] == 2 && browsers(s, "auto").len() == 2,
+        )
         .await;
     println!(
         "grown: model {}; pool {}",
