@@ -172,12 +172,16 @@ pub struct PoolEventRow {
     pub row_id: u64,
     pub namespace: String,
     pub pool: String,
-    /// `scale`, `heal` or `recycle`.
+    /// `scale`, `heal`, `drain`, `roll`, `recycle`, or `model_scale` (a ModelDeployment's
+    /// replicas, in `model`; `from`/`to` count replicas, not browsers).
     pub event: String,
     pub pod: String,
     pub from_replicas: u32,
     pub to_replicas: u32,
     pub reason: String,
+    /// The ModelDeployment of a `model_scale` event; empty for the pool's own.
+    #[serde(default)]
+    pub model: String,
 }
 
 impl TableRow for PoolEventRow {

@@ -187,6 +187,13 @@ const ADDED_COLUMNS: &[AddColumn] = &[
         column: "dynamic_batch_size",
         declaration: "UInt32 DEFAULT batch_size",
     },
+    // The ModelDeployment a `model_scale` event is about (empty for the pool's own).
+    AddColumn {
+        version: 8,
+        table: "pool_events",
+        column: "model",
+        declaration: "String DEFAULT ''",
+    },
 ];
 
 /// One schema change, applied once and recorded in `schema_migrations`.
@@ -393,6 +400,7 @@ mod tests {
                 (5, "create gateway_requests"),
                 (6, "add inference_performance.dynamic_batch_size"),
                 (7, "create generation_performance"),
+                (8, "add pool_events.model"),
             ]
         );
         // The creations keep their DDL: the new column comes only from migration 6.

@@ -17,6 +17,9 @@ use crate::v1alpha1::{ModelAutoscalerStatus, ModelDeployment, ReplicaState};
 pub struct Wanted {
     pub desired: i32,
     pub autoscaler: Option<ModelAutoscalerStatus>,
+    /// With autoscaling: the decision's bounded cause, for metrics (see
+    /// [`webaccel_engine::model_scale::ModelScale::cause`]).
+    pub cause: Option<&'static str>,
 }
 
 /// One browser of the pool as the autoscaler reads it: its name and what its agent
@@ -53,6 +56,7 @@ pub fn wanted(
         return Wanted {
             desired: md.spec.fixed_replicas().unwrap_or(1),
             autoscaler: None,
+            cause: None,
         };
     };
     let old = md.status.clone().unwrap_or_default();
@@ -89,6 +93,7 @@ pub fn wanted(
     let changed = d.desired != current || md.status.is_none();
     Wanted {
         desired: d.desired,
+        cause: Some(d.cause),
         autoscaler: Some(ModelAutoscalerStatus {
             in_flight: load.in_flight,
             waiting,

@@ -1,5 +1,5 @@
 //! The pool's history in ClickHouse: one `pool_events` row per scale decision, heal, drain,
-//! roll and recycle, with its reason, through webaccel-analytics' writer. It never blocks a
+//! roll and recycle, and per change of a ModelDeployment's replicas, with its reason, through webaccel-analytics' writer. It never blocks a
 //! reconcile; with ClickHouse down, rows spool to disk and are replayed later.
 
 use std::time::Duration;
@@ -19,6 +19,8 @@ pub enum PoolEvent {
     Drain,
     Roll,
     Recycle,
+    /// A ModelDeployment's replicas changed (its autoscaler decided).
+    ModelScale,
 }
 
 impl PoolEvent {
@@ -29,6 +31,7 @@ impl PoolEvent {
             Self::Drain => "drain",
             Self::Roll => "roll",
             Self::Recycle => "recycle",
+            Self::ModelScale => "model_scale",
         }
     }
 }
@@ -81,6 +84,43 @@ impl PoolHistory {
         to: i32,
         reason: &str,
     ) {
+        self.write(namespace, pool, event, pod, "", from, to, reason);
+    }
+
+    /// A ModelDeployment's replicas going `from` → `to` on `pool`, and why.
+    pub fn record_model(
+        &self,
+        namespace: &str,
+        pool: &str,
+        model: &str,
+        from: i32,
+        to: i32,
+        reason: &str,
+    ) {
+        self.write(
+            namespace,
+            pool,
+            PoolEvent::ModelScale,
+            "",
+            model,
+            from,
+            to,
+            reason,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        namespace: &str,
+        pool: &str,
+        event: PoolEvent,
+        pod: &str,
+        model: &str,
+        from: i32,
+        to: i32,
+        reason: &str,
+    ) {
         let Some((_, handle)) = &self.sink else {
             return;
         };
@@ -94,6 +134,7 @@ impl PoolHistory {
             from_replicas: from.max(0) as u32,
             to_replicas: to.max(0) as u32,
             reason: reason.to_owned(),
+            model: model.to_owned(),
         });
     }
 

@@ -39,6 +39,24 @@ struct ScaleLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    namespace: String,
+    model: String,
+    /// `desired` or `loaded`.
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelScaleLabel {
+    namespace: String,
+    model: String,
+    direction: &'static str,
+    /// Bounded: `load`, `panic`, `waiting_requests`, `idle`, `scale_to_zero_grace`,
+    /// `silent_replicas`.
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HealLabel {
     namespace: String,
     pool: String,
@@ -53,6 +71,8 @@ pub struct Metrics {
     pool_size: Family<PoolLabel, Gauge>,
     scale_decisions: Family<ScaleLabel, Counter>,
     heals: Family<HealLabel, Counter>,
+    model_replicas: Family<ModelLabel, Gauge>,
+    model_scale_decisions: Family<ModelScaleLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -68,6 +88,8 @@ impl Default for Metrics {
         let pool_size = Family::default();
         let scale_decisions = Family::default();
         let heals = Family::default();
+        let model_replicas = Family::default();
+        let model_scale_decisions = Family::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -90,6 +112,16 @@ impl Default for Metrics {
             scale_decisions.clone(),
         );
         registry.register("heals", "Broken browser pods replaced", heals.clone());
+        registry.register(
+            "model_replicas",
+            "Replicas per ModelDeployment (desired, loaded)",
+            model_replicas.clone(),
+        );
+        registry.register(
+            "model_scale_decisions",
+            "ModelDeployment replica changes by its autoscaler, by direction and cause",
+            model_scale_decisions.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -98,6 +130,8 @@ impl Default for Metrics {
             pool_size,
             scale_decisions,
             heals,
+            model_replicas,
+            model_scale_decisions,
         }
     }
 }
@@ -135,6 +169,38 @@ impl Metrics {
             cause,
         };
         self.scale_decisions.get_or_create(&l).inc();
+    }
+
+    pub fn model_replicas(&self, namespace: &str, model: &str, desired: i32, loaded: i32) {
+        for (kind, v) in [("desired", desired), ("loaded", loaded)] {
+            let l = ModelLabel {
+                namespace: namespace.into(),
+                model: model.into(),
+                kind,
+            };
+            self.model_replicas.get_or_create(&l).set(i64::from(v));
+        }
+    }
+
+    pub fn model_scaled(&self, namespace: &str, model: &str, up: bool, cause: &'static str) {
+        let l = ModelScaleLabel {
+            namespace: namespace.into(),
+            model: model.into(),
+            direction: if up { "up" } else { "down" },
+            cause,
+        };
+        self.model_scale_decisions.get_or_create(&l).inc();
+    }
+
+    /// Drops the gauges of a deleted ModelDeployment.
+    pub fn forget_model(&self, namespace: &str, model: &str) {
+        for kind in ["desired", "loaded"] {
+            self.model_replicas.remove(&ModelLabel {
+                namespace: namespace.into(),
+                model: model.into(),
+                kind,
+            });
+        }
     }
 
     pub fn healed(&self, namespace: &str, pool: &str) {

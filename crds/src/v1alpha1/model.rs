@@ -36,6 +36,7 @@ pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
     printcolumn(name = "Loaded", type_ = "integer", json_path = ".status.loadedReplicas"),
     printcolumn(name = "Backend", type_ = "string", json_path = ".status.backend"),
+    printcolumn(name = "Scaling", type_ = "string", json_path = ".status.autoscaler.reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -166,11 +166,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
     let wanted = ctx.with_model_scaler(&format!("{ns}/{name}"), |scaler| {
         scale::wanted(md, scaler, &answers, waiting, now)
     });
-    if let Some(a) = &wanted.autoscaler
-        && wanted.desired != old.desired_replicas
-    {
-        tracing::info!(model = %name, from = old.desired_replicas, to = wanted.desired, reason = %a.reason, "scaling the model");
-    }
+    super::scale::report(ctx, md, ns, old.desired_replicas, &wanted).await;
     let deployment = Deployment {
         units: &units,
         staged: md.spec.stages.is_some(),
@@ -208,6 +204,8 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         placed.shared.as_deref(),
         now,
     );
+    ctx.metrics
+        .model_replicas(ns, &name, status.desired_replicas, status.loaded_replicas);
     patch_status(&api, md, status).await?;
     Ok(Action::requeue(
         if placed.busy() || placed.capabilities_unknown {
@@ -306,6 +304,7 @@ async fn patch_status(
 async fn cleanup(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> {
     let name = md.name_any();
     ctx.forget_model(&format!("{ns}/{name}"));
+    ctx.metrics.forget_model(ns, &name);
     let models: Vec<String> = md
         .spec
         .agent_models(&name)

@@ -1,5 +1,6 @@
 //! The pools' history lands in a real ClickHouse server: a reconcile that scales and heals
-//! writes one `pool_events` row for each, with its reason.
+//! writes one `pool_events` row for each, with its reason, and a model's replica change
+//! its `model_scale` row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,18 +85,28 @@ async fn scale_and_heal_decisions_become_pool_event_rows() {
     }
     reconcile(Arc::new(p), ctx.clone()).await.unwrap();
     api.await.unwrap();
+    // A ModelDeployment's autoscaler decision, as its reconcile records it.
+    ctx.history.record_model(
+        "ml",
+        "web",
+        "minilm",
+        0,
+        2,
+        "3 requests waiting and no replica",
+    );
     ctx.history.shutdown().await;
 
     let rows = ch
         .query(
-            "SELECT namespace, pool, event, pod, from_replicas, to_replicas, reason \
+            "SELECT namespace, pool, event, pod, model, from_replicas, to_replicas, reason \
                 FROM webaccel_operator_test.pool_events FINAL ORDER BY event FORMAT TSV",
         )
         .await
         .unwrap();
     assert_eq!(
         rows,
-        "ml\tweb\theal\tweb-bad\t3\t3\tpod phase Failed\n\
-         ml\tweb\tscale\t\t1\t3\tload 12 over 1 browsers, target 4/browser → 3"
+        "ml\tweb\theal\tweb-bad\t\t3\t3\tpod phase Failed\n\
+         ml\tweb\tmodel_scale\t\tminilm\t0\t2\t3 requests waiting and no replica\n\
+         ml\tweb\tscale\t\t\t1\t3\tload 12 over 1 browsers, target 4/browser → 3"
     );
 }

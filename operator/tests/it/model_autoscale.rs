@@ -87,7 +87,18 @@ async fn a_model_at_zero_is_woken_by_waiting_requests_and_the_pool_follows_its_r
             assert!(s.get("replicas").is_none(), "{s:#}");
             assert_eq!(cond(s, "Ready")["status"], "True");
         }),
-        // Three requests wait at the gateway: two replicas at once (2 per replica).
+        // Three requests wait at the gateway: two replicas at once (2 per replica), an
+        // Event says so...
+        step_checked("POST", EVENTS, echo(), |b| {
+            assert_eq!(b["reason"], "ScaledModel");
+            assert_eq!(b["regarding"]["kind"], "ModelDeployment");
+            let note = b["note"].as_str().unwrap();
+            assert!(
+                note.starts_with("2 replicas: 3 requests waiting and no replica"),
+                "{note}"
+            );
+        }),
+        // ...and the status.
         written.step(&md, |b| {
             let s = &b["status"];
             assert_eq!(s["desiredReplicas"], 2, "{s:#}");
@@ -133,6 +144,19 @@ async fn a_model_at_zero_is_woken_by_waiting_requests_and_the_pool_follows_its_r
     // One browser: one replica loads, the other cannot be placed yet.
     assert_eq!(agents.load_calls(), ["load web-a minilm wasm"]);
     api.await.unwrap();
+    let metrics = world.ctx.metrics.encode();
+    assert!(
+        metrics.contains(
+            r#"webaccel_operator_model_scale_decisions_total{namespace="ml",model="minilm",direction="up",cause="waiting_requests"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"webaccel_operator_model_replicas{namespace="ml",model="minilm",kind="desired"} 2"#
+        ),
+        "{metrics}"
+    );
 
     // The pool follows: the model wants two replicas, one per browser, so two browsers,
     // though the one it has is idle.
