@@ -49,6 +49,8 @@ pub enum ModelOnAgent {
         /// agent did not say), so a host can tell a copy of a file since replaced.
         uri: String,
         sha256: String,
+        /// What loading it added to the browser's memory, as the agent measured it.
+        memory_bytes: Option<u64>,
     },
     Failed(String),
 }
@@ -63,6 +65,7 @@ impl ModelOnAgent {
                 precision: m.precision,
                 uri: d.spec.uri.clone(),
                 sha256: m.sha256.clone(),
+                memory_bytes: m.memory_bytes,
             },
             ModelState::Failed { reason } => Self::Failed(reason.clone()),
             // Pending (waiting for a browser) and loading.

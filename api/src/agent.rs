@@ -67,6 +67,11 @@ pub struct LoadedModel {
     /// (Boxed: it is rare, and `ModelState` carries this struct inline.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Box<BatchingStatus>>,
+    /// What the load added to the memory of the agent's browsers (their processes'
+    /// proportional set size after the load and warm-up, less before); `None` where the
+    /// agent cannot read it (not Linux). What placement packs by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// One backend `backend=auto` tried on a model: what it measured, or why it could not
@@ -267,6 +272,10 @@ pub struct AgentStats {
     /// per onnxruntime-web instance. Empty before the first heartbeat.
     #[serde(default)]
     pub page_workers: Vec<PageWorker>,
+    /// The memory of the agent's browsers (every process it launched, with their
+    /// children: proportional set size), read at most every 2 s; `None` off Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser_memory_bytes: Option<u64>,
 }
 
 /// One onnxruntime-web instance of the serving page (a Web Worker, or the page itself

@@ -133,20 +133,43 @@ pub fn waiting_requests(
     if fresh { n } else { 0 }
 }
 
-/// Browsers a pool needs for the replicas its deployments want: a browser holds one
-/// replica of a model, and each stage of a cut model wants browsers of its own, so the
-/// most any one deployment wants (its desired replicas times its stages).
-pub fn browsers_needed<'a>(deployments: impl IntoIterator<Item = &'a ModelDeployment>) -> i32 {
-    deployments
+/// Room left on a browser for models: the pool's memory `budget` less what its browsers
+/// use now (its agent's last answer); `None` with no budget or no answer.
+pub fn room(budget: Option<u64>, stats: Option<&AgentStats>) -> Option<u64> {
+    Some(budget?.saturating_sub(stats?.browser_memory_bytes?))
+}
+
+/// What a pool's deployments ask of its browsers (as their last rounds reported): a
+/// browser holds one replica of a model, and each stage of a cut model wants browsers of
+/// its own, so at least the most any one deployment wants (its desired replicas times its
+/// stages); and, beyond the browsers it has, one more for each replica that fits on none
+/// for memory (the most of any deployment: one new browser takes a replica of each).
+pub fn pool_demand<'a>(deployments: impl IntoIterator<Item = &'a ModelDeployment>) -> ModelDemand {
+    let mut demand = ModelDemand::default();
+    for md in deployments
         .into_iter()
         .filter(|md| md.metadata.deletion_timestamp.is_none())
-        .map(|md| {
-            let desired = md.status.as_ref().map_or(0, |s| s.desired_replicas);
-            let stages = md.spec.stages.as_ref().map_or(1, Vec::len);
-            desired.saturating_mul(i32::try_from(stages).unwrap_or(i32::MAX))
-        })
-        .max()
-        .unwrap_or(0)
+    {
+        let Some(s) = md.status.as_ref() else {
+            continue;
+        };
+        let stages = md.spec.stages.as_ref().map_or(1, Vec::len);
+        let browsers = s
+            .desired_replicas
+            .saturating_mul(i32::try_from(stages).unwrap_or(i32::MAX));
+        demand.browsers = demand.browsers.max(browsers);
+        demand.without_room = demand.without_room.max(s.replicas_without_room);
+    }
+    demand
+}
+
+/// See [`pool_demand`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelDemand {
+    /// Browsers the replicas need, one replica of a model per browser.
+    pub browsers: i32,
+    /// Browsers to add for replicas that fit on none for memory.
+    pub without_room: i32,
 }
 
 #[cfg(test)]
@@ -219,9 +242,18 @@ mod tests {
             json!({"poolRef": {"name": "p"}, "stages": [{"uri": "https://m/0.onnx", "task": "vision"}, {"uri": "https://m/1.onnx", "task": "vision"}]}),
             json!({"desiredReplicas": 2}),
         );
-        assert_eq!(browsers_needed([&one]), 3);
-        assert_eq!(browsers_needed([&one, &staged]), 4);
-        assert_eq!(browsers_needed([]), 0);
+        assert_eq!(pool_demand([&one]).browsers, 3);
+        assert_eq!(pool_demand([&one, &staged]).browsers, 4);
+        assert_eq!(pool_demand([]), ModelDemand::default());
+        let mut full = one.clone();
+        full.status.as_mut().unwrap().replicas_without_room = 2;
+        assert_eq!(
+            pool_demand([&one, &full]),
+            ModelDemand {
+                browsers: 3,
+                without_room: 2
+            }
+        );
     }
 
     #[test]

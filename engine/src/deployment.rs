@@ -67,6 +67,9 @@ pub struct Seat<'a> {
     pub capabilities: Option<&'a Capabilities>,
     /// Models of other deployments it holds, to spread them.
     pub models_held: usize,
+    /// Room left in its memory budget (the pool's budget less what its browsers use
+    /// now, as its agent said); `None`: no budget or unknown.
+    pub room: Option<u64>,
 }
 
 /// What one round decided and did.
@@ -207,6 +210,8 @@ async fn gather<A: AgentApi + ?Sized>(
                 models_held: seat.models_held,
                 failed_before,
                 stale,
+                room: seat.room,
+                need: None,
             });
         }
         // An ensemble goes only where its steps are loaded.
@@ -230,10 +235,34 @@ async fn gather<A: AgentApi + ?Sized>(
     join_all(calls).await.into_iter().flatten().collect()
 }
 
+/// What unit `i` takes on a browser: the most any of its loads measured, now (`seen`)
+/// or as the last round reported.
+fn measured_need(d: &Deployment<'_>, seen: &[Seen], i: usize) -> Option<u64> {
+    let now = seen.iter().filter_map(|s| match &s.candidates[i].model {
+        ModelOnAgent::Loaded { memory_bytes, .. } => *memory_bytes,
+        _ => None,
+    });
+    let before = d
+        .previous
+        .get(i)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.memory_bytes);
+    now.chain(before).max()
+}
+
 /// Places every unit on the browsers `seen`.
 fn decide(d: &Deployment<'_>, seen: &[Seen], pool_browsers: usize) -> Placed {
     let per_unit: Vec<Vec<Candidate>> = (0..d.units.len())
-        .map(|i| seen.iter().map(|s| s.candidates[i].clone()).collect())
+        .map(|i| {
+            let need = measured_need(d, seen, i);
+            seen.iter()
+                .map(|s| Candidate {
+                    need,
+                    ..s.candidates[i].clone()
+                })
+                .collect()
+        })
         .collect();
     if !d.staged {
         let placements = per_unit
@@ -344,12 +373,14 @@ pub fn replica_after_load(r: &mut ReplicaStatus, result: AgentResult<ModelOnAgen
             backend,
             init_ms,
             precision,
+            memory_bytes,
             ..
         }) => {
             r.state = ReplicaState::Loaded;
             r.backend = Some(backend);
             r.init_ms = init_ms;
             r.precision = precision;
+            r.memory_bytes = memory_bytes;
         }
         Ok(ModelOnAgent::Failed(why)) => {
             // As later looks report it (from the status): the agent's reason, no backend.

@@ -104,6 +104,7 @@ fn seat<'a>(name: &'a str, caps: &'a Capabilities) -> Seat<'a> {
         leaving: false,
         capabilities: Some(caps),
         models_held: 0,
+        room: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn loaded(sha256: &str) -> ModelOnAgent {
         precision: None,
         uri: "file:///m.onnx".into(),
         sha256: sha256.into(),
+        memory_bytes: None,
     }
 }
 
@@ -325,4 +327,51 @@ fn only_the_models_own_failure_is_failed_to_load() {
     let mut r = ReplicaStatus::new("p", ReplicaState::Loading);
     replica_after_load(&mut r, Ok(ModelOnAgent::Failed("sha256 mismatch".into())));
     assert_eq!(r.state, ReplicaState::FailedToLoad);
+}
+
+#[tokio::test]
+async fn a_models_measured_memory_is_kept_and_places_it_only_where_it_fits() {
+    const MIB: u64 = 1 << 20;
+    let agents = Table::default();
+    let c = caps();
+    let units = units();
+    // The model was unloaded (scaled to zero); its last status says what it took.
+    let mut gone = ReplicaStatus::new("a", ReplicaState::Loaded);
+    gone.memory_bytes = Some(400 * MIB);
+    let previous = [vec![gone]];
+    let room = |name, mib: u64| Seat {
+        room: Some(mib * MIB),
+        ..seat(name, &c)
+    };
+    let placed = place(
+        &agents,
+        &deployment(&units, &previous),
+        &[room("a", 100), room("b", 300)],
+        &spec_for("aa"),
+    )
+    .await;
+    assert!(agents.calls().is_empty(), "{:?}", agents.calls());
+    assert_eq!(placed.placements[0].unplaced_for_room, 1);
+    // A browser with room takes it, and its load's measurement is reported.
+    agents.hold(
+        "c",
+        "m",
+        ModelOnAgent::Loaded {
+            backend: "wasm".into(),
+            init_ms: Some(3.0),
+            precision: None,
+            uri: "file:///m.onnx".into(),
+            sha256: "aa".into(),
+            memory_bytes: Some(410 * MIB),
+        },
+    );
+    let placed = place(
+        &agents,
+        &deployment(&units, &previous),
+        &[room("a", 100), room("c", 0)],
+        &spec_for("aa"),
+    )
+    .await;
+    let r = &placed.placements[0].replicas[0];
+    assert_eq!((r.pod.as_str(), r.memory_bytes), ("c", Some(410 * MIB)));
 }

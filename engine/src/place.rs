@@ -23,6 +23,21 @@ pub struct Candidate {
     /// It holds a copy of a file since replaced (another digest or URI than the
     /// deployment's now): renewed one copy at a time (see [`plan`]).
     pub stale: bool,
+    /// Room left in the browser's memory budget: the budget less what its browsers use
+    /// now. `None`: no budget, or its use is unknown.
+    pub room: Option<u64>,
+    /// What this model takes on a browser, as its loads measured it (the most seen);
+    /// `None` before its first load.
+    pub need: Option<u64>,
+}
+
+impl Candidate {
+    /// Whether the model fits in the browser's room (unknown either way: it does).
+    pub fn fits(&self) -> bool {
+        self.need
+            .zip(self.room)
+            .is_none_or(|(need, room)| need <= room)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,6 +48,9 @@ pub struct Placement {
     /// Replicas wanted that no browser can take now, and why.
     pub unplaced: usize,
     pub unplaced_reason: Option<String>,
+    /// Of those, the replicas that a browser would take but for its memory: a new
+    /// browser would take them (the pool's demand grows by them).
+    pub unplaced_for_room: usize,
 }
 
 /// The backend to ask a browser for: the first requested one that the pool allows and the
@@ -79,6 +97,7 @@ fn held_replica(c: &Candidate) -> ReplicaStatus {
         backend,
         init_ms,
         precision,
+        memory_bytes,
         ..
     } = &c.model
     {
@@ -87,6 +106,7 @@ fn held_replica(c: &Candidate) -> ReplicaStatus {
         r.init_ms = *init_ms;
         r.precision = *precision;
         r.adapter = c.adapter.clone().filter(|_| backend.starts_with("webgpu"));
+        r.memory_bytes = *memory_bytes;
     }
     if c.stale {
         r.reason = Some(STALE.to_owned());
@@ -151,12 +171,18 @@ pub fn plan(
     }
 
     let mut need = want.saturating_sub(holders.len());
-    let mut fresh: Vec<(&Candidate, Backend)> = candidates
+    let able: Vec<(&Candidate, Backend)> = candidates
         .iter()
         .filter(|c| c.usable && c.model == ModelOnAgent::Absent && c.failed_before.is_none())
         .filter_map(|c| choose_backend(requested, allowed, &c.backends).map(|b| (c, b)))
         .collect();
-    fresh.sort_by_key(|(c, _)| (c.models_held, c.pod.clone()));
+    let too_full = able.iter().filter(|(c, _)| !c.fits()).count();
+    let mut fresh: Vec<(&Candidate, Backend)> =
+        able.into_iter().filter(|(c, _)| c.fits()).collect();
+    // Bin packing where memory is known: the browser with the least room that still
+    // fits first (best fit), so whole browsers stay free for big models and for
+    // scale-down; then the one holding fewest models (spreading, where it is not).
+    fresh.sort_by_key(|(c, _)| (c.room.unwrap_or(u64::MAX), c.models_held, c.pod.clone()));
     let renew = kept
         .iter()
         .find(|c| c.stale)
@@ -194,11 +220,28 @@ pub fn plan(
     if need > 0 {
         let wanted: Vec<&str> = requested.iter().map(|b| b.as_str()).collect();
         p.unplaced = need;
-        p.unplaced_reason = Some(format!(
-            "{need} replicas cannot be placed: no ready browser of the pool without this model \
-             can run [{}] within the pool's backends",
-            wanted.join(", ")
-        ));
+        p.unplaced_reason = Some(if too_full > 0 {
+            p.unplaced_for_room = need;
+            let mib = |b: u64| b / (1 << 20);
+            let room = candidates
+                .iter()
+                .filter(|c| c.usable && c.model == ModelOnAgent::Absent)
+                .filter_map(|c| c.room)
+                .max()
+                .unwrap_or(0);
+            format!(
+                "{need} replicas cannot be placed: the model takes {} MiB and the most room \
+                 left on a browser without it is {} MiB of its memory budget",
+                mib(candidates.iter().find_map(|c| c.need).unwrap_or(0)),
+                mib(room)
+            )
+        } else {
+            format!(
+                "{need} replicas cannot be placed: no ready browser of the pool without this model \
+                 can run [{}] within the pool's backends",
+                wanted.join(", ")
+            )
+        });
     }
     p
 }
@@ -218,6 +261,8 @@ mod tests {
             models_held: 0,
             failed_before: None,
             stale: false,
+            room: None,
+            need: None,
         }
     }
 
@@ -259,6 +304,53 @@ mod tests {
     }
 
     #[test]
+    fn replicas_pack_into_the_fullest_browser_that_fits_and_the_rest_raise_demand() {
+        const MIB: u64 = 1 << 20;
+        let with_room = |pod: &str, room: u64, held: usize| {
+            let mut c = browser(pod, &[Wasm], ModelOnAgent::Absent);
+            c.room = Some(room * MIB);
+            c.need = Some(300 * MIB);
+            c.models_held = held;
+            c
+        };
+        // a has room for it but little to spare, b is empty, c is too full.
+        let cands = [
+            with_room("a", 400, 3),
+            with_room("b", 1500, 0),
+            with_room("c", 100, 1),
+        ];
+        let p = plan(1, &[Wasm], &ALL, &cands);
+        assert_eq!(p.load, [("a".into(), Wasm)], "best fit, not the emptiest");
+        // Two replicas: a and b (one per browser); three: c is too full, so one waits
+        // for a browser the pool adds.
+        let p = plan(2, &[Wasm], &ALL, &cands);
+        assert_eq!(p.load, [("a".into(), Wasm), ("b".into(), Wasm)]);
+        let p = plan(3, &[Wasm], &ALL, &cands);
+        assert_eq!((p.unplaced, p.unplaced_for_room), (1, 1));
+        let why = p.unplaced_reason.unwrap();
+        assert!(
+            why.contains(
+                "the model takes 300 MiB and the most room left on a browser without it is 1500 MiB"
+            ),
+            "{why}"
+        );
+        // Before its first load the model's size is unknown: it goes anywhere, spread.
+        let mut unknown = cands.clone();
+        for c in &mut unknown {
+            c.need = None;
+            c.room = None;
+        }
+        let p = plan(1, &[Wasm], &ALL, &unknown);
+        assert_eq!(p.load, [("b".into(), Wasm)], "fewest models");
+        // A draining browser never gets one, whatever its room.
+        let mut draining = with_room("d", 4000, 0);
+        draining.usable = false;
+        let p = plan(1, &[Wasm], &ALL, &[draining, with_room("c", 100, 1)]);
+        assert!(p.load.is_empty());
+        assert_eq!(p.unplaced_for_room, 1);
+    }
+
+    #[test]
     fn keeps_loaded_replicas_and_unloads_extras() {
         let loaded = |b: &str| ModelOnAgent::Loaded {
             backend: b.into(),
@@ -266,6 +358,7 @@ mod tests {
             precision: None,
             uri: String::new(),
             sha256: String::new(),
+            memory_bytes: None,
         };
         let cands = [
             browser("a", &[Wasm], loaded("wasm")),
@@ -290,6 +383,7 @@ mod tests {
             precision: None,
             uri: String::new(),
             sha256: String::new(),
+            memory_bytes: None,
         };
         let mut draining = browser("old", &[Wasm], loaded);
         draining.usable = false;
@@ -329,6 +423,7 @@ mod tests {
                 precision: None,
                 uri: "file:///m.onnx".into(),
                 sha256: "aa".into(),
+                memory_bytes: None,
             },
         );
         c.stale = true;
@@ -359,6 +454,7 @@ mod tests {
                 precision: None,
                 uri: "file:///m.onnx".into(),
                 sha256: "bb".into(),
+                memory_bytes: None,
             },
         );
         let p = plan(1, &[Wasm], &ALL, &[old_copy("a"), loaded]);

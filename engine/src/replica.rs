@@ -23,6 +23,10 @@ pub struct ReplicaStatus {
     pub precision: Option<Precision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What loading it added to the browser's memory, as the agent measured it: kept,
+    /// so placement knows the model's size before its next load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 impl ReplicaStatus {
@@ -36,6 +40,7 @@ impl ReplicaStatus {
             init_ms: None,
             precision: None,
             reason: None,
+            memory_bytes: None,
         }
     }
 }

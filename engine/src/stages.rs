@@ -156,6 +156,10 @@ fn sharing(c: &Candidate, with: usize) -> ReplicaStatus {
         reason: Some(format!(
             "shares the browser with stage {with}; moves to a browser of its own once one has it loaded"
         )),
+        memory_bytes: match &c.model {
+            ModelOnAgent::Loaded { memory_bytes, .. } => *memory_bytes,
+            _ => None,
+        },
     }
 }
 
@@ -219,6 +223,8 @@ mod tests {
             models_held: 0,
             failed_before: None,
             stale: false,
+            room: None,
+            need: None,
         }
     }
 
@@ -229,6 +235,7 @@ mod tests {
             precision: Some(webaccel_api::Precision::Int8),
             uri: String::new(),
             sha256: String::new(),
+            memory_bytes: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod http;
 pub mod inspect;
 pub mod models;
 pub mod page;
+pub mod procmem;
 pub mod reaper;
 pub mod recorder;
 pub mod stats;

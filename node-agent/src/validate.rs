@@ -118,6 +118,7 @@ mod tests {
             steady_ms: None,
             candidates: None,
             batching: None,
+            memory_bytes: None,
         }
     }
 

@@ -56,6 +56,7 @@ fn stats_count_requests_per_model() {
         pool: "p".into(),
         pod: "p-0".into(),
         outstanding: 3,
+        browser_memory_bytes: None,
         in_flight: 1,
         queued: 1,
         max_in_flight: 64,

@@ -113,6 +113,11 @@ pub fn status_of(
         loaded_replicas: loaded,
         desired_replicas: wanted.desired,
         autoscaler: wanted.autoscaler,
+        replicas_without_room: placements
+            .iter()
+            .map(|p| i32::try_from(p.unplaced_for_room).unwrap_or(i32::MAX))
+            .max()
+            .unwrap_or(0),
         backend: (!backends.is_empty()).then(|| backends.join(",")),
         precision: (!precisions.is_empty()).then(|| precisions.join(",")),
         conditions: vec![

@@ -346,6 +346,10 @@ fn auto() -> Vec<Backend> {
     vec![Backend::Auto]
 }
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 fn yes() -> bool {
     true
 }
@@ -417,6 +421,10 @@ pub struct ModelDeploymentStatus {
     /// With `spec.autoscaling`: the autoscaler's last decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler: Option<ModelAutoscalerStatus>,
+    /// Replicas wanted that a browser would take but for its memory budget (the most of
+    /// any stage): an autoscaled pool adds browsers for them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replicas_without_room: i32,
     /// The backend the loaded replicas run on (comma-separated if they differ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,

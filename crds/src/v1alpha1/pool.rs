@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, Volume, VolumeMount};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -94,6 +95,13 @@ pub struct BrowserPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub page_workers: Option<i32>,
+    /// The memory one browser's processes may use (a quantity: `1536Mi`, `2Gi`): a model
+    /// is placed on a browser only if what its loads measured fits in what is left, and a
+    /// replica that fits nowhere asks the pool (when it autoscales) for another browser.
+    /// Unset: 80% of the template's memory limit (the rest is the agent's and headroom),
+    /// else unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recycle: Option<RecycleSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +144,23 @@ impl BrowserPoolSpec {
         Ok(())
     }
 
+    /// A browser's memory budget in bytes: `memoryBudget`, else 80% of the template's
+    /// memory limit, else none. A quantity that cannot be read counts as none.
+    pub fn memory_budget_bytes(&self) -> Option<u64> {
+        if let Some(q) = &self.memory_budget {
+            return quantity_bytes(&q.0);
+        }
+        let limit = self
+            .template
+            .as_ref()?
+            .resources
+            .as_ref()?
+            .limits
+            .as_ref()?
+            .get("memory")?;
+        quantity_bytes(&limit.0).map(|b| b / 5 * 4)
+    }
+
     /// What the engine's pool round decides with.
     pub fn policy(&self) -> PoolPolicy {
         PoolPolicy {
@@ -145,6 +170,49 @@ impl BrowserPoolSpec {
             healing: self.healing.clone().unwrap_or_default(),
             recycle: self.recycle.clone(),
         }
+    }
+}
+
+/// Bytes in a Kubernetes memory quantity (`2Gi`, `1536Mi`, `1G`, `500M`, `1e9`, `123`);
+/// `None` for what is not one (fractions of a byte, other suffixes).
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    let bytes = number.parse::<f64>().ok()? * factor;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+#[cfg(test)]
+mod quantity_tests {
+    use super::quantity_bytes;
+
+    #[test]
+    fn memory_quantities_read_as_kubernetes_reads_them() {
+        assert_eq!(quantity_bytes("2Gi"), Some(2 << 30));
+        assert_eq!(quantity_bytes("1536Mi"), Some(1536 << 20));
+        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("1e9"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("123"), Some(123));
+        assert_eq!(quantity_bytes("2Zi"), None);
+        assert_eq!(quantity_bytes("lots"), None);
     }
 }
 

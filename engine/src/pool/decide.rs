@@ -110,16 +110,26 @@ fn recycle_due(b: &BrowserView, recycle: Option<&RecycleSpec>, now: Timestamp) -
     None
 }
 
-/// Order for scale-down: unready first (no traffic), then least loaded, then newest.
+/// Order for scale-down: unready first (no traffic), then least loaded, then the
+/// emptiest (least memory in its browsers: the fewest and smallest models to place
+/// elsewhere, which consolidates the models on the browsers that stay), then newest.
 fn scale_down_order(a: &BrowserView, b: &BrowserView) -> std::cmp::Ordering {
+    let memory = |v: &BrowserView| {
+        v.stats
+            .as_ref()
+            .and_then(|s| s.browser_memory_bytes)
+            .unwrap_or(u64::MAX)
+    };
     (
         a.ready,
         a.load().unwrap_or(u64::MAX),
+        memory(a),
         std::cmp::Reverse(a.created),
     )
         .cmp(&(
             b.ready,
             b.load().unwrap_or(u64::MAX),
+            memory(b),
             std::cmp::Reverse(b.created),
         ))
 }

@@ -59,6 +59,28 @@ fn an_empty_pool_creates_its_desired_browsers() {
 }
 
 #[test]
+fn scale_down_consolidates_draining_the_emptiest_idle_browser() {
+    let holding = |name: &str, mib: u64| {
+        let mut b = browser(name, 0);
+        if let Some(s) = b.stats.as_mut() {
+            s.browser_memory_bytes = Some(mib << 20);
+        }
+        b
+    };
+    // All idle: the one whose browsers hold the least (fewest, smallest models) goes, so
+    // the models that must move are few and the others stay where they are.
+    let p = plan(
+        &[
+            holding("full", 1800),
+            holding("empty", 300),
+            holding("half", 900),
+        ],
+        &inputs(2),
+    );
+    assert_eq!(names(&p.drain), ["empty"]);
+}
+
+#[test]
 fn scale_down_drains_the_idle_browsers_never_the_busy_one() {
     let pods = [
         browser("busy", 9),

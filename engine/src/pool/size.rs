@@ -25,9 +25,11 @@ pub struct Size {
 pub struct Demand {
     /// Requests waiting for a browser of this pool (only heard while it has none ready).
     pub waiting: u64,
-    /// Browsers the pool's autoscaled models need for the replicas they want: a browser
-    /// holds one replica of a model, so the most any one model wants (per stage).
+    /// Browsers the pool's models need for the replicas they want: a browser holds one
+    /// replica of a model, so the most any one model wants (per stage).
     pub model_browsers: i32,
+    /// Browsers to add to those serving, for replicas that fit on none for memory.
+    pub without_room: i32,
 }
 
 /// Decides the pool's size at `now`.
@@ -78,16 +80,30 @@ pub fn desired(
     #[allow(clippy::cast_precision_loss)]
     let now_s = now.as_millisecond() as f64 / 1000.0;
     let d = memory.autoscaler.decide(policy, now_s, current, sample);
-    let for_models = demand
-        .model_browsers
-        .clamp(policy.min_replicas, policy.max_replicas);
+    let serving_now = count(serving.len());
+    let wanted = if demand.without_room > 0 {
+        demand
+            .model_browsers
+            .max(serving_now.saturating_add(demand.without_room))
+    } else {
+        demand.model_browsers
+    };
+    let for_models = wanted.clamp(policy.min_replicas, policy.max_replicas);
     if for_models > d.desired {
+        let why = if demand.without_room > 0 && wanted > demand.model_browsers {
+            format!(
+                "{} replicas fit on none of the {serving_now} browsers for memory",
+                demand.without_room
+            )
+        } else {
+            format!(
+                "the models' replicas need {} browsers",
+                demand.model_browsers
+            )
+        };
         return Size {
             desired: for_models,
-            reason: format!(
-                "the models' replicas need {} browsers (load alone: {}) → {for_models}",
-                demand.model_browsers, d.desired
-            ),
+            reason: format!("{why} (load alone: {}) → {for_models}", d.desired),
             cause: "model_replicas",
         };
     }
@@ -133,6 +149,7 @@ mod tests {
             let demand = Demand {
                 waiting: 0,
                 model_browsers,
+                without_room: 0,
             };
             desired(&spec, browsers, &mut memory, demand, now)
         };
@@ -144,5 +161,20 @@ mod tests {
         // No model wants anything and nothing is in flight: down to the pool's min.
         let s = size(0, &[ready("a"), ready("b")]);
         assert_eq!((s.desired, s.cause), (0, "idle"));
+        // Two browsers serve; a replica fits on neither for memory: a third.
+        let mut memory = PoolMemory::default();
+        let demand = Demand {
+            waiting: 0,
+            model_browsers: 2,
+            without_room: 1,
+        };
+        let s = desired(&spec, &[ready("a"), ready("b")], &mut memory, demand, now);
+        assert_eq!((s.desired, s.cause), (3, "model_replicas"));
+        assert!(
+            s.reason
+                .starts_with("1 replicas fit on none of the 2 browsers"),
+            "{}",
+            s.reason
+        );
     }
 }

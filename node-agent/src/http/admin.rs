@@ -162,6 +162,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
             .collect(),
         browser: info.status,
         metrics: agent.recorder.status(),
+        browser_memory_bytes: crate::procmem::browsers_bytes(),
     })
 }
 

@@ -71,7 +71,8 @@ impl Loader {
         entry: &ModelEntry,
     ) -> Result<LoadedModel, AgentError> {
         entry.set_state(ModelState::Loading);
-        let result = tokio::time::timeout(self.timeout, self.load_steps(link, entry))
+        let before = crate::procmem::browsers_bytes_now();
+        let mut result = tokio::time::timeout(self.timeout, self.load_steps(link, entry))
             .await
             .unwrap_or_else(|_| {
                 Err(AgentError::ModelLoad(format!(
@@ -79,6 +80,12 @@ impl Loader {
                     entry.spec.name, self.timeout
                 )))
             });
+        // What the load (session, weights, warm-up) added to the browsers' memory. Loads
+        // run one at a time per page; a request served meanwhile may add a little.
+        if let (Ok(m), Some(before)) = (&mut result, before) {
+            m.memory_bytes =
+                crate::procmem::browsers_bytes_now().map(|after| after.saturating_sub(before));
+        }
         match &result {
             Ok(m) => {
                 tracing::info!(model = %entry.spec.name, backend = %m.backend, create_ms = m.create_ms, warmup_ms = ?m.warmup_ms, "model loaded");
@@ -233,6 +240,7 @@ impl Loader {
             steady_ms: reply.steady_ms,
             candidates: pinned.and_then(|p| p.candidates).or(reply.candidates),
             batching,
+            memory_bytes: None,
         };
         if spec.backend == Backend::Auto
             && let Some((backend, webnn_device)) = backend_of(&reply.backend)
@@ -346,6 +354,7 @@ impl Loader {
             steady_ms: None,
             candidates: None,
             batching: None,
+            memory_bytes: None,
         })
     }
 }

@@ -94,8 +94,11 @@ async fn the_engine_reads_and_drives_a_real_agent() {
             precision,
             uri,
             sha256,
+            memory_bytes,
         } => {
             assert_eq!(backend, "wasm");
+            // Measured from the browsers' processes across the load (Linux: always).
+            assert!(memory_bytes.is_some(), "no memory figure for the load");
             assert_eq!(precision, Some(webaccel_api::Precision::Fp32));
             assert!(init_ms.unwrap() > 0.0);
             // What it was loaded from, so a changed file can be told apart.

@@ -124,15 +124,11 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
 
-    // Build: the pool's browsers as the engine's seats; with autoscaling, what their
-    // agents report (the poller's recent answers, or asked now) decides the replicas.
+    // Build: the pool's browsers as the engine's seats, with the room their memory budget
+    // leaves; with autoscaling, what their agents report (the poller's recent answers,
+    // or asked now) decides the replicas.
     let autoscaled = md.spec.autoscaling.is_some();
-    let ask = if autoscaled {
-        AskStats::Missing
-    } else {
-        AskStats::Skip
-    };
-    let asked = observe::ask_agents(ctx, ns, &mut view, ask).await;
+    let asked = observe::ask_agents(ctx, ns, &mut view, AskStats::Missing).await;
     if asked.refused_token {
         ctx.forget_refused_token(ns, &pods::token_secret_name(&pool));
     }
@@ -144,6 +140,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
         .iter()
         .map(|m| labels::model_label(&m.name))
         .collect();
+    let budget = pool.spec.memory_budget_bytes();
     let seats: Vec<Seat<'_>> = view
         .browsers
         .iter()
@@ -155,6 +152,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             leaving: b.view.terminating,
             capabilities: b.view.capabilities.as_ref(),
             models_held: other_models_held(b, &own_labels),
+            room: scale::room(budget, b.view.stats.as_ref()),
         })
         .collect();
     let answers: Vec<scale::Answer<'_>> = view

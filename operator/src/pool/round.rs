@@ -53,12 +53,12 @@ pub fn build(ctx: &Context, pool: &BrowserPool, view: &PoolView, now: Timestamp)
     let key = format!("{ns}/{name}");
     let hash = build::template_hash(pool);
     let browsers = view.views();
+    let models = scale::pool_demand(ctx.stores.deployments_in(&ns, &name).iter().map(|m| &**m));
     let demand = Demand {
         // Requests waiting for a pool with no ready browser.
         waiting: scale::waiting_requests(pool.annotations(), now),
-        model_browsers: scale::browsers_needed(
-            ctx.stores.deployments_in(&ns, &name).iter().map(|m| &**m),
-        ),
+        model_browsers: models.browsers,
+        without_room: models.without_room,
     };
     let held = held_status(ctx, pool, &key);
     let reported = held.as_ref().map(|s| s.desired_replicas);

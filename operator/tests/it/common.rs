@@ -326,6 +326,7 @@ impl AgentApi for FakeAgents {
                     precision: Some(webaccel_api::Precision::Fp32),
                     uri: req.uri.clone(),
                     sha256: req.sha256.clone().unwrap_or_default(),
+                    memory_bytes: None,
                 },
             );
             Ok(ModelOnAgent::Loading)

@@ -26,6 +26,7 @@ fn loaded() -> ModelOnAgent {
         precision: None,
         uri: String::new(),
         sha256: String::new(),
+        memory_bytes: None,
     }
 }
 

@@ -67,6 +67,7 @@ impl AgentApi for Agents {
                     precision: Some(webaccel_api::Precision::Fp32),
                     uri: String::new(),
                     sha256: String::new(),
+                    memory_bytes: None,
                 }
             } else {
                 ModelOnAgent::Absent

@@ -102,6 +102,7 @@ impl Engine {
         let units: Vec<Unit> = models.iter().map(AgentModel::unit).collect();
         let previous: Vec<Vec<ReplicaStatus>> =
             models.iter().map(|m| old.replicas_of(m).to_vec()).collect();
+        let budget = pool.spec.memory_budget_bytes();
         let seats: Vec<Seat<'_>> = state
             .browsers
             .iter()
@@ -116,6 +117,7 @@ impl Engine {
                 models_held: b.stats.as_ref().map_or(0, |s| {
                     s.models.keys().filter(|m| !names.contains(m)).count()
                 }),
+                room: scale::room(budget, b.stats.as_ref()),
             })
             .collect();
         // How many: fixed, or what the model's demand asks for (its agents' answers from

@@ -37,7 +37,7 @@ impl Engine {
                 shown
             })
             .collect();
-        let model_browsers = scale::browsers_needed(&deployed);
+        let models = scale::pool_demand(&deployed);
         let state = self
             .pools
             .entry(name.to_owned())
@@ -93,7 +93,8 @@ impl Engine {
             .sum();
         let demand = Demand {
             waiting: pool_waiting,
-            model_browsers,
+            model_browsers: models.browsers,
+            without_room: models.without_room,
         };
         let hash = template_hash(pool);
         let decided = round::decide(
