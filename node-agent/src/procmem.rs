@@ -21,15 +21,11 @@ static LAST: Mutex<Option<(Instant, u64)>> = Mutex::new(None);
 
 /// PSS of every process below this one, in bytes; a recent reading if there is one.
 pub fn browsers_bytes() -> Option<u64> {
-    let mut last = LAST.lock();
-    if let Some((at, bytes)) = *last
-        && at.elapsed() < FRESH
-    {
-        return Some(bytes);
+    let recent = *LAST.lock();
+    match recent {
+        Some((at, bytes)) if at.elapsed() < FRESH => Some(bytes),
+        _ => browsers_bytes_now(),
     }
-    let bytes = browsers_bytes_now()?;
-    *last = Some((Instant::now(), bytes));
-    Some(bytes)
 }
 
 /// PSS of every process below this one, read now (across a model's load).
@@ -98,9 +94,13 @@ mod tests {
         let below = descendants(std::process::id()).unwrap_or_default();
         let found = below.contains(&child.id());
         let bytes = browsers_bytes_now();
+        // Within the freshness window the reading is reused (and taking it twice must
+        // not deadlock).
+        let again = browsers_bytes();
         let _ = child.kill();
         let _ = child.wait();
         assert!(found, "{below:?}");
         assert!(bytes.is_some_and(|b| b > 0), "{bytes:?}");
+        assert_eq!(again, bytes);
     }
 }
