@@ -109,3 +109,114 @@ async fn a_model_scales_from_zero_with_its_demand_and_the_browsers_follow() {
     })
     .await;
 }
+
+fn autoscaled_model(name: &str, min: i32) -> String {
+    format!(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  poolRef: {{name: shared}}\n  model:\n    uri: file://{}\n    task: vision\n  backends: [wasm]\n  autoscaling:\n    minReplicas: {min}\n    maxReplicas: 3\n    targetPerReplica: 4\n    stableWindowSeconds: 6\n    panicWindowSeconds: 2\n    scaleToZeroGraceSeconds: 2\n",
+        fixture(&format!("{name}.onnx")).display()
+    )
+}
+
+/// The tritonclient load driver (`triton_load.py`): its stdin moves the load.
+struct TritonLoad {
+    child: tokio::process::Child,
+}
+
+impl TritonLoad {
+    fn start(url: &str, clients: usize) -> Self {
+        let child = tokio::process::Command::new("python3")
+            .arg(webaccel_testkit::fixtures::repo().join("node-agent/tests/clients/triton_load.py"))
+            .arg(url)
+            .arg(fixture(""))
+            .arg(clients.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 with the test requirements");
+        Self { child }
+    }
+
+    async fn send(&mut self, command: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Stops it: (answers per model, failures).
+    async fn finish(mut self) -> Value {
+        self.send("stop").await;
+        let out = self.child.wait_with_output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("triton_load.py: {e}: {text}"))
+    }
+}
+
+#[tokio::test]
+async fn two_models_share_a_pool_and_the_replicas_follow_the_load_as_it_moves() {
+    let _machine = webaccel_testkit::alone().await;
+    let pool_spec = "  autoscaling:\n    enabled: true\n    minReplicas: 1\n    maxReplicas: 3\n    targetInFlightPerBrowser: 8\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 10\n";
+    let up = Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
+        &[
+            ("pool.yaml", pool_yaml("shared", pool_spec)),
+            ("mlp.yaml", autoscaled_model("mlp", 1)),
+            ("cnn.yaml", autoscaled_model("cnn", 0)),
+        ],
+        &["--no-clickhouse".to_owned()],
+    );
+    let desired = |s: &Value, m: &str| model(s, m)["status"]["desiredReplicas"].as_i64();
+    let loaded = |s: &Value, m: &str| model(s, m)["status"]["loadedReplicas"].as_i64();
+    up.until(
+        "mlp at its minimum, cnn at zero",
+        Duration::from_secs(90),
+        |s| loaded(s, "mlp") == Some(1) && desired(s, "cnn") == Some(0),
+    )
+    .await;
+
+    // 16 clients on mlp: its replicas and the pool's browsers grow; cnn stays at zero.
+    let mut load = TritonLoad::start(&up.http, 16);
+    load.send("mlp").await;
+    let s = up
+        .until("mlp on several browsers", Duration::from_secs(120), |s| {
+            loaded(s, "mlp").unwrap_or(0) >= 2 && browsers(s, "shared").len() >= 2
+        })
+        .await;
+    println!(
+        "hot mlp: {}; pool: {}",
+        model(&s, "mlp")["status"]["autoscaler"]["lastScaleReason"],
+        pool(&s, "shared")["status"]["lastScaleReason"]
+    );
+    assert_eq!(desired(&s, "cnn"), Some(0), "the idle model stays at zero");
+
+    // The load moves to cnn: it wakes from zero and grows; mlp goes back to its minimum.
+    load.send("cnn").await;
+    let s = up
+        .until(
+            "the replicas followed the load",
+            Duration::from_secs(120),
+            |s| loaded(s, "cnn").unwrap_or(0) >= 2 && desired(s, "mlp") == Some(1),
+        )
+        .await;
+    println!(
+        "hot cnn: {}; idle mlp: {}",
+        model(&s, "cnn")["status"]["autoscaler"]["lastScaleReason"],
+        model(&s, "mlp")["status"]["autoscaler"]["lastScaleReason"]
+    );
+    let result = load.finish().await;
+    println!("answers: {}", result["ok"]);
+    let failed = result["failed"].as_array().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(result["ok"]["mlp"].as_u64().unwrap_or(0) > 0);
+    assert!(result["ok"]["cnn"].as_u64().unwrap_or(0) > 0);
+}
