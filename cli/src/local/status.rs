@@ -123,6 +123,9 @@ impl Status {
             if !note.is_empty() {
                 tail = format!("{tail} ({note})");
             }
+            if let Some(a) = &status.autoscaler {
+                tail = format!("{tail} [autoscaler: {}]", a.reason);
+            }
             out.push_str(&format!(
                 "{:<16} {:<16} {:>7} {:>6} {}\n",
                 m.metadata.name.as_deref().unwrap_or_default(),

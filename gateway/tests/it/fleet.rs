@@ -367,3 +367,94 @@ async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appea
     running.shutdown().await;
     stop.cancel();
 }
+
+/// A model at zero replicas: its requests wait for a browser within the queue's bound
+/// (429 past it, at once) and their deadline (504), and each says it is retryable.
+#[tokio::test]
+async fn a_model_at_zero_sheds_past_its_queue_and_answers_504_at_the_deadline() {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (_agents_tx, agents_rx) = tokio::sync::watch::channel(Vec::new());
+    let (_deployed_tx, deployed_rx) = tokio::sync::watch::channel(Arc::new(
+        ["mlp".to_owned()]
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+    ));
+    let fleet = webaccel_gateway::discovery::static_list::start(
+        agents_rx,
+        Duration::from_millis(200),
+        stop.clone(),
+    )
+    .with_deployed(deployed_rx);
+    let published = Arc::new(support::Published::default());
+    let running = webaccel_gateway::start(
+        settings(|s| s.queue_size = 2),
+        fleet,
+        published.clone(),
+        webaccel_gateway::record::Recorder::disabled(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/v2/models/mlp/infer", running.http);
+    let send = |timeout: &'static str| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r = reqwest::Client::new()
+                .post(url)
+                .header("webaccel-timeout", timeout)
+                .json(&mlp_body())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body, t.elapsed())
+        })
+    };
+    let waiting = [send("20s"), send("20s")];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body, took) = send("20s").await.unwrap();
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        (body["category"].as_str(), body["retryable"].as_bool()),
+        (Some("overloaded"), Some(true))
+    );
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The two held are what the autoscaler hears.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !published
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|w| w.get("mlp") == Some(&2))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            published.0.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for w in waiting {
+        w.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body, took) = send("500ms").await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["category"], "deadline_exceeded");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no ready browser holds model 'mlp'"),
+        "{body}"
+    );
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    running.shutdown().await;
+    stop.cancel();
+}

@@ -5,9 +5,12 @@
 //! model); and a full roll of a 3-browser pool under load (time and failed requests).
 //! Suite `sharded`: a 6-layer encoder whole on one browser against cut into two stages
 //! on two browsers (memory per browser, latency, pipelined throughput; see [`sharded`]).
+//! Suite `models`: per-model autoscaling (reaction to a load step, scale from zero, a
+//! load shift between two models; see [`models`]).
 //! Prints the figures and writes them as JSON (`--out`).
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark: a panic is the report
 
+mod models;
 mod sharded;
 
 use std::path::{Path, PathBuf};
@@ -30,8 +33,8 @@ struct Args {
     clients: usize,
     #[arg(long, default_value = "up-bench.json")]
     out: PathBuf,
-    /// Which figures: `pool` (cold start, scale-up, roll) or `sharded` (a model cut into
-    /// stages against whole).
+    /// Which figures: `pool` (cold start, scale-up, roll), `sharded` (a model cut into
+    /// stages against whole) or `models` (per-model autoscaling).
     #[arg(long, value_enum, default_value_t = Suite::Pool)]
     suite: Suite,
     /// `sharded`: requests timed one after another.
@@ -46,6 +49,7 @@ struct Args {
 enum Suite {
     Pool,
     Sharded,
+    Models,
 }
 
 fn request() -> Value {
@@ -209,6 +213,13 @@ async fn main() -> anyhow::Result<()> {
             .join("../examples/local/mlp.onnx")
             .canonicalize()?,
     };
+    if args.suite == Suite::Models {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let figures = models::run_suite(&binary, &repo, &model, args.clients).await;
+        std::fs::write(&args.out, serde_json::to_string_pretty(&figures)?)?;
+        println!("written to {}", args.out.display());
+        return Ok(());
+    }
     let figures = json!({
         "cold": cold(&binary, &model).await,
         "scale_up": scale_up(&binary, &model, args.clients).await,
