@@ -5,8 +5,9 @@
 //! and the pool's models when a browser's capabilities became known. Asking agents costs
 //! no API request, so a settled pool costs none at all.
 //!
-//! Autoscaled pools, and pools whose browsers are changing, are polled every
-//! `load_poll_interval`; settled pools of fixed size every `idle_poll_interval`.
+//! Autoscaled pools, pools with an autoscaled model, and pools whose browsers are changing
+//! are polled every `load_poll_interval`; settled pools of fixed size every
+//! `idle_poll_interval`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -60,7 +61,16 @@ pub async fn poll_pool(ctx: &Context, pool: &BrowserPool) -> Wake {
     // A missing token is the reconcile's to fetch, on watch events and its own requeue:
     // waking it for that every poll would read the Secret every second.
     let pool_wake = refused || work.service || work.pdb || work.pods || work.status;
+    // An autoscaled pool, or one with an autoscaled model (its reconcile reads the load
+    // this poll hears), is polled often.
+    let autoscaled_models = || {
+        ctx.stores
+            .deployments_in(&ns, &pool.name_any())
+            .iter()
+            .any(|m| m.spec.autoscaling.is_some())
+    };
     let moving = pool.spec.autoscaling.as_ref().is_some_and(|a| a.enabled)
+        || autoscaled_models()
         || work.pods
         || view
             .browsers

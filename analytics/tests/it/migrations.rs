@@ -9,11 +9,11 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     let settings = ch.settings("webaccel_test");
 
     let first = migrate(&settings).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7, 8]);
     assert!(first.already.is_empty());
     let second = migrate(&settings).await.unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(second.already, [1, 2, 3, 4, 5, 6, 7, 8]);
 
     let tables = crate::common::query(
         &ch,
@@ -34,7 +34,7 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     );
     assert_eq!(
         crate::common::query(&ch, "SELECT count() FROM webaccel_test.schema_migrations").await,
-        "7"
+        "8"
     );
 
     let version = crate::common::query(&ch, "SELECT version()").await;

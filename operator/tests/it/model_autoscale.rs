@@ -9,6 +9,7 @@ use crate::common::*;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use serde_json::Value;
+use webaccel_agent_client::ModelOnAgent;
 use webaccel_api::agent::{AgentStats, ModelStats};
 use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
 use webaccel_operator::model::reconcile::reconcile;
@@ -198,5 +199,209 @@ async fn a_model_at_zero_is_woken_by_waiting_requests_and_the_pool_follows_its_r
     reconcile(Arc::new(loaded), world2.ctx.clone())
         .await
         .unwrap();
+    api.await.unwrap();
+}
+
+const MODELS: &str = "/apis/webaccel.dev/v1alpha1/namespaces/ml/modeldeployments";
+
+fn deployment(name: &str, min: i32, max: i32, status: Value) -> ModelDeployment {
+    let mut md: ModelDeployment = serde_yaml_ng::from_str(&format!(
+        "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: {name}, namespace: ml, uid: {name}-1, generation: 1, finalizers: [webaccel.dev/unload-model]}}\nspec:\n  poolRef: {{name: web}}\n  model: {{uri: 'https://h/{name}.onnx', task: vision}}\n  backends: [wasm]\n  autoscaling: {{minReplicas: {min}, maxReplicas: {max}, targetPerReplica: 2, stableWindowSeconds: 6, panicWindowSeconds: 2, scaleToZeroGraceSeconds: 0}}\n"
+    ))
+    .unwrap();
+    md.status = Some(serde_json::from_value(status).unwrap());
+    md
+}
+
+fn loaded_on(pod: &str) -> Value {
+    serde_json::json!({"pod": pod, "state": "Loaded", "backend": "wasm"})
+}
+
+fn status_of(md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
+    let name = md.metadata.name.clone().unwrap();
+    step_checked(
+        "PATCH",
+        &format!("{MODELS}/{name}/status"),
+        (200, serde_json::to_value(md).unwrap()),
+        check,
+    )
+}
+
+fn event(check: impl Fn(&str) + Send + 'static) -> Step {
+    step_checked("POST", EVENTS, echo(), move |b| {
+        assert_eq!(b["reason"], "ScaledModel");
+        check(b["note"].as_str().unwrap());
+    })
+}
+
+/// Two autoscaled models share a pool of two browsers: the busy one grows (and the pool
+/// with it), the idle one goes to zero and gives its browser back, and when the load moves
+/// to it, it comes back from zero on the requests the gateway holds.
+#[tokio::test]
+async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zero_and_back() {
+    let p = pool(
+        "  image: reg/browser:1\n  backends: [wasm]\n  autoscaling: {enabled: true, minReplicas: 1, maxReplicas: 3, targetInFlightPerBrowser: 64, scaleUpStabilizationSeconds: 0}\n",
+    );
+    let hash = template_hash(&p);
+    let hot = deployment(
+        "hot",
+        1,
+        3,
+        serde_json::json!({"desiredReplicas": 1, "loadedReplicas": 1, "replicas": [loaded_on("web-a")]}),
+    );
+    let idle = deployment(
+        "idle",
+        0,
+        2,
+        serde_json::json!({"desiredReplicas": 1, "loadedReplicas": 1, "replicas": [loaded_on("web-b")]}),
+    );
+    let agents = FakeAgents::with_loads(&[]);
+    agents
+        .stats
+        .lock()
+        .unwrap()
+        .insert("web-a".into(), busy("hot", 10));
+    agents.set_load("web-b", 0);
+    let was_loaded = |m: &str| ModelOnAgent::Loaded {
+        backend: "wasm".into(),
+        init_ms: Some(40.0),
+        precision: None,
+        uri: format!("https://h/{m}.onnx"),
+        sha256: String::new(),
+        memory_bytes: Some(20 << 20),
+    };
+    agents
+        .models
+        .lock()
+        .unwrap()
+        .insert(("web-a".into(), "hot".into()), was_loaded("hot"));
+    agents
+        .models
+        .lock()
+        .unwrap()
+        .insert(("web-b".into(), "idle".into()), was_loaded("idle"));
+    let labelled = |name: &str, model: &str| {
+        let mut pod = pod(
+            name,
+            &hash,
+            "Running",
+            true,
+            if name == "web-a" {
+                "10.0.0.1"
+            } else {
+                "10.0.0.2"
+            },
+        );
+        pod.metadata
+            .labels
+            .get_or_insert_default()
+            .insert(format!("webaccel.dev/model.{model}"), "loaded".into());
+        pod
+    };
+
+    let steps = vec![
+        // hot: 10 in flight on one replica, 2 per replica: panic, up to its maximum of 3.
+        event(|note| {
+            assert!(
+                note.starts_with("3 replicas: panic: 10.0 in flight"),
+                "{note}"
+            )
+        }),
+        status_of(&hot, |b| {
+            let s = &b["status"];
+            assert_eq!(s["desiredReplicas"], 3, "{s:#}");
+            assert_eq!(s["autoscaler"]["panicking"], true);
+            assert_eq!(s["autoscaler"]["inFlight"], 10);
+            // web-b takes the second; the third waits for a browser the pool adds.
+            assert_eq!(s["replicas"][1]["pod"], "web-b");
+            assert_eq!(s["replicas"][1]["state"], "Loading");
+            assert_eq!(cond(s, "Degraded")["reason"], "Unplaceable");
+        }),
+        // idle: nothing in flight or waiting, no grace: to zero, unloaded, unlabelled.
+        event(|note| assert!(note.starts_with("0 replicas: "), "{note}")),
+        step_checked(
+            "PATCH",
+            &format!("{PODS}/web-b"),
+            (
+                200,
+                serde_json::to_value(pod("web-b", &hash, "Running", true, "")).unwrap(),
+            ),
+            |b| {
+                assert_eq!(
+                    b["metadata"]["labels"]["webaccel.dev/model.idle"],
+                    Value::Null
+                );
+            },
+        ),
+        status_of(&idle, |b| {
+            let s = &b["status"];
+            assert_eq!(s["desiredReplicas"], 0, "{s:#}");
+            assert_eq!(s["loadedReplicas"], 0);
+            assert_eq!(cond(s, "Ready")["status"], "True");
+        }),
+        // The load moves: 4 requests for idle wait at the gateway: back from zero to 2
+        // (kube's recorder folds a second ScaledModel on idle into the first's series).
+        step("PATCH", &format!("{EVENTS}/*"), echo()),
+        status_of(&idle, |b| {
+            let s = &b["status"];
+            assert_eq!(s["desiredReplicas"], 2, "{s:#}");
+            assert_eq!(s["autoscaler"]["waiting"], 4);
+        }),
+    ];
+    let (client, api) = mock_api(steps);
+    let mut world = World::new(client, agents.clone());
+    world.pool_with_owned(&p);
+    world.pod(labelled("web-a", "hot"));
+    world.pod(labelled("web-b", "idle"));
+
+    reconcile(Arc::new(hot.clone()), world.ctx.clone())
+        .await
+        .unwrap();
+    reconcile(Arc::new(idle.clone()), world.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        agents.load_calls(),
+        ["load web-b hot wasm", "unload web-b idle"]
+    );
+
+    // The pool follows the busy model: three browsers for its three replicas.
+    let mut hot_now = hot.clone();
+    hot_now.status.as_mut().unwrap().desired_replicas = 3;
+    let mut idle_now = idle.clone();
+    idle_now.status =
+        Some(serde_json::from_value(serde_json::json!({"desiredReplicas": 0})).unwrap());
+    world.model(&hot_now);
+    world.model(&idle_now);
+    // The watch brings web-b without idle's label.
+    world.pod(pod("web-b", &hash, "Running", true, "10.0.0.2"));
+    let now = Timestamp::now();
+    let view = observe::view(&world.ctx, &p, &hash, now);
+    let decided = round::build(&world.ctx, &p, &view, now);
+    assert_eq!(decided.desired(), 3, "{:?}", decided.decided.size);
+    assert_eq!(decided.plan().create, 1);
+
+    // The load moves to idle: the gateway holds its requests and says so on it.
+    agents.clear_calls();
+    agents
+        .models
+        .lock()
+        .unwrap()
+        .remove(&("web-b".into(), "idle".into()));
+    let mut woken = idle_now.clone();
+    woken.metadata.annotations = Some(
+        [
+            ("webaccel.dev/waiting-requests".to_owned(), "4".to_owned()),
+            (
+                "webaccel.dev/waiting-requests-at".to_owned(),
+                Timestamp::now().to_string(),
+            ),
+        ]
+        .into(),
+    );
+    reconcile(Arc::new(woken), world.ctx.clone()).await.unwrap();
+    let mut loads = agents.load_calls();
+    loads.sort();
+    assert_eq!(loads, ["load web-a idle wasm", "load web-b idle wasm"]);
     api.await.unwrap();
 }
