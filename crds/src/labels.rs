@@ -10,6 +10,10 @@ pub const POOL: &str = "webaccel.dev/pool";
 pub const TEMPLATE_HASH: &str = "webaccel.dev/template-hash";
 /// Set on a pod the operator is draining before it deletes it (scale-down, roll, recycle).
 pub const DRAINING: &str = "webaccel.dev/draining";
+/// Set on a pod chosen for scale-down while it holds the only loaded replica of some
+/// model: it serves on and takes no new replica until that model is loaded elsewhere,
+/// then it is drained.
+pub const CORDONED: &str = "webaccel.dev/cordoned";
 /// Field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "webaccel-operator";
 /// The signal to scale a pool up from zero: requests waiting for a browser. Whoever holds the

@@ -163,6 +163,25 @@ pub fn pool_demand<'a>(deployments: impl IntoIterator<Item = &'a ModelDeployment
     demand
 }
 
+/// Per browser, the models (or stages) whose only loaded replica is on it, from the
+/// deployments' last statuses: a scale-down cordons such a browser until they are
+/// loaded elsewhere.
+pub fn sole_copies<'a>(
+    deployments: impl IntoIterator<Item = &'a ModelDeployment>,
+) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in deployments.into_iter().filter_map(|md| md.status.as_ref()) {
+        let units = std::iter::once(&s.replicas).chain(s.stages.iter().map(|st| &st.replicas));
+        for replicas in units {
+            let mut loaded = replicas.iter().filter(|r| r.state == ReplicaState::Loaded);
+            if let (Some(only), None) = (loaded.next(), loaded.next()) {
+                *out.entry(only.pod.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
 /// See [`pool_demand`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ModelDemand {
@@ -253,6 +272,22 @@ mod tests {
                 browsers: 3,
                 without_room: 2
             }
+        );
+    }
+
+    #[test]
+    fn a_browser_with_a_models_only_loaded_replica_is_known() {
+        let one = md(
+            json!({"poolRef": {"name": "p"}, "model": {"uri": "https://m/x.onnx", "task": "vision"}}),
+            json!({"replicas": [{"pod": "a", "state": "Loaded"}, {"pod": "b", "state": "Loading"}]}),
+        );
+        let two = md(
+            json!({"poolRef": {"name": "p"}, "model": {"uri": "https://m/y.onnx", "task": "vision"}}),
+            json!({"replicas": [{"pod": "a", "state": "Loaded"}, {"pod": "b", "state": "Loaded"}]}),
+        );
+        assert_eq!(
+            sole_copies([&one, &two]),
+            std::collections::BTreeMap::from([("a".to_owned(), 1)])
         );
     }
 

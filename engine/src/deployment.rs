@@ -62,6 +62,9 @@ pub struct Seat<'a> {
     pub askable: bool,
     /// Asked to stop taking work: keeps its copies until it goes, but takes no new one.
     pub draining: bool,
+    /// Cordoned for scale-down (it also counts as `draining`): its copies still serve
+    /// and are reported until copies elsewhere are loaded.
+    pub cordoned: bool,
     /// On its way out (a pod being deleted, a process that exited).
     pub leaving: bool,
     pub capabilities: Option<&'a Capabilities>,
@@ -204,6 +207,7 @@ async fn gather<A: AgentApi + ?Sized>(
             candidates.push(Candidate {
                 pod: seat.name.to_owned(),
                 usable: !seat.draining,
+                cordoned: seat.cordoned,
                 backends: backends.clone(),
                 adapter: seat.capabilities.and_then(|c| c.adapter_label()),
                 model,

@@ -101,6 +101,7 @@ fn seat<'a>(name: &'a str, caps: &'a Capabilities) -> Seat<'a> {
         }),
         askable: true,
         draining: false,
+        cordoned: false,
         leaving: false,
         capabilities: Some(caps),
         models_held: 0,

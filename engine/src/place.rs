@@ -12,6 +12,10 @@ pub struct Candidate {
     pub pod: String,
     /// Ready and not draining: may take new work.
     pub usable: bool,
+    /// Chosen for scale-down while it held the only loaded copy of some model: not
+    /// usable, but its copy serves (and is reported) until one on a browser that stays is
+    /// loaded.
+    pub cordoned: bool,
     /// Backends the browser detected (from its capabilities); empty if unknown.
     pub backends: Vec<Backend>,
     pub adapter: Option<String>,
@@ -114,6 +118,10 @@ fn held_replica(c: &Candidate) -> ReplicaStatus {
     r
 }
 
+/// Why a cordoned browser's copy is still reported.
+const CORDONED: &str =
+    "on a browser leaving the pool: serves until a copy on a browser that stays is loaded";
+
 /// Why a replica holds an old copy.
 const STALE: &str = "holds the model's previous file: reloaded once the other copies are loaded";
 
@@ -156,6 +164,16 @@ pub fn plan(
     }
     for c in kept {
         p.replicas.push(held_replica(c));
+    }
+    // A cordoned browser's copy still serves: reported, so its host keeps the browser
+    // until a copy elsewhere is loaded; a replacement is placed below all the same.
+    for c in candidates
+        .iter()
+        .filter(|c| c.cordoned && !c.usable && is_loaded(c))
+    {
+        let mut r = held_replica(c);
+        r.reason = Some(CORDONED.to_owned());
+        p.replicas.push(r);
     }
 
     for c in candidates {
@@ -255,6 +273,7 @@ mod tests {
         Candidate {
             pod: pod.into(),
             usable: true,
+            cordoned: false,
             backends: backends.to_vec(),
             adapter: Some("google vulkan SwiftShader (software)".into()),
             model,
@@ -394,6 +413,32 @@ mod tests {
             &[draining, browser("new", &[Wasm], ModelOnAgent::Absent)],
         );
         assert_eq!(p.load, [("new".into(), Wasm)]);
+    }
+
+    #[test]
+    fn a_cordoned_browsers_copy_serves_on_while_its_replacement_loads() {
+        let loaded = ModelOnAgent::Loaded {
+            backend: "wasm".into(),
+            init_ms: None,
+            precision: None,
+            uri: String::new(),
+            sha256: String::new(),
+            memory_bytes: None,
+        };
+        let mut leaving = browser("old", &[Wasm], loaded);
+        leaving.usable = false;
+        leaving.cordoned = true;
+        let p = plan(
+            1,
+            &[Wasm],
+            &ALL,
+            &[leaving, browser("new", &[Wasm], ModelOnAgent::Absent)],
+        );
+        assert_eq!(p.load, [("new".into(), Wasm)]);
+        let old = p.replicas.iter().find(|r| r.pod == "old").unwrap();
+        assert_eq!(old.state, ReplicaState::Loaded, "still serving");
+        assert!(old.reason.as_deref().unwrap().contains("leaving the pool"));
+        assert!(p.unload.is_empty());
     }
 
     #[test]

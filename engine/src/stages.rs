@@ -215,6 +215,7 @@ mod tests {
 
     fn browser(pod: &str) -> Candidate {
         Candidate {
+            cordoned: false,
             pod: pod.into(),
             usable: true,
             backends: vec![Webgpu, Wasm],

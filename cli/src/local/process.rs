@@ -39,6 +39,9 @@ pub struct LocalBrowser {
     pid: i32,
     pub created: Timestamp,
     pub draining_since: Option<Timestamp>,
+    /// Chosen for scale-down while it holds the only loaded replica of some model: it
+    /// serves on and takes no new replica until that model is loaded elsewhere.
+    pub cordoned_since: Option<Timestamp>,
     /// Set once the process has exited.
     pub exited: Option<String>,
     pub stats: Option<AgentStats>,
@@ -125,6 +128,7 @@ impl Launcher {
             pid,
             created: Timestamp::now(),
             draining_since: None,
+            cordoned_since: None,
             exited: None,
             stats: None,
             capabilities: None,
@@ -184,6 +188,9 @@ impl LocalBrowser {
             ready,
             terminating: false,
             draining_since: self.draining_since,
+            cordoned_since: self.cordoned_since,
+            // Counted by the pool's round from the deployments.
+            sole_copies: 0,
             template_hash: Some(self.template_hash.clone()),
             created: Some(self.created),
             unready_since: if ready { None } else { Some(self.created) },
@@ -253,6 +260,8 @@ impl LocalBrowser {
             "exited"
         } else if self.draining_since.is_some() {
             "draining"
+        } else if self.cordoned_since.is_some() {
+            "cordoned"
         } else if self.is_ready() {
             "ready"
         } else {

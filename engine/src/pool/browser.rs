@@ -16,6 +16,13 @@ pub struct BrowserView {
     pub terminating: bool,
     /// Since when its agent has been draining (asked to stop taking work).
     pub draining_since: Option<Timestamp>,
+    /// Since when it has been cordoned: chosen for scale-down while it held the only
+    /// loaded replica of some model, so it serves on, takes no new replica, and drains once
+    /// placement has loaded those models elsewhere.
+    pub cordoned_since: Option<Timestamp>,
+    /// Models whose only loaded replica is on it (its host counts them from the
+    /// deployments' statuses).
+    pub sole_copies: u32,
     pub template_hash: Option<String>,
     pub created: Option<Timestamp>,
     /// Since when it has been unready (its creation, or when Ready last turned false).
@@ -37,5 +44,14 @@ impl BrowserView {
 
     pub fn is_draining(&self) -> bool {
         self.draining_since.is_some()
+    }
+
+    pub fn is_cordoned(&self) -> bool {
+        self.cordoned_since.is_some()
+    }
+
+    /// Whether placement may put a new replica on it: not on its way out.
+    pub fn takes_new_replicas(&self) -> bool {
+        !self.is_draining() && !self.is_cordoned() && !self.terminating
     }
 }

@@ -37,6 +37,13 @@ pub struct Plan {
     pub create: usize,
     /// Ask these agents to stop taking work; they are deleted once idle.
     pub drain: Vec<(String, Removal)>,
+    /// Scale-down chose these, but each holds the only loaded replica of some model:
+    /// they serve on and take no new replica while placement loads those models
+    /// elsewhere, then drain (or after the drain timeout, whatever they hold).
+    pub cordon: Vec<String>,
+    /// Cordoned browsers the pool needs again (its load came back): they take replicas
+    /// again.
+    pub uncordon: Vec<String>,
     /// Delete these now (broken, or drained and idle, or never served anything).
     pub delete: Vec<(String, Removal)>,
     /// Broken pods left in place because the heal backoff has not passed.
@@ -163,17 +170,33 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
     }
 
     let desired = i.desired.max(0) as usize;
+    let mut leaving: Vec<&str> = Vec::new();
+    let mut waiting_for_models = false;
     if live.len() > desired {
         let mut candidates: Vec<&BrowserView> = live
             .iter()
             .copied()
             .filter(|b| !p.heal_deferred.contains(&b.name))
             .collect();
-        candidates.sort_by(|a, b| scale_down_order(a, b));
+        // A browser cordoned already goes first: its models are moving away.
+        candidates.sort_by(|a, b| {
+            b.is_cordoned()
+                .cmp(&a.is_cordoned())
+                .then_with(|| scale_down_order(a, b))
+        });
         for b in candidates.into_iter().take(live.len() - desired) {
-            // A browser that never got ready has no traffic: delete it at once.
+            leaving.push(&b.name);
+            let cordon_overdue = seconds_since(b.cordoned_since, i.now) >= i.drain_timeout_s;
             if !b.ready {
+                // A browser that never got ready has no traffic: delete it at once.
                 p.delete.push((b.name.clone(), Removal::ScaleDown));
+            } else if b.sole_copies > 0 && !(b.is_cordoned() && cordon_overdue) {
+                // Load elsewhere first: it serves on until its models are loaded on the
+                // browsers that stay.
+                waiting_for_models = true;
+                if !b.is_cordoned() {
+                    p.cordon.push(b.name.clone());
+                }
             } else {
                 p.drain.push((b.name.clone(), Removal::ScaleDown));
             }
@@ -181,10 +204,16 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
     } else {
         p.create = desired - live.len();
     }
+    p.uncordon = live
+        .iter()
+        .filter(|b| b.is_cordoned() && !leaving.contains(&b.name.as_str()))
+        .map(|b| b.name.clone())
+        .collect();
 
     // Rolling and recycling: one browser at a time, only while the pool is whole and
     // settled, so capacity never drops by more than one.
     let settled = p.create == 0
+        && !waiting_for_models
         && p.drain.is_empty()
         && p.delete.is_empty()
         && draining == 0

@@ -81,6 +81,36 @@ fn scale_down_consolidates_draining_the_emptiest_idle_browser() {
 }
 
 #[test]
+fn a_browser_holding_a_models_only_copy_is_cordoned_until_it_is_loaded_elsewhere() {
+    let mut sole = browser("sole", 0);
+    sole.sole_copies = 1;
+    sole.created = Some(at(NOW - 60));
+    let other = browser("other", 5);
+    // Scaling to one: "sole" is idle, but the only loaded copy of a model is there.
+    let p = plan(&[sole.clone(), other.clone()], &inputs(1));
+    assert_eq!(p.cordon, ["sole"]);
+    assert!(p.drain.is_empty() && p.delete.is_empty(), "{p:?}");
+    // Cordoned, the model still only there: wait, nothing more to do.
+    sole.cordoned_since = Some(at(NOW - 10));
+    let p = plan(&[sole.clone(), other.clone()], &inputs(1));
+    assert!(p.cordon.is_empty() && p.drain.is_empty(), "{p:?}");
+    // Loaded on "other" now: drain.
+    sole.sole_copies = 0;
+    let p = plan(&[sole.clone(), other.clone()], &inputs(1));
+    assert_eq!(names(&p.drain), ["sole"]);
+    // A model that cannot move within the drain timeout does not keep it forever.
+    sole.sole_copies = 1;
+    sole.cordoned_since = Some(at(NOW - 61));
+    let p = plan(&[sole.clone(), other.clone()], &inputs(1));
+    assert_eq!(names(&p.drain), ["sole"]);
+    // The load came back before it drained: it takes replicas again.
+    sole.cordoned_since = Some(at(NOW - 10));
+    let p = plan(&[sole, other], &inputs(2));
+    assert_eq!(p.uncordon, ["sole"]);
+    assert!(p.drain.is_empty() && p.cordon.is_empty());
+}
+
+#[test]
 fn scale_down_drains_the_idle_browsers_never_the_busy_one() {
     let pods = [
         browser("busy", 9),

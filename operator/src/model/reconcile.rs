@@ -148,7 +148,9 @@ async fn apply(md: &ModelDeployment, ctx: &Context, ns: &str) -> Result<Action> 
             name: &b.view.name,
             endpoint: ctx.endpoint(ns, &b.view, &token),
             askable: askable(b),
-            draining: b.view.is_draining(),
+            // Cordoned: its models are being loaded elsewhere before it drains.
+            draining: !b.view.takes_new_replicas(),
+            cordoned: b.view.is_cordoned(),
             leaving: b.view.terminating,
             capabilities: b.view.capabilities.as_ref(),
             models_held: other_models_held(b, &own_labels),

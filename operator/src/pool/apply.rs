@@ -105,7 +105,8 @@ fn pod_ref(view: &PoolView, ns: &str, name: &str) -> ObjectReference {
         })
 }
 
-/// Carries out the plan: deletes, drains (the agent is told, the pod marked) and creates,
+/// Carries out the plan: deletes, drains (the agent is told, the pod marked), cordons
+/// (the pod marked) and creates,
 /// each with an Event regarding the pod (the pool as the related object), so that each
 /// pod's drain and deletion stays visible on its own.
 pub async fn apply_plan(
@@ -193,6 +194,43 @@ pub async fn apply_plan(
             "Draining",
             "Drain",
             format!("{pod}: {}", removal.describe()),
+        )
+        .await;
+    }
+    // Cordon (load elsewhere first) and uncordon: a mark on the pod that placement reads.
+    let marks = plan
+        .cordon
+        .iter()
+        .map(|p| (p, json!(now.to_string())))
+        .chain(plan.uncordon.iter().map(|p| (p, serde_json::Value::Null)));
+    for (pod, value) in marks {
+        let cordon = !value.is_null();
+        let mark = json!({"metadata": {"annotations": {labels::CORDONED: value}}});
+        match pods
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&mark))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let (reason, note) = if cordon {
+            (
+                "Cordoned",
+                format!("{pod}: scaling down once the models only it holds are loaded elsewhere"),
+            )
+        } else {
+            ("Uncordoned", format!("{pod}: needed again"))
+        };
+        info!(pool = %round.key, %pod, reason, "browser marked");
+        publish(
+            ctx,
+            &pod_ref(view, ns, pod),
+            Some(pool_ref.clone()),
+            EventType::Normal,
+            reason,
+            "Scale",
+            note,
         )
         .await;
     }

@@ -48,6 +48,10 @@ pub fn from_pod(pod: &Pod) -> BrowserView {
         .annotations()
         .get(labels::DRAINING)
         .and_then(|v| v.parse::<Timestamp>().ok());
+    let cordoned_since = pod
+        .annotations()
+        .get(labels::CORDONED)
+        .and_then(|v| v.parse::<Timestamp>().ok());
     BrowserView {
         name: pod.name_any(),
         ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
@@ -55,6 +59,8 @@ pub fn from_pod(pod: &Pod) -> BrowserView {
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         draining_since,
+        cordoned_since,
+        sole_copies: 0,
         template_hash: pod.labels().get(labels::TEMPLATE_HASH).cloned(),
         created,
         unready_since,
@@ -103,13 +109,20 @@ pub fn view(ctx: &Context, pool: &BrowserPool, hash: &str, now: Timestamp) -> Po
     let name = pool.name_any();
     let key = format!("{ns}/{name}");
     let pods = ctx.stores.pods_of(&ns, &name);
+    let sole = webaccel_crds::scale::sole_copies(
+        ctx.stores.deployments_in(&ns, &name).iter().map(|m| &**m),
+    );
     let mut browsers: Vec<Browser> = pods
         .iter()
-        .map(|p| Browser {
-            pod: Some(p.clone()),
-            uid: p.uid().unwrap_or_default(),
-            view: from_pod(p),
-            observed: false,
+        .map(|p| {
+            let mut view = from_pod(p);
+            view.sole_copies = sole.get(&view.name).copied().unwrap_or(0);
+            Browser {
+                pod: Some(p.clone()),
+                uid: p.uid().unwrap_or_default(),
+                view,
+                observed: false,
+            }
         })
         .collect();
     ctx.with_state(&key, |s| {

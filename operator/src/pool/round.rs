@@ -285,7 +285,11 @@ pub fn work(ctx: &Context, pool: &BrowserPool, view: &PoolView, round: &Round) -
             ctx.stores.pdb(&round.ns, &round.name).as_deref(),
             &round.pdb,
         ),
-        pods: p.create > 0 || !p.drain.is_empty() || !p.delete.is_empty(),
+        pods: p.create > 0
+            || !p.drain.is_empty()
+            || !p.delete.is_empty()
+            || !p.cordon.is_empty()
+            || !p.uncordon.is_empty(),
         status: status_needs_write(ctx, pool, &round.key, &round.status),
     }
 }

@@ -405,3 +405,65 @@ async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zer
     assert_eq!(loads, ["load web-a idle wasm", "load web-b idle wasm"]);
     api.await.unwrap();
 }
+
+/// Scale-down loads elsewhere first: an idle browser that holds a model's only loaded
+/// replica is cordoned (it serves on, takes no new replica), and drained only once the
+/// model is loaded on a browser that stays.
+#[tokio::test]
+async fn a_browser_holding_a_models_only_copy_is_cordoned_before_it_drains() {
+    let p = pool("  image: reg/browser:1\n  backends: [wasm]\n  replicas: 1\n");
+    let hash = template_hash(&p);
+    let only_on_a = deployment(
+        "hot",
+        1,
+        1,
+        serde_json::json!({"desiredReplicas": 1, "loadedReplicas": 1, "replicas": [loaded_on("web-a")]}),
+    );
+    let (client, _api) = mock_api(vec![]);
+    let agents = FakeAgents::with_loads(&[("web-a", 0), ("web-b", 3)]);
+    let mut world = World::new(client, agents);
+    world.pool_with_owned(&p);
+    world.pod(pod("web-a", &hash, "Running", true, "10.0.0.1"));
+    world.pod(pod("web-b", &hash, "Running", true, "10.0.0.2"));
+    world.model(&only_on_a);
+    let decide = |world: &World| {
+        let now = Timestamp::now();
+        let mut view = observe::view(&world.ctx, &p, &hash, now);
+        for b in &mut view.browsers {
+            b.view.stats = Some(busy("hot", if b.view.name == "web-a" { 0 } else { 3 }));
+        }
+        round::build(&world.ctx, &p, &view, now)
+    };
+    let r = decide(&world);
+    assert_eq!(r.plan().cordon, ["web-a"], "{:?}", r.plan());
+    assert!(r.plan().drain.is_empty());
+    // Cordoned (the mark the reconcile writes), the model loads on web-b: still waiting
+    // while that copy loads, drained once it is loaded.
+    let mut cordoned = pod("web-a", &hash, "Running", true, "10.0.0.1");
+    cordoned.metadata.annotations = Some(
+        [(
+            "webaccel.dev/cordoned".to_owned(),
+            Timestamp::now().to_string(),
+        )]
+        .into(),
+    );
+    world.pod(cordoned);
+    let r = decide(&world);
+    assert!(
+        r.plan().cordon.is_empty() && r.plan().drain.is_empty(),
+        "{:?}",
+        r.plan()
+    );
+    let mut moved = only_on_a.clone();
+    moved.status = Some(
+        serde_json::from_value(
+            serde_json::json!({"desiredReplicas": 1, "loadedReplicas": 2,
+            "replicas": [loaded_on("web-b"), loaded_on("web-a")]}),
+        )
+        .unwrap(),
+    );
+    world.model(&moved);
+    let r = decide(&world);
+    let drained: Vec<&str> = r.plan().drain.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(drained, ["web-a"]);
+}

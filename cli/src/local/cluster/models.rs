@@ -110,7 +110,9 @@ impl Engine {
                 name: &b.name,
                 endpoint: Some(b.endpoint.clone()),
                 askable: b.is_ready(),
-                draining: b.draining_since.is_some(),
+                // Cordoned: its models are being loaded elsewhere before it drains.
+                draining: b.draining_since.is_some() || b.cordoned_since.is_some(),
+                cordoned: b.cordoned_since.is_some(),
                 leaving: b.exited.is_some(),
                 capabilities: b.capabilities.as_ref(),
                 // Models of other deployments it holds, to spread them.

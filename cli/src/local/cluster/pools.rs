@@ -8,6 +8,7 @@ use webaccel_agent_client::AgentApi as _;
 use webaccel_crds::scale;
 use webaccel_crds::status::pool::{self as status, Outcome};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus, ModelDeployment};
+use webaccel_engine::pool::browser::BrowserView;
 use webaccel_engine::pool::memory::PoolMemory;
 use webaccel_engine::pool::round;
 use webaccel_engine::pool::size::Demand;
@@ -81,7 +82,15 @@ impl Engine {
                 b.capabilities = caps;
             }
         }
-        let views: Vec<_> = state.browsers.iter().map(LocalBrowser::view).collect();
+        let sole = scale::sole_copies(&deployed);
+        let views: Vec<_> = state
+            .browsers
+            .iter()
+            .map(|b| BrowserView {
+                sole_copies: sole.get(&b.name).copied().unwrap_or(0),
+                ..b.view()
+            })
+            .collect();
 
         // Decide: the engine's round, as for pods.
         let pool_waiting: u64 = desired
@@ -128,6 +137,21 @@ impl Engine {
                     tracing::warn!(browser = %b.name, error = %e, "drain refused; removing it anyway");
                 }
                 b.draining_since = Some(now);
+            }
+        }
+        for (browser, cordon) in plan
+            .cordon
+            .iter()
+            .map(|b| (b, true))
+            .chain(plan.uncordon.iter().map(|b| (b, false)))
+        {
+            if let Some(b) = state.browsers.iter_mut().find(|b| &b.name == browser) {
+                if cordon {
+                    tracing::info!(pool = %name, browser = %b.name, "cordoning a browser: the models only it holds load elsewhere before it drains");
+                } else {
+                    tracing::info!(pool = %name, browser = %b.name, "uncordoning a browser: the pool needs it again");
+                }
+                b.cordoned_since = cordon.then_some(now);
             }
         }
         for _ in 0..plan.create {
