@@ -459,5 +459,8 @@ pub fn throughput_chart(
     render(&ThroughputChart(bars), format, size)
 }
 
+mod fleet;
+pub use fleet::fleet_chart;
+
 #[cfg(test)]
 mod tests;

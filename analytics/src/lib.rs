@@ -7,6 +7,7 @@
 
 #[cfg(feature = "reports")]
 pub mod charts;
+pub mod history;
 pub mod local;
 pub mod overview;
 pub mod queries;

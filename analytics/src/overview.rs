@@ -184,6 +184,39 @@ pub async fn throughput(
     q.fetch_all().await
 }
 
+/// One change of a fleet's size: a pool's browsers (`model` empty) or a model's replicas,
+/// from `pool_events` (`scale` and `model_scale` rows).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct FleetPoint {
+    /// Seconds since the epoch.
+    pub t: i64,
+    pub pool: String,
+    pub model: String,
+    /// The size it went to.
+    pub replicas: u32,
+    /// The size it came from.
+    pub from_replicas: u32,
+}
+
+pub fn fleet_sql(f: Features, from_s: u64) -> String {
+    let t = f.time_seconds("event_time");
+    format!(
+        "SELECT toInt64({t}) AS t, pool, model, to_replicas AS replicas, from_replicas \
+         FROM pool_events FINAL WHERE event IN ('scale', 'model_scale') AND toUInt32({t}) >= {from_s} \
+         ORDER BY t, row_id"
+    )
+}
+
+/// The pools' browsers and the models' replicas as they changed over the last `window`.
+pub async fn fleet(
+    client: &clickhouse::Client,
+    f: Features,
+    window: Duration,
+) -> Result<Vec<FleetPoint>, clickhouse::error::Error> {
+    let from = now_s().saturating_sub(window.as_secs());
+    client.query(&fleet_sql(f, from)).fetch_all().await
+}
+
 /// A bucket size giving about `points` buckets over `window`, rounded to a whole
 /// minute (or second, for windows under an hour), at least one second.
 pub fn auto_bucket(window: Duration, points: u64) -> Duration {

@@ -166,6 +166,8 @@ pub enum ChartKind {
     InterToken,
     /// Successful requests per second per browser and backend.
     Throughput,
+    /// Each pool's browsers and each model's replicas over time (their scale decisions).
+    Fleet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -225,7 +227,7 @@ pub async fn chart(
     let within = format!("last {}{scope}", humantime::format_duration(args.window));
     let model = args.model.as_deref();
     let measure = match args.kind {
-        ChartKind::Latency | ChartKind::Throughput => Measure::Latency,
+        ChartKind::Latency | ChartKind::Throughput | ChartKind::Fleet => Measure::Latency,
         ChartKind::Ttft => Measure::TimeToFirstToken,
         ChartKind::InterToken => Measure::InterToken,
     };
@@ -262,6 +264,22 @@ pub async fn chart(
                 .with_context(|| within.clone())?;
             (bytes, height, bars.len())
         }
+        ChartKind::Fleet => {
+            let points = with_progress(
+                "querying ClickHouse",
+                progress,
+                overview::fleet(client, features, args.window),
+            )
+            .await?;
+            let height = args.height.unwrap_or(THROUGHPUT_HEIGHT);
+            let bytes = charts::fleet_chart(&points, format, (args.width, height))
+                .with_context(|| within.clone())?;
+            let series: std::collections::BTreeSet<(&str, &str)> = points
+                .iter()
+                .map(|p| (p.pool.as_str(), p.model.as_str()))
+                .collect();
+            (bytes, height, series.len())
+        }
     };
     std::fs::write(&args.output, &bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -270,6 +288,7 @@ pub async fn chart(
         ChartKind::Ttft => "ttft",
         ChartKind::InterToken => "inter-token",
         ChartKind::Throughput => "throughput",
+        ChartKind::Fleet => "fleet",
     };
     let format = match format {
         ChartFormat::Png => "png",
@@ -291,10 +310,10 @@ pub async fn chart(
             "wrote {} ({kind}, {format}, {}x{height}, {series} {}, {within})",
             args.output.display(),
             args.width,
-            if args.kind == ChartKind::Latency {
-                "models"
-            } else {
-                "browser/backend pairs"
+            match args.kind {
+                ChartKind::Throughput => "browser/backend pairs",
+                ChartKind::Fleet => "pools and models",
+                _ => "models",
             }
         );
     }

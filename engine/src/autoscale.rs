@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use crate::policy::Autoscaling;
 
 /// What the autoscaler sees at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadSample {
     /// In-flight plus queued requests summed over the browsers that answered.
     pub load: u64,
@@ -23,6 +23,11 @@ pub struct LoadSample {
     /// (their page workers), or the pool's setting while none did; at least 1. A
     /// browser's capacity is this times the policy's target.
     pub workers_per_browser: f64,
+    /// Browsers the pool's models need for their replicas, with why: the recommendation
+    /// never goes below it, and like any recommendation it passes the windows (so the
+    /// pool does not drop a browser the moment a model shrinks, only after the down
+    /// window).
+    pub floor: Option<(i32, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +37,7 @@ pub struct Decision {
     pub recommended: i32,
     pub reason: String,
     /// A bounded name for `reason`, fit for a metric label: `load`, `waiting_requests`,
-    /// `idle` or `silent_browsers`.
+    /// `idle`, `silent_browsers` or `model_replicas`.
     pub cause: &'static str,
 }
 
@@ -85,6 +90,13 @@ impl Autoscaler {
                 "; {} browsers did not report, holding",
                 sample.silent
             ));
+        }
+        if let Some((floor, why_floor)) = &sample.floor
+            && *floor > recommended
+        {
+            why = format!("{why_floor} (load alone: {recommended})");
+            recommended = *floor;
+            cause = "model_replicas";
         }
         let recommended = recommended.clamp(policy.min_replicas, policy.max_replicas);
 
@@ -159,6 +171,7 @@ mod tests {
             silent,
             waiting,
             workers_per_browser: 1.0,
+            floor: None,
         }
     }
 
@@ -175,7 +188,7 @@ mod tests {
             ..load(16, 1)
         };
         // Target 4 per worker: 16 requests fill one browser of four workers...
-        assert_eq!(a.decide(&p, 0.0, 1, four_workers).desired, 1);
+        assert_eq!(a.decide(&p, 0.0, 1, four_workers.clone()).desired, 1);
         // ...and 17 need a second; without workers they would need five browsers.
         let more = LoadSample {
             load: 17,
@@ -273,6 +286,25 @@ mod tests {
             ("idle", "idle", "waiting_requests")
         );
         assert!(woken.reason.contains("9 requests waiting"));
+    }
+
+    #[test]
+    fn the_models_floor_passes_the_windows_like_any_recommendation() {
+        let p = policy(1, 10, 0, 30);
+        let mut a = Autoscaler::default();
+        let with_floor = |n| LoadSample {
+            floor: Some((n, format!("the models' replicas need {n} browsers"))),
+            ..load(0, 2)
+        };
+        let up = a.decide(&p, 0.0, 2, with_floor(3));
+        assert_eq!((up.desired, up.cause), (3, "model_replicas"));
+        assert!(
+            up.reason
+                .starts_with("the models' replicas need 3 browsers (load alone: 0)")
+        );
+        // The model shrinks: the browser stays for the down window, then goes.
+        assert_eq!(a.decide(&p, 10.0, 3, with_floor(2)).desired, 3);
+        assert_eq!(a.decide(&p, 31.0, 3, with_floor(2)).desired, 2);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! come back on the first request. So: the stable window's average sets the size; the
 //! panic window's average, when it asks for `panicThresholdPercent` of the ready
 //! replicas, scales up at once and forbids scaling down until a stable window has passed
-//! without panic; zero comes only after `scaleToZeroGraceSeconds` with nothing in flight
-//! or waiting, and requests waiting for a model at zero bring it back at once.
+//! without panic; scaling down goes only as far as every stable average of the last
+//! window allows (so a load at a boundary does not flap the replicas); zero comes only
+//! after `scaleToZeroGraceSeconds` with nothing in flight or waiting, and requests
+//! waiting for a model at zero bring it back at once.
 //!
 //! Pure: time comes in as seconds, so synthetic traces drive it in tests.
 
@@ -60,6 +62,10 @@ pub struct ModelScaler {
     panic_peak: i32,
     /// The last second something was in flight or waiting (or the first decision).
     last_active: Option<f64>,
+    /// `(second, size the stable average asked for)` over the stable window: scale-down
+    /// goes only to the most of them, so a size holds until a whole window agrees it is
+    /// too big (a load at a boundary does not flap the replicas).
+    asked: VecDeque<(f64, i32)>,
 }
 
 #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
@@ -107,11 +113,23 @@ impl ModelScaler {
         let (stable_avg, panic_avg) = (average(stable), average(panic_window));
         let want_stable = replicas_for(stable_avg, target);
         let want_panic = replicas_for(panic_avg, target);
+        self.asked.push_back((now_s, want_stable));
+        while self.asked.front().is_some_and(|(t, _)| now_s - t >= stable) {
+            self.asked.pop_front();
+        }
+        let held = self
+            .asked
+            .iter()
+            .map(|&(_, n)| n)
+            .max()
+            .unwrap_or(want_stable);
         let clamp = |n: i32| n.clamp(policy.min_replicas, policy.max_replicas);
 
-        // Panic: the short window asks for the threshold's share of what serves now.
+        // Panic: the short window asks for the threshold's share of what serves now,
+        // measured unrounded (5 in flight at 4 per replica is 125% of one, not the 2
+        // replicas it rounds up to).
         let ready = f64::from(load.ready.max(1));
-        if f64::from(want_panic) / ready * 100.0 >= f64::from(policy.panic_threshold_percent)
+        if panic_avg / target / ready * 100.0 >= f64::from(policy.panic_threshold_percent)
             && want_panic > current
         {
             if self.panic_until.is_none() {
@@ -148,11 +166,14 @@ impl ModelScaler {
             )
         } else {
             let cause = if stable_avg > 0.0 { "load" } else { "idle" };
-            // Down only as far as the latest demand (the panic window) also allows: the
-            // stable average lags a rising load, and dropping below what the last
-            // seconds ask for would only bring the replica back.
+            // Down only as far as the latest demand (the panic window) and every stable
+            // average over the last window allow: the stable average lags a rising load,
+            // and dropping below what the last seconds (or any moment of the window)
+            // asked for would only bring the replica back.
             let n = if want_stable < current {
-                want_stable.max(want_panic.min(current))
+                want_stable
+                    .max(want_panic.min(current))
+                    .max(held.min(current))
             } else {
                 want_stable
             };

@@ -108,23 +108,46 @@ fn a_slow_ramp_is_followed_step_by_step_without_overshoot() {
 fn an_idle_model_goes_to_zero_after_the_grace_and_waiting_requests_bring_it_back() {
     let p = policy(0, 4);
     let mut trace = steady(0, 10, 2);
-    trace.extend(steady(10, 120, 0));
-    trace.push((120, 0, 3));
+    trace.extend(steady(10, 180, 0));
+    trace.push((180, 0, 3));
     let sizes = run(&p, 1, &trace);
     assert_eq!(sizes[9].desired, 1);
-    // The stable average reaches 0 only after a minute of nothing (t=69); the grace
-    // (30 s since the last request at t=9) has passed by then.
+    // The stable average reaches 0 only after a minute of nothing (t=69); the size holds
+    // until a whole window of averages agrees (t=128), by when the grace (30 s since the
+    // last request at t=9) has passed too.
     assert_eq!(sizes[68].desired, 1);
     assert_eq!(sizes[68].cause, "load");
-    assert_eq!(sizes[69].desired, 0, "{:?}", sizes[69]);
-    assert_eq!(sizes[119].desired, 0);
-    let back = &sizes[120];
+    assert_eq!(sizes[127].desired, 1, "{:?}", sizes[127]);
+    assert_eq!(sizes[128].desired, 0, "{:?}", sizes[128]);
+    assert_eq!(sizes[179].desired, 0);
+    let back = &sizes[180];
     assert_eq!(
         (back.desired, back.cause),
         (1, "waiting_requests"),
         "{back:?}"
     );
     assert!(back.reason.contains("3 requests waiting"));
+}
+
+#[test]
+fn a_load_at_a_boundary_does_not_flap_the_replicas() {
+    // 4 per replica; after a burst of 6, the load wavers between 3 and 5 in flight every
+    // few seconds, around one replica's worth.
+    let mut p = policy(1, 10);
+    p.stable_window_seconds = 6;
+    p.panic_window_seconds = 2;
+    let mut trace = steady(0, 10, 6);
+    trace.extend((10..120).map(|t| (t, if (t / 3) % 2 == 0 { 3 } else { 5 }, 0)));
+    let sizes = run(&p, 1, &trace);
+    let changes = sizes[20..]
+        .windows(2)
+        .filter(|w| w[0].desired != w[1].desired)
+        .count();
+    assert!(
+        changes <= 1,
+        "{changes} changes: {:?}",
+        sizes[20..].iter().map(|d| d.desired).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -13,10 +13,10 @@ use kube::runtime::events::{Recorder, Reporter};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::history::PoolHistory;
 use crate::metrics::Metrics;
 use crate::stores::Stores;
 use webaccel_agent_client::{AgentApi, Endpoint};
+use webaccel_analytics::history::PoolHistory;
 use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus};
 use webaccel_engine::model_scale::ModelScaler;

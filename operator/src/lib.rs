@@ -3,7 +3,6 @@
 
 pub mod context;
 pub mod error;
-pub mod history;
 pub mod leader;
 pub mod metrics;
 pub mod model;

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use webaccel_agent_client::HttpAgents;
+use webaccel_analytics::history::PoolHistory;
 use webaccel_crds::v1alpha1::{
     BrowserPool, BrowserPoolStatus, ModelDeployment, ModelDeploymentStatus,
 };
@@ -136,6 +137,8 @@ pub struct Engine {
     digests: digests::FileDigests,
     to_gateway: watch::Sender<Vec<AgentRef>>,
     stopping: Vec<tokio::task::JoinHandle<()>>,
+    /// Scale decisions as `pool_events` rows in ClickHouse, as the operator writes them.
+    history: PoolHistory,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
         launcher: Launcher,
         pacing: Pacing,
         to_gateway: watch::Sender<Vec<AgentRef>>,
+        history: PoolHistory,
     ) -> Self {
         Self {
             shared,
@@ -155,6 +159,7 @@ impl Engine {
             digests: digests::FileDigests::default(),
             to_gateway,
             stopping: Vec::new(),
+            history,
         }
     }
 
@@ -190,6 +195,7 @@ impl Engine {
         for t in self.stopping.drain(..) {
             t.abort();
         }
+        self.history.shutdown().await;
     }
 
     async fn round(&mut self) {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
+use webaccel_analytics::history::PoolHistory;
 use webaccel_crds_validate as validate;
 
 use cluster::{Desired, Engine, Shared, WaitingToEngine};
@@ -288,6 +289,16 @@ pub async fn up(
         *s = Arc::new(next);
     });
 
+    // Scale decisions to ClickHouse's `pool_events`, as the operator writes them (the
+    // gateway's recorder applies the schema; rows spool until it has).
+    let history = match &clickhouse {
+        Some(url) => PoolHistory::start(
+            webaccel_analytics::ClickHouseSettings::new(url, &database, "--clickhouse-url")?,
+            webaccel_analytics::WriterConfig::new(data.join("spool").join("pool-events")),
+        )?,
+        None => PoolHistory::disabled(),
+    };
+
     // The engine's loop.
     let engine = Engine::new(
         shared.clone(),
@@ -298,6 +309,7 @@ pub async fn up(
             heal_backoff_max: Duration::from_secs(60),
         },
         agents_tx,
+        history,
     );
     let engine_task = tokio::spawn(engine.run(stop.clone(), kill_now.clone()));
     // Keep the gateway's lists of deployed models and of models cut into stages in step

@@ -32,6 +32,9 @@ async fn one_request(up: &Up, body: &Value) -> Duration {
 #[tokio::test]
 async fn a_model_scales_from_zero_with_its_demand_and_the_browsers_follow() {
     let _machine = webaccel_testkit::alone().await;
+    let ch = webaccel_analytics::local::LocalClickHouse::start()
+        .await
+        .unwrap();
     let pool_spec = "  autoscaling:\n    enabled: true\n    minReplicas: 0\n    maxReplicas: 2\n    targetInFlightPerBrowser: 4\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 20\n";
     let model = format!(
         "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: mlp\nspec:\n  poolRef: {{name: auto}}\n  model:\n    uri: file://{}\n    task: vision\n  backends: [wasm]\n  autoscaling:\n    minReplicas: 0\n    maxReplicas: 2\n    targetPerReplica: 2\n    stableWindowSeconds: 6\n    panicWindowSeconds: 2\n    scaleToZeroGraceSeconds: 2\n",
@@ -43,7 +46,13 @@ async fn a_model_scales_from_zero_with_its_demand_and_the_browsers_follow() {
             ("pool.yaml", pool_yaml("auto", pool_spec)),
             ("mlp.yaml", model),
         ],
-        &["--no-clickhouse".to_owned()],
+        &[
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-database",
+            "up_fleet",
+        ]
+        .map(str::to_owned),
     );
     // At rest: no replica, no browser, and the deployment is fine with that.
     up.until("the model at zero", Duration::from_secs(30), |s| {
@@ -108,6 +117,65 @@ async fn a_model_scales_from_zero_with_its_demand_and_the_browsers_follow() {
             && browsers(s, "auto").is_empty()
     })
     .await;
+
+    // Every decision landed in pool_events, as the operator writes them, and `webaccel
+    // chart --kind fleet` draws the browsers and the replicas from them.
+    let started = Instant::now();
+    let rows = loop {
+        let rows = ch
+            .query(
+                "SELECT event, pool, model, from_replicas, to_replicas FROM up_fleet.pool_events \
+                 FINAL WHERE event IN ('scale', 'model_scale') ORDER BY event_time, row_id FORMAT TSV",
+            )
+            .await
+            .unwrap_or_default();
+        let ends_at_zero = |event: &str| {
+            rows.lines()
+                .rfind(|l| l.starts_with(event))
+                .is_some_and(|l| l.ends_with("\t0"))
+        };
+        if ends_at_zero("scale\t") && ends_at_zero("model_scale\t") {
+            break rows;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{rows}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("pool_events:\n{rows}");
+    assert!(
+        rows.lines().any(|l| l == "model_scale\tauto\tmlp\t0\t1"),
+        "{rows}"
+    );
+    assert!(
+        rows.lines().any(|l| l == "model_scale\tauto\tmlp\t1\t2"),
+        "{rows}"
+    );
+    assert!(
+        rows.lines().any(|l| l.starts_with("scale\tauto\t\t1\t2")),
+        "{rows}"
+    );
+    let svg = up.dir.path().join("fleet.svg");
+    let svg_path = svg.to_str().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_webaccel"))
+        .args([
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-database",
+            "up_fleet",
+        ])
+        .args(["chart", "--kind", "fleet", "-o", svg_path, "--window", "1h"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("2 pools and models"), "{said}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.contains("auto browsers") && drawn.contains("mlp replicas"));
+    // Kept as the test's artifact (the README shows one).
+    let _ = std::fs::copy(&svg, std::env::temp_dir().join("webaccel-fleet.svg"));
 }
 
 fn autoscaled_model(name: &str, min: i32) -> String {

@@ -63,12 +63,38 @@ pub fn desired(
     } else {
         parallelism.iter().sum::<u64>() as f64 / parallelism.len() as f64
     };
+    let count_of = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let serving_now = count_of(serving.len());
+    // What the models' replicas need: the most any model wants, or (for replicas that
+    // fit on no browser for memory) one more browser each beyond those serving.
+    let for_models = if demand.without_room > 0
+        && serving_now.saturating_add(demand.without_room) > demand.model_browsers
+    {
+        Some((
+            serving_now.saturating_add(demand.without_room),
+            format!(
+                "{} replicas fit on none of the {serving_now} browsers for memory",
+                demand.without_room
+            ),
+        ))
+    } else {
+        (demand.model_browsers > 0).then(|| {
+            (
+                demand.model_browsers,
+                format!(
+                    "the models' replicas need {} browsers",
+                    demand.model_browsers
+                ),
+            )
+        })
+    };
     let sample = LoadSample {
         workers_per_browser,
         load: serving.iter().filter_map(|b| b.load()).sum(),
         reporting: count(serving.iter().filter(|b| b.stats.is_some()).count()),
         silent: count(serving.iter().filter(|b| b.stats.is_none()).count()),
         waiting: if serving.is_empty() { waiting } else { 0 },
+        floor: for_models,
     };
     let current = count(
         browsers
@@ -80,33 +106,6 @@ pub fn desired(
     #[allow(clippy::cast_precision_loss)]
     let now_s = now.as_millisecond() as f64 / 1000.0;
     let d = memory.autoscaler.decide(policy, now_s, current, sample);
-    let serving_now = count(serving.len());
-    let wanted = if demand.without_room > 0 {
-        demand
-            .model_browsers
-            .max(serving_now.saturating_add(demand.without_room))
-    } else {
-        demand.model_browsers
-    };
-    let for_models = wanted.clamp(policy.min_replicas, policy.max_replicas);
-    if for_models > d.desired {
-        let why = if demand.without_room > 0 && wanted > demand.model_browsers {
-            format!(
-                "{} replicas fit on none of the {serving_now} browsers for memory",
-                demand.without_room
-            )
-        } else {
-            format!(
-                "the models' replicas need {} browsers",
-                demand.model_browsers
-            )
-        };
-        return Size {
-            desired: for_models,
-            reason: format!("{why} (load alone: {}) → {for_models}", d.desired),
-            cause: "model_replicas",
-        };
-    }
     Size {
         desired: d.desired,
         reason: d.reason,

@@ -23,7 +23,7 @@ use super::observe::PoolView;
 use super::round::{Round, TokenWork, Work};
 use crate::context::Context;
 use crate::error::Result;
-use crate::history::PoolEvent;
+use webaccel_analytics::history::PoolEvent;
 use webaccel_engine::pool::decide::Removal;
 
 /// Writes the owned objects the cache shows missing or different; returns the agents'

@@ -18,7 +18,7 @@ use super::observe::{self, PoolView};
 use super::round::{self, Round, TokenWork};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::history::PoolEvent;
+use webaccel_analytics::history::PoolEvent;
 use webaccel_crds::status::pool as status;
 
 pub const CONTROLLER: &str = "browserpool";

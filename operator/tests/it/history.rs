@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use crate::common::*;
 use webaccel_analytics::WriterConfig;
+use webaccel_analytics::history::PoolHistory;
 use webaccel_analytics::local::LocalClickHouse;
 use webaccel_crds::v1alpha1::BrowserPoolStatus;
-use webaccel_operator::history::PoolHistory;
 use webaccel_operator::pool::build::template_hash;
 use webaccel_operator::pool::reconcile::reconcile;
 

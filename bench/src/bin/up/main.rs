@@ -215,7 +215,8 @@ async fn main() -> anyhow::Result<()> {
     };
     if args.suite == Suite::Models {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let figures = models::run_suite(&binary, &repo, &model, args.clients).await;
+        let chart = args.out.with_extension("fleet.svg");
+        let figures = models::run_suite(&binary, &repo, &model, args.clients, &chart).await;
         std::fs::write(&args.out, serde_json::to_string_pretty(&figures)?)?;
         println!("written to {}", args.out.display());
         return Ok(());

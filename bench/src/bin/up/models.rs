@@ -5,7 +5,9 @@
 //! - Scale from zero: the first request's answer time for a model at zero replicas, with
 //!   its pool's browser running (warm, several times) and with no browser (cold).
 //! - A load shift between two models of one pool: failed requests, latency p50/p99 in the
-//!   10 s before the shift and the 10 s after it, and the browsers and replicas over time.
+//!   10 s before the shift and the 10 s after it, and the browsers and replicas over time
+//!   (sampled into the JSON, and drawn by `webaccel chart --kind fleet` from the
+//!   `pool_events` rows `webaccel up` wrote: `<out>.fleet.svg`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -221,8 +223,12 @@ async fn from_zero(binary: &Path, model_file: &Path, rounds: usize) -> Value {
 }
 
 /// Two models on one pool; the load moves from one to the other.
-async fn shift(binary: &Path, repo: &Path, clients: usize) -> Value {
+async fn shift(binary: &Path, repo: &Path, clients: usize, chart: &Path) -> Value {
     let fixtures = repo.join("node-agent/tests/fixtures/models");
+    // Its scale decisions go to a ClickHouse of its own, for `webaccel chart --kind fleet`.
+    let ch = webaccel_analytics::local::LocalClickHouse::start()
+        .await
+        .expect("clickhouse-server");
     let pool_spec = "  autoscaling:\n    enabled: true\n    minReplicas: 1\n    maxReplicas: 3\n    targetInFlightPerBrowser: 8\n    scaleUpStabilizationSeconds: 0\n    scaleDownStabilizationSeconds: 20\n";
     let up = Up::start(
         binary,
@@ -237,7 +243,13 @@ async fn shift(binary: &Path, repo: &Path, clients: usize) -> Value {
                 autoscaled("cnn", "shared", &fixtures.join("cnn.onnx"), 0, 3),
             ),
         ],
-        &["--no-clickhouse".to_owned()],
+        &[
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-database",
+            "bench",
+        ]
+        .map(str::to_owned),
     );
     up.until("mlp serving", Duration::from_secs(120), |s| {
         status(s, "mlp")["loadedReplicas"] == 1
@@ -279,6 +291,26 @@ async fn shift(binary: &Path, repo: &Path, clients: usize) -> Value {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let samples = load.finish().await;
+    // The decisions' rows are written within a second or two.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let drawn = std::process::Command::new(binary)
+        .args([
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-database",
+            "bench",
+        ])
+        .args([
+            "chart", "--kind", "fleet", "--window", "1h", "--height", "420", "-o",
+        ])
+        .arg(chart)
+        .output()
+        .expect("webaccel chart");
+    println!(
+        "{}{}",
+        String::from_utf8_lossy(&drawn.stdout),
+        String::from_utf8_lossy(&drawn.stderr)
+    );
     let failed: Vec<_> = samples.iter().filter(|s| !s.ok).collect();
     let window = |from: f64, to: f64| -> Vec<f64> {
         samples
@@ -316,12 +348,18 @@ async fn shift(binary: &Path, repo: &Path, clients: usize) -> Value {
     figures
 }
 
-/// The whole suite.
-pub async fn run_suite(binary: &Path, repo: &Path, model_file: &Path, clients: usize) -> Value {
+/// The whole suite; the shift's fleet chart is written to `chart`.
+pub async fn run_suite(
+    binary: &Path,
+    repo: &Path,
+    model_file: &Path,
+    clients: usize,
+    chart: &Path,
+) -> Value {
     json!({
         "reaction_free_browser": reaction(binary, model_file, clients, false).await,
         "reaction_new_browser": reaction(binary, model_file, clients, true).await,
         "from_zero": from_zero(binary, model_file, 3).await,
-        "shift": shift(binary, repo, clients).await,
+        "shift": shift(binary, repo, clients, chart).await,
     })
 }

@@ -139,6 +139,14 @@ impl Engine {
             && wanted.desired != old.desired_replicas
         {
             tracing::info!(model = %name, from = old.desired_replicas, to = wanted.desired, reason = %a.reason, "scaling the model");
+            self.history.record_model(
+                "",
+                pool_name,
+                name,
+                old.desired_replicas,
+                wanted.desired,
+                &a.reason,
+            );
         }
         let round = Deployment {
             units: &units,

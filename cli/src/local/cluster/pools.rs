@@ -5,6 +5,7 @@
 use futures::future::join_all;
 use k8s_openapi::jiff::Timestamp;
 use webaccel_agent_client::AgentApi as _;
+use webaccel_analytics::history::PoolEvent;
 use webaccel_crds::scale;
 use webaccel_crds::status::pool::{self as status, Outcome};
 use webaccel_crds::v1alpha1::{BrowserPool, BrowserPoolStatus, ModelDeployment};
@@ -117,7 +118,17 @@ impl Engine {
             now,
         );
         if let Some(reason) = decided.scaled() {
-            tracing::info!(pool = %name, from = decided.previous.unwrap_or_default(), to = decided.size.desired, %reason, "scaling");
+            let from = decided.previous.unwrap_or_default();
+            tracing::info!(pool = %name, from, to = decided.size.desired, %reason, "scaling");
+            self.history.record(
+                "",
+                name,
+                PoolEvent::Scale,
+                "",
+                from,
+                decided.size.desired,
+                reason,
+            );
         }
 
         // Act: with processes.

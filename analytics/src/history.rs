@@ -1,12 +1,13 @@
-//! The pool's history in ClickHouse: one `pool_events` row per scale decision, heal, drain,
-//! roll and recycle, and per change of a ModelDeployment's replicas, with its reason, through webaccel-analytics' writer. It never blocks a
+//! The fleet's history in ClickHouse, written by both hosts (the operator and `webaccel
+//! up`): one `pool_events` row per scale decision, heal, drain, roll and recycle, and per
+//! change of a ModelDeployment's replicas, with its reason, through webaccel-analytics' writer. It never blocks a
 //! reconcile; with ClickHouse down, rows spool to disk and are replayed later.
 
 use std::time::Duration;
 
+use crate::rows::{PoolEventRow, new_row_id, now_ms};
+use crate::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
 use parking_lot::Mutex;
-use webaccel_analytics::rows::{PoolEventRow, new_row_id, now_ms};
-use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
 
 /// How often the schema migration is retried while ClickHouse cannot be reached.
 const MIGRATION_RETRY: Duration = Duration::from_secs(5);
@@ -63,7 +64,7 @@ impl PoolHistory {
             return;
         };
         loop {
-            match webaccel_analytics::schema::migrate(settings).await {
+            match crate::schema::migrate(settings).await {
                 Ok(_) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?MIGRATION_RETRY, "ClickHouse not usable yet; pool events spool to disk");
