@@ -284,16 +284,22 @@ async fn a_full_queue_is_429_a_deadline_is_504_and_a_gone_client_frees_its_place
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appears() {
-    let _machine = webaccel_testkit::alone().await;
+/// A gateway over a static fleet with no agent yet, where `mlp` is deployed: its requests
+/// wait for a browser (a model at zero replicas).
+struct Deployed {
+    agents_tx: tokio::sync::watch::Sender<Vec<webaccel_gateway::discovery::static_list::AgentRef>>,
+    published: Arc<support::Published>,
+    running: webaccel_gateway::Running,
+    stop: tokio_util::sync::CancellationToken,
+    /// Kept for the gateway's life: its list of deployed models.
+    _deployed: tokio::sync::watch::Sender<Arc<std::collections::BTreeSet<String>>>,
+}
+
+async fn deployed_mlp(settings: webaccel_gateway::Settings) -> Deployed {
     let stop = tokio_util::sync::CancellationToken::new();
     let (agents_tx, agents_rx) = tokio::sync::watch::channel(Vec::new());
-    let (_deployed_tx, deployed_rx) = tokio::sync::watch::channel(Arc::new(
-        ["mlp".to_owned()]
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>(),
-    ));
+    let deployed: std::collections::BTreeSet<String> = ["mlp".to_owned()].into();
+    let (deployed_tx, deployed_rx) = tokio::sync::watch::channel(Arc::new(deployed));
     let fleet = webaccel_gateway::discovery::static_list::start(
         agents_rx,
         Duration::from_millis(200),
@@ -302,7 +308,7 @@ async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appea
     .with_deployed(deployed_rx);
     let published = Arc::new(support::Published::default());
     let running = webaccel_gateway::start(
-        settings(|_| {}),
+        settings,
         fleet,
         published.clone(),
         webaccel_gateway::record::Recorder::disabled(),
@@ -310,6 +316,25 @@ async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appea
     )
     .await
     .unwrap();
+    Deployed {
+        agents_tx,
+        published,
+        running,
+        stop,
+        _deployed: deployed_tx,
+    }
+}
+
+#[tokio::test]
+async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appears() {
+    let _machine = webaccel_testkit::alone().await;
+    let Deployed {
+        agents_tx,
+        published,
+        running,
+        stop,
+        _deployed,
+    } = deployed_mlp(settings(|_| {})).await;
     let url = format!("http://{}/v2/models/mlp/infer", running.http);
     let started = Instant::now();
     let request = tokio::spawn(async move {
@@ -372,29 +397,13 @@ async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appea
 /// (429 past it, at once) and their deadline (504), and each says it is retryable.
 #[tokio::test]
 async fn a_model_at_zero_sheds_past_its_queue_and_answers_504_at_the_deadline() {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (_agents_tx, agents_rx) = tokio::sync::watch::channel(Vec::new());
-    let (_deployed_tx, deployed_rx) = tokio::sync::watch::channel(Arc::new(
-        ["mlp".to_owned()]
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>(),
-    ));
-    let fleet = webaccel_gateway::discovery::static_list::start(
-        agents_rx,
-        Duration::from_millis(200),
-        stop.clone(),
-    )
-    .with_deployed(deployed_rx);
-    let published = Arc::new(support::Published::default());
-    let running = webaccel_gateway::start(
-        settings(|s| s.queue_size = 2),
-        fleet,
-        published.clone(),
-        webaccel_gateway::record::Recorder::disabled(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let Deployed {
+        published,
+        running,
+        stop,
+        _deployed,
+        ..
+    } = deployed_mlp(settings(|s| s.queue_size = 2)).await;
     let url = format!("http://{}/v2/models/mlp/infer", running.http);
     let send = |timeout: &'static str| {
         let url = url.clone();

@@ -12,7 +12,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use webaccel_agent_client::{AgentApi, AgentError, AgentResult, Endpoint, ModelOnAgent};
 use webaccel_api::agent::{AgentStats, Capabilities, ModelSpec};
-use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment};
+use webaccel_crds::v1alpha1::{BrowserPool, ModelDeployment, ModelDeploymentStatus};
 use webaccel_operator::context::{Context, Settings};
 use webaccel_operator::metrics::Metrics;
 use webaccel_operator::pool::build;
@@ -426,4 +426,46 @@ pub fn cond<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .iter()
         .find(|c| c["type"] == type_)
         .unwrap()
+}
+
+/// `md` as the cache shows it after the status write in `body`.
+pub fn with_status(md: &ModelDeployment, body: &Value) -> ModelDeployment {
+    let mut md = md.clone();
+    md.status =
+        Some(serde_json::from_value::<ModelDeploymentStatus>(body["status"].clone()).unwrap());
+    md
+}
+
+/// A status write of ModelDeployment `md` (in namespace `ml`), checked by `check`.
+pub fn status_step(md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
+    let name = md.metadata.name.as_deref().unwrap_or_default();
+    step_checked(
+        "PATCH",
+        &format!("/apis/webaccel.dev/v1alpha1/namespaces/ml/modeldeployments/{name}/status"),
+        (200, serde_json::to_value(md).unwrap()),
+        check,
+    )
+}
+
+/// The status writes of a ModelDeployment scenario as they happen, so each look can start
+/// from the last one written.
+#[derive(Clone, Default)]
+pub struct StatusSink(Arc<Mutex<Vec<Value>>>);
+
+impl StatusSink {
+    pub fn step(&self, md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
+        let sink = self.clone();
+        status_step(md, move |b| {
+            check(b);
+            sink.0.lock().unwrap().push(b.clone());
+        })
+    }
+
+    /// `md` with the last status written.
+    pub fn applied(&self, md: &ModelDeployment) -> ModelDeployment {
+        match self.0.lock().unwrap().last() {
+            Some(b) => with_status(md, b),
+            None => md.clone(),
+        }
+    }
 }

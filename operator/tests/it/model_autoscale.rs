@@ -11,47 +11,16 @@ use kube::runtime::controller::Action;
 use serde_json::Value;
 use webaccel_agent_client::ModelOnAgent;
 use webaccel_api::agent::{AgentStats, ModelStats};
-use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
+use webaccel_crds::v1alpha1::ModelDeployment;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;
 use webaccel_operator::pool::{observe, round};
-
-const MODEL: &str = "/apis/webaccel.dev/v1alpha1/namespaces/ml/modeldeployments/minilm";
 
 fn autoscaled() -> ModelDeployment {
     serde_yaml_ng::from_str(
         "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: minilm, namespace: ml, uid: m-1, generation: 1, finalizers: [webaccel.dev/unload-model]}\nspec:\n  poolRef: {name: web}\n  model: {uri: 'https://h/m.onnx', task: text-embedding}\n  backends: [wasm]\n  autoscaling: {minReplicas: 0, maxReplicas: 2, targetPerReplica: 2}\n",
     )
     .unwrap()
-}
-
-/// The status a PATCH of `MODEL/status` carried, kept so the next look starts from it.
-#[derive(Clone, Default)]
-struct Written(Arc<std::sync::Mutex<Vec<Value>>>);
-
-impl Written {
-    fn step(&self, md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
-        let written = self.clone();
-        step_checked(
-            "PATCH",
-            &format!("{MODEL}/status"),
-            (200, serde_json::to_value(md).unwrap()),
-            move |b| {
-                check(b);
-                written.0.lock().unwrap().push(b.clone());
-            },
-        )
-    }
-
-    /// `md` as the watch cache shows it after the last status write.
-    fn applied(&self, md: &ModelDeployment) -> ModelDeployment {
-        let mut md = md.clone();
-        if let Some(b) = self.0.lock().unwrap().last() {
-            md.status =
-                Some(serde_json::from_value::<ModelDeploymentStatus>(b["status"].clone()).unwrap());
-        }
-        md
-    }
 }
 
 fn busy(model: &str, outstanding: u64) -> AgentStats {
@@ -78,7 +47,7 @@ async fn a_model_at_zero_is_woken_by_waiting_requests_and_the_pool_follows_its_r
     );
     let hash = template_hash(&p);
     let md = autoscaled();
-    let written = Written::default();
+    let written = StatusSink::default();
     let steps = vec![
         // Nothing waits and nothing runs: the model stays at zero, and is Ready at 0/0.
         written.step(&md, |b| {
@@ -202,8 +171,6 @@ async fn a_model_at_zero_is_woken_by_waiting_requests_and_the_pool_follows_its_r
     api.await.unwrap();
 }
 
-const MODELS: &str = "/apis/webaccel.dev/v1alpha1/namespaces/ml/modeldeployments";
-
 fn deployment(name: &str, min: i32, max: i32, status: Value) -> ModelDeployment {
     let mut md: ModelDeployment = serde_yaml_ng::from_str(&format!(
         "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: {name}, namespace: ml, uid: {name}-1, generation: 1, finalizers: [webaccel.dev/unload-model]}}\nspec:\n  poolRef: {{name: web}}\n  model: {{uri: 'https://h/{name}.onnx', task: vision}}\n  backends: [wasm]\n  autoscaling: {{minReplicas: {min}, maxReplicas: {max}, targetPerReplica: 2, stableWindowSeconds: 6, panicWindowSeconds: 2, scaleToZeroGraceSeconds: 0}}\n"
@@ -215,16 +182,6 @@ fn deployment(name: &str, min: i32, max: i32, status: Value) -> ModelDeployment 
 
 fn loaded_on(pod: &str) -> Value {
     serde_json::json!({"pod": pod, "state": "Loaded", "backend": "wasm"})
-}
-
-fn status_of(md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
-    let name = md.metadata.name.clone().unwrap();
-    step_checked(
-        "PATCH",
-        &format!("{MODELS}/{name}/status"),
-        (200, serde_json::to_value(md).unwrap()),
-        check,
-    )
 }
 
 fn event(check: impl Fn(&str) + Send + 'static) -> Step {
@@ -307,7 +264,7 @@ async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zer
                 "{note}"
             )
         }),
-        status_of(&hot, |b| {
+        status_step(&hot, |b| {
             let s = &b["status"];
             assert_eq!(s["desiredReplicas"], 3, "{s:#}");
             assert_eq!(s["autoscaler"]["panicking"], true);
@@ -333,7 +290,7 @@ async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zer
                 );
             },
         ),
-        status_of(&idle, |b| {
+        status_step(&idle, |b| {
             let s = &b["status"];
             assert_eq!(s["desiredReplicas"], 0, "{s:#}");
             assert_eq!(s["loadedReplicas"], 0);
@@ -342,7 +299,7 @@ async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zer
         // The load moves: 4 requests for idle wait at the gateway: back from zero to 2
         // (kube's recorder folds a second ScaledModel on idle into the first's series).
         step("PATCH", &format!("{EVENTS}/*"), echo()),
-        status_of(&idle, |b| {
+        status_step(&idle, |b| {
             let s = &b["status"];
             assert_eq!(s["desiredReplicas"], 2, "{s:#}");
             assert_eq!(s["autoscaler"]["waiting"], 4);

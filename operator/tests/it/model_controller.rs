@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use webaccel_agent_client::ModelOnAgent;
 use webaccel_api::ErrorCategory;
-use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
+use webaccel_crds::v1alpha1::ModelDeployment;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;
 
@@ -20,45 +20,6 @@ fn model(backends: &str) -> ModelDeployment {
         "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: minilm, namespace: ml, uid: m-1, generation: 2, finalizers: [webaccel.dev/unload-model]}}\nspec:\n  poolRef: {{name: web}}\n  model: {{uri: 'https://h/m.onnx', task: text-embedding}}\n  backends: {backends}\n  replicas: 1\n"
     ))
     .unwrap()
-}
-
-/// `md` as the cache shows it after the status write in `body`.
-fn with_status(md: &ModelDeployment, body: &Value) -> ModelDeployment {
-    let mut md = md.clone();
-    md.status =
-        Some(serde_json::from_value::<ModelDeploymentStatus>(body["status"].clone()).unwrap());
-    md
-}
-
-fn status_step(md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
-    step_checked(
-        "PATCH",
-        &format!("{MODEL}/status"),
-        (200, serde_json::to_value(md).unwrap()),
-        check,
-    )
-}
-
-/// The status writes of a scenario, as they happen, so each look can start from the last.
-#[derive(Clone, Default)]
-struct Sink(Arc<std::sync::Mutex<Vec<Value>>>);
-
-impl Sink {
-    fn step(&self, md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
-        let sink = self.clone();
-        status_step(md, move |b| {
-            check(b);
-            sink.0.lock().unwrap().push(b.clone());
-        })
-    }
-
-    /// `md` with the last status written.
-    fn applied(&self, md: &ModelDeployment) -> ModelDeployment {
-        match self.0.lock().unwrap().last() {
-            Some(b) => with_status(md, b),
-            None => md.clone(),
-        }
-    }
 }
 
 fn label_step(pod_name: &str, hash: &str, value: Value) -> Step {
@@ -197,7 +158,7 @@ async fn a_model_applied_with_its_pool_is_placed_once_the_browser_is_ready() {
         assert_eq!(cond(&b["status"], "Ready")["reason"], "Unplaceable");
         assert!(b["status"]["replicas"].as_array().is_none_or(Vec::is_empty));
     };
-    let sink = Sink::default();
+    let sink = StatusSink::default();
     let steps = vec![
         // 1. Running, not Ready: nobody to place it on yet.
         sink.step(&md, unplaceable),
@@ -298,7 +259,7 @@ async fn a_refused_token_or_a_restarting_browser_is_pending_and_tried_again() {
             assert_eq!(cond(&b["status"], "Degraded")["status"], "False");
         }
     };
-    let sink = Sink::default();
+    let sink = StatusSink::default();
     let steps = vec![
         sink.step(&md, pending("unauthorized")),
         sink.step(&md, pending("browser_unavailable")),
@@ -509,7 +470,7 @@ async fn a_new_digest_loads_a_copy_beside_the_old_one_which_goes_once_the_new_on
             memory_bytes: None,
         },
     );
-    let sink = Sink::default();
+    let sink = StatusSink::default();
     let steps = vec![
         // The old copy serves (and is labelled) while the new one loads on web-b.
         label_step("web-a", &hash, json!("loaded")),

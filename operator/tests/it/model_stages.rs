@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::common::*;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use webaccel_crds::v1alpha1::{ModelDeployment, ModelDeploymentStatus};
+use webaccel_crds::v1alpha1::ModelDeployment;
 use webaccel_operator::model::reconcile::reconcile;
 use webaccel_operator::pool::build::template_hash;
 
@@ -23,34 +23,6 @@ fn staged(stages: usize) -> ModelDeployment {
         list.concat()
     ))
     .unwrap()
-}
-
-/// The status writes of a scenario, so each look starts from the last one written.
-#[derive(Clone, Default)]
-struct Sink(Arc<std::sync::Mutex<Vec<Value>>>);
-
-impl Sink {
-    fn step(&self, md: &ModelDeployment, check: impl Fn(&Value) + Send + 'static) -> Step {
-        let sink = self.clone();
-        step_checked(
-            "PATCH",
-            &format!("{MODEL}/status"),
-            (200, serde_json::to_value(md).unwrap()),
-            move |b| {
-                check(b);
-                sink.0.lock().unwrap().push(b.clone());
-            },
-        )
-    }
-
-    fn applied(&self, md: &ModelDeployment) -> Arc<ModelDeployment> {
-        let mut md = md.clone();
-        if let Some(b) = self.0.lock().unwrap().last() {
-            md.status =
-                Some(serde_json::from_value::<ModelDeploymentStatus>(b["status"].clone()).unwrap());
-        }
-        Arc::new(md)
-    }
 }
 
 /// A label patch on `pod` that sets exactly `labels`.
@@ -98,7 +70,7 @@ async fn each_stage_is_loaded_on_a_browser_of_its_own_and_reported_per_stage() {
     let p = pool("  image: reg/browser:1\n  replicas: 3\n");
     let md = staged(2);
     let hash = template_hash(&p);
-    let sink = Sink::default();
+    let sink = StatusSink::default();
     let steps = vec![
         sink.step(&md, |b| {
             let s = &b["status"];
@@ -146,14 +118,14 @@ async fn each_stage_is_loaded_on_a_browser_of_its_own_and_reported_per_stage() {
     ] {
         world.pod(pod(name, &hash, "Running", true, ip));
     }
-    reconcile(sink.applied(&md), world.ctx.clone())
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
         .await
         .unwrap();
     assert_eq!(
         agents.load_calls(),
         ["load web-a enc.stage0 wasm", "load web-b enc.stage1 wasm"]
     );
-    reconcile(sink.applied(&md), world.ctx.clone())
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
         .await
         .unwrap();
     api.await.unwrap();
@@ -169,7 +141,7 @@ async fn a_pool_too_small_shares_a_browser_and_a_grown_one_moves_the_stage() {
         "webaccel.dev/model.enc.stage0",
         "webaccel.dev/model.enc.stage1",
     ];
-    let sink = Sink::default();
+    let sink = StatusSink::default();
     let steps = vec![
         // 1. One browser: both stages on it, and the status says why.
         sink.step(&md, |b| {
@@ -229,14 +201,14 @@ async fn a_pool_too_small_shares_a_browser_and_a_grown_one_moves_the_stage() {
     world.pool_with_owned(&p);
     world.pod(pod("web-a", &hash, "Running", true, "10.0.0.1"));
 
-    reconcile(sink.applied(&md), world.ctx.clone())
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
         .await
         .unwrap();
     assert_eq!(
         agents.load_calls(),
         ["load web-a enc.stage0 wasm", "load web-a enc.stage1 wasm"]
     );
-    reconcile(sink.applied(&md), world.ctx.clone())
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
         .await
         .unwrap();
     // The watch shows the labels written; the pool grows by one browser.
@@ -246,12 +218,12 @@ async fn a_pool_too_small_shares_a_browser_and_a_grown_one_moves_the_stage() {
     ));
     world.pod(pod("web-b", &hash, "Running", true, "10.0.0.2"));
     agents.clear_calls();
-    reconcile(sink.applied(&md), world.ctx.clone())
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
         .await
         .unwrap();
     assert_eq!(agents.load_calls(), ["load web-b enc.stage1 wasm"]);
     agents.clear_calls();
-    reconcile(sink.applied(&md), world.ctx.clone())
+    reconcile(Arc::new(sink.applied(&md)), world.ctx.clone())
         .await
         .unwrap();
     assert_eq!(agents.load_calls(), ["unload web-a enc.stage1"]);
