@@ -288,3 +288,94 @@ async fn two_models_share_a_pool_and_the_replicas_follow_the_load_as_it_moves() 
     assert!(result["ok"]["mlp"].as_u64().unwrap_or(0) > 0);
     assert!(result["ok"]["cnn"].as_u64().unwrap_or(0) > 0);
 }
+
+/// Scale-down loads elsewhere first: two models of one replica each sit on two browsers;
+/// the pool shrinks to one, so the browser that goes holds a model's only copy. It is
+/// cordoned (serves on, takes nothing new) until that model is loaded on the browser that
+/// stays, then drained; no request to either model fails.
+#[tokio::test]
+async fn a_browser_that_goes_is_cordoned_until_its_model_is_loaded_on_the_one_that_stays() {
+    let _machine = webaccel_testkit::alone().await;
+    let fixed = |name: &str| {
+        webaccel_testkit::up::model_yaml(name, "duo", &fixture(&format!("{name}.onnx")), 1)
+    };
+    let up = Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
+        &[
+            ("pool.yaml", pool_yaml("duo", "  replicas: 2\n")),
+            ("mlp.yaml", fixed("mlp")),
+        ],
+        &["--no-clickhouse".to_owned()],
+    );
+    let on = |s: &Value, m: &str| -> Vec<String> {
+        model(s, m)["status"]["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] == "Loaded")
+            .map(|r| r["pod"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    // cnn comes once both browsers are up, so it goes to the one without mlp.
+    up.until(
+        "mlp loaded, both browsers ready",
+        Duration::from_secs(120),
+        |s| {
+            on(s, "mlp").len() == 1
+                && browsers(s, "duo")
+                    .iter()
+                    .filter(|b| b["state"] == "ready")
+                    .count()
+                    == 2
+        },
+    )
+    .await;
+    let cnn_yaml = up.manifests().join("cnn.yaml");
+    std::fs::write(&cnn_yaml, fixed("cnn")).unwrap();
+    let (ok, out, err) = up.webaccel(&["apply", "-f", cnn_yaml.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let s = up
+        .until(
+            "each model on a browser of its own",
+            Duration::from_secs(120),
+            |s| {
+                let (a, b) = (on(s, "mlp"), on(s, "cnn"));
+                a.len() == 1 && b.len() == 1 && a != b
+            },
+        )
+        .await;
+    assert_eq!(browsers(&s, "duo").len(), 2);
+    let body = |name: &str| -> Value {
+        let f: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(&format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        serde_json::json!({"inputs": f["inputs"]})
+    };
+    let mlp = Load::start(&up.http, "mlp", &body("mlp"), 2);
+    let cnn = Load::start(&up.http, "cnn", &body("cnn"), 2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let changed = up.manifests().join("smaller.yaml");
+    std::fs::write(&changed, pool_yaml("duo", "  replicas: 1\n")).unwrap();
+    let (ok, out, err) = up.webaccel(&["apply", "-f", changed.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let seen_cordoned = std::sync::atomic::AtomicBool::new(false);
+    let s = up
+        .until("one browser holding both", Duration::from_secs(120), |s| {
+            if browsers(s, "duo").iter().any(|b| b["state"] == "cordoned") {
+                seen_cordoned.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            browsers(s, "duo").len() == 1 && on(s, "mlp") == on(s, "cnn") && on(s, "mlp").len() == 1
+        })
+        .await;
+    assert!(
+        seen_cordoned.load(std::sync::atomic::Ordering::Relaxed),
+        "the browser that went was never cordoned: {s:#}"
+    );
+    let (mlp_ok, mlp_failed) = mlp.finish().await;
+    let (cnn_ok, cnn_failed) = cnn.finish().await;
+    println!("served during the scale-down: mlp {mlp_ok}, cnn {cnn_ok}");
+    assert!(mlp_failed.is_empty(), "{mlp_failed:?}");
+    assert!(cnn_failed.is_empty(), "{cnn_failed:?}");
+    assert!(mlp_ok > 0 && cnn_ok > 0);
+}

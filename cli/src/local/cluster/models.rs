@@ -9,7 +9,9 @@ use std::path::Path;
 use k8s_openapi::jiff::Timestamp;
 use webaccel_crds::scale;
 use webaccel_crds::status::model::{not_ready, status_of};
-use webaccel_crds::v1alpha1::{AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaStatus};
+use webaccel_crds::v1alpha1::{
+    AgentModel, ModelDeployment, ModelDeploymentStatus, ReplicaState, ReplicaStatus,
+};
 use webaccel_engine::deployment::{self, Call, Deployment, Seat, Unit};
 use webaccel_engine::model_scale::ModelScaler;
 
@@ -103,6 +105,25 @@ impl Engine {
         let previous: Vec<Vec<ReplicaStatus>> =
             models.iter().map(|m| old.replicas_of(m).to_vec()).collect();
         let budget = pool.spec.memory_budget_bytes();
+        // What other deployments hold per browser, from their last rounds (an agent's
+        // stats name only the models that have served requests).
+        let mut held_elsewhere: std::collections::HashMap<String, usize> = Default::default();
+        for (_, d) in self.deployments.iter().filter(|(n, _)| n.as_str() != name) {
+            let replicas = d
+                .status
+                .replicas
+                .iter()
+                .chain(d.status.stages.iter().flat_map(|s| &s.replicas));
+            let mut pods: Vec<&str> = replicas
+                .filter(|r| matches!(r.state, ReplicaState::Loaded | ReplicaState::Loading))
+                .map(|r| r.pod.as_str())
+                .collect();
+            pods.sort_unstable();
+            pods.dedup();
+            for pod in pods {
+                *held_elsewhere.entry(pod.to_owned()).or_insert(0) += 1;
+            }
+        }
         let seats: Vec<Seat<'_>> = state
             .browsers
             .iter()
@@ -115,10 +136,8 @@ impl Engine {
                 cordoned: b.cordoned_since.is_some(),
                 leaving: b.exited.is_some(),
                 capabilities: b.capabilities.as_ref(),
-                // Models of other deployments it holds, to spread them.
-                models_held: b.stats.as_ref().map_or(0, |s| {
-                    s.models.keys().filter(|m| !names.contains(m)).count()
-                }),
+                // Models of other deployments it holds or loads, to spread them.
+                models_held: held_elsewhere.get(&b.name).copied().unwrap_or(0),
                 room: scale::room(budget, b.stats.as_ref()),
             })
             .collect();
