@@ -287,6 +287,18 @@ mod tests {
 
     const ALL: [Backend; 3] = [Webgpu, Webnn, Wasm];
 
+    /// A loaded copy on wasm, nothing else known.
+    fn wasm_copy() -> ModelOnAgent {
+        ModelOnAgent::Loaded {
+            backend: "wasm".into(),
+            init_ms: None,
+            precision: None,
+            uri: String::new(),
+            sha256: String::new(),
+            memory_bytes: None,
+        }
+    }
+
     #[test]
     fn backend_is_the_first_requested_that_pool_and_browser_allow() {
         assert_eq!(
@@ -396,15 +408,7 @@ mod tests {
 
     #[test]
     fn replaces_a_replica_lost_to_healing_or_draining() {
-        let loaded = ModelOnAgent::Loaded {
-            backend: "wasm".into(),
-            init_ms: None,
-            precision: None,
-            uri: String::new(),
-            sha256: String::new(),
-            memory_bytes: None,
-        };
-        let mut draining = browser("old", &[Wasm], loaded);
+        let mut draining = browser("old", &[Wasm], wasm_copy());
         draining.usable = false;
         let p = plan(
             1,
@@ -417,15 +421,7 @@ mod tests {
 
     #[test]
     fn a_cordoned_browsers_copy_serves_on_while_its_replacement_loads() {
-        let loaded = ModelOnAgent::Loaded {
-            backend: "wasm".into(),
-            init_ms: None,
-            precision: None,
-            uri: String::new(),
-            sha256: String::new(),
-            memory_bytes: None,
-        };
-        let mut leaving = browser("old", &[Wasm], loaded);
+        let mut leaving = browser("old", &[Wasm], wasm_copy());
         leaving.usable = false;
         leaving.cordoned = true;
         let p = plan(

@@ -273,6 +273,21 @@ impl Load {
         Self { stop, tasks }
     }
 
+    /// Stops the clients and asserts that some requests were served and none failed
+    /// (`during` says when, for the message); returns how many were served.
+    pub async fn finish_clean(self, during: &str) -> usize {
+        let (served, failed) = self.finish().await;
+        assert!(served > 0, "nothing served {during}");
+        assert!(
+            failed.is_empty(),
+            "{} of {} failed {during}: {:?}",
+            failed.len(),
+            served + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        served
+    }
+
     /// Stops the clients: (requests served, failures).
     pub async fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);

@@ -351,21 +351,11 @@ async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appea
         )
     });
     // The waiting count reaches the sink.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !published
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|w| w.get("mlp") == Some(&1))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            published.0.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    published
+        .until("1 waiting for mlp", |all| {
+            all.iter().any(|w| w.get("mlp") == Some(&1))
+        })
+        .await;
     // A browser with the model appears (as the operator would start one).
     let a = spawn_agent(&["mlp"], &[]);
     a.wait_standby(READY).await;
@@ -378,17 +368,11 @@ async fn a_model_with_no_browser_waits_is_published_and_is_served_when_one_appea
     );
     println!("served after waiting {took:?}");
     // Once served, the count goes back to none waiting.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while published
-        .0
-        .lock()
-        .unwrap()
-        .last()
-        .is_none_or(|w| !w.is_empty())
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    published
+        .until("none waiting", |all| {
+            all.last().is_some_and(|w| w.is_empty())
+        })
+        .await;
     running.shutdown().await;
     stop.cancel();
 }
@@ -431,21 +415,11 @@ async fn a_model_at_zero_sheds_past_its_queue_and_answers_504_at_the_deadline() 
     );
     assert!(took < Duration::from_secs(1), "{took:?}");
     // The two held are what the autoscaler hears.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !published
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|w| w.get("mlp") == Some(&2))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}",
-            published.0.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    published
+        .until("2 waiting for mlp", |all| {
+            all.iter().any(|w| w.get("mlp") == Some(&2))
+        })
+        .await;
     for w in waiting {
         w.abort();
     }

@@ -56,6 +56,21 @@ impl WaitingSink for Published {
     }
 }
 
+impl Published {
+    /// Waits (up to 5 s) until what was published so far satisfies `check`.
+    pub async fn until(&self, what: &str, check: impl Fn(&[WaitingByModel]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check(&self.0.lock().unwrap()) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} not published: {:?}",
+                self.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 pub struct TestGateway {
     pub running: Running,
     /// The static discovery's agent list: the discovery runs while this is held.

@@ -23,6 +23,21 @@ fn autoscaled() -> ModelDeployment {
     .unwrap()
 }
 
+/// `md` as the gateway leaves it while `n` of its requests wait: the annotation, fresh.
+fn held_at_gateway(mut md: ModelDeployment, n: u64) -> ModelDeployment {
+    md.metadata.annotations = Some(
+        [
+            ("webaccel.dev/waiting-requests".to_owned(), n.to_string()),
+            (
+                "webaccel.dev/waiting-requests-at".to_owned(),
+                Timestamp::now().to_string(),
+            ),
+        ]
+        .into(),
+    );
+    md
+}
+
 fn busy(model: &str, outstanding: u64) -> AgentStats {
     let mut s = AgentStats {
         healthy: true,
@@ -97,17 +112,7 @@ async fn a_model_at_zero_is_woken_by_waiting_requests_and_the_pool_follows_its_r
     assert!(agents.load_calls().is_empty(), "{:?}", agents.load_calls());
 
     // The gateway writes the waiting count on the deployment.
-    let mut woken = written.applied(&md);
-    woken.metadata.annotations = Some(
-        [
-            ("webaccel.dev/waiting-requests".to_owned(), "3".to_owned()),
-            (
-                "webaccel.dev/waiting-requests-at".to_owned(),
-                Timestamp::now().to_string(),
-            ),
-        ]
-        .into(),
-    );
+    let woken = held_at_gateway(written.applied(&md), 3);
     reconcile(Arc::new(woken.clone()), world.ctx.clone())
         .await
         .unwrap();
@@ -345,17 +350,7 @@ async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zer
         .lock()
         .unwrap()
         .remove(&("web-b".into(), "idle".into()));
-    let mut woken = idle_now.clone();
-    woken.metadata.annotations = Some(
-        [
-            ("webaccel.dev/waiting-requests".to_owned(), "4".to_owned()),
-            (
-                "webaccel.dev/waiting-requests-at".to_owned(),
-                Timestamp::now().to_string(),
-            ),
-        ]
-        .into(),
-    );
+    let woken = held_at_gateway(idle_now.clone(), 4);
     reconcile(Arc::new(woken), world.ctx.clone()).await.unwrap();
     let mut loads = agents.load_calls();
     loads.sort();
