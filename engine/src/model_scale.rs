@@ -101,16 +101,24 @@ impl ModelScaler {
         {
             self.samples.pop_front();
         }
-        let average = |window: f64| {
+        // The mean over a window; `from_load` drops the window's leading idle samples.
+        let average = |window: f64, from_load: bool| {
             let within: Vec<f64> = self
                 .samples
                 .iter()
                 .filter(|(t, _)| now_s - t < window)
                 .map(|&(_, c)| c)
+                .skip_while(|&c| from_load && c == 0.0)
                 .collect();
             within.iter().sum::<f64>() / within.len().max(1) as f64
         };
-        let (stable_avg, panic_avg) = (average(stable), average(panic_window));
+        // The panic window starts where its load does: leading idle samples are the quiet
+        // before a burst, not part of it, and counting them would hide a step from idle
+        // for most of the window (16 in flight after 5 idle seconds averages 2.7 over 6 s).
+        // Knative's buckets behave so when nothing was recorded while idle. A load that
+        // was already running keeps its whole window, so only a rise from nothing is
+        // judged on its first samples; the stable window always counts the idle time.
+        let (stable_avg, panic_avg) = (average(stable, false), average(panic_window, true));
         let want_stable = replicas_for(stable_avg, target);
         let want_panic = replicas_for(panic_avg, target);
         self.asked.push_back((now_s, want_stable));

@@ -94,6 +94,48 @@ fn a_burst_panics_up_at_once_and_holds_until_a_stable_window_passes() {
 }
 
 #[test]
+fn a_step_from_idle_panics_at_its_first_sample_a_step_from_load_over_the_window() {
+    // (load before, load after, seconds from the step to a second replica)
+    let table = [
+        // From idle: the panic window starts at the load, 16 is 4 replicas' worth of 1.
+        (0, 16, 0),
+        (0, 9, 0),
+        // 8 is exactly the threshold (200% of one replica at 4).
+        (0, 8, 0),
+        // A rise from a running load keeps the whole window: 16 after 3 needs three
+        // samples of the 6 s window to average 8, 12 after 2 four.
+        (3, 16, 2),
+        (2, 12, 3),
+    ];
+    for (before, after, want) in table {
+        let mut trace = steady(0, 60, before);
+        trace.extend(steady(60, 90, after));
+        let sizes = run(&policy(1, 10), 1, &trace);
+        assert_eq!(sizes[59].desired, 1, "{before} → {after}");
+        let up = sizes[60..].iter().position(|d| d.desired > 1).unwrap();
+        assert_eq!(up, want, "{before} → {after}: {:?}", sizes[60 + up]);
+        assert!(sizes[60 + up].panicking, "{before} → {after}");
+    }
+    // Below the threshold from idle (5 in flight is 125% of one replica) nothing panics:
+    // the stable average decides, once it passes 4.
+    let mut trace = steady(0, 30, 0);
+    trace.extend(steady(30, 120, 5));
+    let sizes = run(&policy(1, 10), 1, &trace);
+    assert!(sizes.iter().all(|d| !d.panicking));
+    let up = sizes[30..].iter().position(|d| d.desired > 1).unwrap();
+    assert!(up > 20, "{up}");
+    // A burst of one sample from idle panics (a burst is what panic is for) and the
+    // replica goes again once a stable window has passed.
+    let mut trace = steady(0, 30, 0);
+    trace.push((30, 16, 0));
+    trace.extend(steady(31, 200, 0));
+    let sizes = run(&policy(1, 10), 1, &trace);
+    assert_eq!(sizes[30].desired, 4);
+    assert!(sizes[30].panicking);
+    assert_eq!(sizes.last().unwrap().desired, 1);
+}
+
+#[test]
 fn a_slow_ramp_is_followed_step_by_step_without_overshoot() {
     let trace: Vec<_> = (0..240).map(|t| (t, u64::from(t / 10), 0)).collect();
     let sizes = run(&policy(1, 20), 1, &trace);

@@ -1,4 +1,4 @@
-//! Local mode's control loop: every second (and at once when the manifests change), for
+//! Local mode's control loop: twice a second (and at once when the manifests change), for
 //! each pool, observe its browser processes and their agents and run the engine's pool
 //! round with processes ([`pools`]); then run the engine's placement round for each
 //! deployment and unload what was deleted ([`models`]); publish what happened: the agent
@@ -141,6 +141,9 @@ pub struct Engine {
     history: PoolHistory,
 }
 
+/// How often the engine looks at the browsers and decides.
+const ROUND: Duration = Duration::from_millis(500);
+
 impl Engine {
     pub fn new(
         shared: Arc<Shared>,
@@ -165,7 +168,10 @@ impl Engine {
 
     /// Runs until `stop`; then stops every browser (drained first) and returns.
     pub async fn run(mut self, stop: CancellationToken, kill_now: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Twice a second: a model's load step is judged on the round after it (its panic
+        // window starts at the load), so this is most of the time to a scale decision.
+        // A round is a stats call per agent and the placement's calls, all on loopback.
+        let mut tick = tokio::time::interval(ROUND);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.round().await;
