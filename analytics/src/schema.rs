@@ -2,8 +2,7 @@
 //! server's [`Features`]: the same tables on ClickHouse 18.16 and on current releases,
 //! with LowCardinality, DateTime64, TTL and insert deduplication where they exist.
 
-use crate::server::{self, Features};
-use crate::settings::ClickHouseSettings;
+use crate::server::Features;
 
 /// Days of history kept where the server supports TTL.
 pub const RETENTION_DAYS: u32 = 90;
@@ -202,10 +201,51 @@ pub struct Migration {
     pub version: u32,
     pub name: String,
     pub sql: String,
-    /// For a column added to an existing table: (table, column). The migration is
-    /// skipped when the column is there already (`ADD COLUMN IF NOT EXISTS` is newer
-    /// than the oldest server supported).
-    pub adds_column: Option<(String, String)>,
+    /// What it leaves behind, looked for in ClickHouse's system tables: before it runs
+    /// (a column there already is not added again: `ADD COLUMN IF NOT EXISTS` is newer
+    /// than the oldest server supported) and after a failure (another migrator may have
+    /// made it between our look and our statement).
+    pub outcome: Outcome,
+}
+
+/// A schema object a statement makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Database(String),
+    /// A table of the migrated database.
+    Table(String),
+    Column {
+        table: String,
+        column: String,
+    },
+}
+
+/// `s` as a ClickHouse string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+impl Outcome {
+    /// A query answering 1 when the outcome exists, 0 when not (run in the migrated
+    /// database: tables and columns are looked for in `currentDatabase()`).
+    pub fn exists_sql(&self) -> String {
+        match self {
+            Self::Database(name) => format!(
+                "SELECT count() FROM system.databases WHERE name = {}",
+                literal(name)
+            ),
+            Self::Table(name) => format!(
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {}",
+                literal(name)
+            ),
+            Self::Column { table, column } => format!(
+                "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+                 AND table = {} AND name = {}",
+                literal(table),
+                literal(column)
+            ),
+        }
+    }
 }
 
 fn column_type(f: Features, c: Col) -> &'static str {
@@ -252,7 +292,7 @@ pub fn migrations(f: Features) -> Vec<Migration> {
             version: t.version,
             name: format!("create {}", t.name),
             sql: create_table(f, t),
-            adds_column: None,
+            outcome: Outcome::Table(t.name.to_owned()),
         })
         .chain(ADDED_COLUMNS.iter().map(|a| Migration {
             version: a.version,
@@ -261,103 +301,41 @@ pub fn migrations(f: Features) -> Vec<Migration> {
                 "ALTER TABLE {} ADD COLUMN {} {}",
                 a.table, a.column, a.declaration
             ),
-            adds_column: Some((a.table.to_owned(), a.column.to_owned())),
+            outcome: Outcome::Column {
+                table: a.table.to_owned(),
+                column: a.column.to_owned(),
+            },
         }))
         .collect();
     all.sort_by_key(|m| m.version);
     all
 }
 
-/// What a migration run did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MigrationReport {
-    pub features: Features,
-    pub applied: Vec<u32>,
-    pub already: Vec<u32>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MigrationError {
-    #[error("ClickHouse at {url}: {source}")]
-    ClickHouse {
-        url: String,
-        #[source]
-        source: clickhouse::error::Error,
-    },
-}
-
-/// Creates the database and applies the migrations it has not recorded yet. Safe to run
-/// any number of times, from several processes.
-pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, MigrationError> {
-    let wrap = |source| MigrationError::ClickHouse {
-        url: settings.url.clone(),
-        source,
-    };
-    let root = settings.client(false);
-    let features = server::detect(&root).await.map_err(wrap)?;
-    root.query(&format!(
-        "CREATE DATABASE IF NOT EXISTS {}",
-        settings.database
-    ))
-    .execute()
-    .await
-    .map_err(wrap)?;
-    let db = settings.client(true);
-    db.query(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, applied_at DateTime) \
-         ENGINE = ReplacingMergeTree() ORDER BY version",
-    )
-    .execute()
-    .await
-    .map_err(wrap)?;
-    let done: Vec<u32> = db
-        .query("SELECT DISTINCT version FROM schema_migrations ORDER BY version")
-        .fetch_all()
-        .await
-        .map_err(wrap)?;
-    let mut report = MigrationReport {
-        features,
-        applied: Vec::new(),
-        already: Vec::new(),
-    };
-    for m in migrations(features) {
-        if done.contains(&m.version) {
-            report.already.push(m.version);
-            continue;
-        }
-        let present = match &m.adds_column {
-            Some((table, column)) => {
-                db.query(
-                    "SELECT count() FROM system.columns \
-                     WHERE database = currentDatabase() AND table = ? AND name = ?",
-                )
-                .bind(table)
-                .bind(column)
-                .fetch_one::<u64>()
-                .await
-                .map_err(wrap)?
-                    > 0
-            }
-            None => false,
-        };
-        if !present {
-            db.query(&m.sql).execute().await.map_err(wrap)?;
-        }
-        db.query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
-            .bind(m.version)
-            .bind(&m.name)
-            .execute()
-            .await
-            .map_err(wrap)?;
-        tracing::info!(version = m.version, name = %m.name, "ClickHouse migration applied");
-        report.applied.push(m.version);
-    }
-    Ok(report)
-}
+mod migrate;
+pub use migrate::{MigrationError, MigrationReport, migrate};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_queries_quote_their_names() {
+        assert_eq!(literal(r"a'b\c"), r"'a\'b\\c'");
+        let column = Outcome::Column {
+            table: "pool_events".into(),
+            column: "model".into(),
+        };
+        let sql = column.exists_sql();
+        assert!(
+            sql.contains("table = 'pool_events' AND name = 'model'"),
+            "{sql}"
+        );
+        assert!(
+            Outcome::Database("x'; DROP".into())
+                .exists_sql()
+                .ends_with(r"name = 'x\'; DROP'")
+        );
+    }
 
     #[test]
     fn old_server_ddl_uses_plain_types_and_no_ttl() {

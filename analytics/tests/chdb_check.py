@@ -3,7 +3,11 @@
 in process), to prove the SQL generated for modern servers is valid there too.
 
 Reads {"ddl": [...], "queries": [...]} as JSON on stdin; prints {"rows": [n, ...]}
-(rows each query returned) and exits non-zero on the first failing statement."""
+(rows each query returned) and exits non-zero on the first failing statement.
+
+Or reads {"migrations": [{"sql": ..., "exists": ...}, ...]}: runs each migration twice,
+its `exists` query before, between and after, and prints {"outcomes": [[before, after
+first, after second, second failed], ...]}: what a migrator that lost a race sees."""
 
 import json
 import sys
@@ -11,8 +15,34 @@ import sys
 from chdb import session
 
 
+def count(s, sql) -> int:
+    out = s.query(sql, "JSONCompact")
+    return int(json.loads(out.bytes())["data"][0][0])
+
+
+def outcomes(spec) -> int:
+    s = session.Session()
+    s.query("CREATE DATABASE IF NOT EXISTS webaccel_outcomes")
+    s.query("USE webaccel_outcomes")
+    seen = []
+    for m in spec["migrations"]:
+        before = count(s, m["exists"])
+        s.query(m["sql"])
+        first = count(s, m["exists"])
+        try:
+            s.query(m["sql"])
+            failed = False
+        except Exception:  # noqa: BLE001 - a second ADD COLUMN is refused; that is the point
+            failed = True
+        seen.append([before, first, count(s, m["exists"]), failed])
+    print(json.dumps({"outcomes": seen}))
+    return 0
+
+
 def main() -> int:
     spec = json.load(sys.stdin)
+    if "migrations" in spec:
+        return outcomes(spec)
     s = session.Session()
     s.query("CREATE DATABASE IF NOT EXISTS webaccel")
     s.query("USE webaccel")

@@ -1,5 +1,6 @@
 //! Migrations against a real ClickHouse server (Debian's 18.16 here): the tables come
-//! out with the types this server supports, and running them twice changes nothing.
+//! out with the types this server supports, running them twice changes nothing, and
+//! many migrators at once on a fresh database all succeed.
 
 use webaccel_analytics::schema::migrate;
 
@@ -75,4 +76,50 @@ async fn unreachable_server_is_a_clear_error() {
         webaccel_analytics::ClickHouseSettings::new("http://127.0.0.1:9", "db", "test").unwrap();
     let err = migrate(&settings).await.unwrap_err().to_string();
     assert!(err.contains("http://127.0.0.1:9"), "{err}");
+}
+
+/// On a cluster every agent, both gateway replicas and the operator start at once against
+/// one ClickHouse: two of them adding the same column used to fail the slower one
+/// ("Cannot add column dynamic_batch_size: column with this name already exists"), whose
+/// rows then spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_migrators_at_once_on_a_fresh_database_all_succeed() {
+    let ch = crate::common::start().await;
+    for round in 0..3 {
+        let settings = ch.settings(&format!("webaccel_race{round}"));
+        let runs: Vec<_> = (0..16)
+            .map(|_| {
+                let s = settings.clone();
+                tokio::spawn(async move { migrate(&s).await })
+            })
+            .collect();
+        for run in runs {
+            let report = run
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let mut seen = [report.applied, report.already].concat();
+            seen.sort_unstable();
+            assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7, 8], "round {round}");
+        }
+        let db = settings.database.clone();
+        assert_eq!(
+            crate::common::query(
+                &ch,
+                &format!("SELECT count(DISTINCT version) FROM {db}.schema_migrations")
+            )
+            .await,
+            "8"
+        );
+        let columns = crate::common::query(
+            &ch,
+            &format!(
+                "SELECT count() FROM system.columns WHERE database = '{db}' \
+                 AND ((table = 'inference_performance' AND name = 'dynamic_batch_size') \
+                 OR (table = 'pool_events' AND name = 'model'))"
+            ),
+        )
+        .await;
+        assert_eq!(columns, "2", "round {round}");
+    }
 }

@@ -11,13 +11,8 @@ use webaccel_analytics::queries::{Measure, aggregate_sql, measure_sql, trends_sq
 use webaccel_analytics::schema::migrations;
 use webaccel_analytics::server::Features;
 
-/// Sends the modern DDL and `queries` to chdb; returns the rows each query gave.
-fn run_in_chdb(queries: &[String]) -> Vec<u64> {
-    let f = Features::from_version("26.9.2");
-    let spec = serde_json::json!({
-        "ddl": migrations(f).into_iter().map(|m| m.sql).collect::<Vec<_>>(),
-        "queries": queries,
-    });
+/// Runs chdb_check.py with `spec` on its stdin; its JSON answer.
+fn chdb(spec: &serde_json::Value) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chdb_check.py");
     let mut child = Command::new("python3")
         .arg(script)
@@ -38,13 +33,45 @@ fn run_in_chdb(queries: &[String]) -> Vec<u64> {
         "chdb refused the SQL (is chdb-core installed? scripts/setup.sh installs it):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Sends the modern DDL and `queries` to chdb; returns the rows each query gave.
+fn run_in_chdb(queries: &[String]) -> Vec<u64> {
+    let f = Features::from_version("26.9.2");
+    let result = chdb(&serde_json::json!({
+        "ddl": migrations(f).into_iter().map(|m| m.sql).collect::<Vec<_>>(),
+        "queries": queries,
+    }));
     result["rows"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect()
+}
+
+/// What a migrator that lost a race relies on, on the current engine: each migration's
+/// outcome query says 0 before it and 1 after, and still 1 when a second run of the
+/// statement (another migrator's) is refused.
+#[test]
+fn migration_outcomes_are_seen_in_chdb() {
+    let all = migrations(Features::from_version("26.9.2"));
+    let result = chdb(&serde_json::json!({
+        "migrations": all.iter().map(|m| serde_json::json!({"sql": m.sql, "exists": m.outcome.exists_sql()})).collect::<Vec<_>>(),
+    }));
+    let outcomes = result["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), all.len());
+    for (m, seen) in all.iter().zip(outcomes) {
+        let seen: (u64, u64, u64, bool) = serde_json::from_value(seen.clone()).unwrap();
+        assert_eq!((seen.0, seen.1, seen.2), (0, 1, 1), "{}: {seen:?}", m.name);
+        // CREATE TABLE IF NOT EXISTS is accepted twice; a second ADD COLUMN is refused.
+        let adds = matches!(
+            m.outcome,
+            webaccel_analytics::schema::Outcome::Column { .. }
+        );
+        assert_eq!(seen.3, adds, "{}", m.name);
+    }
 }
 
 /// Expands the Grafana ClickHouse data source's macros the way it does, for a one-hour
