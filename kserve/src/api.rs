@@ -93,6 +93,52 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Answers the errors axum makes itself (a body over the limit, a wrong content type, a
+/// method the route does not take: plain text) in the protocol's JSON shape, made by
+/// `to`, with a category for the status, keeping the status and headers. A client of
+/// the protocol parses every error the same way, and a 413 says `payload_too_large`.
+pub async fn plain_errors_as(resp: Response, to: impl FnOnce(ApiError) -> Response) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/event-stream"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // axum's rejections are a line of text; anything longer is cut, not buffered whole.
+    let text = axum::body::to_bytes(body, 16 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let category = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCategory::PayloadTooLarge,
+        StatusCode::UNAUTHORIZED => ErrorCategory::Unauthorized,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCategory::Overloaded,
+        s if s.is_client_error() => ErrorCategory::BadRequest,
+        _ => ErrorCategory::Internal,
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let made = to(ApiError::new(category, message));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, made.into_body())
+}
+
+/// [`plain_errors_as`] with the KServe v2 (and Triton) error body.
+pub async fn plain_errors_as_json(resp: Response) -> Response {
+    plain_errors_as(resp, IntoResponse::into_response).await
+}
+
 /// What a KServe v2 server fronts. The futures are `Send` so the servers can run them
 /// on any worker.
 pub trait InferenceApi: Send + Sync + 'static {

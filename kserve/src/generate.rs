@@ -155,6 +155,9 @@ pub fn routes<A: GenerationApi>() -> Router<Arc<A>> {
             "/v2/models/{name}/versions/{version}/generate_stream",
             post(generate_stream_v::<A>),
         )
+        .layer(axum::middleware::map_response(
+            crate::api::plain_errors_as_json,
+        ))
 }
 
 /// Triton's error body, `{"error": "..."}` (with webaccel's category beside it).

@@ -54,6 +54,9 @@ pub fn routes<A: InferenceApi>() -> Router<Arc<A>> {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_v::<A>),
         )
+        .layer(axum::middleware::map_response(
+            crate::api::plain_errors_as_json,
+        ))
 }
 
 async fn server_live<A: InferenceApi>(State(api): State<Arc<A>>) -> StatusCode {

@@ -36,6 +36,9 @@ pub fn routes<A: GenerationApi>() -> Router<Arc<A>> {
         .route("/v1/completions", post(completions::<A>))
         .route("/v1/chat/completions", post(chat::<A>))
         .route("/v1/models", get(models::<A>))
+        .layer(axum::middleware::map_response(|resp: Response| {
+            crate::api::plain_errors_as(resp, |e| OpenAiError::from(e).into_response())
+        }))
 }
 
 /// An [`ApiError`] answered in OpenAI's shape.

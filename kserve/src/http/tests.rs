@@ -207,3 +207,35 @@ fn timeouts_parse_in_both_forms() {
     assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
     assert!(parse_timeout("-1").is_err());
 }
+
+/// Errors axum makes before a handler runs come in the protocol's JSON shape too: a
+/// body over the limit (the gateway's used to be plain text `length limit exceeded`)
+/// and a method the route does not take (its `Allow` header kept).
+#[tokio::test]
+async fn errors_before_the_handler_are_json_with_a_category() {
+    let (router, _) = app(None);
+    let (status, headers, bytes) = send(
+        router.clone(),
+        post("/v2/models/m/infer", vec![b' '; 3 << 20], &[]),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let v: Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+    assert_eq!(v["category"], "payload_too_large", "{v}");
+    assert_eq!(v["retryable"], false);
+    assert!(v["error"].as_str().unwrap().contains("limit"), "{v}");
+
+    let (status, headers, bytes) = send(
+        router,
+        Request::get("/v2/models/m/infer")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 405);
+    assert!(headers.contains_key(header::ALLOW), "{headers:?}");
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["category"], "bad_request", "{v}");
+}
