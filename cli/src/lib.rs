@@ -39,6 +39,8 @@ pub struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub log: webaccel_logs::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -134,6 +136,7 @@ pub async fn run(mut cli: Cli) -> anyhow::Result<()> {
                 args,
                 cli.clickhouse_url.clone(),
                 cli.clickhouse_database.clone(),
+                cli.log.log_format,
             )
             .await
         }

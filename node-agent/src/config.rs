@@ -17,6 +17,9 @@ use crate::browser::Family;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "webaccel-agent", version)]
 pub struct AgentArgs {
+    #[command(flatten)]
+    pub log: webaccel_logs::LogArgs,
+
     /// Address to serve HTTP and WebSocket on.
     #[arg(long, env = "WEBACCEL_LISTEN", default_value = "127.0.0.1:8700")]
     pub listen: SocketAddr,

@@ -1,18 +1,11 @@
 //! `webaccel-agent`: see the library for what it does.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,chromiumoxide=off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = webaccel_agent::AgentArgs::parse();
+    args.log.init("info,chromiumoxide=off");
     match webaccel_agent::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

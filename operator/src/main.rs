@@ -31,6 +31,8 @@ use webaccel_operator::stores::Stores;
                   pods/proxy)."
 )]
 struct Args {
+    #[command(flatten)]
+    log: webaccel_logs::LogArgs,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -109,12 +111,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = Args::parse();
+    args.log.init("info");
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;

@@ -167,6 +167,7 @@ pub async fn up(
     args: UpArgs,
     clickhouse_url: Option<String>,
     database: String,
+    log_format: webaccel_logs::LogFormat,
 ) -> anyhow::Result<()> {
     let mut desired = Desired::default();
     let mut refused = Vec::new();
@@ -231,6 +232,7 @@ pub async fn up(
         run_dir: run_dir.clone(),
         clickhouse_url: clickhouse.clone(),
         clickhouse_database: database.clone(),
+        log_format,
     };
     let shared = Shared::new(desired);
     let stop = CancellationToken::new();
@@ -268,7 +270,11 @@ pub async fn up(
                 webaccel_gateway::PREFERENCES_REFRESH,
                 stop.clone(),
             );
-            webaccel_gateway::record::Recorder::start(settings, data.join("spool").join("gateway"))?
+            webaccel_gateway::record::Recorder::start(
+                settings,
+                data.join("spool").join("gateway"),
+                defaults.spool_max_bytes(),
+            )?
         }
         None => webaccel_gateway::record::Recorder::disabled(),
     };

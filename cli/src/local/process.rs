@@ -27,6 +27,9 @@ pub struct Launcher {
     pub clickhouse_url: Option<String>,
     /// The database of `webaccel up --clickhouse-database`, for pools that name none.
     pub clickhouse_database: String,
+    /// `webaccel up`'s own log format, for the agents' logs (their colour follows their
+    /// log file: none).
+    pub log_format: webaccel_logs::LogFormat,
 }
 
 #[derive(Debug)]
@@ -112,6 +115,7 @@ impl Launcher {
             .stdout(out.try_clone()?)
             .stderr(out)
             .env("RUST_LOG", "info,chromiumoxide=off")
+            .env("WEBACCEL_LOG_FORMAT", self.log_format.as_str())
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.agent_binary.display()))?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);

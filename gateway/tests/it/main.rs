@@ -8,4 +8,5 @@ mod fleet;
 mod generation;
 mod kubernetes;
 mod kubernetes_stages;
+mod logs;
 mod support;
