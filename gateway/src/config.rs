@@ -14,6 +14,9 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "webaccel-gateway", version)]
 pub struct GatewayArgs {
+    #[command(flatten)]
+    pub log: webaccel_logs::LogArgs,
+
     /// KServe v2 over HTTP (JSON and binary tensors).
     #[arg(long, env = "WEBACCEL_GATEWAY_HTTP", default_value = "0.0.0.0:8000")]
     pub http: SocketAddr,
@@ -123,10 +126,31 @@ pub struct GatewayArgs {
     #[arg(long, env = "WEBACCEL_GATEWAY_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
 
+    /// Size of the volume the spool lives on, as a Kubernetes quantity (`1Gi`, `500M`):
+    /// the chart passes its emptyDir's `sizeLimit`. The spool stays a tenth below it (room
+    /// for the batch being written and other files in /tmp); when full, new rows are
+    /// dropped and counted, so a long ClickHouse outage costs rows, never an eviction
+    /// of the pod.
+    #[arg(long, env = "WEBACCEL_GATEWAY_SPOOL_SIZE_LIMIT", default_value = "1Gi", value_parser = parse_size)]
+    pub spool_size_limit: u64,
+
     /// Prefer the browser and backend ClickHouse history recommends for a model when the
     /// candidates differ (refreshed in the background; routing never waits on it).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub use_recommendations: bool,
+}
+
+fn parse_size(q: &str) -> Result<u64, String> {
+    webaccel_crds::v1alpha1::quantity_bytes(q)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("{q:?} is not a size (a Kubernetes quantity: 1Gi, 500Mi, 2G)"))
+}
+
+impl GatewayArgs {
+    /// The most the request-row spool may hold: a tenth below its volume's size.
+    pub fn spool_max_bytes(&self) -> u64 {
+        self.spool_size_limit / 10 * 9
+    }
 }
 
 /// Why the agents given on the command line cannot be used.

@@ -331,7 +331,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
                 .spool_dir
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("webaccel-gateway-spool"));
-            Recorder::start(settings, spool)?
+            Recorder::start(settings, spool, args.spool_max_bytes())?
         }
     };
     let running = start(settings, fleet, waiting, recorder, preferences).await?;

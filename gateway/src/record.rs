@@ -127,8 +127,17 @@ impl Recorder {
 
     /// Starts the writer and applies the schema in the background until ClickHouse
     /// answers (rows spool meanwhile).
-    pub fn start(settings: ClickHouseSettings, spool_dir: PathBuf) -> std::io::Result<Self> {
-        let writer = Writer::start(&settings, WriterConfig::new(spool_dir))?;
+    /// The spool holds at most `spool_max_bytes`; rows past it are dropped and counted.
+    pub fn start(
+        settings: ClickHouseSettings,
+        spool_dir: PathBuf,
+        spool_max_bytes: u64,
+    ) -> std::io::Result<Self> {
+        let config = WriterConfig {
+            spool_max_bytes,
+            ..WriterConfig::new(spool_dir)
+        };
+        let writer = Writer::start(&settings, config)?;
         let handle = writer.handle.clone();
         tokio::spawn(async move {
             loop {

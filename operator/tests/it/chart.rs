@@ -192,3 +192,89 @@ fn every_pod_the_chart_runs_fits_its_program_and_image() {
         }
     }
 }
+
+/// The environment a container gets, by name.
+fn env_of(c: &Value) -> std::collections::BTreeMap<String, Value> {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+        .collect()
+}
+
+/// Chart values reach the binary they describe: the gateway's spool limit is its
+/// emptyDir's (the spool stays below the volume, so a ClickHouse outage never gets the
+/// pod evicted), the log format and extra variables reach both containers, and every
+/// `WEBACCEL_*` variable the chart sets is one its binary reads (`--help` names it).
+#[test]
+fn chart_values_reach_the_binaries() {
+    let docs = rendered(&[
+        "--set",
+        "gateway.spoolSizeLimit=300Mi",
+        "--set",
+        "logFormat=text",
+        "--set",
+        "gateway.extraEnv[0].name=EXTRA_GATEWAY",
+        "--set",
+        "gateway.extraEnv[0].value=g",
+        "--set",
+        "extraEnv[0].name=EXTRA_OPERATOR",
+        "--set",
+        "extraEnv[0].value=o",
+    ]);
+    let mut seen = 0;
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let env = env_of(c);
+        assert_eq!(env["WEBACCEL_LOG_FORMAT"], "text");
+        assert_eq!(env["WEBACCEL_LOG_COLOR"], "never");
+        let help = if c["name"] == "gateway" {
+            assert_eq!(env["EXTRA_GATEWAY"], "g");
+            assert!(!env.contains_key("EXTRA_OPERATOR"));
+            let mut argv = vec!["webaccel-gateway".to_owned()];
+            argv.extend(
+                c["args"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a.as_str().unwrap().to_owned()),
+            );
+            let parsed = webaccel_gateway::GatewayArgs::try_parse_from(&argv).unwrap();
+            let volume = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "tmp")
+                .unwrap();
+            let size = webaccel_crds::v1alpha1::quantity_bytes(
+                volume["emptyDir"]["sizeLimit"].as_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(size, 300 << 20);
+            assert_eq!(parsed.spool_size_limit, size);
+            assert!(parsed.spool_max_bytes() < size);
+            use clap::CommandFactory as _;
+            webaccel_gateway::GatewayArgs::command()
+                .render_long_help()
+                .to_string()
+        } else {
+            assert_eq!(env["EXTRA_OPERATOR"], "o");
+            let out = Command::new(env!("CARGO_BIN_EXE_webaccel-operator"))
+                .arg("--help")
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        for name in env.keys().filter(|n| n.starts_with("WEBACCEL_")) {
+            assert!(
+                help.contains(&format!("[env: {name}")),
+                "{}: sets {name}, which it does not read",
+                c["name"]
+            );
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
