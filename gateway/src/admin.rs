@@ -26,7 +26,27 @@ pub fn kserve_router(gateway: Arc<Gateway>, tokens: Arc<Tokens>) -> Router {
     Router::new()
         .merge(v2::probe_routes::<Gateway>())
         .merge(protected)
+        .layer(middleware::map_response_with_state(
+            gateway.clone(),
+            close_when_draining,
+        ))
         .with_state(gateway)
+}
+
+/// While draining, every HTTP/1 answer closes its connection: a client's pooled
+/// connection would otherwise keep reaching this gateway after its endpoint is gone, and
+/// its next request would meet the closed port. Its next connection goes to another.
+async fn close_when_draining(
+    State(gateway): State<Arc<Gateway>>,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    if gateway.draining() {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// One browser in `/v1/endpoints`.

@@ -126,6 +126,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "WEBACCEL_GATEWAY_SPOOL_DIR")]
     pub spool_dir: Option<PathBuf>,
 
+    /// On SIGTERM, how long to stay up not ready (still serving, answers closing their
+    /// connections) before closing the ports: the time endpoints and kube-proxy take to
+    /// stop routing here. Then requests in flight finish and the gateway exits.
+    #[arg(long, env = "WEBACCEL_GATEWAY_DRAIN_PERIOD", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_period: Duration,
+
     /// Size of the volume the spool lives on, as a Kubernetes quantity (`1Gi`, `500M`):
     /// the chart passes its emptyDir's `sizeLimit`. The spool stays a tenth below it (room
     /// for the batch being written and other files in /tmp); when full, new rows are

@@ -119,6 +119,23 @@ pub struct Running {
 }
 
 impl Running {
+    /// The first part of stopping, as Kubernetes needs it: the endpoint controller and
+    /// kube-proxy take seconds to stop sending after the pod is told to stop, so the
+    /// gateway turns not ready (`/readyz` 503, answers close their connections) and keeps
+    /// serving for `period` before [`Self::shutdown`] closes the ports. Cut short by
+    /// `cut_short` (a second signal).
+    pub async fn drain(&self, period: Duration, cut_short: impl Future<Output = ()>) {
+        self.gateway.start_draining();
+        if period.is_zero() {
+            return;
+        }
+        tracing::info!(period = ?period, "draining: not ready, still serving while endpoints converge");
+        tokio::select! {
+            () = tokio::time::sleep(period) => {},
+            () = cut_short => tracing::info!("drain cut short"),
+        }
+    }
+
     /// Stops taking requests, lets those in flight finish, and flushes the rows.
     pub async fn shutdown(self) {
         self.stop.cancel();
@@ -336,7 +353,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     };
     let running = start(settings, fleet, waiting, recorder, preferences).await?;
     termination().await;
-    tracing::info!("termination requested: finishing requests in flight");
+    running.drain(args.drain_period, termination()).await;
+    tracing::info!("closing the ports: finishing requests in flight");
     running.shutdown().await;
     discovery_stop.cancel();
     tracing::info!("webaccel-gateway stopped");

@@ -53,6 +53,8 @@ pub struct Gateway {
     /// Asks agents for model metadata.
     pub(crate) metadata: HttpAgents,
     ready: std::sync::atomic::AtomicBool,
+    /// Stopping: not ready any more (so endpoints drop it), still serving.
+    draining: std::sync::atomic::AtomicBool,
     /// Models deployed, when the discovery source knows them (Kubernetes, local mode).
     deployed: parking_lot::RwLock<Option<Arc<crate::discovery::Deployed>>>,
     /// Models cut into stages, served as pipelines (see [`crate::pipeline`]).
@@ -93,6 +95,7 @@ impl Gateway {
             preferences,
             metadata: HttpAgents::new(Duration::from_secs(30)),
             ready: std::sync::atomic::AtomicBool::new(false),
+            draining: std::sync::atomic::AtomicBool::new(false),
             deployed: parking_lot::RwLock::default(),
             stages: Stages::default(),
         }
@@ -129,6 +132,17 @@ impl Gateway {
     /// Marks the gateway ready (discovery has reported the fleet once).
     pub fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// From now on not ready, for good; requests are still served.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Self::start_draining`] was called.
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn prefers(&self, model: &str) -> impl Fn(&Endpoint) -> bool + use<> {
@@ -418,7 +432,7 @@ impl InferenceApi for Gateway {
     }
 
     fn ready(&self) -> bool {
-        self.ready.load(std::sync::atomic::Ordering::Acquire)
+        self.ready.load(std::sync::atomic::Ordering::Acquire) && !self.draining()
     }
 
     fn max_tensor_bytes(&self) -> usize {

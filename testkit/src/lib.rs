@@ -17,6 +17,7 @@ pub mod generation;
 pub mod kube;
 pub mod procs;
 pub mod rbac;
+pub mod triton;
 pub mod up;
 
 pub use agent::{AgentProcess, Launch, TOKEN, free_port};

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use webaccel_testkit::fixtures::fixture;
+use webaccel_testkit::triton::TritonLoad;
 use webaccel_testkit::up::{Load, Up, browsers, model, pool, pool_yaml};
 
 fn model_status(s: &Value) -> &Value {
@@ -176,46 +177,6 @@ fn autoscaled_model(name: &str, min: i32) -> String {
         "apiVersion: webaccel.dev/v1alpha1\nkind: ModelDeployment\nmetadata:\n  name: {name}\nspec:\n  poolRef: {{name: shared}}\n  model:\n    uri: file://{}\n    task: vision\n  backends: [wasm]\n  autoscaling:\n    minReplicas: {min}\n    maxReplicas: 3\n    targetPerReplica: 4\n    stableWindowSeconds: 6\n    panicWindowSeconds: 2\n    scaleToZeroGraceSeconds: 2\n",
         fixture(&format!("{name}.onnx")).display()
     )
-}
-
-/// The tritonclient load driver (`triton_load.py`): its stdin moves the load.
-struct TritonLoad {
-    child: tokio::process::Child,
-}
-
-impl TritonLoad {
-    fn start(url: &str, clients: usize) -> Self {
-        let child = tokio::process::Command::new("python3")
-            .arg(webaccel_testkit::fixtures::repo().join("node-agent/tests/clients/triton_load.py"))
-            .arg(url)
-            .arg(fixture(""))
-            .arg(clients.to_string())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 with the test requirements");
-        Self { child }
-    }
-
-    async fn send(&mut self, command: &str) {
-        use tokio::io::AsyncWriteExt as _;
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
-        stdin.flush().await.unwrap();
-    }
-
-    /// Stops it: (answers per model, failures).
-    async fn finish(mut self) -> Value {
-        self.send("stop").await;
-        let out = self.child.wait_with_output().await.unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(text.lines().last().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("triton_load.py: {e}: {text}"))
-    }
 }
 
 #[tokio::test]

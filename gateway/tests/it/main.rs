@@ -3,6 +3,7 @@
 //! ([`kubernetes`], [`kubernetes_stages`]).
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
+mod drain;
 mod ensemble;
 mod fleet;
 mod generation;
