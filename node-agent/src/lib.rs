@@ -16,6 +16,7 @@ pub mod error;
 pub mod generation;
 pub mod http;
 pub mod inspect;
+pub mod keeper;
 pub mod models;
 pub mod page;
 pub mod procmem;
@@ -161,7 +162,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(workers, threads, cpus, "page layout");
-    let reaper = reaper::Reaper::start();
+    // Browsers die with the agent even if it is SIGKILLed (see `keeper`).
+    let reaper = match std::env::current_exe() {
+        Ok(binary) => reaper::Reaper::start_keeping(binary),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find the agent's own binary for the browser keeper: browsers would outlive a killed agent");
+            reaper::Reaper::start()
+        }
+    };
     let launch = LaunchConfig {
         kind: args.browser,
         executable,

@@ -31,7 +31,16 @@ pub fn browsers_bytes() -> Option<u64> {
 /// PSS of every process below this one, read now (across a model's load).
 pub fn browsers_bytes_now() -> Option<u64> {
     let below = descendants(std::process::id())?;
-    let bytes = below.iter().filter_map(|&pid| pss_bytes(pid)).sum();
+    // The browser keeper (see `crate::keeper`) is below the agent too, but is no browser.
+    let keeper = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(crate::keeper::ARG.as_bytes()))
+    };
+    let bytes = below
+        .iter()
+        .filter(|&&pid| !keeper(pid))
+        .filter_map(|&pid| pss_bytes(pid))
+        .sum();
     *LAST.lock() = Some((Instant::now(), bytes));
     Some(bytes)
 }

@@ -59,15 +59,35 @@ impl ExitWatch {
 pub struct Reaper {
     /// Processes spawned through [`Reaper::spawn`] that someone waits on.
     watched: Mutex<HashMap<i32, watch::Sender<Option<Exit>>>>,
+    /// Kills the browsers' process groups if the agent dies (see [`crate::keeper`]).
+    keeper: Option<crate::keeper::Keeper>,
 }
 
 impl Reaper {
     /// Becomes a subreaper and starts collecting children on the current runtime.
     pub fn start() -> Arc<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`Self::start`], and a keeper (the agent's own `binary`) that kills the process
+    /// groups given to [`Self::keep`] if the agent dies.
+    pub fn start_keeping(binary: std::path::PathBuf) -> Arc<Self> {
+        let keeper = crate::keeper::Keeper::start(binary)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot start the browser keeper: browsers would outlive a killed agent");
+            })
+            .ok();
+        Self::start_with(keeper)
+    }
+
+    fn start_with(keeper: Option<crate::keeper::Keeper>) -> Arc<Self> {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphaned browser processes are left to init");
         }
-        let reaper = Arc::new(Self::default());
+        let reaper = Arc::new(Self {
+            keeper,
+            ..Self::default()
+        });
         let weak = Arc::downgrade(&reaper);
         tokio::spawn(async move {
             let mut sigchld =
@@ -103,6 +123,20 @@ impl Reaper {
         let (tx, rx) = watch::channel(None);
         watched.insert(pid, tx);
         Ok((Pid::from_raw(pid), ExitWatch(rx)))
+    }
+
+    /// The process group `pgid` dies with the agent.
+    pub fn keep(&self, pgid: Pid) {
+        if let Some(k) = &self.keeper {
+            k.keep(pgid.as_raw());
+        }
+    }
+
+    /// The process group `pgid` is gone.
+    pub fn release(&self, pgid: Pid) {
+        if let Some(k) = &self.keeper {
+            k.release(pgid.as_raw());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<i32, watch::Sender<Option<Exit>>>> {

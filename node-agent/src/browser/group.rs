@@ -21,13 +21,21 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// Kills a process group when dropped, unless disarmed: a launch that fails or is
 /// cancelled half-way leaves nothing running.
 #[derive(Debug)]
-struct GroupGuard(Option<Pid>);
+struct GroupGuard(Option<Pid>, Arc<Reaper>);
+
+impl GroupGuard {
+    /// SIGKILLs the group, once; the keeper forgets it.
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            self.1.release(pgid);
+        }
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
+        self.kill();
     }
 }
 
@@ -69,7 +77,10 @@ impl Group {
         Ok(Self {
             pid,
             exit,
-            guard: GroupGuard(Some(pid)),
+            guard: {
+                reaper.keep(pid);
+                GroupGuard(Some(pid), reaper.clone())
+            },
             log,
             name,
         })
@@ -112,9 +123,7 @@ impl Group {
     /// reaped.
     pub(super) async fn kill(&mut self) {
         let started = Instant::now();
-        if let Some(pgid) = self.guard.0.take() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
+        self.guard.kill();
         if tokio::time::timeout(KILL_WAIT, self.exit.exited())
             .await
             .is_err()
