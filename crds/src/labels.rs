@@ -10,6 +10,8 @@ pub const POOL: &str = "webaccel.dev/pool";
 pub const TEMPLATE_HASH: &str = "webaccel.dev/template-hash";
 /// Set on a pod the operator is draining before it deletes it (scale-down, roll, recycle).
 pub const DRAINING: &str = "webaccel.dev/draining";
+/// Why a draining pod drains (`scale-down`, `roll`, `recycle: why`): its deletion says so.
+pub const DRAIN_REASON: &str = "webaccel.dev/drain-reason";
 /// Set on a pod chosen for scale-down while it holds the only loaded replica of some
 /// model: it serves on and takes no new replica until that model is loaded elsewhere,
 /// then it is drained.

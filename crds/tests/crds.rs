@@ -68,12 +68,12 @@ fn every_cel_rule_stays_within_the_cost_budget() {
     let unbounded = cel::compile_schema(&json!({"type": "array", "items": {"type": "string"}}));
     assert!(!cel::estimate_rule_cost("self.all(x, self.all(y, x == y))", &unbounded).is_empty());
 
-    // BrowserPool has 6 rules, ModelDeployment 17 (two on the root, one-of model, stages
+    // BrowserPool has 7 rules (rollout: surge or unavailability), ModelDeployment 17 (two on the root, one-of model, stages
     // or ensemble on the spec, its five text-generation rules and replicas-or-autoscaling,
     // backends, stages, the uri rule of model and of stages' items, ensemble steps and
     // outputs, autoscaling's two bounds); all must be found and checked.
     for (schema, expected) in [
-        (schema_of::<BrowserPool>(), 6),
+        (schema_of::<BrowserPool>(), 7),
         (schema_of::<ModelDeployment>(), 17),
     ] {
         let compiled = cel::compile_schema(&schema);

@@ -84,6 +84,42 @@ impl Default for HealingSpec {
     }
 }
 
+/// How a spec change replaces a pool's browsers, as a Deployment's rolling update does:
+/// new browsers first, an old one drains only once a new one has stayed ready for
+/// `minReadySeconds`, and a roll whose new browsers crash stops (the old ones serve on).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Browsers a roll may run above the desired size (the new ones, before old ones go).
+    #[serde(default = "one")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 100)))]
+    pub max_surge: i32,
+    /// Browsers a roll may leave unavailable below the desired size.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 100)))]
+    pub max_unavailable: i32,
+    /// A new browser counts as available once it has stayed ready this long: one that is
+    /// ready for a moment and then OOM-killed does not let an old one go.
+    #[serde(default = "default_min_ready")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 3600)))]
+    pub min_ready_seconds: i32,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            max_surge: one(),
+            max_unavailable: 0,
+            min_ready_seconds: default_min_ready(),
+        }
+    }
+}
+
+fn default_min_ready() -> i32 {
+    10
+}
+
 fn default_unready_grace() -> i32 {
     180
 }
@@ -104,6 +140,7 @@ pub struct PoolPolicy {
     pub page_workers: Option<i32>,
     pub healing: HealingSpec,
     pub recycle: Option<RecycleSpec>,
+    pub rollout: RolloutSpec,
 }
 
 /// Size a model's replicas by its own demand (`ModelDeployment.spec.autoscaling`), after

@@ -15,6 +15,7 @@ use webaccel_api::agent::{AgentStats, Capabilities};
 use webaccel_crds::agent::{self as command, AgentSite};
 use webaccel_crds::v1alpha1::BrowserPoolSpec;
 use webaccel_engine::pool::browser::BrowserView;
+use webaccel_engine::pool::decide::Removal;
 
 use super::status::Process;
 
@@ -42,6 +43,8 @@ pub struct LocalBrowser {
     pid: i32,
     pub created: Timestamp,
     pub draining_since: Option<Timestamp>,
+    /// Why it drains, for the log line when it goes.
+    pub drained_for: Option<Removal>,
     /// Chosen for scale-down while it holds the only loaded replica of some model: it
     /// serves on and takes no new replica until that model is loaded elsewhere.
     pub cordoned_since: Option<Timestamp>,
@@ -132,6 +135,7 @@ impl Launcher {
             pid,
             created: Timestamp::now(),
             draining_since: None,
+            drained_for: None,
             cordoned_since: None,
             exited: None,
             stats: None,
@@ -192,12 +196,16 @@ impl LocalBrowser {
             ready,
             terminating: false,
             draining_since: self.draining_since,
+            drained_for: self.drained_for.clone(),
             cordoned_since: self.cordoned_since,
             // Counted by the pool's round from the deployments.
             sole_copies: 0,
             template_hash: Some(self.template_hash.clone()),
             created: Some(self.created),
             unready_since: if ready { None } else { Some(self.created) },
+            ready_since: if ready { self.ready_since } else { None },
+            // No scheduler: a process starts or fails.
+            unschedulable: None,
             restarts: 0,
             crash_looping: false,
             stats: self.stats.clone(),

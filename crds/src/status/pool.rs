@@ -125,7 +125,24 @@ pub fn build(
         (false, "Stable", "nothing to change".to_owned())
     };
     let below = ready < o.desired;
-    let (degraded, degraded_reason, degraded_msg) = if !p.heal_deferred.is_empty() {
+    let unschedulable = present
+        .iter()
+        .find_map(|b| b.unschedulable.as_ref().map(|m| (&b.name, m)));
+    let (degraded, degraded_reason, degraded_msg) = if let Some(why) = &p.roll_stopped {
+        (
+            true,
+            "RollStopped",
+            format!(
+                "the roll to the current spec stopped: {why}; the browsers on the previous spec serve on until the spec changes"
+            ),
+        )
+    } else if let Some((pod, message)) = unschedulable {
+        (
+            true,
+            "Unschedulable",
+            format!("{pod} cannot be scheduled: {message}"),
+        )
+    } else if !p.heal_deferred.is_empty() {
         (
             true,
             "HealBackoff",

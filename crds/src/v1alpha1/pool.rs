@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use webaccel_api::Backend;
 pub use webaccel_api::BrowserKind;
 use webaccel_engine::policy::PoolPolicy;
-pub use webaccel_engine::policy::{Autoscaling, HealingSpec, RecycleSpec};
+pub use webaccel_engine::policy::{Autoscaling, HealingSpec, RecycleSpec, RolloutSpec};
 
 /// A pool of browser pods that run models through WebGPU, WebNN or WebAssembly.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -107,6 +107,9 @@ pub struct BrowserPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healing: Option<HealingSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.maxSurge + self.maxUnavailable > 0").message("rollout.maxSurge and rollout.maxUnavailable cannot both be 0: a roll could replace nothing"))]
+    pub rollout: Option<RolloutSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PodOverrides>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsSpec>,
@@ -169,6 +172,7 @@ impl BrowserPoolSpec {
             page_workers: self.page_workers,
             healing: self.healing.clone().unwrap_or_default(),
             recycle: self.recycle.clone(),
+            rollout: self.rollout.clone().unwrap_or_default(),
         }
     }
 }

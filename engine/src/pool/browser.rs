@@ -4,6 +4,8 @@
 use jiff::Timestamp;
 use webaccel_api::agent::{AgentStats, Capabilities};
 
+use super::decide::Removal;
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BrowserView {
     pub name: String,
@@ -16,6 +18,8 @@ pub struct BrowserView {
     pub terminating: bool,
     /// Since when its agent has been draining (asked to stop taking work).
     pub draining_since: Option<Timestamp>,
+    /// Why it drains (so its deletion says so); unknown counts as scaling down.
+    pub drained_for: Option<Removal>,
     /// Since when it has been cordoned: chosen for scale-down while it held the only
     /// loaded replica of some model, so it serves on, takes no new replica, and drains once
     /// placement has loaded those models elsewhere.
@@ -27,6 +31,11 @@ pub struct BrowserView {
     pub created: Option<Timestamp>,
     /// Since when it has been unready (its creation, or when Ready last turned false).
     pub unready_since: Option<Timestamp>,
+    /// Since when it has been ready (when Ready last turned true).
+    pub ready_since: Option<Timestamp>,
+    /// The scheduler's message while no node can take the pod (`PodScheduled` false,
+    /// `Unschedulable`): not broken, since a new pod would not fit either.
+    pub unschedulable: Option<String>,
     /// Times its agent restarted.
     pub restarts: i32,
     /// Its agent keeps dying right after starting (Kubernetes' CrashLoopBackOff).
@@ -48,6 +57,15 @@ impl BrowserView {
 
     pub fn is_cordoned(&self) -> bool {
         self.cordoned_since.is_some()
+    }
+
+    /// Ready for at least `seconds` at `now`: available, in a roll's terms.
+    pub fn available(&self, seconds: i32, now: Timestamp) -> bool {
+        self.ready
+            && (seconds <= 0
+                || self
+                    .ready_since
+                    .is_none_or(|t| now.as_second() - t.as_second() >= i64::from(seconds)))
     }
 
     /// Whether placement may put a new replica on it: not on its way out.

@@ -1,7 +1,7 @@
 //! The pool's decisions, pure: which browsers to create, drain, delete or replace, given
 //! the desired size and what the pods and their agents report.
 
-use crate::policy::{HealingSpec, RecycleSpec};
+use crate::policy::{HealingSpec, RecycleSpec, RolloutSpec};
 use jiff::Timestamp;
 
 use super::browser::BrowserView;
@@ -17,15 +17,41 @@ pub enum Removal {
     OutOfDate,
     /// Served its requests or lived its lifetime.
     Recycle(String),
+    /// Built from a spec whose roll stopped (its browsers restart or break): why.
+    RollStopped(String),
 }
 
 impl Removal {
+    /// As a drain mark keeps it (`scale-down`, `roll`, `recycle: why`), for the deletion
+    /// after the drain.
+    pub fn mark(&self) -> String {
+        match self {
+            Self::Heal(why) => format!("heal: {why}"),
+            Self::ScaleDown => "scale-down".into(),
+            Self::OutOfDate => "roll".into(),
+            Self::Recycle(why) => format!("recycle: {why}"),
+            Self::RollStopped(why) => format!("roll-stopped: {why}"),
+        }
+    }
+
+    /// Read back from [`Self::mark`]; anything else is a scale-down.
+    pub fn from_mark(mark: &str) -> Self {
+        match mark.split_once(": ") {
+            Some(("heal", why)) => Self::Heal(why.into()),
+            Some(("recycle", why)) => Self::Recycle(why.into()),
+            Some(("roll-stopped", why)) => Self::RollStopped(why.into()),
+            _ if mark == "roll" => Self::OutOfDate,
+            _ => Self::ScaleDown,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Self::Heal(why) => format!("replacing: {why}"),
             Self::ScaleDown => "scaling down".into(),
             Self::OutOfDate => "rolling to the new spec".into(),
             Self::Recycle(why) => format!("recycling: {why}"),
+            Self::RollStopped(why) => format!("the roll to the new spec stopped: {why}"),
         }
     }
 }
@@ -48,6 +74,9 @@ pub struct Plan {
     pub delete: Vec<(String, Removal)>,
     /// Broken pods left in place because the heal backoff has not passed.
     pub heal_deferred: Vec<String>,
+    /// The roll to the current spec stopped because a browser built from it restarted or
+    /// broke: why. No old browser goes and no more new ones come until the spec changes.
+    pub roll_stopped: Option<String>,
 }
 
 impl Plan {
@@ -71,6 +100,9 @@ pub struct Inputs<'a> {
     pub may_heal: bool,
     /// How long a drain may take before the pod is deleted anyway.
     pub drain_timeout_s: i64,
+    pub rollout: &'a RolloutSpec,
+    /// A roll to this spec stopped in an earlier round (the pool's memory): why.
+    pub roll_stopped: Option<&'a str>,
 }
 
 fn seconds_since(t: Option<Timestamp>, now: Timestamp) -> i64 {
@@ -81,6 +113,11 @@ fn seconds_since(t: Option<Timestamp>, now: Timestamp) -> i64 {
 pub fn broken(b: &BrowserView, healing: &HealingSpec, now: Timestamp) -> Option<String> {
     if b.phase == "Failed" || b.phase == "Succeeded" {
         return Some(format!("pod phase {}", b.phase));
+    }
+    // No node can take it: a new pod would not fit either, and deleting it would only
+    // start the wait again. It stays, and the status carries the scheduler's message.
+    if b.unschedulable.is_some() {
+        return None;
     }
     if b.crash_looping || b.restarts >= healing.max_container_restarts {
         return Some(format!("agent container restarted {} times", b.restarts));
@@ -143,11 +180,34 @@ fn scale_down_order(a: &BrowserView, b: &BrowserView) -> std::cmp::Ordering {
 
 pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
     let mut p = Plan::default();
+    let stale = |b: &BrowserView| b.template_hash.as_deref() != Some(i.template_hash);
+    let present = || browsers.iter().filter(|b| !b.terminating);
+    let rolling = present().any(stale);
+    // A roll stops when a browser built from the new spec restarts or breaks (an OOM
+    // kill under a lowered memory limit, a bad image): replacing more old browsers would
+    // only take the pool down. It stays stopped until the spec changes.
+    if rolling {
+        p.roll_stopped = i.roll_stopped.map(str::to_owned).or_else(|| {
+            present().filter(|b| !stale(b)).find_map(|b| {
+                broken(b, i.healing, i.now)
+                    .or_else(|| {
+                        (b.restarts > 0)
+                            .then(|| format!("agent container restarted {} times", b.restarts))
+                    })
+                    .map(|why| format!("{}: {why}", b.name))
+            })
+        });
+    }
     let mut live: Vec<&BrowserView> = Vec::new();
     let mut draining = 0;
     for b in browsers.iter().filter(|b| !b.terminating) {
         if let Some(why) = broken(b, i.healing, i.now) {
-            if i.may_heal {
+            if rolling && !stale(b) {
+                // A broken browser of the new spec stops the roll; it is not replaced.
+                let stopped = p.roll_stopped.clone().unwrap_or(why);
+                p.delete
+                    .push((b.name.clone(), Removal::RollStopped(stopped)));
+            } else if i.may_heal {
                 p.delete.push((b.name.clone(), Removal::Heal(why)));
             } else {
                 // Left in place and counted, so the pool does not grow past its size while
@@ -160,7 +220,8 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
             let unreachable = b.stats.is_none();
             let overdue = seconds_since(b.draining_since, i.now) >= i.drain_timeout_s;
             if idle || unreachable || overdue {
-                p.delete.push((b.name.clone(), Removal::ScaleDown));
+                let why = b.drained_for.clone().unwrap_or(Removal::ScaleDown);
+                p.delete.push((b.name.clone(), why));
             } else {
                 draining += 1;
             }
@@ -170,26 +231,47 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
     }
 
     let desired = i.desired.max(0) as usize;
+    // A roll creates its new browsers first, above the desired size.
+    let surge = if rolling && p.roll_stopped.is_none() {
+        i.rollout.max_surge.max(0) as usize
+    } else {
+        0
+    };
+    let capacity = desired + surge;
     let mut leaving: Vec<&str> = Vec::new();
     let mut waiting_for_models = false;
-    if live.len() > desired {
+    if live.len() > capacity {
         let mut candidates: Vec<&BrowserView> = live
             .iter()
             .copied()
             .filter(|b| !p.heal_deferred.contains(&b.name))
             .collect();
-        // A browser cordoned already goes first: its models are moving away.
+        // A browser cordoned already goes first: its models are moving away; then old
+        // ones, which a roll would replace anyway.
         candidates.sort_by(|a, b| {
             b.is_cordoned()
                 .cmp(&a.is_cordoned())
+                .then_with(|| {
+                    // A stopped roll takes its new (failing) browsers back first.
+                    if p.roll_stopped.is_some() {
+                        stale(a).cmp(&stale(b))
+                    } else {
+                        stale(b).cmp(&stale(a))
+                    }
+                })
                 .then_with(|| scale_down_order(a, b))
         });
-        for b in candidates.into_iter().take(live.len() - desired) {
+        for b in candidates.into_iter().take(live.len() - capacity) {
             leaving.push(&b.name);
+            // A new browser of a stopped roll goes for that reason, not as a scale-down.
+            let removal = match &p.roll_stopped {
+                Some(why) if !stale(b) => Removal::RollStopped(why.clone()),
+                _ => Removal::ScaleDown,
+            };
             let cordon_overdue = seconds_since(b.cordoned_since, i.now) >= i.drain_timeout_s;
             if !b.ready {
                 // A browser that never got ready has no traffic: delete it at once.
-                p.delete.push((b.name.clone(), Removal::ScaleDown));
+                p.delete.push((b.name.clone(), removal));
             } else if b.sole_copies > 0 && !(b.is_cordoned() && cordon_overdue) {
                 // Load elsewhere first: it serves on until its models are loaded on the
                 // browsers that stay.
@@ -198,11 +280,11 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
                     p.cordon.push(b.name.clone());
                 }
             } else {
-                p.drain.push((b.name.clone(), Removal::ScaleDown));
+                p.drain.push((b.name.clone(), removal));
             }
         }
     } else {
-        p.create = desired - live.len();
+        p.create = capacity - live.len();
     }
     p.uncordon = live
         .iter()
@@ -211,7 +293,9 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
         .collect();
 
     // Rolling and recycling: one browser at a time, only while the pool is whole and
-    // settled, so capacity never drops by more than one.
+    // settled. An old browser drains only if the browsers available without it (ready
+    // for `minReadySeconds`) are still at least the desired size less `maxUnavailable`:
+    // with the default surge of one, once its new replacement has stayed ready.
     let settled = p.create == 0
         && !waiting_for_models
         && p.drain.is_empty()
@@ -219,9 +303,16 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
         && draining == 0
         && live.iter().all(|b| b.ready);
     if settled {
+        let available = live
+            .iter()
+            .filter(|b| b.available(i.rollout.min_ready_seconds, i.now))
+            .count();
+        let floor = desired.saturating_sub(i.rollout.max_unavailable.max(0) as usize);
+        let may_roll = p.roll_stopped.is_none() && available > floor;
         let stale = live
             .iter()
-            .filter(|b| b.template_hash.as_deref() != Some(i.template_hash))
+            .filter(|b| stale(b))
+            .filter(|_| may_roll)
             .min_by(|a, b| scale_down_order(a, b));
         let due = || {
             live.iter()
@@ -230,6 +321,8 @@ pub fn plan(browsers: &[BrowserView], i: &Inputs<'_>) -> Plan {
         };
         if let Some(b) = stale {
             p.drain.push((b.name.clone(), Removal::OutOfDate));
+        } else if rolling {
+            // Waiting for a new browser to be available, or stopped: no recycling meanwhile.
         } else if let Some((b, why)) = due() {
             p.drain.push((b.name.clone(), Removal::Recycle(why)));
         }

@@ -39,8 +39,16 @@ fn inputs(desired: i32) -> Inputs<'static> {
         now: at(NOW),
         may_heal: true,
         drain_timeout_s: 60,
+        rollout: &ROLLOUT,
+        roll_stopped: None,
     }
 }
+
+static ROLLOUT: RolloutSpec = RolloutSpec {
+    max_surge: 1,
+    max_unavailable: 0,
+    min_ready_seconds: 10,
+};
 
 fn names(v: &[(String, Removal)]) -> Vec<&str> {
     v.iter().map(|(n, _)| n.as_str()).collect()
@@ -199,25 +207,139 @@ fn heal_backoff_keeps_broken_pods_and_does_not_overgrow() {
     assert!(p.delete.is_empty());
 }
 
-#[test]
-fn a_spec_change_rolls_one_browser_at_a_time_idle_first() {
-    let mut old_busy = browser("old-busy", 3);
-    old_busy.template_hash = Some("h0".into());
-    let mut old_idle = browser("old-idle", 0);
-    old_idle.template_hash = Some("h0".into());
-    let p = plan(
-        &[old_busy.clone(), old_idle.clone(), browser("new", 0)],
-        &inputs(3),
-    );
-    assert_eq!(p.drain, [("old-idle".into(), Removal::OutOfDate)]);
+fn old(name: &str, load: u64) -> BrowserView {
+    BrowserView {
+        template_hash: Some("h0".into()),
+        ..browser(name, load)
+    }
+}
 
-    // Next round: old-idle is draining; the pool is one short, so one new pod is created and
-    // old-busy waits until the pool is whole and ready again.
-    old_idle.draining_since = Some(at(NOW - 1));
-    old_idle.stats.as_mut().unwrap().outstanding = 1;
-    let p = plan(&[old_busy.clone(), old_idle, browser("new", 0)], &inputs(3));
+#[test]
+fn a_spec_change_creates_first_and_drains_an_old_browser_once_the_new_one_stayed_ready() {
+    let (busy, idle) = (old("old-busy", 3), old("old-idle", 0));
+    // The new spec: one browser above the size first, nothing drained.
+    let p = plan(&[busy.clone(), idle.clone()], &inputs(2));
+    assert_eq!((p.create, p.drain.len()), (1, 0));
+    // Ready for 3 s only: not yet available (it might be OOM-killed in a moment).
+    let mut new = browser("new", 0);
+    new.ready_since = Some(at(NOW - 3));
+    let p = plan(&[busy.clone(), idle.clone(), new.clone()], &inputs(2));
+    assert_eq!(p, Plan::default(), "{p:?}");
+    // Ready for 10 s: the idlest old browser drains, and nothing else happens.
+    new.ready_since = Some(at(NOW - 10));
+    let p = plan(&[busy.clone(), idle.clone(), new.clone()], &inputs(2));
+    assert_eq!(p.drain, [("old-idle".into(), Removal::OutOfDate)]);
+    assert_eq!(p.create, 0);
+    // Drained and idle: deleted as a roll (its own Event reason), and the next new
+    // browser is created while the busy old one keeps serving.
+    let mut draining = idle;
+    draining.draining_since = Some(at(NOW - 1));
+    draining.drained_for = Some(Removal::OutOfDate);
+    let p = plan(&[busy.clone(), draining, new.clone()], &inputs(2));
+    assert_eq!(p.delete, [("old-idle".into(), Removal::OutOfDate)]);
     assert_eq!(p.create, 1);
     assert!(p.drain.is_empty());
+    // The last old one goes once the second new one is available; then the roll is over.
+    let p = plan(&[busy, new.clone(), browser("new-2", 0)], &inputs(2));
+    assert_eq!(p.drain, [("old-busy".into(), Removal::OutOfDate)]);
+    let p = plan(&[new, browser("new-2", 0)], &inputs(2));
+    assert_eq!(p, Plan::default());
+}
+
+#[test]
+fn a_roll_whose_new_browser_restarts_stops_and_takes_the_new_one_back() {
+    let mut new = browser("new", 0);
+    new.ready = false;
+    new.restarts = 1;
+    let p = plan(&[old("a", 1), old("b", 1), new.clone()], &inputs(2));
+    assert_eq!(
+        p.roll_stopped.as_deref(),
+        Some("new: agent container restarted 1 times")
+    );
+    // No old browser drains: the failing new one goes instead (never ready: at once).
+    assert!(p.drain.is_empty(), "{p:?}");
+    assert_eq!(
+        p.delete,
+        [(
+            "new".into(),
+            Removal::RollStopped("new: agent container restarted 1 times".into())
+        )]
+    );
+    assert_eq!(p.create, 0);
+    // Remembered: after the new one is gone, no new one comes until the spec changes.
+    let p = plan(
+        &[old("a", 1), old("b", 1)],
+        &Inputs {
+            roll_stopped: Some("new: agent container restarted 1 times"),
+            ..inputs(2)
+        },
+    );
+    assert_eq!((p.create, p.drain.len()), (0, 0));
+    assert!(p.roll_stopped.is_some());
+}
+
+#[test]
+fn rollout_settings_table() {
+    // (max surge, max unavailable, size) → (created, drained) on a spec change
+    let table = [
+        ((1, 0), 2, (1, 0)),
+        ((2, 0), 2, (2, 0)),
+        // No surge: one old browser drains first (the pool at its size is settled).
+        ((0, 1), 2, (0, 1)),
+        // Surge and unavailability: one created, one drained at once.
+        ((1, 1), 2, (1, 0)),
+    ];
+    for ((max_surge, max_unavailable), size, want) in table {
+        let rollout = RolloutSpec {
+            max_surge,
+            max_unavailable,
+            min_ready_seconds: 10,
+        };
+        let olds: Vec<BrowserView> = (0..size).map(|k| old(&format!("o{k}"), 0)).collect();
+        let p = plan(
+            &olds,
+            &Inputs {
+                rollout: &rollout,
+                ..inputs(size)
+            },
+        );
+        assert_eq!(
+            (p.create, p.drain.len()),
+            want,
+            "surge {max_surge} unavailable {max_unavailable}"
+        );
+    }
+}
+
+#[test]
+fn a_pod_no_node_can_take_is_left_alone_with_the_schedulers_message() {
+    let mut pending = browser("pending", 0);
+    pending.ready = false;
+    pending.phase = "Pending".into();
+    pending.stats = None;
+    pending.created = Some(at(NOW - 3600));
+    pending.unready_since = Some(at(NOW - 3600));
+    pending.unschedulable = Some("0/2 nodes are available: 1 Insufficient cpu.".into());
+    let p = plan(&[browser("a", 0), pending.clone()], &inputs(2));
+    assert_eq!(p, Plan::default(), "not deleted and recreated: {p:?}");
+    // Without the scheduler's word it is an unready pod past its grace: replaced.
+    pending.unschedulable = None;
+    let p = plan(&[browser("a", 0), pending], &inputs(2));
+    assert!(matches!(p.delete[..], [(_, Removal::Heal(_))]), "{p:?}");
+}
+
+#[test]
+fn drain_marks_read_back_as_the_removal() {
+    for r in [
+        Removal::ScaleDown,
+        Removal::OutOfDate,
+        Removal::Recycle("served 10 requests (limit 10)".into()),
+        Removal::Heal("pod phase Failed".into()),
+        Removal::RollStopped("p-2: agent container restarted 2 times".into()),
+    ] {
+        assert_eq!(Removal::from_mark(&r.mark()), r);
+    }
+    assert_eq!(Removal::from_mark("anything"), Removal::ScaleDown);
 }
 
 #[test]

@@ -18,9 +18,19 @@ pub struct PoolMemory {
     pub next_heal_at: Option<Timestamp>,
     /// The size last steered to, to notice changes.
     pub last_desired: Option<i32>,
+    /// A roll that stopped: the spec it rolled to and why. A new spec rolls afresh.
+    pub stopped_roll: Option<(String, String)>,
 }
 
 impl PoolMemory {
+    /// Why the roll to `template_hash` stopped, if it did.
+    pub fn roll_stopped(&self, template_hash: &str) -> Option<&str> {
+        self.stopped_roll
+            .as_ref()
+            .filter(|(hash, _)| hash == template_hash)
+            .map(|(_, why)| why.as_str())
+    }
+
     /// Whether broken browsers may be replaced at `now`.
     pub fn may_heal(&self, now: Timestamp) -> bool {
         self.next_heal_at.is_none_or(|t| now >= t)

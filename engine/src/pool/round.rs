@@ -30,6 +30,8 @@ pub struct Pacing {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Round {
     pub size: Size,
+    /// The spec the browsers are rolled to.
+    pub template_hash: String,
     /// The size steered to before: the pool's memory, else what the host last reported.
     pub previous: Option<i32>,
     pub plan: Plan,
@@ -70,9 +72,12 @@ pub fn decide(
             now,
             may_heal: memory.may_heal(now),
             drain_timeout_s: i64::try_from(pacing.drain_timeout.as_secs()).unwrap_or(i64::MAX),
+            rollout: &policy.rollout,
+            roll_stopped: memory.roll_stopped(template_hash),
         },
     );
     Round {
+        template_hash: template_hash.to_owned(),
         previous: memory.last_desired.or(reported),
         size,
         plan,
@@ -83,6 +88,11 @@ pub fn decide(
 /// and the heal backoff.
 pub fn remember(memory: &mut PoolMemory, round: &Round, pacing: &Pacing, now: Timestamp) {
     memory.last_desired = Some(round.size.desired);
+    memory.stopped_roll = round
+        .plan
+        .roll_stopped
+        .clone()
+        .map(|why| (round.template_hash.clone(), why));
     memory.record_heals(
         &round.plan,
         now,

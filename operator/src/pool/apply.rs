@@ -139,7 +139,14 @@ pub async fn apply_plan(
             }
             other => {
                 info!(pool = %round.key, %pod, why = %other.describe(), "deleted browser");
-                (EventType::Normal, "BrowserDeleted", other.describe())
+                // A roll's and a recycle's deletions say so; a scale-down's is plain.
+                let (type_, reason) = match other {
+                    Removal::OutOfDate => (EventType::Normal, "BrowserRolled"),
+                    Removal::Recycle(_) => (EventType::Normal, "BrowserRecycled"),
+                    Removal::RollStopped(_) => (EventType::Warning, "RollStopped"),
+                    _ => (EventType::Normal, "BrowserDeleted"),
+                };
+                (type_, reason, other.describe())
             }
         };
         publish(
@@ -169,11 +176,16 @@ pub async fn apply_plan(
         let (event, why) = match removal {
             Removal::OutOfDate => (PoolEvent::Roll, "built from an older spec".to_owned()),
             Removal::Recycle(why) => (PoolEvent::Recycle, why.clone()),
-            Removal::ScaleDown | Removal::Heal(_) => (PoolEvent::Drain, removal.describe()),
+            Removal::ScaleDown | Removal::Heal(_) | Removal::RollStopped(_) => {
+                (PoolEvent::Drain, removal.describe())
+            }
         };
         ctx.history
             .record(ns, name, event, pod, desired, desired, &why);
-        let mark = json!({"metadata": {"annotations": {labels::DRAINING: now.to_string()}}});
+        let mark = json!({"metadata": {"annotations": {
+            labels::DRAINING: now.to_string(),
+            labels::DRAIN_REASON: removal.mark(),
+        }}});
         match pods
             .patch(pod, &PatchParams::default(), &Patch::Merge(&mark))
             .await

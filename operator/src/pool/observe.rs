@@ -13,6 +13,7 @@ use webaccel_crds::v1alpha1::BrowserPool;
 
 use crate::context::{Context, EXPECTATION_TTL};
 pub use webaccel_engine::pool::browser::BrowserView;
+use webaccel_engine::pool::decide::Removal;
 
 /// A browser pod as the pool engine sees it (its agent's answers are added later).
 pub fn from_pod(pod: &Pod) -> BrowserView {
@@ -31,6 +32,26 @@ pub fn from_pod(pod: &Pod) -> BrowserView {
             .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
             .or(created)
     };
+    let ready_since = if ready {
+        ready_condition.and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
+    } else {
+        None
+    };
+    // The scheduler says so on `PodScheduled`; its message names what is short.
+    let unschedulable = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| {
+            c.message
+                .clone()
+                .unwrap_or_else(|| "no node can take it".to_owned())
+        });
     let containers = status.container_statuses.clone().unwrap_or_default();
     let restarts = containers
         .iter()
@@ -48,6 +69,10 @@ pub fn from_pod(pod: &Pod) -> BrowserView {
         .annotations()
         .get(labels::DRAINING)
         .and_then(|v| v.parse::<Timestamp>().ok());
+    let drained_for = pod
+        .annotations()
+        .get(labels::DRAIN_REASON)
+        .map(|v| Removal::from_mark(v));
     let cordoned_since = pod
         .annotations()
         .get(labels::CORDONED)
@@ -59,11 +84,14 @@ pub fn from_pod(pod: &Pod) -> BrowserView {
         ready,
         terminating: pod.metadata.deletion_timestamp.is_some(),
         draining_since,
+        drained_for,
         cordoned_since,
         sole_copies: 0,
         template_hash: pod.labels().get(labels::TEMPLATE_HASH).cloned(),
         created,
         unready_since,
+        ready_since,
+        unschedulable,
         restarts,
         crash_looping,
         stats: None,

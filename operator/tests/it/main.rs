@@ -16,3 +16,4 @@ mod model_controller;
 mod model_ensemble;
 mod model_stages;
 mod pool_controller;
+mod pool_roll;

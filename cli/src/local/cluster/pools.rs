@@ -148,6 +148,7 @@ impl Engine {
                     tracing::warn!(browser = %b.name, error = %e, "drain refused; removing it anyway");
                 }
                 b.draining_since = Some(now);
+                b.drained_for = Some(why.clone());
             }
         }
         for (browser, cordon) in plan

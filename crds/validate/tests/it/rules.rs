@@ -318,3 +318,29 @@ fn a_model_has_fixed_replicas_or_autoscaling_within_sane_bounds() {
         "{err}"
     );
 }
+
+#[test]
+fn a_rollout_must_be_able_to_replace_something() {
+    let bad = pool(json!({"image": "i", "rollout": {"maxSurge": 0, "maxUnavailable": 0}}));
+    assert_eq!(
+        cel_failures(&bad),
+        [
+            "rollout.maxSurge and rollout.maxUnavailable cannot both be 0: a roll could replace nothing"
+        ]
+    );
+    // The defaults (one surge, none unavailable) and the old way (one at a time, no surge).
+    for ok in [
+        json!({}),
+        json!({"maxSurge": 0, "maxUnavailable": 1, "minReadySeconds": 0}),
+    ] {
+        assert!(cel_failures(&pool(json!({"image": "i", "rollout": ok}))).is_empty());
+    }
+    // Out of range is refused by the schema, naming the field.
+    let Err(invalid) = webaccel_crds_validate::validate(
+        &pool(json!({"image": "i", "rollout": {"minReadySeconds": -1}})),
+        "test.yaml",
+    ) else {
+        panic!("a negative minReadySeconds was accepted");
+    };
+    assert!(invalid.to_string().contains("minReadySeconds"), "{invalid}");
+}
