@@ -158,6 +158,18 @@ impl LocalClickHouse {
         }
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How the server ended, if it has (and collects it): a supervisor's check.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Kills the server (SIGKILL: an outage, not a clean shutdown).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -284,6 +284,7 @@ impl Engine {
                     browsers,
                     gateway: current.gateway.clone(),
                     clickhouse: current.clickhouse.clone(),
+                    clickhouse_server: current.clickhouse_server.clone(),
                 });
                 true
             }

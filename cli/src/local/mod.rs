@@ -6,6 +6,7 @@
 //! apply`, `delete` and `status` talk to a running `up` through its own API ([`admin`]).
 
 mod admin;
+mod clickhouse;
 mod cluster;
 mod process;
 mod status;
@@ -237,6 +238,15 @@ pub async fn up(
     let shared = Shared::new(desired);
     let stop = CancellationToken::new();
     let kill_now = CancellationToken::new();
+    // The local ClickHouse, kept running until the last rows are flushed at the end.
+    let clickhouse_stop = CancellationToken::new();
+    let clickhouse_task = local_clickhouse.take().map(|ch| {
+        tokio::spawn(clickhouse::supervise(
+            ch,
+            shared.clone(),
+            clickhouse_stop.clone(),
+        ))
+    });
 
     // The gateway, fed by the engine's browsers.
     let (agents_tx, agents_rx) = tokio::sync::watch::channel(Vec::new());
@@ -410,7 +420,10 @@ pub async fn up(
     let _ = engine_task.await;
     let _ = std::fs::remove_file(&record);
     let _ = std::fs::remove_dir_all(&run_dir);
-    drop(local_clickhouse);
+    clickhouse_stop.cancel();
+    if let Some(t) = clickhouse_task {
+        let _ = t.await;
+    }
     println!("webaccel up: stopped");
     Ok(())
 }

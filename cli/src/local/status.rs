@@ -20,6 +20,22 @@ pub struct Status {
     pub gateway: Gateway,
     /// Where metric rows go (or why nowhere).
     pub clickhouse: String,
+    /// The ClickHouse server `up` started and keeps running, if it started one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clickhouse_server: Option<LocalServer>,
+}
+
+/// The local ClickHouse server as its supervisor sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalServer {
+    /// `running`, `restarting` (it exited; started again after a backoff) or `down` (the
+    /// last start failed; tried again).
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Times it was started again after exiting.
+    pub restarts: u32,
+    /// How it last ended, or why the last start failed.
+    pub last_exit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -140,6 +156,22 @@ impl Status {
                 "\ngateway: http://{} (KServe v2 HTTP), {} (gRPC); metrics: {}\n",
                 self.gateway.http, self.gateway.grpc, self.clickhouse
             ));
+            if let Some(server) = &self.clickhouse_server {
+                out.push_str(&format!(
+                    "clickhouse server: {}{}{}\n",
+                    server.state,
+                    if server.restarts > 0 {
+                        format!(", restarted {} times", server.restarts)
+                    } else {
+                        String::new()
+                    },
+                    server
+                        .last_exit
+                        .as_ref()
+                        .map(|e| format!(" (last: {e})"))
+                        .unwrap_or_default()
+                ));
+            }
         }
         out
     }

@@ -12,4 +12,5 @@ mod ensemble;
 mod report_chart;
 mod shard;
 mod sharded;
+mod supervised;
 mod up;

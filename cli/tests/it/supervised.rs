@@ -1,0 +1,119 @@
+//! `webaccel up` keeps the ClickHouse server it started running: SIGKILLed under load it
+//! comes back on the same data, `webaccel status` shows it, and every request answered
+//! meanwhile has its row once the spools replay (it used to stay down for good, with
+//! every row from then on waiting in spools).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use webaccel_testkit::fixtures::fixture;
+use webaccel_testkit::up::{Up, model_yaml, pool_yaml};
+
+async fn send(up: &Up, body: &Value, n: usize) {
+    let client = reqwest::Client::new();
+    for _ in 0..n {
+        let r = client
+            .post(format!("{}/v2/models/mlp/infer", up.http))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    }
+}
+
+/// `SELECT` on the server `up` started, by the URL its status names.
+async fn query(url: &str, sql: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .ok()?;
+    r.status()
+        .is_success()
+        .then_some(r.text().await.ok()?.trim().to_owned())
+}
+
+#[tokio::test]
+async fn the_local_clickhouse_comes_back_after_sigkill_and_no_row_is_lost() {
+    let _machine = webaccel_testkit::alone().await;
+    let up = Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
+        &[
+            ("pool.yaml", pool_yaml("p", "  replicas: 1\n")),
+            ("mlp.yaml", model_yaml("mlp", "p", &fixture("mlp.onnx"), 1)),
+        ],
+        &[],
+    );
+    let s = up
+        .until(
+            "the model served and ClickHouse running",
+            Duration::from_secs(120),
+            |s| {
+                s["clickhouse_server"]["state"] == "running"
+                    && webaccel_testkit::up::model(s, "mlp")["status"]["loadedReplicas"] == 1
+            },
+        )
+        .await;
+    let url = s["clickhouse"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let fixture_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
+    let body = serde_json::json!({"inputs": fixture_json["inputs"]});
+    send(&up, &body, 40).await;
+
+    let pid = i32::try_from(s["clickhouse_server"]["pid"].as_u64().unwrap()).unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    // Served while the server is down: the rows spool.
+    send(&up, &body, 40).await;
+    let s = up
+        .until("ClickHouse restarted", Duration::from_secs(90), |s| {
+            s["clickhouse_server"]["state"] == "running" && s["clickhouse_server"]["restarts"] == 1
+        })
+        .await;
+    assert_ne!(s["clickhouse_server"]["pid"], pid);
+    assert!(
+        s["clickhouse_server"]["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains('9'),
+        "{s:#}"
+    );
+    let (ok, text, _) = up.webaccel(&["status"]);
+    assert!(
+        ok && text.contains("clickhouse server: running, restarted 1 times"),
+        "{text}"
+    );
+    send(&up, &body, 20).await;
+
+    // Every answered request has its gateway row and its agent row, once.
+    let started = Instant::now();
+    loop {
+        let gateway = query(
+            &url,
+            "SELECT uniqExact(row_id), count() FROM webaccel.gateway_requests FINAL",
+        )
+        .await;
+        let agent = query(
+            &url,
+            "SELECT uniqExact(row_id) FROM webaccel.inference_performance FINAL",
+        )
+        .await;
+        if gateway.as_deref() == Some("100\t100") && agent.as_deref() == Some("100") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "rows after the restart: gateway {gateway:?}, agent {agent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
