@@ -59,6 +59,10 @@ pub struct InferenceRow {
     /// when the agent's dynamic batching joined it with other requests; 0 when it
     /// failed before running (migration 6).
     pub dynamic_batch_size: u32,
+    /// The request's id (`x-request-id`, as the gateway passed it down): joins the row to
+    /// the gateway's (migration 9). Empty where the client gave none and no gateway ran.
+    #[serde(default)]
+    pub request_id: String,
 }
 
 impl TableRow for InferenceRow {
@@ -138,6 +142,7 @@ impl InferenceRow {
             bytes_out: 16,
             outcome: "ok".into(),
             error_category: String::new(),
+            request_id: String::new(),
             dynamic_batch_size: 1,
         }
     }

@@ -193,6 +193,13 @@ const ADDED_COLUMNS: &[AddColumn] = &[
         column: "model",
         declaration: "String DEFAULT ''",
     },
+    // The request an agent row answered, to join it to the gateway's row.
+    AddColumn {
+        version: 9,
+        table: "inference_performance",
+        column: "request_id",
+        declaration: "String DEFAULT ''",
+    },
 ];
 
 /// One schema change, applied once and recorded in `schema_migrations`.
@@ -379,6 +386,7 @@ mod tests {
                 (6, "add inference_performance.dynamic_batch_size"),
                 (7, "create generation_performance"),
                 (8, "add pool_events.model"),
+                (9, "add inference_performance.request_id"),
             ]
         );
         // The creations keep their DDL: the new column comes only from migration 6.

@@ -90,8 +90,15 @@ impl Agent {
         let model = req.model.clone();
         let bytes_in: usize = req.inputs.iter().map(|t| t.data.len()).sum();
         let batch_size = rows_of(&req);
+        let request_id = req.request_id.clone();
         let result = self.infer_inner(req, timeout).await;
-        self.record(&model, started, &result, bytes_in, batch_size);
+        self.record(
+            &model,
+            started,
+            &result,
+            (bytes_in, batch_size),
+            request_id.as_deref(),
+        );
         match &result {
             Ok(ran) => self
                 .stats
@@ -179,8 +186,8 @@ impl Agent {
         model: &str,
         started: Instant,
         result: &Result<Ran, AgentError>,
-        bytes_in: usize,
-        batch_size: u32,
+        (bytes_in, batch_size): (usize, u32),
+        request_id: Option<&str>,
     ) {
         let response = result.as_ref().map(|r| &r.response);
         let Some(entry) = self.models.get(model) else {
@@ -210,6 +217,7 @@ impl Agent {
             bytes_in: bytes_in as u64,
             bytes_out: response.map_or(0, |r| r.outputs.iter().map(|t| t.data.len() as u64).sum()),
             error: category,
+            request_id,
         });
     }
 

@@ -71,6 +71,8 @@ pub struct InferenceRecord<'a> {
     pub bytes_out: u64,
     /// `None` on success, the error category otherwise.
     pub error: Option<&'a str>,
+    /// The request's id, when it came with one.
+    pub request_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -216,6 +218,7 @@ impl Recorder {
             bytes_out: r.bytes_out,
             outcome: if r.error.is_some() { "error" } else { "ok" }.into(),
             error_category: r.error.unwrap_or_default().to_owned(),
+            request_id: r.request_id.unwrap_or_default().to_owned(),
         });
     }
 

@@ -10,11 +10,11 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     let settings = ch.settings("webaccel_test");
 
     let first = migrate(&settings).await.unwrap();
-    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(first.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert!(first.already.is_empty());
     let second = migrate(&settings).await.unwrap();
     assert!(second.applied.is_empty());
-    assert_eq!(second.already, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(second.already, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
 
     let tables = crate::common::query(
         &ch,
@@ -35,7 +35,7 @@ async fn migrations_apply_once_and_adapt_to_the_server() {
     );
     assert_eq!(
         crate::common::query(&ch, "SELECT count() FROM webaccel_test.schema_migrations").await,
-        "8"
+        "9"
     );
 
     let version = crate::common::query(&ch, "SELECT version()").await;
@@ -100,7 +100,7 @@ async fn sixteen_migrators_at_once_on_a_fresh_database_all_succeed() {
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
             let mut seen = [report.applied, report.already].concat();
             seen.sort_unstable();
-            assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7, 8], "round {round}");
+            assert_eq!(seen, [1, 2, 3, 4, 5, 6, 7, 8, 9], "round {round}");
         }
         let db = settings.database.clone();
         assert_eq!(
@@ -109,17 +109,17 @@ async fn sixteen_migrators_at_once_on_a_fresh_database_all_succeed() {
                 &format!("SELECT count(DISTINCT version) FROM {db}.schema_migrations")
             )
             .await,
-            "8"
+            "9"
         );
         let columns = crate::common::query(
             &ch,
             &format!(
                 "SELECT count() FROM system.columns WHERE database = '{db}' \
-                 AND ((table = 'inference_performance' AND name = 'dynamic_batch_size') \
+                 AND ((table = 'inference_performance' AND name IN ('dynamic_batch_size', 'request_id')) \
                  OR (table = 'pool_events' AND name = 'model'))"
             ),
         )
         .await;
-        assert_eq!(columns, "2", "round {round}");
+        assert_eq!(columns, "3", "round {round}");
     }
 }

@@ -75,10 +75,14 @@ impl InferenceApi for Agent {
 
     async fn infer(
         &self,
-        request: InferRequest,
+        mut request: InferRequest,
         options: CallOptions,
     ) -> Result<Inferred, ApiError> {
         let timeout: Duration = options.timeout_within(self.args.request_timeout);
+        // Its row carries the id the client (or a gateway) sent, or the one generated.
+        request
+            .request_id
+            .get_or_insert_with(|| options.request_id.clone());
         let ran = Agent::infer_run(self, request, timeout).await?;
         let response = ran.response;
         let parameters = Map::from_iter([
