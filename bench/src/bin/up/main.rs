@@ -7,9 +7,12 @@
 //! on two browsers (memory per browser, latency, pipelined throughput; see [`sharded`]).
 //! Suite `models`: per-model autoscaling (reaction to a load step, scale from zero, a
 //! load shift between two models; see [`models`]).
+//! Suite `chaos`: a soak under load with faults drawn from a seed, and the accounting of
+//! every answered request's rows, memory, open files and processes (see [`chaos`]).
 //! Prints the figures and writes them as JSON (`--out`).
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // a benchmark: a panic is the report
 
+mod chaos;
 mod models;
 mod sharded;
 
@@ -43,6 +46,18 @@ struct Args {
     /// `sharded`: how long eight clients send back to back.
     #[arg(long, default_value_t = 20)]
     throughput_seconds: u64,
+    /// `chaos`: how long the load and the faults last.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// `chaos`: the seed the fault schedule is drawn from.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// `chaos`: time between faults.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    fault_every: Duration,
+    /// `chaos`: gRPC clients beside the `--clients` HTTP ones.
+    #[arg(long, default_value_t = 2)]
+    grpc_clients: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +65,7 @@ enum Suite {
     Pool,
     Sharded,
     Models,
+    Chaos,
 }
 
 fn request() -> Value {
@@ -194,6 +210,22 @@ async fn main() -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe()?.with_file_name("webaccel"),
     };
+    if args.suite == Suite::Chaos {
+        let work = tempfile::tempdir()?;
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let settings = chaos::Settings {
+            duration: args.duration,
+            seed: args.seed,
+            http_clients: args.clients,
+            grpc_clients: args.grpc_clients,
+            fault_every: args.fault_every,
+        };
+        let figures = chaos::run(&binary, &repo, work.path(), &settings).await;
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        std::fs::write(&args.out, serde_json::to_string_pretty(&figures)?)?;
+        println!("written to {}", args.out.display());
+        return Ok(());
+    }
     if args.suite == Suite::Sharded {
         let work = tempfile::tempdir()?;
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
