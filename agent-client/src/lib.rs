@@ -51,6 +51,9 @@ pub enum ModelOnAgent {
         sha256: String,
         /// What loading it added to the browser's memory, as the agent measured it.
         memory_bytes: Option<u64>,
+        /// How it serves (batching, precision, generation, ensemble steps), so a host can
+        /// tell a copy loaded with a spec since changed. `None` where unknown.
+        settings: Option<Box<webaccel_api::agent::ServingSettings>>,
     },
     Failed(String),
 }
@@ -66,6 +69,7 @@ impl ModelOnAgent {
                 uri: d.spec.uri.clone(),
                 sha256: m.sha256.clone(),
                 memory_bytes: m.memory_bytes,
+                settings: Some(Box::new(d.spec.serving())),
             },
             ModelState::Failed { reason } => Self::Failed(reason.clone()),
             // Pending (waiting for a browser) and loading.

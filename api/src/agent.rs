@@ -21,7 +21,7 @@ pub use capabilities::{
     WebNnSupport,
 };
 pub use ensemble::{Ensemble, EnsembleError, EnsembleIo, EnsembleStep};
-pub use spec::{ModelSpec, SpecError};
+pub use spec::{ModelSpec, ServingSettings, SpecError};
 
 /// A second header the agent takes its token from (`x-webaccel-token: Bearer <token>`),
 /// for a proxy in between that consumes `authorization` itself: the Kubernetes API

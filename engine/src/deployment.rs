@@ -131,12 +131,23 @@ struct Seen {
     error: Option<AgentError>,
 }
 
-/// Whether the copy an agent holds came from another file than `wanted` loads: another
-/// digest, or (without one in the spec) another URI. Ensembles have no file of their own.
+/// Whether the copy an agent holds is out of date for `wanted`: loaded with other serving
+/// settings (a re-applied deployment with another batching, precision, generation or
+/// ensemble), or from another file: another digest, or (without one in the spec) another
+/// URI. Ensembles have no file of their own.
 pub fn stale(held: &ModelOnAgent, wanted: &ModelSpec) -> bool {
-    let ModelOnAgent::Loaded { uri, sha256, .. } = held else {
+    let ModelOnAgent::Loaded {
+        uri,
+        sha256,
+        settings,
+        ..
+    } = held
+    else {
         return false;
     };
+    if settings.as_deref().is_some_and(|s| *s != wanted.serving()) {
+        return true;
+    }
     if wanted.ensemble.is_some() {
         return false;
     }

@@ -117,6 +117,7 @@ fn loaded(sha256: &str) -> ModelOnAgent {
         uri: "file:///m.onnx".into(),
         sha256: sha256.into(),
         memory_bytes: None,
+        settings: None,
     }
 }
 
@@ -303,6 +304,50 @@ fn a_copy_is_stale_when_its_digest_or_uri_differs_from_the_wanted_one() {
     assert!(!stale(&ModelOnAgent::Loading, &want(Some("bb"), "x")));
 }
 
+/// A re-applied deployment with other serving settings renews its running copies: the
+/// soak re-applies a batched model with another queue delay, which used to stay on the
+/// old one until something else reloaded it.
+#[test]
+fn a_copy_is_stale_when_it_serves_with_other_settings_than_the_spec() {
+    let mut want = spec("m", "file:///m.onnx", Some("aa"), Backend::Wasm);
+    want.max_batch_size = 8;
+    want.max_queue_delay_us = 500;
+    let held = |spec: &ModelSpec| {
+        let ModelOnAgent::Loaded {
+            backend,
+            init_ms,
+            precision,
+            uri,
+            sha256,
+            memory_bytes,
+            ..
+        } = loaded("aa")
+        else {
+            unreachable!()
+        };
+        ModelOnAgent::Loaded {
+            backend,
+            init_ms,
+            precision,
+            uri,
+            sha256,
+            memory_bytes,
+            settings: Some(Box::new(spec.serving())),
+        }
+    };
+    assert!(!stale(&held(&want), &want));
+    let mut before = want.clone();
+    before.max_queue_delay_us = 400;
+    assert!(stale(&held(&before), &want));
+    // What does not change how it serves does not renew it.
+    let mut other = want.clone();
+    other.warmup = false;
+    other.task = "vision".into();
+    assert!(!stale(&held(&other), &want));
+    // An agent that did not say keeps its copy.
+    assert!(!stale(&loaded("aa"), &want));
+}
+
 #[test]
 fn only_the_models_own_failure_is_failed_to_load() {
     let refused = |status, category| AgentError::Refused {
@@ -364,6 +409,7 @@ async fn a_models_measured_memory_is_kept_and_places_it_only_where_it_fits() {
             uri: "file:///m.onnx".into(),
             sha256: "aa".into(),
             memory_bytes: Some(410 * MIB),
+            settings: None,
         },
     );
     let placed = place(

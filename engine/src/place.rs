@@ -296,6 +296,7 @@ mod tests {
             uri: String::new(),
             sha256: String::new(),
             memory_bytes: None,
+            settings: None,
         }
     }
 
@@ -390,6 +391,7 @@ mod tests {
             uri: String::new(),
             sha256: String::new(),
             memory_bytes: None,
+            settings: None,
         };
         let cands = [
             browser("a", &[Wasm], loaded("wasm")),
@@ -465,6 +467,7 @@ mod tests {
                 uri: "file:///m.onnx".into(),
                 sha256: "aa".into(),
                 memory_bytes: None,
+                settings: None,
             },
         );
         c.stale = true;
@@ -496,6 +499,7 @@ mod tests {
                 uri: "file:///m.onnx".into(),
                 sha256: "bb".into(),
                 memory_bytes: None,
+                settings: None,
             },
         );
         let p = plan(1, &[Wasm], &ALL, &[old_copy("a"), loaded]);

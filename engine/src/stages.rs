@@ -237,6 +237,7 @@ mod tests {
             uri: String::new(),
             sha256: String::new(),
             memory_bytes: None,
+            settings: None,
         }
     }
 

@@ -52,6 +52,34 @@ pub struct ModelSpec {
     pub generation: Option<GenerationSpec>,
 }
 
+/// How a loaded copy serves, beside its file: what a reload with a changed spec would
+/// change. A copy whose settings differ from a deployment's current spec is renewed like
+/// a copy of a replaced file (one at a time). Backend, warm-up and task are left out: the
+/// backend is chosen per browser, and the others change nothing a client sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServingSettings {
+    pub max_batch_size: u32,
+    pub max_queue_delay_us: u64,
+    pub precision: Option<Precision>,
+    pub webnn_device: WebNnDevice,
+    pub generation: Option<GenerationSpec>,
+    pub ensemble: Option<Ensemble>,
+}
+
+impl ModelSpec {
+    /// What this spec serves with (see [`ServingSettings`]).
+    pub fn serving(&self) -> ServingSettings {
+        ServingSettings {
+            max_batch_size: self.max_batch_size,
+            max_queue_delay_us: self.max_queue_delay_us,
+            precision: self.precision,
+            webnn_device: self.webnn_device,
+            generation: self.generation.clone(),
+            ensemble: self.ensemble.clone(),
+        }
+    }
+}
+
 /// The largest `max_batch_size` a spec may ask for.
 pub const MAX_BATCH_SIZE: u32 = 4096;
 /// The longest `max_queue_delay_us` a spec may ask for (one second).

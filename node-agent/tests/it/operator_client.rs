@@ -95,8 +95,11 @@ async fn the_engine_reads_and_drives_a_real_agent() {
             uri,
             sha256,
             memory_bytes,
+            settings,
         } => {
             assert_eq!(backend, "wasm");
+            // How it serves, as loaded: a host compares it with the spec it wants.
+            assert!(settings.is_some_and(|s| s.ensemble.is_none()));
             // Measured from the browsers' processes across the load (Linux: always).
             assert!(memory_bytes.is_some(), "no memory figure for the load");
             assert_eq!(precision, Some(webaccel_api::Precision::Fp32));

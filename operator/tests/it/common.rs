@@ -327,6 +327,7 @@ impl AgentApi for FakeAgents {
                     uri: req.uri.clone(),
                     sha256: req.sha256.clone().unwrap_or_default(),
                     memory_bytes: None,
+                    settings: Some(Box::new(req.serving())),
                 },
             );
             Ok(ModelOnAgent::Loading)

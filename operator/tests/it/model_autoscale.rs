@@ -231,6 +231,7 @@ async fn two_models_share_a_pool_the_busy_one_grows_and_the_idle_one_goes_to_zer
         uri: format!("https://h/{m}.onnx"),
         sha256: String::new(),
         memory_bytes: Some(20 << 20),
+        settings: None,
     };
     agents
         .models

@@ -468,6 +468,7 @@ async fn a_new_digest_loads_a_copy_beside_the_old_one_which_goes_once_the_new_on
             uri: "https://h/m.onnx".into(),
             sha256: old_sha,
             memory_bytes: None,
+            settings: None,
         },
     );
     let sink = StatusSink::default();

@@ -27,6 +27,7 @@ fn loaded() -> ModelOnAgent {
         uri: String::new(),
         sha256: String::new(),
         memory_bytes: None,
+        settings: None,
     }
 }
 

@@ -68,6 +68,7 @@ impl AgentApi for Agents {
                     uri: String::new(),
                     sha256: String::new(),
                     memory_bytes: None,
+                    settings: None,
                 }
             } else {
                 ModelOnAgent::Absent
