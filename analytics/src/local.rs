@@ -26,6 +26,8 @@ pub enum LocalError {
     Io(#[from] std::io::Error),
     #[error("clickhouse-server did not answer within {secs} s; its log is {0}", secs = START_LIMIT.as_secs())]
     NoAnswer(String),
+    #[error("clickhouse-server exited while starting ({status}); its log is {log}")]
+    Exited { status: String, log: String },
     /// A query got no answer over HTTP.
     #[error(transparent)]
     Query(#[from] reqwest::Error),
@@ -74,31 +76,48 @@ pub fn server_binary() -> Option<&'static str> {
 impl LocalClickHouse {
     /// Starts a server on free ports.
     pub async fn start() -> Result<Self, LocalError> {
-        Self::start_on(free_port()?).await
+        Self::start_with(DataDir::Temporary(tempfile::tempdir()?), None).await
     }
 
     /// Starts a server whose HTTP interface listens on `http_port`.
     pub async fn start_on(http_port: u16) -> Result<Self, LocalError> {
-        Self::start_with(DataDir::Temporary(tempfile::tempdir()?), http_port).await
+        Self::start_with(DataDir::Temporary(tempfile::tempdir()?), Some(http_port)).await
     }
 
     /// Starts a server on a free port with its data kept in `dir` (created if missing),
     /// so metrics survive restarts.
     pub async fn start_in(dir: std::path::PathBuf) -> Result<Self, LocalError> {
         std::fs::create_dir_all(&dir)?;
-        Self::start_with(DataDir::Kept(dir), free_port()?).await
+        Self::start_with(DataDir::Kept(dir), None).await
     }
 
-    async fn start_with(dir: DataDir, http_port: u16) -> Result<Self, LocalError> {
+    /// Starts on `http_port` (else a free one). A free port is only free when it was
+    /// looked at: another process (a test beside this one starting its own server) may
+    /// bind it before the server does, and the server then exits at once. So a server
+    /// that exits while starting is started again on other free ports, a few times.
+    async fn start_with(dir: DataDir, http_port: Option<u16>) -> Result<Self, LocalError> {
         let mut ch = Self {
             child: None,
             dir,
-            http_port,
+            http_port: http_port.map_or_else(free_port, Ok)?,
             tcp_port: free_port()?,
             interserver_port: free_port()?,
         };
-        ch.spawn().await?;
-        Ok(ch)
+        let mut tries = 0;
+        loop {
+            match ch.spawn().await {
+                Err(LocalError::Exited { .. }) if tries < 3 => {
+                    tries += 1;
+                    if http_port.is_none() {
+                        ch.http_port = free_port()?;
+                    }
+                    ch.tcp_port = free_port()?;
+                    ch.interserver_port = free_port()?;
+                }
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(ch),
+            }
+        }
     }
 
     pub fn url(&self) -> String {
@@ -144,7 +163,11 @@ impl LocalClickHouse {
             .stderr(Stdio::null())
             .spawn()?;
         self.child = Some(child);
-        let http = reqwest::Client::new();
+        // Bounded: whatever holds the port when the server could not bind it may accept
+        // the connection and never answer.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         let start = Instant::now();
         loop {
             if let Ok(r) = http
@@ -154,6 +177,12 @@ impl LocalClickHouse {
                 && r.status() == 200
             {
                 return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                return Err(LocalError::Exited {
+                    status: status.to_string(),
+                    log: format!("{d}/server.err.log"),
+                });
             }
             if start.elapsed() > START_LIMIT {
                 self.kill();

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
 mod common;
+mod local_server;
 mod migrations;
 mod modern_sql;
 mod queries;
