@@ -354,7 +354,8 @@ pub async fn run(bin: &Path, models: &Path, scenario: &str) -> anyhow::Result<Re
 
 /// The agent's zombie children, and its live processes that belong to neither the
 /// active nor the standby browser (what a killed browser left behind). Chromium's
-/// crash handler daemonizes and exits on its own once its browser is gone: not counted.
+/// crash handler daemonizes and exits on its own once its browser is gone: not counted;
+/// nor is the agent's browser keeper (`--browser-keeper`), which is no browser's.
 async fn leftovers(agent: &AgentProcess) -> anyhow::Result<(usize, Vec<String>)> {
     let (active, standby) = browsers(agent).await?;
     let mut keep: Vec<i32> = procs::browser(active).iter().map(|p| p.pid).collect();
@@ -366,6 +367,7 @@ async fn leftovers(agent: &AgentProcess) -> anyhow::Result<(usize, Vec<String>)>
     let leaked = all
         .iter()
         .filter(|p| p.state != 'Z' && !keep.contains(&p.pid) && !p.comm.contains("crashpad"))
+        .filter(|p| !procs::cmdline(p.pid).contains("--browser-keeper"))
         .map(|p| {
             format!(
                 "{} ({})",
