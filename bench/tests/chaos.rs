@@ -3,8 +3,8 @@
 //! a fixed seed), then its accounting must be clean: every answered request has exactly
 //! one `ok` gateway row and one `ok` agent row, no request failed (but for one known race,
 //! bounded below), and nothing `up` started outlives it. Memory and open-file slopes are
-//! reported, not asserted (three
-//! minutes are too short to tell growth from noise; the hour-long run is the figure).
+//! reported, not asserted (three minutes are too short to tell growth from noise; the
+//! hour-long run is the figure).
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
 use std::process::Command;
