@@ -16,7 +16,7 @@ use crate::batcher::RunnerContext;
 use crate::cache::ModelCache;
 use crate::config::{AgentArgs, ModelSpec};
 use crate::error::AgentError;
-use crate::models::{LoadedModel, Loader, ModelRegistry};
+use crate::models::{LoadedModel, Loader, ModelEntry, ModelRegistry};
 use crate::page::protocol::{CallError, Unload};
 use crate::recorder::{GenerationRecord, InferenceRecord, Recorder};
 use crate::stats::Stats;
@@ -316,14 +316,57 @@ impl Agent {
 
     /// Adds a model at run time and loads it into the current browser (or leaves it
     /// pending if the browser is restarting; the supervisor will load it).
+    ///
+    /// A model already serving keeps serving its copy while the new one loads beside it
+    /// (the page swaps its session only once the new one is created), so a re-applied
+    /// deployment or a changed file costs no request. `None` also when that same
+    /// replacement is already under way.
     pub async fn load_model(&self, spec: ModelSpec) -> Result<Option<LoadedModel>, AgentError> {
         spec.validate()
             .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        let entry = self.models.insert(spec);
-        match self.browser.link() {
-            Some(link) => self.loader().load_into(&link, &entry).await.map(Some),
-            None => Ok(None),
+        let Some(link) = self.browser.link() else {
+            self.models.insert(spec);
+            return Ok(None);
+        };
+        let Some(serving) = self.models.serving(&spec.name) else {
+            let entry = self.models.insert(spec);
+            return self.loader().load_into(&link, &entry).await.map(Some);
+        };
+        let Some(replacement) = self.models.begin_replacement(spec, &serving) else {
+            return Ok(None);
+        };
+        let loaded = self.loader().load_into(&link, &replacement.entry).await;
+        replacement.finish();
+        loaded.map(Some)
+    }
+
+    /// Starts loading a model in the background (`?wait=false`) and gives the entry that
+    /// describes it meanwhile: the new one, loading, or the copy serving until its
+    /// replacement is loaded.
+    pub fn start_loading(self: &Arc<Self>, spec: ModelSpec) -> Result<Arc<ModelEntry>, AgentError> {
+        spec.validate()
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        // Without a browser up the model stays pending: the supervisor loads it.
+        let Some(link) = self.browser.link() else {
+            return Ok(self.models.insert(spec));
+        };
+        let background = self.clone();
+        if let Some(serving) = self.models.serving(&spec.name) {
+            tokio::spawn(async move {
+                // The outcome lands in the new entry's state once it takes over.
+                let _ = background.load_model(spec).await;
+            });
+            return Ok(serving);
         }
+        let entry = self.models.insert(spec);
+        // Shown as loading at once, not pending, for whoever looks next.
+        entry.mark_loading();
+        let loading = entry.clone();
+        tokio::spawn(async move {
+            // The outcome lands in the model's state (loaded, or failed with why).
+            let _ = background.loader().load_into(&link, &loading).await;
+        });
+        Ok(entry)
     }
 
     /// Removes a model; requests already running on it finish.

@@ -220,23 +220,8 @@ async fn load_model(
         .map_err(|e| AgentError::BadRequest(format!("invalid model spec: {e}")))?;
     let name = spec.name.clone();
     if !query.wait {
-        spec.validate()
-            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        let entry = agent.models.insert(spec);
-        // Without a browser up the model stays pending: the supervisor loads it.
-        if let Some(link) = agent.browser.link() {
-            entry.mark_loading();
-            let background = agent.clone();
-            tokio::spawn(async move {
-                // The outcome lands in the model's state (loaded, or failed with why).
-                let _ = background.loader().load_into(&link, &entry).await;
-            });
-        }
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(agent.models.require(&name)?.describe()),
-        )
-            .into_response());
+        let entry = agent.start_loading(spec)?;
+        return Ok((StatusCode::ACCEPTED, Json(entry.describe())).into_response());
     }
     match agent.load_model(spec).await? {
         Some(_) => {

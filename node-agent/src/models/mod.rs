@@ -145,6 +145,11 @@ impl ModelEntry {
 #[derive(Debug, Default)]
 pub struct ModelRegistry {
     entries: RwLock<BTreeMap<String, Arc<ModelEntry>>>,
+    /// Models whose serving copy is being replaced by a load of another spec (a
+    /// re-applied deployment, a changed file), with that spec: the old copy serves until
+    /// the new one is loaded, and the same replacement asked for again meanwhile (a
+    /// controller's next round) is not started twice.
+    replacing: parking_lot::Mutex<BTreeMap<String, ModelSpec>>,
     /// Runs of one model the page takes at once: its workers (`--page-workers`).
     runs_at_once: usize,
 }
@@ -153,6 +158,7 @@ impl ModelRegistry {
     pub fn new(runs_at_once: usize) -> Self {
         Self {
             entries: RwLock::default(),
+            replacing: parking_lot::Mutex::default(),
             runs_at_once,
         }
     }
@@ -179,6 +185,37 @@ impl ModelRegistry {
             .write()
             .insert(entry.spec.name.clone(), entry.clone());
         entry
+    }
+
+    /// The entry serving `name` now, if its copy is loaded.
+    pub fn serving(&self, name: &str) -> Option<Arc<ModelEntry>> {
+        self.get(name)
+            .filter(|e| matches!(e.state(), ModelState::Loaded(_)))
+    }
+
+    /// Starts replacing the serving copy of `spec.name` with `spec`: a new entry, not yet
+    /// registered (requests keep going to the old one), that [`Replacement::finish`]
+    /// puts in its place. `None` when that same replacement is already under way.
+    pub fn begin_replacement(
+        self: &Arc<Self>,
+        spec: ModelSpec,
+        old: &ModelEntry,
+    ) -> Option<Replacement> {
+        {
+            let mut replacing = self.replacing.lock();
+            if replacing.get(&spec.name) == Some(&spec) {
+                return None;
+            }
+            replacing.insert(spec.name.clone(), spec.clone());
+        }
+        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once));
+        if old.gates_readiness() {
+            entry.gate_readiness();
+        }
+        Some(Replacement {
+            registry: self.clone(),
+            entry,
+        })
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<ModelEntry>> {
@@ -210,5 +247,38 @@ impl ModelRegistry {
         self.all().iter().any(|e| {
             e.gates_readiness() && matches!(e.state(), ModelState::Pending | ModelState::Loading)
         })
+    }
+}
+
+/// A model's new copy loading beside the one serving (see
+/// [`ModelRegistry::begin_replacement`]). Dropped unfinished (the load's task was
+/// cancelled), the old copy stays and the replacement may be asked for again.
+#[derive(Debug)]
+pub struct Replacement {
+    registry: Arc<ModelRegistry>,
+    pub entry: Arc<ModelEntry>,
+}
+
+impl Replacement {
+    /// Puts the new entry in the old one's place, whatever its load's outcome: a copy
+    /// that failed to load is reported as failed, as a first load would be, and one cut
+    /// short by a lost browser is pending, for the next browser. The old entry's
+    /// requests already inside the agent finish on it.
+    pub fn finish(self) {
+        let name = self.entry.spec.name.clone();
+        let mut entries = self.registry.entries.write();
+        // Unloaded meanwhile: the replacement goes with it.
+        if entries.contains_key(&name) {
+            entries.insert(name, self.entry.clone());
+        }
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        let mut replacing = self.registry.replacing.lock();
+        if replacing.get(&self.entry.spec.name) == Some(&self.entry.spec) {
+            replacing.remove(&self.entry.spec.name);
+        }
     }
 }

@@ -18,4 +18,5 @@ mod operator_client;
 mod page_workers;
 mod quantized;
 mod recovery;
+mod reload;
 mod startup;
