@@ -110,6 +110,11 @@ fn seat<'a>(name: &'a str, caps: &'a Capabilities) -> Seat<'a> {
 }
 
 fn loaded(sha256: &str) -> ModelOnAgent {
+    loaded_as(sha256, None)
+}
+
+/// A loaded copy of `file:///m.onnx` whose agent says it serves with `settings`.
+fn loaded_as(sha256: &str, settings: Option<&ModelSpec>) -> ModelOnAgent {
     ModelOnAgent::Loaded {
         backend: "wasm".into(),
         init_ms: Some(3.0),
@@ -117,7 +122,7 @@ fn loaded(sha256: &str) -> ModelOnAgent {
         uri: "file:///m.onnx".into(),
         sha256: sha256.into(),
         memory_bytes: None,
-        settings: None,
+        settings: settings.map(|s| Box::new(s.serving())),
     }
 }
 
@@ -312,29 +317,7 @@ fn a_copy_is_stale_when_it_serves_with_other_settings_than_the_spec() {
     let mut want = spec("m", "file:///m.onnx", Some("aa"), Backend::Wasm);
     want.max_batch_size = 8;
     want.max_queue_delay_us = 500;
-    let held = |spec: &ModelSpec| {
-        let ModelOnAgent::Loaded {
-            backend,
-            init_ms,
-            precision,
-            uri,
-            sha256,
-            memory_bytes,
-            ..
-        } = loaded("aa")
-        else {
-            unreachable!()
-        };
-        ModelOnAgent::Loaded {
-            backend,
-            init_ms,
-            precision,
-            uri,
-            sha256,
-            memory_bytes,
-            settings: Some(Box::new(spec.serving())),
-        }
-    };
+    let held = |spec: &ModelSpec| loaded_as("aa", Some(spec));
     assert!(!stale(&held(&want), &want));
     let mut before = want.clone();
     before.max_queue_delay_us = 400;

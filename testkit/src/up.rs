@@ -200,6 +200,31 @@ pub fn model<'a>(s: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// The URL of the ClickHouse server `up` writes to, as its status names it (the status
+/// adds where it came from after the URL).
+pub fn clickhouse_url(s: &Value) -> String {
+    s["clickhouse"]
+        .as_str()
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no ClickHouse in up's status: {s}"))
+        .to_owned()
+}
+
+/// A query on the ClickHouse server at `url`: its answer, trimmed, or `None` when the
+/// server could not be reached or refused it.
+pub async fn clickhouse_query(url: &str, sql: &str) -> Option<String> {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(sql.to_owned())
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    Some(r.text().await.ok()?.trim().to_owned())
+}
+
 /// Whether deployment `name` reports `n` loaded replicas.
 pub fn loaded(s: &Value, name: &str, n: i64) -> bool {
     model(s, name)["status"]["loadedReplicas"].as_i64() == Some(n)

@@ -9,7 +9,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 use webaccel_testkit::fixtures::fixture;
-use webaccel_testkit::up::{Up, model_yaml, pool_yaml};
+use webaccel_testkit::up::{Up, clickhouse_query, clickhouse_url, model_yaml, pool_yaml};
 
 async fn send(up: &Up, body: &Value, n: usize) {
     let client = reqwest::Client::new();
@@ -22,19 +22,6 @@ async fn send(up: &Up, body: &Value, n: usize) {
             .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     }
-}
-
-/// `SELECT` on the server `up` started, by the URL its status names.
-async fn query(url: &str, sql: &str) -> Option<String> {
-    let r = reqwest::Client::new()
-        .post(url)
-        .body(sql.to_owned())
-        .send()
-        .await
-        .ok()?;
-    r.status()
-        .is_success()
-        .then_some(r.text().await.ok()?.trim().to_owned())
 }
 
 #[tokio::test]
@@ -58,13 +45,7 @@ async fn the_local_clickhouse_comes_back_after_sigkill_and_no_row_is_lost() {
             },
         )
         .await;
-    let url = s["clickhouse"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let url = clickhouse_url(&s);
     let fixture_json: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
     let body = serde_json::json!({"inputs": fixture_json["inputs"]});
@@ -97,12 +78,12 @@ async fn the_local_clickhouse_comes_back_after_sigkill_and_no_row_is_lost() {
     // Every answered request has its gateway row and its agent row, once.
     let started = Instant::now();
     loop {
-        let gateway = query(
+        let gateway = clickhouse_query(
             &url,
             "SELECT uniqExact(row_id), count() FROM webaccel.gateway_requests FINAL",
         )
         .await;
-        let agent = query(
+        let agent = clickhouse_query(
             &url,
             "SELECT uniqExact(row_id) FROM webaccel.inference_performance FINAL",
         )

@@ -24,7 +24,7 @@ use webaccel_kserve::grpc::proto;
 use webaccel_kserve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use webaccel_testkit::fixtures::fixture;
 use webaccel_testkit::procs;
-use webaccel_testkit::up::{Up, loaded};
+use webaccel_testkit::up::{Up, clickhouse_query, clickhouse_url, loaded};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -375,19 +375,9 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     if den == 0.0 { 0.0 } else { num / den * 60.0 }
 }
 
-async fn query(url: &str, sql: &str) -> Option<String> {
-    let r = reqwest::Client::new()
-        .post(url)
-        .body(sql.to_owned())
-        .send()
-        .await
-        .ok()?;
-    r.status().is_success().then_some(r.text().await.ok()?)
-}
-
 /// `request_id → ok rows` (distinct row ids) of `table`.
 async fn ok_rows(url: &str, table: &str) -> Option<HashMap<String, u64>> {
-    let text = query(
+    let text = clickhouse_query(
         url,
         &format!(
             "SELECT request_id, uniqExactIf(row_id, outcome = 'ok') FROM chaos.{table} \
@@ -427,13 +417,7 @@ pub async fn run(binary: &Path, repo: &Path, work: &Path, settings: &Settings) -
                 && s["clickhouse_server"]["state"] == "running"
         })
         .await;
-    let url = s["clickhouse"]
-        .as_str()
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let url = clickhouse_url(&s);
     let up_pid = i32::try_from(up.child.id()).unwrap();
     println!(
         "chaos: fleet ready after {:.0} s; load and faults for {:?} (seed {})",
