@@ -8,6 +8,7 @@
 #[cfg(feature = "reports")]
 pub mod charts;
 pub mod history;
+pub mod journal;
 pub mod local;
 pub mod overview;
 pub mod queries;

@@ -324,7 +324,7 @@ impl Recorder {
     }
 
     /// Writer totals per table: (table, [(state, rows)]).
-    pub fn totals(&self) -> Vec<(&'static str, [(&'static str, u64); 4])> {
+    pub fn totals(&self) -> Vec<(&'static str, [(&'static str, u64); 5])> {
         let Some(s) = &self.sinks else {
             return Vec::new();
         };
@@ -334,6 +334,7 @@ impl Recorder {
                 ("spooled", w.spooled),
                 ("replayed", w.replayed),
                 ("dropped", w.dropped),
+                ("recovered", w.recovered),
             ]
         };
         vec![

@@ -183,7 +183,7 @@ impl Default for Stats {
         let metric_rows = Family::<RowLabels, Counter>::default();
         registry.register(
             "metric_rows",
-            "Metric rows for ClickHouse by table and fate: written, spooled, replayed, dropped",
+            "Metric rows for ClickHouse by table and fate: written, spooled, replayed, dropped, recovered (from the journal a killed agent left)",
             metric_rows.clone(),
         );
         registry.register(

@@ -160,6 +160,58 @@ async fn a_spool_left_by_a_stopped_writer_is_replayed_by_the_next() {
     assert_eq!(counts(&ch).await, (1_500, 1_500));
 }
 
+/// A process killed with rows in its writer's memory (an INSERT not yet committed)
+/// loses none of them: the journal keeps them, and the next writer over the folder
+/// spools and writes them.
+#[tokio::test]
+async fn rows_in_memory_when_the_process_dies_are_written_by_the_next_writer() {
+    let ch = crate::common::start().await;
+    let settings = ch.settings(DB);
+    migrate(&settings).await.unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let dying = WriterConfig {
+        // Nothing is committed before the "kill".
+        period: Duration::from_secs(600),
+        max_rows: 1_000_000,
+        ..config(spool.path())
+    };
+    // A writer on a runtime of its own, dropped with its task unfinished: as with a
+    // SIGKILL, none of the writer's stopping runs (its open INSERT is abandoned), and
+    // its files close.
+    let for_thread = settings.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let writer = rt.block_on(async {
+            let writer = Writer::<InferenceRow>::start(&for_thread, dying).unwrap();
+            for k in 0..700 {
+                writer.handle.write(row(k));
+            }
+            // The task takes them into its open INSERT.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            writer
+        });
+        drop(rt);
+        drop(writer);
+    })
+    .join()
+    .unwrap();
+    assert_eq!(counts(&ch).await, (0, 0), "nothing was committed");
+
+    let writer = Writer::<InferenceRow>::start(&settings, config(spool.path())).unwrap();
+    assert_eq!(writer.handle.snapshot().recovered, 700);
+    wait_drained(&writer.handle).await;
+    let handle = writer.handle.clone();
+    writer.shutdown().await;
+    assert_eq!(handle.snapshot().replayed, 700);
+    assert_eq!(counts(&ch).await, (700, 700));
+    // A writer that stopped cleanly leaves no journal behind.
+    let journal = spool.path().join("inference_performance.journal");
+    assert_eq!(std::fs::read_dir(journal).unwrap().count(), 0);
+}
+
 #[tokio::test]
 async fn a_full_channel_sends_rows_to_the_spool_not_the_floor() {
     let ch = crate::common::start().await;

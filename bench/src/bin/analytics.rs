@@ -97,37 +97,10 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
 
-    // Throughput: hand rows over as fast as the channel takes them.
-    let settings = ch.settings("bench_throughput");
-    migrate(&settings).await?;
-    let writer = Writer::<InferenceRow>::start(&settings, config(&dir.path().join("t")))?;
-    let rows: Vec<InferenceRow> = (0..args.rows).map(row).collect();
-    let mut handoff_us = Vec::with_capacity(rows.len());
-    let start = Instant::now();
-    for (k, r) in rows.into_iter().enumerate() {
-        let t = Instant::now();
-        writer.handle.write(r);
-        handoff_us.push(t.elapsed().as_secs_f64() * 1e6);
-        // Paced by the channel: this measures what the writer sustains, not how fast
-        // the overflow path spools.
-        if k % 1_000 == 0 {
-            while writer.handle.room() < 2_000 {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        }
-    }
-    wait_delivered(&writer.handle, args.rows, Duration::from_secs(300)).await?;
-    let elapsed = start.elapsed();
-    let snap = writer.handle.snapshot();
-    writer.shutdown().await;
-    let stored = count(&ch, "bench_throughput").await?;
-    let throughput = args.rows as f64 / elapsed.as_secs_f64();
-    handoff_us.sort_by(f64::total_cmp);
-    let (p50, p99, max) = (
-        pct(&handoff_us, 0.5),
-        pct(&handoff_us, 0.99),
-        pct(&handoff_us, 1.0),
-    );
+    // Throughput: hand rows over as fast as the channel takes them, with the journal
+    // (the default) and without, one after the other.
+    let journaled = throughput(&ch, &dir.path().join("t"), args.rows, true).await?;
+    let plain = throughput(&ch, &dir.path().join("u"), args.rows, false).await?;
 
     // Spool write and replay rates.
     let spool_rows = 200_000u64;
@@ -184,16 +157,12 @@ async fn main() -> anyhow::Result<()> {
     let outage_stored = count(&ch, "bench_outage").await?;
 
     println!("webaccel-analytics writer benchmark against ClickHouse {version} (local, loopback)");
-    println!(
-        "sustained throughput: {} rows in {:.2} s = {throughput:.0} rows/s batched ({} stored; {} spooled on the way)",
-        args.rows,
-        elapsed.as_secs_f64(),
-        stored,
-        snap.spooled
-    );
-    println!(
-        "request path, handing one row over: p50 {p50:.2} us, p99 {p99:.2} us, max {max:.0} us"
-    );
+    for (label, t) in [("journaled", &journaled), ("no journal", &plain)] {
+        println!(
+            "{label}: sustained throughput {} rows in {:.2} s = {:.0} rows/s batched ({} stored; {} spooled on the way); handing one row over: p50 {:.2} us, p99 {:.2} us, max {:.0} us",
+            args.rows, t.seconds, t.rows_per_s, t.stored, t.spooled, t.p50, t.p99, t.max
+        );
+    }
     println!("spool: write {spool_write:.0} rows/s, replay into ClickHouse {replay:.0} rows/s");
     println!(
         "outage of {} s at {} rows/s: produced {produced}, stored {outage_stored}, lost {}, spooled {}, replayed {}, dropped {}",
@@ -206,9 +175,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let report = json!({
         "clickhouse_version": version,
-        "throughput_rows_per_s": throughput,
+        "throughput_rows_per_s": journaled.rows_per_s,
         "throughput_rows": args.rows,
-        "handoff_us": {"p50": p50, "p99": p99, "max": max},
+        "handoff_us": {"p50": journaled.p50, "p99": journaled.p99, "max": journaled.max},
+        "without_journal": {"throughput_rows_per_s": plain.rows_per_s,
+                            "handoff_us": {"p50": plain.p50, "p99": plain.p99, "max": plain.max}},
         "spool_write_rows_per_s": spool_write,
         "spool_replay_rows_per_s": replay,
         "outage": {"seconds": args.outage_secs, "rate": args.outage_rate, "produced": produced, "stored": outage_stored,
@@ -218,4 +189,68 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("JSON written to {}", args.json.display());
     Ok(())
+}
+
+/// What one throughput run measured.
+struct Throughput {
+    seconds: f64,
+    rows_per_s: f64,
+    stored: u64,
+    spooled: u64,
+    /// Microseconds to hand one row over (the request path's cost).
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[allow(clippy::cast_precision_loss)]
+async fn throughput(
+    ch: &LocalClickHouse,
+    dir: &std::path::Path,
+    n: u64,
+    journal: bool,
+) -> anyhow::Result<Throughput> {
+    let db = if journal {
+        "bench_throughput"
+    } else {
+        "bench_throughput_plain"
+    };
+    let settings = ch.settings(db);
+    migrate(&settings).await?;
+    let writer = Writer::<InferenceRow>::start(
+        &settings,
+        WriterConfig {
+            journal,
+            ..config(dir)
+        },
+    )?;
+    let rows: Vec<InferenceRow> = (0..n).map(row).collect();
+    let mut handoff_us = Vec::with_capacity(rows.len());
+    let start = Instant::now();
+    for (k, r) in rows.into_iter().enumerate() {
+        let t = Instant::now();
+        writer.handle.write(r);
+        handoff_us.push(t.elapsed().as_secs_f64() * 1e6);
+        // Paced by the channel: this measures what the writer sustains, not how fast
+        // the overflow path spools.
+        if k % 1_000 == 0 {
+            while writer.handle.room() < 2_000 {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+    }
+    wait_delivered(&writer.handle, n, Duration::from_secs(300)).await?;
+    let elapsed = start.elapsed();
+    let snap = writer.handle.snapshot();
+    writer.shutdown().await;
+    handoff_us.sort_by(f64::total_cmp);
+    Ok(Throughput {
+        seconds: elapsed.as_secs_f64(),
+        rows_per_s: n as f64 / elapsed.as_secs_f64(),
+        stored: count(ch, db).await?,
+        spooled: snap.spooled,
+        p50: pct(&handoff_us, 0.5),
+        p99: pct(&handoff_us, 0.99),
+        max: pct(&handoff_us, 1.0),
+    })
 }

@@ -8,6 +8,7 @@
 mod admin;
 mod clickhouse;
 mod cluster;
+mod orphans;
 mod process;
 mod status;
 
@@ -234,6 +235,7 @@ pub async fn up(
         clickhouse_url: clickhouse.clone(),
         clickhouse_database: database.clone(),
         log_format,
+        orphans: data.join("spool").join("agents"),
     };
     let shared = Shared::new(desired);
     let stop = CancellationToken::new();
@@ -304,6 +306,16 @@ pub async fn up(
         next.clickhouse.clone_from(&clickhouse_note);
         *s = Arc::new(next);
     });
+
+    // Rows stopped agents left unwritten (a SIGKILL, a stop while ClickHouse was down),
+    // and those an earlier `up` left.
+    if let Some(url) = &clickhouse {
+        tokio::spawn(orphans::run(
+            webaccel_analytics::ClickHouseSettings::new(url, &database, "--clickhouse-url")?,
+            data.join("spool").join("agents"),
+            stop.clone(),
+        ));
+    }
 
     // Scale decisions to ClickHouse's `pool_events`, as the operator writes them (the
     // gateway's recorder applies the schema; rows spool until it has).

@@ -31,6 +31,9 @@ pub struct Launcher {
     /// `webaccel up`'s own log format, for the agents' logs (their colour follows their
     /// log file: none).
     pub log_format: webaccel_logs::LogFormat,
+    /// Where a stopped agent's unwritten rows go, for `up` to write (see
+    /// [`super::orphans`]).
+    pub orphans: PathBuf,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,9 @@ pub struct LocalBrowser {
     browser_groups: Vec<i32>,
     /// The agent's own cache folder (models, spooled rows, the browsers' HTTP cache).
     cache_dir: PathBuf,
+    /// Where its unwritten rows go once it has stopped: `None` for a pool that sends its
+    /// rows to a ClickHouse of its own (`spec.metrics`), which `up` does not write to.
+    orphans: Option<PathBuf>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -143,6 +149,7 @@ impl Launcher {
             ready_since: None,
             browser_groups: Vec::new(),
             cache_dir: dir.join("cache"),
+            orphans: spec.metrics.is_none().then(|| self.orphans.clone()),
         })
     }
 }
@@ -264,6 +271,9 @@ impl LocalBrowser {
         }
         self.kill();
         let _ = self.child.wait().await;
+        if let Some(orphans) = &self.orphans {
+            super::orphans::hand_over(&self.cache_dir.join("metrics-spool"), orphans, &self.name);
+        }
     }
 
     /// The process as `webaccel status` lists it.

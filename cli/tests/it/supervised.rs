@@ -1,7 +1,8 @@
 //! `webaccel up` keeps the ClickHouse server it started running: SIGKILLed under load it
 //! comes back on the same data, `webaccel status` shows it, and every request answered
 //! meanwhile has its row once the spools replay (it used to stay down for good, with
-//! every row from then on waiting in spools).
+//! every row from then on waiting in spools). An agent SIGKILLed with rows in memory
+//! loses none of them: `up` writes what its journal kept.
 
 use std::time::{Duration, Instant};
 
@@ -97,4 +98,71 @@ async fn the_local_clickhouse_comes_back_after_sigkill_and_no_row_is_lost() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Waits until the ClickHouse at `url` holds `n` distinct gateway rows and `n` distinct
+/// agent rows.
+async fn wait_rows(url: &str, n: u64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let gateway = clickhouse_query(
+            url,
+            "SELECT uniqExact(row_id) FROM webaccel.gateway_requests FINAL",
+        )
+        .await;
+        let agent = clickhouse_query(
+            url,
+            "SELECT uniqExact(row_id) FROM webaccel.inference_performance FINAL",
+        )
+        .await;
+        let want = Some(n.to_string());
+        if gateway == want && agent == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "rows: gateway {gateway:?}, agent {agent:?}, want {n} of each"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_killed_with_rows_in_memory_loses_none_of_them() {
+    let _machine = webaccel_testkit::alone().await;
+    let up = Up::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
+        &[
+            ("pool.yaml", pool_yaml("p", "  replicas: 1\n")),
+            ("mlp.yaml", model_yaml("mlp", "p", &fixture("mlp.onnx"), 1)),
+        ],
+        &[],
+    );
+    let s = up
+        .until(
+            "the model served and ClickHouse running",
+            Duration::from_secs(120),
+            |s| {
+                s["clickhouse_server"]["state"] == "running"
+                    && webaccel_testkit::up::model(s, "mlp")["status"]["loadedReplicas"] == 1
+            },
+        )
+        .await;
+    let url = clickhouse_url(&s);
+    let fixture_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
+    let body = serde_json::json!({"inputs": fixture_json["inputs"]});
+    send(&up, &body, 20).await;
+    wait_rows(&url, 20, Duration::from_secs(60)).await;
+
+    // 30 more, then the agent is killed at once: its writer commits once a second, so
+    // their rows are still in its memory.
+    let agent = s["browsers"][0]["pid"].as_i64().unwrap();
+    send(&up, &body, 30).await;
+    kill(
+        Pid::from_raw(i32::try_from(agent).unwrap()),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_rows(&url, 50, Duration::from_secs(90)).await;
 }
