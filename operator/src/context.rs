@@ -57,6 +57,9 @@ pub struct Settings {
     /// written at most this often.
     pub status_load_refresh: Duration,
     pub agent_access: AgentAccess,
+    /// The log format of the agents' pods: the operator's own, so that the chart's
+    /// `logFormat` reaches every component.
+    pub agent_log_format: webaccel_logs::LogFormat,
 }
 
 impl Default for Settings {
@@ -71,6 +74,7 @@ impl Default for Settings {
             concurrency: 16,
             status_load_refresh: Duration::from_secs(60),
             agent_access: AgentAccess::Direct,
+            agent_log_format: webaccel_logs::LogFormat::default(),
         }
     }
 }

@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         idle_poll_interval: args.idle_poll_interval,
         concurrency: args.concurrency,
         agent_access: args.agent_access,
+        agent_log_format: args.log.log_format,
         ..Settings::default()
     };
     let agents = Arc::new(match args.agent_access {

@@ -252,7 +252,12 @@ pub async fn apply_plan(
         pods.patch(
             &pod_name,
             &ssa,
-            &Patch::Apply(build::pod(pool, &pod_name, &round.hash)),
+            &Patch::Apply(build::pod(
+                pool,
+                &pod_name,
+                &round.hash,
+                ctx.settings.agent_log_format,
+            )),
         )
         .await?;
         ctx.with_state(&round.key, |s| {

@@ -18,6 +18,7 @@ use webaccel_crds::agent as command;
 use webaccel_crds::labels;
 use webaccel_crds::pods::{self, selector_labels, token_secret_name};
 use webaccel_crds::v1alpha1::{BrowserPool, GpuVendor};
+use webaccel_logs::LogFormat;
 
 /// The port the agent listens on in every browser pod, as a container port.
 const AGENT_PORT: i32 = pods::AGENT_PORT as i32;
@@ -78,7 +79,7 @@ fn env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn agent_env(pool: &BrowserPool) -> Vec<EnvVar> {
+fn agent_env(pool: &BrowserPool, log_format: LogFormat) -> Vec<EnvVar> {
     let mut vars = vec![
         EnvVar {
             name: "POD_NAME".into(),
@@ -93,6 +94,9 @@ fn agent_env(pool: &BrowserPool) -> Vec<EnvVar> {
         },
         // The root filesystem is read-only; Chromium writes its profile and caches under HOME.
         env("HOME", "/tmp"),
+        // As the operator logs (the chart's `logFormat`); colour follows the output, which
+        // in a pod is no terminal.
+        env("WEBACCEL_LOG_FORMAT", log_format.as_str()),
     ];
     // A URL with credentials comes from a Secret (the plain one is on the command line).
     if let Some(r) = pool
@@ -135,7 +139,7 @@ fn resources(pool: &BrowserPool) -> Option<ResourceRequirements> {
 }
 
 /// One browser pod called `name`, built from the pool's current spec.
-pub fn pod(pool: &BrowserPool, name: &str, hash: &str) -> Pod {
+pub fn pod(pool: &BrowserPool, name: &str, hash: &str, log_format: LogFormat) -> Pod {
     let spec = &pool.spec;
     let overrides = spec.template.clone().unwrap_or_default();
     let pool_name = pool.name_any();
@@ -220,7 +224,7 @@ pub fn pod(pool: &BrowserPool, name: &str, hash: &str) -> Pod {
         name: "agent".into(),
         image: Some(spec.image.clone()),
         args: Some(args),
-        env: Some(agent_env(pool)),
+        env: Some(agent_env(pool, log_format)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: AGENT_PORT,

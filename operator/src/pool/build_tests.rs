@@ -36,7 +36,7 @@ fn json_of(pod: &Pod) -> Value {
 #[test]
 fn pod_is_owned_labelled_and_runs_the_agent_with_the_pools_settings() {
     let p = pool(GPU_POOL);
-    let pod = json_of(&pod(&p, "gpu-abcde", "h1"));
+    let pod = json_of(&pod(&p, "gpu-abcde", "h1", LogFormat::Json));
     assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "BrowserPool");
     assert_eq!(pod["metadata"]["ownerReferences"][0]["controller"], true);
     assert_eq!(
@@ -75,11 +75,17 @@ fn pod_is_owned_labelled_and_runs_the_agent_with_the_pools_settings() {
         env.iter().any(|e| e["name"] == "POD_NAME"
             && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name")
     );
+    // The operator's log format (the chart's `logFormat`) reaches the agents.
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "WEBACCEL_LOG_FORMAT" && e["value"] == "json"),
+        "{env:?}"
+    );
 }
 
 #[test]
 fn gpu_becomes_a_limit_a_node_selector_and_a_toleration() {
-    let pod = json_of(&pod(&pool(GPU_POOL), "gpu-abcde", "h1"));
+    let pod = json_of(&pod(&pool(GPU_POOL), "gpu-abcde", "h1", LogFormat::Text));
     let spec = &pod["spec"];
     assert_eq!(
         spec["containers"][0]["resources"],
@@ -97,7 +103,7 @@ fn gpu_becomes_a_limit_a_node_selector_and_a_toleration() {
 
 #[test]
 fn pod_is_locked_down_with_writable_tmp_and_shm_and_probes() {
-    let pod = json_of(&pod(&pool(GPU_POOL), "gpu-abcde", "h1"));
+    let pod = json_of(&pod(&pool(GPU_POOL), "gpu-abcde", "h1", LogFormat::Text));
     let spec = &pod["spec"];
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
@@ -157,6 +163,6 @@ fn a_given_token_secret_is_used_not_created() {
     assert!(owns_token_secret(&p));
     p.spec.token_secret_name = Some("mine".into());
     assert!(!owns_token_secret(&p));
-    let pod = json_of(&pod(&p, "x", "h"));
+    let pod = json_of(&pod(&p, "x", "h", LogFormat::Text));
     assert_eq!(pod["spec"]["volumes"][2]["secret"]["secretName"], "mine");
 }
