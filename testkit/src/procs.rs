@@ -186,3 +186,39 @@ pub fn rss_kib(pid: i32) -> (u64, u64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// The TCP ports process `pid` listens on (IPv4 and IPv6): its sockets found in
+/// `/proc/net/tcp{,6}` in the LISTEN state.
+pub fn listening_ports(pid: i32) -> Vec<u16> {
+    // socket inode → port, for every listening socket of the machine's network namespace.
+    let mut listening = std::collections::HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is field 9.
+            if f.len() > 9 && f[3] == "0A" {
+                let port = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                if let Some(port) = port {
+                    listening.insert(f[9].to_owned(), port);
+                }
+            }
+        }
+    }
+    let mut ports: Vec<u16> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            let inode = t.strip_prefix("socket:[")?.strip_suffix(']')?;
+            listening.get(inode).copied()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}

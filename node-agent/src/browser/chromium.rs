@@ -1,10 +1,9 @@
 //! Chromium, Chrome and Edge, driven over the DevTools protocol (chromiumoxide) for
-//! lifecycle only: version, open the page, liveness, fault injection.
+//! lifecycle only: version, open the page, liveness, fault injection. DevTools runs over
+//! a pipe (see [`super::pipe`]): the browser opens no port.
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use chromiumoxide::browser::Browser;
 use chromiumoxide::handler::HandlerConfig;
@@ -13,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::group::{AbortOnDrop, Group};
+use super::pipe::DevtoolsPipes;
 use super::{
     BrowserKind, LaunchConfig, LaunchError, LaunchTimeouts, ScriptError, bounded, describe,
 };
@@ -49,8 +49,6 @@ const BASE_ARGS: &[&str] = &[
     "--disable-background-timer-throttling",
     "--disable-renderer-backgrounding",
     "--disable-backgrounding-occluded-windows",
-    // Any free port; the chosen one is read from DevToolsActivePort in the profile.
-    "--remote-debugging-port=0",
 ];
 
 /// A running Chromium-family browser with the runtime page open.
@@ -62,6 +60,8 @@ pub struct Chromium {
     page: chromiumoxide::Page,
     /// Drives the DevTools connection; aborted when the browser is killed.
     handler: JoinHandle<()>,
+    /// Relays that connection to the browser's pipes.
+    relay: JoinHandle<()>,
     /// Cancelled when the DevTools connection ends (the browser died or closed it).
     devtools_gone: CancellationToken,
     version: String,
@@ -91,59 +91,67 @@ impl Chromium {
         if !cfg.sandbox {
             cmd.args(["--no-sandbox", "--disable-setuid-sandbox"]);
         }
+        let pipes = DevtoolsPipes::attach(&mut cmd)?;
         let group = Group::spawn(cmd, profile.path().join("browser.log"), reaper, name)?;
         let fail = |e: LaunchError| group.explain(e);
 
-        let ws_url = tokio::select! {
-            url = devtools_url(name, profile.path(), timeouts.endpoint) => url.map_err(fail)?,
-            e = group.exited() => {
-                return Err(fail(LaunchError::ExitedDuringStart { browser: name, status: describe(e) }));
-            }
-        };
+        let (ws_url, relay) = pipes.serve().await.map_err(fail)?;
+        let relay_guard = AbortOnDrop(Some(relay.abort_handle()));
         let config = HandlerConfig {
             request_timeout: timeouts.command,
             ..HandlerConfig::default()
         };
-        let (browser, mut handler) = bounded(
-            name,
-            timeouts.command,
-            "connecting to DevTools",
-            Browser::connect_with_config(ws_url, config),
-        )
-        .await
-        .map_err(fail)?;
-        // The handler drives the DevTools connection; it must be polled on its own task.
-        let devtools_gone = CancellationToken::new();
-        let gone = devtools_gone.clone();
-        let handler = tokio::spawn(async move {
-            while handler.next().await.is_some() {}
-            gone.cancel();
-        });
-        let aborter = AbortOnDrop(Some(handler.abort_handle()));
-        let version = bounded(
-            name,
-            timeouts.command,
-            "asking its version",
-            browser.version(),
-        )
-        .await
-        .map_err(fail)?
-        .product;
-        let page = bounded(
-            name,
-            timeouts.command,
-            "opening the runtime page",
-            browser.new_page(url),
-        )
-        .await
-        .map_err(fail)?;
+        // Connecting reaches the relay at once; the first answer comes once the browser
+        // has started and reads its pipe, so the start is bounded there. A browser that
+        // exits meanwhile is reported as such, not as a command that timed out.
+        let start = async {
+            let (browser, mut handler) = bounded(
+                name,
+                timeouts.command,
+                "connecting to DevTools over its pipe",
+                Browser::connect_with_config(ws_url, config),
+            )
+            .await?;
+            // The handler drives the DevTools connection; it must be polled on its own task.
+            let devtools_gone = CancellationToken::new();
+            let gone = devtools_gone.clone();
+            let handler = tokio::spawn(async move {
+                while handler.next().await.is_some() {}
+                gone.cancel();
+            });
+            let aborter = AbortOnDrop(Some(handler.abort_handle()));
+            let version = bounded(
+                name,
+                timeouts.endpoint + timeouts.command,
+                "asking its version",
+                browser.version(),
+            )
+            .await?
+            .product;
+            let page = bounded(
+                name,
+                timeouts.command,
+                "opening the runtime page",
+                browser.new_page(url),
+            )
+            .await?;
+            Ok::<_, LaunchError>((browser, handler, aborter, devtools_gone, version, page))
+        };
+        let (browser, handler, aborter, devtools_gone, version, page) = tokio::select! {
+            started = start => started.map_err(fail)?,
+            e = group.exited() => {
+                return Err(fail(LaunchError::ExitedDuringStart { browser: name, status: describe(e) }));
+            }
+        };
         aborter.disarm();
+        relay_guard.disarm();
         Ok(Self {
             kind: cfg.kind,
             group,
             browser,
             page,
             handler,
+            relay,
             devtools_gone,
             version,
             profile,
@@ -182,37 +190,8 @@ impl Chromium {
     /// SIGKILLs the whole process group and waits (bounded) until it is reaped.
     pub async fn kill(mut self) {
         self.handler.abort();
+        self.relay.abort();
         self.group.kill().await;
         tracing::debug!(profile = %self.profile.path().display(), "profile removed");
-    }
-}
-
-/// Waits for the browser to write the DevTools endpoint into the profile's
-/// `DevToolsActivePort` (port on the first line, browser path on the second).
-async fn devtools_url(
-    name: &'static str,
-    profile: &Path,
-    limit: Duration,
-) -> Result<String, LaunchError> {
-    let file = profile.join("DevToolsActivePort");
-    let started = Instant::now();
-    loop {
-        if let Ok(text) = tokio::fs::read_to_string(&file).await {
-            let mut lines = text.lines();
-            if let (Some(port), Some(path)) = (lines.next(), lines.next())
-                && port.trim().parse::<u16>().is_ok()
-                && path.starts_with('/')
-            {
-                return Ok(format!("ws://127.0.0.1:{}{}", port.trim(), path.trim()));
-            }
-        }
-        if started.elapsed() > limit {
-            return Err(LaunchError::NoEndpoint {
-                browser: name,
-                protocol: "DevTools",
-                limit,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

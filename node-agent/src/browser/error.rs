@@ -39,6 +39,8 @@ pub enum LaunchError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot set up the DevTools pipe: {0}")]
+    DevtoolsPipe(#[source] std::io::Error),
     #[error("cannot share the log file: {0}")]
     ShareLog(#[source] std::io::Error),
     #[error("launching {program} failed: {source}")]

@@ -19,6 +19,7 @@ mod chromium;
 mod error;
 mod firefox;
 mod group;
+mod pipe;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

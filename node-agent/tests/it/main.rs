@@ -7,6 +7,7 @@ mod bad_input;
 mod batching;
 mod cli;
 mod common;
+mod control;
 mod drain;
 mod ensemble;
 mod firefox;
