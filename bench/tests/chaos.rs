@@ -1,10 +1,10 @@
 //! The chaos soak, short: `webaccel-up-bench --suite chaos` for three minutes (two pools,
 //! Chromium and Firefox, five deployments, HTTP and gRPC clients, a fault every 15 s from
 //! a fixed seed), then its accounting must be clean: every answered request has exactly
-//! one `ok` gateway row and one `ok` agent row, no request failed (but for one known race,
-//! bounded below), and nothing `up` started outlives it. Memory and open-file slopes are
-//! reported, not asserted (three minutes are too short to tell growth from noise; the
-//! hour-long run is the figure).
+//! one `ok` gateway row and one `ok` agent row, no request failed (but for one known race
+//! and requests in flight at a gateway restart, both bounded below), and nothing `up`
+//! started outlives it. Memory and open-file slopes are reported, not asserted (three
+//! minutes are too short to tell growth from noise; the hour-long run is the figure).
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test code: a panic is the failure report
 
 use std::process::Command;
@@ -56,6 +56,25 @@ async fn three_minutes_of_faults_lose_no_request_no_row_and_no_process() {
     assert!(
         failed * 10_000 <= answered,
         "{failed} failed of {answered}: {r:#}"
+    );
+    // Requests in flight on a connection the restarted gateway closed may fail (a client
+    // cannot tell whether such a request ran); they are counted apart, and bounded: a
+    // handful per restart, not a window of lost service.
+    let restarts = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["fault"] == "restarted the gateway")
+        .count() as u64;
+    let in_flight: u64 = r["failed_in_flight_at_gateway_restart"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        in_flight <= 20 * restarts,
+        "{in_flight} failed at {restarts} gateway restarts: {r:#}"
     );
     for rows in ["gateway_rows", "agent_rows"] {
         assert_eq!(

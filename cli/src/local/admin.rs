@@ -1,6 +1,6 @@
 //! `webaccel up`'s own API on loopback, which `webaccel apply`, `delete` and `status`
 //! talk to: the status, and manifests to apply or delete (validated as the API server
-//! would, with its messages).
+//! would, with its messages); and a restart of the gateway, as a rollout would do it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,7 +44,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/apply", post(apply))
         .route("/v1/delete", post(delete))
+        .route("/v1/gateway/restart", post(restart_gateway))
         .with_state(shared)
+}
+
+/// Restarts the gateway as a rollout would (drained, then started again on the same
+/// ports); answers at once, the restart takes a second or so.
+async fn restart_gateway(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.restart_gateway.notify_one();
+    StatusCode::ACCEPTED
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -51,6 +51,8 @@ pub struct Shared {
     pub status: watch::Sender<Arc<Status>>,
     /// Requests the gateway holds for models no browser has: the scale-from-zero signal.
     pub waiting: Mutex<WaitingByModel>,
+    /// Asks for the gateway to be restarted (see `super::gateway`).
+    pub restart_gateway: Notify,
 }
 
 impl Shared {
@@ -60,6 +62,7 @@ impl Shared {
             changed: Notify::new(),
             status: watch::channel(Arc::new(Status::default())).0,
             waiting: Mutex::default(),
+            restart_gateway: Notify::new(),
         })
     }
 

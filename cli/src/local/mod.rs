@@ -8,6 +8,7 @@
 mod admin;
 mod clickhouse;
 mod cluster;
+mod gateway;
 mod orphans;
 mod process;
 mod status;
@@ -257,13 +258,6 @@ pub async fn up(
     let (deployed_tx, deployed_rx) = tokio::sync::watch::channel(deployed_of(&shared.desired()));
     let (pipelines_tx, pipelines_rx) =
         tokio::sync::watch::channel(Arc::new(cluster::pipelines(&shared.desired())));
-    let fleet = webaccel_gateway::discovery::static_list::start(
-        agents_rx,
-        Duration::from_millis(500),
-        stop.clone(),
-    )
-    .with_deployed(deployed_rx)
-    .with_pipelines(pipelines_rx);
     let defaults =
         <webaccel_gateway::GatewayArgs as clap::Parser>::try_parse_from(["webaccel-gateway"])?;
     let mut settings = webaccel_gateway::Settings::from_args(&defaults)?;
@@ -271,7 +265,7 @@ pub async fn up(
     settings.grpc = args.grpc;
     settings.admin = None;
     let preferences = webaccel_gateway::service::Preferences::default();
-    let recorder = match &clickhouse {
+    let rows = match &clickhouse {
         Some(url) => {
             let settings =
                 webaccel_analytics::ClickHouseSettings::new(url, &database, "--clickhouse-url")?;
@@ -282,27 +276,35 @@ pub async fn up(
                 webaccel_gateway::PREFERENCES_REFRESH,
                 stop.clone(),
             );
-            webaccel_gateway::record::Recorder::start(
+            Some((
                 settings,
                 data.join("spool").join("gateway"),
                 defaults.spool_max_bytes(),
-            )?
+            ))
         }
-        None => webaccel_gateway::record::Recorder::disabled(),
+        None => None,
     };
-    let gateway = webaccel_gateway::start(
+    let gateway_parts = gateway::Parts {
         settings,
-        fleet,
-        Arc::new(WaitingToEngine(shared.clone())),
-        recorder,
+        agents: agents_rx,
+        deployed: deployed_rx,
+        pipelines: pipelines_rx,
+        waiting: Arc::new(WaitingToEngine(shared.clone())),
         preferences,
-    )
-    .await
-    .context("starting the gateway")?;
+        rows,
+    };
+    let first_gateway = gateway_parts.start(&stop).await?;
+    let (gateway_http, gateway_grpc) = (first_gateway.running.http, first_gateway.running.grpc);
+    let gateway_task = tokio::spawn(gateway::supervise(
+        gateway_parts,
+        first_gateway,
+        shared.clone(),
+        stop.clone(),
+    ));
     shared.status.send_modify(|s| {
         let mut next = (**s).clone();
-        next.gateway.http = gateway.http.to_string();
-        next.gateway.grpc = gateway.grpc.to_string();
+        next.gateway.http = gateway_http.to_string();
+        next.gateway.grpc = gateway_grpc.to_string();
         next.clickhouse.clone_from(&clickhouse_note);
         *s = Arc::new(next);
     });
@@ -392,14 +394,14 @@ pub async fn up(
         &record,
         serde_json::to_string(&Running {
             admin: format!("http://{admin_addr}"),
-            http: gateway.http.to_string(),
-            grpc: gateway.grpc.to_string(),
+            http: gateway_http.to_string(),
+            grpc: gateway_grpc.to_string(),
             pid: std::process::id(),
         })?,
     )?;
     println!(
         "webaccel up: gateway on http://{} (KServe v2 HTTP; OpenAI /v1 for text generation) and {} (gRPC); `webaccel status` shows progress; Ctrl-C stops",
-        gateway.http, gateway.grpc
+        gateway_http, gateway_grpc
     );
 
     // The terminal: the status whenever it changes.
@@ -428,7 +430,7 @@ pub async fn up(
         });
     }
     printer.abort();
-    gateway.shutdown().await;
+    let _ = gateway_task.await;
     let _ = engine_task.await;
     let _ = std::fs::remove_file(&record);
     let _ = std::fs::remove_dir_all(&run_dir);

@@ -3,7 +3,8 @@
 //! pools (two Chromium, two Firefox browsers) and five deployments: a batched MLP, a CNN,
 //! an ensemble of two models chained in the page, and the MLP again on Firefox. Faults:
 //! SIGKILL of a browser, a renderer, a GPU process or an agent; a browser frozen
-//! (SIGSTOP, SIGCONT 5 s later); ClickHouse SIGKILLed; a pool rolled; a model re-applied.
+//! (SIGSTOP, SIGCONT 5 s later); ClickHouse SIGKILLed; a pool rolled; a model re-applied;
+//! the gateway restarted as a rollout would (clients retry refused connections only).
 //!
 //! The accounting, Jepsen-style: every request a client saw answered 200 has exactly one
 //! `ok` gateway row and one `ok` agent row in ClickHouse (joined by `x-request-id`);
@@ -266,7 +267,7 @@ async fn fault(rng: &mut StdRng, up: &Up, round: usize) -> String {
     let (name, agent) = agents[rng.random_range(0..agents.len())].clone();
     let mains = browser_mains(agent);
     let main = mains.first().copied();
-    match rng.random_range(0..9) {
+    match rng.random_range(0..10) {
         0 | 1 => match main {
             Some(pid) => {
                 procs::signal(pid, nix::sys::signal::Signal::SIGKILL);
@@ -322,6 +323,18 @@ async fn fault(rng: &mut StdRng, up: &Up, round: usize) -> String {
             apply(up, "chrome.yaml", &text);
             "rolled pool chrome".into()
         }
+        9 => {
+            // As a rollout of the gateway: drained, its ports closed, started again.
+            let r = reqwest::Client::new()
+                .post(format!("{}/v1/gateway/restart", up.admin))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => GATEWAY_RESTARTED.into(),
+                Ok(r) => format!("gateway restart refused: {}", r.status()),
+                Err(e) => format!("gateway restart not asked: {e}"),
+            }
+        }
         _ => {
             apply(
                 up,
@@ -331,6 +344,31 @@ async fn fault(rng: &mut StdRng, up: &Up, round: usize) -> String {
             "re-applied mlp with another batching delay".into()
         }
     }
+}
+
+/// What the fault menu says when it restarted the gateway.
+const GATEWAY_RESTARTED: &str = "restarted the gateway";
+/// How long after a gateway restart a transport failure counts as in flight at it: the
+/// drain (1 s), the requests in flight finishing, the new gateway binding.
+const RESTART_WINDOW_S: f64 = 5.0;
+
+/// Failures by cause and model: how many, and when the first and the last came.
+fn by_cause(failures: &[&Answer]) -> BTreeMap<String, Value> {
+    let mut by: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
+    for a in failures {
+        let key = format!(
+            "{}: {}",
+            a.model,
+            a.failure.chars().take(120).collect::<String>()
+        );
+        let e = by.entry(key).or_insert((0, a.t, a.t));
+        e.0 += 1;
+        e.1 = e.1.min(a.t);
+        e.2 = e.2.max(a.t);
+    }
+    by.into_iter()
+        .map(|(k, (n, first, last))| (k, json!({"count": n, "first_t_s": first, "last_t_s": last})))
+        .collect()
 }
 
 fn apply(up: &Up, file: &str, text: &str) {
@@ -454,6 +492,9 @@ pub async fn run(binary: &Path, repo: &Path, work: &Path, settings: &Settings) -
 
     let mut rng = StdRng::seed_from_u64(settings.seed);
     let mut faults = Vec::new();
+    // When the gateway was restarted: a transport failure right after one is a request
+    // that was in flight on a connection it closed, which the accounting allows.
+    let mut restarts: Vec<f64> = Vec::new();
     let mut samples: Vec<Sample> = Vec::new();
     // Every process seen below `up`, to check none outlives it.
     let mut seen: BTreeMap<i32, String> = BTreeMap::new();
@@ -500,6 +541,9 @@ pub async fn run(binary: &Path, repo: &Path, work: &Path, settings: &Settings) -
             round += 1;
             let what = fault(&mut rng, &up, round).await;
             println!("  {:>6.1} s  {what}", started.elapsed().as_secs_f64());
+            if what == GATEWAY_RESTARTED {
+                restarts.push(started.elapsed().as_secs_f64());
+            }
             faults.push(json!({"t_s": started.elapsed().as_secs_f64(), "fault": what}));
             next_fault += settings.fault_every;
         }
@@ -511,23 +555,22 @@ pub async fn run(binary: &Path, repo: &Path, work: &Path, settings: &Settings) -
     }
     let answers = answers.lock().clone();
     let ok: Vec<&Answer> = answers.iter().filter(|a| a.failure.is_empty()).collect();
-    // By cause and model: how many, and when the first and the last came.
-    let mut failed: BTreeMap<String, (usize, f64, f64)> = BTreeMap::new();
-    for a in answers.iter().filter(|a| !a.failure.is_empty()) {
-        let key = format!(
-            "{}: {}",
-            a.model,
-            a.failure.chars().take(120).collect::<String>()
-        );
-        let e = failed.entry(key).or_insert((0, a.t, a.t));
-        e.0 += 1;
-        e.1 = e.1.min(a.t);
-        e.2 = e.2.max(a.t);
-    }
-    let failed: BTreeMap<String, Value> = failed
-        .into_iter()
-        .map(|(k, (n, first, last))| (k, json!({"count": n, "first_t_s": first, "last_t_s": last})))
-        .collect();
+    let at_restart = |a: &Answer| {
+        let transport = a.failure.starts_with("http transport")
+            || a.failure.starts_with("grpc Unavailable")
+            || a.failure.starts_with("grpc Unknown")
+            // hyper's "operation was canceled": the connection closed under the call.
+            || a.failure.starts_with("grpc Cancelled");
+        transport
+            && restarts
+                .iter()
+                .any(|r| (*r..=r + RESTART_WINDOW_S).contains(&a.t))
+    };
+    let failures: Vec<&Answer> = answers.iter().filter(|a| !a.failure.is_empty()).collect();
+    let (in_flight, failed): (Vec<&Answer>, Vec<&Answer>) =
+        failures.into_iter().partition(|a| at_restart(a));
+    let failed = by_cause(&failed);
+    let in_flight = by_cause(&in_flight);
 
     // The rows: written within seconds, spooled ones once ClickHouse is back. Wait until
     // two looks a few seconds apart agree (or a minute passes).
@@ -590,6 +633,7 @@ pub async fn run(binary: &Path, repo: &Path, work: &Path, settings: &Settings) -
         "requests": answers.len(),
         "answered": ok.len(),
         "failed": failed,
+        "failed_in_flight_at_gateway_restart": in_flight,
         "gateway_rows": gateway_account,
         "agent_rows": agent_account,
         "faults": faults,
