@@ -28,28 +28,7 @@ async fn send(up: &Up, body: &Value, n: usize) {
 #[tokio::test]
 async fn the_local_clickhouse_comes_back_after_sigkill_and_no_row_is_lost() {
     let _machine = webaccel_testkit::alone().await;
-    let up = Up::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
-        &[
-            ("pool.yaml", pool_yaml("p", "  replicas: 1\n")),
-            ("mlp.yaml", model_yaml("mlp", "p", &fixture("mlp.onnx"), 1)),
-        ],
-        &[],
-    );
-    let s = up
-        .until(
-            "the model served and ClickHouse running",
-            Duration::from_secs(120),
-            |s| {
-                s["clickhouse_server"]["state"] == "running"
-                    && webaccel_testkit::up::model(s, "mlp")["status"]["loadedReplicas"] == 1
-            },
-        )
-        .await;
-    let url = clickhouse_url(&s);
-    let fixture_json: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
-    let body = serde_json::json!({"inputs": fixture_json["inputs"]});
+    let (up, s, url, body) = one_model_served().await;
     send(&up, &body, 40).await;
 
     let pid = i32::try_from(s["clickhouse_server"]["pid"].as_u64().unwrap()).unwrap();
@@ -77,59 +56,12 @@ async fn the_local_clickhouse_comes_back_after_sigkill_and_no_row_is_lost() {
     send(&up, &body, 20).await;
 
     // Every answered request has its gateway row and its agent row, once.
-    let started = Instant::now();
-    loop {
-        let gateway = clickhouse_query(
-            &url,
-            "SELECT uniqExact(row_id), count() FROM webaccel.gateway_requests FINAL",
-        )
-        .await;
-        let agent = clickhouse_query(
-            &url,
-            "SELECT uniqExact(row_id) FROM webaccel.inference_performance FINAL",
-        )
-        .await;
-        if gateway.as_deref() == Some("100\t100") && agent.as_deref() == Some("100") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "rows after the restart: gateway {gateway:?}, agent {agent:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_rows(&url, 100, Duration::from_secs(60)).await;
 }
 
-/// Waits until the ClickHouse at `url` holds `n` distinct gateway rows and `n` distinct
-/// agent rows.
-async fn wait_rows(url: &str, n: u64, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let gateway = clickhouse_query(
-            url,
-            "SELECT uniqExact(row_id) FROM webaccel.gateway_requests FINAL",
-        )
-        .await;
-        let agent = clickhouse_query(
-            url,
-            "SELECT uniqExact(row_id) FROM webaccel.inference_performance FINAL",
-        )
-        .await;
-        let want = Some(n.to_string());
-        if gateway == want && agent == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "rows: gateway {gateway:?}, agent {agent:?}, want {n} of each"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-#[tokio::test]
-async fn an_agent_killed_with_rows_in_memory_loses_none_of_them() {
-    let _machine = webaccel_testkit::alone().await;
+/// `up` with one pool and the MLP on it, served, with its ClickHouse running: `up`, its
+/// status, its ClickHouse URL and a request body.
+async fn one_model_served() -> (Up, Value, String, Value) {
     let up = Up::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_webaccel")),
         &[
@@ -152,6 +84,39 @@ async fn an_agent_killed_with_rows_in_memory_loses_none_of_them() {
     let fixture_json: Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("mlp.json")).unwrap()).unwrap();
     let body = serde_json::json!({"inputs": fixture_json["inputs"]});
+    (up, s, url, body)
+}
+
+/// Waits until the ClickHouse at `url` holds `n` gateway rows and `n` agent rows, each
+/// once (distinct row ids; the gateway's also counted after merging).
+async fn wait_rows(url: &str, n: u64, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let gateway = clickhouse_query(
+            url,
+            "SELECT uniqExact(row_id), count() FROM webaccel.gateway_requests FINAL",
+        )
+        .await;
+        let agent = clickhouse_query(
+            url,
+            "SELECT uniqExact(row_id) FROM webaccel.inference_performance FINAL",
+        )
+        .await;
+        if gateway == Some(format!("{n}\t{n}")) && agent == Some(n.to_string()) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "rows: gateway {gateway:?}, agent {agent:?}, want {n} of each"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_killed_with_rows_in_memory_loses_none_of_them() {
+    let _machine = webaccel_testkit::alone().await;
+    let (up, s, url, body) = one_model_served().await;
     send(&up, &body, 20).await;
     wait_rows(&url, 20, Duration::from_secs(60)).await;
 
