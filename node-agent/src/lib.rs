@@ -177,6 +177,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         firefox_prefs: args.firefox_prefs.clone(),
         sandbox: args.chromium_sandbox,
         disk_cache_dir: args.cache_dir().join("chromium-http-cache"),
+        profiles: Arc::new(
+            browser::profiles::Profiles::open(&args.cache_dir().join("profiles")).with_context(
+                || {
+                    format!(
+                        "making a folder for browser profiles in {}",
+                        args.cache_dir().display()
+                    )
+                },
+            )?,
+        ),
     };
     let agent = Arc::new(Agent {
         browser: Arc::new(BrowserSupervisor::new(

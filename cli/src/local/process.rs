@@ -274,6 +274,13 @@ impl LocalBrowser {
         if let Some(orphans) = &self.orphans {
             super::orphans::hand_over(&self.cache_dir.join("metrics-spool"), orphans, &self.name);
         }
+        // Its model copies, HTTP cache and browser profiles (those of a killed agent
+        // included) go with it: a replacement has a folder of its own. Its log stays.
+        if let Err(e) = std::fs::remove_dir_all(&self.cache_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(browser = %self.name, error = %e, "removing a stopped agent's cache failed");
+        }
     }
 
     /// The process as `webaccel status` lists it.

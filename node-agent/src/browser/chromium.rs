@@ -80,7 +80,7 @@ impl Chromium {
         let name = cfg.kind.display_name();
         let profile = tempfile::Builder::new()
             .prefix(&format!("webaccel-{}-", cfg.kind))
-            .tempdir()
+            .tempdir_in(cfg.profiles.dir())
             .map_err(LaunchError::Profile)?;
         let mut cmd = Command::new(&cfg.executable);
         cmd.args(BASE_ARGS)

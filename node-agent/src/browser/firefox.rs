@@ -89,7 +89,7 @@ impl Firefox {
     ) -> Result<Self, LaunchError> {
         let profile = tempfile::Builder::new()
             .prefix("webaccel-firefox-")
-            .tempdir()
+            .tempdir_in(cfg.profiles.dir())
             .map_err(LaunchError::Profile)?;
         write_user_js(profile.path(), &cfg.firefox_prefs)?;
         let mut cmd = Command::new(&cfg.executable);

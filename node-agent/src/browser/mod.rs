@@ -20,6 +20,7 @@ mod error;
 mod firefox;
 mod group;
 mod pipe;
+pub mod profiles;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct LaunchConfig {
     /// (Firefox keeps its cache in its profile: two Firefox processes, the active and
     /// the standby, must not share one.)
     pub disk_cache_dir: PathBuf,
+    /// Where each launch's fresh profile goes (see [`profiles`]).
+    pub profiles: Arc<profiles::Profiles>,
 }
 
 /// Bounds on each launch step. A step that takes longer fails the launch (and kills the

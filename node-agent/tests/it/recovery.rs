@@ -251,7 +251,8 @@ async fn concurrent_requests_on_several_models_all_get_their_answers() {
 }
 
 /// Starts an agent with `browser_args`, busies its browser, SIGKILLs the agent and
-/// returns the processes below it that were still alive 1 s later (with what they were).
+/// returns the processes below it that were still alive 1 s later (with what they were);
+/// checks that the next agent over its cache removes the profiles it left.
 async fn survivors_of_a_sigkilled_agent(browser_args: &[&str]) -> (usize, Vec<String>) {
     use webaccel_testkit::procs;
     let agent = Agent::start(
@@ -275,6 +276,25 @@ async fn survivors_of_a_sigkilled_agent(browser_args: &[&str]) -> (usize, Vec<St
         .filter(|p| procs::read(p.pid).is_some_and(|now| !now.is_zombie()))
         .map(|p| format!("{} {} {}", p.pid, p.comm, p.kind))
         .collect();
+
+    // Its browsers' profiles could not be removed by it: they are in its own folder
+    // under its cache, not the system's temporary folder, and the next agent over that
+    // cache removes them (megabytes each; killed agents used to fill the disk).
+    let root = agent.dir.path().join("cache").join("profiles");
+    let left = root.join(pid.to_string());
+    let profiles = std::fs::read_dir(&left).map_or(0, |d| d.count());
+    assert!(
+        profiles >= 1,
+        "no profile of the killed agent in {}",
+        left.display()
+    );
+    let next = webaccel_agent::browser::profiles::Profiles::open(&root).unwrap();
+    assert!(
+        !left.exists(),
+        "the killed agent's profiles are still there"
+    );
+    drop(next);
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
     (below.len(), alive)
 }
 
