@@ -133,6 +133,9 @@ async fn relay(ws: Socket, mut to_browser: pipe::Sender, mut from_browser: pipe:
     };
     let inbound = async {
         let mut pending: Vec<u8> = Vec::new();
+        // How much of `pending` is known to hold no NUL: a message of megabytes arriving
+        // in many reads is scanned once, not again from its start after each read.
+        let mut scanned = 0;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match from_browser.read(&mut buf).await {
@@ -140,7 +143,9 @@ async fn relay(ws: Socket, mut to_browser: pipe::Sender, mut from_browser: pipe:
                 Ok(n) => n,
             };
             pending.extend_from_slice(&buf[..n]);
-            while let Some(end) = pending.iter().position(|b| *b == 0) {
+            while let Some(at) = pending[scanned..].iter().position(|b| *b == 0) {
+                let end = scanned + at;
+                scanned = 0;
                 let message: Vec<u8> = pending.drain(..=end).take(end).collect();
                 let Ok(text) = String::from_utf8(message) else {
                     tracing::warn!("the browser sent a DevTools message that is not UTF-8");
@@ -150,6 +155,7 @@ async fn relay(ws: Socket, mut to_browser: pipe::Sender, mut from_browser: pipe:
                     return;
                 }
             }
+            scanned = pending.len();
         }
         // The browser is gone: the DevTools connection ends with it.
         let _ = ws_out.close().await;
