@@ -49,7 +49,8 @@ pub enum ModelOnAgent {
         /// agent did not say), so a host can tell a copy of a file since replaced.
         uri: String,
         sha256: String,
-        /// What loading it added to the browser's memory, as the agent measured it.
+        /// What it takes of a browser's memory: what loading it added, as the agent
+        /// measured it, plus what a decoder's KV cache may grow to (its reservation).
         memory_bytes: Option<u64>,
         /// How it serves (batching, precision, generation, ensemble steps), so a host can
         /// tell a copy loaded with a spec since changed. `None` where unknown.
@@ -68,7 +69,10 @@ impl ModelOnAgent {
                 precision: m.precision,
                 uri: d.spec.uri.clone(),
                 sha256: m.sha256.clone(),
-                memory_bytes: m.memory_bytes,
+                memory_bytes: match (m.memory_bytes, m.kv_reserve_bytes) {
+                    (Some(used), reserve) => Some(used.saturating_add(reserve.unwrap_or(0))),
+                    (None, reserve) => reserve,
+                },
                 settings: Some(Box::new(d.spec.serving())),
             },
             ModelState::Failed { reason } => Self::Failed(reason.clone()),
@@ -97,4 +101,40 @@ pub trait AgentApi: Send + Sync + 'static {
     ) -> BoxFuture<'a, AgentResult<ModelOnAgent>>;
     fn unload<'a>(&'a self, ep: &'a Endpoint, name: &'a str) -> BoxFuture<'a, AgentResult<()>>;
     fn drain<'a>(&'a self, ep: &'a Endpoint) -> BoxFuture<'a, AgentResult<()>>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn described(memory: Option<u64>, reserve: Option<u64>) -> Option<u64> {
+        let d: ModelDescription = serde_json::from_value(serde_json::json!({
+            "name": "llm",
+            "spec": {"name": "llm", "uri": "https://m/llm.onnx"},
+            "status": {
+                "state": "loaded", "sha256": "ab", "bytes": 1, "backend": "wasm",
+                "inputs": [], "outputs": [], "fetch_ms": 0.0, "page_fetch_ms": 0.0,
+                "create_ms": 1.0, "memory_bytes": memory, "kv_reserve_bytes": reserve,
+            },
+        }))
+        .unwrap();
+        match ModelOnAgent::from_description(&d) {
+            ModelOnAgent::Loaded { memory_bytes, .. } => memory_bytes,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_decoders_place_is_what_its_load_took_and_what_its_cache_may_grow_to() {
+        assert_eq!(described(Some(100), None), Some(100));
+        assert_eq!(described(Some(100), Some(50)), Some(150));
+        assert_eq!(
+            described(None, Some(50)),
+            Some(50),
+            "use unknown: the reservation at least"
+        );
+        assert_eq!(described(None, None), None);
+    }
 }

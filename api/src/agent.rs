@@ -72,6 +72,13 @@ pub struct LoadedModel {
     /// agent cannot read it (not Linux). What placement packs by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// A decoder's: what the KV cache of its `maxSequences` sequences at the full context
+    /// takes at its peak (see `node-agent`'s `Generator::kv_reserve_bytes`). Not yet in
+    /// `memory_bytes` (the load's warm-up holds no such cache), but placement counts it
+    /// as taken, as vLLM reserves its cache up front: a browser that cannot hold it is not
+    /// given the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_reserve_bytes: Option<u64>,
 }
 
 /// One backend `backend=auto` tried on a model: what it measured, or why it could not
@@ -276,6 +283,11 @@ pub struct AgentStats {
     /// children: proportional set size), read at most every 2 s; `None` off Linux.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub browser_memory_bytes: Option<u64>,
+    /// The KV caches its loaded decoders may grow to (the sum of their
+    /// `kv_reserve_bytes`): memory promised though perhaps not used yet. Counted whole,
+    /// so while sequences run the room left is understated by what their caches hold.
+    #[serde(default, skip_serializing_if = "spec::is_zero")]
+    pub reserved_bytes: u64,
 }
 
 /// One onnxruntime-web instance of the serving page (a Web Worker, or the page itself
@@ -296,6 +308,13 @@ pub struct PageWorker {
 }
 
 impl AgentStats {
+    /// The memory its browsers use or have promised: what they use now plus the KV
+    /// caches its decoders may grow to. `None` where the use is unknown.
+    pub fn committed_bytes(&self) -> Option<u64> {
+        self.browser_memory_bytes
+            .map(|used| used.saturating_add(self.reserved_bytes))
+    }
+
     /// Requests this browser computes at once: its page workers (1 when it has not said).
     /// The autoscaler's notion of one browser's capacity follows it.
     pub fn parallelism(&self) -> u64 {

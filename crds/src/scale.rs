@@ -134,9 +134,10 @@ pub fn waiting_requests(
 }
 
 /// Room left on a browser for models: the pool's memory `budget` less what its browsers
-/// use now (its agent's last answer); `None` with no budget or no answer.
+/// use now and what its decoders' KV caches may still take (its agent's last answer);
+/// `None` with no budget or no answer.
 pub fn room(budget: Option<u64>, stats: Option<&AgentStats>) -> Option<u64> {
-    Some(budget?.saturating_sub(stats?.browser_memory_bytes?))
+    Some(budget?.saturating_sub(stats?.committed_bytes()?))
 }
 
 /// What a pool's deployments ask of its browsers (as their last rounds reported): a
@@ -249,6 +250,22 @@ mod tests {
         held.status.as_mut().unwrap().desired_replicas = 2;
         let w = wanted(&held, &mut ModelScaler::default(), &idle, 0, now);
         assert_eq!(w.desired, 3, "{:?}", w.autoscaler);
+    }
+
+    #[test]
+    fn a_browsers_room_is_its_budget_less_what_it_uses_and_its_decoders_may_take() {
+        let mut s = AgentStats {
+            browser_memory_bytes: Some(300),
+            ..AgentStats::default()
+        };
+        assert_eq!(room(Some(1000), Some(&s)), Some(700));
+        s.reserved_bytes = 500;
+        assert_eq!(room(Some(1000), Some(&s)), Some(200));
+        s.reserved_bytes = 900;
+        assert_eq!(room(Some(1000), Some(&s)), Some(0));
+        assert_eq!(room(None, Some(&s)), None);
+        s.browser_memory_bytes = None;
+        assert_eq!(room(Some(1000), Some(&s)), None, "use unknown");
     }
 
     #[test]

@@ -119,6 +119,7 @@ mod tests {
             candidates: None,
             batching: None,
             memory_bytes: None,
+            kv_reserve_bytes: None,
         }
     }
 

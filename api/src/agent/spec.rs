@@ -90,7 +90,7 @@ fn default_true() -> bool {
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+pub(crate) fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 

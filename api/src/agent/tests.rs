@@ -57,6 +57,7 @@ fn stats_count_requests_per_model() {
         pod: "p-0".into(),
         outstanding: 3,
         browser_memory_bytes: None,
+        reserved_bytes: 0,
         in_flight: 1,
         queued: 1,
         max_in_flight: 64,

@@ -3,6 +3,7 @@
 
 use crate::policy::{HealingSpec, RecycleSpec, RolloutSpec};
 use jiff::Timestamp;
+use webaccel_api::agent::AgentStats;
 
 use super::browser::BrowserView;
 
@@ -161,7 +162,7 @@ fn scale_down_order(a: &BrowserView, b: &BrowserView) -> std::cmp::Ordering {
     let memory = |v: &BrowserView| {
         v.stats
             .as_ref()
-            .and_then(|s| s.browser_memory_bytes)
+            .and_then(AgentStats::committed_bytes)
             .unwrap_or(u64::MAX)
     };
     (

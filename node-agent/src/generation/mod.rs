@@ -13,6 +13,7 @@ pub mod text;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+use webaccel_api::Precision;
 use webaccel_api::generate::{
     GenerateInput, GenerateParams, GenerateRequest, GenerationSpec, MAX_TOP_LOGPROBS,
 };
@@ -57,6 +58,33 @@ impl Generator {
             context_length: self.context_length,
             pad_token_id: self.codec.pad_id(),
         }
+    }
+
+    /// What the KV cache of `maxSequences` sequences at the full context takes at its
+    /// peak, in bytes: the reservation placement counts for this decoder.
+    ///
+    /// The page keeps a sequence's cache between steps as float32, or quantized (int8 or
+    /// int4 values and a float32 scale per head and 32-position block). A step feeds the
+    /// batch's whole cache to onnxruntime as float32 and gets it back one position
+    /// longer, so during a step the float32 cache is there twice (past and present), and
+    /// with a quantized cache the quantized copy besides. A quantized cache saves memory
+    /// between steps, not at a step's peak; the reservation says so rather than promise
+    /// a browser more sequences than it can step.
+    pub fn kv_reserve_bytes(&self) -> u64 {
+        let l = &self.layout;
+        // Cache tensors (a key and a value per layer) times heads.
+        let vectors = 2 * u64::from(l.layers) * u64::from(l.kv_heads);
+        let dim = u64::from(l.head_dim);
+        let float_per_position = vectors * dim * 4;
+        // Eighths of a byte, so int4's half bytes and the scale's share stay exact.
+        let kept_eighths_per_position = match self.spec.settings.kv_cache {
+            Precision::Int8 => vectors * (dim * 8 + 1),
+            Precision::Int4 => vectors * (dim * 4 + 1),
+            Precision::Fp32 | Precision::Fp16 => 0,
+        };
+        let positions =
+            u64::from(self.spec.settings.max_sequences) * u64::from(self.context_length);
+        positions * (2 * float_per_position) + (positions * kept_eighths_per_position).div_ceil(8)
     }
 
     /// Tokenizes `req` and checks it against the model: a clear 400 for a prompt that

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use webaccel_api::agent::{AgentStats, BrowserSummary, Capabilities, ModelDescription, ModelList};
+use webaccel_api::agent::{
+    AgentStats, BrowserSummary, Capabilities, ModelDescription, ModelList, ModelState,
+};
 
 use crate::agent::Agent;
 use crate::config::ModelSpec;
@@ -127,7 +129,11 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
     let unhealthy = unhealthy_reason(&agent);
     let gauge = |g: i64| u64::try_from(g).unwrap_or(0);
     let mut models = agent.stats.per_model();
+    let mut reserved_bytes = 0;
     for entry in agent.models.all() {
+        if let ModelState::Loaded(m) = entry.state() {
+            reserved_bytes += m.kv_reserve_bytes.unwrap_or(0);
+        }
         let n = entry.outstanding();
         if n > 0 || models.contains_key(&entry.spec.name) {
             models
@@ -163,6 +169,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
         browser: info.status,
         metrics: agent.recorder.status(),
         browser_memory_bytes: crate::procmem::browsers_bytes(),
+        reserved_bytes,
     })
 }
 

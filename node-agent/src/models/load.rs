@@ -223,6 +223,7 @@ impl Loader {
             )),
             CallError::Failed(e) => e,
         })?;
+        let kv_reserve_bytes = generator.as_ref().map(|g| g.kv_reserve_bytes());
         *entry.generator.write() = generator;
         let batching = batcher::status_for(spec, &reply.inputs, &reply.outputs).map(Box::new);
         let model = LoadedModel {
@@ -241,6 +242,7 @@ impl Loader {
             candidates: pinned.and_then(|p| p.candidates).or(reply.candidates),
             batching,
             memory_bytes: None,
+            kv_reserve_bytes,
         };
         if spec.backend == Backend::Auto
             && let Some((backend, webnn_device)) = backend_of(&reply.backend)
@@ -355,6 +357,7 @@ impl Loader {
             candidates: None,
             batching: None,
             memory_bytes: None,
+            kv_reserve_bytes: None,
         })
     }
 }

@@ -70,6 +70,29 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
     let (_, gpu) = agent.get("/v1/repository/models/llm-gpu").await;
     assert_eq!(gpu["status"]["backend"], "webgpu", "{gpu}");
 
+    // What each decoder's cache may grow to, which placement counts as taken: 16
+    // sequences (the default) of 256 positions; a position is 512 bytes as float32 (2
+    // layers, key and value, 2 kv heads of 16), twice at a step's peak, and 129 more as
+    // int8 (16 bytes and a 4-byte scale per 32 positions, for each of the 8 vectors).
+    let positions = 16 * 256;
+    let mut reserved = 0;
+    for (model, per_position) in [
+        ("llm", 1024),
+        ("llm-external", 1024),
+        ("llm-gpu", 1024),
+        ("llm-int8", 1024 + 129),
+        ("llm-gpu-int8", 1024 + 129),
+    ] {
+        let (_, d) = agent.get(&format!("/v1/repository/models/{model}")).await;
+        assert_eq!(
+            d["status"]["kv_reserve_bytes"],
+            positions * per_position,
+            "{model}: {d}"
+        );
+        reserved += positions * per_position;
+    }
+    assert_eq!(agent.stats().await.reserved_bytes, reserved);
+
     // The stock OpenAI client: greedy, streamed, chat, logprobs, seeds, stop strings,
     // concurrent streams and refusals, against onnxruntime's generations; on wasm and
     // on WebGPU.
