@@ -79,6 +79,13 @@ pub struct GenerationSettings {
     /// per run, taking turns.
     #[serde(default = "default_true")]
     pub continuous_batching: bool,
+    /// A prompt longer than this is fed this many positions per run, each run attending
+    /// to the cache the earlier ones left (chunked prefill): a run's size and memory
+    /// stay bounded, and with a quantized cache the prompt's later positions see it, as
+    /// generated tokens do. Absent: the whole prompt in one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 65536)))]
+    pub prefill_chunk: Option<u32>,
     /// Sampling settings where a request gives none.
     #[serde(default, skip_serializing_if = "is_default")]
     pub defaults: GenerationDefaults,
@@ -92,6 +99,7 @@ impl Default for GenerationSettings {
             max_sequences: default_max_sequences(),
             kv_cache: default_kv_cache(),
             continuous_batching: true,
+            prefill_chunk: None,
             defaults: GenerationDefaults::default(),
         }
     }
@@ -125,6 +133,8 @@ pub enum GenerationSpecError {
     KvCache(Precision),
     #[error("generation.contextLength must be at least 2")]
     ContextLength,
+    #[error("generation.prefillChunk must be at least 1")]
+    PrefillChunk,
     #[error("generation.tokenizer.uri '{0}' must start with file://, http:// or https://")]
     TokenizerScheme(String),
     #[error("generation.tokenizer.sha256 '{0}' must be 64 hexadecimal digits")]
@@ -141,6 +151,9 @@ impl GenerationSettings {
         }
         if self.context_length.is_some_and(|c| c < 2) {
             return Err(GenerationSpecError::ContextLength);
+        }
+        if self.prefill_chunk == Some(0) {
+            return Err(GenerationSpecError::PrefillChunk);
         }
         Ok(())
     }
@@ -234,6 +247,11 @@ pub struct GenerateParams {
     /// Go on past the end-of-sequence tokens.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ignore_eos: bool,
+    /// Give the prompt back before the completion: its text first, and with
+    /// `logprobs` its tokens' log-probabilities (the first has none), as the OpenAI
+    /// completions API's `echo` does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub echo: bool,
     /// Report each token's log-probability and this many most likely alternatives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<u32>,
@@ -315,6 +333,14 @@ pub struct TokenChunk {
     /// The page's step that made them, in milliseconds, and how many sequences it ran.
     pub step_ms: f64,
     pub batch: u32,
+    /// With `echo`, on a generation's first chunk: the prompt's text (as given, or
+    /// decoded from its ids), before `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<String>,
+    /// With `echo` and `logprobs`, on the first chunk: the prompt's tokens, scored by
+    /// the model (each given those before it; the first has no score).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompt: Vec<GeneratedToken>,
 }
 
 /// Prompt and completion tokens.

@@ -148,6 +148,7 @@ impl Sampling {
                 .unwrap_or_default(),
             stop_token_ids: self.stop_token_ids.clone(),
             ignore_eos: self.ignore_eos,
+            echo: false,
             logprobs,
         })
     }
@@ -186,9 +187,6 @@ pub const COMPLETION_MAX_TOKENS: u32 = 16;
 impl CompletionRequest {
     /// The generation this asks for.
     pub fn to_generate(&self) -> Result<GenerateRequest, RequestError> {
-        if self.echo {
-            return Err(refuse("echo", "echo is not supported"));
-        }
         if self.best_of.is_some_and(|b| b != 1) {
             return Err(refuse("best_of", "best_of must be 1"));
         }
@@ -210,10 +208,13 @@ impl CompletionRequest {
         Ok(GenerateRequest {
             model: self.model.clone(),
             input,
-            params: self.sampling.params(
-                Some(self.max_tokens.unwrap_or(COMPLETION_MAX_TOKENS)),
-                self.logprobs,
-            )?,
+            params: GenerateParams {
+                echo: self.echo,
+                ..self.sampling.params(
+                    Some(self.max_tokens.unwrap_or(COMPLETION_MAX_TOKENS)),
+                    self.logprobs,
+                )?
+            },
             timeout_ms: None,
             request_id: None,
         })
@@ -367,7 +368,8 @@ pub fn finish_reason(f: FinishReason) -> &'static str {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f64>,
+    /// `null` for a prompt's first token (echoed): nothing comes before it.
+    pub token_logprobs: Vec<Option<f64>>,
     pub top_logprobs: Vec<serde_json::Map<String, Value>>,
     pub text_offset: Vec<usize>,
 }

@@ -86,27 +86,41 @@ pub async fn start<A: GenerationApi>(
     }
 }
 
+/// A whole generation, collected.
+#[derive(Debug)]
+pub struct Collected {
+    /// The completion's text, after the prompt's when it was echoed.
+    pub text: String,
+    pub tokens: Vec<webaccel_api::generate::GeneratedToken>,
+    /// The prompt's scored tokens, when echoed with log-probabilities.
+    pub prompt: Vec<webaccel_api::generate::GeneratedToken>,
+    pub end: GenerationEnd,
+}
+
 /// The whole text of a generation and its end, collected.
-pub async fn collect(
-    started: Started,
-) -> Result<
-    (
-        String,
-        Vec<webaccel_api::generate::GeneratedToken>,
-        GenerationEnd,
-    ),
-    ApiError,
-> {
+pub async fn collect(started: Started) -> Result<Collected, ApiError> {
     let mut text = String::new();
     let mut tokens = Vec::new();
+    let mut prompt = Vec::new();
     let mut events = stream::iter([Ok(started.first)]).chain(started.rest);
     while let Some(event) = events.next().await {
         match event? {
             GenerationEvent::Tokens(chunk) => {
+                if let Some(echo) = &chunk.echo {
+                    text.push_str(echo);
+                }
                 text.push_str(&chunk.text);
                 tokens.extend(chunk.tokens);
+                prompt.extend(chunk.prompt);
             }
-            GenerationEvent::End(end) => return Ok((text, tokens, end)),
+            GenerationEvent::End(end) => {
+                return Ok(Collected {
+                    text,
+                    tokens,
+                    prompt,
+                    end,
+                });
+            }
         }
     }
     Err(ApiError::new(
@@ -222,7 +236,7 @@ async fn run<A: GenerationApi>(
             None,
         ));
     }
-    let (text, _, end) = collect(started).await?;
+    let Collected { text, end, .. } = collect(started).await?;
     let mut response = chunk(&name, GenerationEvent::End(end));
     response.text_output = text;
     Ok(Json(response).into_response())

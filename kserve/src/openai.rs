@@ -27,7 +27,7 @@ use webaccel_api::openai::{
 };
 
 use crate::api::ApiError;
-use crate::generate::{GenerationApi, collect, sse, start};
+use crate::generate::{Collected, GenerationApi, collect, sse, start};
 use crate::http::call_options;
 
 /// The OpenAI routes.
@@ -117,10 +117,20 @@ fn id(prefix: &str) -> String {
     )
 }
 
-fn completion_logprobs(tokens: &[GeneratedToken], offset: &mut usize) -> CompletionLogprobs {
+/// The completions API's log-probabilities of an echoed prompt's tokens (the first has
+/// none: `null`) and of the generated ones, their text offsets counted from `offset`.
+fn completion_logprobs(
+    prompt: &[GeneratedToken],
+    tokens: &[GeneratedToken],
+    offset: &mut usize,
+) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    for t in tokens {
-        let Some(lp) = t.logprob else { continue };
+    let scored = prompt.iter().map(|t| (t, t.logprob)).chain(
+        tokens
+            .iter()
+            .filter_map(|t| t.logprob.map(|lp| (t, Some(lp)))),
+    );
+    for (t, lp) in scored {
         out.tokens.push(t.text.clone());
         out.token_logprobs.push(lp);
         out.top_logprobs.push(
@@ -169,8 +179,13 @@ async fn completions<A: GenerationApi>(
             usage,
         };
     if !req.sampling.stream {
-        let (text, tokens, end) = collect(started).await?;
-        let logprobs = with_logprobs.then(|| completion_logprobs(&tokens, &mut 0));
+        let Collected {
+            text,
+            tokens,
+            prompt,
+            end,
+        } = collect(started).await?;
+        let logprobs = with_logprobs.then(|| completion_logprobs(&prompt, &tokens, &mut 0));
         let choice = CompletionChoice {
             index: 0,
             text,
@@ -188,14 +203,15 @@ async fn completions<A: GenerationApi>(
         started,
         move |event| match event {
             GenerationEvent::Tokens(chunk) => {
-                if chunk.text.is_empty() && (!with_logprobs || chunk.tokens.is_empty()) {
+                let text = chunk.echo.unwrap_or_default() + &chunk.text;
+                if text.is_empty() && (!with_logprobs || chunk.tokens.is_empty()) {
                     return Vec::new();
                 }
-                let logprobs =
-                    with_logprobs.then(|| completion_logprobs(&chunk.tokens, &mut offset));
+                let logprobs = with_logprobs
+                    .then(|| completion_logprobs(&chunk.prompt, &chunk.tokens, &mut offset));
                 let choice = CompletionChoice {
                     index: 0,
-                    text: chunk.text,
+                    text,
                     logprobs,
                     finish_reason: None,
                 };
@@ -233,7 +249,9 @@ async fn chat<A: GenerationApi>(
     let (id, created, model) = (id("chatcmpl"), now_s(), req.model.clone());
     let with_logprobs = req.logprobs;
     if !req.sampling.stream {
-        let (text, tokens, end) = collect(started).await?;
+        let Collected {
+            text, tokens, end, ..
+        } = collect(started).await?;
         let choice = ChatChoice {
             index: 0,
             message: AssistantMessage {

@@ -228,7 +228,11 @@ impl FromStr for ModelSpec {
                     })?
                 }
                 "tokenizer" => spec.generation = Some(GenerationSpec::with_tokenizer(v.trim())),
-                "kv_cache" | "max_sequences" | "context_length" | "continuous_batching" => {
+                "kv_cache"
+                | "max_sequences"
+                | "context_length"
+                | "prefill_chunk"
+                | "continuous_batching" => {
                     let generation = spec.generation.as_mut().ok_or_else(|| {
                         format!("option '{}' needs tokenizer=URI before it", k.trim())
                     })?;
@@ -241,6 +245,7 @@ impl FromStr for ModelSpec {
                         "kv_cache" => generation.settings.kv_cache = v.parse()?,
                         "max_sequences" => generation.settings.max_sequences = number()?,
                         "context_length" => generation.settings.context_length = Some(number()?),
+                        "prefill_chunk" => generation.settings.prefill_chunk = Some(number()?),
                         _ => {
                             generation.settings.continuous_batching = v.parse().map_err(|_| {
                                 format!("continuous_batching must be true or false, got '{v}'")
@@ -256,7 +261,7 @@ impl FromStr for ModelSpec {
                 }
                 other => {
                     return Err(format!(
-                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task, precision, max_batch_size, max_queue_delay_us, tokenizer, kv_cache, max_sequences, context_length or continuous_batching)"
+                        "unknown model option '{other}' (expected backend, sha256, warmup, webnn_device, task, precision, max_batch_size, max_queue_delay_us, tokenizer, kv_cache, max_sequences, context_length, prefill_chunk or continuous_batching)"
                     ));
                 }
             }

@@ -41,6 +41,8 @@ pub struct Prepared {
     pub call: Generate,
     /// Strings that end the text.
     pub stop: Vec<String>,
+    /// With `echo`: the prompt's text, sent before the first token's.
+    pub echo: Option<String>,
 }
 
 fn bad(message: impl Into<String>) -> AgentError {
@@ -57,6 +59,7 @@ impl Generator {
             max_batch: self.spec.settings.max_sequences,
             context_length: self.context_length,
             pad_token_id: self.codec.pad_id(),
+            prefill_chunk: self.spec.settings.prefill_chunk,
         }
     }
 
@@ -156,6 +159,10 @@ impl Generator {
         }
         stop_token_ids.sort_unstable();
         stop_token_ids.dedup();
+        let echo = p.echo.then(|| match &req.input {
+            GenerateInput::Text { text } => text.clone(),
+            _ => self.codec.decode(&prompt),
+        });
         Ok(Prepared {
             call: Generate {
                 model: req.model.clone(),
@@ -165,8 +172,10 @@ impl Generator {
                 stop_token_ids,
                 logprobs: p.logprobs,
                 logits: false,
+                prompt_logprobs: p.echo && p.logprobs.is_some(),
             },
             stop: p.stop.clone(),
+            echo,
         })
     }
 

@@ -19,7 +19,7 @@ use super::{Generator, Prepared};
 use crate::error::AgentError;
 use crate::page::PageLink;
 use crate::page::link::{PageGeneration, PageStep};
-use crate::page::protocol::{Cancel, GenerateReply};
+use crate::page::protocol::{Cancel, GenerateReply, PromptLogprob};
 
 /// Where a generation's events go: tokens, then its end, or an error that ends it.
 pub type Events = mpsc::Sender<Result<GenerationEvent, AgentError>>;
@@ -58,6 +58,8 @@ struct Output<'a> {
     started: Instant,
     arrivals: Vec<Instant>,
     completion: u32,
+    /// With `echo`, until the first token: the prompt's text and ids.
+    echo: Option<(String, Vec<u32>)>,
 }
 
 impl Output<'_> {
@@ -76,16 +78,14 @@ impl Output<'_> {
                 .map_err(|e| AgentError::Internal(e.to_string()))?
         };
         let (text, stopped) = self.stops.push(&piece);
-        let top_logprobs = token
-            .top
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(id, logprob)| TokenLogprob {
-                id,
-                text: codec.token_text(id),
-                logprob,
-            })
-            .collect();
+        let top_logprobs = self.alternatives(token.top);
+        let (echo, prompt) = match self.echo.take() {
+            Some((text, ids)) => {
+                let prompt = self.scored_prompt(&ids, token.prompt.unwrap_or_default());
+                (Some(text), prompt)
+            }
+            None => (None, Vec::new()),
+        };
         let chunk = TokenChunk {
             text,
             tokens: vec![GeneratedToken {
@@ -98,8 +98,42 @@ impl Output<'_> {
             produced_at_ms: step.t,
             step_ms: step.step_ms,
             batch: step.batch,
+            echo,
+            prompt,
         };
         Ok((chunk, stopped))
+    }
+
+    /// The prompt's tokens with the page's scores (one per token after the first;
+    /// none when they were not asked for).
+    fn scored_prompt(&self, ids: &[u32], scores: Vec<PromptLogprob>) -> Vec<GeneratedToken> {
+        if scores.is_empty() {
+            return Vec::new();
+        }
+        let codec = &self.generator.codec;
+        let first = std::iter::once(None);
+        ids.iter()
+            .zip(first.chain(scores.into_iter().map(Some)))
+            .map(|(&id, score)| GeneratedToken {
+                id,
+                text: codec.token_text(id),
+                special: codec.is_special(id),
+                logprob: score.as_ref().map(|s| s.logprob),
+                top_logprobs: self.alternatives(score.and_then(|s| s.top)),
+            })
+            .collect()
+    }
+
+    fn alternatives(&self, top: Option<Vec<(u32, f64)>>) -> Vec<TokenLogprob> {
+        let codec = &self.generator.codec;
+        top.unwrap_or_default()
+            .into_iter()
+            .map(|(id, logprob)| TokenLogprob {
+                id,
+                text: codec.token_text(id),
+                logprob,
+            })
+            .collect()
     }
 
     fn end(
@@ -186,6 +220,9 @@ pub async fn stream(
         started,
         arrivals: Vec::new(),
         completion: 0,
+        echo: prepared
+            .echo
+            .map(|text| (text, prepared.call.prompt.clone())),
     };
     let failed = |e: AgentError| Outcome {
         end: None,
@@ -278,6 +315,8 @@ pub async fn stream(
                 produced_at_ms: 0.0,
                 step_ms: 0.0,
                 batch: 0,
+                echo: None,
+                prompt: Vec::new(),
             };
             let _ = events.send(Ok(GenerationEvent::Tokens(chunk))).await;
         }

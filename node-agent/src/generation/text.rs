@@ -249,6 +249,11 @@ impl TextCodec {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
+    /// The text of `ids`, special tokens left out (an echoed prompt given as ids).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+
     /// Whether `id` is a special token (left out of the text).
     pub fn is_special(&self, id: u32) -> bool {
         self.tokenizer

@@ -116,6 +116,10 @@ pub struct PageGeneration {
     pub context_length: u32,
     /// The token under the left padding of a batched prefill (masked).
     pub pad_token_id: u32,
+    /// Positions a prompt is fed per run (`generation.prefillChunk`); `None`: the whole
+    /// prompt in one run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill_chunk: Option<u32>,
 }
 
 /// What the agent read from a decoder's graph (`crate::generation::graph`).
@@ -157,6 +161,10 @@ pub struct Generate {
     pub logprobs: Option<u32>,
     /// Each token's whole logits row (tests and accuracy measurements).
     pub logits: bool,
+    /// The prompt's tokens after the first scored (their log-probabilities and
+    /// `logprobs` alternatives), sent with the first token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prompt_logprobs: bool,
 }
 
 /// How a generation ended in the page.
@@ -205,6 +213,18 @@ pub struct StepToken {
     /// Set on a sequence's last token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish: Option<FinishReason>,
+    /// On a sequence's first token, with `prompt_logprobs`: one per prompt token after
+    /// the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Vec<PromptLogprob>>,
+}
+
+/// The model's log-probability of a prompt token given those before it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptLogprob {
+    pub logprob: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<(u32, f64)>>,
 }
 
 /// One step of generation with `model`: the token each of its sequences made.

@@ -15,6 +15,7 @@ import concurrent.futures
 import json
 import math
 import os
+import subprocess
 import sys
 
 import openai
@@ -35,6 +36,16 @@ def log_softmax(row):
     top = max(row)
     total = math.log(sum(math.exp(v - top) for v in row)) + top
     return [v - total for v in row]
+
+
+def reference_prompt_logprobs(models, ids):
+    """onnxruntime's scores of a prompt's tokens after the first (decoder_reference.py)."""
+    job = {"model": os.path.join(models, "decoder", "model.onnx"), "prompts": [ids],
+           "max_new_tokens": 1, "prompt_logprobs": True}
+    script = os.path.join(models, "..", "decoder_reference.py")
+    out = subprocess.run([sys.executable, script], input=json.dumps(job), capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout)[0]["prompt_logprobs"]
 
 
 def stream_text(client, **kwargs):
@@ -127,6 +138,29 @@ def main():
             len(got_top) == 3 and all(abs(a - b) < 1e-3 for a, b in zip(got_top, best)),
             f"top logprobs {step}: {got_top} vs {best}",
         )
+
+    # Echo with logprobs scores the prompt (what perplexity is made of): None for the
+    # first token, then onnxruntime's scores; the text starts with the prompt. Streamed,
+    # the first chunk carries them.
+    p = prompts["story"]
+    want = reference_prompt_logprobs(args.models, p["input_ids"])
+    kwargs = dict(model=model, prompt=p["text"], max_tokens=2, temperature=0, echo=True, logprobs=0)
+    out = client.completions.create(**kwargs)
+    text, lp = out.choices[0].text, out.choices[0].logprobs
+    got = []
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            if choice.logprobs:
+                got += choice.logprobs.token_logprobs
+    for name, scores in (("echo", lp.token_logprobs), ("echo stream", got)):
+        check(len(scores) == len(p["input_ids"]) + 2, f"{name} tokens: {len(scores)} for {len(p['input_ids'])} + 2")
+        check(scores[0] is None, f"{name} first: {scores[0]}")
+        worst = max(abs(a - b) for a, b in zip(scores[1:len(want) + 1], want))
+        check(worst < 1e-3, f"{name} prompt logprobs: off by {worst}")
+    check(text.startswith(p["text"]) and p["completion"].startswith(text[len(p["text"]):]), f"echo text: {text!r}")
+    ppl = math.exp(-sum(want) / len(want))
+    got_ppl = math.exp(-sum(lp.token_logprobs[1:len(want) + 1]) / len(want))
+    check(abs(got_ppl / ppl - 1) < 1e-3, f"perplexity: {got_ppl} vs onnxruntime's {ppl}")
 
     # Sampling with a seed is reproducible; another seed differs somewhere.
     def sampled(seed):

@@ -239,3 +239,63 @@ for (const [kv, bits] of /** @type {const} */ ([['int8', 8], ['int4', 4]])) {
     if (bits === 8) assert.ok(agree / (64 * prompts.length) >= 0.95, `agreement ${agree}`);
   });
 }
+
+/** A long prompt: the reference prompts' tokens, over and over, `n` of them. */
+const longPrompt = (/** @type {number} */ n) => {
+  const all = reference.prompts.flatMap((/** @type {any} */ p) => p.input_ids);
+  return Array.from({ length: n }, (_, i) => all[i % all.length]);
+};
+
+/**
+ * The prompt's scores a decoder sends with a sequence's first token.
+ * @param {ReturnType<typeof decoderWith>} d
+ * @param {{req: number}} r
+ */
+const promptScores = (d, r) => (d.tokensOf(r.req)[0].prompt ?? []).map((s) => s.logprob);
+
+/**
+ * @param {number[]} got
+ * @param {number[]} want
+ */
+const worstDiff = (got, want) => {
+  assert.equal(got.length, want.length);
+  return Math.max(...got.map((v, i) => Math.abs(v - want[i])));
+};
+
+test('prompt log-probabilities: every prompt token after the first, as onnxruntime scores it, batched or alone', async () => {
+  const prompts = [longPrompt(100), reference.prompts[1].input_ids];
+  const expected = referenceRun({ prompts, max_new_tokens: 4, prompt_logprobs: true });
+  const d = decoderWith();
+  const requests = prompts.map((p) => request(p, { max_new_tokens: 4, prompt_logprobs: true, logprobs: 2 }));
+  await Promise.all(requests.map((r) => d.decoder.generate(r)));
+  requests.forEach((r, i) => {
+    const got = promptScores(d, r);
+    assert.equal(got.length, prompts[i].length - 1, 'one per prompt token after the first');
+    assert.ok(worstDiff(got, expected[i].prompt_logprobs) < 1e-4, `prompt ${i}`);
+    const first = /** @type {any} */ (d.tokensOf(r.req)[0].prompt)[0];
+    assert.equal(first.top.length, 2, 'the top alternatives when logprobs asks for them');
+    assert.deepEqual(d.tokensOf(r.req).map((t) => t.id), expected[i].tokens);
+    // Only the first token carries them.
+    assert.ok(d.tokensOf(r.req).slice(1).every((t) => t.prompt === undefined));
+  });
+});
+
+for (const kv of /** @type {const} */ (['fp32', 'int8', 'int4'])) {
+  test(`chunked prefill (${kv} cache): a long prompt fed 32 positions a run scores and continues as onnxruntime does with the same chunks`, async () => {
+    const prompt = longPrompt(150);
+    const kvDtype = kv === 'fp32' ? 'float32' : kv;
+    const [expected] = referenceRun({ prompts: [prompt], max_new_tokens: 24, kv_dtype: kvDtype, prompt_logprobs: true, prefill_chunk: 32 });
+    const d = decoderWith({ kv_cache: kv, prefill_chunk: 32 });
+    const r = request(prompt, { prompt_logprobs: true });
+    const short = request(reference.prompts[0].input_ids);
+    const summary = await Promise.all([d.decoder.generate(r), d.decoder.generate(short)]);
+    assert.equal(summary[0].prompt_tokens, 150);
+    assert.ok(worstDiff(promptScores(d, r), expected.prompt_logprobs) < 1e-4);
+    assert.deepEqual(d.tokensOf(r.req).map((t) => t.id), expected.tokens);
+    // Five runs (32 * 4 + 22 positions), one step event: the last run made the first token.
+    const prefills = d.steps.filter((s) => s.prefill && s.tokens.some((t) => t.req === r.req));
+    assert.equal(prefills.length, 1, 'one step event for the whole prefill');
+    // A short prompt beside it is not held to the chunk and keeps its own tokens.
+    if (kv === 'fp32') assert.deepEqual(d.tokensOf(short.req).map((t) => t.id), reference.prompts[0].tokens);
+  });
+}

@@ -261,6 +261,17 @@ fn a_text_generation_model_needs_a_tokenizer_and_only_it_takes_one() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("spec.generation.maxSequences"), "{err}");
+    let err = webaccel_crds_validate::validate(
+        &llm(json!({"generation": {"prefillChunk": 0}})),
+        "t.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("spec.generation.prefillChunk"), "{err}");
+    assert_eq!(
+        cel_failures(&llm(json!({"generation": {"prefillChunk": 32}}))),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

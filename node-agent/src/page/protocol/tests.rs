@@ -93,6 +93,7 @@ fn commands() -> Vec<(&'static str, PageCommand)> {
                     max_batch: 16,
                     context_length: 256,
                     pad_token_id: 4,
+                    prefill_chunk: Some(32),
                 }),
             }
             .command(12),
@@ -113,6 +114,7 @@ fn commands() -> Vec<(&'static str, PageCommand)> {
                 stop_token_ids: vec![1, 4],
                 logprobs: Some(2),
                 logits: false,
+                prompt_logprobs: true,
             }
             .command(13),
         ),
@@ -293,6 +295,16 @@ fn events() -> Vec<(&'static str, PageEvent)> {
                         top: Some(vec![(104, -0.5), (9, -1.25)]),
                         logits: None,
                         finish: None,
+                        prompt: Some(vec![
+                            PromptLogprob {
+                                logprob: -2.5,
+                                top: Some(vec![(101, -0.75), (72, -2.5)]),
+                            },
+                            PromptLogprob {
+                                logprob: -0.125,
+                                top: None,
+                            },
+                        ]),
                     },
                     StepToken {
                         req: 15,
@@ -301,6 +313,7 @@ fn events() -> Vec<(&'static str, PageEvent)> {
                         top: None,
                         logits: None,
                         finish: Some(FinishReason::Stop),
+                        prompt: None,
                     },
                 ],
             }),

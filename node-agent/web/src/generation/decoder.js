@@ -28,18 +28,23 @@ import { now } from '../clock.js';
  * How a deployment generates (the load command's `generation`).
  * @typedef {{layout: DecoderLayout, kv_cache: 'fp32' | 'int8' | 'int4',
  *   continuous_batching: boolean, max_batch: number, context_length: number,
- *   pad_token_id: number}} GenerationConfig
+ *   pad_token_id: number, prefill_chunk?: number}} GenerationConfig
  */
 /**
  * One generation asked of the page (protocol.js's GenerateCommand, less its op).
  * @typedef {{req: number, model: string, prompt: number[], max_new_tokens: number,
  *   sampling: import('./sampler.js').Sampling, stop_token_ids: number[],
- *   logprobs: number | null, logits: boolean}} GenerateRequest
+ *   logprobs: number | null, logits: boolean, prompt_logprobs?: boolean}} GenerateRequest
  */
 /**
- * One token of one sequence in a step event.
+ * The model's log-probability of one prompt token given the tokens before it.
+ * @typedef {{logprob: number, top?: [number, number][]}} PromptLogprob
+ */
+/**
+ * One token of one sequence in a step event. A sequence's first token carries, when
+ * asked, the log-probabilities of its prompt's tokens after the first (`prompt`).
  * @typedef {{req: number, id: number, logprob?: number, top?: [number, number][],
- *   logits?: number[], finish?: 'stop' | 'length'}} TokenOut
+ *   logits?: number[], finish?: 'stop' | 'length', prompt?: PromptLogprob[]}} TokenOut
  */
 /**
  * What a step sends the agent: the tokens it made, when, and what it cost.
@@ -93,6 +98,9 @@ class Sequence {
     this.started = 0;
     this.prefillMs = 0;
     this.maxBatch = 0;
+    /** With `prompt_logprobs`: its prompt tokens' scores so far (see TokenOut). */
+    /** @type {PromptLogprob[]} */
+    this.promptScores = [];
     /** With a quantized cache: the rows of its cache, by cache tensor name. */
     /** @type {Map<string, QuantizedRow> | null} */
     this.quantized = null;
@@ -192,6 +200,7 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
       if (request.logprobs > 0) out.top = lp.top;
     }
     if (request.logits) out.logits = Array.from(logits);
+    if (request.prompt_logprobs && s.generated === 1) out.prompt = s.promptScores.splice(0);
     if (s.stops.has(id)) s.finish = 'stop';
     else if (s.generated >= request.max_new_tokens) s.finish = 'length';
     // The next step would feed this token at position n: it must fit the context.
@@ -293,8 +302,36 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
   const lastLogits = (logits, r, steps) => logits.subarray(((r * steps) + steps - 1) * layout.vocab, (r * steps + steps) * layout.vocab);
 
   /**
+   * Scores the prompt tokens that row `r`'s positions in a run predict: the run fed
+   * `fed` (right-aligned in its `steps`), prompt tokens `from` onwards, and the logits
+   * at each of them score the prompt token after it (the last prompt position predicts
+   * the first generated token, which is not the prompt's).
+   * @param {Sequence} s
+   * @param {Float32Array} logits [rows, steps, vocab]
+   * @param {number} r
+   * @param {number} steps
+   * @param {number[]} fed
+   * @param {number} from
+   */
+  function scorePrompt(s, logits, r, steps, fed, from) {
+    const { prompt } = s.request;
+    const top = s.request.logprobs ?? 0;
+    const pad = steps - fed.length;
+    for (let i = 0; i < fed.length && from + i + 1 < prompt.length; i++) {
+      const at = (r * steps + pad + i) * layout.vocab;
+      const lp = logprobs(logits.subarray(at, at + layout.vocab), prompt[from + i + 1], top);
+      s.promptScores.push(top > 0 ? lp : { logprob: lp.logprob });
+    }
+  }
+
+  /**
    * Prefills the sequences `rows` together: their prompts left-padded in one run. Each
    * gets its first token; returns the batch they form (finished ones already out).
+   *
+   * With `prefill_chunk`, a longer prompt (alone in `rows`: see the loop) is fed that
+   * many positions per run, each run attending to the cache the ones before it left,
+   * as later decode steps do: a run's size stays bounded, and a quantized cache is
+   * what the prompt's later positions see.
    * @param {Sequence[]} rows
    * @returns {Promise<Batch | null>}
    */
@@ -302,10 +339,27 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     const t0 = performance.now();
     const start = now();
     rows.forEach((s) => { s.started = start; });
-    const empty = new Map(names.map(({ past: name }) => [name, new ort.Tensor('float32', new Float32Array(0), [rows.length, heads, 0, dim])]));
-    const { logits, steps, presents, runMs } = await run(rows.map((s) => s.request.prompt), rows, 0, empty);
-    rows.forEach((s) => { s.n = s.request.prompt.length; });
-    return finishStep({ rows, width: steps, past: null }, presents, logits, steps, t0, runMs, true);
+    const chunk = rows.length === 1 && config.prefill_chunk ? config.prefill_chunk : Infinity;
+    let batch = /** @type {Batch} */ ({ rows, width: 0, past: null });
+    let runMs = 0;
+    for (let from = 0; ; from += chunk) {
+      const feed = rows.map((s) => s.request.prompt.slice(from, from + chunk));
+      const last = rows.every((s) => from + chunk >= s.request.prompt.length);
+      const past = batch.width === 0
+        ? new Map(names.map(({ past: name }) => [name, new ort.Tensor('float32', new Float32Array(0), [rows.length, heads, 0, dim])]))
+        : pastOf(batch);
+      const out = await run(feed, rows, batch.width, past);
+      if (batch.past) dispose(batch.past);
+      runMs += out.runMs;
+      rows.forEach((s, r) => {
+        if (s.request.prompt_logprobs) scorePrompt(s, out.logits, r, out.steps, feed[r], from);
+        s.n += feed[r].length;
+      });
+      const fed = feed.map((f) => f.length);
+      const width = batch.width + out.steps;
+      if (last) return finishStep({ rows, width, past: null }, out.presents, out.logits, out.steps, t0, runMs, fed);
+      batch = { rows, width, past: await keepCache(rows, width, out.presents, fed) };
+    }
   }
 
   /**
@@ -318,7 +372,30 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     const { logits, steps, presents, runMs } = await run(batch.rows.map((s) => [s.last]), batch.rows, batch.width, past);
     if (batch.past) dispose(batch.past);
     batch.rows.forEach((s) => { s.n += 1; });
-    return finishStep({ ...batch, width: batch.width + 1 }, presents, logits, steps, t0, runMs, false);
+    return finishStep({ ...batch, width: batch.width + 1 }, presents, logits, steps, t0, runMs, null);
+  }
+
+  /**
+   * Keeps a run's presents as the cache of `rows`: as they are (the batch's next past),
+   * or, with a quantized cache, the positions each row was just fed (`fed`) appended to
+   * its quantized rows and the presents let go (null: the past is rebuilt from them).
+   * @param {Sequence[]} rows
+   * @param {number} width positions in the presents
+   * @param {Map<string, any>} presents
+   * @param {number[]} fed
+   * @returns {Promise<Map<string, any> | null>}
+   */
+  async function keepCache(rows, width, presents, fed) {
+    if (!bits) return presents;
+    for (const [name, tensor] of presents) {
+      const data = tensor.location === 'cpu' ? tensor.data : await tensor.getData(true);
+      rows.forEach((s, r) => {
+        s.quantized ??= new Map(names.map(({ past: p }) => [p, new QuantizedRow(/** @type {4 | 8} */ (bits), heads, dim)]));
+        /** @type {QuantizedRow} */ (s.quantized.get(name)).append(data, width, r, width - fed[r], fed[r]);
+      });
+    }
+    dispose(presents);
+    return null;
   }
 
   /**
@@ -330,22 +407,14 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
    * @param {number} steps positions the run added to each row (padded)
    * @param {number} t0
    * @param {number} runMs
-   * @param {boolean} isPrefill
+   * @param {number[] | null} prefilled a prefill's last run: the positions it fed each
+   *   row; null for a decode step (one each)
    * @returns {Promise<Batch | null>}
    */
-  async function finishStep(batch, presents, logits, steps, t0, runMs, isPrefill) {
+  async function finishStep(batch, presents, logits, steps, t0, runMs, prefilled) {
     const { rows, width } = batch;
-    if (bits) {
-      for (const [name, tensor] of presents) {
-        const data = tensor.location === 'cpu' ? tensor.data : await tensor.getData(true);
-        rows.forEach((s, r) => {
-          s.quantized ??= new Map(names.map(({ past: p }) => [p, new QuantizedRow(/** @type {4 | 8} */ (bits), heads, dim)]));
-          const added = isPrefill ? s.request.prompt.length : 1;
-          /** @type {QuantizedRow} */ (s.quantized.get(name)).append(data, width, r, width - added, added);
-        });
-      }
-      dispose(presents);
-    }
+    const isPrefill = prefilled !== null;
+    const past = await keepCache(rows, width, presents, prefilled ?? rows.map(() => 1));
     const tokens = rows.map((s, r) => {
       s.maxBatch = Math.max(s.maxBatch, rows.length);
       return choose(s, lastLogits(logits, r, steps));
@@ -353,7 +422,7 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     const t = now();
     emit({ t, step_ms: performance.now() - t0, run_ms: runMs, batch: rows.length, prefill: isPrefill, tokens });
     if (isPrefill) rows.forEach((s) => { s.prefillMs = performance.now() - t0; });
-    return leave({ rows, width, past: bits ? null : presents }, rows.filter((s) => s.finish));
+    return leave({ rows, width, past }, rows.filter((s) => s.finish));
   }
 
   /**
@@ -432,8 +501,11 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
         const room = config.max_batch - active();
         const admitted = waiting.splice(0, Math.max(0, room));
         if (admitted.length) {
-          // Without continuous batching each sequence is prefilled alone, its own batch.
-          const groups = config.continuous_batching ? [admitted] : admitted.map((s) => [s]);
+          // Without continuous batching each sequence is prefilled alone, its own batch;
+          // so is a prompt longer than the prefill chunk (it is fed in chunks).
+          const chunked = (/** @type {Sequence} */ s) => !!config.prefill_chunk && s.request.prompt.length > config.prefill_chunk;
+          const together = admitted.filter((s) => config.continuous_batching && !chunked(s));
+          const groups = [...(together.length ? [together] : []), ...admitted.filter((s) => !together.includes(s)).map((s) => [s])];
           for (const group of groups) {
             try {
               const b = await prefill(group);
