@@ -12,7 +12,8 @@
 //! decode step beside native onnxruntime on the same model and threads; per-token
 //! overhead (client inter-token minus page step) and the page-to-client delay; the KV
 //! cache's bytes per token in fp32/int8/int4 with greedy agreement against fp32 over
-//! 128 tokens; the WebGPU backend (software adapter here) as a row of its own.
+//! 128 tokens, and the perplexity of a fixed text with each cache against onnxruntime's
+//! (`perplexity.rs`); the WebGPU backend (software adapter here) as a row of its own.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +31,7 @@ use webaccel_api::wire::{self, Message};
 use crate::agent_process::{self, AgentProcess};
 use crate::samples::pct;
 
+mod perplexity;
 mod print;
 pub use print::print;
 
@@ -107,6 +109,9 @@ struct Stream {
     /// How far the chosen token's log-probability is above the runner-up's, per token
     /// (when asked for alternatives).
     margins: Vec<f64>,
+    /// With `echo` and logprobs: the prompt's ids and the model's score of each (the
+    /// first has none).
+    prompt: Vec<(u32, Option<f64>)>,
     end: Option<GenerationEnd>,
     error: Option<String>,
 }
@@ -167,6 +172,8 @@ async fn generate_all(
                 s.arrivals_ms.push(since);
                 s.step_ms.push(chunk.step_ms);
                 s.delay_ms.push(received - chunk.produced_at_ms);
+                s.prompt
+                    .extend(chunk.prompt.iter().map(|t| (t.id, t.logprob)));
                 for t in chunk.tokens {
                     s.tokens.push(t.id);
                     s.logprobs.push(t.logprob.unwrap_or(f64::NAN));
@@ -399,6 +406,11 @@ pub async fn run(
         spec("llm-serial", ",max_sequences=16,continuous_batching=false"),
         spec("llm-int8", ",kv_cache=int8"),
         spec("llm-int4", ",kv_cache=int4"),
+        // Perplexity with each cache: the text fed 32 positions a run, so its later
+        // positions see the cache as generated tokens do.
+        spec("llm-chunked", ",prefill_chunk=32"),
+        spec("llm-int8-chunked", ",kv_cache=int8,prefill_chunk=32"),
+        spec("llm-int4-chunked", ",kv_cache=int4,prefill_chunk=32"),
     ];
     let (agent, _) = agent_process::start(bin, &models, &[]).await?;
     agent.wait_standby(Duration::from_secs(60)).await;
@@ -450,6 +462,12 @@ pub async fn run(
         })
         .collect();
     let kv = kv_cache(&agent, 128, &prompts).await?;
+    let perplexity = perplexity::measure(
+        &agent,
+        &fixtures.join("decoder_reference.py"),
+        &dec.join("model.onnx"),
+    )
+    .await?;
     let sse = openai_stream(&agent, tokens, 5).await?;
     drop(agent);
 
@@ -481,6 +499,7 @@ pub async fn run(
             "ratio": page_p50 / native_p50,
         },
         "kv_cache": kv,
+        "perplexity": perplexity,
         "openai_sse": sse,
         "webgpu": {"adapter": adapter, "row": webgpu},
     }))

@@ -65,6 +65,19 @@ pub fn print(r: &Value) {
             parted.join(" "),
         );
     }
+    println!(
+        "\nKV cache   perplexity (fixed text, 32-position prefill chunks)   onnxruntime, same scheme   max |Δ score|   vs fp32"
+    );
+    for row in r["perplexity"].as_array().into_iter().flatten() {
+        println!(
+            "{:>8}   {:>52.4}   {:>24.4}   {:>13}   {:>+6.3}%",
+            row["kv_cache"].as_str().unwrap_or("-"),
+            row["perplexity"].as_f64().unwrap_or(f64::NAN),
+            row["onnxruntime_perplexity"].as_f64().unwrap_or(f64::NAN),
+            f(&row["max_score_diff_vs_onnxruntime"]),
+            row["change_vs_fp32"].as_f64().unwrap_or(f64::NAN) * 100.0,
+        );
+    }
     let s = &r["openai_sse"];
     println!(
         "\nOpenAI SSE (HTTP client) inter-token p50/p99: {} / {} ms",
