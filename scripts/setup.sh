@@ -70,4 +70,5 @@ fi
 # Test models and reference outputs, computed by onnxruntime (never by webaccel).
 python3 node-agent/tests/fixtures/make_models.py >/dev/null
 python3 node-agent/tests/fixtures/make_decoder.py >/dev/null
+python3 node-agent/tests/fixtures/make_whisper.py >/dev/null
 echo "setup: done"

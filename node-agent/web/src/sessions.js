@@ -11,6 +11,7 @@ import * as ortWasmModule from './ort/ort.wasm.min.mjs';
 import { now } from './clock.js';
 import { readBack, release, runEnsemble } from './ensemble.js';
 import { datatypeOf, decodeFrame, errorFrame, ortType, responseFrame } from './frame.js';
+import { cacheNames, crossNames } from './generation/cross.js';
 import { createDecoder } from './generation/decoder.js';
 import { relayoutOnGpu } from './generation/kv.js';
 
@@ -97,10 +98,12 @@ function prefillFeeds(ort, layout, n) {
     attention_mask: new ort.Tensor(layout.ids_type, seq(() => 1), [1, n]),
   };
   if (layout.position_ids) feeds.position_ids = new ort.Tensor(layout.ids_type, seq((i) => i), [1, n]);
-  for (let i = 0; i < layout.layers; i++) {
-    for (const kind of ['key', 'value']) {
-      feeds[`past_key_values.${i}.${kind}`] = new ort.Tensor('float32', new Float32Array(0), [1, layout.kv_heads, 0, layout.head_dim]);
-    }
+  for (const { past } of cacheNames(layout)) {
+    feeds[past] = new ort.Tensor('float32', new Float32Array(0), [1, layout.kv_heads, 0, layout.head_dim]);
+  }
+  // An encoder-decoder warms up on one zero encoder position.
+  for (const { input } of crossNames(layout)) {
+    feeds[input] = new ort.Tensor('float32', new Float32Array(layout.kv_heads * layout.head_dim), [1, layout.kv_heads, 1, layout.head_dim]);
   }
   return feeds;
 }
@@ -121,10 +124,7 @@ function sessionOptions(backend, webnnDevice, { external = [], generation } = {}
     location = { preferredOutputLocation: 'gpu-buffer' };
     if (generation) {
       const outputs = { logits: 'cpu' };
-      for (let i = 0; i < generation.layout.layers; i++) {
-        outputs[`present.${i}.key`] = 'gpu-buffer';
-        outputs[`present.${i}.value`] = 'gpu-buffer';
-      }
+      for (const { present } of cacheNames(generation.layout)) outputs[present] = 'gpu-buffer';
       location = { preferredOutputLocation: outputs };
     }
   }
@@ -380,6 +380,8 @@ export function createSessions({ threads, build, capabilities, onGpuLost, onToke
       config: msg.generation,
       emit: (step) => onTokens({ ...step, model: name }),
       relayoutGpu: (sources, heads, dim, width) => relayoutOnGpu(chosen.ort, sources, heads, dim, width),
+      // An encoder-decoder's encoder: a session of its own, loaded before it.
+      encoder: msg.generation.encoder_model ? () => sessions.get(msg.generation.encoder_model)?.session : undefined,
     }) : null;
     sessions.set(name, { session: chosen.session, ort: chosen.ort, backend: chosen.label, key, result, decoder });
     if (old) {

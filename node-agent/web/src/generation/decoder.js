@@ -14,27 +14,32 @@
 // The graph convention (checked by the agent at load, node-agent/src/generation/graph.rs):
 // inputs input_ids, attention_mask, position_ids (optional), past_key_values.{i}.key|value
 // [batch, kv_heads, past, head_dim]; outputs logits [batch, seq, vocab], present.{i}.key|value.
+// An encoder-decoder (Whisper's layout, `cross_attention`: see cross.js) runs its
+// encoder once per sequence and feeds its outputs back at every step.
 
 import { KV_BLOCK, QuantizedRow, relayout } from './kv.js';
+import { cacheNames, createCross } from './cross.js';
 import { createSampler, logprobs } from './sampler.js';
 import { now } from '../clock.js';
 
 /**
  * The graph's layout as the agent read it from the model file.
  * @typedef {{layers: number, kv_heads: number, head_dim: number, vocab: number,
- *   ids_type: 'int64' | 'int32', position_ids: boolean}} DecoderLayout
+ *   ids_type: 'int64' | 'int32', position_ids: boolean, cross_attention?: boolean}} DecoderLayout
  */
 /**
  * How a deployment generates (the load command's `generation`).
  * @typedef {{layout: DecoderLayout, kv_cache: 'fp32' | 'int8' | 'int4',
  *   continuous_batching: boolean, max_batch: number, context_length: number,
- *   pad_token_id: number, prefill_chunk?: number}} GenerationConfig
+ *   pad_token_id: number, prefill_chunk?: number, encoder_model?: string}} GenerationConfig
  */
 /**
  * One generation asked of the page (protocol.js's GenerateCommand, less its op).
  * @typedef {{req: number, model: string, prompt: number[], max_new_tokens: number,
  *   sampling: import('./sampler.js').Sampling, stop_token_ids: number[],
- *   logprobs: number | null, logits: boolean, prompt_logprobs?: boolean}} GenerateRequest
+ *   logprobs: number | null, logits: boolean, prompt_logprobs?: boolean,
+ *   features?: {dims: number[], data: number[]}}} GenerateRequest `features`: an
+ *   encoder-decoder's encoder input (input_features)
  */
 /**
  * The model's log-probability of one prompt token given the tokens before it.
@@ -101,6 +106,9 @@ class Sequence {
     /** With `prompt_logprobs`: its prompt tokens' scores so far (see TokenOut). */
     /** @type {PromptLogprob[]} */
     this.promptScores = [];
+    /** An encoder-decoder's: its cross-attention cache, by input name ([1, ...]). */
+    /** @type {Map<string, any> | null} */
+    this.cross = null;
     /** With a quantized cache: the rows of its cache, by cache tensor name. */
     /** @type {Map<string, QuantizedRow> | null} */
     this.quantized = null;
@@ -125,15 +133,15 @@ class Sequence {
  *   config: GenerationConfig,
  *   emit: (step: StepEvent) => void,
  *   relayoutGpu?: (sources: {tensor: any, row: number, n: number}[], heads: number, dim: number, width: number) => any,
+ *   encoder?: () => any,
  * }} deps `exclusive`: the instance's queue (one run at a time); `emit`: sends a step's
- * tokens to the agent; `relayoutGpu`: relayout of GPU-resident cache tensors (WebGPU).
+ * tokens to the agent; `relayoutGpu`: relayout of GPU-resident cache tensors (WebGPU);
+ * `encoder`: an encoder-decoder's encoder session (looked up when a sequence starts).
  */
-export function createDecoder({ ort, session, exclusive, config, emit, relayoutGpu }) {
+export function createDecoder({ ort, session, exclusive, config, emit, relayoutGpu, encoder }) {
   const { layout } = config;
-  const names = [];
-  for (let i = 0; i < layout.layers; i++) {
-    for (const kind of ['key', 'value']) names.push({ past: `past_key_values.${i}.${kind}`, present: `present.${i}.${kind}` });
-  }
+  const names = cacheNames(layout);
+  const cross = createCross({ ort, exclusive, layout, encoder, encoderName: config.encoder_model });
   const bits = config.kv_cache === 'int8' ? 8 : config.kv_cache === 'int4' ? 4 : 0;
   const heads = layout.kv_heads;
   const dim = layout.head_dim;
@@ -167,6 +175,7 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
    */
   function settle(s) {
     live.delete(s.request.req);
+    s.cross = null;
     const end = now();
     s.resolve({
       finish_reason: /** @type {'stop' | 'length' | 'cancelled'} */ (s.finish),
@@ -285,6 +294,7 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     };
     if (layout.position_ids) feeds.position_ids = idTensor(ids(positions), [rows.length, steps]);
     for (const [name, tensor] of past) feeds[name] = tensor;
+    for (const [name, tensor] of cross.feeds(rows)) feeds[name] = tensor;
     const t0 = performance.now();
     const out = await exclusive(() => session.run(feeds));
     const runMs = performance.now() - t0;
@@ -339,6 +349,7 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     const t0 = performance.now();
     const start = now();
     rows.forEach((s) => { s.started = start; });
+    if (cross.active) for (const s of rows) if (!s.cross) s.cross = await cross.encode(s.request.features);
     const chunk = rows.length === 1 && config.prefill_chunk ? config.prefill_chunk : Infinity;
     let batch = /** @type {Batch} */ ({ rows, width: 0, past: null });
     let runMs = 0;
