@@ -215,6 +215,14 @@ pub enum GenerateInput {
     },
     /// Token ids, as they are.
     Tokens { ids: Vec<u32> },
+    /// Audio to transcribe with a speech-to-text (encoder-decoder) model: a WAV file,
+    /// base64 in JSON. `language` names the spoken language as Whisper's tokens do
+    /// (`en`); absent: the model's first.
+    Audio {
+        wav_base64: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+    },
 }
 
 /// How to generate; `None` takes the deployment's default, then the server's.

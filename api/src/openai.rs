@@ -521,5 +521,8 @@ pub struct ErrorDetail {
     pub code: Option<String>,
 }
 
+mod transcription;
+pub use transcription::{TranscriptionForm, TranscriptionResponse};
+
 #[cfg(test)]
 mod tests;

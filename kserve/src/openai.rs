@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::multipart::MultipartError;
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ use webaccel_api::openai::{
     AssistantMessage, ChatChoice, ChatChunk, ChatChunkChoice, ChatLogprobs, ChatRequest,
     ChatResponse, ChatTokenLogprob, CompletionChoice, CompletionLogprobs, CompletionRequest,
     CompletionResponse, Delta, ErrorBody, ErrorDetail, ModelCard, ModelList, RequestError,
-    UsageBody, finish_reason,
+    TranscriptionForm, TranscriptionResponse, UsageBody, finish_reason,
 };
 
 use crate::api::ApiError;
@@ -36,6 +37,7 @@ pub fn routes<A: GenerationApi>() -> Router<Arc<A>> {
         .route("/v1/completions", post(completions::<A>))
         .route("/v1/chat/completions", post(chat::<A>))
         .route("/v1/models", get(models::<A>))
+        .route("/v1/audio/transcriptions", post(transcriptions::<A>))
         .layer(axum::middleware::map_response(|resp: Response| {
             crate::api::plain_errors_as(resp, |e| OpenAiError::from(e).into_response())
         }))
@@ -329,6 +331,36 @@ async fn chat<A: GenerationApi>(
         stream_error,
         Some("[DONE]"),
     ))
+}
+
+/// `POST /v1/audio/transcriptions`: the multipart form's audio transcribed by a
+/// speech-to-text model, as `{"text": ...}` or plain text.
+async fn transcriptions<A: GenerationApi>(
+    State(api): State<Arc<A>>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Result<Response, OpenAiError> {
+    let bad_form = |e: MultipartError| {
+        OpenAiError::from(ApiError::new(
+            ErrorCategory::BadRequest,
+            format!("the body is not a multipart form: {e}"),
+        ))
+    };
+    let mut fields = TranscriptionForm::default();
+    while let Some(field) = form.next_field().await.map_err(bad_form)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        let value = field.bytes().await.map_err(bad_form)?;
+        fields.field(&name, value.to_vec())?;
+    }
+    let (generate, plain) = fields.to_generate()?;
+    let options = call_options(&headers, None)?;
+    let started = start(&api, generate, options).await?;
+    let Collected { text, .. } = collect(started).await?;
+    Ok(if plain {
+        text.into_response()
+    } else {
+        Json(TranscriptionResponse { text }).into_response()
+    })
 }
 
 async fn models<A: GenerationApi>(State(api): State<Arc<A>>) -> (StatusCode, Json<ModelList>) {

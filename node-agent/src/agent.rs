@@ -375,13 +375,13 @@ impl Agent {
             .remove(name)
             .ok_or_else(|| AgentError::ModelNotFound(name.to_owned()))?;
         if let Some(link) = self.browser.link() {
-            let unload = Unload {
-                name: name.to_owned(),
-            };
-            link.call(unload).await.map_err(|e| match e {
-                CallError::Refused(reason) => AgentError::Internal(reason),
-                CallError::Failed(e) => e,
-            })?;
+            // With an encoder-decoder's encoder, a page model of its own (none: a no-op).
+            for name in [name.to_owned(), crate::generation::encoder_page_model(name)] {
+                link.call(Unload { name }).await.map_err(|e| match e {
+                    CallError::Refused(reason) => AgentError::Internal(reason),
+                    CallError::Failed(e) => e,
+                })?;
+            }
         }
         Ok(())
     }

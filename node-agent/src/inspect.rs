@@ -8,7 +8,7 @@ use webaccel_api::Precision;
 use webaccel_api::agent::Capabilities;
 use webaccel_onnx::{ModelProto, PrecisionReport, int_attr};
 
-use crate::generation::graph::{GraphError, decoder_layout};
+use crate::generation::graph::{EncoderLayout, GraphError, decoder_layout, encoder_layout};
 use crate::page::protocol::DecoderLayout;
 
 /// Why a model file is refused before a browser sees it.
@@ -38,6 +38,8 @@ pub struct Inspection {
     pub external_data: Vec<String>,
     /// The graph as a decoder for text generation, or why it is not one.
     pub decoder: Result<DecoderLayout, GraphError>,
+    /// The graph as an encoder-decoder's encoder, or why it is not one.
+    pub encoder: Result<EncoderLayout, GraphError>,
 }
 
 impl Inspection {
@@ -69,6 +71,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection, InspectError> {
         external_data: webaccel_onnx::external_data_files(&model)
             .map_err(InspectError::ExternalData)?,
         decoder: decoder_layout(&model),
+        encoder: encoder_layout(&model),
     })
 }
 

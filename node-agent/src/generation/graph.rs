@@ -6,6 +6,12 @@
 //! [batch, sequence, vocab] and `present.{i}.key|value` for every past. Grouped-query and
 //! multi-query attention show as kv_heads below the attention heads, which the graph
 //! alone knows; the cache is what the page must hold.
+//!
+//! An encoder-decoder (Whisper's layout, as Optimum exports it) names its own cache
+//! `past_key_values.{i}.decoder.key|value` (outputs `present.{i}.decoder.*`) and takes
+//! the encoder's keys and values as `past_key_values.{i}.encoder.key|value`; its encoder
+//! ([`encoder_layout`]) takes `input_features` [batch, mels, frames] and gives
+//! `present.{i}.encoder.key|value` for every decoder layer, computed once per sequence.
 
 use std::collections::BTreeSet;
 
@@ -30,6 +36,16 @@ pub enum GraphError {
     LayerGap(u32),
     #[error("layer {0} lacks its {1} cache input")]
     HalfLayer(u32, &'static str),
+    #[error(
+        "the graph mixes past_key_values.{{i}}.key|value with past_key_values.{{i}}.decoder|encoder.*: a decoder-only graph takes the first, an encoder-decoder the second"
+    )]
+    MixedCache,
+    #[error(
+        "layer {0} lacks its cross-attention input past_key_values.{0}.encoder.{1} (an encoder-decoder feeds every layer the encoder's keys and values)"
+    )]
+    NoCross(u32, &'static str),
+    #[error("the encoder: {0}")]
+    Encoder(String),
     #[error("cache input '{0}' has no matching output '{1}'")]
     NoPresent(String, String),
     #[error("input '{name}' is {datatype}; {wanted}")]
@@ -109,6 +125,7 @@ pub fn decoder_layout(model: &ModelProto) -> Result<DecoderLayout, GraphError> {
     }
     // The cache: layers numbered from 0, a key and a value each, one shape for all.
     let mut layers: BTreeSet<u32> = BTreeSet::new();
+    let (mut plain, mut split) = (false, false);
     for t in &inputs {
         let Some(rest) = t.name.strip_prefix("past_key_values.") else {
             if !["input_ids", "attention_mask", "position_ids"].contains(&t.name.as_str()) {
@@ -116,13 +133,26 @@ pub fn decoder_layout(model: &ModelProto) -> Result<DecoderLayout, GraphError> {
             }
             continue;
         };
-        let layer = rest
-            .split_once('.')
-            .and_then(|(i, kind)| (kind == "key" || kind == "value").then_some(i))
-            .and_then(|i| i.parse::<u32>().ok())
-            .ok_or_else(|| GraphError::UnknownInput(t.name.clone()))?;
-        layers.insert(layer);
+        let kind = |k: &str| k == "key" || k == "value";
+        let parts: Vec<&str> = rest.split('.').collect();
+        let (layer, part) = match parts.as_slice() {
+            [i, k] if kind(k) => (i.parse::<u32>().ok(), None),
+            [i, p @ ("decoder" | "encoder"), k] if kind(k) => (i.parse::<u32>().ok(), Some(*p)),
+            _ => (None, None),
+        };
+        let layer = layer.ok_or_else(|| GraphError::UnknownInput(t.name.clone()))?;
+        match part {
+            None => plain = true,
+            Some(p) => split |= p == "decoder" || p == "encoder",
+        }
+        if part != Some("encoder") {
+            layers.insert(layer);
+        }
     }
+    if plain && split {
+        return Err(GraphError::MixedCache);
+    }
+    let infix = if split { ".decoder" } else { "" };
     if layers.is_empty() {
         return Err(GraphError::NoCache);
     }
@@ -133,7 +163,7 @@ pub fn decoder_layout(model: &ModelProto) -> Result<DecoderLayout, GraphError> {
     let mut first: Option<(i64, i64)> = None;
     for layer in 0..count {
         for kind in ["key", "value"] {
-            let name = format!("past_key_values.{layer}.{kind}");
+            let name = format!("past_key_values.{layer}{infix}.{kind}");
             let t = inputs
                 .iter()
                 .find(|t| t.name == name)
@@ -175,12 +205,15 @@ pub fn decoder_layout(model: &ModelProto) -> Result<DecoderLayout, GraphError> {
                 }
                 Some(_) => {}
             }
-            let present = format!("present.{layer}.{kind}");
+            let present = format!("present.{layer}{infix}.{kind}");
             if !outputs.iter().any(|o| o.name == present) {
                 return Err(GraphError::NoPresent(
-                    format!("past_key_values.{layer}.{kind}"),
+                    format!("past_key_values.{layer}{infix}.{kind}"),
                     present,
                 ));
+            }
+            if split {
+                check_cross(&inputs, layer, kind)?;
             }
         }
     }
@@ -214,6 +247,92 @@ pub fn decoder_layout(model: &ModelProto) -> Result<DecoderLayout, GraphError> {
         vocab: narrow(vocab),
         ids_type,
         position_ids: positions.is_some(),
+        cross_attention: split,
+    })
+}
+
+/// An encoder-decoder's cross-attention input of `layer`: float32 [batch, heads,
+/// encoder_seq, head_dim] with heads and head_dim fixed.
+fn check_cross(inputs: &[TensorInfo], layer: u32, kind: &'static str) -> Result<(), GraphError> {
+    let name = format!("past_key_values.{layer}.encoder.{kind}");
+    let t = inputs
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or(GraphError::NoCross(layer, kind))?;
+    if t.datatype != "float" {
+        return Err(GraphError::Type {
+            name,
+            datatype: t.datatype.clone(),
+            wanted: "cross-attention inputs must be float32",
+        });
+    }
+    let dims = t.shape.as_deref().unwrap_or_default();
+    if dims.len() != 4
+        || dims.get(1).and_then(fixed).is_none()
+        || dims.get(3).and_then(fixed).is_none()
+    {
+        return Err(GraphError::Shape {
+            name,
+            shape: shape_text(t),
+            wanted: "cross-attention inputs are [batch, heads, encoder_seq, head_dim] with heads and head_dim fixed",
+        });
+    }
+    Ok(())
+}
+
+/// What an encoder-decoder's encoder takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderLayout {
+    /// Mel bands of `input_features` (its second dimension).
+    pub mels: u32,
+    /// Frames (its third), when the graph fixes them.
+    pub frames: Option<u32>,
+    /// Decoder layers it makes a cross-attention cache for.
+    pub layers: u32,
+}
+
+/// The layout of `model` as an encoder: input `input_features` float32 [batch, mels,
+/// frames] with mels fixed; outputs `present.{i}.encoder.key|value` for layers 0..n.
+pub fn encoder_layout(model: &ModelProto) -> Result<EncoderLayout, GraphError> {
+    let (inputs, outputs) =
+        webaccel_onnx::boundary(model).map_err(|e| GraphError::Read(e.to_string()))?;
+    let bad = |m: String| GraphError::Encoder(m);
+    let features = inputs
+        .iter()
+        .find(|t| t.name == "input_features")
+        .ok_or_else(|| bad("it has no input 'input_features'".into()))?;
+    if let Some(other) = inputs.iter().find(|t| t.name != "input_features") {
+        return Err(bad(format!(
+            "unexpected input '{}': an encoder takes only input_features",
+            other.name
+        )));
+    }
+    let dims = features.shape.as_deref().unwrap_or_default();
+    let mels = dims.get(1).and_then(fixed);
+    if features.datatype != "float" || dims.len() != 3 || mels.is_none() {
+        return Err(bad(format!(
+            "input_features is {}; it must be float32 [batch, mels, frames] with mels fixed",
+            features
+        )));
+    }
+    let has = |name: String| outputs.iter().any(|o| o.name == name);
+    let layers = (0u32..)
+        .take_while(|i| has(format!("present.{i}.encoder.key")))
+        .count();
+    if layers == 0 {
+        return Err(bad(
+            "it has no present.{i}.encoder.key|value outputs (the decoder's cross-attention cache)"
+                .into(),
+        ));
+    }
+    if let Some(i) = (0..layers).find(|i| !has(format!("present.{i}.encoder.value"))) {
+        return Err(bad(format!("it has no output 'present.{i}.encoder.value'")));
+    }
+    let narrow = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(EncoderLayout {
+        mels: mels.map_or(0, narrow),
+        frames: dims.get(2).and_then(fixed).map(narrow),
+        layers: u32::try_from(layers).unwrap_or(u32::MAX),
     })
 }
 

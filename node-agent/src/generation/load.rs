@@ -9,6 +9,8 @@ use tokio::sync::Semaphore;
 use webaccel_api::generate::GenerationSpec;
 
 use super::Generator;
+use super::audio::{FrontEnd, PreprocessorConfig};
+use super::speech::Speech;
 use super::text::{ModelConfig, TextCodec};
 use crate::cache::{ModelCache, sibling};
 use crate::error::AgentError;
@@ -29,6 +31,8 @@ pub enum SetupError {
         "its context length is unknown: no config.json with max_position_embeddings beside the model; set generation.contextLength"
     )]
     NoContextLength,
+    #[error(transparent)]
+    Speech(#[from] super::speech::SpeechError),
 }
 
 /// The bytes of the file at `uri`, through the cache; `None` when it does not exist.
@@ -94,7 +98,27 @@ pub async fn generator(
         .context_length
         .or_else(|| model_config.and_then(|c| c.max_position_embeddings))
         .ok_or(SetupError::NoContextLength)?;
+    // An encoder-decoder transcribes: its front end and prompt from the files beside it.
+    let speech = if layout.cross_attention {
+        let front = match optional(cache, &sibling(model_uri, "preprocessor_config.json")).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                super::speech::SpeechError::Audio(super::audio::AudioError::Config(e.to_string()))
+            })?,
+            None => PreprocessorConfig::default(),
+        };
+        let front_end = FrontEnd::new(front).map_err(super::speech::SpeechError::Audio)?;
+        let generation_config =
+            optional(cache, &sibling(model_uri, "generation_config.json")).await?;
+        Some(Arc::new(Speech::new(
+            front_end,
+            generation_config.as_deref(),
+            &codec,
+        )?))
+    } else {
+        None
+    };
     Ok(Generator {
+        speech,
         codec: Arc::new(codec),
         layout,
         context_length,

@@ -4,9 +4,11 @@
 //! context, limits, sampling), then runs in the page, which streams its tokens back
 //! ([`run`]); text goes out as characters complete, stop strings cut it ([`stop`]).
 
+pub mod audio;
 pub mod graph;
 pub mod load;
 pub mod run;
+pub mod speech;
 pub mod stop;
 pub mod text;
 
@@ -33,6 +35,8 @@ pub struct Generator {
     pub spec: GenerationSpec,
     /// Sequences the page runs at once (`maxSequences`); the others wait here.
     pub slots: Arc<Semaphore>,
+    /// An encoder-decoder's: how it transcribes audio.
+    pub speech: Option<Arc<speech::Speech>>,
 }
 
 /// A request made ready for the page: its prompt tokens and the call.
@@ -43,6 +47,12 @@ pub struct Prepared {
     pub stop: Vec<String>,
     /// With `echo`: the prompt's text, sent before the first token's.
     pub echo: Option<String>,
+}
+
+/// The page model an encoder-decoder `model`'s encoder is loaded as: a name no
+/// deployment can have (`#` is not allowed in one), so it never meets a real model.
+pub fn encoder_page_model(model: &str) -> String {
+    format!("{model}#encoder")
 }
 
 fn bad(message: impl Into<String>) -> AgentError {
@@ -60,6 +70,8 @@ impl Generator {
             context_length: self.context_length,
             pad_token_id: self.codec.pad_id(),
             prefill_chunk: self.spec.settings.prefill_chunk,
+            // Named by the loader, which loads the encoder (see `encoder_page_model`).
+            encoder_model: None,
         }
     }
 
@@ -93,7 +105,36 @@ impl Generator {
     /// Tokenizes `req` and checks it against the model: a clear 400 for a prompt that
     /// fills the context, limits out of range, or a chat the template refuses.
     pub fn prepare(&self, req: &GenerateRequest) -> Result<Prepared, AgentError> {
+        // Audio goes to an encoder-decoder, anything else to a decoder that reads text.
+        let mut features = None;
+        match (&req.input, &self.speech) {
+            (GenerateInput::Audio { .. }, None) => {
+                return Err(bad(
+                    "this model generates text from text: send a prompt, not audio",
+                ));
+            }
+            (GenerateInput::Audio { .. }, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err(bad(
+                    "this model transcribes audio: send audio (POST /v1/audio/transcriptions)",
+                ));
+            }
+            (_, None) => {}
+        }
         let prompt = match &req.input {
+            GenerateInput::Audio {
+                wav_base64,
+                language,
+            } => {
+                let speech = self.speech.as_ref().ok_or_else(|| bad("no speech"))?;
+                features = Some(
+                    speech
+                        .features(wav_base64)
+                        .map_err(|e| bad(e.to_string()))?,
+                );
+                let prompt = speech.prompt(language.as_deref()).map_err(bad)?;
+                Ok(prompt)
+            }
             GenerateInput::Text { text } => self.codec.encode_text(text),
             GenerateInput::Chat {
                 messages,
@@ -173,6 +214,7 @@ impl Generator {
                 logprobs: p.logprobs,
                 logits: false,
                 prompt_logprobs: p.echo && p.logprobs.is_some(),
+                features,
             },
             stop: p.stop.clone(),
             echo,

@@ -86,8 +86,9 @@ enum Ids {
 pub struct ModelConfig {
     #[serde(default)]
     eos_token_id: Option<Ids>,
-    /// The context the model was trained for.
-    #[serde(default)]
+    /// The context the model was trained for (an encoder-decoder's decoder:
+    /// `max_target_positions`).
+    #[serde(default, alias = "max_target_positions")]
     pub max_position_embeddings: Option<u32>,
 }
 
@@ -252,6 +253,11 @@ impl TextCodec {
     /// The text of `ids`, special tokens left out (an echoed prompt given as ids).
     pub fn decode(&self, ids: &[u32]) -> String {
         self.tokenizer.decode(ids, true).unwrap_or_default()
+    }
+
+    /// The id of the token spelled `token`, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
     }
 
     /// Whether `id` is a special token (left out of the text).

@@ -40,11 +40,17 @@ impl Loader {
                 tracing::error!(model = %e.spec.name, error = %err, "model failed to load");
             }
         }
+        // An encoder-decoder's encoder is a page model of its own.
         let names: Vec<String> = self
             .models
             .all()
             .iter()
-            .map(|e| e.spec.name.clone())
+            .flat_map(|e| {
+                [
+                    e.spec.name.clone(),
+                    crate::generation::encoder_page_model(&e.spec.name),
+                ]
+            })
             .collect();
         if let Err(CallError::Refused(e)) = link.call(Retain { names }).await {
             tracing::warn!(error = %e, "releasing stale sessions failed");
@@ -170,21 +176,10 @@ impl Loader {
             }
             avoid.insert("webgpu".to_owned(), defect);
         }
-        // Weights kept beside the graph come through the cache as well.
-        let mut external_data = Vec::with_capacity(inspection.external_data.len());
-        for file in &inspection.external_data {
-            let uri = crate::cache::sibling(&spec.uri, file);
-            let data = self.cache.get(&uri, None).await.map_err(|e| {
-                AgentError::ModelLoad(format!(
-                    "model '{}': its external data file '{file}': {e}",
-                    spec.name
-                ))
-            })?;
-            external_data.push(ExternalDataFile {
-                path: file.clone(),
-                url: format!("/page/models/{}?s={}", data.sha256, link.secret()),
-            });
-        }
+        let external_data = self
+            .external_data(link, &spec.uri, &inspection.external_data)
+            .await
+            .map_err(|e| AgentError::ModelLoad(format!("model '{}': {e}", spec.name)))?;
         let generator = match &spec.generation {
             None => None,
             Some(generation) => {
@@ -206,6 +201,15 @@ impl Loader {
                 Some(Arc::new(made))
             }
         };
+        let mut generation = generator.as_ref().map(|g| g.page_config());
+        if let (Some(g), Some(page)) = (&generator, &mut generation)
+            && g.layout.cross_attention
+        {
+            let encoder = self
+                .load_encoder(link, spec, backend, webnn_device, &avoid, g)
+                .await?;
+            page.encoder_model = Some(encoder);
+        }
         let load = Load {
             name: spec.name.clone(),
             url: format!("/page/models/{}?s={}", cached.sha256, link.secret()),
@@ -214,7 +218,7 @@ impl Loader {
             warmup: spec.warmup,
             avoid,
             external_data,
-            generation: generator.as_ref().map(|g| g.page_config()),
+            generation,
         };
         let reply = link.call(load).await.map_err(|e| match e {
             CallError::Refused(reason) => AgentError::ModelLoad(format!(
@@ -254,6 +258,30 @@ impl Loader {
             });
         }
         Ok(model)
+    }
+
+    /// The files beside the model at `model_uri` holding tensors its graph keeps outside
+    /// it (`files`), fetched through the cache, as the page fetches them.
+    pub(super) async fn external_data(
+        &self,
+        link: &PageLink,
+        model_uri: &str,
+        files: &[String],
+    ) -> Result<Vec<ExternalDataFile>, String> {
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            let uri = crate::cache::sibling(model_uri, file);
+            let data = self
+                .cache
+                .get(&uri, None)
+                .await
+                .map_err(|e| format!("its external data file '{file}': {e}"))?;
+            out.push(ExternalDataFile {
+                path: file.clone(),
+                url: format!("/page/models/{}?s={}", data.sha256, link.secret()),
+            });
+        }
+        Ok(out)
     }
 
     /// What the cached file `sha256`'s graph says (off the async threads: a large model

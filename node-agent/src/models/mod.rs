@@ -1,6 +1,7 @@
 //! The models this agent serves: their specs and their load state ([`ModelRegistry`]),
 //! and loading them into a page, again after every browser restart ([`Loader`]).
 
+mod encoder;
 mod load;
 
 use std::collections::BTreeMap;

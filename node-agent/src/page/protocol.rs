@@ -120,6 +120,10 @@ pub struct PageGeneration {
     /// prompt in one run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill_chunk: Option<u32>,
+    /// An encoder-decoder's encoder: the page model (loaded before this one) that turns
+    /// a sequence's input features into its cross-attention cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_model: Option<String>,
 }
 
 /// What the agent read from a decoder's graph (`crate::generation::graph`).
@@ -133,6 +137,10 @@ pub struct DecoderLayout {
     pub ids_type: String,
     /// Whether the graph takes `position_ids`.
     pub position_ids: bool,
+    /// An encoder-decoder: its own cache is `past_key_values.{i}.decoder.*` and it
+    /// takes the encoder's `past_key_values.{i}.encoder.*` (see `generation::graph`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cross_attention: bool,
 }
 
 /// Sampling as the page applies it: `temperature` 0 is greedy, `top_k` 0 and `top_p` 1
@@ -165,6 +173,16 @@ pub struct Generate {
     /// `logprobs` alternatives), sent with the first token.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prompt_logprobs: bool,
+    /// An encoder-decoder's encoder input (`input_features`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<InputFeatures>,
+}
+
+/// A tensor of float32 features for an encoder, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFeatures {
+    pub dims: Vec<usize>,
+    pub data: Vec<f32>,
 }
 
 /// How a generation ended in the page.

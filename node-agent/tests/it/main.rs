@@ -21,3 +21,4 @@ mod quantized;
 mod recovery;
 mod reload;
 mod startup;
+mod transcription;

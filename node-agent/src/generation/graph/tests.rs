@@ -86,10 +86,69 @@ fn the_fixture_decoder_follows_the_convention() {
                 vocab: 384,
                 ids_type: "int64".into(),
                 position_ids: true,
+                cross_attention: false,
             },
             "{file}"
         );
     }
+}
+
+fn fixture_model(file: &str) -> ModelProto {
+    let path = format!(
+        "{}/tests/fixtures/models/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes = std::fs::read(&path).expect("run the fixture scripts");
+    webaccel_onnx::parse_with_external_data(&bytes).expect("parse")
+}
+
+#[test]
+fn an_encoder_decoder_is_read_with_its_cross_attention_and_its_encoder() {
+    let layout = decoder_layout(&fixture_model("whisper/model.onnx")).expect("a decoder");
+    assert_eq!(
+        (
+            layout.layers,
+            layout.kv_heads,
+            layout.head_dim,
+            layout.vocab
+        ),
+        (2, 4, 16, 320)
+    );
+    assert!(layout.cross_attention);
+    let encoder = encoder_layout(&fixture_model("whisper/encoder_model.onnx")).expect("an encoder");
+    assert_eq!(
+        encoder,
+        EncoderLayout {
+            mels: 80,
+            frames: Some(200),
+            layers: 2
+        }
+    );
+    // A decoder is no encoder, and a decoder-only graph has no cross-attention.
+    let err = encoder_layout(&fixture_model("decoder/model.onnx")).unwrap_err();
+    assert!(
+        err.to_string().contains("no input 'input_features'"),
+        "{err}"
+    );
+    assert!(
+        !decoder_layout(&fixture_model("decoder/model.onnx"))
+            .unwrap()
+            .cross_attention
+    );
+    // An encoder-decoder missing a layer's cross input, and a graph mixing both namings.
+    let mut m = fixture_model("whisper/model.onnx");
+    inputs(&mut m).retain(|i| i.name() != "past_key_values.1.encoder.value");
+    assert_eq!(
+        decoder_layout(&m).unwrap_err(),
+        GraphError::NoCross(1, "value")
+    );
+    let mut m = fixture_model("whisper/model.onnx");
+    inputs(&mut m).push(info(
+        "past_key_values.0.key",
+        DataType::Float,
+        &[-1, 4, -4, 16],
+    ));
+    assert_eq!(decoder_layout(&m).unwrap_err(), GraphError::MixedCache);
 }
 
 #[test]

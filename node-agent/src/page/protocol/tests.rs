@@ -87,6 +87,7 @@ fn commands() -> Vec<(&'static str, PageCommand)> {
                         vocab: 384,
                         ids_type: "int64".into(),
                         position_ids: true,
+                        cross_attention: true,
                     },
                     kv_cache: Precision::Int8,
                     continuous_batching: true,
@@ -94,6 +95,7 @@ fn commands() -> Vec<(&'static str, PageCommand)> {
                     context_length: 256,
                     pad_token_id: 4,
                     prefill_chunk: Some(32),
+                    encoder_model: Some("llm#encoder".into()),
                 }),
             }
             .command(12),
@@ -115,6 +117,10 @@ fn commands() -> Vec<(&'static str, PageCommand)> {
                 logprobs: Some(2),
                 logits: false,
                 prompt_logprobs: true,
+                features: Some(InputFeatures {
+                    dims: vec![1, 2, 2],
+                    data: vec![0.5, -1.25, 0.0, 2.0],
+                }),
             }
             .command(13),
         ),
