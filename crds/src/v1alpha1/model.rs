@@ -41,7 +41,7 @@ pub use webaccel_engine::replica::{ReplicaState, ReplicaStatus};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("(has(self.model) ? 1 : 0) + (has(self.stages) ? 1 : 0) + (has(self.ensemble) ? 1 : 0) == 1").message("exactly one of model (one file), stages (a model cut by `webaccel shard`, in pipeline order) or ensemble (other ModelDeployments chained) must be set"))]
-#[x_kube(validation = kube::core::Rule::new("has(self.tokenizer) == (has(self.model) && self.model.task == 'text-generation')").message("a text-generation model (model.task: text-generation) needs a tokenizer (tokenizer.uri: its tokenizer.json), and only such a model takes one"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.tokenizer) == (has(self.model) && self.model.task in ['text-generation', 'speech-to-text'])").message("a text-generation or speech-to-text model (model.task) needs a tokenizer (tokenizer.uri: its tokenizer.json), and only such a model takes one"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.generation) || has(self.tokenizer)").message("generation settings apply to a text-generation model with a tokenizer"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.tokenizer) || !has(self.batching)").message("a text-generation model batches its sequences itself (continuous batching, generation.maxSequences): batching must not be set"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.tokenizer) || self.tokenizer.uri.startsWith('https://') || self.tokenizer.uri.startsWith('http://') || self.tokenizer.uri.startsWith('file://')").message("tokenizer.uri must start with https://, http:// or file://"))]
@@ -98,10 +98,12 @@ pub struct ModelDeploymentSpec {
     /// (only for models whose inputs and outputs have a dynamic leading dimension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<Batching>,
-    /// The tokenizer of a text-generation model (`model.task: text-generation`, which
-    /// needs one): a Hugging Face `tokenizer.json`, read with the `tokenizer_config.json`
-    /// (chat template, special tokens) and `config.json` (context length) beside it, as
-    /// in a Hugging Face repository. Same URI rules as the model file.
+    /// The tokenizer of a text-generation or speech-to-text model (`model.task`, which
+    /// then needs one): a Hugging Face `tokenizer.json`, read with the
+    /// `tokenizer_config.json` (chat template, special tokens) and `config.json`
+    /// (context length) beside it, as in a Hugging Face repository; a speech-to-text
+    /// model's `preprocessor_config.json` and `generation_config.json` beside the model.
+    /// Same URI rules as the model file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerSource>,
     /// How a text-generation model generates: concurrent sequences per browser, context
@@ -393,6 +395,9 @@ pub enum Task {
     Vision,
     Audio,
     TextGeneration,
+    /// An encoder-decoder (Whisper's layout) that transcribes audio: the decoder is
+    /// `model.uri`, its encoder `encoder_model.onnx` beside it.
+    SpeechToText,
     Multimodal,
 }
 
@@ -403,6 +408,7 @@ impl Task {
             Self::Vision => "vision",
             Self::Audio => "audio",
             Self::TextGeneration => "text-generation",
+            Self::SpeechToText => "speech-to-text",
             Self::Multimodal => "multimodal",
         }
     }

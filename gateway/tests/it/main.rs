@@ -11,3 +11,4 @@ mod kubernetes;
 mod kubernetes_stages;
 mod logs;
 mod support;
+mod transcription;

@@ -203,7 +203,7 @@ fn an_ensemble_chains_other_deployments_instead_of_model() {
 fn a_text_generation_model_needs_a_tokenizer_and_only_it_takes_one() {
     let source = |task: &str| json!({"uri": "https://m/model.onnx", "task": task});
     let tokenizer = json!({"uri": "https://m/tokenizer.json"});
-    let needs = "a text-generation model (model.task: text-generation) needs a tokenizer (tokenizer.uri: its tokenizer.json), and only such a model takes one";
+    let needs = "a text-generation or speech-to-text model (model.task) needs a tokenizer (tokenizer.uri: its tokenizer.json), and only such a model takes one";
     let llm = |extra: Value| {
         let mut spec = json!({"poolRef": {"name": "p"}, "model": source("text-generation"), "tokenizer": tokenizer});
         for (k, v) in extra.as_object().unwrap() {
@@ -212,6 +212,21 @@ fn a_text_generation_model_needs_a_tokenizer_and_only_it_takes_one() {
         model("llm", spec)
     };
     assert!(cel_failures(&llm(json!({}))).is_empty());
+    // A speech-to-text model (an encoder-decoder) takes one too, and needs it.
+    assert!(
+        cel_failures(&model(
+            "whisper",
+            json!({"poolRef": {"name": "p"}, "model": source("speech-to-text"), "tokenizer": tokenizer})
+        ))
+        .is_empty()
+    );
+    assert_eq!(
+        cel_failures(&model(
+            "whisper",
+            json!({"poolRef": {"name": "p"}, "model": source("speech-to-text")})
+        )),
+        [needs]
+    );
     assert!(
         cel_failures(&llm(
             json!({"generation": {"maxSequences": 8, "kvCache": "int8", "contextLength": 2048}})

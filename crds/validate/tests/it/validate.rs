@@ -424,7 +424,7 @@ fn two_documents_in_one_file_with_one_bad() {
     assert_eq!(
         e.message,
         format!(
-            "The ModelDeployment \"minilm\" is invalid: [spec.model.task: Unsupported value: \"translation\": supported values: \"text-embedding\", \"vision\", \"audio\", \"text-generation\", \"multimodal\", {NOT_CHECKED}]"
+            "The ModelDeployment \"minilm\" is invalid: [spec.model.task: Unsupported value: \"translation\": supported values: \"text-embedding\", \"vision\", \"audio\", \"text-generation\", \"multimodal\", \"speech-to-text\", {NOT_CHECKED}]"
         )
     );
     assert_eq!(
