@@ -39,7 +39,7 @@ fn every_example_passes() {
 
 #[test]
 fn the_local_examples_pass() {
-    for (dir, kinds) in [("local", 2), ("generation", 2)] {
+    for (dir, kinds) in [("local", 2), ("generation", 2), ("speech", 2)] {
         let yaml: Vec<PathBuf> = std::fs::read_dir(examples().join(dir))
             .unwrap()
             .map(|e| e.unwrap().path())
