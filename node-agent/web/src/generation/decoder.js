@@ -17,7 +17,8 @@
 // An encoder-decoder (Whisper's layout, `cross_attention`: see cross.js) runs its
 // encoder once per sequence and feeds its outputs back at every step.
 
-import { KV_BLOCK, QuantizedRow, relayout } from './kv.js';
+import { createCacheOps } from './batch_cache.js';
+import { KV_BLOCK } from './kv.js';
 import { cacheNames, createCross } from './cross.js';
 import { createSampler, logprobs } from './sampler.js';
 import { now } from '../clock.js';
@@ -145,6 +146,7 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
   const bits = config.kv_cache === 'int8' ? 8 : config.kv_cache === 'int4' ? 4 : 0;
   const heads = layout.kv_heads;
   const dim = layout.head_dim;
+  const { pastOf, rebuild, dispose, keepCache } = createCacheOps({ ort, names, heads, dim, bits, relayoutGpu });
   const positionBytes = names.length * heads * (bits ? (dim * bits) / 8 + 4 / KV_BLOCK : dim * 4);
   const Ids = layout.ids_type === 'int32' ? Int32Array : BigInt64Array;
   const ids = (/** @type {number[]} */ xs) => (Ids === Int32Array ? Int32Array.from(xs) : BigInt64Array.from(xs, BigInt));
@@ -216,54 +218,6 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     else if (s.n >= config.context_length) s.finish = 'length';
     if (s.finish) out.finish = s.finish;
     return out;
-  }
-
-  /**
-   * The cache tensors a batch feeds: kept ones, or the rows' quantized caches
-   * dequantized into one tensor per name.
-   * @param {Batch} batch
-   */
-  function pastOf(batch) {
-    if (batch.past) return batch.past;
-    const past = new Map();
-    for (const { past: name } of names) {
-      const data = new Float32Array(batch.rows.length * heads * batch.width * dim);
-      batch.rows.forEach((s, r) => /** @type {Map<string, QuantizedRow>} */ (s.quantized).get(name)?.writeInto(data, batch.width, r));
-      past.set(name, new ort.Tensor('float32', data, [batch.rows.length, heads, batch.width, dim]));
-    }
-    return past;
-  }
-
-  /**
-   * A batch's cache tensors rebuilt for `rows`, width `width`, from the tensors
-   * `from` (by name) where each row sits at the index `at` gives.
-   * @param {{rows: Sequence[], from: Map<string, any>, at: number[], width: number}[]} parts
-   * @param {number} width
-   */
-  async function rebuild(parts, width) {
-    const past = new Map();
-    for (const { past: name } of names) {
-      const sources = parts.flatMap((p) => p.rows.map((s, i) => ({ tensor: p.from.get(name), row: p.at[i], n: s.n })));
-      const rows = sources.length;
-      if (sources.some((src) => src.tensor.location === 'gpu-buffer')) {
-        if (!relayoutGpu) throw new Error('cache tensors on the GPU but no GPU relayout');
-        past.set(name, await relayoutGpu(sources, heads, dim, width));
-      } else {
-        const data = relayout(Float32Array, sources.map((src) => ({
-          data: src.tensor.data, len: src.tensor.dims[2], row: src.row, n: src.n,
-        })), heads, dim, width);
-        past.set(name, new ort.Tensor('float32', data, [rows, heads, width, dim]));
-      }
-    }
-    return past;
-  }
-
-  /**
-   * Disposes cache tensors that live on the GPU.
-   * @param {Map<string, any> | null} past
-   */
-  function dispose(past) {
-    for (const t of past?.values() ?? []) if (t.location === 'gpu-buffer') t.dispose();
   }
 
   /**
@@ -384,29 +338,6 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     if (batch.past) dispose(batch.past);
     batch.rows.forEach((s) => { s.n += 1; });
     return finishStep({ ...batch, width: batch.width + 1 }, presents, logits, steps, t0, runMs, null);
-  }
-
-  /**
-   * Keeps a run's presents as the cache of `rows`: as they are (the batch's next past),
-   * or, with a quantized cache, the positions each row was just fed (`fed`) appended to
-   * its quantized rows and the presents let go (null: the past is rebuilt from them).
-   * @param {Sequence[]} rows
-   * @param {number} width positions in the presents
-   * @param {Map<string, any>} presents
-   * @param {number[]} fed
-   * @returns {Promise<Map<string, any> | null>}
-   */
-  async function keepCache(rows, width, presents, fed) {
-    if (!bits) return presents;
-    for (const [name, tensor] of presents) {
-      const data = tensor.location === 'cpu' ? tensor.data : await tensor.getData(true);
-      rows.forEach((s, r) => {
-        s.quantized ??= new Map(names.map(({ past: p }) => [p, new QuantizedRow(/** @type {4 | 8} */ (bits), heads, dim)]));
-        /** @type {QuantizedRow} */ (s.quantized.get(name)).append(data, width, r, width - fed[r], fed[r]);
-      });
-    }
-    dispose(presents);
-    return null;
   }
 
   /**
