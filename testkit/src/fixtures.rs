@@ -208,10 +208,17 @@ pub fn matches_reference(got: &Value, want: &Value) -> bool {
 /// Runs one of the stock-client scripts (`node-agent/tests/clients/*.py`: tritonclient,
 /// kserve, openai from PyPI at their default settings) against `target`; its stdout.
 pub async fn python_client(script: &str, target: &str) -> String {
+    python_client_with(script, target, &[]).await
+}
+
+/// [`python_client`] with more arguments (`--token`, `--model`), which must end with
+/// "all checks passed".
+pub async fn python_client_with(script: &str, target: &str, args: &[&str]) -> String {
     let out = tokio::process::Command::new("python3")
         .arg(repo().join("node-agent/tests/clients").join(script))
         .arg(target)
         .arg(fixture(""))
+        .args(args)
         .output()
         .await
         .unwrap_or_else(|e| {

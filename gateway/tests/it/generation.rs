@@ -47,19 +47,8 @@ async fn generations_stream_through_the_gateway_and_fail_over_before_their_first
     wait_model(&gw, "llm").await;
 
     // The stock OpenAI client, through the gateway, against onnxruntime.
-    let out = tokio::process::Command::new("python3")
-        .arg(webaccel_testkit::fixtures::repo().join("node-agent/tests/clients/openai_generate.py"))
-        .arg(gw.http())
-        .arg(fixture(""))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = webaccel_testkit::fixtures::python_client("openai_generate.py", &gw.http()).await;
+    assert!(out.contains("all checks passed"), "{out}");
     // Both browsers generated (p2c spreads the streams).
     for agent in [&a, &b] {
         let g = agent.stats().await.models["llm"]

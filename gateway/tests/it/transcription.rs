@@ -3,7 +3,7 @@
 //! is routed like any generation and gets onnxruntime's transcriptions, and refusals
 //! keep their reasons across the hop.
 
-use webaccel_testkit::fixtures::fixture;
+use webaccel_testkit::fixtures::{fixture, python_client};
 use webaccel_testkit::{AgentProcess, Launch};
 
 use crate::support::{READY, agent_ref, gateway, settings, wait_model};
@@ -25,22 +25,8 @@ async fn transcriptions_go_through_the_gateway_to_either_browser() {
     b.wait_standby(READY).await;
     let gw = gateway(vec![agent_ref(&a), agent_ref(&b)], settings(|_| {})).await;
     wait_model(&gw, "whisper").await;
-    let out = tokio::process::Command::new("python3")
-        .arg(
-            webaccel_testkit::fixtures::repo()
-                .join("node-agent/tests/clients/openai_transcribe.py"),
-        )
-        .arg(gw.http())
-        .arg(fixture(""))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = python_client("openai_transcribe.py", &gw.http()).await;
+    assert!(out.contains("all checks passed"), "{out}");
     // Both browsers transcribed (p2c spreads the requests).
     for agent in [&a, &b] {
         let g = agent.stats().await.models["whisper"]

@@ -20,16 +20,9 @@ import sys
 
 import openai
 
-
-def fail(what):
-    print(f"FAIL {what}", file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, what):
-    if not cond:
-        fail(what)
-    print(f"ok {what.split(':')[0]}")
+# Beside this script; no __pycache__ left in the source tree.
+sys.dont_write_bytecode = True
+from checks import check, fail  # noqa: E402
 
 
 def log_softmax(row):

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use webaccel_api::agent::GenerationStats;
+use webaccel_testkit::fixtures::python_client_with;
 use webaccel_testkit::generation::{decoder_prompt, decoder_reference, last_event, long_stream};
 use webaccel_testkit::procs;
 
@@ -96,26 +97,14 @@ async fn openai_and_triton_clients_get_onnxruntimes_generations() {
     // The stock OpenAI client: greedy, streamed, chat, logprobs, seeds, stop strings,
     // concurrent streams and refusals, against onnxruntime's generations; on wasm and
     // on WebGPU.
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/openai_generate.py"
-    );
     for model in ["llm", "llm-gpu"] {
-        let out = tokio::process::Command::new("python3")
-            .arg(script)
-            .arg(&agent.base)
-            .arg(fixture(""))
-            .args(["--token", TOKEN, "--model", model])
-            .output()
-            .await
-            .expect("python3 with the test requirements (openai, from requirements-test.txt)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "openai_generate.py on {model}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(stdout.contains("all checks passed"), "{stdout}");
+        let out = python_client_with(
+            "openai_generate.py",
+            &agent.base,
+            &["--token", TOKEN, "--model", model],
+        )
+        .await;
+        assert!(out.contains("all checks passed"), "{model}: {out}");
     }
 
     // Triton's generate extension (tritonclient has no client for it: plain HTTP, as

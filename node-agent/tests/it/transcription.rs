@@ -6,6 +6,7 @@
 //! at load.
 
 use serde_json::json;
+use webaccel_testkit::fixtures::python_client_with;
 
 use crate::common::{Agent, TOKEN, fixture};
 
@@ -23,25 +24,13 @@ async fn the_openai_client_gets_onnxruntimes_transcriptions() {
     let agent = Agent::start(&[whisper_spec("whisper")], &[]).await;
     let (_, d) = agent.get("/v1/repository/models/whisper").await;
     assert_eq!(d["status"]["state"], "loaded", "{d}");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/openai_transcribe.py"
-    );
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(&agent.base)
-        .arg(fixture(""))
-        .args(["--token", TOKEN, "--model", "whisper"])
-        .output()
-        .await
-        .expect("python3 with the test requirements (openai)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai_transcribe.py: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let out = python_client_with(
+        "openai_transcribe.py",
+        &agent.base,
+        &["--token", TOKEN, "--model", "whisper"],
+    )
+    .await;
+    assert!(out.contains("all checks passed"), "{out}");
     // Every sequence has ended; the transcriptions were counted as generations.
     let stats = agent.stats().await.models["whisper"]
         .generation

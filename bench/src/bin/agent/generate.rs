@@ -56,14 +56,8 @@ fn make_decoder(script: &Path, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Native onnxruntime's decode steps (ms, sorted) on `model` at `threads` threads.
-fn native_steps(
-    reference: &Path,
-    model: &Path,
-    threads: u32,
-    batch: usize,
-) -> anyhow::Result<Vec<f64>> {
-    let job = json!({"model": model, "time": {"threads": threads, "prompt_len": 16, "steps": 200, "batch": batch}});
+/// What onnxruntime's reference (`decoder_reference.py`) answers to `job`.
+fn reference_job(reference: &Path, job: &Value) -> anyhow::Result<Value> {
     let mut child = Command::new("python3")
         .arg(reference)
         .stdin(std::process::Stdio::piped())
@@ -75,9 +69,20 @@ fn native_steps(
     )?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("native timing failed");
+        bail!("{} failed on {job}", reference.display());
     }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Native onnxruntime's decode steps (ms, sorted) on `model` at `threads` threads.
+fn native_steps(
+    reference: &Path,
+    model: &Path,
+    threads: u32,
+    batch: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let job = json!({"model": model, "time": {"threads": threads, "prompt_len": 16, "steps": 200, "batch": batch}});
+    let v = reference_job(reference, &job)?;
     let mut steps: Vec<f64> = v["step_ms"]
         .as_array()
         .context("step_ms")?

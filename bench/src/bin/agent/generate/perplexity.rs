@@ -5,13 +5,12 @@
 //! the same ids with the same chunks and the same quantization, beside it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use webaccel_api::generate::{GenerateInput, GenerateParams, GenerateRequest};
 
-use super::generate_all;
+use super::{generate_all, reference_job};
 use crate::agent_process::AgentProcess;
 
 /// The text scored: plain English prose, a little under 400 of the fixture's tokens.
@@ -37,20 +36,7 @@ fn perplexity(scores: &[f64]) -> f64 {
 fn reference(script: &Path, model: &Path, ids: &[u32], kv_dtype: &str) -> anyhow::Result<Vec<f64>> {
     let job = json!({"model": model, "prompts": [ids], "max_new_tokens": 1, "kv_dtype": kv_dtype,
                      "prompt_logprobs": true, "prefill_chunk": CHUNK});
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        child.stdin.as_mut().context("stdin")?,
-        job.to_string().as_bytes(),
-    )?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("decoder_reference.py failed on the perplexity job");
-    }
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let v = reference_job(script, &job)?;
     Ok(v[0]["prompt_logprobs"]
         .as_array()
         .context("prompt_logprobs")?
