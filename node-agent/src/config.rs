@@ -134,7 +134,9 @@ pub struct AgentArgs {
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
-    /// A page that has not answered a ping for this long is declared hung and restarted.
+    /// A page that has not answered a ping for this long is declared hung and restarted
+    /// (or for five times the slowest single run its models' loads measured, where
+    /// that is longer: one run blocks the page's thread).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub hang_timeout: Duration,
 

@@ -227,6 +227,12 @@ impl Loader {
             )),
             CallError::Failed(e) => e,
         })?;
+        link.observe_run_ms(
+            reply
+                .warmup_ms
+                .unwrap_or(0.0)
+                .max(reply.steady_ms.unwrap_or(0.0)),
+        );
         let kv_reserve_bytes = generator.as_ref().map(|g| g.kv_reserve_bytes());
         *entry.generator.write() = generator;
         let batching = batcher::status_for(spec, &reply.inputs, &reply.outputs).map(Box::new);

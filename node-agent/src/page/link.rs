@@ -59,6 +59,9 @@ pub struct PageLink {
     /// Control operations (model loads) the page is working on. Compiling a model can
     /// block the page's thread for seconds, so the supervisor is more patient then.
     controls_in_progress: AtomicUsize,
+    /// The slowest single run of a model loaded in the page, as its load measured it
+    /// (warm-up, steady), in microseconds: a run blocks the page's thread that long.
+    slowest_run_us: AtomicU64,
     /// The page's secret, which the URLs it fetches (model bytes) must carry.
     secret: String,
     /// What the page reported it can run, in its hello.
@@ -134,6 +137,7 @@ impl PageLink {
             closed: watch::channel(false).0,
             gpu_lost: watch::channel(None).0,
             controls_in_progress: AtomicUsize::new(0),
+            slowest_run_us: AtomicU64::new(0),
             secret,
             capabilities: capabilities.clone(),
             generations: Mutex::default(),
@@ -393,6 +397,20 @@ impl PageLink {
     /// Whether the page is busy with a control operation (a model load).
     pub fn control_in_progress(&self) -> bool {
         self.controls_in_progress.load(Ordering::Acquire) > 0
+    }
+
+    /// Notes a run of a model in the page that took `ms` (a load's warm-up or steady run).
+    pub fn observe_run_ms(&self, ms: f64) {
+        if ms.is_finite() && ms > 0.0 {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let us = (ms * 1e3) as u64;
+            self.slowest_run_us.fetch_max(us, Ordering::AcqRel);
+        }
+    }
+
+    /// The slowest single run of a model loaded in the page, as measured at load.
+    pub fn slowest_run(&self) -> Duration {
+        Duration::from_micros(self.slowest_run_us.load(Ordering::Acquire))
     }
 
     /// Time since the page last answered a ping.

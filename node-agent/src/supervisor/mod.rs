@@ -311,10 +311,16 @@ impl BrowserSupervisor {
                     }
                 }
                 _ = tick.tick() => {
+                    // One run of a model blocks the page's thread for as long as it takes:
+                    // a model whose runs take longer than the hang timeout (a speech
+                    // encoder over 30 s of audio on wasm) is given five times its slowest
+                    // measured run before its page counts as hung (a run under load, its
+                    // CPUs shared with the requests around it, took 2-3 times its
+                    // warm-up).
                     let limit = if link.control_in_progress() {
                         self.timing.load_hang_timeout
                     } else {
-                        self.timing.hang_timeout
+                        self.timing.hang_timeout.max(link.slowest_run() * 5)
                     };
                     if role == Role::Active {
                         self.active_progress.enter("serving", limit + self.timing.heartbeat_interval);

@@ -75,7 +75,7 @@ function metadata(list) {
 // auto measurement. A decoder gets a short prompt with an empty cache instead (its mask
 // must cover past and new positions).
 function syntheticFeeds(ort, session, generation) {
-  if (generation) return prefillFeeds(ort, generation.layout, 4);
+  if (generation) return prefillFeeds(ort, generation.layout, 4, session);
   const feeds = {};
   for (const m of session.inputMetadata) {
     if (!m.isTensor) throw new Error(`input '${m.name}' is not a tensor; cannot warm up`);
@@ -87,8 +87,9 @@ function syntheticFeeds(ort, session, generation) {
   return feeds;
 }
 
-// A prefill of `n` tokens (ids 0..n-1) with an empty cache, as a decoder's warm-up.
-function prefillFeeds(ort, layout, n) {
+// A prefill of `n` tokens (ids 0..n-1) with an empty cache, as a decoder's warm-up; an
+// encoder-decoder's cross-attention inputs zero, as long as the graph fixes them (else 1).
+function prefillFeeds(ort, layout, n, session) {
   const Ids = layout.ids_type === 'int32' ? Int32Array : BigInt64Array;
   const seq = (/** @type {(i: number) => number} */ f) => (Ids === Int32Array
     ? Int32Array.from({ length: n }, (_, i) => f(i))
@@ -101,9 +102,10 @@ function prefillFeeds(ort, layout, n) {
   for (const { past } of cacheNames(layout)) {
     feeds[past] = new ort.Tensor('float32', new Float32Array(0), [1, layout.kv_heads, 0, layout.head_dim]);
   }
-  // An encoder-decoder warms up on one zero encoder position.
   for (const { input } of crossNames(layout)) {
-    feeds[input] = new ort.Tensor('float32', new Float32Array(layout.kv_heads * layout.head_dim), [1, layout.kv_heads, 1, layout.head_dim]);
+    const shape = session.inputMetadata.find((/** @type {any} */ m) => m.name === input)?.shape ?? [];
+    const dims = [1, layout.kv_heads, 1, layout.head_dim].map((d, i) => (i > 0 && typeof shape[i] === 'number' && shape[i] > 0 ? shape[i] : d));
+    feeds[input] = new ort.Tensor('float32', new Float32Array(dims.reduce((a, b) => a * b, 1)), dims);
   }
   return feeds;
 }

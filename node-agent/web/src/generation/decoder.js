@@ -303,7 +303,17 @@ export function createDecoder({ ort, session, exclusive, config, emit, relayoutG
     const t0 = performance.now();
     const start = now();
     rows.forEach((s) => { s.started = start; });
-    if (cross.active) for (const s of rows) if (!s.cross) s.cross = await cross.encode(s.request.features);
+    // Each encoder run holds the page's thread for as long as it takes: between them
+    // the page answers its heartbeats and messages.
+    if (cross.active) {
+      for (const s of rows) {
+        if (s.cross) continue;
+        s.cross = await cross.encode(s.request.features);
+        // A timer, not a message to itself: Chromium runs the socket's tasks (the
+        // agent's heartbeats) before a timer, not always before a posted message.
+        await new Promise((resolve) => { setTimeout(resolve, 0); });
+      }
+    }
     const chunk = rows.length === 1 && config.prefill_chunk ? config.prefill_chunk : Infinity;
     let batch = /** @type {Batch} */ ({ rows, width: 0, past: null });
     let runMs = 0;
