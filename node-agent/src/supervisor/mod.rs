@@ -91,7 +91,8 @@ struct Browser {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
     Crashed,
-    Hung,
+    /// Silent for this long (past the limit then in force).
+    Hung(Duration),
     GpuLost,
     Shutdown,
 }
@@ -328,12 +329,12 @@ impl BrowserSupervisor {
                     // Silence counts from when this watch began: nobody pinged before.
                     let silent = link.since_pong().min(watching_since.elapsed());
                     if silent > limit {
-                        tracing::warn!(?role, ?silent, "the page stopped answering heartbeats");
-                        return Exit::Hung;
+                        tracing::warn!(?role, ?silent, ?limit, "the page stopped answering heartbeats");
+                        return Exit::Hung(silent);
                     }
                     if control_answered.elapsed() > self.timing.hang_timeout {
                         tracing::warn!(?role, silent = ?control_answered.elapsed(), "the browser's main process stopped answering its control protocol");
-                        return Exit::Hung;
+                        return Exit::Hung(control_answered.elapsed());
                     }
                     link.ping();
                     if probe.is_terminated() {

@@ -41,7 +41,7 @@ async fn serve(
     }
 }
 
-fn in_flight_error(exit: Exit, hang_timeout: Duration) -> AgentError {
+fn in_flight_error(exit: Exit) -> AgentError {
     match exit {
         Exit::Crashed => AgentError::browser(
             ErrorCategory::BrowserCrashed,
@@ -51,10 +51,11 @@ fn in_flight_error(exit: Exit, hang_timeout: Duration) -> AgentError {
             ErrorCategory::BrowserCrashed,
             "the browser lost its GPU device while the request was in flight",
         ),
-        Exit::Hung => AgentError::browser(
+        Exit::Hung(silent) => AgentError::browser(
             ErrorCategory::BrowserHung,
             format!(
-                "the page stopped answering heartbeats for {hang_timeout:?}; the browser is being replaced"
+                "the page stopped answering heartbeats for {:.1}s; the browser is being replaced",
+                silent.as_secs_f64()
             ),
         ),
         Exit::Shutdown => AgentError::ShuttingDown,
@@ -110,14 +111,12 @@ pub async fn supervise(
         let exit = serve(&sup, &host, &mut browser, &shutdown, &mut down_since).await;
         sup.link.send_replace(None);
         let detected = Instant::now();
-        browser
-            .link
-            .fail_all(in_flight_error(exit, sup.timing.hang_timeout));
+        browser.link.fail_all(in_flight_error(exit));
         sup.stop(browser, progress).await;
         let event = match exit {
             Exit::Crashed => "crashed",
             Exit::GpuLost => "gpu_lost",
-            Exit::Hung => "hung",
+            Exit::Hung(_) => "hung",
             Exit::Shutdown => "stopped",
         };
         host.recorder.browser_event(event, "", 0.0, &capabilities);
