@@ -107,45 +107,45 @@ impl Generator {
     pub fn prepare(&self, req: &GenerateRequest) -> Result<Prepared, AgentError> {
         // Audio goes to an encoder-decoder, anything else to a decoder that reads text.
         let mut features = None;
-        match (&req.input, &self.speech) {
-            (GenerateInput::Audio { .. }, None) => {
-                return Err(bad(
-                    "this model generates text from text: send a prompt, not audio",
-                ));
-            }
-            (GenerateInput::Audio { .. }, Some(_)) => {}
-            (_, Some(_)) => {
-                return Err(bad(
-                    "this model transcribes audio: send audio (POST /v1/audio/transcriptions)",
-                ));
-            }
-            (_, None) => {}
-        }
-        let prompt = match &req.input {
-            GenerateInput::Audio {
-                wav_base64,
-                language,
-            } => {
-                let speech = self.speech.as_ref().ok_or_else(|| bad("no speech"))?;
+        let prompt = match (&req.input, &self.speech) {
+            (
+                GenerateInput::Audio {
+                    wav_base64,
+                    language,
+                },
+                Some(speech),
+            ) => {
                 features = Some(
                     speech
                         .features(wav_base64)
                         .map_err(|e| bad(e.to_string()))?,
                 );
-                let prompt = speech.prompt(language.as_deref()).map_err(bad)?;
-                Ok(prompt)
+                Ok(speech.prompt(language.as_deref()).map_err(bad)?)
             }
-            GenerateInput::Text { text } => self.codec.encode_text(text),
-            GenerateInput::Chat {
-                messages,
-                add_generation_prompt,
-            } => {
+            (GenerateInput::Audio { .. }, None) => {
+                return Err(bad(
+                    "this model generates text from text: send a prompt, not audio",
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(bad(
+                    "this model transcribes audio: send audio (POST /v1/audio/transcriptions)",
+                ));
+            }
+            (GenerateInput::Text { text }, None) => self.codec.encode_text(text),
+            (
+                GenerateInput::Chat {
+                    messages,
+                    add_generation_prompt,
+                },
+                None,
+            ) => {
                 if messages.is_empty() {
                     return Err(bad("messages must hold at least one message"));
                 }
                 self.codec.encode_chat(messages, *add_generation_prompt)
             }
-            GenerateInput::Tokens { ids } => {
+            (GenerateInput::Tokens { ids }, None) => {
                 if let Some(id) = ids.iter().find(|&&id| id >= self.layout.vocab) {
                     return Err(bad(format!(
                         "token id {id} is outside the model's vocabulary of {}",
