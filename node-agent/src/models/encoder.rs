@@ -84,12 +84,7 @@ impl Loader {
             CallError::Failed(e) => e,
         })?;
         // Its run blocks the page for as long as it takes (see the supervisor's patience).
-        link.observe_run_ms(
-            reply
-                .warmup_ms
-                .unwrap_or(0.0)
-                .max(reply.steady_ms.unwrap_or(0.0)),
-        );
+        link.observe_load(&reply);
         tracing::info!(model = %spec.name, backend = %reply.backend, create_ms = reply.create_ms, warmup_ms = ?reply.warmup_ms, steady_ms = ?reply.steady_ms, slowest_run = ?link.slowest_run(), "encoder loaded");
         Ok(name)
     }

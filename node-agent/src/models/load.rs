@@ -227,12 +227,7 @@ impl Loader {
             )),
             CallError::Failed(e) => e,
         })?;
-        link.observe_run_ms(
-            reply
-                .warmup_ms
-                .unwrap_or(0.0)
-                .max(reply.steady_ms.unwrap_or(0.0)),
-        );
+        link.observe_load(&reply);
         let kv_reserve_bytes = generator.as_ref().map(|g| g.kv_reserve_bytes());
         *entry.generator.write() = generator;
         let batching = batcher::status_for(spec, &reply.inputs, &reply.outputs).map(Box::new);

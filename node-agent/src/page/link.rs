@@ -17,7 +17,9 @@ use webaccel_api::ErrorCategory;
 use webaccel_api::agent::{Capabilities, PageWorker};
 use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 
-use super::protocol::{self, Call, CallError, CallResult, Generate, PageEvent, StepToken};
+use super::protocol::{
+    self, Call, CallError, CallResult, Generate, LoadReply, PageEvent, StepToken,
+};
 use crate::error::AgentError;
 
 /// Why a page's connection could not be taken over: it must open with a hello.
@@ -399,8 +401,12 @@ impl PageLink {
         self.controls_in_progress.load(Ordering::Acquire) > 0
     }
 
-    /// Notes a run of a model in the page that took `ms` (a load's warm-up or steady run).
-    pub fn observe_run_ms(&self, ms: f64) {
+    /// Notes the runs a load measured in the page (its warm-up and steady runs).
+    pub fn observe_load(&self, reply: &LoadReply) {
+        let ms = reply
+            .warmup_ms
+            .unwrap_or(0.0)
+            .max(reply.steady_ms.unwrap_or(0.0));
         if ms.is_finite() && ms > 0.0 {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let us = (ms * 1e3) as u64;
