@@ -30,7 +30,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// One inference request (`inference_performance`).
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct InferenceRow {
     pub event_time: i64,
     pub row_id: u64,
@@ -63,6 +63,23 @@ pub struct InferenceRow {
     /// the gateway's (migration 9). Empty where the client gave none and no gateway ran.
     #[serde(default)]
     pub request_id: String,
+    /// The request's stages as the agent measured them (`webaccel_api::timing::Stage`,
+    /// `run` being `inference_ms`); 0 where unmeasured: errors, and rows before
+    /// migrations 10-16.
+    #[serde(default)]
+    pub receive_ms: f64,
+    #[serde(default)]
+    pub agent_queue_ms: f64,
+    #[serde(default)]
+    pub page_link_ms: f64,
+    #[serde(default)]
+    pub page_queue_ms: f64,
+    #[serde(default)]
+    pub decode_ms: f64,
+    #[serde(default)]
+    pub encode_ms: f64,
+    #[serde(default)]
+    pub agent_reply_ms: f64,
 }
 
 impl TableRow for InferenceRow {
@@ -144,6 +161,7 @@ impl InferenceRow {
             error_category: String::new(),
             request_id: String::new(),
             dynamic_batch_size: 1,
+            ..Self::default()
         }
     }
 }
@@ -217,7 +235,7 @@ impl TableRow for RegressionRow {
 
 /// One request the gateway answered (`gateway_requests`): its end-to-end latency as the
 /// gateway saw it, where it ran, and how many attempts it took.
-#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, clickhouse::Row, Serialize, Deserialize)]
 pub struct GatewayRequestRow {
     pub event_time: i64,
     pub row_id: u64,
@@ -235,6 +253,29 @@ pub struct GatewayRequestRow {
     /// `ok` or `error`.
     pub outcome: String,
     pub error_category: String,
+    /// The request's stages, the gateway's and those the agent and page reported
+    /// (`webaccel_api::timing::Stage`, `run` being `compute_ms`); 0 where unmeasured:
+    /// errors, and rows before migrations 17-26.
+    #[serde(default)]
+    pub receive_ms: f64,
+    #[serde(default)]
+    pub route_ms: f64,
+    #[serde(default)]
+    pub bridge_ms: f64,
+    #[serde(default)]
+    pub agent_queue_ms: f64,
+    #[serde(default)]
+    pub page_link_ms: f64,
+    #[serde(default)]
+    pub page_queue_ms: f64,
+    #[serde(default)]
+    pub decode_ms: f64,
+    #[serde(default)]
+    pub encode_ms: f64,
+    #[serde(default)]
+    pub agent_reply_ms: f64,
+    #[serde(default)]
+    pub gateway_reply_ms: f64,
 }
 
 impl TableRow for GatewayRequestRow {

@@ -200,6 +200,111 @@ const ADDED_COLUMNS: &[AddColumn] = &[
         column: "request_id",
         declaration: "String DEFAULT ''",
     },
+    // Where each request's time went, stage by stage (`webaccel_api::timing::Stage`):
+    // the agent's stages on its rows, the whole path on the gateway's; so the slowest 1%
+    // can be taken apart in SQL.
+    AddColumn {
+        version: 10,
+        table: "inference_performance",
+        column: "receive_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 11,
+        table: "inference_performance",
+        column: "agent_queue_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 12,
+        table: "inference_performance",
+        column: "page_link_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 13,
+        table: "inference_performance",
+        column: "page_queue_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 14,
+        table: "inference_performance",
+        column: "decode_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 15,
+        table: "inference_performance",
+        column: "encode_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 16,
+        table: "inference_performance",
+        column: "agent_reply_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 17,
+        table: "gateway_requests",
+        column: "receive_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 18,
+        table: "gateway_requests",
+        column: "route_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 19,
+        table: "gateway_requests",
+        column: "bridge_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 20,
+        table: "gateway_requests",
+        column: "agent_queue_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 21,
+        table: "gateway_requests",
+        column: "page_link_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 22,
+        table: "gateway_requests",
+        column: "page_queue_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 23,
+        table: "gateway_requests",
+        column: "decode_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 24,
+        table: "gateway_requests",
+        column: "encode_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 25,
+        table: "gateway_requests",
+        column: "agent_reply_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
+    AddColumn {
+        version: 26,
+        table: "gateway_requests",
+        column: "gateway_reply_ms",
+        declaration: "Float64 DEFAULT 0",
+    },
 ];
 
 /// One schema change, applied once and recorded in `schema_migrations`.
@@ -387,6 +492,23 @@ mod tests {
                 (7, "create generation_performance"),
                 (8, "add pool_events.model"),
                 (9, "add inference_performance.request_id"),
+                (10, "add inference_performance.receive_ms"),
+                (11, "add inference_performance.agent_queue_ms"),
+                (12, "add inference_performance.page_link_ms"),
+                (13, "add inference_performance.page_queue_ms"),
+                (14, "add inference_performance.decode_ms"),
+                (15, "add inference_performance.encode_ms"),
+                (16, "add inference_performance.agent_reply_ms"),
+                (17, "add gateway_requests.receive_ms"),
+                (18, "add gateway_requests.route_ms"),
+                (19, "add gateway_requests.bridge_ms"),
+                (20, "add gateway_requests.agent_queue_ms"),
+                (21, "add gateway_requests.page_link_ms"),
+                (22, "add gateway_requests.page_queue_ms"),
+                (23, "add gateway_requests.decode_ms"),
+                (24, "add gateway_requests.encode_ms"),
+                (25, "add gateway_requests.agent_reply_ms"),
+                (26, "add gateway_requests.gateway_reply_ms"),
             ]
         );
         // The creations keep their DDL: the new column comes only from migration 6.

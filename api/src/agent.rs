@@ -288,6 +288,9 @@ pub struct AgentStats {
     /// so while sequences run the room left is understated by what their caches hold.
     #[serde(default, skip_serializing_if = "spec::is_zero")]
     pub reserved_bytes: u64,
+    /// Where the slowest 1% of the last minute's requests spent their time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<crate::timing::TailReport>,
 }
 
 /// One onnxruntime-web instance of the serving page (a Web Worker, or the page itself

@@ -17,6 +17,7 @@ pub mod oip;
 pub mod openai;
 pub mod precision;
 pub mod tensor;
+pub mod timing;
 pub mod wire;
 
 pub use backend::{Backend, WebNnDevice};

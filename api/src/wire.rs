@@ -25,7 +25,10 @@
 //! - response: `{"model": "m", "backend": "wasm", "compute_ms": 0.4, "page_ms": 0.5,
 //!   "outputs": [{"name", "datatype", "shape"}]}`; `compute_ms` is the time the runtime
 //!   spent running the model, `page_ms` (optional) the page's whole handling of the
-//!   request from receiving its frame to encoding the reply, queueing included
+//!   request from receiving its frame to encoding the reply, queueing included;
+//!   `stages` (optional) the milliseconds of each stage measured so far
+//!   (`webaccel_api::timing::StageTimes`: the page writes `page_queue`, `decode`, `run`
+//!   and `encode`, each later hop adds its own)
 //! - error: `{"category": "bad_request", "message": "...", "retryable": false}`
 //! - cancel (kind 4, client to agent): `{}`; the request with this id is no longer
 //!   wanted. No reply follows (a generation stops at its next step).
@@ -49,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorCategory;
 use crate::generate::{GenerateRequest, GenerationEvent};
 use crate::tensor::{DataType, Tensor, TensorError};
+use crate::timing::StageTimes;
 
 pub const MAGIC: &[u8; 4] = b"WAF1";
 /// A model name the in-page runtime answers by sending the request's tensors straight
@@ -104,6 +108,8 @@ pub struct InferResponse {
     /// Milliseconds from the page receiving the request to sending the reply, when the
     /// sender measured it (the in-page runtime does; the agent passes it on).
     pub page_ms: Option<f64>,
+    /// Where the request's time went, each hop adding the stages it measured.
+    pub stages: StageTimes,
     pub outputs: Vec<Tensor>,
 }
 
@@ -160,7 +166,13 @@ struct ResponseHeader {
     compute_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     page_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "is_unmeasured")]
+    stages: StageTimes,
     outputs: Vec<TensorHeader>,
+}
+
+fn is_unmeasured(t: &StageTimes) -> bool {
+    *t == StageTimes::default()
 }
 
 /// Why a frame could not be decoded. `id` is set when the prefix was readable, so the
@@ -205,6 +217,7 @@ pub fn encode(id: u64, msg: &Message) -> Vec<u8> {
                 backend: r.backend.clone(),
                 compute_ms: r.compute_ms,
                 page_ms: r.page_ms,
+                stages: r.stages,
                 outputs: r.outputs.iter().map(header_of).collect(),
             }),
             &r.outputs,
@@ -319,6 +332,7 @@ pub fn decode(frame: Bytes) -> Result<(u64, Message), DecodeError> {
                 backend: h.backend,
                 compute_ms: h.compute_ms,
                 page_ms: h.page_ms,
+                stages: h.stages,
                 outputs,
             })
         }
@@ -391,9 +405,29 @@ mod tests {
             backend: "wasm".into(),
             compute_ms: 0.25,
             page_ms: Some(0.5),
+            stages: StageTimes {
+                run: Some(0.25),
+                page_link: Some(0.125),
+                ..StageTimes::default()
+            },
             outputs: vec![fp32("y", &[0.5])],
         });
-        assert_eq!(decode(Bytes::from(encode(7, &resp))).unwrap(), (7, resp));
+        assert_eq!(
+            decode(Bytes::from(encode(7, &resp))).unwrap(),
+            (7, resp.clone())
+        );
+        // The page writes some figures over its header once the frame is made, padding
+        // it with spaces (JSON whitespace): the header still parses, the data still lines up.
+        let buf = encode(7, &resp);
+        let header_len = u32::from_le_bytes(buf[16..20].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&buf[PREFIX_LEN..PREFIX_LEN + header_len]).unwrap();
+        let padded_header = format!("{header}{}", " ".repeat(13));
+        let mut padded = buf[..16].to_vec();
+        padded.extend_from_slice(&(padded_header.len() as u32).to_le_bytes());
+        padded.extend_from_slice(padded_header.as_bytes());
+        padded.resize(align_up(padded.len()), 0);
+        padded.extend_from_slice(&0.5f32.to_le_bytes());
+        assert_eq!(decode(Bytes::from(padded)).unwrap(), (7, resp));
         let err = Message::Error(ErrorFrame::new(ErrorCategory::BrowserCrashed, "gone"));
         let (id, back) = decode(Bytes::from(encode(9, &err))).unwrap();
         assert_eq!(id, 9);

@@ -68,6 +68,7 @@ fn message() -> impl Strategy<Value = Message> {
                 backend: "wasm".into(),
                 compute_ms: if ms.is_finite() { ms } else { 0.0 },
                 page_ms: None,
+                stages: Default::default(),
                 outputs,
             })
         }),
@@ -268,7 +269,7 @@ proptest! {
     fn responses_roundtrip_through_the_binary_extension(outputs in proptest::collection::vec(tensor(), 0..4), default_binary in any::<bool>()) {
         // Names must be unique to be told apart.
         let outputs: Vec<Tensor> = outputs.into_iter().enumerate().map(|(k, mut t)| { t.name = format!("o{k}"); t }).collect();
-        let resp = InferResponse { model: "m".into(), backend: "wasm".into(), compute_ms: 0.0, page_ms: None, outputs };
+        let resp = InferResponse { model: "m".into(), backend: "wasm".into(), compute_ms: 0.0, page_ms: None, stages: Default::default(), outputs };
         let encoding = OutputEncoding { default_binary, per_output: Default::default() };
         let enc = oip::encode_response("1", None, &resp, &encoding, Default::default());
         let header = enc.header_length.map(|n| n.to_string());

@@ -1,6 +1,7 @@
 //! The gateway's HTTP surfaces: the KServe v2 routes (behind the client tokens, probes
-//! open) and the admin port: `/healthz`, `/readyz`, `/metrics` and `/v1/endpoints`
-//! (every browser as the gateway sees it).
+//! open) and the admin port: `/healthz`, `/readyz`, `/metrics`, `/v1/endpoints`
+//! (every browser as the gateway sees it) and `/v1/stats` (the slowest 1% of recent
+//! requests, stage by stage).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
+use webaccel_api::timing::TailReport;
 use webaccel_kserve::auth::{self, Tokens};
 use webaccel_kserve::http as v2;
 
@@ -105,6 +107,19 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     )
 }
 
+/// `GET /v1/stats` on the admin port: the gateway's own figures.
+#[derive(Debug, Serialize)]
+struct GatewayStats {
+    /// Where the slowest 1% of the last minute's requests spent their time.
+    tail: TailReport,
+}
+
+async fn stats(State(gateway): State<Arc<Gateway>>) -> Json<GatewayStats> {
+    Json(GatewayStats {
+        tail: gateway.tail.report(),
+    })
+}
+
 /// The admin port.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -112,5 +127,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/endpoints", get(endpoints))
+        .route("/v1/stats", get(stats))
         .with_state(gateway)
 }

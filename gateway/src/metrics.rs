@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use webaccel_api::timing::StageTimes;
 
 use crate::backend::Backends;
 use crate::queue::Queues;
@@ -26,6 +27,12 @@ struct Outcome {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    model: String,
+    stage: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +51,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// 10 µs to about 5 s: a stage can take a few microseconds.
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -58,6 +70,7 @@ pub struct Metrics {
     generations: Family<Outcome, Counter>,
     time_to_first_token: Family<ModelLabel, Histogram, fn() -> Histogram>,
     generated_tokens: Family<ModelLabel, Counter>,
+    stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
     /// Models ever seen on a browser: the only model label values used.
     known: RwLock<BTreeSet<String>>,
 }
@@ -78,6 +91,7 @@ impl Default for Metrics {
             generations: Family::default(),
             time_to_first_token: Family::new_with_constructor(latency_histogram),
             generated_tokens: Family::default(),
+            stage_duration: Family::new_with_constructor(stage_histogram),
             known: RwLock::default(),
         };
         r.register(
@@ -135,6 +149,11 @@ impl Default for Metrics {
             "Tokens streamed through the gateway, by model",
             m.generated_tokens.clone(),
         );
+        r.register(
+            "request_stage_seconds",
+            "Time per stage of a successful request, the gateway's and those its agent and page reported (see webaccel_api::timing::Stage)",
+            m.stage_duration.clone(),
+        );
         *m.registry.lock() = r;
         m
     }
@@ -161,6 +180,19 @@ impl Metrics {
             if !known.contains(m) {
                 known.insert(m.clone());
             }
+        }
+    }
+
+    /// Observes a successful request's stages, each in its own histogram.
+    pub fn stages(&self, model: &str, stages: &StageTimes) {
+        let model = self.model_label(model);
+        for (stage, ms) in stages.measured() {
+            self.stage_duration
+                .get_or_create(&StageLabels {
+                    model: model.clone(),
+                    stage: stage.as_str(),
+                })
+                .observe(ms / 1e3);
         }
     }
 

@@ -255,6 +255,7 @@ impl Stages {
             backend: trace.backends(),
             compute_ms: trace.compute_ms,
             page_ms: None,
+            stages: Default::default(),
             outputs: given,
         };
         let pool = trace

@@ -2,11 +2,12 @@
 //! without waiting: batched, spooled to disk while ClickHouse is unreachable, replayed.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use webaccel_analytics::rows::{GatewayRequestRow, new_row_id, now_ms};
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
+use webaccel_api::timing::{Stage, StageTimes, ms};
 use webaccel_api::wire::InferRequest;
 use webaccel_kserve::{ApiError, CallOptions};
 
@@ -19,6 +20,8 @@ pub struct RequestRecord {
     pub browser: String,
     pub backend: String,
     pub compute_ms: f64,
+    /// Its stages, for a success.
+    pub stages: StageTimes,
 }
 
 impl RequestRecord {
@@ -38,12 +41,14 @@ impl RequestRecord {
                 bytes_in: req.inputs.iter().map(|t| t.data.len() as u64).sum(),
                 outcome: String::new(),
                 error_category: String::new(),
+                ..GatewayRequestRow::default()
             },
             attempts: 0,
             pool: String::new(),
             browser: String::new(),
             backend: String::new(),
             compute_ms: 0.0,
+            stages: StageTimes::default(),
         }
     }
 
@@ -59,6 +64,19 @@ impl RequestRecord {
         } else {
             0.0
         };
+        if error.is_none() {
+            let stage = |s: Stage| self.stages.get(s).unwrap_or(0.0);
+            r.receive_ms = stage(Stage::Receive);
+            r.route_ms = stage(Stage::Route);
+            r.bridge_ms = stage(Stage::Bridge);
+            r.agent_queue_ms = stage(Stage::AgentQueue);
+            r.page_link_ms = stage(Stage::PageLink);
+            r.page_queue_ms = stage(Stage::PageQueue);
+            r.decode_ms = stage(Stage::Decode);
+            r.encode_ms = stage(Stage::Encode);
+            r.agent_reply_ms = stage(Stage::AgentReply);
+            r.gateway_reply_ms = stage(Stage::GatewayReply);
+        }
         r.outcome = if error.is_some() { "error" } else { "ok" }.into();
         r.error_category = error
             .map(|e| e.category.as_str().to_owned())
@@ -76,6 +94,13 @@ pub struct Trace {
     /// The browser of the attempt under way (or that failed last).
     pub trying: Option<(String, String)>,
     pub compute_ms: f64,
+    /// The stages of every answer, summed (one per pipeline stage), `bridge` worked out
+    /// per answer; the gateway's own are added when the request ends.
+    pub stages: StageTimes,
+    /// The bridge round trips of the answers, summed.
+    pub round_trips: Duration,
+    /// When the last answer came back.
+    pub last_answer: Option<Instant>,
 }
 
 impl Trace {
@@ -93,6 +118,20 @@ impl Trace {
         record.browser = browsers.join(",");
         record.backend = self.backends();
         record.compute_ms = self.compute_ms;
+        record.stages = self.stages;
+    }
+
+    /// Notes an answer that came back over the bridge after `round_trip`: its stages
+    /// join the request's, and the bridge's share is the round trip less the agent's
+    /// span (its own `receive`, decoding the frame, counts as the bridge's).
+    pub fn answered_after(&mut self, round_trip: Duration, stages: &StageTimes) {
+        let mut agent = *stages;
+        agent.receive = None;
+        self.stages.accumulate(&agent);
+        self.stages
+            .add(Stage::Bridge, ms(round_trip) - agent.total());
+        self.round_trips += round_trip;
+        self.last_answer = Some(Instant::now());
     }
 
     /// The backends that answered, each once, in order.

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use tower::retry::budget::{Budget as _, TpsBudget};
 use webaccel_agent_client::HttpAgents;
 use webaccel_api::oip::{ModelMetadata, ModelReady};
+use webaccel_api::timing::{Stage, StageTimes, TailWindow, ms};
 use webaccel_api::wire::{InferRequest, InferResponse};
 use webaccel_api::{Backoff, ErrorCategory};
 use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
@@ -59,6 +60,8 @@ pub struct Gateway {
     deployed: parking_lot::RwLock<Option<Arc<crate::discovery::Deployed>>>,
     /// Models cut into stages, served as pipelines (see [`crate::pipeline`]).
     stages: Stages,
+    /// The last minute's successful requests, for the slowest 1%'s breakdown.
+    pub tail: TailWindow,
 }
 
 /// How the request to one model is fed.
@@ -98,6 +101,7 @@ impl Gateway {
             draining: std::sync::atomic::AtomicBool::new(false),
             deployed: parking_lot::RwLock::default(),
             stages: Stages::default(),
+            tail: TailWindow::default(),
         }
     }
 
@@ -284,13 +288,18 @@ impl Gateway {
             let result = match request {
                 Ok(mut request) => {
                     request.request_id = Some(options.request_id.clone());
-                    lease.call(request, remaining).await
+                    let sent = Instant::now();
+                    lease
+                        .call(request, remaining)
+                        .await
+                        .map(|response| (response, sent.elapsed()))
                 }
                 Err(e) => Err(e),
             };
             drop(lease);
             match result {
-                Ok(response) => {
+                Ok((response, round_trip)) => {
+                    trace.answered_after(round_trip, &response.stages);
                     trace.trying = None;
                     trace.compute_ms += response.compute_ms;
                     trace
@@ -467,13 +476,33 @@ impl InferenceApi for Gateway {
         let started = Instant::now();
         let mut record = RequestRecord::new(&request, &options);
         let mut trace = Trace::default();
-        let result = match self.pipeline(&request.model) {
+        let mut result = match self.pipeline(&request.model) {
             Some(stages) => {
                 self.infer_pipeline(&request, &stages, &options, &mut trace)
                     .await
             }
             None => self.infer_inner(&request, &options, &mut trace).await,
         };
+        if let Ok(inferred) = &mut result {
+            // The gateway's own stages around the answers': what is left of its span
+            // once the round trips and the reply are taken out is routing.
+            let finished = Instant::now();
+            let reply = trace
+                .last_answer
+                .map_or(Duration::ZERO, |at| finished.saturating_duration_since(at));
+            let stages = &mut trace.stages;
+            stages.set(
+                Stage::Receive,
+                ms(started.saturating_duration_since(options.arrived)),
+            );
+            stages.set(
+                Stage::Route,
+                ms(finished - started) - ms(trace.round_trips) - ms(reply),
+            );
+            stages.set(Stage::GatewayReply, ms(reply));
+            inferred.response.stages = *stages;
+            options.add_stages(&mut inferred.parameters, stages);
+        }
         trace.record(&mut record);
         let elapsed = started.elapsed();
         let outcome = match &result {
@@ -492,5 +521,10 @@ impl InferenceApi for Gateway {
     fn refused(&self, error: &ApiError) {
         self.metrics
             .finished("", error.category.as_str(), Duration::ZERO);
+    }
+
+    fn answered(&self, model: &str, request_id: &str, stages: &StageTimes, total_ms: f64) {
+        self.metrics.stages(model, stages);
+        self.tail.push(model, request_id, total_ms, *stages);
     }
 }

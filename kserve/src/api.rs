@@ -1,7 +1,7 @@
 //! What a KServe v2 server needs from the thing it fronts (an agent, the gateway), and
 //! the error every route answers with.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 use webaccel_api::ErrorCategory;
 use webaccel_api::oip::{ErrorBody, ModelMetadata, ModelReady};
+use webaccel_api::timing::StageTimes;
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 /// The request's own deadline and identity, as the client gave them.
@@ -19,12 +20,38 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// From `x-request-id` (or generated), passed down to the agent and into the logs.
     pub request_id: String,
+    /// When the front first saw the request (its head, before the body was read): the
+    /// start of its `receive` stage.
+    pub arrived: Instant,
+    /// The client asked (header `webaccel-stages: 1`) for the answer's stages as response
+    /// parameters (`stage_<name>_ms`).
+    pub report_stages: bool,
 }
 
 impl CallOptions {
+    /// Options with no deadline of the client's, for request `request_id` arriving now.
+    pub fn new(request_id: impl Into<String>) -> Self {
+        Self {
+            timeout: None,
+            request_id: request_id.into(),
+            arrived: Instant::now(),
+            report_stages: false,
+        }
+    }
+
     /// The effective timeout: the client's, never longer than `limit`.
     pub fn timeout_within(&self, limit: Duration) -> Duration {
         self.timeout.map_or(limit, |t| t.min(limit))
+    }
+
+    /// Adds the answer's measured stages to `parameters` as `stage_<name>_ms`, when the
+    /// client asked for them.
+    pub fn add_stages(&self, parameters: &mut Map<String, Value>, stages: &StageTimes) {
+        if self.report_stages {
+            for (stage, ms) in stages.measured() {
+                parameters.insert(format!("stage_{}_ms", stage.as_str()), Value::from(ms));
+            }
+        }
     }
 }
 
@@ -167,4 +194,8 @@ pub trait InferenceApi: Send + Sync + 'static {
     /// Told of every request refused before it reached [`InferenceApi::infer`]
     /// (malformed, too large), for the server's own error counts.
     fn refused(&self, _error: &ApiError) {}
+
+    /// Told of every successful answer once encoded: its stages complete (`send`, the
+    /// encoding, included) and the milliseconds since the front first saw it.
+    fn answered(&self, _model: &str, _request_id: &str, _stages: &StageTimes, _total_ms: f64) {}
 }

@@ -219,7 +219,7 @@ async fn run<A: GenerationApi>(
     stream_url: bool,
 ) -> Result<Response, ApiError> {
     let (request, stream_asked) = parse(&name, &body).inspect_err(|e| api.refused(e))?;
-    let options = call_options(&headers, None).inspect_err(|e| api.refused(e))?;
+    let options = call_options(&headers, None, None).inspect_err(|e| api.refused(e))?;
     let started = start(&api, request, options).await?;
     if stream_url || stream_asked {
         let model = name.clone();

@@ -43,11 +43,13 @@ pub mod status;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use webaccel_api::ErrorCategory;
+use webaccel_api::timing::{Stage, ms};
 
 use crate::api::{ApiError, InferenceApi};
 use crate::auth::Tokens;
@@ -261,11 +263,16 @@ impl<A: InferenceApi> GrpcInferenceService for Service<A> {
             }
             s
         };
+        let id = options.request_id.clone();
+        let arrived = options.arrived;
+        let model = converted.request.model.clone();
         let inferred = self
             .api
             .infer(converted.request, options)
             .await
             .map_err(|e| with_id(status::to_status(&e)))?;
+        let encoding = Instant::now();
+        let mut stages = inferred.response.stages;
         let mut response = Response::new(convert::response_to_proto(
             VERSION,
             converted.id,
@@ -275,6 +282,10 @@ impl<A: InferenceApi> GrpcInferenceService for Service<A> {
         if let Some(v) = request_id {
             response.metadata_mut().insert(status::REQUEST_ID, v);
         }
+        // tonic encodes the message after this returns: `send` is the conversion.
+        stages.set(Stage::Send, ms(encoding.elapsed()));
+        self.api
+            .answered(&model, &id, &stages, ms(arrived.elapsed()));
         Ok(response)
     }
 }

@@ -7,17 +7,19 @@
 //! Request id: `x-request-id`, generated when absent and echoed in the response.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use webaccel_api::ErrorCategory;
 use webaccel_api::oip::{self, ModelMetadata, ServerMetadata};
+use webaccel_api::timing::{Stage, ms};
 
 use crate::api::{ApiError, CallOptions, InferenceApi};
 
@@ -25,6 +27,8 @@ use crate::api::{ApiError, CallOptions, InferenceApi};
 pub const TIMEOUT_HEADER: &str = "webaccel-timeout";
 /// The request id header, passed down to the agent and echoed back.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Set to `1` (or `true`), asks for the answer's stages as response parameters.
+pub const STAGES_HEADER: &str = "webaccel-stages";
 /// The only version each model has; the protocol's version path segment must match it.
 pub const VERSION: &str = "1";
 
@@ -54,6 +58,8 @@ pub fn routes<A: InferenceApi>() -> Router<Arc<A>> {
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_v::<A>),
         )
+        // Outermost, so a request's `receive` stage covers reading its body.
+        .route_layer(axum::middleware::from_fn(stamp_arrival))
         .layer(axum::middleware::map_response(
             crate::api::plain_errors_as_json,
         ))
@@ -144,10 +150,29 @@ pub fn parse_timeout(value: &str) -> Result<Duration, String> {
     })
 }
 
-/// The call's options from the request headers and the body's `timeout` parameter.
+/// When a request's head arrived (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
+async fn stamp_arrival(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.extensions_mut().insert(Arrived(Instant::now()));
+    next.run(request).await
+}
+
+/// Whether a `webaccel-stages` value asks for the stages.
+pub fn asks_for_stages(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The call's options from the request headers and the body's `timeout` parameter;
+/// `arrived` is when the request's head came (now, when unknown).
 pub fn call_options(
     headers: &HeaderMap,
     body_timeout: Option<Duration>,
+    arrived: Option<Instant>,
 ) -> Result<CallOptions, ApiError> {
     let header_timeout = match headers.get(TIMEOUT_HEADER) {
         None => None,
@@ -170,6 +195,8 @@ pub fn call_options(
     Ok(CallOptions {
         timeout,
         request_id,
+        arrived: arrived.unwrap_or_else(Instant::now),
+        report_stages: asks_for_stages(headers.get(STAGES_HEADER).and_then(|v| v.to_str().ok())),
     })
 }
 
@@ -179,18 +206,23 @@ pub fn call_options(
 async fn infer<A: InferenceApi>(
     State(api): State<Arc<A>>,
     Path(name): Path<String>,
+    arrived: Option<Extension<Arrived>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let arrived = arrived.map(|Extension(Arrived(at))| at);
     let header_length = headers
         .get(oip::HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("?"));
     let parsed = oip::parse_request(&name, &body, header_length, api.max_tensor_bytes())
         .map_err(ApiError::from)
         .inspect_err(|e| api.refused(e))?;
-    let options = call_options(&headers, parsed.timeout).inspect_err(|e| api.refused(e))?;
+    let options =
+        call_options(&headers, parsed.timeout, arrived).inspect_err(|e| api.refused(e))?;
     let request_id = options.request_id.clone();
+    let arrived = options.arrived;
     let inferred = api.infer(parsed.request, options).await?;
+    let encoding = Instant::now();
     let encoded = oip::encode_response(
         VERSION,
         parsed.id,
@@ -210,17 +242,21 @@ async fn infer<A: InferenceApi>(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert(REQUEST_ID_HEADER, v);
     }
+    let mut stages = inferred.response.stages;
+    stages.set(Stage::Send, ms(encoding.elapsed()));
+    api.answered(&name, &request_id, &stages, ms(arrived.elapsed()));
     Ok(response)
 }
 
 async fn infer_v<A: InferenceApi>(
     state: State<Arc<A>>,
     Path((name, version)): Path<(String, String)>,
+    arrived: Option<Extension<Arrived>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_version(&name, &version)?;
-    infer(state, Path(name), headers, body).await
+    infer(state, Path(name), arrived, headers, body).await
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ async fn completions<A: GenerationApi>(
     let req: CompletionRequest =
         serde_json::from_slice(&body).map_err(|e| bad_json("completion", &e))?;
     let generate = req.to_generate().map_err(OpenAiError::from)?;
-    let options = call_options(&headers, None)?;
+    let options = call_options(&headers, None, None)?;
     let started = start(&api, generate, options).await?;
     let (id, created, model) = (id("cmpl"), now_s(), req.model.clone());
     let with_logprobs = req.logprobs.is_some();
@@ -246,7 +246,7 @@ async fn chat<A: GenerationApi>(
     let req: ChatRequest =
         serde_json::from_slice(&body).map_err(|e| bad_json("chat completion", &e))?;
     let generate = req.to_generate().map_err(OpenAiError::from)?;
-    let options = call_options(&headers, None)?;
+    let options = call_options(&headers, None, None)?;
     let started = start(&api, generate, options).await?;
     let (id, created, model) = (id("chatcmpl"), now_s(), req.model.clone());
     let with_logprobs = req.logprobs;
@@ -353,7 +353,7 @@ async fn transcriptions<A: GenerationApi>(
         fields.field(&name, value.to_vec())?;
     }
     let (generate, plain) = fields.to_generate()?;
-    let options = call_options(&headers, None)?;
+    let options = call_options(&headers, None, None)?;
     let started = start(&api, generate, options).await?;
     let Collected { text, .. } = collect(started).await?;
     Ok(if plain {

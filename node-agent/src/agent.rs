@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use webaccel_api::ErrorCategory;
 use webaccel_api::generate::{GenerateRequest, GenerationEvent};
+use webaccel_api::timing::{Stage, StageTimes, ms};
 use webaccel_api::wire::{InferRequest, InferResponse};
 
 use crate::admission::Admission;
@@ -76,22 +77,46 @@ impl Agent {
     }
 
     /// Runs one inference request end to end, within `timeout` (queueing included).
+    /// `arrived`: when its front first saw it (its `receive` stage ends now).
     pub async fn infer(
         &self,
         req: InferRequest,
         timeout: Duration,
+        arrived: Instant,
     ) -> Result<InferResponse, AgentError> {
-        self.infer_run(req, timeout).await.map(|r| r.response)
+        self.infer_run(req, timeout, arrived)
+            .await
+            .map(|r| r.response)
     }
 
-    /// [`Agent::infer`], also saying how the run that answered was batched.
-    pub async fn infer_run(&self, req: InferRequest, timeout: Duration) -> Result<Ran, AgentError> {
+    /// [`Agent::infer`], also saying how the run that answered was batched. The
+    /// answer's stages gain the agent's own: `receive`, `agent_queue`, `page_link` and
+    /// `agent_reply` around the page's.
+    pub async fn infer_run(
+        &self,
+        req: InferRequest,
+        timeout: Duration,
+        arrived: Instant,
+    ) -> Result<Ran, AgentError> {
         let started = Instant::now();
         let model = req.model.clone();
         let bytes_in: usize = req.inputs.iter().map(|t| t.data.len()).sum();
         let batch_size = rows_of(&req);
         let request_id = req.request_id.clone();
-        let result = self.infer_inner(req, timeout).await;
+        let mut result = self.infer_inner(req, timeout).await;
+        let finished = Instant::now();
+        if let Ok(ran) = &mut result {
+            let stages = &mut ran.response.stages;
+            stages.set(Stage::Receive, ms(started - arrived));
+            stages.set(
+                Stage::AgentQueue,
+                ms(ran.hop.sent.saturating_duration_since(started)),
+            );
+            stages.set(
+                Stage::AgentReply,
+                ms(finished.saturating_duration_since(ran.hop.answered)),
+            );
+        }
         self.record(
             &model,
             started,
@@ -111,6 +136,14 @@ impl Agent {
                 .record(&model, started.elapsed(), Err(e.category())),
         }
         result
+    }
+
+    /// Told by a front that it encoded a successful answer: `stages` complete, `send`
+    /// included, and `total_ms` from its first sight of the request. Feeds the stage
+    /// histograms and the window of the slowest 1%.
+    pub fn answered(&self, model: &str, request_id: &str, stages: &StageTimes, total_ms: f64) {
+        self.stats.stages(model, stages);
+        self.stats.tail.push(model, request_id, total_ms, *stages);
     }
 
     async fn infer_inner(&self, req: InferRequest, timeout: Duration) -> Result<Ran, AgentError> {
@@ -144,10 +177,11 @@ impl Agent {
                     "the browser is restarting",
                 )
             })?;
-            link.infer(req).await.map(|response| Ran {
-                response,
+            link.infer(req).await.map(|run| Ran {
+                response: run.response,
                 batch_rows,
                 batch_requests: 1,
+                hop: run.hop,
             })
         };
         let ran = tokio::time::timeout(timeout, run)
@@ -178,6 +212,7 @@ impl Agent {
         tokio::time::timeout(timeout, link.infer(req))
             .await
             .map_err(|_| AgentError::Deadline(timeout))?
+            .map(|run| run.response)
     }
 
     /// Hands the request's figures to the metrics recorder (never waits).
@@ -218,6 +253,7 @@ impl Agent {
             bytes_out: response.map_or(0, |r| r.outputs.iter().map(|t| t.data.len() as u64).sum()),
             error: category,
             request_id,
+            stages: response.map(|r| r.stages).unwrap_or_default(),
         });
     }
 

@@ -30,6 +30,7 @@ use webaccel_api::{DataType, ErrorCategory, Tensor};
 
 use crate::error::AgentError;
 use crate::page::PageLink;
+use crate::page::link::{Hop, PageRun};
 use crate::stats::Stats;
 
 /// Whether a model with this spec and metadata is batched: `None` when its spec does
@@ -111,6 +112,8 @@ pub struct Ran {
     pub batch_rows: u32,
     /// Requests the run joined (1: the request ran alone).
     pub batch_requests: u32,
+    /// When the run left for the page and its answer came back.
+    pub hop: Hop,
 }
 
 /// A gauge counted up while a value lives.
@@ -346,10 +349,11 @@ async fn run_alone(link: &PageLink, job: Job) {
     let left = job.deadline.saturating_duration_since(Instant::now());
     let rows = u32::try_from(job.rows.max(1)).unwrap_or(u32::MAX);
     let result = match tokio::time::timeout(left, link.infer(job.req.clone())).await {
-        Ok(r) => r.map(|response| Ran {
-            response,
+        Ok(r) => r.map(|run| Ran {
+            response: run.response,
             batch_rows: rows,
             batch_requests: 1,
+            hop: run.hop,
         }),
         Err(_) => Err(AgentError::Deadline(job.timeout)),
     };
@@ -392,7 +396,10 @@ async fn execute(link: Option<Arc<PageLink>>, mut batch: Vec<Job>) {
         }
     };
     match result {
-        Ok(resp) => match split(&resp, &rows) {
+        Ok(PageRun {
+            response: resp,
+            hop,
+        }) => match split(&resp, &rows) {
             Some(parts) => {
                 let batch_rows = u32::try_from(total).unwrap_or(u32::MAX);
                 let batch_requests = u32::try_from(batch.len()).unwrap_or(u32::MAX);
@@ -402,12 +409,14 @@ async fn execute(link: Option<Arc<PageLink>>, mut batch: Vec<Job>) {
                         backend: resp.backend.clone(),
                         compute_ms: resp.compute_ms,
                         page_ms: resp.page_ms,
+                        stages: resp.stages,
                         outputs,
                     };
                     job.answer(Ok(Ran {
                         response,
                         batch_rows,
                         batch_requests,
+                        hop,
                     }));
                 }
             }
@@ -566,6 +575,7 @@ mod tests {
             backend: "wasm".into(),
             compute_ms: 0.1,
             page_ms: None,
+            stages: Default::default(),
             outputs: vec![fp32("y", vec![3, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])],
         };
         let parts = split(&resp, &[1, 2]).unwrap();

@@ -12,6 +12,7 @@ use webaccel_analytics::rows::{
 };
 use webaccel_analytics::{ClickHouseSettings, Writer, WriterConfig, WriterHandle};
 use webaccel_api::agent::Capabilities;
+use webaccel_api::timing::{Stage, StageTimes};
 
 /// How often migrations are retried while ClickHouse cannot be reached.
 const MIGRATION_RETRY: Duration = Duration::from_secs(5);
@@ -73,6 +74,8 @@ pub struct InferenceRecord<'a> {
     pub error: Option<&'a str>,
     /// The request's id, when it came with one.
     pub request_id: Option<&'a str>,
+    /// Its stages so far (none for a failure).
+    pub stages: StageTimes,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -196,6 +199,7 @@ impl Recorder {
             adapter,
             adapter_kind,
         } = self.labels_for(r.backend);
+        let stage = |s: Stage| r.stages.get(s).unwrap_or(0.0);
         s.inference.write(InferenceRow {
             event_time: now_ms(),
             row_id: new_row_id(),
@@ -219,6 +223,13 @@ impl Recorder {
             outcome: if r.error.is_some() { "error" } else { "ok" }.into(),
             error_category: r.error.unwrap_or_default().to_owned(),
             request_id: r.request_id.unwrap_or_default().to_owned(),
+            receive_ms: stage(Stage::Receive),
+            agent_queue_ms: stage(Stage::AgentQueue),
+            page_link_ms: stage(Stage::PageLink),
+            page_queue_ms: stage(Stage::PageQueue),
+            decode_ms: stage(Stage::Decode),
+            encode_ms: stage(Stage::Encode),
+            agent_reply_ms: stage(Stage::AgentReply),
         });
     }
 

@@ -58,6 +58,7 @@ fn stats_count_requests_per_model() {
         outstanding: 3,
         browser_memory_bytes: None,
         reserved_bytes: 0,
+        tail: None,
         in_flight: 1,
         queued: 1,
         max_in_flight: 64,

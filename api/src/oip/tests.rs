@@ -154,6 +154,7 @@ fn responses_mix_binary_and_json_outputs() {
         backend: "wasm".into(),
         compute_ms: 0.1,
         page_ms: None,
+        stages: Default::default(),
         outputs: vec![fp32("y", &[1.0, 2.0]), fp32("z", &[3.0])],
     };
     let encoding = OutputEncoding {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use webaccel_analytics::local::LocalClickHouse;
-use webaccel_testkit::fixtures::{fixture, python_client, repo};
+use webaccel_testkit::fixtures::{fixture, python_client, python_client_with, repo};
 use webaccel_testkit::procs::mentioning as processes_mentioning;
 use webaccel_testkit::up::{
     self as driver, Load, Up, browser_names, browsers, loaded, pool, pool_yaml,
@@ -70,6 +70,25 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
     assert!(out.contains("ok types mixed"), "{out}");
     let out = python_client("triton_grpc.py", &up.grpc).await;
     assert!(out.contains("ok types defaults"), "{out}");
+    // Asked for, the answer's stages: the gateway's around the agent's and the page's,
+    // all inside what the client waited.
+    let out = python_client_with("triton_stages.py", &up.http, &["mlp", "20"]).await;
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let params = &v["parameters"];
+        let mut total = 0.0;
+        for stage in webaccel_api::timing::Stage::ALL {
+            if stage == webaccel_api::timing::Stage::Send {
+                continue;
+            }
+            let ms = params[format!("stage_{}_ms", stage.as_str())].as_f64();
+            let ms = ms.unwrap_or_else(|| panic!("no {} in {params}", stage.as_str()));
+            assert!(ms >= 0.0, "{params}");
+            total += ms;
+        }
+        assert!(params["stage_bridge_ms"].as_f64() > Some(0.0), "{params}");
+        assert!(total < v["client_ms"].as_f64().unwrap(), "{v}");
+    }
     // Rows landed: the agents' per-request rows and the gateway's.
     let started = Instant::now();
     loop {
@@ -91,6 +110,19 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The gateway's rows carry the whole path: its stages and the agent's tile the
+    // latency it measured (from the decoded request; `receive` is before it).
+    let tiled = ch
+        .query(
+            "SELECT min(bridge_ms) > 0, min(route_ms) > 0, min(decode_ms) > 0, \
+             max(abs(route_ms + bridge_ms + agent_queue_ms + page_link_ms + page_queue_ms \
+                 + decode_ms + compute_ms + encode_ms + agent_reply_ms + gateway_reply_ms \
+                 - latency_ms)) < 0.05 \
+             FROM up_test.gateway_requests WHERE outcome = 'ok'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(tiled.trim(), "1\t1\t1\t1");
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use webaccel_testkit::fixtures::{matches_reference, python_client};
+use webaccel_testkit::fixtures::{matches_reference, python_client, python_client_with};
 use webaccel_testkit::{AgentProcess, TOKEN, procs};
 
 use crate::support::{
@@ -44,6 +44,57 @@ async fn stock_clients_through_the_gateway_get_onnxruntime_answers() {
         served(b.get("/v1/stats").await.1),
     );
     assert!(na > 0 && nb > 0, "requests per agent: {na} and {nb}");
+    // Asked for, the stages come back whole; the gateway keeps the slowest 1% of them
+    // (`/v1/stats` on its admin port) and a histogram per stage.
+    let out = python_client_with("triton_stages.py", &gw.http(), &["mlp", "20"]).await;
+    assert_eq!(out.lines().count(), 20, "{out}");
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for stage in [
+            "receive",
+            "route",
+            "bridge",
+            "page_link",
+            "run",
+            "gateway_reply",
+        ] {
+            let ms = v["parameters"][format!("stage_{stage}_ms")].as_f64();
+            assert!(ms >= Some(0.0), "{stage} in {v}");
+        }
+    }
+    let admin = format!("http://{}", gw.running.admin.unwrap());
+    let stats: Value = reqwest::get(format!("{admin}/v1/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tail = &stats["tail"];
+    assert!(tail["requests"].as_u64() >= Some(20), "{stats}");
+    let stages: Vec<&str> = tail["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages.first(), Some(&"receive"), "{stats}");
+    assert!(
+        stages.contains(&"bridge") && stages.contains(&"run"),
+        "{stats}"
+    );
+    assert_eq!(stages.last(), Some(&"send"), "{stats}");
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"webaccel_gateway_request_stage_seconds_count{model="mlp",stage="bridge"}"#
+        ),
+        "{text}"
+    );
     gw.shutdown().await;
 }
 

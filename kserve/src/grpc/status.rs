@@ -19,7 +19,7 @@
 //! `webaccel-category` and `webaccel-retryable` metadata tell them apart, as they do for
 //! every status, so a client decides without parsing messages.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -142,6 +142,12 @@ pub fn call_options(
     Ok(CallOptions {
         timeout,
         request_id,
+        arrived: Instant::now(),
+        report_stages: crate::http::asks_for_stages(
+            metadata
+                .get(crate::http::STAGES_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        ),
     })
 }
 

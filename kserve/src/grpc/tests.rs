@@ -95,6 +95,7 @@ impl InferenceApi for Echo {
                 backend: "echo".into(),
                 compute_ms: 0.5,
                 page_ms: None,
+                stages: Default::default(),
                 outputs,
             },
             parameters: Map::from_iter([

@@ -66,6 +66,7 @@ impl InferenceApi for Echo {
                 backend: "echo".into(),
                 compute_ms: 0.0,
                 page_ms: None,
+                stages: Default::default(),
                 outputs: request.inputs,
             },
             parameters: Map::from_iter([("backend".to_owned(), json!("echo"))]),

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::Router;
@@ -26,6 +26,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use webaccel_api::ErrorCategory;
 use webaccel_api::generate::{GenerateRequest, GenerationEvent};
+use webaccel_api::timing::{Stage, ms};
 use webaccel_api::wire::{self, ErrorFrame, Message};
 
 use crate::agent::Agent;
@@ -77,6 +78,7 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
             m = stream.next() => m,
             () = shutdown.cancelled() => break,
         };
+        let arrived = Instant::now();
         let buf = match msg {
             None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => break,
             Some(Ok(WsMessage::Binary(buf))) => buf,
@@ -107,19 +109,28 @@ async fn serve(agent: Arc<Agent>, socket: WebSocket, shutdown: CancellationToken
                         .map_or(agent.args.request_timeout, |t| {
                             t.min(agent.args.request_timeout)
                         });
+                    let model = req.model.clone();
+                    let request_id = req.request_id.clone().unwrap_or_default();
                     let result = if req.model == wire::ECHO_MODEL {
                         agent.echo(req, timeout).await
                     } else {
-                        agent.infer(req, timeout).await
+                        agent.infer(req, timeout, arrived).await
                     };
-                    let reply = match result {
-                        Ok(resp) => Message::Response(resp),
-                        Err(e) => Message::Error(e.to_frame()),
+                    let encoding = Instant::now();
+                    let (reply, stages) = match result {
+                        Ok(resp) => {
+                            let stages = resp.stages;
+                            (Message::Response(resp), Some(stages))
+                        }
+                        Err(e) => (Message::Error(e.to_frame()), None),
                     };
+                    let frame = wire::encode(id, &reply);
+                    if let Some(mut stages) = stages.filter(|_| model != wire::ECHO_MODEL) {
+                        stages.set(Stage::Send, ms(encoding.elapsed()));
+                        agent.answered(&model, &request_id, &stages, ms(arrived.elapsed()));
+                    }
                     lock(&finished).remove(&id);
-                    let _ = tx
-                        .send(WsMessage::Binary(wire::encode(id, &reply).into()))
-                        .await;
+                    let _ = tx.send(WsMessage::Binary(frame.into())).await;
                     drop(permit);
                 });
                 lock(&running).insert(id, task.abort_handle());

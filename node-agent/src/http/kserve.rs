@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use webaccel_api::oip::{ModelMetadata, ModelReady, TensorMetadata};
+use webaccel_api::timing::StageTimes;
 use webaccel_api::wire::InferRequest;
 use webaccel_kserve::http::VERSION;
 use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
@@ -83,9 +84,9 @@ impl InferenceApi for Agent {
         request
             .request_id
             .get_or_insert_with(|| options.request_id.clone());
-        let ran = Agent::infer_run(self, request, timeout).await?;
+        let ran = Agent::infer_run(self, request, timeout, options.arrived).await?;
         let response = ran.response;
-        let parameters = Map::from_iter([
+        let mut parameters = Map::from_iter([
             // Rows of the run in the page that answered (more than the request's own
             // when dynamic batching joined it with others), and the requests it joined.
             ("batch_size".to_owned(), Value::from(ran.batch_rows)),
@@ -97,6 +98,7 @@ impl InferenceApi for Agent {
                 response.page_ms.map_or(Value::Null, Value::from),
             ),
         ]);
+        options.add_stages(&mut parameters, &response.stages);
         Ok(Inferred {
             response,
             parameters,
@@ -105,5 +107,9 @@ impl InferenceApi for Agent {
 
     fn refused(&self, error: &ApiError) {
         self.stats.error(error.category);
+    }
+
+    fn answered(&self, model: &str, request_id: &str, stages: &StageTimes, total_ms: f64) {
+        Agent::answered(self, model, request_id, stages, total_ms);
     }
 }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use webaccel_api::ErrorCategory;
 use webaccel_api::agent::{Capabilities, PageWorker};
+use webaccel_api::timing::{Stage, ms};
 use webaccel_api::wire::{self, InferRequest, InferResponse, Message};
 
 use super::protocol::{
@@ -33,10 +34,25 @@ pub enum HelloError {
     Malformed(#[from] serde_json::Error),
 }
 
+/// When a request left for the page and when its answer came back (agent clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Hop {
+    pub sent: Instant,
+    pub answered: Instant,
+}
+
+/// The page's answer to one inference and its [`Hop`].
+#[derive(Debug)]
+pub struct PageRun {
+    pub response: InferResponse,
+    pub hop: Hop,
+}
+
 /// What a waiting caller gets back from the page.
 #[derive(Debug)]
 enum Reply {
-    Frame(Message),
+    /// Boxed: a response's stages make it several times the size of the others.
+    Frame(Box<Message>),
     Control(CallResult),
     Failed(AgentError),
 }
@@ -167,7 +183,7 @@ impl PageLink {
     fn on_message(&self, msg: WsMessage) {
         match msg {
             WsMessage::Binary(buf) => match wire::decode(buf) {
-                Ok((id, frame)) => self.resolve(id, Reply::Frame(frame)),
+                Ok((id, frame)) => self.resolve(id, Reply::Frame(Box::new(frame))),
                 Err(e) => {
                     // The page is ours: a malformed frame is a bug, fail that request.
                     if let Some(id) = e.id {
@@ -300,13 +316,42 @@ impl PageLink {
         }
     }
 
-    /// Runs one inference in the page.
-    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse, AgentError> {
+    /// Runs one inference in the page. The answer's `page_link` stage is the socket's
+    /// share of the round trip: all of it less the page's own span.
+    pub async fn infer(&self, req: InferRequest) -> Result<PageRun, AgentError> {
         let (id, rx) = self.register()?;
         let frame = wire::encode(id, &Message::Request(req));
-        match self.wait(id, rx, WsMessage::Binary(frame.into())).await? {
-            Reply::Frame(Message::Response(resp)) => Ok(resp),
-            Reply::Frame(Message::Error(e)) => Err(AgentError::from_frame(e)),
+        let sent = Instant::now();
+        let reply = self.wait(id, rx, WsMessage::Binary(frame.into())).await?;
+        let answered = Instant::now();
+        let reply = match reply {
+            Reply::Frame(message) => *message,
+            other => {
+                return Err(AgentError::Internal(format!(
+                    "unexpected reply from page: {other:?}"
+                )));
+            }
+        };
+        match reply {
+            Message::Response(mut response) => {
+                let page = Stage::PAGE
+                    .iter()
+                    .filter_map(|s| response.stages.get(*s))
+                    .sum::<f64>();
+                let page = if page > 0.0 {
+                    page
+                } else {
+                    response.page_ms.unwrap_or(0.0)
+                };
+                response
+                    .stages
+                    .set(Stage::PageLink, ms(answered - sent) - page);
+                Ok(PageRun {
+                    response,
+                    hop: Hop { sent, answered },
+                })
+            }
+            Message::Error(e) => Err(AgentError::from_frame(e)),
             other => Err(AgentError::Internal(format!(
                 "unexpected reply from page: {other:?}"
             ))),

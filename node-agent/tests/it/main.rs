@@ -20,5 +20,6 @@ mod page_workers;
 mod quantized;
 mod recovery;
 mod reload;
+mod stages;
 mod startup;
 mod transcription;

@@ -79,10 +79,11 @@ export function decodeFrame(buf) {
  * @param {bigint | number} id
  * @param {object} header
  * @param {{data: ArrayBufferView}[]} tensors
+ * @param {number} slack spaces after the header's JSON, room for `rewriteHeader`
  * @returns {ArrayBuffer}
  */
-export function encodeFrame(kind, id, header, tensors = []) {
-  const headerBytes = encoder.encode(JSON.stringify(header));
+export function encodeFrame(kind, id, header, tensors = [], slack = 0) {
+  const headerBytes = encoder.encode(JSON.stringify(header) + ' '.repeat(slack));
   let size = PREFIX_LEN + headerBytes.length;
   const offsets = tensors.map((t) => {
     const start = alignUp(size);
@@ -104,17 +105,41 @@ export function encodeFrame(kind, id, header, tensors = []) {
 }
 
 /**
- * A response frame: what ran the request, how long it took (`compute_ms` in the runtime,
- * `page_ms` in the page from receiving the request), and the outputs.
- * @param {bigint | number} id
- * @param {{model: string, backend: string, compute_ms: number, page_ms: number}} run
- * @param {FrameTensor[]} outputs
+ * Writes `header` over an encoded frame's header, padded with spaces (JSON whitespace) to
+ * the length the frame has room for; false (the frame unchanged) when it does not fit.
+ * @param {ArrayBuffer} buf
+ * @param {object} header
  */
-export function responseFrame(id, { model, backend, compute_ms: computeMs, page_ms: pageMs }, outputs) {
+export function rewriteHeader(buf, header) {
+  const room = new DataView(buf).getUint32(16, true);
+  const bytes = encoder.encode(JSON.stringify(header));
+  if (bytes.length > room) return false;
+  const view = new Uint8Array(buf, PREFIX_LEN, room);
+  view.set(bytes);
+  view.fill(0x20, bytes.length);
+  return true;
+}
+
+// Room left in a response header for the figures known only once the frame is made.
+const LATE_ROOM = 96;
+
+/**
+ * A response frame: what ran the request, how long it took (`compute_ms` in the runtime,
+ * `page_ms` in the page from receiving the request, `stages` each stage's
+ * milliseconds), and the outputs. `finish`, when given, is asked once the outputs are
+ * copied in, for figures that include making the frame (the `encode` stage and
+ * `page_ms`): they are written over the header in the room left for them.
+ * @param {bigint | number} id
+ * @param {{model: string, backend: string, compute_ms: number, page_ms: number, stages?: object}} run
+ * @param {FrameTensor[]} outputs
+ * @param {() => {page_ms: number, stages: object}} [finish]
+ */
+export function responseFrame(id, { model, backend, compute_ms: computeMs, page_ms: pageMs, stages }, outputs, finish) {
   const meta = outputs.map(({ name, datatype, shape }) => ({ name, datatype, shape }));
-  return encodeFrame(KIND_RESPONSE, id, {
-    model, backend, compute_ms: computeMs, page_ms: pageMs, outputs: meta,
-  }, outputs);
+  const header = { model, backend, compute_ms: computeMs, page_ms: pageMs, stages, outputs: meta };
+  const buf = encodeFrame(KIND_RESPONSE, id, header, outputs, finish ? LATE_ROOM : 0);
+  if (finish) rewriteHeader(buf, { ...header, ...finish() });
+  return buf;
 }
 
 /**

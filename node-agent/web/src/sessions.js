@@ -426,20 +426,28 @@ export function createSessions({ threads, build, capabilities, onGpuLost, onToke
 
   // Runs one request frame and answers with the encoded response (or error) frame.
   // `received`: when the page got the frame (`now()`), so `page_ms` covers queueing
-  // and the hop to a worker too.
+  // and the hop to a worker too. The frame's stages tile `page_ms`: `page_queue` (to this
+  // executor, then waiting for the session), `decode` (the frame, then the feeds), `run`
+  // (onnxruntime, outputs read back: `compute_ms`) and `encode` (the response frame).
   async function infer(buf, received) {
+    const arrived = now();
     const { id, header, tensors } = decodeFrame(buf);
+    const decoded = now();
     const entry = sessions.get(header.model);
     if (!entry) return errorFrame(id, 'model_not_ready', `model '${header.model}' is not loaded in this page`);
     return exclusive(async () => {
       try {
-        const t0 = performance.now();
+        const started = now();
         let outputs;
+        let ran;
+        let fed = started;
         if (entry.ensemble) {
           outputs = await runEnsemble(entry.ensemble, sessions, tensors, header.outputs);
+          ran = now();
         } else {
           const feeds = {};
           for (const t of tensors) feeds[t.name] = new entry.ort.Tensor(ortType(t.datatype), t.data, t.shape);
+          fed = now();
           const results = header.outputs?.length
             ? await entry.session.run(feeds, header.outputs)
             : await entry.session.run(feeds);
@@ -449,11 +457,19 @@ export function createSessions({ threads, build, capabilities, onGpuLost, onToke
           } finally {
             Object.values(results).forEach(release);
           }
+          ran = now();
         }
-        const computeMs = performance.now() - t0;
+        const stages = {
+          page_queue: arrived - received + (started - decoded),
+          decode: decoded - arrived + (fed - started),
+          run: ran - fed,
+        };
         return responseFrame(id, {
-          model: header.model, backend: entry.backend, compute_ms: computeMs, page_ms: now() - received,
-        }, outputs);
+          model: header.model, backend: entry.backend, compute_ms: ran - fed, page_ms: ran - received, stages,
+        }, outputs, () => {
+          const done = now();
+          return { page_ms: done - received, stages: { ...stages, encode: done - ran } };
+        });
       } catch (e) {
         const message = String(e?.message ?? e);
         if (await failedForGpuLoss(entry)) {

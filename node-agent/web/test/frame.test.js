@@ -36,9 +36,26 @@ test("the agent's request frame re-encodes byte for byte", () => {
 test('a response frame the page writes is the golden one', () => {
   const want = frame('response');
   assert.equal(want.kind, KIND_RESPONSE);
-  const { model, backend, compute_ms, page_ms } = want.header;
-  const made = responseFrame(want.id, { model, backend, compute_ms, page_ms }, want.tensors.map(tensor));
+  const { model, backend, compute_ms, page_ms, stages: s } = want.header;
+  // In path order, as the agent writes them (frames.json sorts keys).
+  const stages = { page_queue: s.page_queue, decode: s.decode, run: s.run, encode: s.encode };
+  const made = responseFrame(want.id, { model, backend, compute_ms, page_ms, stages }, want.tensors.map(tensor));
   assert.deepEqual(new Uint8Array(made), new Uint8Array(bytes(want.file)));
+});
+
+test('figures known only once the frame is made are written over its header', () => {
+  const want = frame('response');
+  const { model, backend, compute_ms, stages } = want.header;
+  const early = { page_queue: stages.page_queue, decode: stages.decode, run: stages.run };
+  const made = responseFrame(want.id, { model, backend, compute_ms, page_ms: 1, stages: early },
+    want.tensors.map(tensor), () => ({ page_ms: 1234.5678901234567, stages: { ...early, encode: 0.000123456789 } }));
+  const got = decodeFrame(made);
+  assert.equal(got.header.page_ms, 1234.5678901234567);
+  assert.deepEqual(got.header.stages, { ...early, encode: 0.000123456789 });
+  assert.deepEqual(got.tensors.map((t) => listed(/** @type {any} */ (t.data))), want.tensors.map((t) => t.values));
+  // Padded with spaces where the late figures are shorter than the room left.
+  const headerLen = new DataView(made).getUint32(16, true);
+  assert.equal(new Uint8Array(made, 20 + headerLen - 1, 1)[0], 0x20);
 });
 
 test('the error frames the page writes are the golden ones, retryable as the agent says', () => {

@@ -280,6 +280,7 @@ fn inferred(outputs: Vec<Tensor>) -> Inferred {
             backend: "wasm".into(),
             compute_ms: 1.0,
             page_ms: None,
+            stages: Default::default(),
             outputs,
         },
         parameters: Map::from_iter([

@@ -18,6 +18,7 @@ use webaccel_api::agent::{
     RuntimeStart, WasmSupport, WebGpuSupport, WebNnSupport,
 };
 use webaccel_api::generate::FinishReason;
+use webaccel_api::timing::StageTimes;
 use webaccel_api::wire::{self, ErrorFrame, InferRequest, InferResponse, Message};
 use webaccel_api::{Backend, DataType, ErrorCategory, Precision, Tensor, WebNnDevice};
 
@@ -478,6 +479,14 @@ fn frames() -> Vec<(&'static str, u64, Message)> {
         backend: "wasm".into(),
         compute_ms: 0.25,
         page_ms: Some(1.5),
+        // The page's stages, tiling `page_ms`.
+        stages: StageTimes {
+            page_queue: Some(0.5),
+            decode: Some(0.125),
+            run: Some(0.25),
+            encode: Some(0.625),
+            ..StageTimes::default()
+        },
         outputs: vec![
             tensor(
                 "y",
