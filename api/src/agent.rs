@@ -39,6 +39,15 @@ pub struct IoMeta {
     pub shape: Vec<i64>,
 }
 
+/// The requests an agent sent through the page after a load, before it counted the
+/// model loaded (`--warmup-requests`), and the first and last one's milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PathWarmup {
+    pub requests: u32,
+    pub first_ms: f64,
+    pub last_ms: f64,
+}
+
 /// A model that is loaded in a page, with what loading it cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadedModel {
@@ -60,6 +69,9 @@ pub struct LoadedModel {
     pub create_ms: f64,
     pub warmup_ms: Option<f64>,
     pub steady_ms: Option<f64>,
+    /// The request path's warm-up, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_warmup: Option<PathWarmup>,
     /// With `backend=auto`: every candidate measured, and why the others lost or failed.
     #[serde(default)]
     pub candidates: Option<Vec<BackendCandidate>>,

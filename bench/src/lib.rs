@@ -1,5 +1,8 @@
 //! What the benchmark binaries share: one percentile definition for every figure they
-//! print.
+//! print, and an in-process gateway.
+
+mod gateway;
+pub use gateway::start_gateway;
 
 /// The nearest-rank percentile `p` (0..=1) of `sorted` (ascending): the smallest value
 /// with at least a `p` share of the values at or below it. NaN when there are none.

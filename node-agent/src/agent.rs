@@ -73,6 +73,7 @@ impl Agent {
             cache: self.cache.clone(),
             stats: self.stats.clone(),
             timeout: self.args.load_timeout,
+            warmup_requests: self.args.warmup_requests,
         }
     }
 
@@ -159,7 +160,10 @@ impl Agent {
                     links: self.browser.link_watch(),
                     stats: self.stats.clone(),
                 };
-                return entry.batcher.submit(&entry.slot, &ctx, req, timeout).await;
+                return entry
+                    .batcher
+                    .submit(&entry.batch_slot, &ctx, req, timeout)
+                    .await;
             }
             let batch_rows = rows_of(&req);
             let _permit = {

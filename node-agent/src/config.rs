@@ -130,6 +130,21 @@ pub struct AgentArgs {
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     pub load_timeout: Duration,
 
+    /// Requests of one model sent to each page worker before the one running there has
+    /// answered. With 2 the next request's frame travels to the page, and the last
+    /// one's answer back, while a run goes on, instead of the page idling for a socket
+    /// round trip (about half a millisecond through Chromium, more than a small model's
+    /// run) between runs; the page queues them. 1: one at a time.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub page_pipeline: u32,
+
+    /// Zero-filled requests sent through the page after each model loads (at most 2 s of
+    /// them), before it counts as loaded and the agent as ready: so the first clients do
+    /// not pay for compiling the request path. 0: none (the page still warms the session
+    /// unless the model says `warmup: false`).
+    #[arg(long, default_value_t = 200)]
+    pub warmup_requests: usize,
+
     /// How often the page is pinged.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,

@@ -205,7 +205,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             },
             reaper,
         )),
-        models: Arc::new(ModelRegistry::new(workers as usize)),
+        models: Arc::new(ModelRegistry::new(
+            workers as usize,
+            args.page_pipeline as usize,
+        )),
         cache,
         admission: Arc::new(Admission::new(args.max_in_flight)),
         stats: Arc::new(Stats::default()),

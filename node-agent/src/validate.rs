@@ -116,6 +116,7 @@ mod tests {
             create_ms: 0.0,
             warmup_ms: None,
             steady_ms: None,
+            path_warmup: None,
             candidates: None,
             batching: None,
             memory_bytes: None,

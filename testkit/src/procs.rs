@@ -111,6 +111,31 @@ pub fn descendants(root: i32) -> Vec<Proc> {
     found
 }
 
+/// CPU time (user and system) `pid` has used, in milliseconds; 0 once it is gone.
+pub fn cpu_ms(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    // After the command name: state is field 0, utime 11 and stime 12 (in clock ticks).
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // USER_HZ: 100 on every Linux architecture (the kernel's ABI fixes it).
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+/// CPU milliseconds used by `root` and every live process descended from it.
+pub fn tree_cpu_ms(root: i32) -> f64 {
+    cpu_ms(root) + descendants(root).iter().map(|p| cpu_ms(p.pid)).sum::<f64>()
+}
+
 /// The live processes of process group `pgid`.
 pub fn group_members(pgid: i32) -> Vec<i32> {
     all()

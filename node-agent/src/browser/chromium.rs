@@ -135,6 +135,21 @@ impl Chromium {
                 browser.new_page(url),
             )
             .await?;
+            // chromiumoxide enables the Network domain on every page it opens. With it on,
+            // Chromium reports every WebSocket frame over DevTools, its payload in base64:
+            // each request's tensors went to the browser process, through the DevTools
+            // pipe and into the agent's JSON parser twice over (a fifth of a request's
+            // CPU for a small model, megabytes of JSON for a large tensor). Nothing here
+            // reads those events.
+            bounded(
+                name,
+                timeouts.command,
+                "turning off DevTools network events",
+                page.execute(
+                    chromiumoxide::cdp::browser_protocol::network::DisableParams::default(),
+                ),
+            )
+            .await?;
             Ok::<_, LaunchError>((browser, handler, aborter, devtools_gone, version, page))
         };
         let (browser, handler, aborter, devtools_gone, version, page) = tokio::select! {

@@ -26,6 +26,9 @@ pub struct Loader {
     pub stats: Arc<Stats>,
     /// How long one model's load may take (`--load-timeout`).
     pub timeout: Duration,
+    /// Requests sent through the page after a load, before it counts as loaded
+    /// (`--warmup-requests`; see [`super::warmup`]).
+    pub warmup_requests: usize,
 }
 
 impl Loader {
@@ -228,6 +231,20 @@ impl Loader {
             CallError::Failed(e) => e,
         })?;
         link.observe_load(&reply);
+        let mut path_warmup = None;
+        if spec.warmup && generator.is_none() && self.warmup_requests > 0 {
+            match super::warmup::warm_path(link, &spec.name, &reply.inputs, self.warmup_requests)
+                .await
+            {
+                Ok(w) => {
+                    tracing::debug!(model = %spec.name, requests = w.requests, first_ms = w.first_ms, last_ms = w.last_ms, "request path warmed");
+                    path_warmup = Some(w);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %spec.name, error = %e, "warming the request path stopped; serving anyway");
+                }
+            }
+        }
         let kv_reserve_bytes = generator.as_ref().map(|g| g.kv_reserve_bytes());
         *entry.generator.write() = generator;
         let batching = batcher::status_for(spec, &reply.inputs, &reply.outputs).map(Box::new);
@@ -244,6 +261,7 @@ impl Loader {
             create_ms: reply.create_ms,
             warmup_ms: reply.warmup_ms,
             steady_ms: reply.steady_ms,
+            path_warmup,
             candidates: pinned.and_then(|p| p.candidates).or(reply.candidates),
             batching,
             memory_bytes: None,
@@ -383,6 +401,7 @@ impl Loader {
             create_ms: started.elapsed().as_secs_f64() * 1e3,
             warmup_ms: None,
             steady_ms: None,
+            path_warmup: None,
             candidates: None,
             batching: None,
             memory_bytes: None,

@@ -3,6 +3,7 @@
 
 mod encoder;
 mod load;
+mod warmup;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,9 +38,12 @@ pub struct ModelEntry {
     state: RwLock<ModelState>,
     /// The backend `auto` picked, reused after a restart instead of measuring again.
     pinned: RwLock<Option<PinnedBackend>>,
-    /// As many runs at once in the page per model as it has workers (onnxruntime-web
-    /// instances: each runs one at a time); the rest queue here.
+    /// Requests of the model in the page at once: `--page-pipeline` per page worker
+    /// (onnxruntime-web instance, each running one at a time); the rest queue here.
     pub slot: Arc<Semaphore>,
+    /// The dynamic batcher's runners at once: one per page worker, so a batch forms
+    /// while the one before runs.
+    pub batch_slot: Arc<Semaphore>,
     /// The dynamic batching queue, used when the model loaded with batching enabled.
     pub batcher: Arc<Batcher>,
     /// The file's digest once fetched, so reloads read the cache, not the source.
@@ -71,13 +75,14 @@ impl Drop for Outstanding {
 }
 
 impl ModelEntry {
-    fn new(spec: ModelSpec, runs_at_once: usize) -> Self {
+    fn new(spec: ModelSpec, runs_at_once: usize, pipeline: usize) -> Self {
         Self {
             batcher: Arc::new(Batcher::new(&spec)),
             spec,
             state: RwLock::new(ModelState::Pending),
             pinned: RwLock::new(None),
-            slot: Arc::new(Semaphore::new(runs_at_once.max(1))),
+            slot: Arc::new(Semaphore::new(runs_at_once.max(1) * pipeline.max(1))),
+            batch_slot: Arc::new(Semaphore::new(runs_at_once.max(1))),
             resolved_sha: RwLock::new(None),
             inspected: RwLock::new(None),
             gates_readiness: AtomicBool::new(false),
@@ -153,14 +158,17 @@ pub struct ModelRegistry {
     replacing: parking_lot::Mutex<BTreeMap<String, ModelSpec>>,
     /// Runs of one model the page takes at once: its workers (`--page-workers`).
     runs_at_once: usize,
+    /// Requests per worker sent before the one running has answered (`--page-pipeline`).
+    pipeline: usize,
 }
 
 impl ModelRegistry {
-    pub fn new(runs_at_once: usize) -> Self {
+    pub fn new(runs_at_once: usize, pipeline: usize) -> Self {
         Self {
             entries: RwLock::default(),
             replacing: parking_lot::Mutex::default(),
             runs_at_once,
+            pipeline,
         }
     }
 
@@ -181,7 +189,7 @@ impl ModelRegistry {
     /// Adds (or replaces) a model in the pending state; the supervisor or the caller
     /// loads it.
     pub fn insert(&self, spec: ModelSpec) -> Arc<ModelEntry> {
-        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once));
+        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once, self.pipeline));
         self.entries
             .write()
             .insert(entry.spec.name.clone(), entry.clone());
@@ -209,7 +217,7 @@ impl ModelRegistry {
             }
             replacing.insert(spec.name.clone(), spec.clone());
         }
-        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once));
+        let entry = Arc::new(ModelEntry::new(spec, self.runs_at_once, self.pipeline));
         if old.gates_readiness() {
             entry.gate_readiness();
         }

@@ -1,6 +1,7 @@
 //! Where a request's time goes: a stock client asking for the stages gets each one,
 //! they tile the agent's span (the page's tiling its own), and the agent keeps them as
-//! histograms and as the slowest 1%'s breakdowns in `/v1/stats`.
+//! histograms and as the slowest 1%'s breakdowns in `/v1/stats`; the request path was
+//! warmed before the agent said ready, and its own warm-up requests are not counted.
 
 use serde_json::Value;
 use webaccel_api::timing::Stage;
@@ -55,6 +56,11 @@ async fn a_stock_client_gets_the_stages_and_the_agent_keeps_the_slowest() {
         &[],
     )
     .await;
+    // Before it said ready the agent sent the model requests through the page itself.
+    let (_, described) = agent.get("/v1/repository/models/mlp").await;
+    let warmed = &described["status"]["path_warmup"];
+    assert_eq!(warmed["requests"], 200, "{described}");
+    assert!(warmed["last_ms"].as_f64() > Some(0.0), "{described}");
     let answers = stages_from_tritonclient(&agent.base, "mlp", 40).await;
     assert_eq!(answers.len(), 40);
     for (client_ms, params) in &answers {

@@ -9,7 +9,8 @@
 //!
 //! `faults` runs the browser fault classes under load instead (see `faults.rs`);
 //! `batching` compares dynamic batching off and on (see `batching.rs`); `generate`
-//! measures text generation (see `generate.rs`).
+//! measures text generation (see `generate.rs`); `tail` takes the tail apart stage by
+//! stage beside KServe's own server (see `tail.rs`).
 
 mod agent_process;
 mod batching;
@@ -22,6 +23,7 @@ mod measure;
 
 mod quantized;
 mod samples;
+mod tail;
 mod workers;
 
 use std::path::PathBuf;
@@ -118,6 +120,40 @@ enum Suite {
         #[arg(long, default_value_t = 128)]
         tokens: u32,
     },
+    /// The tail stage by stage, beside KServe's Python server on the same models, all
+    /// driven by tritonclient in alternating blocks: p50/p99/p99.9 per target and per
+    /// stage, at each concurrency.
+    Tail {
+        /// Fixture models compared.
+        #[arg(
+            long = "model",
+            value_delimiter = ',',
+            default_value = "mlp,cnn,transformer"
+        )]
+        names: Vec<String>,
+        #[arg(long = "concurrency", value_delimiter = ',', default_value = "1,8")]
+        levels: Vec<usize>,
+        /// Blocks per target, model and concurrency (the targets take turns).
+        #[arg(long, default_value_t = 10)]
+        blocks: usize,
+        /// Requests per block.
+        #[arg(long = "requests", default_value_t = 500)]
+        count: usize,
+        /// A Python with PyPI `kserve` installed.
+        #[arg(long, default_value = "/var/tmp/kserve-venv/bin/python")]
+        kserve_python: PathBuf,
+        /// Intra-op threads of KServe's onnxruntime sessions (the agent's page runs 2
+        /// wasm threads on a 2-core machine).
+        #[arg(long, default_value_t = 2)]
+        peer_threads: u32,
+        /// An extra argument for the agent (repeatable), e.g. `--agent-arg=--wasm-threads=1`.
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+        /// Start a second agent (`agent_b`) with this extra argument (repeatable) and
+        /// drive it in the same alternation: an A/B comparison.
+        #[arg(long = "b-arg", allow_hyphen_values = true)]
+        b_args: Vec<String>,
+    },
     /// Browser faults under load: time to serving again, failed and hung requests.
     Faults {
         /// Scenarios to run (default: all): active-kill, all-kill, renderer-kill,
@@ -191,6 +227,33 @@ async fn main() -> anyhow::Result<()> {
         let fixtures = webaccel_testkit::fixtures::repo().join("node-agent/tests/fixtures");
         let report = generate::run(&bin, &fixtures, streams, *tokens).await?;
         generate::print(&report);
+        std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+        println!("\nJSON written to {}", args.json.display());
+        return Ok(());
+    }
+    if let Some(Suite::Tail {
+        names,
+        levels,
+        blocks,
+        count,
+        kserve_python,
+        peer_threads,
+        agent_args,
+        b_args,
+    }) = &args.suite
+    {
+        let options = tail::TailOptions {
+            models: names.clone(),
+            concurrency: levels.clone(),
+            blocks: *blocks,
+            requests: *count,
+            kserve_python: kserve_python.clone(),
+            peer_threads: *peer_threads,
+            agent_args: agent_args.clone(),
+            b_args: b_args.clone(),
+        };
+        let report = tail::run(&bin, &args.models, &options).await?;
+        tail::print(&report);
         std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
         println!("\nJSON written to {}", args.json.display());
         return Ok(());

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Parser;
 use serde_json::{Map, Value, json};
@@ -22,11 +22,8 @@ use tokio_util::sync::CancellationToken;
 use webaccel_api::oip;
 use webaccel_api::wire::InferRequest;
 use webaccel_api::{DataType, Tensor};
-use webaccel_bench::pct;
-use webaccel_gateway::backend::BackendConfig;
-use webaccel_gateway::breaker::BreakerConfig;
-use webaccel_gateway::discovery::static_list::{self, AgentRef};
-use webaccel_gateway::service::Policy;
+use webaccel_bench::{pct, start_gateway};
+use webaccel_gateway::discovery::static_list::AgentRef;
 use webaccel_kserve::grpc::proto;
 use webaccel_kserve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use webaccel_testkit::{AgentProcess, Launch, TOKEN, free_port};
@@ -239,62 +236,6 @@ async fn measure(
     lat.sort_by(f64::total_cmp);
     Ok((lat, errors, wall))
 }
-async fn start_gateway(
-    agents: Vec<AgentRef>,
-    stop: &CancellationToken,
-) -> anyhow::Result<webaccel_gateway::Running> {
-    let settings = webaccel_gateway::Settings {
-        http: "127.0.0.1:0".parse()?,
-        grpc: "127.0.0.1:0".parse()?,
-        admin: None,
-        policy: Policy {
-            request_timeout: Duration::from_secs(30),
-            generation_timeout: Duration::from_secs(60),
-            max_attempts: 3,
-            max_tensor_bytes: 16 << 20,
-            backoff_base: Duration::from_millis(25),
-            backoff_cap: Duration::from_secs(1),
-        },
-        backends: BackendConfig {
-            max_outstanding: 16,
-            slow_start: Duration::ZERO,
-            breaker: BreakerConfig::default(),
-            stall_after: Duration::from_secs(1),
-        },
-        queue_size: 1024,
-        retry_budget_ratio: 0.2,
-        retry_min_per_second: 10,
-        tokens: webaccel_kserve::auth::Tokens::default(),
-    };
-    let (tx, rx) = tokio::sync::watch::channel(agents);
-    let keep = stop.clone();
-    tokio::spawn(async move {
-        keep.cancelled().await;
-        drop(tx);
-    });
-    let fleet = static_list::start(rx, Duration::from_millis(500), stop.clone());
-    let running = webaccel_gateway::start(
-        settings,
-        fleet,
-        Arc::new(webaccel_gateway::waiting::LogOnly),
-        webaccel_gateway::record::Recorder::disabled(),
-        Default::default(),
-    )
-    .await?;
-    // Wait until it routes.
-    let started = Instant::now();
-    while reqwest::get(format!("http://{}/v2/models/mlp/ready", running.http))
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway never saw the model");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(running)
-}
-
 fn agent_ref(a: &AgentProc) -> AgentRef {
     AgentRef {
         url: a.url.clone(),
@@ -377,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 1. Added latency: the same requests to agent A directly and through a gateway
     // that has only agent A.
-    let gw1 = start_gateway(vec![agent_ref(&a)], &stop).await?;
+    let gw1 = start_gateway(vec![agent_ref(&a)], &stop, "mlp").await?;
     let direct = Target {
         http: a.url.clone(),
         grpc: a.grpc.clone(),
@@ -426,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // 2. Throughput through the gateway with one and with two agents.
-    let gw2 = start_gateway(vec![agent_ref(&a), agent_ref(&b)], &stop).await?;
+    let gw2 = start_gateway(vec![agent_ref(&a), agent_ref(&b)], &stop, "mlp").await?;
     let through2 = Target {
         http: format!("http://{}", gw2.http),
         grpc: gw2.grpc.to_string(),
