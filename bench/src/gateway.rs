@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use webaccel_gateway::backend::BackendConfig;
 use webaccel_gateway::breaker::BreakerConfig;
 use webaccel_gateway::discovery::static_list::{self, AgentRef};
+use webaccel_gateway::hedge::HedgePolicy;
 use webaccel_gateway::service::Policy;
 
 /// Starts a gateway (no ClickHouse, admin port on a free loopback port) in front of
@@ -16,6 +17,16 @@ pub async fn start_gateway(
     agents: Vec<AgentRef>,
     stop: &CancellationToken,
     model: &str,
+) -> anyhow::Result<webaccel_gateway::Running> {
+    start_gateway_hedging(agents, stop, model, None).await
+}
+
+/// [`start_gateway`], hedging requests as `hedge` says.
+pub async fn start_gateway_hedging(
+    agents: Vec<AgentRef>,
+    stop: &CancellationToken,
+    model: &str,
+    hedge: Option<HedgePolicy>,
 ) -> anyhow::Result<webaccel_gateway::Running> {
     let settings = webaccel_gateway::Settings {
         http: "127.0.0.1:0".parse()?,
@@ -28,6 +39,7 @@ pub async fn start_gateway(
             max_tensor_bytes: 16 << 20,
             backoff_base: Duration::from_millis(25),
             backoff_cap: Duration::from_secs(1),
+            hedge,
         },
         backends: BackendConfig {
             max_outstanding: 16,

@@ -2,7 +2,7 @@
 //! print, and an in-process gateway.
 
 mod gateway;
-pub use gateway::start_gateway;
+pub use gateway::{start_gateway, start_gateway_hedging};
 
 /// The nearest-rank percentile `p` (0..=1) of `sorted` (ascending): the smallest value
 /// with at least a `p` share of the values at or below it. NaN when there are none.

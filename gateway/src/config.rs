@@ -106,6 +106,18 @@ pub struct GatewayArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
 
+    /// Hedged requests: a request its browser has not answered within this quantile of
+    /// the model's recent round trips (0.95: the slowest one in twenty) is also sent to
+    /// a second browser; the first answer wins, the other is cancelled. Each hedge takes
+    /// a token from the retry budget. Off unless given; never for generations or a
+    /// pipeline's stages.
+    #[arg(long)]
+    pub hedge_quantile: Option<f64>,
+
+    /// The shortest wait before a hedge, however fast the model's answers.
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    pub hedge_min_delay: Duration,
+
     /// Largest tensor accepted from a client, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_tensor_bytes: usize,

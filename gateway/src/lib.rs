@@ -17,6 +17,7 @@ pub mod breaker;
 pub mod config;
 pub mod discovery;
 pub mod generate;
+pub mod hedge;
 pub mod metrics;
 pub mod pipeline;
 pub mod prefer;
@@ -39,6 +40,7 @@ pub use config::GatewayArgs;
 use crate::backend::{BackendConfig, Backends};
 use crate::breaker::BreakerConfig;
 use crate::discovery::Fleet;
+use crate::hedge::HedgePolicy;
 use crate::metrics::Metrics;
 use crate::queue::Queues;
 use crate::record::Recorder;
@@ -86,6 +88,19 @@ impl Settings {
                 max_tensor_bytes: args.max_tensor_bytes,
                 backoff_base: Duration::from_millis(25),
                 backoff_cap: Duration::from_secs(1),
+                hedge: match args.hedge_quantile {
+                    None => None,
+                    Some(q) => {
+                        anyhow::ensure!(
+                            q > 0.0 && q < 1.0,
+                            "--hedge-quantile must be between 0 and 1 (e.g. 0.95)"
+                        );
+                        Some(HedgePolicy {
+                            quantile: q,
+                            min_delay: args.hedge_min_delay,
+                        })
+                    }
+                },
             },
             backends: BackendConfig {
                 max_outstanding: args.max_outstanding_per_browser.max(1),

@@ -63,6 +63,7 @@ pub struct Metrics {
     latency: Family<ModelLabel, Histogram, fn() -> Histogram>,
     retries: Family<Reason, Counter>,
     retries_refused: Family<Reason, Counter>,
+    hedges: Family<Reason, Counter>,
     breaker: Family<BrowserLabel, Gauge>,
     outstanding: Family<BrowserLabel, Gauge>,
     queued: Family<ModelLabel, Gauge>,
@@ -84,6 +85,7 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
             retries_refused: Family::default(),
+            hedges: Family::default(),
             breaker: Family::default(),
             outstanding: Family::default(),
             queued: Family::default(),
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "retries_refused",
             "Retries not made because the retry budget was spent",
             m.retries_refused.clone(),
+        );
+        r.register(
+            "hedges",
+            "Hedged requests by model and reason: sent (a second browser tried), won (it answered first), no_browser or budget (not sent)",
+            m.hedges.clone(),
         );
         r.register(
             "breaker_state",
@@ -251,6 +258,16 @@ impl Metrics {
 
     pub fn retry_refused(&self, model: &str, reason: &str) {
         self.retries_refused
+            .get_or_create(&Reason {
+                model: self.model_label(model),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A hedge sent, won, or not sent and why.
+    pub fn hedge(&self, model: &str, reason: &str) {
+        self.hedges
             .get_or_create(&Reason {
                 model: self.model_label(model),
                 reason: reason.to_owned(),

@@ -21,6 +21,7 @@ use webaccel_kserve::{ApiError, CallOptions, InferenceApi, Inferred};
 use crate::backend::conn::CallError;
 use crate::backend::{Backends, Lease, Pick};
 use crate::discovery::Endpoint;
+use crate::hedge::{HedgeDelays, HedgePolicy};
 use crate::metrics::Metrics;
 use crate::pipeline::{Route, Stages};
 use crate::prefer::browser_matches;
@@ -40,6 +41,8 @@ pub struct Policy {
     /// First backoff step (doubled per attempt, full jitter) and its cap.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// Hedged requests (see [`crate::hedge`]); `None`: off.
+    pub hedge: Option<HedgePolicy>,
 }
 
 #[derive(Debug)]
@@ -62,7 +65,13 @@ pub struct Gateway {
     stages: Stages,
     /// The last minute's successful requests, for the slowest 1%'s breakdown.
     pub tail: TailWindow,
+    /// Each model's hedging delay, when hedging is on.
+    hedges: Option<HedgeDelays>,
 }
+
+/// An answer from a browser: the response, its bridge round trip, and the endpoint of
+/// the hedge when a second browser was the one that answered.
+type Answered = (InferResponse, Duration, Option<Endpoint>);
 
 /// How the request to one model is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +111,7 @@ impl Gateway {
             deployed: parking_lot::RwLock::default(),
             stages: Stages::default(),
             tail: TailWindow::default(),
+            hedges: policy.hedge.map(HedgeDelays::new),
         }
     }
 
@@ -288,23 +298,42 @@ impl Gateway {
             let result = match request {
                 Ok(mut request) => {
                     request.request_id = Some(options.request_id.clone());
-                    let sent = Instant::now();
-                    lease
-                        .call(request, remaining)
-                        .await
-                        .map(|response| (response, sent.elapsed()))
+                    // Only a plain request is hedged: a pipeline's stages are not.
+                    let hedge_after = match (&self.hedges, feed) {
+                        (Some(h), Feed::All) => h.delay(&req.model),
+                        _ => None,
+                    };
+                    match hedge_after {
+                        Some(delay) => {
+                            self.hedged(&lease, request, remaining, delay, &tried, trace)
+                                .await
+                        }
+                        None => {
+                            let sent = Instant::now();
+                            lease
+                                .call(request, remaining)
+                                .await
+                                .map(|response| (response, sent.elapsed(), None))
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             };
             drop(lease);
             match result {
-                Ok((response, round_trip)) => {
+                Ok((response, round_trip, hedge)) => {
+                    if let Some(h) = &self.hedges {
+                        h.observe(&req.model, round_trip);
+                    }
                     trace.answered_after(round_trip, &response.stages);
                     trace.trying = None;
                     trace.compute_ms += response.compute_ms;
-                    trace
-                        .answered
-                        .push((ep.pool, ep.pod, response.backend.clone()));
+                    let answered_by = hedge.unwrap_or(ep);
+                    trace.answered.push((
+                        answered_by.pool,
+                        answered_by.pod,
+                        response.backend.clone(),
+                    ));
                     return Ok(response);
                 }
                 Err(e) => {
@@ -330,6 +359,61 @@ impl Gateway {
                     tokio::time::sleep(pause).await;
                 }
             }
+        }
+    }
+
+    /// `request` on `lease`'s browser; when it has not answered within `delay`, on a
+    /// second browser too (one that can take it now, not among `tried`, and only with a
+    /// token from the retry budget): the first answer wins and the other call is
+    /// dropped, which cancels it on its bridge. A failure of one waits for the other.
+    async fn hedged(
+        &self,
+        lease: &Lease,
+        request: InferRequest,
+        timeout: Duration,
+        delay: Duration,
+        tried: &[String],
+        trace: &mut Trace,
+    ) -> Result<Answered, CallError> {
+        let model = request.model.clone();
+        let sent = Instant::now();
+        let first = lease.call(request.clone(), timeout);
+        let mut first = std::pin::pin!(first);
+        tokio::select! {
+            r = &mut first => return r.map(|resp| (resp, sent.elapsed(), None)),
+            () = tokio::time::sleep(delay) => {}
+        }
+        let mut avoid = tried.to_vec();
+        avoid.push(lease.backend().endpoint().id);
+        let prefer = self.prefers(&model);
+        let Pick::Chosen(second) = self.backends.pick(&model, &avoid, &prefer) else {
+            self.metrics.hedge(&model, "no_browser");
+            return first.await.map(|resp| (resp, sent.elapsed(), None));
+        };
+        if !self.budget.withdraw() {
+            self.metrics.hedge(&model, "budget");
+            drop(second);
+            return first.await.map(|resp| (resp, sent.elapsed(), None));
+        }
+        self.metrics.hedge(&model, "sent");
+        trace.attempts += 1;
+        let hedge_ep = second.backend().endpoint();
+        let hedge_sent = Instant::now();
+        let hedge = second.call(request, timeout.saturating_sub(delay));
+        let mut hedge = std::pin::pin!(hedge);
+        let won = |resp: InferResponse| {
+            self.metrics.hedge(&model, "won");
+            (resp, hedge_sent.elapsed(), Some(hedge_ep.clone()))
+        };
+        tokio::select! {
+            r = &mut first => match r {
+                Ok(resp) => Ok((resp, sent.elapsed(), None)),
+                Err(e) => hedge.await.map(won).map_err(|_| e),
+            },
+            r = &mut hedge => match r {
+                Ok(resp) => Ok(won(resp)),
+                Err(_) => first.await.map(|resp| (resp, sent.elapsed(), None)),
+            },
         }
     }
 

@@ -7,6 +7,7 @@ mod drain;
 mod ensemble;
 mod fleet;
 mod generation;
+mod hedge;
 mod kubernetes;
 mod kubernetes_stages;
 mod logs;

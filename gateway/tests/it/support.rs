@@ -106,6 +106,7 @@ pub fn settings(f: impl FnOnce(&mut Settings)) -> Settings {
             max_tensor_bytes: 16 << 20,
             backoff_base: Duration::from_millis(25),
             backoff_cap: Duration::from_secs(1),
+            hedge: None,
         },
         backends: BackendConfig {
             max_outstanding: 8,

@@ -153,6 +153,10 @@ enum Suite {
         /// drive it in the same alternation: an A/B comparison.
         #[arg(long = "b-arg", allow_hyphen_values = true)]
         b_args: Vec<String>,
+        /// Compare hedging: a second agent joins, and a second gateway over both
+        /// (`gateway_hedged`) hedges after this quantile of each model's round trips.
+        #[arg(long)]
+        hedge_quantile: Option<f64>,
     },
     /// Browser faults under load: time to serving again, failed and hung requests.
     Faults {
@@ -240,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
         peer_threads,
         agent_args,
         b_args,
+        hedge_quantile,
     }) = &args.suite
     {
         let options = tail::TailOptions {
@@ -251,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             peer_threads: *peer_threads,
             agent_args: agent_args.clone(),
             b_args: b_args.clone(),
+            hedge_quantile: *hedge_quantile,
         };
         let report = tail::run(&bin, &args.models, &options).await?;
         tail::print(&report);

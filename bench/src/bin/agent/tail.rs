@@ -21,8 +21,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio_util::sync::CancellationToken;
 use webaccel_api::timing::Stage;
-use webaccel_bench::{pct, start_gateway};
+use webaccel_bench::{pct, start_gateway, start_gateway_hedging};
 use webaccel_gateway::discovery::static_list::AgentRef;
+use webaccel_gateway::hedge::HedgePolicy;
 
 use crate::agent_process;
 
@@ -42,6 +43,9 @@ pub struct TailOptions {
     /// When given, a second agent (target `agent_b`) with these extra arguments instead,
     /// driven in the same alternation: an A/B comparison on one noisy machine.
     pub b_args: Vec<String>,
+    /// When given, a second agent joins, the gateway fronts both, and a second gateway
+    /// (target `gateway_hedged`) over the same two hedges after this quantile.
+    pub hedge_quantile: Option<f64>,
 }
 
 /// One line of `drive.py`.
@@ -234,12 +238,35 @@ pub async fn run(bin: &Path, models_dir: &Path, options: &TailOptions) -> anyhow
         pool: Some("bench".into()),
     };
     let first = options.models.first().context("no model")?;
-    let gateway = start_gateway(vec![agent_ref], &stop, first).await?;
-    let agent_b = if options.b_args.is_empty() {
+    let agent_b = if options.b_args.is_empty() && options.hedge_quantile.is_none() {
         None
     } else {
         let extra: Vec<&str> = options.b_args.iter().map(String::as_str).collect();
         Some(agent_process::start(bin, &specs, &extra).await?.0)
+    };
+    let mut fronted = vec![agent_ref];
+    if let (Some(b), Some(_)) = (&agent_b, options.hedge_quantile) {
+        fronted.push(AgentRef {
+            url: b.base.clone(),
+            token: None,
+            pool: Some("bench".into()),
+        });
+    }
+    let gateway = start_gateway(fronted.clone(), &stop, first).await?;
+    let hedged = match options.hedge_quantile {
+        Some(quantile) => Some(
+            start_gateway_hedging(
+                fronted,
+                &stop,
+                first,
+                Some(HedgePolicy {
+                    quantile,
+                    min_delay: Duration::from_millis(1),
+                }),
+            )
+            .await?,
+        ),
+        None => None,
     };
     let port = free_port()?;
     let peer = start_peer(options, models_dir, port).await?;
@@ -250,6 +277,9 @@ pub async fn run(bin: &Path, models_dir: &Path, options: &TailOptions) -> anyhow
     ];
     if let Some(b) = &agent_b {
         targets.push(("agent_b", b.base.trim_start_matches("http://").to_owned()));
+    }
+    if let Some(h) = &hedged {
+        targets.push(("gateway_hedged", h.http.to_string()));
     }
     // CPU used by each server while the clients drive it: on two cores what one request
     // costs decides the latency at concurrency 8 as much as anything in its path.
@@ -291,9 +321,28 @@ pub async fn run(bin: &Path, models_dir: &Path, options: &TailOptions) -> anyhow
             .clone(),
         None => Value::Null,
     };
+    let hedges = match &hedged {
+        Some(h) => match h.admin {
+            Some(admin) => {
+                let text = reqwest::get(format!("http://{admin}/metrics"))
+                    .await?
+                    .text()
+                    .await?;
+                text.lines()
+                    .filter(|l| l.starts_with("webaccel_gateway_hedges_total"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            }
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
     let capabilities = agent.get("/v1/capabilities").await.1;
     stop.cancel();
     gateway.shutdown().await;
+    if let Some(h) = hedged {
+        h.shutdown().await;
+    }
 
     let mut rows = Vec::new();
     for model in &options.models {
@@ -308,6 +357,9 @@ pub async fn run(bin: &Path, models_dir: &Path, options: &TailOptions) -> anyhow
             let agent = summarize(&of("agent"));
             let gateway = summarize(&of("gateway"));
             let agent_b = agent_b.as_ref().map(|_| summarize(&of("agent_b")));
+            let gateway_hedged = options
+                .hedge_quantile
+                .map(|_| summarize(&of("gateway_hedged")));
             let ratio = |a: &Value, key: &str| {
                 a[key].as_f64().unwrap_or(f64::NAN) / kserve[key].as_f64().unwrap_or(f64::NAN)
             };
@@ -321,6 +373,7 @@ pub async fn run(bin: &Path, models_dir: &Path, options: &TailOptions) -> anyhow
                 "agent": agent,
                 "gateway": gateway,
                 "agent_b": agent_b,
+                "gateway_hedged": gateway_hedged,
                 "agent_vs_kserve": {
                     "p50": ratio(&agent, "p50_ms"),
                     "p99": ratio(&agent, "p99_ms"),
@@ -342,6 +395,8 @@ pub async fn run(bin: &Path, models_dir: &Path, options: &TailOptions) -> anyhow
         "client": "tritonclient.http (PyPI), default settings, one client per thread",
         "agent_args": options.agent_args,
         "agent_b_args": options.b_args,
+        "hedge_quantile": options.hedge_quantile,
+        "hedges": hedges,
         "blocks": options.blocks,
         "requests_per_block": options.requests,
         "cpu_per_request": cpu_per_request,
@@ -366,6 +421,9 @@ pub fn print(report: &Value) {
         "{:<12} {:>4} {:<8} {:>9} {:>9} {:>9} {:>12} {:>9}",
         "model", "conc", "target", "p50 ms", "p99 ms", "p99.9 ms", "1st blk p99", "vs kserve"
     );
+    for line in report["hedges"].as_array().into_iter().flatten() {
+        println!("{}", line.as_str().unwrap_or(""));
+    }
     let cpu = &report["cpu_per_request"];
     println!(
         "CPU per request: agent and its browser {} ms, gateway {} ms, KServe {} ms",
@@ -382,7 +440,7 @@ pub fn print(report: &Value) {
     }
     let rows = report["rows"].as_array().cloned().unwrap_or_default();
     for r in &rows {
-        for target in ["kserve", "agent", "gateway", "agent_b"] {
+        for target in ["kserve", "agent", "gateway", "agent_b", "gateway_hedged"] {
             let t = &r[target];
             if t.is_null() {
                 continue;
@@ -410,7 +468,7 @@ pub fn print(report: &Value) {
         }
     }
     for r in &rows {
-        for target in ["agent", "gateway", "agent_b"] {
+        for target in ["agent", "gateway", "agent_b", "gateway_hedged"] {
             let Some(stages) = r[target]["stages"].as_object() else {
                 continue;
             };
