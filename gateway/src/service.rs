@@ -69,10 +69,6 @@ pub struct Gateway {
     hedges: Option<HedgeDelays>,
 }
 
-/// An answer from a browser: the response, its bridge round trip, and the endpoint of
-/// the hedge when a second browser was the one that answered.
-type Answered = (InferResponse, Duration, Option<Endpoint>);
-
 /// How the request to one model is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Feed {
@@ -159,7 +155,7 @@ impl Gateway {
         self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn prefers(&self, model: &str) -> impl Fn(&Endpoint) -> bool + use<> {
+    pub(crate) fn prefers(&self, model: &str) -> impl Fn(&Endpoint) -> bool + use<> {
         let model = model.to_owned();
         let preference = self.preferences.read().get(&model).cloned();
         move |ep: &Endpoint| {
@@ -362,61 +358,6 @@ impl Gateway {
         }
     }
 
-    /// `request` on `lease`'s browser; when it has not answered within `delay`, on a
-    /// second browser too (one that can take it now, not among `tried`, and only with a
-    /// token from the retry budget): the first answer wins and the other call is
-    /// dropped, which cancels it on its bridge. A failure of one waits for the other.
-    async fn hedged(
-        &self,
-        lease: &Lease,
-        request: InferRequest,
-        timeout: Duration,
-        delay: Duration,
-        tried: &[String],
-        trace: &mut Trace,
-    ) -> Result<Answered, CallError> {
-        let model = request.model.clone();
-        let sent = Instant::now();
-        let first = lease.call(request.clone(), timeout);
-        let mut first = std::pin::pin!(first);
-        tokio::select! {
-            r = &mut first => return r.map(|resp| (resp, sent.elapsed(), None)),
-            () = tokio::time::sleep(delay) => {}
-        }
-        let mut avoid = tried.to_vec();
-        avoid.push(lease.backend().endpoint().id);
-        let prefer = self.prefers(&model);
-        let Pick::Chosen(second) = self.backends.pick(&model, &avoid, &prefer) else {
-            self.metrics.hedge(&model, "no_browser");
-            return first.await.map(|resp| (resp, sent.elapsed(), None));
-        };
-        if !self.budget.withdraw() {
-            self.metrics.hedge(&model, "budget");
-            drop(second);
-            return first.await.map(|resp| (resp, sent.elapsed(), None));
-        }
-        self.metrics.hedge(&model, "sent");
-        trace.attempts += 1;
-        let hedge_ep = second.backend().endpoint();
-        let hedge_sent = Instant::now();
-        let hedge = second.call(request, timeout.saturating_sub(delay));
-        let mut hedge = std::pin::pin!(hedge);
-        let won = |resp: InferResponse| {
-            self.metrics.hedge(&model, "won");
-            (resp, hedge_sent.elapsed(), Some(hedge_ep.clone()))
-        };
-        tokio::select! {
-            r = &mut first => match r {
-                Ok(resp) => Ok((resp, sent.elapsed(), None)),
-                Err(e) => hedge.await.map(won).map_err(|_| e),
-            },
-            r = &mut hedge => match r {
-                Ok(resp) => Ok(won(resp)),
-                Err(_) => first.await.map(|resp| (resp, sent.elapsed(), None)),
-            },
-        }
-    }
-
     /// Runs `req` through `stages` in turn within one deadline.
     async fn infer_pipeline(
         &self,
@@ -431,60 +372,6 @@ impl Gateway {
         self.stages
             .infer(self, req, stages, deadline, options, trace)
             .await
-    }
-
-    /// Model metadata as a browser holding `name` says it, asked of each in turn.
-    async fn holder_metadata(&self, name: &str) -> Result<ModelMetadata, ApiError> {
-        let holders: Vec<Endpoint> = self
-            .backends
-            .all()
-            .iter()
-            .map(|b| b.endpoint())
-            .filter(|e| e.serving && e.models.contains(name))
-            .collect();
-        let mut last = ApiError::new(
-            ErrorCategory::ModelNotFound,
-            format!("no ready browser holds model '{name}'"),
-        );
-        for ep in holders {
-            match self.metadata_from(&ep, name, Duration::from_secs(5)).await {
-                Ok(meta) => return Ok(meta),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// Model metadata of `name` as the agent at `ep` says it within `timeout`. The
-    /// agent's own error keeps its category (the model is gone, or not ready there); no
-    /// answer at all is the browser being unavailable.
-    async fn metadata_from(
-        &self,
-        ep: &Endpoint,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<ModelMetadata, ApiError> {
-        let agent = webaccel_agent_client::Endpoint {
-            pod: ep.id.clone(),
-            base_url: ep.url.clone(),
-            token: ep.token.clone(),
-        };
-        let asked = tokio::time::timeout(timeout, self.metadata.model_metadata(&agent, name));
-        match asked.await {
-            Err(_) => Err(ApiError::new(
-                ErrorCategory::BrowserUnavailable,
-                format!("{}: no metadata within {timeout:?}", ep.id),
-            )),
-            Ok(Ok(mut meta)) => {
-                // Which browser answered is no business of the client's.
-                meta.parameters.remove("backend");
-                Ok(meta)
-            }
-            Ok(Err(e)) => Err(ApiError::new(
-                e.category().unwrap_or(ErrorCategory::BrowserUnavailable),
-                format!("{}: {e}", ep.id),
-            )),
-        }
     }
 }
 

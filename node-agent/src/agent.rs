@@ -143,8 +143,9 @@ impl Agent {
     /// included, and `total_ms` from its first sight of the request. Feeds the stage
     /// histograms and the window of the slowest 1%.
     pub fn answered(&self, model: &str, request_id: &str, stages: &StageTimes, total_ms: f64) {
-        self.stats.stages(model, stages);
-        self.stats.tail.push(model, request_id, total_ms, *stages);
+        self.stats
+            .stages
+            .answered(model, request_id, stages, total_ms);
     }
 
     async fn infer_inner(&self, req: InferRequest, timeout: Duration) -> Result<Ran, AgentError> {

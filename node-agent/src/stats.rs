@@ -16,9 +16,11 @@ use prometheus_client::registry::Registry;
 use webaccel_api::ErrorCategory;
 use webaccel_api::agent::LoadedModel;
 pub use webaccel_api::agent::{GenerationStats, ModelStats};
-use webaccel_api::timing::{Stage, StageTimes, TailWindow};
 
 use crate::generation::run::Outcome;
+
+mod stages;
+pub use stages::StageMetrics;
 
 /// Latencies kept per model for percentiles in `/v1/stats`.
 const WINDOW: usize = 1024;
@@ -32,12 +34,6 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StageLabels {
-    model: String,
-    stage: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,9 +100,8 @@ pub struct Stats {
     ttft: Family<ModelLabel, Histogram, fn() -> Histogram>,
     inter_token: Family<ModelLabel, Histogram, fn() -> Histogram>,
     pub sequences: Gauge,
-    stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
-    /// The last minute's successful requests, for the slowest 1%'s breakdown.
-    pub tail: TailWindow,
+    /// Each request's stages: histograms and the slowest 1%.
+    pub stages: StageMetrics,
 }
 
 /// Counts a sequence running in the page while it lives.
@@ -129,11 +124,6 @@ impl Drop for RunningSequence<'_> {
             g.sequences = g.sequences.saturating_sub(1);
         }
     }
-}
-
-/// 10 µs to about 5 s: a stage can take a few microseconds.
-fn stage_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
 }
 
 fn latency_histogram() -> Histogram {
@@ -240,19 +230,10 @@ impl Default for Stats {
             "Text generations running in the page",
             sequences.clone(),
         );
-        let stage_duration =
-            Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                stage_histogram,
-            );
-        registry.register(
-            "request_stage_seconds",
-            "Time per stage of a successful inference request, from the front's receive to the agent's reply (see webaccel_api::timing::Stage)",
-            stage_duration.clone(),
-        );
+        let stages = StageMetrics::register(&mut registry);
         Self {
             registry,
-            stage_duration,
-            tail: TailWindow::default(),
+            stages,
             requests,
             latency,
             errors,
@@ -295,24 +276,6 @@ fn percentile(q: &VecDeque<f64>, p: f64) -> Option<f64> {
 }
 
 impl Stats {
-    /// Observes a successful request's stages, each in its own histogram.
-    pub fn stages(&self, model: &str, stages: &StageTimes) {
-        for (stage, ms) in stages.measured() {
-            self.observe_stage(model, stage, ms);
-        }
-    }
-
-    /// Observes one stage measured apart from the rest (a front's `send`, after the
-    /// request was recorded).
-    pub fn observe_stage(&self, model: &str, stage: Stage, ms: f64) {
-        self.stage_duration
-            .get_or_create(&StageLabels {
-                model: model.to_owned(),
-                stage: stage.as_str(),
-            })
-            .observe(ms / 1e3);
-    }
-
     /// Records a finished request; `compute_ms` is the page's own time when it succeeded.
     pub fn record(&self, model: &str, elapsed: Duration, result: Result<f64, ErrorCategory>) {
         let outcome = match result {

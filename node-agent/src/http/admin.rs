@@ -170,7 +170,7 @@ async fn stats(State(agent): State<Arc<Agent>>) -> Json<AgentStats> {
         metrics: agent.recorder.status(),
         browser_memory_bytes: crate::procmem::browsers_bytes(),
         reserved_bytes,
-        tail: Some(agent.stats.tail.report()),
+        tail: Some(agent.stats.stages.tail.report()),
     })
 }
 

@@ -86,10 +86,8 @@ async fn a_stock_client_gets_the_stages_and_the_agent_keeps_the_slowest() {
             (page - page_ms).abs() < 1e-6,
             "page stages {page} vs page_ms {page_ms}"
         );
-        assert!(
-            stage(Stage::Decode) > 0.0 && stage(Stage::PageLink) > 0.0,
-            "{params}"
-        );
+        // (The page's clock ticks in 5 µs steps, so its own shortest stages may read 0.)
+        assert!(stage(Stage::PageLink) > 0.0, "{params}");
         // Together they are the agent's span, inside what the client waited.
         let total: f64 = AGENT_STAGES.into_iter().map(stage).sum();
         assert!(
