@@ -18,6 +18,7 @@ pub mod config;
 pub mod discovery;
 pub mod generate;
 pub mod hedge;
+mod hedging;
 mod metadata;
 pub mod metrics;
 pub mod pipeline;

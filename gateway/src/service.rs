@@ -454,10 +454,11 @@ impl InferenceApi for Gateway {
             }
             None => self.infer_inner(&request, &options, &mut trace).await,
         };
+        // One instant ends the stages and the row's latency, so they add up exactly.
+        let finished = Instant::now();
         if let Ok(inferred) = &mut result {
             // The gateway's own stages around the answers': what is left of its span
             // once the round trips and the reply are taken out is routing.
-            let finished = Instant::now();
             let reply = trace
                 .last_answer
                 .map_or(Duration::ZERO, |at| finished.saturating_duration_since(at));
@@ -475,7 +476,7 @@ impl InferenceApi for Gateway {
             options.add_stages(&mut inferred.parameters, stages);
         }
         trace.record(&mut record);
-        let elapsed = started.elapsed();
+        let elapsed = finished - started;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.category.as_str(),

@@ -118,9 +118,10 @@ impl Agent {
                 ms(finished.saturating_duration_since(ran.hop.answered)),
             );
         }
+        // One instant ends the stages and the row's latency, so they add up exactly.
         self.record(
             &model,
-            started,
+            finished - started,
             &result,
             (bytes_in, batch_size),
             request_id.as_deref(),
@@ -224,7 +225,7 @@ impl Agent {
     fn record(
         &self,
         model: &str,
-        started: Instant,
+        elapsed: Duration,
         result: &Result<Ran, AgentError>,
         (bytes_in, batch_size): (usize, u32),
         request_id: Option<&str>,
@@ -251,7 +252,7 @@ impl Agent {
             backend: &backend,
             init_ms: loaded.as_ref().map_or(0.0, |m| m.create_ms),
             compute_ms: response.map_or(0.0, |r| r.compute_ms),
-            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            latency_ms: elapsed.as_secs_f64() * 1e3,
             batch_size,
             dynamic_batch_size: result.as_ref().map_or(0, |r| r.batch_rows),
             bytes_in: bytes_in as u64,

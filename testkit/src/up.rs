@@ -102,6 +102,23 @@ impl Up {
     }
 
     /// Runs `webaccel ARGS --up <this up>`: (success, stdout, stderr).
+    /// Waits (up to `limit`) until the gateway answers that `models` are ready: the
+    /// status may say a model is loaded a moment before the gateway's discovery has seen
+    /// its browser ready, and a client checks readiness first.
+    pub async fn until_gateway_ready(&self, models: &[&str], limit: Duration) {
+        let started = Instant::now();
+        for m in models {
+            let url = format!("{}/v2/models/{m}/ready", self.http);
+            while reqwest::get(&url).await.map_or(true, |r| r.status() != 200) {
+                assert!(
+                    started.elapsed() < limit,
+                    "the gateway never said {m} is ready"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
     pub fn webaccel(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(&self.binary)
             .args(args)

@@ -61,6 +61,11 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
             .all(|m| loaded(s, m, 1))
     })
     .await;
+    up.until_gateway_ready(
+        &["mlp", "cnn", "transformer", "types"],
+        Duration::from_secs(30),
+    )
+    .await;
     let (ok, out, _) = up.webaccel(&["status"]);
     assert!(
         ok && out.contains("BROWSERPOOL") && out.contains("cpu"),
@@ -123,7 +128,22 @@ async fn up_serves_every_model_through_the_gateway_and_records_rows() {
         )
         .await
         .unwrap();
-    assert_eq!(tiled.trim(), "1\t1\t1\t1");
+    let worst = ch
+        .query(
+            "SELECT model, attempts, latency_ms, route_ms, bridge_ms, agent_queue_ms, \
+             page_link_ms, page_queue_ms, decode_ms, compute_ms, encode_ms, agent_reply_ms, \
+             gateway_reply_ms FROM up_test.gateway_requests WHERE outcome = 'ok' \
+             ORDER BY abs(route_ms + bridge_ms + agent_queue_ms + page_link_ms + page_queue_ms \
+                 + decode_ms + compute_ms + encode_ms + agent_reply_ms + gateway_reply_ms \
+                 - latency_ms) DESC LIMIT 3",
+        )
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        tiled.trim(),
+        "1\t1\t1\t1",
+        "rows furthest from adding up:\n{worst}"
+    );
 }
 
 #[tokio::test]
