@@ -23,12 +23,19 @@ struct Finished {
     stages: StageTimes,
 }
 
+/// How long a report is served before it is worked out again: `/v1/stats` is polled by
+/// every gateway and operator, and taking 20,000 requests apart on each poll would cost
+/// the agent's threads milliseconds, which would show in the very tail it reports.
+const REPORT_REFRESH: Duration = Duration::from_secs(1);
+
 /// Recent requests (the last `span`, at most `capacity`), for [`TailReport`]s.
 #[derive(Debug)]
 pub struct TailWindow {
     span: Duration,
     capacity: usize,
     finished: Mutex<VecDeque<Finished>>,
+    /// The last report and when it was worked out.
+    reported: Mutex<Option<(Instant, TailReport)>>,
 }
 
 impl Default for TailWindow {
@@ -95,6 +102,7 @@ impl TailWindow {
             span,
             capacity: capacity.max(1),
             finished: Mutex::new(VecDeque::new()),
+            reported: Mutex::new(None),
         }
     }
 
@@ -124,8 +132,21 @@ impl TailWindow {
         });
     }
 
-    /// The window now, summed up.
+    /// The window summed up, as of at most a second ago.
     pub fn report(&self) -> TailReport {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, report)) = &*reported
+            && at.elapsed() < REPORT_REFRESH
+        {
+            return report.clone();
+        }
+        let report = self.report_now();
+        *reported = Some((Instant::now(), report.clone()));
+        report
+    }
+
+    /// The window now, summed up.
+    pub fn report_now(&self) -> TailReport {
         let now = Instant::now();
         let finished = self.lock();
         let recent: Vec<&Finished> = finished
@@ -211,7 +232,7 @@ mod tests {
                 stages(19.1 + f64::from(i), 0.9),
             );
         }
-        let r = w.report();
+        let r = w.report_now();
         assert_eq!(r.requests, 1000);
         assert_eq!(r.p50_ms, 1.0);
         assert_eq!(r.p99_ms, 1.0, "the 990th of 1000 is still a fast one");
@@ -241,7 +262,8 @@ mod tests {
         assert_eq!(r.requests, 3);
         assert_eq!(r.slowest[0].request_id, "4");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(w.report().requests, 0);
+        assert_eq!(w.report_now().requests, 0);
+        assert_eq!(w.report().requests, 3, "a report is served for a second");
         assert_eq!(TailWindow::default().report().dominant, None);
     }
 }

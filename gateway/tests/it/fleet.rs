@@ -63,12 +63,20 @@ async fn stock_clients_through_the_gateway_get_onnxruntime_answers() {
         }
     }
     let admin = format!("http://{}", gw.running.admin.unwrap());
-    let stats: Value = reqwest::get(format!("{admin}/v1/stats"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // A report is worked out at most once a second.
+    let started = Instant::now();
+    let stats = loop {
+        let stats: Value = reqwest::get(format!("{admin}/v1/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["tail"]["requests"].as_u64() >= Some(20) || started.elapsed().as_secs() > 5 {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let tail = &stats["tail"];
     assert!(tail["requests"].as_u64() >= Some(20), "{stats}");
     let stages: Vec<&str> = tail["stages"]
